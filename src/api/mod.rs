@@ -1,0 +1,328 @@
+//! The HTTP API: the Doris CCR syncer's operations, one path each
+//! (`POST /create_ccr`, `POST /pause`, …; `version` and `metrics` answer GET
+//! too). The only module that knows HTTP and JSON request shapes.
+//!
+//! One warp filter takes every request; [`handle`] checks the bearer token,
+//! reads the body (at most [`MAX_BODY_BYTES`]), dispatches on the operation
+//! and turns every outcome into the Doris envelope with a fitting status.
+
+mod requests;
+mod responses;
+
+use crate::job::state::JobCommand;
+use crate::job::JobManager;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use requests::{parse, CreateRequest, EmptyRequest, HostMappingRequest, NameRequest, SkipRequest};
+use responses::{success, ApiError};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::Arc;
+use tracing::{debug, info};
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+/// Bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Every operation, as metrics label it.
+const OPERATIONS: [&str; 17] = [
+    "version",
+    "metrics",
+    "create_ccr",
+    "get_lag",
+    "pause",
+    "resume",
+    "delete",
+    "list_jobs",
+    "job_detail",
+    "job_progress",
+    "job_status",
+    "update_host_mapping",
+    "add_host_mapping",
+    "job_skip_binlog",
+    "force_fullsync",
+    "desync",
+    "unknown",
+];
+
+pub struct ApiState {
+    pub manager: Arc<JobManager>,
+    pub metrics: Arc<Metrics>,
+    pub auth_token: Option<Secret>,
+}
+
+pub fn routes(
+    state: Arc<ApiState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let state = warp::any().map(move || state.clone());
+    warp::path::full()
+        .and(warp::method())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("content-length"))
+        .and(warp::body::stream())
+        .and(state)
+        .then(
+            |path: warp::path::FullPath, method, auth, length, body, state: Arc<ApiState>| async move {
+                let operation = path.as_str().trim_matches('/').to_string();
+                handle(&state, &operation, method, auth, length, body).await
+            },
+        )
+        .or_else(|_rejection| async {
+            // Only a request the filters above cannot read lands here.
+            let e = ApiError::BadRequest("malformed HTTP request".into());
+            Ok::<_, Infallible>((warp::reply::with_status(warp::reply::json(&e.body()), e.status())
+                .into_response(),))
+        })
+}
+
+async fn handle<S, B>(
+    state: &ApiState,
+    operation: &str,
+    method: Method,
+    auth: Option<String>,
+    length: Option<String>,
+    body: S,
+) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    let label = OPERATIONS
+        .iter()
+        .find(|op| **op == operation)
+        .copied()
+        .unwrap_or("unknown");
+    let result = async {
+        authorize(state.auth_token.as_ref(), auth.as_deref())?;
+        let body = read_body(length.as_deref(), body).await?;
+        dispatch(state, operation, &method, &body).await
+    }
+    .await;
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            let status = e.status();
+            if status.is_server_error() {
+                tracing::error!(operation, error = %e, "request failed");
+            } else {
+                info!(operation, status = status.as_u16(), error = %e, "request refused");
+            }
+            warp::reply::with_status(warp::reply::json(&e.body()), status).into_response()
+        }
+    };
+    state
+        .metrics
+        .count_request(label, response.status().as_u16());
+    response
+}
+
+fn authorize(token: Option<&Secret>, header: Option<&str>) -> Result<(), ApiError> {
+    let Some(token) = token else { return Ok(()) };
+    let given = header.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Compares without stopping at the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_body<S, B>(length: Option<&str>, mut body: S) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    let too_large = ApiError::TooLarge {
+        limit: MAX_BODY_BYTES,
+    };
+    if let Some(length) = length {
+        let length: usize = length
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("bad Content-Length {length:?}")))?;
+        if length > MAX_BODY_BYTES {
+            return Err(too_large);
+        }
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::Body(e.to_string()))?;
+        if buf.len() + chunk.remaining() > MAX_BODY_BYTES {
+            return Err(too_large);
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            buf.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn json_reply(value: Value) -> Response {
+    warp::reply::with_status(warp::reply::json(&value), StatusCode::OK).into_response()
+}
+
+fn require_post(operation: &str, method: &Method) -> Result<(), ApiError> {
+    if method == Method::POST {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed {
+            operation: operation.to_string(),
+            allowed: "POST",
+        })
+    }
+}
+
+fn named(body: &[u8]) -> Result<String, ApiError> {
+    let request: NameRequest = parse(body)?;
+    non_empty_name(request.name)
+}
+
+fn non_empty_name(name: String) -> Result<String, ApiError> {
+    if name.is_empty() {
+        Err(ApiError::BadRequest("name is empty".into()))
+    } else {
+        Ok(name)
+    }
+}
+
+async fn dispatch(
+    state: &ApiState,
+    operation: &str,
+    method: &Method,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let manager = &state.manager;
+    match operation {
+        "version" | "metrics" => {
+            if method != Method::GET && method != Method::POST {
+                return Err(ApiError::MethodNotAllowed {
+                    operation: operation.to_string(),
+                    allowed: "GET and POST",
+                });
+            }
+            if operation == "version" {
+                return Ok(json_reply(success(
+                    json!({"version": env!("CARGO_PKG_VERSION")}),
+                )));
+            }
+            return Ok(warp::reply::with_header(
+                state.metrics.render(),
+                "content-type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+            .into_response());
+        }
+        op if !OPERATIONS.contains(&op) || op == "unknown" => {
+            return Err(ApiError::UnknownOperation(operation.to_string()))
+        }
+        _ => require_post(operation, method)?,
+    }
+    debug!(operation, "request");
+    let reply = match operation {
+        "create_ccr" => {
+            let spec = parse::<CreateRequest>(body)?.into_spec()?;
+            let job = manager.create(spec).await?;
+            info!(job = %job.spec.name, "create_ccr accepted");
+            success(json!({}))
+        }
+        "list_jobs" => {
+            parse::<EmptyRequest>(body)?;
+            success(json!({"jobs": manager.list()}))
+        }
+        "job_status" => {
+            success(json!({"status": responses::status(&manager.snapshot(&named(body)?)?)}))
+        }
+        "job_detail" => {
+            success(json!({"job_detail": responses::detail(&manager.snapshot(&named(body)?)?)}))
+        }
+        "job_progress" => {
+            success(json!({"job_progress": responses::progress(&manager.snapshot(&named(body)?)?)}))
+        }
+        "get_lag" => success(responses::lag(&manager.snapshot(&named(body)?)?)),
+        "pause" | "resume" | "desync" | "force_fullsync" => {
+            let name = named(body)?;
+            let command = match operation {
+                "pause" => JobCommand::Pause,
+                "resume" => JobCommand::Resume,
+                "desync" => JobCommand::Desync,
+                _ => JobCommand::FullSync {
+                    reason: "force_fullsync requested".into(),
+                },
+            };
+            manager.command(&name, command).await?;
+            success(json!({}))
+        }
+        "delete" => {
+            manager.delete(&named(body)?).await?;
+            success(json!({}))
+        }
+        "update_host_mapping" | "add_host_mapping" => {
+            let request: HostMappingRequest = parse(body)?;
+            let name = non_empty_name(request.name)?;
+            if request.src_host_mapping.is_none() && request.dest_host_mapping.is_none() {
+                return Err(ApiError::BadRequest(
+                    "give src_host_mapping, dest_host_mapping or both".into(),
+                ));
+            }
+            manager
+                .update_host_mapping(&name, request.src_host_mapping, request.dest_host_mapping)
+                .await?;
+            success(json!({}))
+        }
+        "job_skip_binlog" => {
+            let request: SkipRequest = parse(body)?;
+            let name = non_empty_name(request.name)?;
+            let command = match (request.skip_by.as_str(), request.skip_commit_seq) {
+                ("silence", Some(commit_seq)) => JobCommand::SkipTransaction { commit_seq },
+                ("silence", None) => {
+                    return Err(ApiError::BadRequest(
+                        "skip_by \"silence\" needs skip_commit_seq: the commit seq of the transaction to skip".into(),
+                    ))
+                }
+                ("fullsync", _) => JobCommand::FullSync {
+                    reason: "job_skip_binlog with skip_by fullsync".into(),
+                },
+                (other, _) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "skip_by {other:?} is not \"silence\" or \"fullsync\""
+                    )))
+                }
+            };
+            manager.command(&name, command).await?;
+            success(json!({}))
+        }
+        _ => return Err(ApiError::UnknownOperation(operation.to_string())),
+    };
+    Ok(json_reply(reply))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_token() {
+        let token = Secret::new("s3cret");
+        assert!(authorize(None, None).is_ok());
+        assert!(authorize(Some(&token), Some("Bearer s3cret")).is_ok());
+        for bad in [
+            None,
+            Some("Bearer s3cre"),
+            Some("s3cret"),
+            Some("Bearer s3cret "),
+        ] {
+            assert!(authorize(Some(&token), bad).is_err(), "{bad:?}");
+        }
+    }
+}

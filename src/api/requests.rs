@@ -1,0 +1,187 @@
+//! Request bodies as the Doris syncer's clients send them, and their parsing.
+//!
+//! Unknown fields are refused (a misspelt `allow_table_exists` must not be
+//! ignored silently). `port` may be a number or a string; an empty `table` is
+//! the same as none, as Doris clients send it for database jobs.
+
+use super::responses::ApiError;
+use crate::hostmap::HostMapping;
+use crate::job::spec::{Endpoint, JobSpec};
+use crate::secret::Secret;
+use serde::de::{self, DeserializeOwned, Deserializer};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Parses a JSON body; an empty body reads as `{}`, so the error then names
+/// the first missing field.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::BadRequest(
+            "invalid request body: expected a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyRequest {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub name: String,
+    pub src: EndpointRequest,
+    pub dest: EndpointRequest,
+    #[serde(default)]
+    pub allow_table_exists: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRequest {
+    pub host: String,
+    #[serde(deserialize_with = "port")]
+    pub port: u16,
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    pub database: String,
+    #[serde(default)]
+    pub table: Option<String>,
+    #[serde(default)]
+    pub host_mapping: BTreeMap<String, String>,
+}
+
+impl CreateRequest {
+    pub fn into_spec(self) -> Result<JobSpec, ApiError> {
+        Ok(JobSpec {
+            name: self.name,
+            src: self.src.into_endpoint("src")?,
+            dest: self.dest.into_endpoint("dest")?,
+            allow_table_exists: self.allow_table_exists,
+        })
+    }
+}
+
+impl EndpointRequest {
+    fn into_endpoint(self, side: &str) -> Result<Endpoint, ApiError> {
+        let host_mapping = HostMapping::from_request(self.host_mapping)
+            .map_err(|e| ApiError::BadRequest(format!("{side}.{e}")))?;
+        Ok(Endpoint {
+            host: self.host.trim().to_string(),
+            port: self.port,
+            user: self.user,
+            password: Secret::new(self.password),
+            database: self.database,
+            table: self.table.filter(|t| !t.is_empty()),
+            host_mapping,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostMappingRequest {
+    pub name: String,
+    #[serde(default)]
+    pub src_host_mapping: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub dest_host_mapping: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkipRequest {
+    pub name: String,
+    pub skip_by: String,
+    #[serde(default)]
+    pub skip_commit_seq: Option<u64>,
+}
+
+/// A port as a number or a numeric string, 1 to 65535.
+fn port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Port {
+        Number(serde_json::Number),
+        Text(String),
+    }
+    let (value, shown) = match Port::deserialize(deserializer)
+        .map_err(|_| de::Error::custom("port must be a number or a string of digits"))?
+    {
+        Port::Number(n) => (n.as_u64(), n.to_string()),
+        Port::Text(s) => (s.trim().parse::<u64>().ok(), format!("{s:?}")),
+    };
+    match value {
+        Some(p @ 1..=65535) => Ok(p as u16),
+        _ => Err(de::Error::custom(format!(
+            "port {shown} is not a port number from 1 to 65535"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(src_port: &str) -> Result<CreateRequest, ApiError> {
+        let body = format!(
+            r#"{{"name":"j","src":{{"host":"h","port":{src_port},"user":"u","password":"p","database":"d","table":""}},
+               "dest":{{"host":"h","port":3306,"user":"u","database":"d2"}}}}"#
+        );
+        parse(body.as_bytes())
+    }
+
+    #[test]
+    fn port_as_number_or_string() {
+        assert_eq!(create("3306").unwrap().src.port, 3306);
+        assert_eq!(create("\"13306\"").unwrap().src.port, 13306);
+        for bad in ["0", "65536", "\"x\"", "-1", "1.5", "true"] {
+            let err = create(bad).unwrap_err().to_string();
+            assert!(err.contains("port"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn empty_table_means_database_job() {
+        let spec = create("1").unwrap().into_spec().unwrap();
+        assert_eq!(spec.src.table, None);
+        assert_eq!(spec.dest.password.expose(), "");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("", "missing field `name`"),
+            ("{", "EOF while parsing"),
+            (r#"{"name": "j"} x"#, "trailing characters"),
+            (
+                r#"{"name": 5}"#,
+                "invalid type: integer `5`, expected a string",
+            ),
+            (r#"{"name": "j", "extra": 1}"#, "unknown field `extra`"),
+            ("[]", "expected a JSON object"),
+            ("\"name\"", "expected a JSON object"),
+        ];
+        for (body, want) in cases {
+            let err = parse::<NameRequest>(body.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{body}: {err}");
+        }
+    }
+}

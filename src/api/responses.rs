@@ -1,0 +1,150 @@
+//! The response envelope (`{"success": true, ...}` or
+//! `{"success": false, "error_msg": "..."}`), the HTTP status of each error,
+//! and the JSON views of a job. Passwords appear only as `******` (the spec's
+//! serializer masks them).
+
+use crate::job::spec::Endpoint;
+use crate::job::state::CommandError;
+use crate::job::{JobError, JobSnapshot};
+use crate::preflight::PreflightError;
+use chrono::{TimeZone, Utc};
+use serde_json::{json, Map, Value};
+use warp::http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong bearer token: send the header Authorization: Bearer <auth_token>")]
+    Unauthorized,
+    #[error("unknown operation /{0}; the operations are listed in doc/operations.md")]
+    UnknownOperation(String),
+    #[error("/{operation} answers {allowed} only")]
+    MethodNotAllowed {
+        operation: String,
+        allowed: &'static str,
+    },
+    #[error("request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("reading the request body failed: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Job(#[from] JobError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::UnknownOperation(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Body(_) => StatusCode::BAD_REQUEST,
+            ApiError::Job(e) => match e {
+                JobError::NotFound(_) => StatusCode::NOT_FOUND,
+                JobError::Duplicate(_) => StatusCode::CONFLICT,
+                JobError::Invalid(_) => StatusCode::BAD_REQUEST,
+                JobError::Command { source, .. } => match source {
+                    CommandError::Desynced
+                    | CommandError::NothingToSkip { .. }
+                    | CommandError::WrongSkip { .. } => StatusCode::CONFLICT,
+                },
+                JobError::Preflight(p) => match p {
+                    PreflightError::Unreachable { .. } | PreflightError::Query { .. } => {
+                        StatusCode::BAD_GATEWAY
+                    }
+                    PreflightError::Refused { .. } | PreflightError::Unfit { .. } => {
+                        StatusCode::BAD_REQUEST
+                    }
+                    PreflightError::TargetExists { .. } => StatusCode::CONFLICT,
+                },
+                JobError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                JobError::Stopping(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        json!({"success": false, "error_msg": self.to_string()})
+    }
+}
+
+/// `{"success": true}` plus the given fields.
+pub fn success(fields: Value) -> Value {
+    let mut object = match fields {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    object.insert("success".into(), Value::Bool(true));
+    Value::Object(object)
+}
+
+fn time(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn endpoint(ep: &Endpoint) -> Value {
+    // The spec's serializer masks the password; this view adds nothing to it.
+    serde_json::to_value(ep).unwrap_or(Value::Null)
+}
+
+pub fn status(job: &JobSnapshot) -> Value {
+    json!({
+        "name": job.spec.name,
+        "state": job.status.run_state.as_str(),
+        "progress_state": job.status.progress_state.as_str(),
+    })
+}
+
+pub fn detail(job: &JobSnapshot) -> Value {
+    json!({
+        "name": job.spec.name,
+        "sync_type": job.spec.sync_type(),
+        "src": endpoint(&job.spec.src),
+        "dest": endpoint(&job.spec.dest),
+        "allow_table_exists": job.spec.allow_table_exists,
+        "state": job.status.run_state.as_str(),
+        "progress_state": job.status.progress_state.as_str(),
+        "created_at": time(job.created_at),
+        "updated_at": time(job.updated_at),
+    })
+}
+
+pub fn progress(job: &JobSnapshot) -> Value {
+    let p = &job.progress;
+    json!({
+        "name": job.spec.name,
+        "state": job.status.run_state.as_str(),
+        "progress_state": job.status.progress_state.as_str(),
+        "commit_seq": p.commit_seq,
+        "position": p.position,
+        "commit_timestamp": p.commit_timestamp,
+        "failed_commit_seq": p.failed_commit_seq,
+        "last_error": p.last_error,
+        "full_sync_reason": p.full_sync_reason,
+        "updated_at": time(job.updated_at),
+    })
+}
+
+/// The Doris `get_lag` fields. Until a job has applied a source transaction
+/// its commit seqs are 0 and its timestamps empty.
+pub fn lag(job: &JobSnapshot) -> Value {
+    let seq = job.progress.commit_seq.unwrap_or(0);
+    let ts = job
+        .progress
+        .commit_timestamp
+        .map(|s| time(s.saturating_mul(1000)))
+        .unwrap_or_default();
+    json!({
+        "lag": 0,
+        "first_commit_seq": seq,
+        "last_commit_seq": seq,
+        "first_binlog_timestamp": ts,
+        "last_binlog_timestamp": ts,
+        "time_interval_secs": 0.0,
+    })
+}

@@ -1,0 +1,343 @@
+//! The service's configuration: one validated struct, built from the config
+//! file (`conf/syncer.toml` documents every setting and its default) with the
+//! command-line flags on top. Nothing else reads the environment or the file.
+
+use crate::secret::Secret;
+use clap::Parser;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_PATH: &str = "conf/syncer.toml";
+/// Environment variable for the MySQL meta store's password, so it never shows in `ps`.
+pub const DB_PASSWORD_ENV: &str = "CCR_SYNCER_DB_PASSWORD";
+/// Environment variable for the API bearer token.
+pub const AUTH_TOKEN_ENV: &str = "CCR_SYNCER_AUTH_TOKEN";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ccr-syncer",
+    version,
+    about = "Cross-cluster replication for MySQL-protocol databases"
+)]
+pub struct Cli {
+    /// Config file; a missing file is an error unless it is the default one.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address the HTTP API listens on [default: 127.0.0.1].
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port the HTTP API listens on [default: 9190].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Meta store backend [default: sqlite].
+    #[arg(long, value_parser = ["sqlite", "mysql"])]
+    pub db_type: Option<String>,
+    /// Folder of the SQLite meta store file `ccr.db` [default: db].
+    #[arg(long)]
+    pub db_dir: Option<PathBuf>,
+    /// MySQL meta store host [default: 127.0.0.1].
+    #[arg(long)]
+    pub db_host: Option<String>,
+    /// MySQL meta store port [default: 3306].
+    #[arg(long)]
+    pub db_port: Option<u16>,
+    /// MySQL meta store user [default: root].
+    #[arg(long)]
+    pub db_user: Option<String>,
+    /// MySQL meta store password; prefer the environment variable CCR_SYNCER_DB_PASSWORD.
+    #[arg(long, env = DB_PASSWORD_ENV, hide_env_values = true)]
+    pub db_password: Option<String>,
+    /// MySQL meta store database [default: ccr].
+    #[arg(long)]
+    pub db_name: Option<String>,
+    /// trace, debug, info, warn or error [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Folder for `ccr_syncer.log`; without it logs go to standard error.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    /// File the process id is written to while the service runs.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+}
+
+/// The config file's shape. Every field is optional; unknown keys are errors,
+/// so a misspelt setting is reported instead of ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    host: Option<String>,
+    port: Option<u16>,
+    auth_token: Option<String>,
+    log_level: Option<String>,
+    log_dir: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+    connect_timeout_secs: Option<u64>,
+    #[serde(default)]
+    store: FileStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStore {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    dir: Option<PathBuf>,
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    password: Option<String>,
+    database: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    Sqlite {
+        dir: PathBuf,
+    },
+    Mysql {
+        host: String,
+        port: u16,
+        user: String,
+        password: Secret,
+        database: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    /// When set, every API call must carry `Authorization: Bearer <token>`.
+    pub auth_token: Option<Secret>,
+    pub log_level: String,
+    pub log_dir: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    /// How long a connection attempt to a source or destination may take.
+    pub connect_timeout: Duration,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then the config file, then the flags.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let (path, required) = match &cli.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let file = read_file(&path, required)?;
+        let token_env = std::env::var(AUTH_TOKEN_ENV).ok();
+        Self::merge(file, cli, token_env)
+    }
+
+    /// Settings for tests and embedding: defaults with the given store.
+    pub fn with_store(store: StoreConfig) -> Config {
+        Config {
+            host: "127.0.0.1".into(),
+            port: 0,
+            auth_token: None,
+            log_level: "info".into(),
+            log_dir: None,
+            pid_file: None,
+            connect_timeout: Duration::from_secs(5),
+            store,
+        }
+    }
+
+    fn merge(
+        file: FileConfig,
+        cli: &Cli,
+        token_env: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let kind = cli
+            .db_type
+            .clone()
+            .or(file.store.kind)
+            .unwrap_or_else(|| "sqlite".into());
+        let store = match kind.as_str() {
+            "sqlite" => StoreConfig::Sqlite {
+                dir: cli
+                    .db_dir
+                    .clone()
+                    .or(file.store.dir)
+                    .unwrap_or_else(|| "db".into()),
+            },
+            "mysql" => StoreConfig::Mysql {
+                host: cli
+                    .db_host
+                    .clone()
+                    .or(file.store.host)
+                    .unwrap_or_else(|| "127.0.0.1".into()),
+                port: cli.db_port.or(file.store.port).unwrap_or(3306),
+                user: cli
+                    .db_user
+                    .clone()
+                    .or(file.store.user)
+                    .unwrap_or_else(|| "root".into()),
+                password: Secret::new(
+                    cli.db_password
+                        .clone()
+                        .or(file.store.password)
+                        .unwrap_or_default(),
+                ),
+                database: cli
+                    .db_name
+                    .clone()
+                    .or(file.store.database)
+                    .unwrap_or_else(|| "ccr".into()),
+            },
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "store type {other:?} is not supported; use \"sqlite\" or \"mysql\""
+                )))
+            }
+        };
+        let log_level = cli
+            .log_level
+            .clone()
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
+        if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "log_level {log_level:?} is not one of trace, debug, info, warn, error"
+            )));
+        }
+        let connect_timeout_secs = file.connect_timeout_secs.unwrap_or(5);
+        if connect_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "connect_timeout_secs must be at least 1".into(),
+            ));
+        }
+        let auth_token = token_env
+            .or(file.auth_token)
+            .filter(|t| !t.is_empty())
+            .map(Secret::new);
+        Ok(Config {
+            host: cli
+                .host
+                .clone()
+                .or(file.host)
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            port: cli.port.or(file.port).unwrap_or(9190),
+            auth_token,
+            log_level,
+            log_dir: cli.log_dir.clone().or(file.log_dir),
+            pid_file: cli.pid_file.clone().or(file.pid_file),
+            connect_timeout: Duration::from_secs(connect_timeout_secs),
+            store,
+        })
+    }
+}
+
+fn read_file(path: &Path, required: bool) -> Result<FileConfig, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            return Ok(FileConfig::default())
+        }
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("ccr-syncer").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::merge(FileConfig::default(), &cli(&[]), None).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 9190));
+        assert!(matches!(c.store, StoreConfig::Sqlite { ref dir } if dir == Path::new("db")));
+        assert!(c.auth_token.is_none());
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: FileConfig = toml::from_str(
+            "port = 1000\nhost = \"0.0.0.0\"\n[store]\ntype = \"mysql\"\nhost = \"db1\"\npassword = \"f\"\n",
+        )
+        .unwrap();
+        let c = Config::merge(file, &cli(&["--port", "2000", "--db-host", "db2"]), None).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 2000));
+        match c.store {
+            StoreConfig::Mysql {
+                host,
+                port,
+                password,
+                database,
+                ..
+            } => {
+                assert_eq!(
+                    (host.as_str(), port, database.as_str()),
+                    ("db2", 3306, "ccr")
+                );
+                assert_eq!(password.expose(), "f");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let unknown = toml::from_str::<FileConfig>("prot = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("prot"), "{unknown}");
+        let bad_type: FileConfig = toml::from_str("[store]\ntype = \"redis\"\n").unwrap();
+        let err = Config::merge(bad_type, &cli(&[]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redis"), "{err}");
+        let err = Config::merge(FileConfig::default(), &cli(&["--log-level", "loud"]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loud"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_config_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        let file = read_file(&path, true).unwrap();
+        Config::merge(file, &cli(&[]), None).unwrap();
+    }
+
+    #[test]
+    fn token_from_environment_wins_and_empty_means_none() {
+        let file: FileConfig = toml::from_str("auth_token = \"f\"\n").unwrap();
+        let c = Config::merge(file, &cli(&[]), Some("e".into())).unwrap();
+        assert_eq!(c.auth_token.unwrap().expose(), "e");
+        let file: FileConfig = toml::from_str("auth_token = \"\"\n").unwrap();
+        assert!(Config::merge(file, &cli(&[]), None)
+            .unwrap()
+            .auth_token
+            .is_none());
+    }
+}

@@ -1,0 +1,368 @@
+//! A job's state and the pure function that moves it.
+//!
+//! A job has a *run state* (`running`, `paused`, or `desynced` once detached
+//! from its destination) and a *progress state* (the Doris syncer's names:
+//! which phase of the sync it is in). Commands from the API arrive as
+//! [`JobCommand`]s; [`transition`] decides, without any I/O, what the new
+//! status is or why the command is refused. The runner persists the result
+//! before it acknowledges the command, so an acknowledged command survives a
+//! restart.
+
+use super::spec::SyncType;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Paused,
+    /// Detached by `desync`: the job writes nothing more to its destination.
+    Desynced,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 3] = [RunState::Running, RunState::Paused, RunState::Desynced];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Desynced => "desynced",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProgressState {
+    DBFullSync,
+    DBTablesIncrementalSync,
+    DBIncrementalSync,
+    DBPartialSync,
+    TableFullSync,
+    TableIncrementalSync,
+    TablePartialSync,
+}
+
+impl ProgressState {
+    pub const ALL: [ProgressState; 7] = [
+        ProgressState::DBFullSync,
+        ProgressState::DBTablesIncrementalSync,
+        ProgressState::DBIncrementalSync,
+        ProgressState::DBPartialSync,
+        ProgressState::TableFullSync,
+        ProgressState::TableIncrementalSync,
+        ProgressState::TablePartialSync,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProgressState::DBFullSync => "DBFullSync",
+            ProgressState::DBTablesIncrementalSync => "DBTablesIncrementalSync",
+            ProgressState::DBIncrementalSync => "DBIncrementalSync",
+            ProgressState::DBPartialSync => "DBPartialSync",
+            ProgressState::TableFullSync => "TableFullSync",
+            ProgressState::TableIncrementalSync => "TableIncrementalSync",
+            ProgressState::TablePartialSync => "TablePartialSync",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Where a job of this type starts, and where a full resync sends it back.
+    pub fn full_sync(sync_type: SyncType) -> Self {
+        match sync_type {
+            SyncType::Db => ProgressState::DBFullSync,
+            SyncType::Table => ProgressState::TableFullSync,
+        }
+    }
+}
+
+impl fmt::Display for ProgressState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobStatus {
+    pub run_state: RunState,
+    pub progress_state: ProgressState,
+}
+
+impl JobStatus {
+    pub fn initial(sync_type: SyncType) -> Self {
+        JobStatus {
+            run_state: RunState::Running,
+            progress_state: ProgressState::full_sync(sync_type),
+        }
+    }
+}
+
+/// How far a job has got, as persisted with its status. The sync phases fill
+/// it in; until a job has applied a source transaction every field is empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Progress {
+    /// Commit seq of the last source transaction applied (see doc/operations.md).
+    pub commit_seq: Option<u64>,
+    /// Source position just after that transaction: a GTID position, or `file:pos`.
+    pub position: Option<String>,
+    /// Source commit time of that transaction, unix seconds.
+    pub commit_timestamp: Option<i64>,
+    /// Commit seq of a source transaction the destination refused, which holds the job.
+    pub failed_commit_seq: Option<u64>,
+    /// The last error that stopped or held the job.
+    pub last_error: Option<String>,
+    /// Why the current full sync runs, when it was asked for rather than the first one.
+    pub full_sync_reason: Option<String>,
+}
+
+/// Commands the API sends to a job's runner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobCommand {
+    Pause,
+    Resume,
+    Desync,
+    /// Re-run a full sync (`force_fullsync`, or `job_skip_binlog` with `fullsync`).
+    FullSync {
+        reason: String,
+    },
+    /// Skip the one source transaction the job is held on (`skip_by: silence`).
+    SkipTransaction {
+        commit_seq: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("job is desynced from its destination; delete it and create a new job to sync again")]
+    Desynced,
+    #[error("job is not held on a failed transaction, so there is nothing to skip (asked to skip commit seq {asked})")]
+    NothingToSkip { asked: u64 },
+    #[error("job is held on commit seq {held}, not {asked}; skip_commit_seq must name the transaction the job is held on")]
+    WrongSkip { held: u64, asked: u64 },
+}
+
+/// The outcome of a command: the new status and progress to persist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub status: JobStatus,
+    pub progress: Progress,
+}
+
+/// Decides a command's effect. Pure: no I/O, no clock.
+pub fn transition(
+    sync_type: SyncType,
+    status: JobStatus,
+    progress: &Progress,
+    command: &JobCommand,
+) -> Result<Transition, CommandError> {
+    if status.run_state == RunState::Desynced {
+        return Err(CommandError::Desynced);
+    }
+    let mut next = Transition {
+        status,
+        progress: progress.clone(),
+    };
+    match command {
+        JobCommand::Pause => next.status.run_state = RunState::Paused,
+        JobCommand::Resume => next.status.run_state = RunState::Running,
+        JobCommand::Desync => next.status.run_state = RunState::Desynced,
+        JobCommand::FullSync { reason } => {
+            next.status.progress_state = ProgressState::full_sync(sync_type);
+            next.progress = Progress {
+                full_sync_reason: Some(reason.clone()),
+                ..Progress::default()
+            };
+        }
+        JobCommand::SkipTransaction { commit_seq } => match progress.failed_commit_seq {
+            None => return Err(CommandError::NothingToSkip { asked: *commit_seq }),
+            Some(held) if held != *commit_seq => {
+                return Err(CommandError::WrongSkip {
+                    held,
+                    asked: *commit_seq,
+                })
+            }
+            Some(_) => {
+                next.progress.failed_commit_seq = None;
+                next.progress.last_error = None;
+            }
+        },
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(run_state: RunState, progress_state: ProgressState) -> JobStatus {
+        JobStatus {
+            run_state,
+            progress_state,
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for r in RunState::ALL {
+            assert_eq!(RunState::parse(r.as_str()), Some(r));
+        }
+        for p in ProgressState::ALL {
+            assert_eq!(ProgressState::parse(p.as_str()), Some(p));
+            assert_eq!(
+                serde_json::to_string(&p).unwrap(),
+                format!("\"{}\"", p.as_str())
+            );
+        }
+        assert_eq!(RunState::parse("stopped"), None);
+    }
+
+    #[test]
+    fn transitions() {
+        use ProgressState::*;
+        use RunState::*;
+        let held = Progress {
+            failed_commit_seq: Some(7),
+            last_error: Some("dup".into()),
+            ..Progress::default()
+        };
+        let fresh = Progress::default();
+        let fullsync = JobCommand::FullSync {
+            reason: "asked".into(),
+        };
+        // (sync type, from, progress, command, expected status or error)
+        type Case<'a> = (
+            SyncType,
+            JobStatus,
+            &'a Progress,
+            JobCommand,
+            Result<JobStatus, CommandError>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                SyncType::Db,
+                status(Running, DBFullSync),
+                &fresh,
+                JobCommand::Pause,
+                Ok(status(Paused, DBFullSync)),
+            ),
+            (
+                SyncType::Db,
+                status(Paused, DBFullSync),
+                &fresh,
+                JobCommand::Pause,
+                Ok(status(Paused, DBFullSync)),
+            ),
+            (
+                SyncType::Db,
+                status(Paused, DBIncrementalSync),
+                &fresh,
+                JobCommand::Resume,
+                Ok(status(Running, DBIncrementalSync)),
+            ),
+            (
+                SyncType::Table,
+                status(Paused, TableIncrementalSync),
+                &fresh,
+                fullsync.clone(),
+                Ok(status(Paused, TableFullSync)),
+            ),
+            (
+                SyncType::Db,
+                status(Running, DBIncrementalSync),
+                &fresh,
+                fullsync.clone(),
+                Ok(status(Running, DBFullSync)),
+            ),
+            (
+                SyncType::Db,
+                status(Running, DBIncrementalSync),
+                &fresh,
+                JobCommand::Desync,
+                Ok(status(Desynced, DBIncrementalSync)),
+            ),
+            (
+                SyncType::Db,
+                status(Desynced, DBIncrementalSync),
+                &fresh,
+                JobCommand::Resume,
+                Err(CommandError::Desynced),
+            ),
+            (
+                SyncType::Db,
+                status(Running, DBIncrementalSync),
+                &fresh,
+                JobCommand::SkipTransaction { commit_seq: 7 },
+                Err(CommandError::NothingToSkip { asked: 7 }),
+            ),
+            (
+                SyncType::Db,
+                status(Running, DBIncrementalSync),
+                &held,
+                JobCommand::SkipTransaction { commit_seq: 8 },
+                Err(CommandError::WrongSkip { held: 7, asked: 8 }),
+            ),
+            (
+                SyncType::Db,
+                status(Running, DBIncrementalSync),
+                &held,
+                JobCommand::SkipTransaction { commit_seq: 7 },
+                Ok(status(Running, DBIncrementalSync)),
+            ),
+        ];
+        for (sync_type, from, progress, command, want) in cases {
+            let got = transition(sync_type, from, progress, &command).map(|t| t.status);
+            assert_eq!(got, want, "{command:?} from {from:?}");
+        }
+    }
+
+    #[test]
+    fn full_sync_resets_progress_and_skip_clears_the_hold() {
+        let progress = Progress {
+            commit_seq: Some(5),
+            position: Some("0-1-5".into()),
+            failed_commit_seq: Some(6),
+            last_error: Some("e".into()),
+            ..Progress::default()
+        };
+        let running = JobStatus::initial(SyncType::Db);
+        let t = transition(
+            SyncType::Db,
+            running,
+            &progress,
+            &JobCommand::FullSync { reason: "r".into() },
+        )
+        .unwrap();
+        assert_eq!(
+            t.progress,
+            Progress {
+                full_sync_reason: Some("r".into()),
+                ..Progress::default()
+            }
+        );
+        let t = transition(
+            SyncType::Db,
+            running,
+            &progress,
+            &JobCommand::SkipTransaction { commit_seq: 6 },
+        )
+        .unwrap();
+        assert_eq!(t.progress.failed_commit_seq, None);
+        assert_eq!(t.progress.last_error, None);
+        assert_eq!(t.progress.commit_seq, Some(5));
+    }
+}

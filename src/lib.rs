@@ -1,0 +1,14 @@
+//! ccr-syncer: cross-cluster replication for MySQL-protocol databases, driven
+//! over HTTP like the Doris CCR syncer. `doc/ARCHITECTURE.md` is the map.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod hostmap;
+pub mod job;
+pub mod logging;
+pub mod metrics;
+pub mod preflight;
+pub mod secret;
+pub mod store;

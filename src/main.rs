@@ -1,0 +1,70 @@
+//! The `ccr-syncer` binary: parse flags, load the config, set up logging,
+//! write the pid file, then run the service until SIGINT or SIGTERM.
+
+use ccr_syncer::config::{Cli, Config};
+use ccr_syncer::{app, logging};
+use clap::Parser;
+use std::process::ExitCode;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ccr-syncer: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = logging::init(&config.log_level, config.log_dir.as_deref()) {
+        eprintln!("ccr-syncer: cannot open the log: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ccr-syncer: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("ccr-syncer: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let listener = TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    let pid_file = config.pid_file.clone();
+    if let Some(path) = &pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
+    }
+    let result = app::run(config, listener, shutdown)
+        .await
+        .map_err(|e| e.to_string());
+    if let Some(path) = &pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}

@@ -1,0 +1,428 @@
+//! The checks `create_ccr` runs against both servers before a job is stored.
+//!
+//! Source: reachable; a supported server (MariaDB 10.6+, MySQL 8.0+); binary
+//! log on, `binlog_format=ROW`, `binlog_row_image=FULL` (global values: they
+//! are what writers' sessions start with); the user holds REPLICATION SLAVE,
+//! REPLICATION CLIENT (MariaDB: BINLOG MONITOR) and SELECT on the scope; the
+//! database, or table, exists. Destination: reachable; the user may create and
+//! write the destination database; the target tables are absent unless
+//! `allow_table_exists`; it is not the source database itself.
+//!
+//! Every problem on a server is collected and reported together, each with
+//! what to change, so an operator fixes them in one round. Read-only: nothing
+//! here writes to either server.
+
+use crate::db::{self, ConnectError, ServerAddr};
+use crate::job::spec::{Endpoint, JobSpec};
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("{side} {error}")]
+    Unreachable { side: Side, error: ConnectError },
+    #[error("{side} {error}")]
+    Refused { side: Side, error: ConnectError },
+    #[error("{side} {address} {}", problems.join("; "))]
+    Unfit {
+        side: Side,
+        address: String,
+        problems: Vec<String>,
+    },
+    #[error("destination {address} already has {}; drop {} or set allow_table_exists to reuse {}",
+        tables.join(", "), them(tables), them(tables))]
+    TargetExists {
+        address: String,
+        tables: Vec<String>,
+    },
+    #[error("{side} {address} failed a check query: {reason}")]
+    Query {
+        side: Side,
+        address: String,
+        reason: String,
+    },
+}
+
+fn them(tables: &[String]) -> &'static str {
+    if tables.len() == 1 {
+        "it"
+    } else {
+        "them"
+    }
+}
+
+/// What the source check learned that the destination check needs.
+struct SourceFacts {
+    /// The tables in the job's scope.
+    tables: Vec<String>,
+    identity: ServerIdentity,
+}
+
+/// Tells two servers apart even when reached by different addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ServerIdentity {
+    hostname: String,
+    port: i64,
+    datadir: String,
+}
+
+/// Runs every check; `Ok` means the job may be stored.
+pub async fn check(spec: &JobSpec, timeout: Duration) -> Result<(), PreflightError> {
+    let (src, dest) = tokio::join!(
+        connect(Side::Source, &spec.src, timeout),
+        connect(Side::Destination, &spec.dest, timeout)
+    );
+    let mut src = src?;
+    let mut dest = dest?;
+    let result = async {
+        let facts = check_source(&mut src, &spec.src).await?;
+        check_destination(&mut dest, spec, &facts).await
+    }
+    .await;
+    // Best effort: the checks' outcome does not depend on a clean goodbye.
+    let _ = tokio::join!(src.disconnect(), dest.disconnect());
+    result
+}
+
+async fn connect(side: Side, ep: &Endpoint, timeout: Duration) -> Result<Conn, PreflightError> {
+    let addr = ServerAddr {
+        host: &ep.host,
+        port: ep.port,
+        user: &ep.user,
+        password: &ep.password,
+    };
+    db::connect(&addr, None, timeout)
+        .await
+        .map_err(|error| match error {
+            ConnectError::Unreachable { .. } => PreflightError::Unreachable { side, error },
+            ConnectError::Refused { .. } => PreflightError::Refused { side, error },
+        })
+}
+
+fn query_error(side: Side, ep: &Endpoint) -> impl Fn(mysql_async::Error) -> PreflightError + '_ {
+    move |e| PreflightError::Query {
+        side,
+        address: ep.address(),
+        reason: e.to_string(),
+    }
+}
+
+async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, PreflightError> {
+    let err = query_error(Side::Source, ep);
+    let (version, log_bin, format, row_image): (String, i64, String, String) = conn
+        .query_first(
+            "SELECT @@version, @@log_bin, @@global.binlog_format, @@global.binlog_row_image",
+        )
+        .await
+        .map_err(&err)?
+        .ok_or_else(|| err(mysql_async::Error::Other("no row".into())))?;
+    let mut problems = Vec::new();
+    if let Some(p) = version_problem(&version) {
+        problems.push(p);
+    }
+    if log_bin == 0 {
+        problems.push(
+            "has the binary log off; start it with log_bin (e.g. --log-bin) and server_id set"
+                .into(),
+        );
+    }
+    if !format.eq_ignore_ascii_case("ROW") {
+        problems.push(format!("has binlog_format={format}; set binlog_format=ROW"));
+    }
+    if !row_image.eq_ignore_ascii_case("FULL") {
+        problems.push(format!(
+            "has binlog_row_image={row_image}; set binlog_row_image=FULL"
+        ));
+    }
+
+    let global = global_privileges(conn).await.map_err(&err)?;
+    let mut missing = Vec::new();
+    if !global.contains("REPLICATION SLAVE") {
+        missing.push("REPLICATION SLAVE");
+    }
+    if !global.contains("REPLICATION CLIENT") && !global.contains("BINLOG MONITOR") {
+        missing.push("REPLICATION CLIENT");
+    }
+    let mut can_select = global.contains("SELECT")
+        || schema_privileges(conn, &ep.database)
+            .await
+            .map_err(&err)?
+            .contains("SELECT");
+    if !can_select {
+        if let Some(table) = &ep.table {
+            can_select = table_privileges(conn, &ep.database, table)
+                .await
+                .map_err(&err)?
+                .contains("SELECT");
+        }
+    }
+    if !can_select {
+        missing.push("SELECT");
+    }
+    if !missing.is_empty() {
+        problems.push(format!(
+            "user {:?} lacks {}; GRANT {} ON *.* TO the user (SELECT may be granted on {} only)",
+            ep.user,
+            missing.join(", "),
+            missing.join(", "),
+            db::quote_ident(&ep.database),
+        ));
+    }
+
+    let tables = if schema_exists(conn, &ep.database).await.map_err(&err)? {
+        let all = base_tables(conn, &ep.database).await.map_err(&err)?;
+        match &ep.table {
+            Some(t) if all.contains(t) => vec![t.clone()],
+            Some(t) => {
+                problems.push(format!(
+                    "has no table {}.{} (or the user cannot see it); create it or fix src.table",
+                    ep.database, t
+                ));
+                Vec::new()
+            }
+            None => all,
+        }
+    } else {
+        problems.push(format!(
+            "has no database {} (or the user cannot see it); create it or fix src.database",
+            ep.database
+        ));
+        Vec::new()
+    };
+
+    if !problems.is_empty() {
+        return Err(PreflightError::Unfit {
+            side: Side::Source,
+            address: ep.address(),
+            problems,
+        });
+    }
+    Ok(SourceFacts {
+        tables,
+        identity: identity(conn).await.map_err(&err)?,
+    })
+}
+
+/// What the destination user must be able to do in the destination database.
+const DEST_PRIVILEGES: [&str; 8] = [
+    "SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "INDEX",
+];
+
+async fn check_destination(
+    conn: &mut Conn,
+    spec: &JobSpec,
+    src: &SourceFacts,
+) -> Result<(), PreflightError> {
+    let ep = &spec.dest;
+    let err = query_error(Side::Destination, ep);
+    let mut problems = Vec::new();
+    if identity(conn).await.map_err(&err)? == src.identity && spec.src.database == ep.database {
+        problems.push(format!(
+            "is the source server, and database {} is the source database; choose another dest.database",
+            ep.database
+        ));
+    }
+    let global = global_privileges(conn).await.map_err(&err)?;
+    let schema = schema_privileges(conn, &ep.database).await.map_err(&err)?;
+    let missing: Vec<&str> = DEST_PRIVILEGES
+        .into_iter()
+        .filter(|p| !global.contains(*p) && !schema.contains(*p))
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "user {:?} lacks {} on {}; GRANT them ON {}.* TO the user",
+            ep.user,
+            missing.join(", "),
+            db::quote_ident(&ep.database),
+            db::quote_ident(&ep.database),
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(PreflightError::Unfit {
+            side: Side::Destination,
+            address: ep.address(),
+            problems,
+        });
+    }
+
+    if spec.allow_table_exists || !schema_exists(conn, &ep.database).await.map_err(&err)? {
+        return Ok(());
+    }
+    let present = all_tables(conn, &ep.database).await.map_err(&err)?;
+    let wanted: Vec<String> = match &ep.table {
+        Some(t) => vec![t.clone()],
+        None => src.tables.clone(),
+    };
+    let clash: Vec<String> = wanted
+        .into_iter()
+        .filter(|t| present.contains(t))
+        .map(|t| format!("{}.{}", ep.database, t))
+        .collect();
+    if clash.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError::TargetExists {
+            address: ep.address(),
+            tables: clash,
+        })
+    }
+}
+
+/// "10.11.6-MariaDB-log" → MariaDB 10.11; "8.0.36" → MySQL 8.0.
+fn version_problem(version: &str) -> Option<String> {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let (name, min) = if version.contains("MariaDB") {
+        ("MariaDB", (10, 6))
+    } else {
+        ("MySQL", (8, 0))
+    };
+    if (major, minor) < min {
+        Some(format!(
+            "runs {name} {version}, older than the {name} {}.{} this syncer needs; upgrade it",
+            min.0, min.1
+        ))
+    } else {
+        None
+    }
+}
+
+async fn global_privileges(conn: &mut Conn) -> Result<BTreeSet<String>, mysql_async::Error> {
+    let rows: Vec<String> = conn
+        .query("SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES")
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Database-level grants whose pattern covers `database`.
+async fn schema_privileges(
+    conn: &mut Conn,
+    database: &str,
+) -> Result<BTreeSet<String>, mysql_async::Error> {
+    let rows: Vec<String> = conn
+        .exec(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES WHERE ? LIKE TABLE_SCHEMA",
+            (database,),
+        )
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn table_privileges(
+    conn: &mut Conn,
+    database: &str,
+    table: &str,
+) -> Result<BTreeSet<String>, mysql_async::Error> {
+    let rows: Vec<String> = conn
+        .exec(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.TABLE_PRIVILEGES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (database, table),
+        )
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn schema_exists(conn: &mut Conn, database: &str) -> Result<bool, mysql_async::Error> {
+    let found: Option<String> = conn
+        .exec_first(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+            (database,),
+        )
+        .await?;
+    Ok(found.is_some())
+}
+
+async fn base_tables(conn: &mut Conn, database: &str) -> Result<Vec<String>, mysql_async::Error> {
+    conn.exec(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+        (database,),
+    )
+    .await
+}
+
+/// Tables and views: a view in the way blocks a table of its name too.
+async fn all_tables(
+    conn: &mut Conn,
+    database: &str,
+) -> Result<BTreeSet<String>, mysql_async::Error> {
+    let rows: Vec<String> = conn
+        .exec(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?",
+            (database,),
+        )
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn identity(conn: &mut Conn) -> Result<ServerIdentity, mysql_async::Error> {
+    let (hostname, port, datadir): (String, i64, String) = conn
+        .query_first("SELECT @@hostname, @@port, @@datadir")
+        .await?
+        .ok_or_else(|| mysql_async::Error::Other("no row".into()))?;
+    Ok(ServerIdentity {
+        hostname,
+        port,
+        datadir,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let cases = [
+            ("10.11.19-MariaDB-0+deb12u1", false),
+            ("10.6.0-MariaDB", false),
+            ("10.5.23-MariaDB-log", true),
+            ("11.4.2-MariaDB", false),
+            ("8.0.36", false),
+            ("5.7.44-log", true),
+        ];
+        for (v, too_old) in cases {
+            assert_eq!(version_problem(v).is_some(), too_old, "{v}");
+        }
+    }
+
+    #[test]
+    fn messages_name_what_to_fix() {
+        let e = PreflightError::Unfit {
+            side: Side::Source,
+            address: "127.0.0.1:13306".into(),
+            problems: vec!["has binlog_format=STATEMENT; set binlog_format=ROW".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "source 127.0.0.1:13306 has binlog_format=STATEMENT; set binlog_format=ROW"
+        );
+        let e = PreflightError::TargetExists {
+            address: "h:1".into(),
+            tables: vec!["d.t".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "destination h:1 already has d.t; drop it or set allow_table_exists to reuse it"
+        );
+    }
+}

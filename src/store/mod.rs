@@ -1,0 +1,228 @@
+//! The meta store: where jobs, their state and their progress live across
+//! restarts. The only module that knows the metadata SQL.
+//!
+//! One trait, [`MetaStore`], two backends: SQLite (embedded, the default) and
+//! MySQL/MariaDB (so that several syncers can share one store). Both run the
+//! same versioned migrations ([`MIGRATIONS`]) and store a job as one row of
+//! `ccr_jobs`. The spec is kept as JSON *without* its passwords (the spec's
+//! serializer masks them); the passwords sit in their own columns, written and
+//! read only here, because the service must log in again after a restart.
+//!
+//! How far a job has *applied* lives on the destination, in its checkpoint
+//! table; this store holds what the job is and what state it is in.
+
+mod mysql;
+mod sqlite;
+
+pub use mysql::MysqlStore;
+pub use sqlite::SqliteStore;
+
+use crate::config::StoreConfig;
+use crate::job::spec::JobSpec;
+use crate::job::state::{JobStatus, Progress, ProgressState, RunState};
+use crate::secret::Secret;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// A job as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRecord {
+    pub spec: JobSpec,
+    pub status: JobStatus,
+    pub progress: Progress,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job {0} already exists")]
+    Duplicate(String),
+    #[error("job {0} does not exist")]
+    NotFound(String),
+    #[error("meta store schema version {found} is newer than this ccr-syncer knows ({known}); upgrade ccr-syncer")]
+    TooNew { found: i64, known: i64 },
+    #[error("meta store row for job {name} is unreadable: {message}")]
+    Corrupt { name: String, message: String },
+    #[error("meta store error: {0}")]
+    Backend(String),
+}
+
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    /// Stores a new job; [`StoreError::Duplicate`] if the name is taken.
+    async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError>;
+    /// Every stored job, ordered by name.
+    async fn load_jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
+    /// Saves a job's status and progress.
+    async fn save_status(
+        &self,
+        name: &str,
+        status: JobStatus,
+        progress: &Progress,
+        updated_at: i64,
+    ) -> Result<(), StoreError>;
+    /// Saves a changed spec (host mappings are updated in place).
+    async fn save_spec(&self, spec: &JobSpec, updated_at: i64) -> Result<(), StoreError>;
+    /// Deletes a job; false if there was none.
+    async fn delete_job(&self, name: &str) -> Result<bool, StoreError>;
+}
+
+/// Opens the configured store and brings its schema up to date.
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn MetaStore>, StoreError> {
+    Ok(match config {
+        StoreConfig::Sqlite { dir } => Arc::new(SqliteStore::open(dir).await?),
+        StoreConfig::Mysql { .. } => Arc::new(MysqlStore::open(config).await?),
+    })
+}
+
+/// The schema, one entry per version; the same statements run on both
+/// backends (column types that SQLite and MySQL read alike).
+pub(crate) const MIGRATIONS: &[&[&str]] = &[
+    // 1: jobs.
+    &["CREATE TABLE ccr_jobs (
+        name VARCHAR(128) NOT NULL PRIMARY KEY,
+        spec MEDIUMTEXT NOT NULL,
+        src_password MEDIUMTEXT NOT NULL,
+        dest_password MEDIUMTEXT NOT NULL,
+        run_state VARCHAR(16) NOT NULL,
+        progress_state VARCHAR(32) NOT NULL,
+        progress MEDIUMTEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )"],
+];
+
+pub(crate) const VERSION_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS ccr_schema_version (version BIGINT NOT NULL)";
+
+/// The statements that take a store from `current` to the newest version.
+pub(crate) fn pending_migrations(
+    current: i64,
+) -> Result<Vec<(i64, &'static [&'static str])>, StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::TooNew {
+            found: current,
+            known,
+        });
+    }
+    Ok(MIGRATIONS
+        .iter()
+        .enumerate()
+        .map(|(i, stmts)| (i as i64 + 1, *stmts))
+        .filter(|(v, _)| *v > current)
+        .collect())
+}
+
+/// A `ccr_jobs` row, as both backends read and write it.
+pub(crate) struct JobRow {
+    pub name: String,
+    pub spec: String,
+    pub src_password: String,
+    pub dest_password: String,
+    pub run_state: String,
+    pub progress_state: String,
+    pub progress: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+pub(crate) const SELECT_JOBS: &str = "SELECT name, spec, src_password, dest_password, run_state, \
+     progress_state, progress, created_at, updated_at FROM ccr_jobs ORDER BY name";
+pub(crate) const INSERT_JOB: &str = "INSERT INTO ccr_jobs (name, spec, src_password, dest_password, \
+     run_state, progress_state, progress, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+pub(crate) const UPDATE_STATUS: &str =
+    "UPDATE ccr_jobs SET run_state = ?, progress_state = ?, progress = ?, updated_at = ? WHERE name = ?";
+pub(crate) const UPDATE_SPEC: &str =
+    "UPDATE ccr_jobs SET spec = ?, src_password = ?, dest_password = ?, updated_at = ? WHERE name = ?";
+pub(crate) const DELETE_JOB: &str = "DELETE FROM ccr_jobs WHERE name = ?";
+
+pub(crate) fn encode_spec(spec: &JobSpec) -> Result<String, StoreError> {
+    serde_json::to_string(spec).map_err(|e| StoreError::Backend(format!("encoding job spec: {e}")))
+}
+
+pub(crate) fn encode_progress(progress: &Progress) -> Result<String, StoreError> {
+    serde_json::to_string(progress)
+        .map_err(|e| StoreError::Backend(format!("encoding job progress: {e}")))
+}
+
+pub(crate) fn encode(job: &JobRecord) -> Result<JobRow, StoreError> {
+    Ok(JobRow {
+        name: job.spec.name.clone(),
+        spec: encode_spec(&job.spec)?,
+        src_password: job.spec.src.password.expose().to_string(),
+        dest_password: job.spec.dest.password.expose().to_string(),
+        run_state: job.status.run_state.as_str().to_string(),
+        progress_state: job.status.progress_state.as_str().to_string(),
+        progress: encode_progress(&job.progress)?,
+        created_at: job.created_at,
+        updated_at: job.updated_at,
+    })
+}
+
+pub(crate) fn decode(row: JobRow) -> Result<JobRecord, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        name: row.name.clone(),
+        message,
+    };
+    let mut spec: JobSpec =
+        serde_json::from_str(&row.spec).map_err(|e| corrupt(format!("spec: {e}")))?;
+    spec.src.password = Secret::new(row.src_password.clone());
+    spec.dest.password = Secret::new(row.dest_password.clone());
+    let run_state = RunState::parse(&row.run_state)
+        .ok_or_else(|| corrupt(format!("unknown run state {:?}", row.run_state)))?;
+    let progress_state = ProgressState::parse(&row.progress_state)
+        .ok_or_else(|| corrupt(format!("unknown progress state {:?}", row.progress_state)))?;
+    let progress: Progress =
+        serde_json::from_str(&row.progress).map_err(|e| corrupt(format!("progress: {e}")))?;
+    Ok(JobRecord {
+        spec,
+        status: JobStatus {
+            run_state,
+            progress_state,
+        },
+        progress,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::spec::tests::spec;
+    use crate::job::spec::SyncType;
+
+    #[test]
+    fn row_round_trip_keeps_passwords_out_of_the_spec_column() {
+        let job = JobRecord {
+            spec: spec("j"),
+            status: JobStatus::initial(SyncType::Db),
+            progress: Progress {
+                commit_seq: Some(3),
+                ..Progress::default()
+            },
+            created_at: 1,
+            updated_at: 2,
+        };
+        let row = encode(&job).unwrap();
+        assert!(!row.spec.contains("\"pw\""));
+        assert_eq!(row.src_password, "pw");
+        assert_eq!(decode(row).unwrap(), job);
+    }
+
+    #[test]
+    fn migrations_by_version() {
+        assert_eq!(pending_migrations(0).unwrap().len(), MIGRATIONS.len());
+        assert!(pending_migrations(MIGRATIONS.len() as i64)
+            .unwrap()
+            .is_empty());
+        assert!(matches!(
+            pending_migrations(MIGRATIONS.len() as i64 + 1),
+            Err(StoreError::TooNew { .. })
+        ));
+    }
+}

@@ -1,0 +1,239 @@
+//! The MySQL/MariaDB meta store: the same `ccr_jobs` table in a database of a
+//! MySQL-protocol server, so several syncers can share one store.
+//!
+//! The database is created if missing. Migrations run under the named lock
+//! `ccr_syncer_migrate` so that syncers starting together migrate once.
+
+use super::{
+    decode, encode, encode_progress, encode_spec, pending_migrations, JobRecord, JobRow, MetaStore,
+    StoreError, DELETE_JOB, INSERT_JOB, SELECT_JOBS, UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
+};
+use crate::config::StoreConfig;
+use crate::db::{self, quote_ident, server_code, ServerAddr};
+use crate::job::spec::JobSpec;
+use crate::job::state::{JobStatus, Progress};
+use async_trait::async_trait;
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Pool};
+use std::time::Duration;
+
+/// MySQL's error code for a duplicate key.
+const ER_DUP_ENTRY: u16 = 1062;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct MysqlStore {
+    pool: Pool,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("mysql: {e}"))
+}
+
+impl MysqlStore {
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let StoreConfig::Mysql {
+            host,
+            port,
+            user,
+            password,
+            database,
+        } = config
+        else {
+            return Err(backend("not a mysql store configuration"));
+        };
+        let addr = ServerAddr {
+            host,
+            port: *port,
+            user,
+            password,
+        };
+        let mut conn = db::connect(&addr, None, CONNECT_TIMEOUT)
+            .await
+            .map_err(backend)?;
+        conn.query_drop(format!(
+            "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4",
+            quote_ident(database)
+        ))
+        .await
+        .map_err(backend)?;
+        conn.query_drop(format!("USE {}", quote_ident(database)))
+            .await
+            .map_err(backend)?;
+        migrate(&mut conn).await?;
+        conn.disconnect().await.map_err(backend)?;
+        Ok(MysqlStore {
+            pool: Pool::new(db::opts(&addr, Some(database))),
+        })
+    }
+
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        self.pool.get_conn().await.map_err(backend)
+    }
+}
+
+async fn migrate(conn: &mut Conn) -> Result<(), StoreError> {
+    let locked: Option<i64> = conn
+        .query_first("SELECT GET_LOCK('ccr_syncer_migrate', 30)")
+        .await
+        .map_err(backend)?;
+    if locked != Some(1) {
+        return Err(backend(
+            "another syncer holds the migration lock ccr_syncer_migrate",
+        ));
+    }
+    let result = run_migrations(conn).await;
+    conn.query_drop("DO RELEASE_LOCK('ccr_syncer_migrate')")
+        .await
+        .map_err(backend)?;
+    result
+}
+
+async fn run_migrations(conn: &mut Conn) -> Result<(), StoreError> {
+    conn.query_drop(VERSION_TABLE).await.map_err(backend)?;
+    let current: Option<Option<i64>> = conn
+        .query_first("SELECT MAX(version) FROM ccr_schema_version")
+        .await
+        .map_err(backend)?;
+    // DDL commits implicitly in MySQL, so each version is recorded right after
+    // its statements; the named lock keeps other syncers out meanwhile.
+    for (version, statements) in pending_migrations(current.flatten().unwrap_or(0))? {
+        for sql in statements {
+            conn.query_drop(*sql).await.map_err(backend)?;
+        }
+        conn.query_drop("DELETE FROM ccr_schema_version")
+            .await
+            .map_err(backend)?;
+        conn.exec_drop(
+            "INSERT INTO ccr_schema_version (version) VALUES (?)",
+            (version,),
+        )
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl MetaStore for MysqlStore {
+    async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        let row = encode(job)?;
+        let mut conn = self.conn().await?;
+        let result = conn
+            .exec_drop(
+                INSERT_JOB,
+                (
+                    &row.name,
+                    row.spec,
+                    row.src_password,
+                    row.dest_password,
+                    row.run_state,
+                    row.progress_state,
+                    row.progress,
+                    row.created_at,
+                    row.updated_at,
+                ),
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if server_code(&e) == Some(ER_DUP_ENTRY) => Err(StoreError::Duplicate(row.name)),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn load_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<JobRow> = conn
+            .query_map(
+                SELECT_JOBS,
+                |(
+                    name,
+                    spec,
+                    src_password,
+                    dest_password,
+                    run_state,
+                    progress_state,
+                    progress,
+                    created_at,
+                    updated_at,
+                )| JobRow {
+                    name,
+                    spec,
+                    src_password,
+                    dest_password,
+                    run_state,
+                    progress_state,
+                    progress,
+                    created_at,
+                    updated_at,
+                },
+            )
+            .await
+            .map_err(backend)?;
+        rows.into_iter().map(decode).collect()
+    }
+
+    async fn save_status(
+        &self,
+        name: &str,
+        status: JobStatus,
+        progress: &Progress,
+        updated_at: i64,
+    ) -> Result<(), StoreError> {
+        let progress = encode_progress(progress)?;
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            UPDATE_STATUS,
+            (
+                status.run_state.as_str(),
+                status.progress_state.as_str(),
+                progress,
+                updated_at,
+                name,
+            ),
+        )
+        .await
+        .map_err(backend)?;
+        // MySQL counts changed rows, not matched ones, so check existence when
+        // nothing changed (a save of the same status is not an error).
+        if conn.affected_rows() == 0 && !exists(&mut conn, name).await? {
+            return Err(StoreError::NotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn save_spec(&self, spec: &JobSpec, updated_at: i64) -> Result<(), StoreError> {
+        let encoded = encode_spec(spec)?;
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            UPDATE_SPEC,
+            (
+                encoded,
+                spec.src.password.expose(),
+                spec.dest.password.expose(),
+                updated_at,
+                &spec.name,
+            ),
+        )
+        .await
+        .map_err(backend)?;
+        if conn.affected_rows() == 0 && !exists(&mut conn, &spec.name).await? {
+            return Err(StoreError::NotFound(spec.name.clone()));
+        }
+        Ok(())
+    }
+
+    async fn delete_job(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(DELETE_JOB, (name,)).await.map_err(backend)?;
+        Ok(conn.affected_rows() > 0)
+    }
+}
+
+async fn exists(conn: &mut Conn, name: &str) -> Result<bool, StoreError> {
+    let found: Option<i64> = conn
+        .exec_first("SELECT 1 FROM ccr_jobs WHERE name = ?", (name,))
+        .await
+        .map_err(backend)?;
+    Ok(found.is_some())
+}
