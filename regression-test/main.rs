@@ -1,1 +1,12 @@
+//! Tests that need real servers: every one starts or shares throwaway
+//! `mariadbd` instances through `harness` and runs the service in-process.
 
+mod harness;
+
+mod api_lifecycle;
+mod api_validation;
+mod binary;
+mod create_checks;
+mod metrics_auth;
+mod restart;
+mod stores;

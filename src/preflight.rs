@@ -307,9 +307,18 @@ fn version_problem(version: &str) -> Option<String> {
     }
 }
 
+/// `'user'@'host'` of the session's account, as the privilege views name it.
+/// A user who may read the `mysql` schema sees every account's rows in those
+/// views, so each query below keeps only its own.
+const GRANTEE: &str = "CONCAT('''', LEFT(CURRENT_USER(), LENGTH(CURRENT_USER()) - \
+     LENGTH(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) - 1), '''@''', \
+     SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')";
+
 async fn global_privileges(conn: &mut Conn) -> Result<BTreeSet<String>, mysql_async::Error> {
     let rows: Vec<String> = conn
-        .query("SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES")
+        .query(format!(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = {GRANTEE}"
+        ))
         .await?;
     Ok(rows.into_iter().collect())
 }
@@ -321,7 +330,10 @@ async fn schema_privileges(
 ) -> Result<BTreeSet<String>, mysql_async::Error> {
     let rows: Vec<String> = conn
         .exec(
-            "SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES WHERE ? LIKE TABLE_SCHEMA",
+            format!(
+                "SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES \
+                 WHERE ? LIKE TABLE_SCHEMA AND GRANTEE = {GRANTEE}"
+            ),
             (database,),
         )
         .await?;
@@ -335,7 +347,10 @@ async fn table_privileges(
 ) -> Result<BTreeSet<String>, mysql_async::Error> {
     let rows: Vec<String> = conn
         .exec(
-            "SELECT PRIVILEGE_TYPE FROM information_schema.TABLE_PRIVILEGES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            format!(
+                "SELECT PRIVILEGE_TYPE FROM information_schema.TABLE_PRIVILEGES \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND GRANTEE = {GRANTEE}"
+            ),
             (database, table),
         )
         .await?;

@@ -108,8 +108,19 @@ pub struct HostMappingRequest {
 pub struct SkipRequest {
     pub name: String,
     pub skip_by: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "commit_seq")]
     pub skip_commit_seq: Option<u64>,
+}
+
+/// A commit seq: a non-negative integer.
+fn commit_seq<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(deserializer)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) if n.is_u64() => Ok(n.as_u64()),
+        Some(other) => Err(de::Error::custom(format!(
+            "skip_commit_seq {other} is not a commit seq (a whole number, 0 or more)"
+        ))),
+    }
 }
 
 /// A port as a number or a numeric string, 1 to 65535.

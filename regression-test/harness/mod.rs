@@ -1,0 +1,67 @@
+//! The one shared harness: real `mariadbd` servers ([`mariadb`]), the service
+//! in-process ([`service`]) and builders for job specs.
+
+pub mod mariadb;
+pub mod service;
+
+pub use mariadb::{dest, source, unique, MariaDb, ServerOptions};
+pub use service::Service;
+
+use mariadb::{DEST_PASSWORD, DEST_USER, SRC_PASSWORD, SRC_USER};
+use serde_json::{json, Value};
+
+/// A source endpoint on `server` as the least-privileged source user.
+pub fn src_endpoint(server: &MariaDb, database: &str, table: Option<&str>) -> Value {
+    json!({"host": "127.0.0.1", "port": server.port, "user": SRC_USER, "password": SRC_PASSWORD,
+           "database": database, "table": table})
+}
+
+/// A destination endpoint on `server` as the least-privileged destination user.
+pub fn dest_endpoint(server: &MariaDb, database: &str, table: Option<&str>) -> Value {
+    json!({"host": "127.0.0.1", "port": server.port, "user": DEST_USER, "password": DEST_PASSWORD,
+           "database": database, "table": table})
+}
+
+/// A fresh source database with one table `t` holding a few rows.
+pub fn source_database() -> String {
+    let db = unique("src");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; CREATE TABLE {db}.t (id INT PRIMARY KEY, v VARCHAR(20)); \
+         INSERT INTO {db}.t VALUES (1, 'a'), (2, 'b'); CREATE TABLE {db}.u (id INT PRIMARY KEY)"
+    ));
+    db
+}
+
+/// A `create_ccr` body for a table job from a fresh source database.
+pub fn table_job(name: &str) -> Value {
+    let db = source_database();
+    json!({"name": name,
+           "src": src_endpoint(source(), &db, Some("t")),
+           "dest": dest_endpoint(dest(), &unique("dst"), Some("t"))})
+}
+
+/// A `create_ccr` body for a database job from a fresh source database.
+pub fn db_job(name: &str) -> Value {
+    let db = source_database();
+    json!({"name": name,
+           "src": src_endpoint(source(), &db, None),
+           "dest": dest_endpoint(dest(), &unique("dst"), None)})
+}
+
+pub async fn job_names(service: &Service) -> Vec<String> {
+    let body = service.post("list_jobs", json!({})).await.ok();
+    serde_json::from_value(body["jobs"].clone()).expect("jobs is a list of names")
+}
+
+pub async fn job_status(service: &Service, name: &str) -> (String, String) {
+    let body = service.post("job_status", json!({"name": name})).await.ok();
+    let status = &body["status"];
+    assert_eq!(status["name"], name);
+    (
+        status["state"].as_str().unwrap_or_default().to_string(),
+        status["progress_state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}

@@ -1,0 +1,168 @@
+//! The service, started in-process on port 0 through `app::run` (the same
+//! function `main` calls), and a small JSON client for it.
+
+use ccr_syncer::app;
+use ccr_syncer::config::{Config, StoreConfig};
+use ccr_syncer::secret::Secret;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct Service {
+    pub addr: SocketAddr,
+    http: reqwest::Client,
+    token: Option<String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), app::AppError>>>,
+}
+
+/// A response: HTTP status and JSON body.
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn error_msg(&self) -> &str {
+        self.body["error_msg"].as_str().unwrap_or("")
+    }
+
+    /// Asserts a success envelope.
+    #[track_caller]
+    pub fn ok(self) -> Value {
+        assert_eq!(self.status, 200, "expected success, got {}", self.text);
+        assert_eq!(self.body["success"], Value::Bool(true), "{}", self.text);
+        self.body
+    }
+
+    /// Asserts a failure envelope with this status whose message contains `needle`.
+    #[track_caller]
+    pub fn fails(&self, status: u16, needle: &str) {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(self.body["success"], Value::Bool(false), "{}", self.text);
+        assert!(
+            self.error_msg().contains(needle),
+            "error_msg {:?} does not mention {needle:?}",
+            self.error_msg()
+        );
+    }
+}
+
+pub fn sqlite_config(dir: &Path) -> Config {
+    Config::with_store(StoreConfig::Sqlite {
+        dir: dir.to_path_buf(),
+    })
+}
+
+impl Service {
+    pub async fn start(config: Config) -> Service {
+        let token = config.auth_token.as_ref().map(|t| t.expose().to_string());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        let service = Service {
+            addr,
+            http: reqwest::Client::new(),
+            token,
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        // The store opens before the API answers; wait until it does.
+        for _ in 0..200 {
+            if service.get("version").await.status == 200 {
+                return service;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("service did not answer /version");
+    }
+
+    pub async fn sqlite(dir: &Path) -> Service {
+        Service::start(sqlite_config(dir)).await
+    }
+
+    pub fn with_token(config: Config, token: &str) -> Config {
+        Config {
+            auth_token: Some(Secret::new(token)),
+            ..config
+        }
+    }
+
+    fn url(&self, operation: &str) -> String {
+        format!("http://{}/{operation}", self.addr)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let request = match &self.token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        let response = request.send().await.expect("request reaches the service");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("response body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, body, text }
+    }
+
+    pub async fn post(&self, operation: &str, body: Value) -> Reply {
+        self.send(self.http.post(self.url(operation)).json(&body))
+            .await
+    }
+
+    pub async fn post_raw(&self, operation: &str, body: impl Into<reqwest::Body>) -> Reply {
+        self.send(
+            self.http
+                .post(self.url(operation))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    pub async fn get(&self, operation: &str) -> Reply {
+        self.send(self.http.get(self.url(operation))).await
+    }
+
+    /// A request without the configured token, with this Authorization header.
+    pub async fn post_with_auth(&self, operation: &str, authorization: Option<&str>) -> Reply {
+        let mut request = self.http.post(self.url(operation)).body("{}");
+        if let Some(a) = authorization {
+            request = request.header("authorization", a);
+        }
+        let response = request.send().await.expect("request reaches the service");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("response body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, body, text }
+    }
+
+    /// Stops the service the way SIGTERM does and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(std::time::Duration::from_secs(30), task)
+                .await
+                .expect("service stops within 30 s")
+                .expect("service task")
+                .expect("service ran cleanly");
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

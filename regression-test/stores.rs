@@ -1,0 +1,156 @@
+//! The meta store contract, run against both backends.
+
+use crate::restart::mysql_store_config;
+use ccr_syncer::config::StoreConfig;
+use ccr_syncer::hostmap::HostMapping;
+use ccr_syncer::job::spec::{Endpoint, JobSpec, SyncType};
+use ccr_syncer::job::state::{JobStatus, Progress, ProgressState, RunState};
+use ccr_syncer::secret::Secret;
+use ccr_syncer::store::{self, JobRecord, StoreError};
+
+fn record(name: &str) -> JobRecord {
+    let endpoint = |db: &str, password: &str| Endpoint {
+        host: "10.0.0.1".into(),
+        port: 3306,
+        user: "u".into(),
+        password: Secret::new(password),
+        database: db.into(),
+        table: None,
+        host_mapping: HostMapping::default(),
+    };
+    JobRecord {
+        spec: JobSpec {
+            name: name.into(),
+            src: endpoint("a", "src-secret"),
+            dest: endpoint("b", "dest-secret"),
+            allow_table_exists: false,
+        },
+        status: JobStatus::initial(SyncType::Db),
+        progress: Progress::default(),
+        created_at: 1_000,
+        updated_at: 1_000,
+    }
+}
+
+async fn contract(config: StoreConfig) {
+    let store = store::open(&config).await.expect("open");
+    assert!(store.load_jobs().await.unwrap().is_empty());
+
+    let a = record("a");
+    store.insert_job(&a).await.unwrap();
+    store.insert_job(&record("b")).await.unwrap();
+    assert!(matches!(store.insert_job(&a).await, Err(StoreError::Duplicate(n)) if n == "a"));
+    let loaded = store.load_jobs().await.unwrap();
+    assert_eq!(
+        loaded
+            .iter()
+            .map(|j| j.spec.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(loaded[0], a, "passwords and every field round-trip");
+
+    let status = JobStatus {
+        run_state: RunState::Paused,
+        progress_state: ProgressState::DBIncrementalSync,
+    };
+    let progress = Progress {
+        commit_seq: Some(42),
+        position: Some("0-1-42".into()),
+        ..Progress::default()
+    };
+    store
+        .save_status("a", status, &progress, 2_000)
+        .await
+        .unwrap();
+    // Saving the same status again is not an error.
+    store
+        .save_status("a", status, &progress, 2_000)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.save_status("zz", status, &progress, 1).await,
+        Err(StoreError::NotFound(n)) if n == "zz"
+    ));
+
+    let mut spec = a.spec.clone();
+    spec.src
+        .host_mapping
+        .update([("172.16.0.1".to_string(), "1.2.3.4".to_string())].into())
+        .unwrap();
+    store.save_spec(&spec, 3_000).await.unwrap();
+    let mut missing = spec.clone();
+    missing.name = "zz".into();
+    assert!(matches!(
+        store.save_spec(&missing, 1).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    assert!(store.delete_job("b").await.unwrap());
+    assert!(!store.delete_job("b").await.unwrap());
+
+    // Reopening runs the migrations again harmlessly and finds the same data.
+    drop(store);
+    let store = store::open(&config).await.expect("reopen");
+    let loaded = store.load_jobs().await.unwrap();
+    assert_eq!(loaded.len(), 1);
+    let a2 = &loaded[0];
+    assert_eq!(a2.status, status);
+    assert_eq!(a2.progress, progress);
+    assert_eq!(a2.spec, spec);
+    assert_eq!(a2.spec.src.password.expose(), "src-secret");
+    assert_eq!((a2.created_at, a2.updated_at), (1_000, 3_000));
+}
+
+#[tokio::test]
+async fn store_contract_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    contract(StoreConfig::Sqlite {
+        dir: dir.path().join("nested"),
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn store_contract_mysql() {
+    contract(mysql_store_config().store).await;
+}
+
+#[tokio::test]
+async fn sqlite_spec_column_holds_no_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::Sqlite {
+        dir: dir.path().to_path_buf(),
+    })
+    .await
+    .unwrap();
+    store.insert_job(&record("p")).await.unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join("ccr.db")).unwrap();
+    let spec: String = conn
+        .query_row("SELECT spec FROM ccr_jobs", [], |r| r.get(0))
+        .unwrap();
+    assert!(!spec.contains("secret"), "{spec}");
+}
+
+#[tokio::test]
+async fn unreachable_mysql_store_is_a_clear_error() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = StoreConfig::Mysql {
+        host: "127.0.0.1".into(),
+        port: closed,
+        user: "root".into(),
+        password: Secret::new(""),
+        database: "ccr".into(),
+    };
+    let err = store::open(&config)
+        .await
+        .err()
+        .expect("no store there")
+        .to_string();
+    assert!(err.contains("cannot reach 127.0.0.1:"), "{err}");
+}
