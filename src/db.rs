@@ -56,6 +56,12 @@ pub async fn connect(
             address,
             reason: e.message,
         }),
+        Ok(Err(mysql_async::Error::Io(mysql_async::IoError::Io(e)))) => {
+            Err(ConnectError::Unreachable {
+                address,
+                reason: e.to_string(),
+            })
+        }
         Ok(Err(e)) => Err(ConnectError::Unreachable {
             address,
             reason: e.to_string(),

@@ -106,7 +106,11 @@ where
         Ok(response) => response,
         Err(e) => {
             let status = e.status();
-            if status.is_server_error() {
+            // 502 and 400-range answers are the caller's or an upstream's
+            // problem; only our own failures are errors.
+            if status == StatusCode::INTERNAL_SERVER_ERROR
+                || status == StatusCode::SERVICE_UNAVAILABLE
+            {
                 tracing::error!(operation, error = %e, "request failed");
             } else {
                 info!(operation, status = status.as_u16(), error = %e, "request refused");
