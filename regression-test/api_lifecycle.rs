@@ -6,8 +6,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn version_answers_get_and_post() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     for reply in [
         service.get("version").await,
         service.post("version", json!({})).await,
@@ -20,8 +19,7 @@ async fn version_answers_get_and_post() {
 
 #[tokio::test]
 async fn table_job_shapes_and_password_masking() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let spec = table_job("shapes");
     service.post("create_ccr", spec.clone()).await.ok();
 
@@ -79,8 +77,7 @@ async fn table_job_shapes_and_password_masking() {
 
 #[tokio::test]
 async fn database_job_with_renamed_destination() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let spec = db_job("dbjob");
     assert_ne!(spec["src"]["database"], spec["dest"]["database"]);
     service.post("create_ccr", spec.clone()).await.ok();
@@ -103,8 +100,7 @@ async fn database_job_with_renamed_destination() {
 
 #[tokio::test]
 async fn pause_resume_desync_and_resync_change_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     service.post("create_ccr", db_job("states")).await.ok();
     let name = json!({"name": "states"});
 
@@ -154,8 +150,7 @@ async fn pause_resume_desync_and_resync_change_state() {
 
 #[tokio::test]
 async fn delete_removes_the_job_but_not_the_destination_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let spec = table_job("gone");
     let dest_db = spec["dest"]["database"].as_str().unwrap().to_string();
     dest().admin(&format!(
@@ -180,8 +175,7 @@ async fn delete_removes_the_job_but_not_the_destination_data() {
 
 #[tokio::test]
 async fn host_mapping_updates_and_deletes_entries() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let mut spec = table_job("mapped");
     spec["src"]["host_mapping"] = json!({"172.168.1.1": "10.0.10.1", "172.168.1.5": ""});
     service.post("create_ccr", spec).await.ok();

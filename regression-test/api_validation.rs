@@ -30,8 +30,7 @@ fn body_for(operation: &str, name: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn unknown_job_is_404_for_every_operation() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     for operation in NAMED_OPERATIONS {
         service
             .post(operation, body_for(operation, "nosuchjob"))
@@ -43,8 +42,7 @@ async fn unknown_job_is_404_for_every_operation() {
 
 #[tokio::test]
 async fn malformed_bodies_are_400_for_every_operation() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     service.post("create_ccr", table_job("keep")).await.ok();
     let mut operations = NAMED_OPERATIONS.to_vec();
     operations.push("create_ccr");
@@ -114,8 +112,7 @@ async fn malformed_bodies_are_400_for_every_operation() {
 
 #[tokio::test]
 async fn create_ccr_field_errors_name_the_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let base = table_job("fields");
     type Mutation = fn(&mut serde_json::Value);
     let cases: Vec<(Mutation, &str)> = vec![
@@ -183,8 +180,7 @@ async fn create_ccr_field_errors_name_the_field() {
 
 #[tokio::test]
 async fn http_level_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     service
         .post("no_such_op", json!({}))
         .await

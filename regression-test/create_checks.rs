@@ -32,8 +32,7 @@ fn statement_source() -> &'static MariaDb {
 
 #[tokio::test]
 async fn unreachable_server_is_502() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -53,8 +52,7 @@ async fn unreachable_server_is_502() {
 
 #[tokio::test]
 async fn wrong_password_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let mut spec = table_job("badpw");
     spec["src"]["password"] = json!("wrong");
     refused(
@@ -73,8 +71,7 @@ async fn wrong_password_is_refused() {
 
 #[tokio::test]
 async fn source_without_binary_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     // The destination server has no binary log: use it as a source.
     let db = unique("nobin");
     dest().admin(&format!(
@@ -97,8 +94,7 @@ async fn source_without_binary_log() {
 
 #[tokio::test]
 async fn source_with_statement_format_names_every_problem() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let s = statement_source();
     let spec = json!({"name": "stmt",
         "src": {"host": "127.0.0.1", "port": s.port, "user": "root", "password": "", "database": "app", "table": "t"},
@@ -113,8 +109,7 @@ async fn source_with_statement_format_names_every_problem() {
 
 #[tokio::test]
 async fn source_user_without_replication_grants() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let user = unique("reader");
     let mut spec = table_job("nogrant");
     let db = spec["src"]["database"].as_str().unwrap().to_string();
@@ -140,8 +135,7 @@ async fn source_user_without_replication_grants() {
 
 #[tokio::test]
 async fn source_user_without_select() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let user = unique("blind");
     source().admin(&format!(
         "CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'; GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '{user}'@'%'"
@@ -155,8 +149,7 @@ async fn source_user_without_select() {
 
 #[tokio::test]
 async fn missing_source_database_or_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let mut spec = table_job("missing");
     let db = spec["src"]["database"].as_str().unwrap().to_string();
     spec["src"]["table"] = json!("nope");
@@ -174,8 +167,7 @@ async fn missing_source_database_or_table() {
 
 #[tokio::test]
 async fn existing_destination_table_needs_allow_table_exists() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     for (name, mut spec) in [
         ("tblexists", table_job("tblexists")),
         ("dbexists", db_job("dbexists")),
@@ -202,8 +194,7 @@ async fn existing_destination_table_needs_allow_table_exists() {
 
 #[tokio::test]
 async fn destination_user_without_write_grants() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let user = unique("ro");
     dest().admin(&format!(
         "CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'; GRANT SELECT ON *.* TO '{user}'@'%'"
@@ -223,8 +214,7 @@ async fn destination_user_without_write_grants() {
 
 #[tokio::test]
 async fn destination_cannot_be_the_source_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     let mut spec = db_job("self");
     spec["dest"] = spec["src"].clone();
     spec["dest"]["user"] = json!("root");
@@ -235,8 +225,7 @@ async fn destination_cannot_be_the_source_database() {
 
 #[tokio::test]
 async fn concurrent_creates_with_one_name_exactly_one_succeeds() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = std::sync::Arc::new(Service::sqlite(dir.path()).await);
+    let service = std::sync::Arc::new(Service::fresh().await);
     let spec = table_job("race");
     let attempts: Vec<_> = (0..8)
         .map(|_| {

@@ -37,8 +37,7 @@ fn promtool_check(text: &str) {
 
 #[tokio::test]
 async fn metrics_pass_promtool_and_follow_jobs() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::sqlite(dir.path()).await;
+    let service = Service::fresh().await;
     service.post("create_ccr", db_job("metered")).await.ok();
     service.post("pause", json!({"name": "metered"})).await.ok();
     service.post("pause", json!({"name": "nosuch"})).await;

@@ -16,6 +16,8 @@ pub struct Service {
     token: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), app::AppError>>>,
+    /// The SQLite store's folder, when the service owns it.
+    _store_dir: Option<tempfile::TempDir>,
 }
 
 /// A response: HTTP status and JSON body.
@@ -74,6 +76,7 @@ impl Service {
             token,
             shutdown: Some(tx),
             task: Some(task),
+            _store_dir: None,
         };
         // The store opens before the API answers; wait until it does.
         for _ in 0..200 {
@@ -85,8 +88,12 @@ impl Service {
         panic!("service did not answer /version");
     }
 
-    pub async fn sqlite(dir: &Path) -> Service {
-        Service::start(sqlite_config(dir)).await
+    /// A service with a SQLite store in a folder of its own, removed with it.
+    pub async fn fresh() -> Service {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut service = Service::start(sqlite_config(dir.path())).await;
+        service._store_dir = Some(dir);
+        service
     }
 
     pub fn with_token(config: Config, token: &str) -> Config {
@@ -105,6 +112,10 @@ impl Service {
             Some(t) => request.bearer_auth(t),
             None => request,
         };
+        Self::reply(request).await
+    }
+
+    async fn reply(request: reqwest::RequestBuilder) -> Reply {
         let response = request.send().await.expect("request reaches the service");
         let status = response.status().as_u16();
         let text = response.text().await.expect("response body");
@@ -137,11 +148,7 @@ impl Service {
         if let Some(a) = authorization {
             request = request.header("authorization", a);
         }
-        let response = request.send().await.expect("request reaches the service");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("response body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, body, text }
+        Self::reply(request).await
     }
 
     /// Stops the service the way SIGTERM does and waits until it has.
