@@ -8,5 +8,6 @@ mod api_validation;
 mod binary;
 mod create_checks;
 mod metrics_auth;
+mod positions;
 mod restart;
 mod stores;

@@ -9,6 +9,7 @@ pub mod hostmap;
 pub mod job;
 pub mod logging;
 pub mod metrics;
+pub mod position;
 pub mod preflight;
 pub mod secret;
 pub mod store;
