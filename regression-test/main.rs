@@ -10,4 +10,5 @@ mod create_checks;
 mod metrics_auth;
 mod positions;
 mod restart;
+mod snapshot;
 mod stores;

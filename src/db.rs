@@ -69,6 +69,13 @@ pub async fn connect(
     }
 }
 
+/// SQL for `'user'@'host'` of the session's account, as the privilege views
+/// of `information_schema` name it. A user who may read the `mysql` schema
+/// sees every account's rows in those views, so queries filter on this.
+pub const GRANTEE: &str = "CONCAT('''', LEFT(CURRENT_USER(), LENGTH(CURRENT_USER()) - \
+     LENGTH(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) - 1), '''@''', \
+     SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')";
+
 /// Quotes a database, table or column name for MySQL: `` `a``b` ``.
 pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))

@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod position;
 pub mod preflight;
 pub mod secret;
+pub mod source;
 pub mod store;

@@ -12,7 +12,7 @@
 //! what to change, so an operator fixes them in one round. Read-only: nothing
 //! here writes to either server.
 
-use crate::db::{self, ConnectError, ServerAddr};
+use crate::db::{self, ConnectError, ServerAddr, GRANTEE};
 use crate::job::spec::{Endpoint, JobSpec};
 use mysql_async::prelude::*;
 use mysql_async::Conn;
@@ -306,13 +306,6 @@ fn version_problem(version: &str) -> Option<String> {
         None
     }
 }
-
-/// `'user'@'host'` of the session's account, as the privilege views name it.
-/// A user who may read the `mysql` schema sees every account's rows in those
-/// views, so each query below keeps only its own.
-const GRANTEE: &str = "CONCAT('''', LEFT(CURRENT_USER(), LENGTH(CURRENT_USER()) - \
-     LENGTH(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) - 1), '''@''', \
-     SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')";
 
 async fn global_privileges(conn: &mut Conn) -> Result<BTreeSet<String>, mysql_async::Error> {
     let rows: Vec<String> = conn

@@ -1,0 +1,4 @@
+//! The source side: everything read from a source server. It never writes to
+//! the destination; what it produces reaches the applier as values/events.
+
+pub mod snapshot;
