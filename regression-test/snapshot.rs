@@ -119,7 +119,7 @@ async fn parallel_snapshots_agree_under_writes() {
 async fn parallel_snapshots_without_reload_are_refused() {
     let password = Secret::new(SRC_PASSWORD);
     match snapshot::open(&addr(SRC_USER, &password), 4, TIMEOUT).await {
-        Err(e @ SnapshotError::NoCommonPoint { .. }) => {
+        Err(e @ SnapshotError::NeedsReload { .. }) => {
             assert!(e.to_string().contains("RELOAD"), "{e}")
         }
         Err(e) => panic!("{e}"),

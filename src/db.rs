@@ -56,15 +56,13 @@ pub async fn connect(
             address,
             reason: e.message,
         }),
-        Ok(Err(mysql_async::Error::Io(mysql_async::IoError::Io(e)))) => {
-            Err(ConnectError::Unreachable {
-                address,
-                reason: e.to_string(),
-            })
-        }
         Ok(Err(e)) => Err(ConnectError::Unreachable {
             address,
-            reason: e.to_string(),
+            // The driver wraps socket errors twice; show the socket's own words.
+            reason: match e {
+                mysql_async::Error::Io(mysql_async::IoError::Io(io)) => io.to_string(),
+                other => other.to_string(),
+            },
         }),
     }
 }

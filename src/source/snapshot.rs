@@ -37,7 +37,12 @@ pub enum SnapshotError {
     #[error("source reports no binlog snapshot position; is log_bin on?")]
     NoBinlog,
     #[error("{count} parallel snapshots need the RELOAD privilege (for a lock held about a millisecond while they start); grant RELOAD or copy with one connection")]
-    NoCommonPoint { count: usize },
+    NeedsReload { count: usize },
+    #[error("snapshots started under the global read lock report different binlog positions ({first} and {other}); this source does not keep commits still under that lock")]
+    Inconsistent {
+        first: BinlogCoord,
+        other: BinlogCoord,
+    },
 }
 
 /// `count` open snapshot transactions, all as of `coord`.
@@ -70,7 +75,7 @@ pub async fn open(
         return finish(conns, coord, None).await;
     }
     if !has_reload(&mut conns[0]).await? {
-        return Err(SnapshotError::NoCommonPoint { count });
+        return Err(SnapshotError::NeedsReload { count });
     }
     let mut control = db::connect(addr, None, timeout).await?;
     control
@@ -82,14 +87,18 @@ pub async fn open(
     control.query_drop("UNLOCK TABLES").await?;
     let held = locked.elapsed();
     let _ = control.disconnect().await;
-    let coords = started?;
-    let newest = newest(&coords);
-    if coords.iter().any(|c| *c != newest) {
-        // Cannot happen: nothing commits under the global read lock.
-        return Err(SnapshotError::NoCommonPoint { count });
+    let mut coords = started?.into_iter();
+    let coord = coords.next().ok_or(SnapshotError::NoBinlog)?;
+    // Nothing commits under the global read lock, so they all agree; check
+    // rather than assume, since the copy's correctness rests on it.
+    if let Some(other) = coords.find(|c| *c != coord) {
+        return Err(SnapshotError::Inconsistent {
+            first: coord,
+            other,
+        });
     }
-    info!(held_ms = held.as_millis() as u64, count, %newest, "snapshots started under a brief global read lock");
-    finish(conns, newest, Some(held)).await
+    info!(held_ms = held.as_millis() as u64, count, %coord, "snapshots started under a brief global read lock");
+    finish(conns, coord, Some(held)).await
 }
 
 async fn start(conn: &mut Conn) -> Result<BinlogCoord, SnapshotError> {
@@ -111,19 +120,6 @@ async fn start(conn: &mut Conn) -> Result<BinlogCoord, SnapshotError> {
         }),
         _ => Err(SnapshotError::NoBinlog),
     }
-}
-
-/// The furthest coordinate (later file, then larger offset); under the lock
-/// they are all equal.
-fn newest(coords: &[BinlogCoord]) -> BinlogCoord {
-    coords
-        .iter()
-        .max_by_key(|c| (c.file_index().unwrap_or(0), c.file.clone(), c.pos))
-        .cloned()
-        .unwrap_or(BinlogCoord {
-            file: String::new(),
-            pos: 0,
-        })
 }
 
 async fn has_reload(conn: &mut Conn) -> Result<bool, SnapshotError> {
