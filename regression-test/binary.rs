@@ -104,8 +104,17 @@ async fn start_and_stop_scripts_run_the_binary() {
     );
 
     let log = std::fs::read_to_string(log_dir.join("ccr_syncer.log")).unwrap();
-    assert!(log.contains("job created") && log.contains("bin"), "{log}");
-    assert!(log.contains("create_ccr refused"), "{log}");
+    // Job events carry the job name as the `job` field.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("job created") && l.contains("job=bin ")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("create_ccr refused") && l.contains("job=bin2 ")),
+        "{log}"
+    );
     for secret in [
         mariadb::SRC_PASSWORD,
         mariadb::DEST_PASSWORD,
