@@ -21,19 +21,9 @@ if [ -z "$bin" ] || [ ! -x "$bin" ]; then
     exit 1
 fi
 
-log_dir=log
-pid_file=
-args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --log-dir) log_dir=$2; shift 2 ;;
-        --log-dir=*) log_dir=${1#*=}; shift ;;
-        --pid-file) pid_file=$2; shift 2 ;;
-        --pid-file=*) pid_file=${1#*=}; shift ;;
-        *) args+=("$1"); shift ;;
-    esac
-done
-pid_file=${pid_file:-$log_dir/ccr_syncer.pid}
+# shellcheck source=shell/syncer_paths.sh
+source "$(dirname "${BASH_SOURCE[0]}")/syncer_paths.sh"
+parse_syncer_paths "$@"
 mkdir -p "$log_dir"
 
 if [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then

@@ -5,18 +5,13 @@
 #   shell/stop_syncer.sh [--pid-file FILE | --log-dir DIR]
 set -euo pipefail
 
-log_dir=log
-pid_file=
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --log-dir) log_dir=$2; shift 2 ;;
-        --log-dir=*) log_dir=${1#*=}; shift ;;
-        --pid-file) pid_file=$2; shift 2 ;;
-        --pid-file=*) pid_file=${1#*=}; shift ;;
-        *) echo "stop_syncer.sh: unknown argument $1" >&2; exit 2 ;;
-    esac
-done
-pid_file=${pid_file:-$log_dir/ccr_syncer.pid}
+# shellcheck source=shell/syncer_paths.sh
+source "$(dirname "${BASH_SOURCE[0]}")/syncer_paths.sh"
+parse_syncer_paths "$@"
+if [ ${#args[@]} -gt 0 ]; then
+    echo "stop_syncer.sh: unknown argument ${args[0]}" >&2
+    exit 2
+fi
 
 if [ ! -s "$pid_file" ]; then
     echo "stop_syncer.sh: no pid file $pid_file; is ccr-syncer running?" >&2
