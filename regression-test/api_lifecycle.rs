@@ -4,7 +4,7 @@
 use crate::harness::*;
 use serde_json::json;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_answers_get_and_post() {
     let service = Service::fresh().await;
     for reply in [
@@ -17,17 +17,20 @@ async fn version_answers_get_and_post() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_job_shapes_and_password_masking() {
     let service = Service::fresh().await;
     let spec = table_job("shapes");
     service.post("create_ccr", spec.clone()).await.ok();
 
     assert_eq!(job_names(&service).await, vec!["shapes"]);
-    assert_eq!(
-        job_status(&service, "shapes").await,
-        ("running".into(), "TableFullSync".into())
+    let (state, progress_state) = job_status(&service, "shapes").await;
+    assert_eq!(state, "running");
+    assert!(
+        ["TableFullSync", "TableIncrementalSync"].contains(&progress_state.as_str()),
+        "{progress_state}"
     );
+    wait_for_state(&service, "shapes", "TableIncrementalSync").await;
 
     let reply = service.post("job_detail", json!({"name": "shapes"})).await;
     assert!(
@@ -44,7 +47,7 @@ async fn table_job_shapes_and_password_masking() {
     assert_eq!(detail["name"], "shapes");
     assert_eq!(detail["sync_type"], "table_sync");
     assert_eq!(detail["state"], "running");
-    assert_eq!(detail["progress_state"], "TableFullSync");
+    assert_eq!(detail["progress_state"], "TableIncrementalSync");
     for side in ["src", "dest"] {
         assert_eq!(detail[side]["password"], "******");
         assert_eq!(detail[side]["host"], spec[side]["host"]);
@@ -58,8 +61,12 @@ async fn table_job_shapes_and_password_masking() {
         .await
         .ok();
     let progress = &progress["job_progress"];
-    assert_eq!(progress["progress_state"], "TableFullSync");
-    assert!(progress["commit_seq"].is_null());
+    assert_eq!(progress["progress_state"], "TableIncrementalSync");
+    assert!(progress["commit_seq"].is_u64(), "{progress}");
+    assert!(
+        progress["snapshot"]["binlog_file"].is_string(),
+        "{progress}"
+    );
 
     let lag = service
         .post("get_lag", json!({"name": "shapes"}))
@@ -75,16 +82,17 @@ async fn table_job_shapes_and_password_masking() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_job_with_renamed_destination() {
     let service = Service::fresh().await;
     let spec = db_job("dbjob");
     assert_ne!(spec["src"]["database"], spec["dest"]["database"]);
     service.post("create_ccr", spec.clone()).await.ok();
-    assert_eq!(
-        job_status(&service, "dbjob").await,
-        ("running".into(), "DBFullSync".into())
-    );
+    let progress = wait_for_state(&service, "dbjob", "DBTablesIncrementalSync").await;
+    assert_eq!(progress["state"], "running");
+    // Each table's snapshot position is recorded under its destination name.
+    let tables = progress["tables"].as_object().expect("tables");
+    assert_eq!(tables.keys().collect::<Vec<_>>(), vec!["t", "u"]);
     let detail = service
         .post("job_detail", json!({"name": "dbjob"}))
         .await
@@ -98,7 +106,7 @@ async fn database_job_with_renamed_destination() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_resume_desync_and_resync_change_state() {
     let service = Service::fresh().await;
     service.post("create_ccr", db_job("states")).await.ok();
@@ -113,7 +121,12 @@ async fn pause_resume_desync_and_resync_change_state() {
 
     service.post("force_fullsync", name.clone()).await.ok();
     let progress = service.post("job_progress", name.clone()).await.ok();
-    assert_eq!(progress["job_progress"]["progress_state"], "DBFullSync");
+    // The job is back in (or already through) a full sync, and says why.
+    let state = progress["job_progress"]["progress_state"].as_str().unwrap();
+    assert!(
+        ["DBFullSync", "DBTablesIncrementalSync"].contains(&state),
+        "{state}"
+    );
     assert_eq!(
         progress["job_progress"]["full_sync_reason"],
         "force_fullsync requested"
@@ -148,7 +161,7 @@ async fn pause_resume_desync_and_resync_change_state() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_removes_the_job_but_not_the_destination_data() {
     let service = Service::fresh().await;
     let spec = table_job("gone");
@@ -173,7 +186,7 @@ async fn delete_removes_the_job_but_not_the_destination_data() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_mapping_updates_and_deletes_entries() {
     let service = Service::fresh().await;
     let mut spec = table_job("mapped");

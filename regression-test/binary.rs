@@ -13,7 +13,7 @@ fn script(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_and_stop_scripts_run_the_binary() {
     let dir = tempfile::tempdir().unwrap();
     let log_dir = dir.path().join("log");

@@ -30,7 +30,7 @@ fn statement_source() -> &'static MariaDb {
     })
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_server_is_502() {
     let service = Service::fresh().await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -50,7 +50,7 @@ async fn unreachable_server_is_502() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_refused() {
     let service = Service::fresh().await;
     let mut spec = table_job("badpw");
@@ -69,7 +69,7 @@ async fn wrong_password_is_refused() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_without_binary_log() {
     let service = Service::fresh().await;
     // The destination server has no binary log: use it as a source.
@@ -92,7 +92,7 @@ async fn source_without_binary_log() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_with_statement_format_names_every_problem() {
     let service = Service::fresh().await;
     let s = statement_source();
@@ -107,7 +107,7 @@ async fn source_with_statement_format_names_every_problem() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_user_without_replication_grants() {
     let service = Service::fresh().await;
     let user = unique("reader");
@@ -133,7 +133,7 @@ async fn source_user_without_replication_grants() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_user_without_select() {
     let service = Service::fresh().await;
     let user = unique("blind");
@@ -147,7 +147,7 @@ async fn source_user_without_select() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_source_database_or_table() {
     let service = Service::fresh().await;
     let mut spec = table_job("missing");
@@ -165,7 +165,7 @@ async fn missing_source_database_or_table() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_destination_table_needs_allow_table_exists() {
     let service = Service::fresh().await;
     for (name, mut spec) in [
@@ -192,7 +192,7 @@ async fn existing_destination_table_needs_allow_table_exists() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_user_without_write_grants() {
     let service = Service::fresh().await;
     let user = unique("ro");
@@ -212,7 +212,7 @@ async fn destination_user_without_write_grants() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_cannot_be_the_source_database() {
     let service = Service::fresh().await;
     let mut spec = db_job("self");
@@ -223,7 +223,7 @@ async fn destination_cannot_be_the_source_database() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_with_one_name_exactly_one_succeeds() {
     let service = std::sync::Arc::new(Service::fresh().await);
     let spec = table_job("race");

@@ -35,10 +35,11 @@ fn promtool_check(text: &str) {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_follow_jobs() {
     let service = Service::fresh().await;
     service.post("create_ccr", db_job("metered")).await.ok();
+    wait_for_state(&service, "metered", "DBTablesIncrementalSync").await;
     service.post("pause", json!({"name": "metered"})).await.ok();
     service.post("pause", json!({"name": "nosuch"})).await;
 
@@ -50,7 +51,10 @@ async fn metrics_pass_promtool_and_follow_jobs() {
         "ccr_syncer_jobs 1",
         "ccr_syncer_job_state{job=\"metered\",state=\"paused\"} 1",
         "ccr_syncer_job_state{job=\"metered\",state=\"running\"} 0",
-        "ccr_syncer_job_progress_state{job=\"metered\",progress_state=\"DBFullSync\"} 1",
+        "ccr_syncer_job_progress_state{job=\"metered\",progress_state=\"DBTablesIncrementalSync\"} 1",
+        // source_database() puts two rows in table t and none in u.
+        "ccr_syncer_full_sync_rows_total{job=\"metered\"} 2",
+        "ccr_syncer_full_sync_chunks_total{job=\"metered\"} 2",
         "ccr_syncer_http_requests_total{code=\"404\",operation=\"pause\"} 1",
         "ccr_syncer_http_requests_total{code=\"200\",operation=\"create_ccr\"} 1",
     ] {
@@ -79,7 +83,7 @@ async fn metrics_pass_promtool_and_follow_jobs() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_token_guards_every_call() {
     let dir = tempfile::tempdir().unwrap();
     let config = Service::with_token(service::sqlite_config(dir.path()), "t0ken");

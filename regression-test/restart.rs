@@ -48,6 +48,9 @@ async fn jobs_survive_a_restart(config: Config) {
         )
         .await
         .ok();
+    wait_for_state(&service, "kept_running", "TableIncrementalSync").await;
+    let paused = job_status(&service, "kept_paused").await;
+    let desynced = job_status(&service, "kept_desynced").await;
     service.stop().await;
 
     let service = Service::start(config).await;
@@ -57,16 +60,12 @@ async fn jobs_survive_a_restart(config: Config) {
     );
     assert_eq!(
         job_status(&service, "kept_running").await,
-        ("running".into(), "TableFullSync".into())
+        ("running".into(), "TableIncrementalSync".into())
     );
-    assert_eq!(
-        job_status(&service, "kept_paused").await,
-        ("paused".into(), "DBFullSync".into())
-    );
-    assert_eq!(
-        job_status(&service, "kept_desynced").await,
-        ("desynced".into(), "DBFullSync".into())
-    );
+    assert_eq!(paused.0, "paused");
+    assert_eq!(job_status(&service, "kept_paused").await, paused);
+    assert_eq!(desynced.0, "desynced");
+    assert_eq!(job_status(&service, "kept_desynced").await, desynced);
     let detail = service
         .post("job_detail", json!({"name": "kept_running"}))
         .await
@@ -84,13 +83,13 @@ async fn jobs_survive_a_restart(config: Config) {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_survive_a_restart_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     jobs_survive_a_restart(service::sqlite_config(dir.path())).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_survive_a_restart_mysql() {
     jobs_survive_a_restart(mysql_store_config()).await;
 }

@@ -1,7 +1,7 @@
 //! Parallel snapshot transactions all see the source as of one position, on
 //! a quiet source and under a concurrent write load.
 
-use crate::harness::mariadb::{SRC_PASSWORD, SRC_USER};
+use crate::harness::mariadb::{SRC_PASSWORD, SRC_USER, SRC_USER_NO_RELOAD};
 use crate::harness::*;
 use ccr_syncer::db::ServerAddr;
 use ccr_syncer::secret::Secret;
@@ -76,7 +76,7 @@ fn addr<'a>(user: &'a str, password: &'a Secret) -> ServerAddr<'a> {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_snapshot_needs_no_lock() {
     let table = table();
     let password = Secret::new(SRC_PASSWORD);
@@ -91,7 +91,7 @@ async fn one_snapshot_needs_no_lock() {
     assert_eq!(assert_same_view(&mut set, &table).await, (3, 6));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_snapshots_agree_under_writes() {
     let table = table();
     let (stop, writer) = start_writer(table.clone());
@@ -115,10 +115,10 @@ async fn parallel_snapshots_agree_under_writes() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_snapshots_without_reload_are_refused() {
     let password = Secret::new(SRC_PASSWORD);
-    match snapshot::open(&addr(SRC_USER, &password), 4, TIMEOUT).await {
+    match snapshot::open(&addr(SRC_USER_NO_RELOAD, &password), 4, TIMEOUT).await {
         Err(e @ SnapshotError::NeedsReload { .. }) => {
             assert!(e.to_string().contains("RELOAD"), "{e}")
         }

@@ -102,7 +102,7 @@ async fn contract(config: StoreConfig) {
     assert_eq!((a2.created_at, a2.updated_at), (1_000, 3_000));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_contract_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     contract(StoreConfig::Sqlite {
@@ -111,12 +111,12 @@ async fn store_contract_sqlite() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_contract_mysql() {
     contract(mysql_store_config().store).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_spec_column_holds_no_password() {
     let dir = tempfile::tempdir().unwrap();
     let store = store::open(&StoreConfig::Sqlite {
@@ -133,7 +133,7 @@ async fn sqlite_spec_column_holds_no_password() {
     assert!(!spec.contains("secret"), "{spec}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_mysql_store_is_a_clear_error() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

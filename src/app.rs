@@ -5,7 +5,7 @@
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::job::JobManager;
+use crate::job::{JobManager, WorkSettings};
 use crate::metrics::Metrics;
 use crate::store::{self, StoreError};
 use std::future::Future;
@@ -28,7 +28,11 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     let store = store::open(&config.store).await?;
-    let manager = JobManager::start(store, metrics.clone(), config.connect_timeout).await?;
+    let settings = WorkSettings {
+        connect_timeout: config.connect_timeout,
+        full_sync: config.full_sync,
+    };
+    let manager = JobManager::start(store, metrics.clone(), settings).await?;
     let state = Arc::new(ApiState {
         manager: manager.clone(),
         metrics,

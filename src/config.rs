@@ -76,6 +76,16 @@ struct FileConfig {
     connect_timeout_secs: Option<u64>,
     #[serde(default)]
     store: FileStore,
+    #[serde(default)]
+    full_sync: FileFullSync,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFullSync {
+    connections: Option<usize>,
+    chunk_rows: Option<u64>,
+    statement_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +127,29 @@ pub struct Config {
     /// How long a connection attempt to a source or destination may take.
     pub connect_timeout: Duration,
     pub store: StoreConfig,
+    pub full_sync: FullSyncSettings,
+}
+
+/// How full syncs copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FullSyncSettings {
+    /// Snapshot connections (and destination connections) copying at once.
+    pub connections: usize,
+    /// Rows per chunk: the unit of parallel work and of resumption.
+    pub chunk_rows: u64,
+    /// Largest INSERT statement sent, in bytes (also capped by the
+    /// destination's max_allowed_packet).
+    pub statement_bytes: usize,
+}
+
+impl Default for FullSyncSettings {
+    fn default() -> Self {
+        FullSyncSettings {
+            connections: 4,
+            chunk_rows: 50_000,
+            statement_bytes: 1 << 20,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +188,7 @@ impl Config {
             pid_file: None,
             connect_timeout: Duration::from_secs(5),
             store,
+            full_sync: FullSyncSettings::default(),
         }
     }
 
@@ -222,6 +256,30 @@ impl Config {
                 "connect_timeout_secs must be at least 1".into(),
             ));
         }
+        let defaults = FullSyncSettings::default();
+        let full_sync = FullSyncSettings {
+            connections: file.full_sync.connections.unwrap_or(defaults.connections),
+            chunk_rows: file.full_sync.chunk_rows.unwrap_or(defaults.chunk_rows),
+            statement_bytes: file
+                .full_sync
+                .statement_bytes
+                .unwrap_or(defaults.statement_bytes),
+        };
+        if !(1..=64).contains(&full_sync.connections) {
+            return Err(ConfigError::Invalid(
+                "full_sync.connections must be between 1 and 64".into(),
+            ));
+        }
+        if full_sync.chunk_rows == 0 {
+            return Err(ConfigError::Invalid(
+                "full_sync.chunk_rows must be at least 1".into(),
+            ));
+        }
+        if full_sync.statement_bytes < 4096 {
+            return Err(ConfigError::Invalid(
+                "full_sync.statement_bytes must be at least 4096".into(),
+            ));
+        }
         let auth_token = token_env
             .or(file.auth_token)
             .filter(|t| !t.is_empty())
@@ -239,6 +297,7 @@ impl Config {
             pid_file: cli.pid_file.clone().or(file.pid_file),
             connect_timeout: Duration::from_secs(connect_timeout_secs),
             store,
+            full_sync,
         })
     }
 }

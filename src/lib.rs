@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod app;
+pub mod applier;
 pub mod config;
 pub mod db;
 pub mod hostmap;

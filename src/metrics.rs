@@ -13,6 +13,10 @@ pub struct Metrics {
     job_state: IntGaugeVec,
     job_progress_state: IntGaugeVec,
     http_requests: IntCounterVec,
+    full_sync_rows: IntCounterVec,
+    full_sync_bytes: IntCounterVec,
+    full_sync_chunks: IntCounterVec,
+    job_retries: IntCounterVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -49,6 +53,27 @@ impl Metrics {
             ),
             &["operation", "code"],
         ));
+        let per_job = |name: &str, help: &str| {
+            let counter = must(IntCounterVec::new(Opts::new(name, help), &["job"]));
+            must(registry.register(Box::new(counter.clone())));
+            counter
+        };
+        let full_sync_rows = per_job(
+            "ccr_syncer_full_sync_rows_total",
+            "Rows a job's full sync copied to the destination (committed chunks).",
+        );
+        let full_sync_bytes = per_job(
+            "ccr_syncer_full_sync_bytes_total",
+            "Bytes of row data a job's full sync copied to the destination (committed chunks).",
+        );
+        let full_sync_chunks = per_job(
+            "ccr_syncer_full_sync_chunks_total",
+            "Chunks a job's full sync committed to the destination.",
+        );
+        let job_retries = per_job(
+            "ccr_syncer_job_retries_total",
+            "Times a job's work stopped on a transient error (lost connection, deadlock, ...) and was retried.",
+        );
         let build_info = must(IntGaugeVec::new(
             Opts::new(
                 "ccr_syncer_build_info",
@@ -74,7 +99,21 @@ impl Metrics {
             job_state,
             job_progress_state,
             http_requests,
+            full_sync_rows,
+            full_sync_bytes,
+            full_sync_chunks,
+            job_retries,
         }
+    }
+
+    pub fn count_chunk(&self, job: &str, rows: u64, bytes: u64) {
+        self.full_sync_rows.with_label_values(&[job]).inc_by(rows);
+        self.full_sync_bytes.with_label_values(&[job]).inc_by(bytes);
+        self.full_sync_chunks.with_label_values(&[job]).inc();
+    }
+
+    pub fn count_retry(&self, job: &str) {
+        self.job_retries.with_label_values(&[job]).inc();
     }
 
     pub fn set_job_status(&self, job: &str, status: JobStatus) {
@@ -98,6 +137,14 @@ impl Metrics {
             let _ = self
                 .job_progress_state
                 .remove_label_values(&[job, p.as_str()]);
+        }
+        for counter in [
+            &self.full_sync_rows,
+            &self.full_sync_bytes,
+            &self.full_sync_chunks,
+            &self.job_retries,
+        ] {
+            let _ = counter.remove_label_values(&[job]);
         }
     }
 
@@ -141,6 +188,7 @@ mod tests {
     fn job_series_follow_the_job() {
         let m = Metrics::new();
         m.set_job_status("j1", JobStatus::initial(SyncType::Table));
+        m.count_chunk("j1", 10, 100);
         let text = m.render();
         assert!(
             text.contains("ccr_syncer_job_state{job=\"j1\",state=\"running\"} 1"),
@@ -150,6 +198,7 @@ mod tests {
         assert!(text.contains(
             "ccr_syncer_job_progress_state{job=\"j1\",progress_state=\"TableFullSync\"} 1"
         ));
+        assert!(text.contains("ccr_syncer_full_sync_rows_total{job=\"j1\"} 10"));
         m.remove_job("j1");
         assert!(!m.render().contains("j1"));
     }

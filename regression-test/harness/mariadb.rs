@@ -276,16 +276,21 @@ pub fn dest() -> &'static MariaDb {
 
 pub const SRC_USER: &str = "ccr_src";
 pub const SRC_PASSWORD: &str = "Src-Pa55word";
+/// Like SRC_USER but without RELOAD: full syncs copy over one connection.
+pub const SRC_USER_NO_RELOAD: &str = "ccr_src_noreload";
 pub const DEST_USER: &str = "ccr_dest";
 pub const DEST_PASSWORD: &str = "Dest-Pa55word";
 
-/// The least-privileged users a job needs, as an operator would create them.
+/// The users a job needs, as an operator would create them (RELOAD lets a
+/// full sync copy in parallel; the user without it is the least-privileged).
 fn create_users(s: &MariaDb) {
     s.admin(&format!(
         "CREATE USER '{SRC_USER}'@'%' IDENTIFIED BY '{SRC_PASSWORD}'; \
-         GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO '{SRC_USER}'@'%'; \
+         GRANT REPLICATION SLAVE, REPLICATION CLIENT, RELOAD, SELECT ON *.* TO '{SRC_USER}'@'%'; \
+         CREATE USER '{SRC_USER_NO_RELOAD}'@'%' IDENTIFIED BY '{SRC_PASSWORD}'; \
+         GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO '{SRC_USER_NO_RELOAD}'@'%'; \
          CREATE USER '{DEST_USER}'@'%' IDENTIFIED BY '{DEST_PASSWORD}'; \
-         GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX ON *.* TO '{DEST_USER}'@'%'"
+         GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, CREATE VIEW, SHOW VIEW ON *.* TO '{DEST_USER}'@'%'"
     ));
 }
 

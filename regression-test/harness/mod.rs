@@ -65,3 +65,24 @@ pub async fn job_status(service: &Service, name: &str) -> (String, String) {
             .to_string(),
     )
 }
+
+/// Waits (up to two minutes) until the job reaches `progress_state`; fails
+/// with the job's progress (and its last error) if it does not.
+pub async fn wait_for_state(service: &Service, name: &str, progress_state: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let body = service
+            .post("job_progress", json!({"name": name}))
+            .await
+            .ok();
+        let progress = body["job_progress"].clone();
+        if progress["progress_state"] == progress_state {
+            return progress;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {name} did not reach {progress_state}: {progress:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

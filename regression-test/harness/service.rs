@@ -61,6 +61,13 @@ pub fn sqlite_config(dir: &Path) -> Config {
 
 impl Service {
     pub async fn start(config: Config) -> Service {
+        // CCR_TEST_LOG=debug (or any filter) shows the service's logs.
+        if let Ok(filter) = std::env::var("CCR_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let token = config.auth_token.as_ref().map(|t| t.expose().to_string());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

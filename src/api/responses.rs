@@ -4,7 +4,7 @@
 //! serializer masks them).
 
 use crate::job::spec::Endpoint;
-use crate::job::state::CommandError;
+use crate::job::state::{CommandError, FullSyncProgress};
 use crate::job::{JobError, JobSnapshot};
 use crate::preflight::PreflightError;
 use chrono::{TimeZone, Utc};
@@ -126,7 +126,40 @@ pub fn progress(job: &JobSnapshot) -> Value {
         "failed_commit_seq": p.failed_commit_seq,
         "last_error": p.last_error,
         "full_sync_reason": p.full_sync_reason,
+        "full_sync": p.full_sync.as_ref().map(|f| full_sync(f, Utc::now().timestamp_millis())),
+        "snapshot": p.snapshot,
+        "tables": p.tables,
         "updated_at": time(job.updated_at),
+    })
+}
+
+/// A full sync's counters with its elapsed time and an estimate of the time
+/// left (rows still to copy at the rate so far; null until a row is copied).
+fn full_sync(f: &FullSyncProgress, now_ms: i64) -> Value {
+    let end = f.finished_at.unwrap_or(now_ms);
+    let elapsed_secs = (end - f.started_at).max(0) as f64 / 1000.0;
+    let remaining = f.rows_estimated.saturating_sub(f.rows_copied);
+    let eta_secs = if f.finished_at.is_some() || remaining == 0 {
+        Some(0.0)
+    } else if f.rows_copied > 0 && elapsed_secs > 0.0 {
+        Some((remaining as f64 * elapsed_secs / f.rows_copied as f64).round())
+    } else {
+        None
+    };
+    json!({
+        "started_at": time(f.started_at),
+        "finished_at": f.finished_at.map(time),
+        "elapsed_secs": elapsed_secs,
+        "eta_secs": eta_secs,
+        "tables_total": f.tables_total,
+        "tables_done": f.tables_done,
+        "rows_copied": f.rows_copied,
+        "rows_estimated": f.rows_estimated,
+        "bytes_copied": f.bytes_copied,
+        "connections": f.connections,
+        "lock_held_ms": f.lock_held_ms,
+        "retries": f.retries,
+        "last_retry_error": f.last_error,
     })
 }
 

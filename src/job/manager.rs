@@ -9,7 +9,7 @@
 //!
 //! At start-up every stored job gets its task back, in its persisted state.
 
-use super::runner::{now_ms, Request, Runner};
+use super::runner::{now_ms, Request, Runner, WorkSettings};
 use super::spec::JobSpec;
 use super::state::{CommandError, JobCommand, JobStatus, Progress};
 use crate::metrics::Metrics;
@@ -18,7 +18,6 @@ use crate::store::{JobRecord, MetaStore, StoreError};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -77,7 +76,7 @@ struct Registry {
 pub struct JobManager {
     store: Arc<dyn MetaStore>,
     metrics: Arc<Metrics>,
-    connect_timeout: Duration,
+    settings: WorkSettings,
     registry: Mutex<Registry>,
     shutdown: watch::Sender<bool>,
 }
@@ -99,12 +98,12 @@ impl JobManager {
     pub async fn start(
         store: Arc<dyn MetaStore>,
         metrics: Arc<Metrics>,
-        connect_timeout: Duration,
+        settings: WorkSettings,
     ) -> Result<Arc<Self>, StoreError> {
         let manager = Arc::new(JobManager {
             store,
             metrics,
-            connect_timeout,
+            settings,
             registry: Mutex::new(Registry::default()),
             shutdown: watch::Sender::new(false),
         });
@@ -132,6 +131,7 @@ impl JobManager {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             snapshot: snapshot_tx,
+            settings: self.settings,
         };
         let task = tokio::spawn(runner.run(requests_rx, self.shutdown.subscribe()));
         let mut registry = self.registry.lock();
@@ -160,7 +160,7 @@ impl JobManager {
                 name: spec.name.clone(),
             }
         };
-        if let Err(e) = preflight::check(&spec, self.connect_timeout).await {
+        if let Err(e) = preflight::check(&spec, self.settings.connect_timeout).await {
             warn!(job = %spec.name, error = %e, "create_ccr refused by preflight checks");
             return Err(e.into());
         }

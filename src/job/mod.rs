@@ -2,9 +2,11 @@
 //! the task that runs each one (`runner`) and the manager that owns them all
 //! (`manager`).
 
+pub mod full_sync;
 pub mod manager;
 mod runner;
 pub mod spec;
 pub mod state;
 
 pub use manager::{JobError, JobManager, JobSnapshot};
+pub use runner::WorkSettings;

@@ -4,18 +4,28 @@
 //! acknowledged survives a restart. Readers see the job through a `watch`
 //! snapshot and never wait on the task.
 //!
-//! The sync work itself (full sync, incremental sync) arrives with later
-//! phases; until then a running job holds its first progress state.
+//! Beside requests it runs the job's work — today the full sync — as a child
+//! task that it starts when the job is running in a full-sync state, stops
+//! (aborting it: an interrupted chunk's destination transaction rolls back)
+//! on pause, desync, delete, a new full sync or shutdown, and whose progress
+//! and outcome it folds into the job's state. Transient errors are retried
+//! inside the child with capped exponential backoff; a definite one pauses
+//! the job with the error shown, and `resume` tries again.
 
+use super::full_sync::{self, FullSync, HandOver, SyncError};
 use super::manager::{JobError, JobSnapshot};
-use super::state::{transition, JobCommand};
+use super::state::{transition, FullSyncProgress, JobCommand, ProgressState, RunState};
+use crate::config::FullSyncSettings;
 use crate::hostmap::HostMapping;
+use crate::job::spec::SyncType;
 use crate::metrics::Metrics;
 use crate::store::MetaStore;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, JobError>>;
 
@@ -29,18 +39,53 @@ pub(super) enum Request {
     },
 }
 
+/// Settings the job's work needs.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkSettings {
+    pub connect_timeout: Duration,
+    pub full_sync: FullSyncSettings,
+}
+
 pub(super) struct Runner {
     pub store: Arc<dyn MetaStore>,
     pub metrics: Arc<Metrics>,
     pub snapshot: watch::Sender<JobSnapshot>,
+    pub settings: WorkSettings,
 }
 
 pub(super) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// How the work ended (transient errors never end it).
+enum Outcome {
+    HandedOver(HandOver),
+    Failed(String),
+}
+
+/// The running work: a full sync with the run it belongs to.
+struct Work {
+    run_id: i64,
+    task: JoinHandle<Outcome>,
+    progress: watch::Receiver<FullSyncProgress>,
+}
+
+impl Work {
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Progress is saved to the meta store at most this often while a full
+/// sync runs (a restart recounts it from the destination's checkpoints).
+const SAVE_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 impl Runner {
-    /// Serves requests until the manager drops the job or the service stops.
+    /// Serves requests and runs the job's work until the manager drops the
+    /// job or the service stops.
     pub async fn run(
         self,
         mut requests: mpsc::Receiver<Request>,
@@ -48,16 +93,181 @@ impl Runner {
     ) {
         let name = self.snapshot.borrow().spec.name.clone();
         info!(job = %name, "job task started");
+        let mut work: Option<Work> = None;
+        let mut last_save = Instant::now();
         loop {
+            work = self.reconcile(work).await;
             tokio::select! {
                 _ = shutdown.changed() => break,
                 request = requests.recv() => match request {
                     Some(request) => self.handle(request).await,
                     None => break,
                 },
+                event = next_event(&mut work) => match event {
+                    WorkEvent::Progress(progress) => {
+                        let save = last_save.elapsed() >= SAVE_PROGRESS_EVERY;
+                        if save {
+                            last_save = Instant::now();
+                        }
+                        self.update_progress(progress, save).await;
+                    }
+                    WorkEvent::Finished(outcome) => {
+                        work = None;
+                        self.finish(outcome).await;
+                    }
+                },
             }
         }
+        if let Some(w) = work {
+            w.stop().await;
+        }
         info!(job = %name, "job task stopped");
+    }
+
+    /// Starts or stops the work so that it matches the job's state.
+    async fn reconcile(&self, work: Option<Work>) -> Option<Work> {
+        let current = self.snapshot.borrow().clone();
+        let full_sync_state = matches!(
+            current.status.progress_state,
+            ProgressState::DBFullSync | ProgressState::TableFullSync
+        );
+        let should_run = current.status.run_state == RunState::Running && full_sync_state;
+        let run_id = current
+            .progress
+            .full_sync
+            .as_ref()
+            .filter(|f| f.finished_at.is_none())
+            .map(|f| f.run_id);
+        match work {
+            Some(w) if should_run && Some(w.run_id) == run_id => return Some(w),
+            Some(w) => w.stop().await,
+            None => {}
+        }
+        if !should_run {
+            return None;
+        }
+        let progress = match current.progress.full_sync.clone() {
+            Some(p) if p.finished_at.is_none() => p,
+            _ => {
+                // A new full sync: a new plan, fresh counters.
+                let now = now_ms();
+                let mut next = current.progress.clone();
+                next.full_sync = Some(FullSyncProgress {
+                    run_id: now,
+                    started_at: now,
+                    ..FullSyncProgress::default()
+                });
+                next.snapshot = None;
+                next.tables.clear();
+                if let Err(e) = self
+                    .store
+                    .save_status(&current.spec.name, current.status, &next, now)
+                    .await
+                {
+                    warn!(job = %current.spec.name, error = %e, "saving the new full sync failed; retrying");
+                    tokio::time::sleep(BACKOFF_FIRST).await;
+                    return None;
+                }
+                self.publish(|s| {
+                    s.progress = next.clone();
+                    s.updated_at = now;
+                });
+                next.full_sync.unwrap_or_default()
+            }
+        };
+        let run_id = progress.run_id;
+        let (progress_tx, progress_rx) = watch::channel(progress);
+        let sync = FullSync {
+            spec: current.spec.clone(),
+            run_id,
+            rerun: current.progress.full_sync_reason.is_some(),
+            settings: self.settings.full_sync,
+            connect_timeout: self.settings.connect_timeout,
+            metrics: self.metrics.clone(),
+            progress: progress_tx,
+        };
+        info!(job = %current.spec.name, run_id, "full sync starting");
+        Some(Work {
+            run_id,
+            task: tokio::spawn(run_with_retries(sync)),
+            progress: progress_rx,
+        })
+    }
+
+    fn publish(&self, change: impl FnOnce(&mut JobSnapshot)) {
+        self.snapshot.send_modify(change);
+    }
+
+    async fn update_progress(&self, progress: FullSyncProgress, save: bool) {
+        let current = self.snapshot.borrow().clone();
+        let mut next = current.progress.clone();
+        if progress.last_error.is_some() {
+            next.last_error = progress.last_error.clone();
+        }
+        next.full_sync = Some(progress);
+        let now = now_ms();
+        if save {
+            if let Err(e) = self
+                .store
+                .save_status(&current.spec.name, current.status, &next, now)
+                .await
+            {
+                warn!(job = %current.spec.name, error = %e, "saving full sync progress failed");
+            }
+        }
+        self.publish(|s| {
+            s.progress = next;
+            s.updated_at = now;
+        });
+    }
+
+    async fn finish(&self, outcome: Outcome) {
+        let current = self.snapshot.borrow().clone();
+        let name = current.spec.name.clone();
+        let mut status = current.status;
+        let mut progress = current.progress.clone();
+        let now = now_ms();
+        match outcome {
+            Outcome::HandedOver(h) => {
+                status.progress_state = match current.spec.sync_type() {
+                    SyncType::Table => ProgressState::TableIncrementalSync,
+                    SyncType::Db => ProgressState::DBTablesIncrementalSync,
+                };
+                progress.commit_seq = full_sync::commit_seq(&h.position);
+                progress.position = Some(if h.position.gtid.is_empty() {
+                    format!("{}:{}", h.position.binlog_file, h.position.binlog_pos)
+                } else {
+                    h.position.gtid.clone()
+                });
+                progress.last_error = None;
+                if let Some(f) = progress.full_sync.as_mut() {
+                    f.finished_at = Some(now);
+                }
+                info!(job = %name, position = ?progress.position, "full sync done; handing over to incremental sync");
+                progress.snapshot = Some(h.position);
+                progress.tables = if current.spec.sync_type() == SyncType::Db {
+                    h.tables
+                } else {
+                    BTreeMap::new()
+                };
+            }
+            Outcome::Failed(message) => {
+                error!(job = %name, error = %message, "full sync stopped; fix the cause and resume the job");
+                status.run_state = RunState::Paused;
+                progress.last_error = Some(message);
+            }
+        }
+        // The outcome must be stored before it is shown; keep trying.
+        while let Err(e) = self.store.save_status(&name, status, &progress, now).await {
+            warn!(job = %name, error = %e, "saving the full sync's outcome failed; retrying");
+            tokio::time::sleep(BACKOFF_FIRST).await;
+        }
+        self.metrics.set_job_status(&name, status);
+        self.publish(|s| {
+            s.status = status;
+            s.progress = progress;
+            s.updated_at = now;
+        });
     }
 
     async fn handle(&self, request: Request) {
@@ -132,5 +342,56 @@ impl Runner {
         info!(job = %snapshot.spec.name, src = ?snapshot.spec.src.host_mapping,
               dest = ?snapshot.spec.dest.host_mapping, "host mapping updated");
         Ok(snapshot)
+    }
+}
+
+enum WorkEvent {
+    Progress(FullSyncProgress),
+    Finished(Outcome),
+}
+
+/// The work's next progress report or its end; never resolves without work.
+async fn next_event(work: &mut Option<Work>) -> WorkEvent {
+    let Some(w) = work else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        biased;
+        changed = w.progress.changed() => match changed {
+            Ok(()) => WorkEvent::Progress(w.progress.borrow_and_update().clone()),
+            // The sender went with the task: its outcome is next.
+            Err(_) => WorkEvent::Finished(outcome(&mut w.task).await),
+        },
+        outcome = outcome(&mut w.task) => WorkEvent::Finished(outcome),
+    }
+}
+
+async fn outcome(task: &mut JoinHandle<Outcome>) -> Outcome {
+    match task.await {
+        Ok(outcome) => outcome,
+        Err(e) => Outcome::Failed(format!("full sync task ended abnormally: {e}")),
+    }
+}
+
+/// Runs attempts until one hands over or fails definitely; transient errors
+/// wait 1 s, 2 s, 4 s … up to 30 s and resume from the checkpoints.
+async fn run_with_retries(sync: FullSync) -> Outcome {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        match sync.run().await {
+            Ok(h) => return Outcome::HandedOver(h),
+            Err(SyncError::Definite(message)) => return Outcome::Failed(message),
+            Err(SyncError::Transient(message)) => {
+                warn!(job = %sync.spec.name, error = %message, retry_in_secs = backoff.as_secs(),
+                      "full sync interrupted; resuming after a pause");
+                sync.metrics.count_retry(&sync.spec.name);
+                sync.progress.send_modify(|p| {
+                    p.retries += 1;
+                    p.last_error = Some(message);
+                });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@
 
 use super::spec::SyncType;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +129,59 @@ pub struct Progress {
     pub last_error: Option<String>,
     /// Why the current full sync runs, when it was asked for rather than the first one.
     pub full_sync_reason: Option<String>,
+    /// The current or last full sync.
+    pub full_sync: Option<FullSyncProgress>,
+    /// The source position P the last full sync copied as of, where the
+    /// incremental sync starts.
+    pub snapshot: Option<SnapshotPoint>,
+    /// For each destination table, the snapshot positions its rows were
+    /// copied at (all P, unless an interrupted copy resumed from a newer
+    /// snapshot).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, TableSnapshot>,
+}
+
+/// A source position: GTID position (empty if the source logs no GTIDs)
+/// and binlog coordinate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPoint {
+    pub gtid: String,
+    pub binlog_file: String,
+    pub binlog_pos: u64,
+}
+
+/// The range of snapshot positions a table's chunks were copied at: events
+/// after `from` are needed, and the table is consistent once past `to`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSnapshot {
+    pub from: SnapshotPoint,
+    pub to: SnapshotPoint,
+}
+
+/// How far a full sync has got; elapsed time and the estimate of time left
+/// are derived from it when shown.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FullSyncProgress {
+    /// Identifies this full sync's plan on the destination.
+    pub run_id: i64,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub tables_total: u64,
+    pub tables_done: u64,
+    pub rows_copied: u64,
+    /// Rows of copied chunks plus the server's estimate for the others.
+    pub rows_estimated: u64,
+    pub bytes_copied: u64,
+    /// Snapshot connections copying in parallel.
+    pub connections: u64,
+    /// How long the brief global read lock was held to start them, if it was.
+    pub lock_held_ms: Option<u64>,
+    /// Times the copy hit a transient error and resumed.
+    pub retries: u64,
+    /// The last transient error, if the copy has hit one.
+    pub last_error: Option<String>,
 }
 
 /// Commands the API sends to a job's runner.

@@ -1,4 +1,6 @@
 //! The source side: everything read from a source server. It never writes to
 //! the destination; what it produces reaches the applier as values/events.
 
+pub mod chunks;
+pub mod schema;
 pub mod snapshot;

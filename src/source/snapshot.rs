@@ -38,6 +38,8 @@ pub enum SnapshotError {
     NoBinlog,
     #[error("{count} parallel snapshots need the RELOAD privilege (for a lock held about a millisecond while they start); grant RELOAD or copy with one connection")]
     NeedsReload { count: usize },
+    #[error("snapshots did not start within {0:?} under the global read lock; lock released")]
+    SlowStart(Duration),
     #[error("snapshots started under the global read lock report different binlog positions ({first} and {other}); this source does not keep commits still under that lock")]
     Inconsistent {
         first: BinlogCoord,
@@ -57,6 +59,9 @@ pub struct SnapshotSet {
 
 /// Session settings every snapshot connection reads with: bytes as stored
 /// (no charset conversion) and timestamps in UTC.
+/// The longest the global read lock is held while snapshots start.
+const MAX_LOCK_HOLD: Duration = Duration::from_millis(500);
+
 const SESSION_SETUP: &str = "SET NAMES binary, time_zone = '+00:00'";
 
 pub async fn open(
@@ -83,8 +88,12 @@ pub async fn open(
         .await?;
     control.query_drop("FLUSH TABLES WITH READ LOCK").await?;
     let locked = Instant::now();
-    let started = try_join_all(conns.iter_mut().map(start)).await;
+    // Never hold the lock long: if the snapshots do not start promptly,
+    // give it up and report a (transient) error.
+    let started =
+        tokio::time::timeout(MAX_LOCK_HOLD, try_join_all(conns.iter_mut().map(start))).await;
     control.query_drop("UNLOCK TABLES").await?;
+    let started = started.map_err(|_| SnapshotError::SlowStart(MAX_LOCK_HOLD))?;
     let held = locked.elapsed();
     let _ = control.disconnect().await;
     let mut coords = started?.into_iter();

@@ -1,0 +1,734 @@
+//! Full sync: copies a job's scope from the source to the destination as of
+//! one source position P, and says where incremental sync starts.
+//!
+//! Why the copy is consistent:
+//! - [`snapshot::open`] starts N snapshot transactions that all see the
+//!   source as of one binlog position P (see that module for the argument).
+//!   Table definitions, key bounds and rows are read inside them.
+//! - The plan splits each table into key ranges that cover every key exactly
+//!   once ([`chunks`]); each chunk is read by one snapshot connection and
+//!   written, together with the row marking it done and naming P, in one
+//!   destination transaction ([`plan`]). A chunk is thus copied entirely as
+//!   of P or not at all.
+//! - After a crash or a transient error the copy resumes from a new snapshot
+//!   P2 and copies only the chunks not marked done. Those chunks hold the
+//!   source as of P2, the others as of P; each table records the range of
+//!   positions its chunks were read at ([`TableSnapshot`]), and incremental
+//!   sync applies the table's events from the lower one idempotently until it
+//!   passes the upper one, which brings every chunk to the same point.
+//! - Nothing is written to a table before its first chunk: a table none of
+//!   whose chunks is done is (re)created or emptied first, so rows of an
+//!   earlier, abandoned attempt never mix with the copy.
+//!
+//! Memory is bounded by the connections times the statement size: rows are
+//! streamed from the source and sent on as INSERTs of at most
+//! `statement_bytes`, with at most two statements in flight per connection.
+
+use crate::applier::insert::InsertBuilder;
+use crate::applier::plan::{self, ChunkDone, PlannedChunk};
+use crate::applier::tables::{self, Existing, TableError};
+use crate::applier::{self};
+use crate::config::FullSyncSettings;
+use crate::db::{self, quote_ident, ConnectError, ServerAddr};
+use crate::job::spec::{Endpoint, JobSpec};
+use crate::job::state::{FullSyncProgress, SnapshotPoint, TableSnapshot};
+use crate::metrics::Metrics;
+use crate::position::{BinlogCoord, MariaGtidPos};
+use crate::source::chunks::{self};
+use crate::source::schema::{self, TableInfo};
+use crate::source::snapshot::{self, SnapshotError};
+use futures_util::TryStreamExt;
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+/// Why a full sync attempt stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Worth retrying as it is: a lost connection, a deadlock, a server restart.
+    #[error("{0}")]
+    Transient(String),
+    /// Needs an operator: the message says what to fix.
+    #[error("{0}")]
+    Definite(String),
+}
+
+impl SyncError {
+    fn sql(context: impl std::fmt::Display, e: mysql_async::Error) -> Self {
+        let message = format!("{context}: {e}");
+        if is_transient(&e) {
+            SyncError::Transient(message)
+        } else {
+            SyncError::Definite(message)
+        }
+    }
+}
+
+/// Errors a retry can cure: the connection, the server's availability, or
+/// lock conflicts — not what the server says about the data or the schema.
+pub fn is_transient(e: &mysql_async::Error) -> bool {
+    match e {
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => true,
+        // Too many connections, shutdown in progress, lock wait timeout,
+        // deadlock, query interrupted, table definition changed (the snapshot
+        // predates a DDL), connection killed, net read/write errors.
+        mysql_async::Error::Server(s) => matches!(
+            s.code,
+            1040 | 1053
+                | 1158
+                | 1159
+                | 1160
+                | 1161
+                | 1205
+                | 1213
+                | 1317
+                | 1412
+                | 1927
+                | 2006
+                | 2013
+        ),
+        _ => false,
+    }
+}
+
+fn connect_error(side: &str, e: ConnectError) -> SyncError {
+    match e {
+        ConnectError::Unreachable { .. } => SyncError::Transient(format!("{side} {e}")),
+        ConnectError::Refused { .. } => SyncError::Definite(format!("{side} {e}")),
+    }
+}
+
+/// Where the job goes from here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandOver {
+    /// P: incremental sync starts after it.
+    pub position: SnapshotPoint,
+    /// Each destination table's range of snapshot positions.
+    pub tables: BTreeMap<String, TableSnapshot>,
+}
+
+/// One full sync of one job.
+pub struct FullSync {
+    pub spec: Arc<JobSpec>,
+    pub run_id: i64,
+    /// Whether an earlier full sync of this job ran (`force_fullsync` and
+    /// the like): the destination tables are then the job's own to replace.
+    pub rerun: bool,
+    pub settings: FullSyncSettings,
+    pub connect_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    pub progress: watch::Sender<FullSyncProgress>,
+}
+
+fn addr(ep: &Endpoint) -> ServerAddr<'_> {
+    ServerAddr {
+        host: &ep.host,
+        port: ep.port,
+        user: &ep.user,
+        password: &ep.password,
+    }
+}
+
+/// What every copying connection shares.
+struct Shared {
+    spec: Arc<JobSpec>,
+    tables: HashMap<String, TableInfo>,
+    queue: Mutex<VecDeque<PlannedChunk>>,
+    tally: Mutex<Tally>,
+    point: SnapshotPoint,
+    coord: BinlogCoord,
+    statement_bytes: usize,
+    connect_timeout: Duration,
+    metrics: Arc<Metrics>,
+    progress: watch::Sender<FullSyncProgress>,
+}
+
+struct Tally {
+    /// Chunks not yet done, per source table.
+    left: HashMap<String, usize>,
+    /// Estimated rows of chunks not yet done.
+    estimated_left: u64,
+}
+
+impl FullSync {
+    /// One attempt: resumes the job's plan if it has one for this run.
+    pub async fn run(&self) -> Result<HandOver, SyncError> {
+        let spec = &self.spec;
+        let job = spec.name.as_str();
+        let src_db = spec.src.database.as_str();
+        let dest_db = spec.dest.database.as_str();
+
+        let mut dest = db::connect(&addr(&spec.dest), None, self.connect_timeout)
+            .await
+            .map_err(|e| connect_error("destination", e))?;
+        applier::session_setup(&mut dest)
+            .await
+            .map_err(|e| SyncError::sql("destination session", e))?;
+
+        let set = match snapshot::open(
+            &addr(&spec.src),
+            self.settings.connections,
+            self.connect_timeout,
+        )
+        .await
+        {
+            Err(SnapshotError::NeedsReload { count }) => {
+                warn!(
+                    job,
+                    count, "source user lacks RELOAD: copying with one connection"
+                );
+                snapshot::open(&addr(&spec.src), 1, self.connect_timeout).await
+            }
+            other => other,
+        }
+        .map_err(snapshot_error)?;
+        let point = SnapshotPoint {
+            gtid: set.gtid.to_string(),
+            binlog_file: set.coord.file.clone(),
+            binlog_pos: set.coord.pos,
+        };
+        let coord = set.coord.clone();
+        let lock_held_ms = set.lock_held.map(|d| d.as_millis() as u64);
+        let mut conns = set.conns;
+        let connections = conns.len();
+        info!(job, connections, position = %coord, gtid = %point.gtid, "full sync snapshot started");
+
+        let src = &mut conns[0];
+        let read = |e| SyncError::sql("reading the source's definitions", e);
+        let infos = schema::tables(src, src_db, spec.src.table.as_deref())
+            .await
+            .map_err(read)?;
+        if let (Some(t), true) = (&spec.src.table, infos.is_empty()) {
+            return Err(SyncError::Definite(format!(
+                "source table {src_db}.{t} does not exist (any more)"
+            )));
+        }
+        let views = if spec.src.table.is_none() {
+            schema::views(src, src_db).await.map_err(read)?
+        } else {
+            Vec::new()
+        };
+        let db_options = schema::database_options(src, src_db).await.map_err(read)?;
+
+        let dest_sql = |e| SyncError::sql(format!("destination database {dest_db}"), e);
+        tables::ensure_database(&mut dest, dest_db, db_options.as_ref())
+            .await
+            .map_err(dest_sql)?;
+        plan::ensure_table(&mut dest, dest_db)
+            .await
+            .map_err(dest_sql)?;
+        let dest_name = |src_table: &str| -> String {
+            spec.dest
+                .table
+                .clone()
+                .unwrap_or_else(|| src_table.to_string())
+        };
+
+        let stored = plan::load(&mut dest, dest_db, job, self.run_id)
+            .await
+            .map_err(dest_sql)?;
+        let resumed = stored.is_some();
+        let planned = match stored {
+            Some(p) => p,
+            None => {
+                let mut planned = Vec::new();
+                for table in &infos {
+                    let bounds = chunks::plan(src, src_db, table, self.settings.chunk_rows)
+                        .await
+                        .map_err(|e| {
+                            SyncError::sql(format!("planning chunks of {src_db}.{}", table.name), e)
+                        })?;
+                    planned.extend(bounds.into_iter().enumerate().map(|(i, bounds)| {
+                        PlannedChunk {
+                            src_table: table.name.clone(),
+                            dest_table: dest_name(&table.name),
+                            chunk: i as u32,
+                            bounds,
+                            done: None,
+                        }
+                    }));
+                }
+                plan::store(&mut dest, dest_db, job, self.run_id, &planned)
+                    .await
+                    .map_err(dest_sql)?;
+                planned
+            }
+        };
+
+        // Tables: those with no chunk done yet start empty.
+        let existing = if resumed || self.rerun {
+            Existing::Replace
+        } else if spec.allow_table_exists {
+            Existing::ReuseIfSame
+        } else {
+            Existing::Refuse
+        };
+        let mut by_table: BTreeMap<&str, Vec<&PlannedChunk>> = BTreeMap::new();
+        for c in &planned {
+            by_table.entry(c.src_table.as_str()).or_default().push(c);
+        }
+        for (src_table, chunks) in &by_table {
+            let info = infos.iter().find(|t| t.name == *src_table).ok_or_else(|| {
+                SyncError::Definite(format!(
+                    "source table {src_db}.{src_table} was dropped while the full sync ran; run force_fullsync"
+                ))
+            })?;
+            let dest_table = &chunks[0].dest_table;
+            if chunks.iter().all(|c| c.done.is_none()) {
+                let prepared = tables::prepare_table(
+                    &mut dest,
+                    dest_db,
+                    dest_table,
+                    src_table,
+                    &info.create_sql,
+                    existing,
+                )
+                .await
+                .map_err(table_error)?;
+                info!(job, table = %dest_table, ?prepared, "destination table ready");
+            } else if !tables::exists(&mut dest, dest_db, dest_table)
+                .await
+                .map_err(dest_sql)?
+            {
+                return Err(SyncError::Definite(format!(
+                    "destination table {dest_db}.{dest_table} was dropped while the full sync ran; run force_fullsync"
+                )));
+            }
+        }
+        if infos
+            .iter()
+            .any(|t| !by_table.contains_key(t.name.as_str()))
+        {
+            // A table created after the plan was made: the plan no longer
+            // covers the scope. Start over with a plan from a new snapshot.
+            return Err(SyncError::Definite(format!(
+                "a table appeared in {src_db} while the full sync ran; run force_fullsync"
+            )));
+        }
+
+        let statement_bytes = self
+            .settings
+            .statement_bytes
+            .min(applier::max_packet(&mut dest).await.map_err(dest_sql)? - 1024);
+        let _ = dest.disconnect().await;
+
+        let pending: VecDeque<PlannedChunk> = planned
+            .iter()
+            .filter(|c| c.done.is_none())
+            .cloned()
+            .collect();
+        let mut progress = FullSyncProgress {
+            run_id: self.run_id,
+            tables_total: by_table.len() as u64,
+            connections: connections as u64,
+            lock_held_ms,
+            ..self.progress.borrow().clone()
+        };
+        let mut left: HashMap<String, usize> = HashMap::new();
+        progress.rows_copied = 0;
+        progress.bytes_copied = 0;
+        for c in &planned {
+            match &c.done {
+                Some(d) => {
+                    progress.rows_copied += d.rows;
+                    progress.bytes_copied += d.bytes;
+                }
+                None => *left.entry(c.src_table.clone()).or_default() += 1,
+            }
+        }
+        let estimated_left: u64 = pending.iter().map(|c| c.bounds.estimated_rows).sum();
+        progress.rows_estimated = progress.rows_copied + estimated_left;
+        progress.tables_done = (by_table.len() - left.len()) as u64;
+        self.progress.send_replace(progress);
+        info!(
+            job,
+            chunks = planned.len(),
+            pending = pending.len(),
+            resumed,
+            "full sync copying"
+        );
+
+        let shared = Arc::new(Shared {
+            spec: spec.clone(),
+            tables: infos.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            queue: Mutex::new(pending),
+            tally: Mutex::new(Tally {
+                left,
+                estimated_left,
+            }),
+            point,
+            coord,
+            statement_bytes,
+            connect_timeout: self.connect_timeout,
+            metrics: self.metrics.clone(),
+            progress: self.progress.clone(),
+        });
+        let mut workers = JoinSet::new();
+        for conn in conns {
+            workers.spawn(copy_chunks(shared.clone(), conn));
+        }
+        while let Some(result) = workers.join_next().await {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(SyncError::Definite(format!("copy task failed: {e}"))),
+            }
+        }
+
+        // Views last: they may name any of the tables.
+        if !views.is_empty() {
+            let mut dest = db::connect(&addr(&spec.dest), None, self.connect_timeout)
+                .await
+                .map_err(|e| connect_error("destination", e))?;
+            applier::session_setup(&mut dest)
+                .await
+                .map_err(|e| SyncError::sql("destination session", e))?;
+            create_views(&mut dest, src_db, dest_db, &views).await?;
+            let _ = dest.disconnect().await;
+        }
+
+        let mut dest = db::connect(&addr(&spec.dest), None, self.connect_timeout)
+            .await
+            .map_err(|e| connect_error("destination", e))?;
+        let done = plan::load(&mut dest, dest_db, job, self.run_id)
+            .await
+            .map_err(dest_sql)?
+            .ok_or_else(|| {
+                SyncError::Definite(format!(
+                    "the full sync plan in {dest_db}.{} vanished",
+                    plan::TABLE
+                ))
+            })?;
+        let _ = dest.disconnect().await;
+        hand_over(&done)
+    }
+}
+
+fn snapshot_error(e: SnapshotError) -> SyncError {
+    match e {
+        SnapshotError::Connect(c) => connect_error("source", c),
+        SnapshotError::Query(q) => SyncError::sql("starting source snapshots", q),
+        SnapshotError::Inconsistent { .. } | SnapshotError::SlowStart(_) => {
+            SyncError::Transient(format!("source {e}"))
+        }
+        SnapshotError::NoBinlog | SnapshotError::NeedsReload { .. } => {
+            SyncError::Definite(format!("source {e}"))
+        }
+    }
+}
+
+fn table_error(e: TableError) -> SyncError {
+    match e {
+        TableError::Sql { ref source, .. } if is_transient(source) => {
+            SyncError::Transient(e.to_string())
+        }
+        other => SyncError::Definite(other.to_string()),
+    }
+}
+
+/// Views in an order that works: one that names a view not yet created is
+/// retried after the others.
+async fn create_views(
+    dest: &mut Conn,
+    src_db: &str,
+    dest_db: &str,
+    views: &[schema::ViewInfo],
+) -> Result<(), SyncError> {
+    let mut left: Vec<&schema::ViewInfo> = views.iter().collect();
+    while !left.is_empty() {
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for view in &left {
+            match tables::create_view(dest, src_db, dest_db, &view.name, &view.create_sql).await {
+                Ok(()) => {}
+                Err(e) => {
+                    failed.push(*view);
+                    last_error = Some(e);
+                }
+            }
+        }
+        if failed.len() == left.len() {
+            return Err(last_error
+                .map(table_error)
+                .unwrap_or_else(|| SyncError::Definite("views could not be created".into())));
+        }
+        left = failed;
+    }
+    Ok(())
+}
+
+/// P is the lowest position any chunk was read at; each table gets the range
+/// of its own chunks' positions.
+fn hand_over(chunks: &[PlannedChunk]) -> Result<HandOver, SyncError> {
+    let point = |d: &ChunkDone| SnapshotPoint {
+        gtid: d.gtid.clone(),
+        binlog_file: d.coord.file.clone(),
+        binlog_pos: d.coord.pos,
+    };
+    fn order(d: &&&ChunkDone) -> (Option<u64>, String, u64) {
+        (d.coord.file_index(), d.coord.file.clone(), d.coord.pos)
+    }
+    let mut tables = BTreeMap::new();
+    let mut all = Vec::with_capacity(chunks.len());
+    let mut by_table: BTreeMap<&str, Vec<&ChunkDone>> = BTreeMap::new();
+    for c in chunks {
+        let done = c.done.as_ref().ok_or_else(|| {
+            SyncError::Transient(format!(
+                "chunk {} of {} is not copied yet",
+                c.chunk, c.src_table
+            ))
+        })?;
+        by_table
+            .entry(c.dest_table.as_str())
+            .or_default()
+            .push(done);
+        all.push(done);
+    }
+    for (table, dones) in by_table {
+        let (Some(from), Some(to)) = (
+            dones.iter().min_by_key(order),
+            dones.iter().max_by_key(order),
+        ) else {
+            continue;
+        };
+        tables.insert(
+            table.to_string(),
+            TableSnapshot {
+                from: point(from),
+                to: point(to),
+            },
+        );
+    }
+    let position = all
+        .iter()
+        .min_by_key(order)
+        .map(|d| point(d))
+        .ok_or_else(|| SyncError::Definite("the full sync plan has no chunks".into()))?;
+    Ok(HandOver { position, tables })
+}
+
+/// One copying connection: takes chunks off the queue until it is empty.
+async fn copy_chunks(shared: Arc<Shared>, mut src: Conn) -> Result<(), SyncError> {
+    let spec = &shared.spec;
+    let mut dest = db::connect(&addr(&spec.dest), None, shared.connect_timeout)
+        .await
+        .map_err(|e| connect_error("destination", e))?;
+    applier::session_setup(&mut dest)
+        .await
+        .map_err(|e| SyncError::sql("destination session", e))?;
+    loop {
+        let Some(chunk) = shared.queue.lock().pop_front() else {
+            break;
+        };
+        let done = copy_chunk(&shared, &mut src, &mut dest, &chunk).await?;
+        shared
+            .metrics
+            .count_chunk(&spec.name, done.rows, done.bytes);
+        let mut tally = shared.tally.lock();
+        tally.estimated_left = tally
+            .estimated_left
+            .saturating_sub(chunk.bounds.estimated_rows);
+        let table_done = match tally.left.get_mut(&chunk.src_table) {
+            Some(n) => {
+                *n -= 1;
+                *n == 0
+            }
+            None => false,
+        };
+        if table_done {
+            tally.left.remove(&chunk.src_table);
+        }
+        let estimated_left = tally.estimated_left;
+        shared.progress.send_modify(|p| {
+            p.rows_copied += done.rows;
+            p.bytes_copied += done.bytes;
+            p.rows_estimated = p.rows_copied + estimated_left;
+            if table_done {
+                p.tables_done += 1;
+            }
+        });
+    }
+    let _ = tokio::join!(src.disconnect(), dest.disconnect());
+    Ok(())
+}
+
+/// Copies one chunk in one destination transaction, reading and writing at
+/// once: the reader builds statements while the writer sends the previous one.
+async fn copy_chunk(
+    shared: &Shared,
+    src: &mut Conn,
+    dest: &mut Conn,
+    chunk: &PlannedChunk,
+) -> Result<ChunkDone, SyncError> {
+    let spec = &shared.spec;
+    let (src_db, dest_db) = (&spec.src.database, &spec.dest.database);
+    let info = shared.tables.get(&chunk.src_table).ok_or_else(|| {
+        SyncError::Definite(format!("no definition for table {}", chunk.src_table))
+    })?;
+    let select: Vec<String> = info.columns.iter().map(|c| c.select_expr()).collect();
+    let mut sql = format!(
+        "SELECT {} FROM {}.{}",
+        select.join(", "),
+        quote_ident(src_db),
+        quote_ident(&info.name)
+    )
+    .into_bytes();
+    if let Some(filter) = chunks::chunk_filter(&info.key, &chunk.bounds) {
+        sql.extend_from_slice(b" WHERE ");
+        sql.extend_from_slice(&filter);
+    }
+    let columns: Vec<(String, _)> = info
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), c.kind()))
+        .collect();
+    let mut builder =
+        InsertBuilder::new(dest_db, &chunk.dest_table, &columns, shared.statement_bytes);
+    let source_context = || {
+        format!(
+            "reading source table {src_db}.{} (chunk {})",
+            info.name, chunk.chunk
+        )
+    };
+    let dest_context = || {
+        format!(
+            "writing destination table {dest_db}.{} (chunk {} of source table {src_db}.{})",
+            chunk.dest_table, chunk.chunk, info.name
+        )
+    };
+
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1);
+    let reader = async {
+        let mut rows = 0u64;
+        let mut bytes = 0u64;
+        let mut result = src
+            .query_iter(sql)
+            .await
+            .map_err(|e| SyncError::sql(source_context(), e))?;
+        if let Some(mut stream) = result
+            .stream::<mysql_async::Row>()
+            .await
+            .map_err(|e| SyncError::sql(source_context(), e))?
+        {
+            while let Some(row) = stream
+                .try_next()
+                .await
+                .map_err(|e| SyncError::sql(source_context(), e))?
+            {
+                let values: Vec<Option<Vec<u8>>> = row
+                    .unwrap_raw()
+                    .into_iter()
+                    .map(|v| match v {
+                        Some(mysql_async::Value::Bytes(b)) => Some(b),
+                        Some(mysql_async::Value::NULL) | None => None,
+                        Some(other) => Some(other.as_sql(true).into_bytes()),
+                    })
+                    .collect();
+                rows += 1;
+                bytes += values.iter().flatten().map(|v| v.len() as u64).sum::<u64>();
+                if let Some((statement, _)) = builder.push(&values) {
+                    if tx.send(statement).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(result);
+        if let Some((statement, _)) = builder.take() {
+            let _ = tx.send(statement).await;
+        }
+        drop(tx);
+        Ok::<_, SyncError>((rows, bytes))
+    };
+    let writer = async {
+        dest.query_drop("START TRANSACTION")
+            .await
+            .map_err(|e| SyncError::sql(dest_context(), e))?;
+        while let Some(statement) = rx.recv().await {
+            dest.query_drop(statement)
+                .await
+                .map_err(|e| SyncError::sql(dest_context(), e))?;
+        }
+        Ok::<_, SyncError>(())
+    };
+    let ((rows, bytes), ()) = tokio::try_join!(reader, writer)?;
+    let done = ChunkDone {
+        coord: shared.coord.clone(),
+        gtid: shared.point.gtid.clone(),
+        rows,
+        bytes,
+    };
+    dest.query_drop(plan::mark_done_sql(dest_db, &spec.name, chunk, &done))
+        .await
+        .map_err(|e| SyncError::sql(dest_context(), e))?;
+    dest.query_drop("COMMIT")
+        .await
+        .map_err(|e| SyncError::sql(dest_context(), e))?;
+    Ok(done)
+}
+
+/// The commit seq of a position (see doc/operations.md).
+pub fn commit_seq(point: &SnapshotPoint) -> Option<u64> {
+    if point.gtid.is_empty() {
+        return BinlogCoord {
+            file: point.binlog_file.clone(),
+            pos: point.binlog_pos,
+        }
+        .commit_seq();
+    }
+    MariaGtidPos::parse(&point.gtid)
+        .ok()
+        .map(|p| p.commit_seq())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::chunks::ChunkBounds;
+
+    fn done(src: &str, dest: &str, chunk: u32, file: &str, pos: u64) -> PlannedChunk {
+        PlannedChunk {
+            src_table: src.into(),
+            dest_table: dest.into(),
+            chunk,
+            bounds: ChunkBounds {
+                lower: None,
+                upper: None,
+                estimated_rows: 0,
+            },
+            done: Some(ChunkDone {
+                coord: BinlogCoord {
+                    file: file.into(),
+                    pos,
+                },
+                gtid: format!("0-1-{pos}"),
+                rows: 1,
+                bytes: 1,
+            }),
+        }
+    }
+
+    #[test]
+    fn hand_over_takes_the_lowest_position() {
+        let chunks = [
+            done("a", "a2", 0, "b.000002", 10),
+            done("a", "a2", 1, "b.000001", 900),
+            done("c", "c", 0, "b.000002", 10),
+        ];
+        let h = hand_over(&chunks).unwrap();
+        assert_eq!(h.position.binlog_file, "b.000001");
+        assert_eq!(h.position.binlog_pos, 900);
+        let a = &h.tables["a2"];
+        assert_eq!((a.from.binlog_pos, a.to.binlog_pos), (900, 10));
+        assert_eq!(h.tables["c"].from, h.tables["c"].to);
+        let mut unfinished = chunks.to_vec();
+        unfinished[1].done = None;
+        assert!(hand_over(&unfinished).is_err());
+    }
+}
