@@ -24,6 +24,7 @@ fn statement_source() -> &'static MariaDb {
             log_bin: true,
             binlog_format: "STATEMENT",
             binlog_row_image: "MINIMAL",
+            ..ServerOptions::source()
         });
         s.admin("CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY)");
         s

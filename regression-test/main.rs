@@ -7,6 +7,7 @@ mod api_lifecycle;
 mod api_validation;
 mod binary;
 mod create_checks;
+mod full_sync;
 mod metrics_auth;
 mod positions;
 mod restart;

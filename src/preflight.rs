@@ -3,9 +3,11 @@
 //! Source: reachable; a supported server (MariaDB 10.6+, MySQL 8.0+); binary
 //! log on, `binlog_format=ROW`, `binlog_row_image=FULL` (global values: they
 //! are what writers' sessions start with); the user holds REPLICATION SLAVE,
-//! REPLICATION CLIENT (MariaDB: BINLOG MONITOR) and SELECT on the scope; the
-//! database, or table, exists. Destination: reachable; the user may create and
-//! write the destination database; the target tables are absent unless
+//! REPLICATION CLIENT (MariaDB: BINLOG MONITOR) and SELECT on the scope (and
+//! SHOW VIEW when a database job's scope has views); the database, or table,
+//! exists. Destination: reachable; the user may create and
+//! write the destination database (and create views, if the source has
+//! some); the target tables are absent unless
 //! `allow_table_exists`; it is not the source database itself.
 //!
 //! Every problem on a server is collected and reported together, each with
@@ -73,6 +75,8 @@ fn them(tables: &[String]) -> &'static str {
 struct SourceFacts {
     /// The tables in the job's scope.
     tables: Vec<String>,
+    /// The views in a database job's scope (copied after the tables).
+    views: Vec<String>,
     identity: ServerIdentity,
 }
 
@@ -187,7 +191,28 @@ async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, Pre
         ));
     }
 
-    let tables = if schema_exists(conn, &ep.database).await.map_err(&err)? {
+    let exists = schema_exists(conn, &ep.database).await.map_err(&err)?;
+    let views = if exists && ep.table.is_none() {
+        views(conn, &ep.database).await.map_err(&err)?
+    } else {
+        Vec::new()
+    };
+    if !views.is_empty()
+        && !global.contains("SHOW VIEW")
+        && !schema_privileges(conn, &ep.database)
+            .await
+            .map_err(&err)?
+            .contains("SHOW VIEW")
+    {
+        problems.push(format!(
+            "user {:?} lacks SHOW VIEW, needed to copy the views of {} ({}); GRANT SHOW VIEW ON {}.* TO the user",
+            ep.user,
+            ep.database,
+            views.join(", "),
+            db::quote_ident(&ep.database),
+        ));
+    }
+    let tables = if exists {
         let all = base_tables(conn, &ep.database).await.map_err(&err)?;
         match &ep.table {
             Some(t) if all.contains(t) => vec![t.clone()],
@@ -217,6 +242,7 @@ async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, Pre
     }
     Ok(SourceFacts {
         tables,
+        views,
         identity: identity(conn).await.map_err(&err)?,
     })
 }
@@ -242,8 +268,10 @@ async fn check_destination(
     }
     let global = global_privileges(conn).await.map_err(&err)?;
     let schema = schema_privileges(conn, &ep.database).await.map_err(&err)?;
+    let views_needed = (!src.views.is_empty()).then_some("CREATE VIEW");
     let missing: Vec<&str> = DEST_PRIVILEGES
         .into_iter()
+        .chain(views_needed)
         .filter(|p| !global.contains(*p) && !schema.contains(*p))
         .collect();
     if !missing.is_empty() {
@@ -363,6 +391,14 @@ async fn schema_exists(conn: &mut Conn, database: &str) -> Result<bool, mysql_as
 async fn base_tables(conn: &mut Conn, database: &str) -> Result<Vec<String>, mysql_async::Error> {
     conn.exec(
         "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+        (database,),
+    )
+    .await
+}
+
+async fn views(conn: &mut Conn, database: &str) -> Result<Vec<String>, mysql_async::Error> {
+    conn.exec(
+        "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME",
         (database,),
     )
     .await

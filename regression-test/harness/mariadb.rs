@@ -22,6 +22,8 @@ pub struct ServerOptions {
     pub log_bin: bool,
     pub binlog_format: &'static str,
     pub binlog_row_image: &'static str,
+    /// More `mariadbd` options, e.g. `--default-time-zone=+05:30`.
+    pub extra: Vec<&'static str>,
 }
 
 impl ServerOptions {
@@ -31,6 +33,7 @@ impl ServerOptions {
             log_bin: true,
             binlog_format: "ROW",
             binlog_row_image: "FULL",
+            extra: Vec::new(),
         }
     }
 
@@ -40,6 +43,7 @@ impl ServerOptions {
             log_bin: false,
             binlog_format: "ROW",
             binlog_row_image: "FULL",
+            extra: Vec::new(),
         }
     }
 }
@@ -162,6 +166,7 @@ impl MariaDb {
                 .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
                 .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
                 .arg(format!("--log-error={}", dir.join("error.log").display()))
+                .arg(format!("--tmpdir={}", dir.display()))
                 .arg(format!("--port={port}"))
                 .arg("--bind-address=127.0.0.1")
                 .arg(format!("--server-id={id}"))
@@ -173,6 +178,7 @@ impl MariaDb {
                     "--character-set-server=utf8mb4",
                     "--skip-name-resolve",
                 ])
+                .args(&options.extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             if options.log_bin {
@@ -286,12 +292,18 @@ pub const DEST_PASSWORD: &str = "Dest-Pa55word";
 fn create_users(s: &MariaDb) {
     s.admin(&format!(
         "CREATE USER '{SRC_USER}'@'%' IDENTIFIED BY '{SRC_PASSWORD}'; \
-         GRANT REPLICATION SLAVE, REPLICATION CLIENT, RELOAD, SELECT ON *.* TO '{SRC_USER}'@'%'; \
+         GRANT REPLICATION SLAVE, REPLICATION CLIENT, RELOAD, SELECT, SHOW VIEW ON *.* TO '{SRC_USER}'@'%'; \
          CREATE USER '{SRC_USER_NO_RELOAD}'@'%' IDENTIFIED BY '{SRC_PASSWORD}'; \
-         GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO '{SRC_USER_NO_RELOAD}'@'%'; \
+         GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT, SHOW VIEW ON *.* TO '{SRC_USER_NO_RELOAD}'@'%'; \
          CREATE USER '{DEST_USER}'@'%' IDENTIFIED BY '{DEST_PASSWORD}'; \
          GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, CREATE VIEW, SHOW VIEW ON *.* TO '{DEST_USER}'@'%'"
     ));
+}
+
+/// Creates the job users on a server a test started for itself.
+pub fn with_users(s: MariaDb) -> MariaDb {
+    create_users(&s);
+    s
 }
 
 /// A name no other test in this process uses: `prefix_N`.

@@ -80,6 +80,10 @@ pub async fn wait_for_state(service: &Service, name: &str, progress_state: &str)
             return progress;
         }
         assert!(
+            progress["state"] != "paused" || progress["last_error"].is_null(),
+            "job {name} stopped before reaching {progress_state}: {progress:#}"
+        );
+        assert!(
             std::time::Instant::now() < deadline,
             "job {name} did not reach {progress_state}: {progress:#}"
         );

@@ -18,6 +18,8 @@ pub struct Service {
     task: Option<JoinHandle<Result<(), app::AppError>>>,
     /// The SQLite store's folder, when the service owns it.
     _store_dir: Option<tempfile::TempDir>,
+    /// The real binary, when the service runs as a process.
+    child: Option<std::process::Child>,
 }
 
 /// A response: HTTP status and JSON body.
@@ -84,6 +86,7 @@ impl Service {
             shutdown: Some(tx),
             task: Some(task),
             _store_dir: None,
+            child: None,
         };
         // The store opens before the API answers; wait until it does.
         for _ in 0..200 {
@@ -93,6 +96,55 @@ impl Service {
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
         panic!("service did not answer /version");
+    }
+
+    /// The real binary on a free port, with `config` (TOML) as its config
+    /// file and its SQLite store and log in `dir`.
+    pub async fn process(dir: &Path, config: &str) -> Service {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let config_file = dir.join("syncer.toml");
+        std::fs::write(&config_file, config).expect("write config");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ccr-syncer"))
+            .arg("--config")
+            .arg(&config_file)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--db-dir")
+            .arg(dir.join("db"))
+            .arg("--log-dir")
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start the ccr-syncer binary");
+        let service = Service {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            http: reqwest::Client::new(),
+            token: None,
+            shutdown: None,
+            task: None,
+            _store_dir: None,
+            child: Some(child),
+        };
+        for _ in 0..400 {
+            if let Ok(r) = service.http.get(service.url("version")).send().await {
+                if r.status().is_success() {
+                    return service;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("ccr-syncer binary did not answer /version");
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// A service with a SQLite store in a folder of its own, removed with it.
@@ -175,6 +227,10 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -36,8 +36,8 @@ pub enum TableError {
         dest_sql: String,
         source_sql: String,
     },
-    #[error("source definition of {0} does not start with CREATE TABLE and its name")]
-    Unexpected(String),
+    #[error("source definition of {name} is not in the form SHOW CREATE gives: {sql}")]
+    Unexpected { name: String, sql: String },
     #[error("destination table {table}: {source}")]
     Sql {
         table: String,
@@ -78,8 +78,13 @@ pub async fn prepare_table(
         table: name.clone(),
         source,
     };
-    let create = rewrite_create_table(source_sql, source_table, database, table)
-        .ok_or_else(|| TableError::Unexpected(source_table.to_string()))?;
+    let create =
+        rewrite_create_table(source_sql, source_table, database, table).ok_or_else(|| {
+            TableError::Unexpected {
+                name: source_table.to_string(),
+                sql: one_line(source_sql),
+            }
+        })?;
     let qualified = format!("{}.{}", quote_ident(database), quote_ident(table));
     let current = show_create_table(conn, &qualified).await.map_err(sql_err)?;
     let Some(current) = current else {
@@ -148,8 +153,12 @@ pub async fn create_view(
     view: &str,
     source_sql: &str,
 ) -> Result<(), TableError> {
-    let sql = rewrite_view(source_sql, source_database, database, view)
-        .ok_or_else(|| TableError::Unexpected(view.to_string()))?;
+    let sql = rewrite_view(source_sql, source_database, database, view).ok_or_else(|| {
+        TableError::Unexpected {
+            name: view.to_string(),
+            sql: one_line(source_sql),
+        }
+    })?;
     conn.query_drop(sql)
         .await
         .map_err(|source| TableError::Sql {
@@ -214,8 +223,17 @@ pub fn rewrite_view(
         }
         None => rest.to_string(),
     };
-    let name = format!("VIEW {} AS ", quote_ident(view));
-    let i = rest.find(&name)?;
+    // The name is qualified when the session's default database is another.
+    let qualified = format!(
+        "VIEW {}.{} AS ",
+        quote_ident(source_database),
+        quote_ident(view)
+    );
+    let plain = format!("VIEW {} AS ", quote_ident(view));
+    let (i, name) = rest
+        .find(&qualified)
+        .map(|i| (i, qualified.as_str()))
+        .or_else(|| rest.find(&plain).map(|i| (i, plain.as_str())))?;
     let body = rest[i + name.len()..].replace(
         &format!("{}.", quote_ident(source_database)),
         &format!("{}.", quote_ident(database)),
@@ -259,6 +277,11 @@ mod tests {
         assert_eq!(
             rewrite_view(src, "s", "d", "v").unwrap(),
             "CREATE OR REPLACE ALGORITHM=UNDEFINED SQL SECURITY DEFINER VIEW `d`.`v` AS select `d`.`t`.`a` AS `a` from `d`.`t`"
+        );
+        let qualified = "CREATE ALGORITHM=UNDEFINED DEFINER=`root`@`localhost` SQL SECURITY DEFINER VIEW `s`.`v` AS select `w`.`id` AS `id` from `s`.`w`";
+        assert_eq!(
+            rewrite_view(qualified, "s", "d", "v").unwrap(),
+            "CREATE OR REPLACE ALGORITHM=UNDEFINED SQL SECURITY DEFINER VIEW `d`.`v` AS select `w`.`id` AS `id` from `d`.`w`"
         );
     }
 }
