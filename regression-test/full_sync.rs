@@ -199,6 +199,11 @@ async fn database_of_fifty_tables_with_renamed_destination() {
     assert_same_table(&db, "no_key", dest(), &dest_db, "no_key", "a, b");
     assert_same_table(&db, "by_name", dest(), &dest_db, "by_name", "region, name");
     assert_same_table(&db, "t45", dest(), &dest_db, "t45", "id");
+    // Secondary keys, built after the rows, end up as on the source.
+    assert_eq!(
+        dest().admin(&format!("SHOW CREATE TABLE {dest_db}.t07")),
+        source().admin(&format!("SHOW CREATE TABLE {db}.t07"))
+    );
     // Views follow, pointing at the destination's tables.
     assert_eq!(
         dest().admin(&format!("SELECT COUNT(*) FROM {dest_db}.v_on_view")),
@@ -346,6 +351,10 @@ async fn million_row_table_copy_survives_a_kill() {
     assert_eq!(
         checksums(source(), &db, &["t"]),
         checksums(dest(), &dest_db, &["t"])
+    );
+    assert_eq!(
+        dest().admin(&format!("SHOW CREATE TABLE {dest_db}.t")),
+        source().admin(&format!("SHOW CREATE TABLE {db}.t"))
     );
     // The restarted process copied only what was not committed before the kill.
     let metrics = service.get("metrics").await.text;

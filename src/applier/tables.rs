@@ -78,13 +78,15 @@ pub async fn prepare_table(
         table: name.clone(),
         source,
     };
-    let create =
-        rewrite_create_table(source_sql, source_table, database, table).ok_or_else(|| {
-            TableError::Unexpected {
-                name: source_table.to_string(),
-                sql: one_line(source_sql),
-            }
-        })?;
+    // Created without its plain secondary keys, which `add_deferred_keys`
+    // builds once the rows are in (a sorted build beats row-by-row inserts).
+    let (lean, _) = defer_secondary_keys(source_sql);
+    let create = rewrite_create_table(&lean, source_table, database, table).ok_or_else(|| {
+        TableError::Unexpected {
+            name: source_table.to_string(),
+            sql: one_line(source_sql),
+        }
+    })?;
     let qualified = format!("{}.{}", quote_ident(database), quote_ident(table));
     let current = show_create_table(conn, &qualified).await.map_err(sql_err)?;
     let Some(current) = current else {
@@ -94,7 +96,10 @@ pub async fn prepare_table(
     if existing == Existing::Refuse {
         return Err(TableError::Exists { table: name });
     }
-    if normalize(&current, table) == normalize(source_sql, source_table) {
+    let current_norm = normalize(&current, table);
+    if current_norm == normalize(source_sql, source_table)
+        || current_norm == normalize(&lean, source_table)
+    {
         conn.query_drop(format!("TRUNCATE TABLE {qualified}"))
             .await
             .map_err(sql_err)?;
@@ -113,6 +118,76 @@ pub async fn prepare_table(
         .map_err(sql_err)?;
     conn.query_drop(create).await.map_err(sql_err)?;
     Ok(Prepared::Recreated)
+}
+
+/// Adds the secondary keys `prepare_table` left out, if they are missing;
+/// does nothing when the table already has the source's definition.
+pub async fn add_deferred_keys(
+    conn: &mut Conn,
+    database: &str,
+    table: &str,
+    source_sql: &str,
+) -> Result<(), TableError> {
+    let name = format!("{database}.{table}");
+    let sql_err = |source| TableError::Sql {
+        table: name.clone(),
+        source,
+    };
+    let qualified = format!("{}.{}", quote_ident(database), quote_ident(table));
+    let Some(current) = show_create_table(conn, &qualified).await.map_err(sql_err)? else {
+        return Ok(());
+    };
+    let (_, keys) = defer_secondary_keys(source_sql);
+    let missing: Vec<String> = keys
+        .iter()
+        .filter(|k| {
+            !current
+                .lines()
+                .any(|l| l.trim().trim_end_matches(',') == k.as_str())
+        })
+        .map(|k| format!("ADD {k}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    conn.query_drop(format!("ALTER TABLE {qualified} {}", missing.join(", ")))
+        .await
+        .map_err(sql_err)
+}
+
+/// The CREATE TABLE without its plain (non-unique, non-fulltext, non-spatial)
+/// secondary keys, and those keys' definitions. Tables with foreign keys
+/// keep all their keys (a foreign key needs its index from the start).
+pub fn defer_secondary_keys(sql: &str) -> (String, Vec<String>) {
+    let (Some(open), Some(close)) = (sql.find("(\n"), sql.rfind("\n)")) else {
+        return (sql.to_string(), Vec::new());
+    };
+    if open >= close || sql.contains("FOREIGN KEY") {
+        return (sql.to_string(), Vec::new());
+    }
+    let body = &sql[open + 2..close];
+    let mut kept = Vec::new();
+    let mut keys = Vec::new();
+    for line in body.split('\n') {
+        let def = line.trim().trim_end_matches(',');
+        if def.starts_with("KEY ") {
+            keys.push(def.to_string());
+        } else {
+            kept.push(format!("  {def}"));
+        }
+    }
+    if keys.is_empty() {
+        return (sql.to_string(), keys);
+    }
+    (
+        format!(
+            "{}\n{}{}",
+            &sql[..open + 1],
+            kept.join(",\n"),
+            &sql[close..]
+        ),
+        keys,
+    )
 }
 
 /// Whether `database.table` exists (any table type).
@@ -269,6 +344,21 @@ mod tests {
         assert!(normalize(src, "t").contains("NOT NULL AUTO_INCREMENT,"));
         let other = dest.replace("int(11)", "bigint(20)");
         assert_ne!(normalize(src, "t"), normalize(&other, "u"));
+    }
+
+    #[test]
+    fn secondary_keys_are_deferred() {
+        let src = "CREATE TABLE `t` (\n  `id` int(11) NOT NULL,\n  `k` int(11) NOT NULL DEFAULT 0,\n  `c` char(10) NOT NULL,\n  PRIMARY KEY (`id`),\n  UNIQUE KEY `c` (`c`),\n  KEY `k_1` (`k`),\n  KEY `kc` (`k`,`c`)\n) ENGINE=InnoDB";
+        let (lean, keys) = defer_secondary_keys(src);
+        assert_eq!(keys, vec!["KEY `k_1` (`k`)", "KEY `kc` (`k`,`c`)"]);
+        assert_eq!(
+            lean,
+            "CREATE TABLE `t` (\n  `id` int(11) NOT NULL,\n  `k` int(11) NOT NULL DEFAULT 0,\n  `c` char(10) NOT NULL,\n  PRIMARY KEY (`id`),\n  UNIQUE KEY `c` (`c`)\n) ENGINE=InnoDB"
+        );
+        let fk = "CREATE TABLE `t` (\n  `p` int,\n  KEY `p` (`p`),\n  CONSTRAINT `f` FOREIGN KEY (`p`) REFERENCES `u` (`id`)\n) ENGINE=InnoDB";
+        assert_eq!(defer_secondary_keys(fk), (fk.to_string(), Vec::new()));
+        let none = "CREATE TABLE `t` (\n  `id` int\n) ENGINE=InnoDB";
+        assert_eq!(defer_secondary_keys(none), (none.to_string(), Vec::new()));
     }
 
     #[test]

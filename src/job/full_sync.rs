@@ -318,11 +318,16 @@ impl FullSync {
             .min(applier::max_packet(&mut dest).await.map_err(dest_sql)? - 1024);
         let _ = dest.disconnect().await;
 
-        let pending: VecDeque<PlannedChunk> = planned
+        // Round-robin over tables (every table's first chunk, then every
+        // second one, ...): connections then mostly write different tables
+        // instead of contending for one table's index pages.
+        let mut pending: Vec<PlannedChunk> = planned
             .iter()
             .filter(|c| c.done.is_none())
             .cloned()
             .collect();
+        pending.sort_by_key(|c| c.chunk);
+        let pending = VecDeque::from(pending);
         let mut progress = FullSyncProgress {
             run_id: self.run_id,
             tables_total: by_table.len() as u64,
@@ -396,6 +401,19 @@ impl FullSync {
         let mut dest = db::connect(&addr(&spec.dest), None, self.connect_timeout)
             .await
             .map_err(|e| connect_error("destination", e))?;
+        // A run interrupted between a table's last chunk and its keys.
+        for (src_table, chunks) in &by_table {
+            if let Some(info) = shared.tables.get(*src_table) {
+                tables::add_deferred_keys(
+                    &mut dest,
+                    dest_db,
+                    &chunks[0].dest_table,
+                    &info.create_sql,
+                )
+                .await
+                .map_err(table_error)?;
+            }
+        }
         let done = plan::load(&mut dest, dest_db, job, self.run_id)
             .await
             .map_err(dest_sql)?
@@ -530,21 +548,34 @@ async fn copy_chunks(shared: Arc<Shared>, mut src: Conn) -> Result<(), SyncError
         shared
             .metrics
             .count_chunk(&spec.name, done.rows, done.bytes);
-        let mut tally = shared.tally.lock();
-        tally.estimated_left = tally
-            .estimated_left
-            .saturating_sub(chunk.bounds.estimated_rows);
-        let table_done = match tally.left.get_mut(&chunk.src_table) {
-            Some(n) => {
-                *n -= 1;
-                *n == 0
+        let (table_done, estimated_left) = {
+            let mut tally = shared.tally.lock();
+            tally.estimated_left = tally
+                .estimated_left
+                .saturating_sub(chunk.bounds.estimated_rows);
+            let table_done = match tally.left.get_mut(&chunk.src_table) {
+                Some(n) => {
+                    *n -= 1;
+                    *n == 0
+                }
+                None => false,
+            };
+            if table_done {
+                tally.left.remove(&chunk.src_table);
             }
-            None => false,
+            (table_done, tally.estimated_left)
         };
         if table_done {
-            tally.left.remove(&chunk.src_table);
+            let info = &shared.tables[&chunk.src_table];
+            tables::add_deferred_keys(
+                &mut dest,
+                &spec.dest.database,
+                &chunk.dest_table,
+                &info.create_sql,
+            )
+            .await
+            .map_err(table_error)?;
         }
-        let estimated_left = tally.estimated_left;
         shared.progress.send_modify(|p| {
             p.rows_copied += done.rows;
             p.bytes_copied += done.bytes;
