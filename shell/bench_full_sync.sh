@@ -3,7 +3,7 @@
 # mariadb-dump --single-transaction | mariadb, in one run, on the same data
 # and servers. Prints a markdown table for doc/benchmarks.md.
 #
-#   bash shell/bench_full_sync.sh [--tables 8] [--table-size 250000] [--threads 4]
+#   bash shell/bench_full_sync.sh [--tables 8] [--table-size 250000] [--threads 4] [--chunk-rows 50000]
 #
 # Starts its own source and destination mariadbd (same settings) under a
 # temporary folder, prepares the source with sysbench, and removes it all at
@@ -13,11 +13,13 @@ set -euo pipefail
 TABLES=8
 TABLE_SIZE=250000
 THREADS=4
+CHUNK_ROWS=50000
 while [ $# -gt 0 ]; do
     case "$1" in
         --tables) TABLES="$2"; shift 2 ;;
         --table-size) TABLE_SIZE="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
+        --chunk-rows) CHUNK_ROWS="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -96,6 +98,7 @@ API_PORT=$(free_port)
 cat > "$WORK/syncer.toml" <<EOF
 [full_sync]
 connections = $THREADS
+chunk_rows = $CHUNK_ROWS
 EOF
 "$BIN" --config "$WORK/syncer.toml" --port "$API_PORT" --db-dir "$WORK/meta" --log-dir "$WORK" &
 SYNCER=$!; PIDS+=("$SYNCER"); disown
@@ -112,8 +115,9 @@ until curl -sf -X POST "http://127.0.0.1:$API_PORT/job_status" -d '{"name": "ben
 done
 T1=$(now)
 PEAK=$(awk '/VmHWM/ {print $2}' "/proc/$SYNCER/status")
+CPU=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / hz}' "/proc/$SYNCER/stat")
 kill "$SYNCER"
-record "ccr-syncer full sync ($THREADS connections)" "$(echo "$T1 - $T0" | bc)" "$PEAK" copy_ccr
+record "ccr-syncer full sync ($THREADS connections, $CHUNK_ROWS-row chunks)" "$(echo "$T1 - $T0" | bc)" "$PEAK" copy_ccr
 
 # 2. mydumper + myloader
 T0=$(now)
@@ -137,6 +141,7 @@ record "mariadb-dump --single-transaction \\| mariadb" "$(echo "$T1 - $T0" | bc)
 
 BASE=$(echo "${RESULTS[0]}" | cut -d';' -f2)
 echo
+echo "ccr-syncer used $CPU s of CPU (user + system) for its full sync."
 echo "Data: sysbench oltp_common, $TABLES tables x $TABLE_SIZE rows ($ROWS rows, $((BYTES / 1048576)) MiB InnoDB data); $(nproc) cores; all copies checksum-equal to the source."
 echo
 echo "| tool | seconds | rows/s | MiB/s | peak RSS (MiB) | time vs ccr-syncer |"
