@@ -105,9 +105,11 @@ fn types_rows(db: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_round_trips_exactly() {
-    // The destination runs in another time zone than the source.
+    // This destination runs in another time zone than the source and takes
+    // no LOAD DATA LOCAL INFILE, so rows go in as INSERTs; the shared
+    // destination takes LOAD DATA streams. Both copies must be exact.
     let far_dest = with_users(MariaDb::start(ServerOptions {
-        extra: vec!["--default-time-zone=+05:30"],
+        extra: vec!["--default-time-zone=+05:30", "--local-infile=0"],
         ..ServerOptions::plain()
     }));
     let db = unique("types");
@@ -127,9 +129,25 @@ async fn every_type_round_trips_exactly() {
         )
         .await
         .ok();
+    service
+        .post(
+            "create_ccr",
+            table_spec(
+                "types_loaded",
+                &db,
+                "types",
+                dest_endpoint(dest(), &dest_db, Some("types")),
+            ),
+        )
+        .await
+        .ok();
     let progress = wait_for_state(&service, "types", "TableIncrementalSync").await;
     assert_eq!(progress["full_sync"]["rows_copied"], 5, "{progress:#}");
+    assert_eq!(progress["full_sync"]["method"], "insert", "{progress:#}");
     assert_same_table(&db, "types", &far_dest, &dest_db, "types_renamed", "id");
+    let progress = wait_for_state(&service, "types_loaded", "TableIncrementalSync").await;
+    assert_eq!(progress["full_sync"]["method"], "load_data", "{progress:#}");
+    assert_same_table(&db, "types", dest(), &dest_db, "types", "id");
     // Generated columns are computed by the destination, from copied values.
     assert_eq!(
         far_dest.admin(&format!(

@@ -157,6 +157,7 @@ fn full_sync(f: &FullSyncProgress, now_ms: i64) -> Value {
         "rows_estimated": f.rows_estimated,
         "bytes_copied": f.bytes_copied,
         "connections": f.connections,
+        "method": f.method,
         "lock_held_ms": f.lock_held_ms,
         "retries": f.retries,
         "last_retry_error": f.last_error,

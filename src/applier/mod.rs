@@ -10,6 +10,7 @@
 
 pub mod insert;
 pub mod literal;
+pub mod load;
 pub mod plan;
 pub mod tables;
 
@@ -28,4 +29,10 @@ pub async fn session_setup(conn: &mut Conn) -> Result<(), mysql_async::Error> {
 pub async fn max_packet(conn: &mut Conn) -> Result<usize, mysql_async::Error> {
     let v: Option<u64> = conn.query_first("SELECT @@max_allowed_packet").await?;
     Ok(v.unwrap_or(4 << 20) as usize)
+}
+
+/// Whether the destination accepts `LOAD DATA LOCAL INFILE`.
+pub async fn local_infile(conn: &mut Conn) -> Result<bool, mysql_async::Error> {
+    let v: Option<i64> = conn.query_first("SELECT @@global.local_infile").await?;
+    Ok(v == Some(1))
 }

@@ -27,7 +27,7 @@
 use crate::applier::insert::InsertBuilder;
 use crate::applier::plan::{self, ChunkDone, PlannedChunk};
 use crate::applier::tables::{self, Existing, TableError};
-use crate::applier::{self};
+use crate::applier::{self, load};
 use crate::config::FullSyncSettings;
 use crate::db::{self, quote_ident, ConnectError, ServerAddr};
 use crate::job::spec::{Endpoint, JobSpec};
@@ -37,7 +37,7 @@ use crate::position::{BinlogCoord, MariaGtidPos};
 use crate::source::chunks::{self};
 use crate::source::schema::{self, TableInfo};
 use crate::source::snapshot::{self, SnapshotError};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 use parking_lot::Mutex;
@@ -144,6 +144,8 @@ struct Shared {
     point: SnapshotPoint,
     coord: BinlogCoord,
     statement_bytes: usize,
+    /// Load with LOAD DATA LOCAL INFILE (the destination allows it).
+    load_data: bool,
     connect_timeout: Duration,
     metrics: Arc<Metrics>,
     progress: watch::Sender<FullSyncProgress>,
@@ -316,6 +318,7 @@ impl FullSync {
             .settings
             .statement_bytes
             .min(applier::max_packet(&mut dest).await.map_err(dest_sql)? - 1024);
+        let load_data = applier::local_infile(&mut dest).await.map_err(dest_sql)?;
         let _ = dest.disconnect().await;
 
         // Round-robin over tables (every table's first chunk, then every
@@ -332,6 +335,7 @@ impl FullSync {
             run_id: self.run_id,
             tables_total: by_table.len() as u64,
             connections: connections as u64,
+            method: if load_data { "load_data" } else { "insert" }.to_string(),
             lock_held_ms,
             ..self.progress.borrow().clone()
         };
@@ -370,6 +374,7 @@ impl FullSync {
             point,
             coord,
             statement_bytes,
+            load_data,
             connect_timeout: self.connect_timeout,
             metrics: self.metrics.clone(),
             progress: self.progress.clone(),
@@ -614,13 +619,31 @@ async fn copy_chunk(
         sql.extend_from_slice(b" WHERE ");
         sql.extend_from_slice(&filter);
     }
-    let columns: Vec<(String, _)> = info
-        .columns
-        .iter()
-        .map(|c| (c.name.clone(), c.kind()))
-        .collect();
-    let mut builder =
-        InsertBuilder::new(dest_db, &chunk.dest_table, &columns, shared.statement_bytes);
+    let mut sink = if shared.load_data {
+        let columns: Vec<(String, bool)> = info
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.data_type == "bit"))
+            .collect();
+        Sink::Load {
+            statement: load::statement(dest_db, &chunk.dest_table, &columns),
+            buf: Vec::new(),
+            block: LOAD_BLOCK_BYTES,
+        }
+    } else {
+        let columns: Vec<(String, _)> = info
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.kind()))
+            .collect();
+        Sink::Insert(InsertBuilder::new(
+            dest_db,
+            &chunk.dest_table,
+            &columns,
+            shared.statement_bytes,
+        ))
+    };
+    let load_statement = sink.load_statement();
     let source_context = || {
         format!(
             "reading source table {src_db}.{} (chunk {})",
@@ -663,16 +686,16 @@ async fn copy_chunk(
                     .collect();
                 rows += 1;
                 bytes += values.iter().flatten().map(|v| v.len() as u64).sum::<u64>();
-                if let Some((statement, _)) = builder.push(&values) {
-                    if tx.send(statement).await.is_err() {
+                if let Some(payload) = sink.push(&values) {
+                    if tx.send(payload).await.is_err() {
                         break;
                     }
                 }
             }
         }
         drop(result);
-        if let Some((statement, _)) = builder.take() {
-            let _ = tx.send(statement).await;
+        if let Some(payload) = sink.finish() {
+            let _ = tx.send(payload).await;
         }
         drop(tx);
         Ok::<_, SyncError>((rows, bytes))
@@ -681,10 +704,29 @@ async fn copy_chunk(
         dest.query_drop("START TRANSACTION")
             .await
             .map_err(|e| SyncError::sql(dest_context(), e))?;
-        while let Some(statement) = rx.recv().await {
-            dest.query_drop(statement)
-                .await
-                .map_err(|e| SyncError::sql(dest_context(), e))?;
+        match load_statement {
+            Some(statement) => {
+                // The server asks for the "file" and the handler streams the
+                // blocks the reader produces, as they come.
+                dest.set_infile_handler(async move {
+                    let blocks = futures_util::stream::unfold(rx, |mut rx| async move {
+                        rx.recv()
+                            .await
+                            .map(|block| (Ok(bytes::Bytes::from(block)), rx))
+                    });
+                    Ok(blocks.boxed())
+                });
+                dest.query_drop(statement)
+                    .await
+                    .map_err(|e| SyncError::sql(dest_context(), e))?;
+            }
+            None => {
+                while let Some(statement) = rx.recv().await {
+                    dest.query_drop(statement)
+                        .await
+                        .map_err(|e| SyncError::sql(dest_context(), e))?;
+                }
+            }
         }
         Ok::<_, SyncError>(())
     };
@@ -702,6 +744,46 @@ async fn copy_chunk(
         .await
         .map_err(|e| SyncError::sql(dest_context(), e))?;
     Ok(done)
+}
+
+/// Bytes of LOAD DATA stream handed to the destination connection at a time.
+const LOAD_BLOCK_BYTES: usize = 256 << 10;
+
+/// Where a chunk's rows go: INSERT statements, or one LOAD DATA stream.
+enum Sink {
+    Insert(InsertBuilder),
+    Load {
+        statement: String,
+        buf: Vec<u8>,
+        block: usize,
+    },
+}
+
+impl Sink {
+    /// A full statement or stream block, when this row completed one.
+    fn push(&mut self, row: &[Option<Vec<u8>>]) -> Option<Vec<u8>> {
+        match self {
+            Sink::Insert(builder) => builder.push(row).map(|(sql, _)| sql),
+            Sink::Load { buf, block, .. } => {
+                load::push_row(buf, row);
+                (buf.len() >= *block).then(|| std::mem::take(buf))
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Sink::Insert(builder) => builder.take().map(|(sql, _)| sql),
+            Sink::Load { buf, .. } => (!buf.is_empty()).then(|| std::mem::take(buf)),
+        }
+    }
+
+    fn load_statement(&self) -> Option<String> {
+        match self {
+            Sink::Insert(_) => None,
+            Sink::Load { statement, .. } => Some(statement.clone()),
+        }
+    }
 }
 
 /// The commit seq of a position (see doc/operations.md).

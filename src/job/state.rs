@@ -176,6 +176,9 @@ pub struct FullSyncProgress {
     pub bytes_copied: u64,
     /// Snapshot connections copying in parallel.
     pub connections: u64,
+    /// How rows are written: `load_data` (LOAD DATA LOCAL INFILE streams) or
+    /// `insert` (multi-row INSERTs, when the destination has local_infile off).
+    pub method: String,
     /// How long the brief global read lock was held to start them, if it was.
     pub lock_held_ms: Option<u64>,
     /// Times the copy hit a transient error and resumed.
