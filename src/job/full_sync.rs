@@ -20,9 +20,10 @@
 //!   whose chunks is done is (re)created or emptied first, so rows of an
 //!   earlier, abandoned attempt never mix with the copy.
 //!
-//! Memory is bounded by the connections times the statement size: rows are
-//! streamed from the source and sent on as INSERTs of at most
-//! `statement_bytes`, with at most two statements in flight per connection.
+//! Memory is bounded by the connections times the block size: rows are
+//! streamed from the source and sent on as LOAD DATA LOCAL INFILE blocks of
+//! 256 KiB (or INSERTs of at most `statement_bytes` where the destination has
+//! local_infile off), with at most two in flight per connection.
 
 use crate::applier::insert::InsertBuilder;
 use crate::applier::plan::{self, ChunkDone, PlannedChunk};
