@@ -498,3 +498,67 @@ async fn wait_paused(service: &Service, name: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_crash_mid_copy_is_retried_and_the_copy_resumes() {
+    let mut crashing = with_users(MariaDb::start(ServerOptions::plain()));
+    let db = unique("outage");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db}; CREATE TABLE t (id INT PRIMARY KEY, s VARCHAR(40));
+         INSERT INTO t SELECT seq, CONCAT('row-', seq) FROM seq_1_to_400000; ANALYZE TABLE t;"
+    ));
+    let dest_db = unique("outage_copy");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = service::sqlite_config(dir.path());
+    config.full_sync.chunk_rows = 10_000;
+    config.full_sync.connections = 2;
+    let service = Service::start(config).await;
+    service
+        .post(
+            "create_ccr",
+            table_spec(
+                "outage",
+                &db,
+                "t",
+                dest_endpoint(&crashing, &dest_db, Some("t")),
+            ),
+        )
+        .await
+        .ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = service
+            .post("job_progress", json!({"name": "outage"}))
+            .await
+            .ok();
+        let copied = p["job_progress"]["full_sync"]["rows_copied"]
+            .as_u64()
+            .unwrap_or(0);
+        if copied > 0 {
+            assert!(copied < 400_000, "the copy finished before the crash");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress: {p}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::task::block_in_place(|| crashing.crash_and_restart());
+
+    let progress = wait_for_state(&service, "outage", "TableIncrementalSync").await;
+    let full = &progress["full_sync"];
+    assert!(full["retries"].as_u64().unwrap() >= 1, "{progress:#}");
+    assert!(full["last_retry_error"].is_string(), "{progress:#}");
+    assert!(progress["last_error"].is_null(), "{progress:#}");
+    assert_eq!(full["rows_copied"], 400_000, "{progress:#}");
+    assert_eq!(
+        checksums(source(), &db, &["t"]),
+        checksums(&crashing, &dest_db, &["t"])
+    );
+    let metrics = service.get("metrics").await.text;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("ccr_syncer_job_retries_total{job=\"outage\"}") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    service.stop().await;
+}

@@ -52,6 +52,39 @@ pub struct MariaDb {
     pub port: u16,
     dir: PathBuf,
     pid: u32,
+    id: u32,
+    options: ServerOptions,
+}
+
+fn server_command(dir: &Path, port: u16, id: u32, options: &ServerOptions) -> Command {
+    let mut cmd = Command::new(find_program("mariadbd"));
+    cmd.arg("--no-defaults")
+        .arg("--user=root")
+        .arg(format!("--datadir={}", dir.display()))
+        .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+        .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+        .arg(format!("--log-error={}", dir.join("error.log").display()))
+        .arg(format!("--tmpdir={}", dir.display()))
+        .arg(format!("--port={port}"))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--server-id={id}"))
+        .args([
+            "--innodb-buffer-pool-size=64M",
+            "--innodb-log-file-size=32M",
+            "--innodb-flush-log-at-trx-commit=2",
+            "--max-connections=500",
+            "--character-set-server=utf8mb4",
+            "--skip-name-resolve",
+        ])
+        .args(&options.extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if options.log_bin {
+        cmd.arg(format!("--log-bin={}", dir.join("binlog").display()))
+            .arg(format!("--binlog-format={}", options.binlog_format))
+            .arg(format!("--binlog-row-image={}", options.binlog_row_image));
+    }
+    cmd
 }
 
 /// Servers still running, killed at process exit.
@@ -159,39 +192,15 @@ impl MariaDb {
                 .expect("copy the template datadir");
             assert!(status.success(), "copying the template datadir failed");
             let port = free_port();
-            let mut cmd = Command::new(find_program("mariadbd"));
-            cmd.arg("--no-defaults")
-                .arg("--user=root")
-                .arg(format!("--datadir={}", dir.display()))
-                .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
-                .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
-                .arg(format!("--log-error={}", dir.join("error.log").display()))
-                .arg(format!("--tmpdir={}", dir.display()))
-                .arg(format!("--port={port}"))
-                .arg("--bind-address=127.0.0.1")
-                .arg(format!("--server-id={id}"))
-                .args([
-                    "--innodb-buffer-pool-size=64M",
-                    "--innodb-log-file-size=32M",
-                    "--innodb-flush-log-at-trx-commit=2",
-                    "--max-connections=500",
-                    "--character-set-server=utf8mb4",
-                    "--skip-name-resolve",
-                ])
-                .args(&options.extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            if options.log_bin {
-                cmd.arg(format!("--log-bin={}", dir.join("binlog").display()))
-                    .arg(format!("--binlog-format={}", options.binlog_format))
-                    .arg(format!("--binlog-row-image={}", options.binlog_row_image));
-            }
+            let cmd = server_command(&dir, port, id, &options);
             let mut child = spawn_tied_to_process(cmd).expect("start mariadbd");
             RUNNING.lock().push((child.id(), dir.clone()));
             let server = MariaDb {
                 port,
                 dir: dir.clone(),
                 pid: child.id(),
+                id,
+                options: options.clone(),
             };
             match server.wait_ready(&mut child) {
                 Ok(()) => {
@@ -210,6 +219,21 @@ impl MariaDb {
             }
         }
         panic!("mariadbd did not start: {last_error}");
+    }
+
+    /// Kills the server outright (SIGKILL, as a crash) and starts it again
+    /// on the same datadir and port; returns once it answers.
+    pub fn crash_and_restart(&mut self) {
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        RUNNING.lock().retain(|(pid, _)| *pid != self.pid);
+        // Reap it (it is this process's child): its port and files are free after.
+        unsafe { libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0) };
+        let cmd = server_command(&self.dir, self.port, self.id, &self.options);
+        let mut child = spawn_tied_to_process(cmd).expect("restart mariadbd");
+        self.pid = child.id();
+        RUNNING.lock().push((child.id(), self.dir.clone()));
+        self.wait_ready(&mut child).expect("mariadbd restarts");
+        std::mem::forget(child);
     }
 
     fn socket(&self) -> PathBuf {
