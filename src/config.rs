@@ -379,13 +379,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("loud"), "{err}");
+        for (text, field) in [
+            ("[full_sync]\nconnections = 0\n", "full_sync.connections"),
+            ("[full_sync]\nconnections = 65\n", "full_sync.connections"),
+            ("[full_sync]\nchunk_rows = 0\n", "full_sync.chunk_rows"),
+            (
+                "[full_sync]\nstatement_bytes = 100\n",
+                "full_sync.statement_bytes",
+            ),
+            ("[full_sync]\nchunk = 5\n", "chunk"),
+        ] {
+            let err = toml::from_str::<FileConfig>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|f| Config::merge(f, &cli(&[]), None).map_err(|e| e.to_string()))
+                .unwrap_err();
+            assert!(err.contains(field), "{text}: {err}");
+        }
     }
 
     #[test]
     fn the_shipped_config_file_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
         let file = read_file(&path, true).unwrap();
-        Config::merge(file, &cli(&[]), None).unwrap();
+        let config = Config::merge(file, &cli(&[]), None).unwrap();
+        // The file documents the defaults; they must be the code's.
+        assert_eq!(config.full_sync, FullSyncSettings::default());
     }
 
     #[test]

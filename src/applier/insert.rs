@@ -9,7 +9,6 @@ pub struct InsertBuilder {
     kinds: Vec<LiteralKind>,
     limit: usize,
     buf: Vec<u8>,
-    rows: u64,
 }
 
 impl InsertBuilder {
@@ -33,14 +32,13 @@ impl InsertBuilder {
             limit: limit.max(prefix.len() + 1),
             buf: Vec::new(),
             prefix,
-            rows: 0,
         }
     }
 
     /// Adds a row; returns a full statement when this row filled the buffer.
     /// A single row larger than `limit` still goes out as its own statement
     /// (the destination's packet limit then decides, as it would for any client).
-    pub fn push(&mut self, row: &[Option<Vec<u8>>]) -> Option<(Vec<u8>, u64)> {
+    pub fn push(&mut self, row: &[Option<Vec<u8>>]) -> Option<Vec<u8>> {
         if self.buf.is_empty() {
             self.buf.extend_from_slice(&self.prefix);
         } else {
@@ -54,22 +52,20 @@ impl InsertBuilder {
             literal::push(&mut self.buf, *kind, value.as_deref());
         }
         self.buf.push(b')');
-        self.rows += 1;
         (self.buf.len() >= self.limit)
             .then(|| self.take())
             .flatten()
     }
 
     /// The statement of the rows pushed since the last one, if any.
-    pub fn take(&mut self) -> Option<(Vec<u8>, u64)> {
-        if self.rows == 0 {
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        if self.buf.is_empty() {
             return None;
         }
-        let rows = std::mem::take(&mut self.rows);
         let capacity = self.buf.capacity();
-        Some((
-            std::mem::replace(&mut self.buf, Vec::with_capacity(capacity)),
-            rows,
+        Some(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(capacity),
         ))
     }
 }
@@ -86,14 +82,16 @@ mod tests {
         ];
         let mut b = InsertBuilder::new("d", "t", &cols, 50);
         assert!(b.push(&[Some(b"1".to_vec()), None]).is_none());
-        let (sql, rows) = b.push(&[Some(b"2".to_vec()), Some(b"x".to_vec())]).unwrap();
-        assert_eq!(rows, 2);
+        let sql = b.push(&[Some(b"2".to_vec()), Some(b"x".to_vec())]).unwrap();
         assert_eq!(
             String::from_utf8(sql).unwrap(),
             "INSERT INTO `d`.`t` (`id`, `v`) VALUES (1,NULL),(2,'x')"
         );
         assert!(b.take().is_none());
         assert!(b.push(&[Some(b"3".to_vec()), None]).is_none());
-        assert_eq!(b.take().unwrap().1, 1);
+        assert_eq!(
+            String::from_utf8(b.take().unwrap()).unwrap(),
+            "INSERT INTO `d`.`t` (`id`, `v`) VALUES (3,NULL)"
+        );
     }
 }

@@ -49,25 +49,32 @@ fn is_number(bytes: &[u8]) -> bool {
 }
 
 pub fn push_quoted(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.reserve(bytes.len() + 2);
     out.push(b'\'');
+    push_escaped(out, bytes, |b| match b {
+        0 => Some(b"\\0"),
+        b'\'' => Some(b"\\'"),
+        b'\\' => Some(b"\\\\"),
+        b'\n' => Some(b"\\n"),
+        b'\r' => Some(b"\\r"),
+        0x1a => Some(b"\\Z"),
+        _ => None,
+    });
+    out.push(b'\'');
+}
+
+/// Appends `bytes`, replacing each byte `escape` names by its escape
+/// sequence and copying runs of the others at once.
+pub fn push_escaped(out: &mut Vec<u8>, bytes: &[u8], escape: impl Fn(u8) -> Option<&'static [u8]>) {
+    out.reserve(bytes.len() + 2);
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escaped: &[u8] = match b {
-            0 => b"\\0",
-            b'\'' => b"\\'",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            0x1a => b"\\Z",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escaped);
-        start = i + 1;
+        if let Some(escaped) = escape(b) {
+            out.extend_from_slice(&bytes[start..i]);
+            out.extend_from_slice(escaped);
+            start = i + 1;
+        }
     }
     out.extend_from_slice(&bytes[start..]);
-    out.push(b'\'');
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! BIT columns go through a user variable, since LOAD DATA would otherwise
 //! read their bytes as digits.
 
+use super::literal::push_escaped;
 use crate::db::quote_ident;
 
 /// Appends one field (None is NULL) in LOAD DATA's default escaping.
@@ -16,23 +17,15 @@ pub fn push_field(out: &mut Vec<u8>, value: Option<&[u8]>) {
         out.extend_from_slice(b"\\N");
         return;
     };
-    out.reserve(bytes.len());
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escaped: &[u8] = match b {
-            0 => b"\\0",
-            b'\t' => b"\\t",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\\' => b"\\\\",
-            0x1a => b"\\Z",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escaped);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
+    push_escaped(out, bytes, |b| match b {
+        0 => Some(b"\\0"),
+        b'\t' => Some(b"\\t"),
+        b'\n' => Some(b"\\n"),
+        b'\r' => Some(b"\\r"),
+        b'\\' => Some(b"\\\\"),
+        0x1a => Some(b"\\Z"),
+        _ => None,
+    });
 }
 
 /// Appends a row: fields separated by tabs, ended by a newline.

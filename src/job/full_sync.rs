@@ -167,12 +167,9 @@ impl FullSync {
         let src_db = spec.src.database.as_str();
         let dest_db = spec.dest.database.as_str();
 
-        let mut dest = db::connect(&addr(&spec.dest), None, self.connect_timeout)
-            .await
-            .map_err(|e| connect_error("destination", e))?;
-        applier::session_setup(&mut dest)
-            .await
-            .map_err(|e| SyncError::sql("destination session", e))?;
+        // The control session: schema, plan, views and the final read of the
+        // checkpoints; each copying connection has its own.
+        let mut dest = connect_dest(spec, self.connect_timeout).await?;
 
         let set = match snapshot::open(
             &addr(&spec.src),
@@ -320,7 +317,6 @@ impl FullSync {
             .statement_bytes
             .min(applier::max_packet(&mut dest).await.map_err(dest_sql)? - 1024);
         let load_data = applier::local_infile(&mut dest).await.map_err(dest_sql)?;
-        let _ = dest.disconnect().await;
 
         // Round-robin over tables (every table's first chunk, then every
         // second one, ...): connections then mostly write different tables
@@ -393,20 +389,7 @@ impl FullSync {
         }
 
         // Views last: they may name any of the tables.
-        if !views.is_empty() {
-            let mut dest = db::connect(&addr(&spec.dest), None, self.connect_timeout)
-                .await
-                .map_err(|e| connect_error("destination", e))?;
-            applier::session_setup(&mut dest)
-                .await
-                .map_err(|e| SyncError::sql("destination session", e))?;
-            create_views(&mut dest, src_db, dest_db, &views).await?;
-            let _ = dest.disconnect().await;
-        }
-
-        let mut dest = db::connect(&addr(&spec.dest), None, self.connect_timeout)
-            .await
-            .map_err(|e| connect_error("destination", e))?;
+        create_views(&mut dest, src_db, dest_db, &views).await?;
         // A run interrupted between a table's last chunk and its keys.
         for (src_table, chunks) in &by_table {
             if let Some(info) = shared.tables.get(*src_table) {
@@ -432,6 +415,17 @@ impl FullSync {
         let _ = dest.disconnect().await;
         hand_over(&done)
     }
+}
+
+/// A destination session set up for writing (see `applier::session_setup`).
+async fn connect_dest(spec: &JobSpec, timeout: Duration) -> Result<Conn, SyncError> {
+    let mut dest = db::connect(&addr(&spec.dest), None, timeout)
+        .await
+        .map_err(|e| connect_error("destination", e))?;
+    applier::session_setup(&mut dest)
+        .await
+        .map_err(|e| SyncError::sql("destination session", e))?;
+    Ok(dest)
 }
 
 fn snapshot_error(e: SnapshotError) -> SyncError {
@@ -540,12 +534,7 @@ fn hand_over(chunks: &[PlannedChunk]) -> Result<HandOver, SyncError> {
 /// One copying connection: takes chunks off the queue until it is empty.
 async fn copy_chunks(shared: Arc<Shared>, mut src: Conn) -> Result<(), SyncError> {
     let spec = &shared.spec;
-    let mut dest = db::connect(&addr(&spec.dest), None, shared.connect_timeout)
-        .await
-        .map_err(|e| connect_error("destination", e))?;
-    applier::session_setup(&mut dest)
-        .await
-        .map_err(|e| SyncError::sql("destination session", e))?;
+    let mut dest = connect_dest(spec, shared.connect_timeout).await?;
     loop {
         let Some(chunk) = shared.queue.lock().pop_front() else {
             break;
@@ -764,7 +753,7 @@ impl Sink {
     /// A full statement or stream block, when this row completed one.
     fn push(&mut self, row: &[Option<Vec<u8>>]) -> Option<Vec<u8>> {
         match self {
-            Sink::Insert(builder) => builder.push(row).map(|(sql, _)| sql),
+            Sink::Insert(builder) => builder.push(row),
             Sink::Load { buf, block, .. } => {
                 load::push_row(buf, row);
                 (buf.len() >= *block).then(|| std::mem::take(buf))
@@ -774,7 +763,7 @@ impl Sink {
 
     fn finish(&mut self) -> Option<Vec<u8>> {
         match self {
-            Sink::Insert(builder) => builder.take().map(|(sql, _)| sql),
+            Sink::Insert(builder) => builder.take(),
             Sink::Load { buf, .. } => (!buf.is_empty()).then(|| std::mem::take(buf)),
         }
     }

@@ -9,8 +9,9 @@
 //! Several connections start their snapshots inside `FLUSH TABLES WITH READ
 //! LOCK`: no transaction commits while the lock is held, so every snapshot sees
 //! the same data and reports the same P. The lock is held only while the
-//! snapshots start (about a millisecond) and is given up after
-//! `lock_wait_timeout` (2 s) rather than queue writers behind a long query; it
+//! snapshots start (about a millisecond, released after 0.5 s at most), and
+//! taking it is given up after `lock_wait_timeout` (2 s) rather than queue
+//! writers behind a long query; it
 //! needs the RELOAD privilege.
 //!
 //! Why not without the lock: starting the snapshots at once and restarting
