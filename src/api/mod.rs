@@ -139,6 +139,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// An oversized body up to this size is read (and dropped) before the 413
+/// goes out: a client still sending when the server answers and closes sees
+/// a broken pipe instead of the answer. Bigger ones are refused at once.
+const DRAIN_LIMIT: usize = 8 * MAX_BODY_BYTES;
+
+async fn drain<S, B>(body: &mut S, mut budget: usize)
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    while let Some(Ok(chunk)) = body.next().await {
+        match budget.checked_sub(chunk.remaining()) {
+            Some(left) => budget = left,
+            None => break,
+        }
+    }
+}
+
 async fn read_body<S, B>(length: Option<&str>, mut body: S) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
@@ -153,6 +171,9 @@ where
             .parse()
             .map_err(|_| ApiError::BadRequest(format!("bad Content-Length {length:?}")))?;
         if length > MAX_BODY_BYTES {
+            if length <= DRAIN_LIMIT {
+                drain(&mut body, DRAIN_LIMIT).await;
+            }
             return Err(too_large);
         }
     }
@@ -160,6 +181,11 @@ where
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk.map_err(|e| ApiError::Body(e.to_string()))?;
         if buf.len() + chunk.remaining() > MAX_BODY_BYTES {
+            drain(
+                &mut body,
+                DRAIN_LIMIT.saturating_sub(buf.len() + chunk.remaining()),
+            )
+            .await;
             return Err(too_large);
         }
         while chunk.has_remaining() {
