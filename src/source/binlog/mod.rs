@@ -1,0 +1,392 @@
+//! The binlog reader: a replica connection to the source that turns its
+//! binlog into [`SourceEvent`]s, the only thing the applier sees of it.
+//!
+//! It starts after a position: a MariaDB GTID position through
+//! `@slave_connect_state` (so any server of the topology holding those
+//! transactions can serve it), or a binlog coordinate where the source has no
+//! GTIDs. It asks for a heartbeat every second while the source is idle and
+//! treats 5 s of silence as a dead connection.
+//!
+//! Event groups: a MariaDB GTID event opens a group, an XID event or a
+//! `COMMIT` statement ends it; a group flagged *standalone* (DDL) has no end
+//! event, so the reader ends it after its statement. Every event is either
+//! turned into a [`SourceEvent`], or known not to matter to a ROW binlog
+//! (format description, GTID lists, binlog checkpoints, statement-context
+//! events), or stops the job with an error naming it: nothing is dropped
+//! unseen.
+//!
+//! Row events are decoded only for tables in the job's scope.
+
+pub mod decode;
+pub mod mariadb;
+
+use crate::db::{self, ConnectError, ServerAddr};
+use crate::position::{BinlogCoord, MariaGtid};
+use crate::source::ddl::{self, Statement};
+use decode::{RowChange, RowOp, TableMap};
+use futures_util::StreamExt;
+use mysql_async::binlog::events::{EventData, RowsEventData};
+use mysql_async::prelude::*;
+use mysql_async::{BinlogStream, BinlogStreamRequest};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the source did, in binlog order.
+#[derive(Clone, Debug)]
+pub enum SourceEvent {
+    /// A transaction starts; `gtid` where the source logs GTIDs.
+    Begin {
+        gtid: Option<MariaGtid>,
+        timestamp: u32,
+    },
+    /// The statement whose row events follow (MariaDB annotate events).
+    Annotate(String),
+    Rows(RowChange),
+    /// A statement logged as text: DDL, or anything else.
+    Query {
+        schema: String,
+        sql: String,
+        statement: Statement,
+    },
+    /// The transaction ends; `end` is the coordinate just after it.
+    Commit { end: BinlogCoord, timestamp: u32 },
+    /// The source has nothing new (heartbeat) and has written up to `at`.
+    Idle { at: BinlogCoord },
+}
+
+/// Why reading stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Transient(String),
+    #[error("{0}")]
+    Definite(String),
+}
+
+/// Where to start: after `gtid` (MariaDB GTID position) if it is not empty,
+/// else at `coord`.
+#[derive(Clone, Debug)]
+pub struct StartAt {
+    pub gtid: String,
+    pub coord: BinlogCoord,
+}
+
+/// Heartbeat period asked of the source, and the silence taken as a dead link.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Which tables' rows the job wants: (database, table) → in scope.
+pub type Scope = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+pub struct Reader {
+    stream: BinlogStream,
+    file: String,
+    scope: Scope,
+    /// Table maps by table id: `None` for tables out of scope.
+    tables: HashMap<u64, Option<Arc<TableMap>>>,
+    /// The current group is standalone: it ends after its statement.
+    standalone: bool,
+    in_group: bool,
+    /// Bytes of binlog events received.
+    pub bytes_read: u64,
+}
+
+fn sql_error(context: &str, e: mysql_async::Error) -> ReadError {
+    let message = format!("{context}: {e}");
+    if crate::job::full_sync::is_transient(&e) {
+        ReadError::Transient(message)
+    } else {
+        ReadError::Definite(message)
+    }
+}
+
+/// A server id for the job's replica connection: stable per job, in a range
+/// servers are unlikely to use, and never 0.
+pub fn server_id(job: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in job.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    0x4000_0000 | (h & 0x3fff_ffff)
+}
+
+impl Reader {
+    pub async fn open(
+        addr: &ServerAddr<'_>,
+        start: &StartAt,
+        server_id: u32,
+        scope: Scope,
+        timeout: Duration,
+    ) -> Result<Self, ReadError> {
+        let mut conn = db::connect(addr, None, timeout)
+            .await
+            .map_err(|e| match e {
+                ConnectError::Unreachable { .. } => ReadError::Transient(format!("source {e}")),
+                ConnectError::Refused { .. } => ReadError::Definite(format!("source {e}")),
+            })?;
+        let setup = format!(
+            "SET @master_binlog_checksum = @@global.binlog_checksum, \
+             @mariadb_slave_capability = 4, @master_heartbeat_period = {}",
+            HEARTBEAT.as_nanos()
+        );
+        conn.query_drop(setup)
+            .await
+            .map_err(|e| sql_error("setting up the binlog connection", e))?;
+        let mut request = BinlogStreamRequest::new(server_id);
+        if start.gtid.is_empty() {
+            request = request
+                .with_filename(start.coord.file.as_bytes())
+                .with_pos(start.coord.pos);
+        } else {
+            conn.query_drop(format!(
+                "SET @slave_connect_state = '{}', @slave_gtid_strict_mode = 0, \
+                 @slave_gtid_ignore_duplicates = 0",
+                start.gtid.replace(['\'', '\\'], "")
+            ))
+            .await
+            .map_err(|e| sql_error("setting the GTID start position", e))?;
+        }
+        let stream = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(|e| sql_error("requesting the binlog", e))?;
+        Ok(Reader {
+            stream,
+            file: start.coord.file.clone(),
+            scope,
+            tables: HashMap::new(),
+            standalone: false,
+            in_group: false,
+            bytes_read: 0,
+        })
+    }
+
+    /// The next events (often one, none for events that carry nothing).
+    pub async fn next(&mut self) -> Result<Vec<SourceEvent>, ReadError> {
+        let event = match tokio::time::timeout(SILENCE_LIMIT, self.stream.next()).await {
+            Err(_) => {
+                return Err(ReadError::Transient(format!(
+                    "no binlog event or heartbeat from the source for {} s",
+                    SILENCE_LIMIT.as_secs()
+                )))
+            }
+            Ok(None) => {
+                return Err(ReadError::Transient(
+                    "the source closed the binlog stream".into(),
+                ))
+            }
+            Ok(Some(Err(e))) => {
+                // 1236: the server cannot send from there (purged binlog, …).
+                return Err(match db::server_code(&e) {
+                    Some(1236) => ReadError::Definite(format!(
+                        "the source cannot send the binlog from the job's position: {e}"
+                    )),
+                    _ => sql_error("reading the binlog", e),
+                });
+            }
+            Ok(Some(Ok(event))) => event,
+        };
+        let header = event.header();
+        self.bytes_read += u64::from(header.event_size());
+        let here = || BinlogCoord {
+            file: self.file.clone(),
+            pos: u64::from(header.log_pos()),
+        };
+        let kind = header.event_type_raw();
+        let malformed = |e: mariadb::Malformed| ReadError::Definite(e.to_string());
+        match kind {
+            mariadb::GTID => {
+                let g = mariadb::gtid(event.data(), header.server_id()).map_err(malformed)?;
+                self.standalone = g.standalone;
+                self.in_group = true;
+                return Ok(vec![SourceEvent::Begin {
+                    gtid: Some(g.gtid),
+                    timestamp: header.timestamp(),
+                }]);
+            }
+            mariadb::GTID_LIST => {
+                mariadb::gtid_list(event.data()).map_err(malformed)?;
+                return Ok(vec![]);
+            }
+            mariadb::BINLOG_CHECKPOINT => {
+                mariadb::binlog_checkpoint(event.data()).map_err(malformed)?;
+                return Ok(vec![]);
+            }
+            mariadb::ANNOTATE_ROWS => {
+                return Ok(vec![SourceEvent::Annotate(mariadb::annotate_rows(
+                    event.data(),
+                ))])
+            }
+            164..=191 => {
+                return Err(ReadError::Definite(format!(
+                    "the binlog holds a {} at {}, which this version cannot apply; \
+                     turn the feature off on the source and resync",
+                    mariadb::event_name(kind),
+                    here()
+                )))
+            }
+            _ => {}
+        }
+        let data = event.read_data().map_err(|e| {
+            ReadError::Definite(format!(
+                "cannot decode binlog event type {kind} at {}: {e}",
+                here()
+            ))
+        })?;
+        let Some(data) = data else {
+            return Err(ReadError::Definite(format!(
+                "the binlog holds an {} at {}, which this version cannot interpret",
+                mariadb::event_name(kind),
+                here()
+            )));
+        };
+        Ok(match data {
+            EventData::RotateEvent(r) => {
+                self.file = r.name().into_owned();
+                vec![]
+            }
+            EventData::FormatDescriptionEvent(_)
+            | EventData::PreviousGtidsEvent(_)
+            | EventData::TransactionPayloadEvent(_)
+            | EventData::IgnorableEvent(_)
+            | EventData::StopEvent
+            | EventData::IntvarEvent(_)
+            | EventData::RandEvent(_)
+            | EventData::UserVarEvent(_) => vec![],
+            EventData::HeartbeatEvent => vec![SourceEvent::Idle { at: here() }],
+            EventData::GtidEvent(_) | EventData::AnonymousGtidEvent(_) => {
+                self.in_group = true;
+                self.standalone = false;
+                vec![SourceEvent::Begin {
+                    gtid: None,
+                    timestamp: header.timestamp(),
+                }]
+            }
+            EventData::RowsQueryEvent(q) => {
+                vec![SourceEvent::Annotate(q.query().into_owned())]
+            }
+            EventData::XidEvent(_) => self.end_group(here(), header.timestamp()),
+            EventData::QueryEvent(q) => {
+                let sql = q.query().into_owned();
+                let statement = ddl::parse(&sql);
+                match statement {
+                    Statement::Begin if self.in_group => vec![],
+                    Statement::Begin => {
+                        self.in_group = true;
+                        vec![SourceEvent::Begin {
+                            gtid: None,
+                            timestamp: header.timestamp(),
+                        }]
+                    }
+                    Statement::Commit | Statement::Rollback => {
+                        self.end_group(here(), header.timestamp())
+                    }
+                    _ => {
+                        let mut out = vec![SourceEvent::Query {
+                            schema: q.schema().into_owned(),
+                            sql,
+                            statement,
+                        }];
+                        if self.standalone || !self.in_group {
+                            out.extend(self.end_group(here(), header.timestamp()));
+                        }
+                        out
+                    }
+                }
+            }
+            EventData::TableMapEvent(tme) => {
+                let wanted = (self.scope)(&tme.database_name(), &tme.table_name());
+                let map = if wanted {
+                    Some(Arc::new(
+                        TableMap::from_event(&tme).map_err(ReadError::Definite)?,
+                    ))
+                } else {
+                    None
+                };
+                self.tables.insert(tme.table_id(), map);
+                vec![]
+            }
+            EventData::RowsEvent(rows) => {
+                let op = match &rows {
+                    RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => {
+                        RowOp::Insert
+                    }
+                    RowsEventData::UpdateRowsEventV1(_) | RowsEventData::UpdateRowsEvent(_) => {
+                        RowOp::Update
+                    }
+                    RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => {
+                        RowOp::Delete
+                    }
+                    RowsEventData::PartialUpdateRowsEvent(_) => {
+                        return Err(ReadError::Definite(format!(
+                            "the binlog holds a partial JSON update at {}; set \
+                             binlog_row_value_options='' on the source and resync",
+                            here()
+                        )))
+                    }
+                };
+                let Some(entry) = self.tables.get(&rows.table_id()) else {
+                    return Err(ReadError::Definite(format!(
+                        "row event at {} names table id {} with no table map before it",
+                        here(),
+                        rows.table_id()
+                    )));
+                };
+                let Some(map) = entry else { return Ok(vec![]) };
+                let n = rows.num_columns() as usize;
+                let before = rows
+                    .columns_before_image()
+                    .map(|b| b.iter().by_vals().take(n).collect::<Vec<bool>>());
+                let after = rows
+                    .columns_after_image()
+                    .map(|b| b.iter().by_vals().take(n).collect::<Vec<bool>>());
+                let change = decode::rows(
+                    map,
+                    op,
+                    before.as_deref(),
+                    after.as_deref(),
+                    rows.rows_data(),
+                )
+                .map_err(|e| ReadError::Definite(format!("{e} (at {})", here())))?;
+                vec![SourceEvent::Rows(change)]
+            }
+            EventData::IncidentEvent(i) => {
+                return Err(ReadError::Definite(format!(
+                    "the source logged an incident at {} ({}): events may be missing; resync the job",
+                    here(),
+                    i.message()
+                )))
+            }
+            other => {
+                return Err(ReadError::Definite(format!(
+                    "the binlog holds an event this version cannot apply at {}: {:?}",
+                    here(),
+                    std::mem::discriminant(&other)
+                )))
+            }
+        })
+    }
+
+    fn end_group(&mut self, end: BinlogCoord, timestamp: u32) -> Vec<SourceEvent> {
+        self.in_group = false;
+        self.standalone = false;
+        vec![SourceEvent::Commit { end, timestamp }]
+    }
+
+    pub async fn close(self) {
+        let _ = self.stream.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_ids_are_stable_and_nonzero() {
+        assert_eq!(server_id("job1"), server_id("job1"));
+        assert_ne!(server_id("job1"), server_id("job2"));
+        assert!(server_id("") >= 0x4000_0000);
+    }
+}

@@ -1,0 +1,603 @@
+//! Statements the binlog carries as text: which are DDL, which tables they
+//! name, and the rewriting that makes them act on the destination's names.
+//!
+//! This is not an SQL parser. A tokenizer that knows quoting and comments
+//! finds the statement's kind and the table names in the places the DDL
+//! grammar puts them (after `TABLE`, `ON`, `TO`, `LIKE`, `VIEW`, …); the
+//! rewrite replaces exactly those name tokens, plus every `` `src_db`. ``
+//! qualifier anywhere in the text, and leaves the rest byte for byte. What
+//! it does not recognise is reported as [`Statement::Other`] with its first
+//! word, so the caller decides (skip it, or stop on a DML statement a
+//! non-ROW binlog would carry).
+
+use crate::db::quote_ident;
+
+/// A table or view name as written: `db` is the qualifier, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Name {
+    pub db: Option<String>,
+    pub name: String,
+    /// Byte range of the whole name (qualifier included) in the text.
+    span: (usize, usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DdlKind {
+    CreateTable,
+    AlterTable,
+    DropTable,
+    RenameTable,
+    TruncateTable,
+    CreateIndex,
+    DropIndex,
+    CreateView,
+    DropView,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Statement {
+    /// DDL on tables or views. `names` are the objects it acts on, in order
+    /// (RENAME: from, to, from, to …; ALTER … RENAME: the table, its new
+    /// name); `refs` other tables it reads
+    /// (`CREATE TABLE … LIKE t`).
+    Ddl {
+        kind: DdlKind,
+        names: Vec<Name>,
+        refs: Vec<Name>,
+        temporary: bool,
+    },
+    Begin,
+    Commit,
+    Rollback,
+    /// Anything else, by its first keyword(s), upper-cased.
+    Other(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Tok {
+    Word(String),
+    Quoted(String),
+    Str,
+    Punct(u8),
+}
+
+#[derive(Clone, Debug)]
+struct Token {
+    tok: Tok,
+    start: usize,
+    end: usize,
+}
+
+fn tokenize(sql: &str) -> Vec<Token> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        match c {
+            _ if c.is_ascii_whitespace() => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i = (i + 2).min(b.len());
+            }
+            b'`' => {
+                let mut name = String::new();
+                i += 1;
+                let mut from = i;
+                while i < b.len() {
+                    if b[i] == b'`' {
+                        if b.get(i + 1) == Some(&b'`') {
+                            name.push_str(&sql[from..=i]);
+                            i += 2;
+                            from = i;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                name.push_str(&sql[from..i.min(b.len())]);
+                i = (i + 1).min(b.len());
+                out.push(Token {
+                    tok: Tok::Quoted(name),
+                    start,
+                    end: i,
+                });
+            }
+            b'\'' | b'"' => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if b[i] == c {
+                        if b.get(i + 1) == Some(&c) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i = (i + 1).min(b.len());
+                out.push(Token {
+                    tok: Tok::Str,
+                    start,
+                    end: i,
+                });
+            }
+            _ if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 => {
+                while i < b.len()
+                    && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
+                {
+                    i += 1;
+                }
+                out.push(Token {
+                    tok: Tok::Word(sql[start..i].to_string()),
+                    start,
+                    end: i,
+                });
+            }
+            _ => {
+                i += 1;
+                out.push(Token {
+                    tok: Tok::Punct(c),
+                    start,
+                    end: i,
+                });
+            }
+        }
+    }
+    out
+}
+
+struct Cursor<'a> {
+    toks: &'a [Token],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn peek_word(&self) -> Option<String> {
+        match self.toks.get(self.at).map(|t| &t.tok) {
+            Some(Tok::Word(w)) => Some(w.to_ascii_uppercase()),
+            _ => None,
+        }
+    }
+
+    fn eat(&mut self, word: &str) -> bool {
+        if self.peek_word().as_deref() == Some(word) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn eat_all(&mut self, words: &[&str]) -> bool {
+        let save = self.at;
+        for w in words {
+            if !self.eat(w) {
+                self.at = save;
+                return false;
+            }
+        }
+        true
+    }
+
+    fn ident(&mut self) -> Option<(String, usize, usize)> {
+        let t = self.toks.get(self.at)?;
+        let s = match &t.tok {
+            Tok::Word(w) => w.clone(),
+            Tok::Quoted(q) => q.clone(),
+            _ => return None,
+        };
+        self.at += 1;
+        Some((s, t.start, t.end))
+    }
+
+    fn punct(&mut self, p: u8) -> bool {
+        if matches!(self.toks.get(self.at).map(|t| &t.tok), Some(Tok::Punct(c)) if *c == p) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `name` or `db.name`.
+    fn name(&mut self) -> Option<Name> {
+        let (first, start, mut end) = self.ident()?;
+        if self.punct(b'.') {
+            let (second, _, e) = self.ident()?;
+            end = e;
+            return Some(Name {
+                db: Some(first),
+                name: second,
+                span: (start, end),
+            });
+        }
+        Some(Name {
+            db: None,
+            name: first,
+            span: (start, end),
+        })
+    }
+
+    /// Skips to just after the next top-level word `word`.
+    fn skip_to(&mut self, word: &str) -> bool {
+        let mut depth = 0i32;
+        while let Some(t) = self.toks.get(self.at) {
+            match &t.tok {
+                Tok::Punct(b'(') => depth += 1,
+                Tok::Punct(b')') => depth -= 1,
+                Tok::Word(w) if depth == 0 && w.eq_ignore_ascii_case(word) => {
+                    self.at += 1;
+                    return true;
+                }
+                _ => {}
+            }
+            self.at += 1;
+        }
+        false
+    }
+}
+
+/// Classifies one statement of a QUERY event.
+pub fn parse(sql: &str) -> Statement {
+    let toks = tokenize(sql);
+    let mut c = Cursor {
+        toks: &toks,
+        at: 0,
+    };
+    let first = c.peek_word().unwrap_or_default();
+    let ddl = |kind, names, refs, temporary| Statement::Ddl {
+        kind,
+        names,
+        refs,
+        temporary,
+    };
+    match first.as_str() {
+        "BEGIN" => return Statement::Begin,
+        "COMMIT" => return Statement::Commit,
+        "ROLLBACK" if toks.len() == 1 => return Statement::Rollback,
+        "START" if c.eat_all(&["START", "TRANSACTION"]) => return Statement::Begin,
+        "XA" => return Statement::Other("XA".into()),
+        "CREATE" => {
+            c.eat("CREATE");
+            c.eat_all(&["OR", "REPLACE"]);
+            let temporary = c.eat("TEMPORARY");
+            if c.eat("TABLE") {
+                c.eat_all(&["IF", "NOT", "EXISTS"]);
+                let Some(name) = c.name() else {
+                    return Statement::Other("CREATE TABLE".into());
+                };
+                let mut refs = Vec::new();
+                if c.eat("LIKE") || (c.punct(b'(') && c.eat("LIKE")) {
+                    refs.extend(c.name());
+                }
+                return ddl(DdlKind::CreateTable, vec![name], refs, temporary);
+            }
+            for w in ["UNIQUE", "FULLTEXT", "SPATIAL"] {
+                c.eat(w);
+            }
+            if c.eat("INDEX") || c.eat("KEY") {
+                if c.skip_to("ON") {
+                    if let Some(name) = c.name() {
+                        return ddl(DdlKind::CreateIndex, vec![name], vec![], false);
+                    }
+                }
+                return Statement::Other("CREATE INDEX".into());
+            }
+            if c.skip_to("VIEW") {
+                c.eat_all(&["IF", "NOT", "EXISTS"]);
+                if let Some(name) = c.name() {
+                    return ddl(DdlKind::CreateView, vec![name], vec![], false);
+                }
+            }
+            return Statement::Other(format!("CREATE {}", second_word(&toks)));
+        }
+        "ALTER" => {
+            c.eat("ALTER");
+            c.eat("ONLINE");
+            c.eat("IGNORE");
+            if c.eat("TABLE") {
+                c.eat_all(&["IF", "EXISTS"]);
+                let Some(name) = c.name() else {
+                    return Statement::Other("ALTER TABLE".into());
+                };
+                let mut names = vec![name];
+                // `ALTER TABLE t … RENAME [TO|AS] u` renames the table itself.
+                while c.skip_to("RENAME") {
+                    if matches!(c.peek_word().as_deref(), Some("COLUMN" | "INDEX" | "KEY")) {
+                        continue;
+                    }
+                    // `RENAME TO u`, `RENAME AS u` or `RENAME u`.
+                    let _ = c.eat("TO") || c.eat("AS");
+                    if let Some(to) = c.name() {
+                        names.push(to);
+                    }
+                }
+                return ddl(DdlKind::AlterTable, names, vec![], false);
+            }
+            if c.skip_to("VIEW") {
+                if let Some(name) = c.name() {
+                    return ddl(DdlKind::CreateView, vec![name], vec![], false);
+                }
+            }
+            return Statement::Other(format!("ALTER {}", second_word(&toks)));
+        }
+        "DROP" => {
+            c.eat("DROP");
+            let temporary = c.eat("TEMPORARY");
+            let kind = if c.eat("TABLE") || c.eat("TABLES") {
+                DdlKind::DropTable
+            } else if c.eat("VIEW") {
+                DdlKind::DropView
+            } else if c.eat("INDEX") || c.eat("KEY") {
+                c.eat_all(&["IF", "EXISTS"]);
+                if c.skip_to("ON") {
+                    if let Some(name) = c.name() {
+                        return ddl(DdlKind::DropIndex, vec![name], vec![], false);
+                    }
+                }
+                return Statement::Other("DROP INDEX".into());
+            } else {
+                return Statement::Other(format!("DROP {}", second_word(&toks)));
+            };
+            c.eat_all(&["IF", "EXISTS"]);
+            let mut names = Vec::new();
+            while let Some(n) = c.name() {
+                names.push(n);
+                if !c.punct(b',') {
+                    break;
+                }
+            }
+            return ddl(kind, names, vec![], temporary);
+        }
+        "RENAME" => {
+            c.eat("RENAME");
+            if !(c.eat("TABLE") || c.eat("TABLES")) {
+                return Statement::Other(format!("RENAME {}", second_word(&toks)));
+            }
+            c.eat_all(&["IF", "EXISTS"]);
+            let mut names = Vec::new();
+            loop {
+                let Some(from) = c.name() else { break };
+                c.eat_all(&["WAIT"]);
+                if !c.eat("TO") {
+                    break;
+                }
+                let Some(to) = c.name() else { break };
+                names.push(from);
+                names.push(to);
+                if !c.punct(b',') {
+                    break;
+                }
+            }
+            return ddl(DdlKind::RenameTable, names, vec![], false);
+        }
+        "TRUNCATE" => {
+            c.eat("TRUNCATE");
+            c.eat("TABLE");
+            if let Some(name) = c.name() {
+                return ddl(DdlKind::TruncateTable, vec![name], vec![], false);
+            }
+        }
+        _ => {}
+    }
+    Statement::Other(first)
+}
+
+fn second_word(toks: &[Token]) -> String {
+    toks.iter()
+        .skip(1)
+        .find_map(|t| match &t.tok {
+            Tok::Word(w) => Some(w.to_ascii_uppercase()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a statement the binlog carries as text changes rows: in a ROW
+/// binlog only DDL, transaction control and administrative statements are
+/// text, so a DML statement means the source logs (some) statements.
+pub fn is_dml(statement: &Statement) -> bool {
+    matches!(statement, Statement::Other(w) if matches!(w.as_str(),
+        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD"))
+}
+
+/// How names map from source to destination.
+pub struct Rename<'a> {
+    pub src_db: &'a str,
+    pub dest_db: &'a str,
+    /// For a table job: (source table, destination table).
+    pub table: Option<(&'a str, &'a str)>,
+}
+
+impl Rename<'_> {
+    /// The destination name of a source object, if it is in scope.
+    pub fn map(&self, default_db: &str, name: &Name) -> Option<String> {
+        let db = name.db.as_deref().unwrap_or(default_db);
+        if db != self.src_db || name.name.starts_with("_ccr_syncer_") {
+            return None;
+        }
+        match self.table {
+            Some((src, dest)) if name.name == src => Some(dest.to_string()),
+            Some(_) => None,
+            None => Some(name.name.clone()),
+        }
+    }
+
+    /// The statement with every in-scope name in `names`/`refs` replaced by
+    /// its qualified destination name, every other `` `src_db`. `` qualifier
+    /// pointed at the destination database, and a view's DEFINER dropped.
+    pub fn rewrite(&self, sql: &str, default_db: &str, names: &[&Name]) -> String {
+        let mut edits: Vec<(usize, usize, String)> = Vec::new();
+        for n in names {
+            if let Some(dest) = self.map(default_db, n) {
+                edits.push((
+                    n.span.0,
+                    n.span.1,
+                    format!("{}.{}", quote_ident(self.dest_db), quote_ident(&dest)),
+                ));
+            }
+        }
+        let toks = tokenize(sql);
+        for (i, t) in toks.iter().enumerate() {
+            let inside = edits.iter().any(|(s, e, _)| t.start >= *s && t.end <= *e);
+            if inside {
+                continue;
+            }
+            let ident = match &t.tok {
+                Tok::Word(w) | Tok::Quoted(w) => Some(w),
+                _ => None,
+            };
+            let qualifier = ident.is_some_and(|w| w == self.src_db)
+                && matches!(toks.get(i + 1).map(|n| &n.tok), Some(Tok::Punct(b'.')));
+            if qualifier && self.src_db != self.dest_db {
+                edits.push((t.start, t.end, quote_ident(self.dest_db)));
+            }
+            if matches!(&t.tok, Tok::Word(w) if w.eq_ignore_ascii_case("DEFINER"))
+                && matches!(toks.get(i + 1).map(|n| &n.tok), Some(Tok::Punct(b'=')))
+            {
+                // DEFINER = user@host up to SQL SECURITY / VIEW / the object word.
+                let end = toks[i..]
+                    .iter()
+                    .skip(2)
+                    .find(|n| {
+                        matches!(&n.tok, Tok::Word(w) if matches!(w.to_ascii_uppercase().as_str(),
+                            "SQL" | "VIEW" | "TRIGGER" | "PROCEDURE" | "FUNCTION" | "EVENT"))
+                    })
+                    .map(|n| n.start);
+                if let Some(end) = end {
+                    edits.push((t.start, end, String::new()));
+                }
+            }
+        }
+        edits.sort_by_key(|e| e.0);
+        let mut out = String::with_capacity(sql.len() + 32);
+        let mut at = 0;
+        for (s, e, text) in edits {
+            if s < at {
+                continue;
+            }
+            out.push_str(&sql[at..s]);
+            out.push_str(&text);
+            at = e;
+        }
+        out.push_str(&sql[at..]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(s: &Statement) -> Vec<String> {
+        match s {
+            Statement::Ddl { names, .. } => names
+                .iter()
+                .map(|n| match &n.db {
+                    Some(d) => format!("{d}.{}", n.name),
+                    None => n.name.clone(),
+                })
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn kind(s: &Statement) -> DdlKind {
+        match s {
+            Statement::Ddl { kind, .. } => *kind,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn classifies_ddl() {
+        let cases: &[(&str, DdlKind, &[&str])] = &[
+            ("CREATE TABLE `t` (id int primary key)", DdlKind::CreateTable, &["t"]),
+            ("create table if not exists s.`a``b` like u", DdlKind::CreateTable, &["s.a`b"]),
+            ("ALTER TABLE t ADD COLUMN c int, RENAME COLUMN a TO b", DdlKind::AlterTable, &["t"]),
+            ("DROP TABLE IF EXISTS `t`,`s`.`u` /* generated by server */", DdlKind::DropTable, &["t", "s.u"]),
+            ("RENAME TABLE a TO b, s.c TO s.d", DdlKind::RenameTable, &["a", "b", "s.c", "s.d"]),
+            ("truncate t", DdlKind::TruncateTable, &["t"]),
+            ("TRUNCATE TABLE s.t", DdlKind::TruncateTable, &["s.t"]),
+            ("CREATE UNIQUE INDEX k ON t (a(10), b)", DdlKind::CreateIndex, &["t"]),
+            ("DROP INDEX IF EXISTS k ON s.t", DdlKind::DropIndex, &["s.t"]),
+            ("CREATE ALGORITHM=UNDEFINED DEFINER=`root`@`localhost` SQL SECURITY DEFINER VIEW `v` AS select 1", DdlKind::CreateView, &["v"]),
+            ("DROP VIEW IF EXISTS v1, v2", DdlKind::DropView, &["v1", "v2"]),
+        ];
+        for (sql, k, n) in cases {
+            let s = parse(sql);
+            assert_eq!(kind(&s), *k, "{sql}");
+            assert_eq!(names(&s), *n, "{sql}");
+        }
+        assert_eq!(parse("BEGIN"), Statement::Begin);
+        assert_eq!(parse("COMMIT"), Statement::Commit);
+        assert!(is_dml(&parse("insert into t values (1)")));
+        assert!(!is_dml(&parse("CREATE USER x")));
+        assert_eq!(parse("GRANT ALL ON *.* TO x"), Statement::Other("GRANT".into()));
+        assert_eq!(names(&parse("ALTER TABLE t ADD x int, RENAME TO s.u")), ["t", "s.u"]);
+        match parse("CREATE TABLE t2 LIKE t1") {
+            Statement::Ddl { refs, .. } => assert_eq!(refs[0].name, "t1"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rewrites_names() {
+        let r = Rename {
+            src_db: "s",
+            dest_db: "d",
+            table: None,
+        };
+        let sql = "ALTER TABLE `t` ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES `s`.`u` (id), COMMENT 's.t'";
+        let Statement::Ddl { names, .. } = parse(sql) else {
+            panic!()
+        };
+        assert_eq!(
+            r.rewrite(sql, "s", &names.iter().collect::<Vec<_>>()),
+            "ALTER TABLE `d`.`t` ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES `d`.`u` (id), COMMENT 's.t'"
+        );
+        let view = "CREATE DEFINER=`root`@`localhost` SQL SECURITY DEFINER VIEW `v` AS select `s`.`t`.`a` AS `a` from `s`.`t`";
+        let Statement::Ddl { names, .. } = parse(view) else {
+            panic!()
+        };
+        assert_eq!(
+            r.rewrite(view, "s", &names.iter().collect::<Vec<_>>()),
+            "CREATE SQL SECURITY DEFINER VIEW `d`.`v` AS select `d`.`t`.`a` AS `a` from `d`.`t`"
+        );
+        let t = Rename {
+            src_db: "s",
+            dest_db: "d",
+            table: Some(("t", "t2")),
+        };
+        let sql = "CREATE INDEX k ON t (a)";
+        let Statement::Ddl { names, .. } = parse(sql) else {
+            panic!()
+        };
+        assert_eq!(t.map("s", &names[0]).as_deref(), Some("t2"));
+        assert_eq!(t.map("other", &names[0]), None);
+        assert_eq!(
+            t.rewrite(sql, "s", &names.iter().collect::<Vec<_>>()),
+            "CREATE INDEX k ON `d`.`t2` (a)"
+        );
+    }
+}
