@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// `CHECKSUM TABLE` values of `tables` (without the names, which differ).
-fn checksums(server: &MariaDb, db: &str, tables: &[&str]) -> Vec<String> {
+pub(crate) fn checksums(server: &MariaDb, db: &str, tables: &[&str]) -> Vec<String> {
     let list: Vec<String> = tables.iter().map(|t| format!("`{db}`.`{t}`")).collect();
     server
         .admin(&format!("CHECKSUM TABLE {}", list.join(", ")))
@@ -18,7 +18,7 @@ fn checksums(server: &MariaDb, db: &str, tables: &[&str]) -> Vec<String> {
 }
 
 /// Every row, in key order, as the client prints it (TIMESTAMPs in UTC).
-fn rows(server: &MariaDb, db: &str, table: &str, order: &str) -> String {
+pub(crate) fn rows(server: &MariaDb, db: &str, table: &str, order: &str) -> String {
     server.admin(&format!(
         "SET time_zone = '+00:00'; SELECT * FROM `{db}`.`{table}` ORDER BY {order}"
     ))
@@ -26,7 +26,7 @@ fn rows(server: &MariaDb, db: &str, table: &str, order: &str) -> String {
 
 /// The table on both sides holds the same rows, by checksum and row by row.
 #[track_caller]
-fn assert_same_table(
+pub(crate) fn assert_same_table(
     src_db: &str,
     src_table: &str,
     dest_server: &MariaDb,
@@ -47,11 +47,11 @@ fn assert_same_table(
     assert!(a == b, "rows differ:\nsource:\n{a}\ndestination:\n{b}");
 }
 
-fn table_spec(name: &str, src_db: &str, table: &str, dest: Value) -> Value {
+pub(crate) fn table_spec(name: &str, src_db: &str, table: &str, dest: Value) -> Value {
     json!({"name": name, "src": src_endpoint(source(), src_db, Some(table)), "dest": dest})
 }
 
-const TYPES_TABLE: &str = "CREATE TABLE types (
+pub(crate) const TYPES_TABLE: &str = "CREATE TABLE types (
     id INT PRIMARY KEY,
     ti TINYINT, tiu TINYINT UNSIGNED, si SMALLINT, siu SMALLINT UNSIGNED,
     mi MEDIUMINT, miu MEDIUMINT UNSIGNED, i INT, iu INT UNSIGNED,
@@ -70,7 +70,7 @@ const TYPES_TABLE: &str = "CREATE TABLE types (
 ) DEFAULT CHARSET=utf8mb4";
 
 /// Rows at the types' limits, NULLs, and text and bytes that need escaping.
-fn types_rows(db: &str) -> String {
+pub(crate) fn types_rows(db: &str) -> String {
     let all_bytes: String = (0u8..=255).map(|b| format!("{b:02X}")).collect();
     format!(
         "SET NAMES utf8mb4; SET time_zone = '+00:00';

@@ -8,6 +8,7 @@ mod api_validation;
 mod binary;
 mod create_checks;
 mod full_sync;
+mod incremental;
 mod metrics_auth;
 mod positions;
 mod restart;

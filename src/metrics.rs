@@ -5,7 +5,12 @@
 //! services in one process (the tests) do not mix their series.
 
 use crate::job::state::{JobStatus, ProgressState, RunState};
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use crate::source::binlog::decode::RowOp;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::collections::HashMap;
 
 pub struct Metrics {
     registry: Registry,
@@ -17,6 +22,13 @@ pub struct Metrics {
     full_sync_bytes: IntCounterVec,
     full_sync_chunks: IntCounterVec,
     job_retries: IntCounterVec,
+    lag_seconds: IntGaugeVec,
+    applied_transactions: IntCounterVec,
+    applied_rows: IntCounterVec,
+    applied_ddl: IntCounterVec,
+    binlog_bytes: IntCounterVec,
+    apply_batch_seconds: HistogramVec,
+    job_errors: IntCounterVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -74,6 +86,49 @@ impl Metrics {
             "ccr_syncer_job_retries_total",
             "Times a job's work stopped on a transient error (lost connection, deadlock, ...) and was retried.",
         );
+        let applied_transactions = per_job(
+            "ccr_syncer_applied_transactions_total",
+            "Source transactions a job's incremental sync committed on the destination.",
+        );
+        let applied_ddl = per_job(
+            "ccr_syncer_applied_ddl_total",
+            "DDL statements a job's incremental sync ran on the destination.",
+        );
+        let binlog_bytes = per_job(
+            "ccr_syncer_binlog_bytes_read_total",
+            "Bytes of binlog events a job read from its source.",
+        );
+        let lag_seconds = must(IntGaugeVec::new(
+            Opts::new(
+                "ccr_syncer_lag_seconds",
+                "Age of the newest change a job has applied while its source has newer ones; 0 when caught up.",
+            ),
+            &["job"],
+        ));
+        let applied_rows = must(IntCounterVec::new(
+            Opts::new(
+                "ccr_syncer_applied_rows_total",
+                "Row changes a job's incremental sync committed on the destination, by operation.",
+            ),
+            &["job", "op"],
+        ));
+        let apply_batch_seconds = must(HistogramVec::new(
+            HistogramOpts::new(
+                "ccr_syncer_apply_batch_seconds",
+                "Time from a destination transaction's first statement to its commit.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+            ]),
+            &["job"],
+        ));
+        let job_errors = must(IntCounterVec::new(
+            Opts::new(
+                "ccr_syncer_job_errors_total",
+                "Errors that stopped a job's work, by kind: transient (retried) or definite (job paused).",
+            ),
+            &["job", "kind"],
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new(
                 "ccr_syncer_build_info",
@@ -89,6 +144,10 @@ impl Metrics {
         must(registry.register(Box::new(job_progress_state.clone())));
         must(registry.register(Box::new(http_requests.clone())));
         must(registry.register(Box::new(build_info)));
+        must(registry.register(Box::new(lag_seconds.clone())));
+        must(registry.register(Box::new(applied_rows.clone())));
+        must(registry.register(Box::new(apply_batch_seconds.clone())));
+        must(registry.register(Box::new(job_errors.clone())));
         #[cfg(target_os = "linux")]
         must(registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -103,7 +162,48 @@ impl Metrics {
             full_sync_bytes,
             full_sync_chunks,
             job_retries,
+            lag_seconds,
+            applied_transactions,
+            applied_rows,
+            applied_ddl,
+            binlog_bytes,
+            apply_batch_seconds,
+            job_errors,
         }
+    }
+
+    pub fn count_applied(&self, job: &str, transactions: u64, rows: &HashMap<RowOp, u64>) {
+        self.applied_transactions
+            .with_label_values(&[job])
+            .inc_by(transactions);
+        for (op, n) in rows {
+            self.applied_rows
+                .with_label_values(&[job, op.as_str()])
+                .inc_by(*n);
+        }
+    }
+
+    pub fn count_ddl(&self, job: &str) {
+        self.applied_ddl.with_label_values(&[job]).inc();
+    }
+
+    pub fn count_binlog_bytes(&self, job: &str, bytes: u64) {
+        self.binlog_bytes.with_label_values(&[job]).inc_by(bytes);
+    }
+
+    pub fn set_lag(&self, job: &str, secs: i64) {
+        self.lag_seconds.with_label_values(&[job]).set(secs);
+    }
+
+    pub fn observe_batch(&self, job: &str, secs: f64) {
+        self.apply_batch_seconds
+            .with_label_values(&[job])
+            .observe(secs);
+    }
+
+    /// `kind` is `transient` or `definite`.
+    pub fn count_error(&self, job: &str, kind: &str) {
+        self.job_errors.with_label_values(&[job, kind]).inc();
     }
 
     pub fn count_chunk(&self, job: &str, rows: u64, bytes: u64) {
@@ -143,8 +243,19 @@ impl Metrics {
             &self.full_sync_bytes,
             &self.full_sync_chunks,
             &self.job_retries,
+            &self.applied_transactions,
+            &self.applied_ddl,
+            &self.binlog_bytes,
         ] {
             let _ = counter.remove_label_values(&[job]);
+        }
+        let _ = self.lag_seconds.remove_label_values(&[job]);
+        let _ = self.apply_batch_seconds.remove_label_values(&[job]);
+        for op in [RowOp::Insert, RowOp::Update, RowOp::Delete] {
+            let _ = self.applied_rows.remove_label_values(&[job, op.as_str()]);
+        }
+        for kind in ["transient", "definite"] {
+            let _ = self.job_errors.remove_label_values(&[job, kind]);
         }
     }
 

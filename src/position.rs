@@ -116,6 +116,11 @@ impl MariaGtidPos {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The last GTID of each domain.
+    pub fn iter(&self) -> impl Iterator<Item = &MariaGtid> {
+        self.0.values()
+    }
 }
 
 impl fmt::Display for MariaGtidPos {

@@ -3,8 +3,9 @@
 //! and the JSON views of a job. Passwords appear only as `******` (the spec's
 //! serializer masks them).
 
+use crate::job::incremental::{self, Applied};
 use crate::job::spec::Endpoint;
-use crate::job::state::{CommandError, FullSyncProgress};
+use crate::job::state::{CommandError, FullSyncProgress, IncrementalProgress};
 use crate::job::{JobError, JobSnapshot};
 use crate::preflight::PreflightError;
 use chrono::{TimeZone, Utc};
@@ -129,6 +130,7 @@ pub fn progress(job: &JobSnapshot) -> Value {
         "full_sync": p.full_sync.as_ref().map(|f| full_sync(f, Utc::now().timestamp_millis())),
         "snapshot": p.snapshot,
         "tables": p.tables,
+        "incremental": p.incremental.as_ref().map(|i| incremental(job, i)),
         "updated_at": time(job.updated_at),
     })
 }
@@ -164,21 +166,64 @@ fn full_sync(f: &FullSyncProgress, now_ms: i64) -> Value {
     })
 }
 
-/// The Doris `get_lag` fields. Until a job has applied a source transaction
-/// its commit seqs are 0 and its timestamps empty.
-pub fn lag(job: &JobSnapshot) -> Value {
-    let seq = job.progress.commit_seq.unwrap_or(0);
-    let ts = job
-        .progress
-        .commit_timestamp
-        .map(|s| time(s.saturating_mul(1000)))
-        .unwrap_or_default();
+fn incremental(job: &JobSnapshot, i: &IncrementalProgress) -> Value {
     json!({
-        "lag": 0,
+        "started_at": time(i.started_at),
+        "binlog_file": i.binlog_file,
+        "binlog_pos": i.binlog_pos,
+        "source_commit_seq": i.source_commit_seq,
+        "source_position": i.source_position,
+        "caught_up": i.caught_up,
+        "lag_secs": lag_secs(job),
+        "transactions_applied": i.transactions_applied,
+        "rows_applied": i.rows_applied,
+        "ddl_applied": i.ddl_applied,
+        "binlog_bytes_read": i.binlog_bytes_read,
+        "tables_in_snapshot": i.tables_in_snapshot,
+        "retries": i.retries,
+        "last_retry_error": i.last_error,
+    })
+}
+
+fn lag_secs(job: &JobSnapshot) -> i64 {
+    let p = &job.progress;
+    let applied = Applied {
+        commit_seq: p.commit_seq,
+        position: None,
+        commit_timestamp: p.commit_timestamp,
+        detail: p.incremental.clone().unwrap_or_default(),
+    };
+    incremental::lag_secs(&applied, Utc::now().timestamp())
+}
+
+/// The Doris `get_lag` fields: `first_commit_seq` is the last source
+/// transaction applied, `last_commit_seq` the source's newest, `lag` the
+/// commit seqs between them; the timestamps are their source commit times
+/// and `time_interval_secs` the time between them. `lag_secs` is how old the
+/// newest applied change is while the source has newer ones (0 when caught
+/// up). Until a job has applied a transaction its seqs are 0 and its
+/// timestamps empty.
+pub fn lag(job: &JobSnapshot) -> Value {
+    let p = &job.progress;
+    let seq = p.commit_seq.unwrap_or(0);
+    let inc = p.incremental.clone().unwrap_or_default();
+    let head = inc.source_commit_seq.unwrap_or(seq).max(seq);
+    let stamp = |s: Option<i64>| s.map(|s| time(s.saturating_mul(1000))).unwrap_or_default();
+    let first_ts = p.commit_timestamp;
+    let last_ts = inc.source_commit_timestamp.or(first_ts);
+    let interval = match (first_ts, last_ts) {
+        (Some(a), Some(b)) if head > seq => (b - a).max(0) as f64,
+        _ => 0.0,
+    };
+    json!({
+        "lag": head - seq,
+        "lag_secs": lag_secs(job),
         "first_commit_seq": seq,
-        "last_commit_seq": seq,
-        "first_binlog_timestamp": ts,
-        "last_binlog_timestamp": ts,
-        "time_interval_secs": 0.0,
+        "last_commit_seq": head,
+        "first_binlog_timestamp": stamp(first_ts),
+        "last_binlog_timestamp": stamp(if head > seq { last_ts } else { first_ts }),
+        "time_interval_secs": interval,
+        "position": p.position,
+        "source_position": inc.source_position,
     })
 }

@@ -8,11 +8,14 @@
 //! a value that does not fit, and no foreign-key or unique checks while rows
 //! known to satisfy them on the source are loaded.
 
+pub mod checkpoint;
 pub mod insert;
 pub mod literal;
 pub mod load;
 pub mod plan;
+pub mod rows;
 pub mod tables;
+pub mod target;
 
 use mysql_async::prelude::*;
 use mysql_async::Conn;

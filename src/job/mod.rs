@@ -3,6 +3,7 @@
 //! (`manager`).
 
 pub mod full_sync;
+pub mod incremental;
 pub mod manager;
 mod runner;
 pub mod spec;

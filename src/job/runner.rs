@@ -4,15 +4,17 @@
 //! acknowledged survives a restart. Readers see the job through a `watch`
 //! snapshot and never wait on the task.
 //!
-//! Beside requests it runs the job's work — today the full sync — as a child
-//! task that it starts when the job is running in a full-sync state, stops
-//! (aborting it: an interrupted chunk's destination transaction rolls back)
-//! on pause, desync, delete, a new full sync or shutdown, and whose progress
-//! and outcome it folds into the job's state. Transient errors are retried
-//! inside the child with capped exponential backoff; a definite one pauses
-//! the job with the error shown, and `resume` tries again.
+//! Beside requests it runs the job's work — the full sync, then the
+//! incremental sync — as a child task that it starts when the job is running
+//! in the matching state, stops (aborting it: an open destination
+//! transaction rolls back, and the destination's checkpoints say where to
+//! resume) on pause, desync, delete, a new full sync or shutdown, and whose
+//! progress and outcome it folds into the job's state. Transient errors are
+//! retried inside the child with capped exponential backoff; a definite one
+//! pauses the job with the error shown, and `resume` tries again.
 
 use super::full_sync::{self, FullSync, HandOver, SyncError};
+use super::incremental::{Applied, Incremental};
 use super::manager::{JobError, JobSnapshot};
 use super::state::{transition, FullSyncProgress, JobCommand, ProgressState, RunState};
 use crate::config::FullSyncSettings;
@@ -63,11 +65,23 @@ enum Outcome {
     Failed(String),
 }
 
-/// The running work: a full sync with the run it belongs to.
+/// Which work runs: the full sync of a run, or the incremental sync after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WorkKey {
+    FullSync(i64),
+    Incremental(i64),
+}
+
+enum WorkProgress {
+    Full(watch::Receiver<FullSyncProgress>),
+    Incremental(watch::Receiver<Applied>),
+}
+
+/// The running work.
 struct Work {
-    run_id: i64,
+    key: WorkKey,
     task: JoinHandle<Outcome>,
-    progress: watch::Receiver<FullSyncProgress>,
+    progress: WorkProgress,
 }
 
 impl Work {
@@ -111,6 +125,13 @@ impl Runner {
                         }
                         self.update_progress(progress, save).await;
                     }
+                    WorkEvent::Applied(applied) => {
+                        let save = last_save.elapsed() >= SAVE_PROGRESS_EVERY;
+                        if save {
+                            last_save = Instant::now();
+                        }
+                        self.update_incremental(applied, save).await;
+                    }
                     WorkEvent::Finished(outcome) => {
                         work = None;
                         self.finish(outcome).await;
@@ -127,25 +148,61 @@ impl Runner {
     /// Starts or stops the work so that it matches the job's state.
     async fn reconcile(&self, work: Option<Work>) -> Option<Work> {
         let current = self.snapshot.borrow().clone();
-        let full_sync_state = matches!(
-            current.status.progress_state,
-            ProgressState::DBFullSync | ProgressState::TableFullSync
-        );
-        let should_run = current.status.run_state == RunState::Running && full_sync_state;
-        let run_id = current
-            .progress
-            .full_sync
-            .as_ref()
-            .filter(|f| f.finished_at.is_none())
-            .map(|f| f.run_id);
+        let running = current.status.run_state == RunState::Running;
+        let run_id = current.progress.full_sync.as_ref().map(|f| f.run_id);
+        let want = match current.status.progress_state {
+            ProgressState::DBFullSync | ProgressState::TableFullSync => Some(WorkKey::FullSync(
+                current
+                    .progress
+                    .full_sync
+                    .as_ref()
+                    .filter(|f| f.finished_at.is_none())
+                    .map_or(0, |f| f.run_id),
+            )),
+            ProgressState::TableIncrementalSync
+            | ProgressState::DBTablesIncrementalSync
+            | ProgressState::DBIncrementalSync => run_id.map(WorkKey::Incremental),
+            ProgressState::DBPartialSync | ProgressState::TablePartialSync => None,
+        }
+        .filter(|_| running);
         match work {
-            Some(w) if should_run && Some(w.run_id) == run_id => return Some(w),
+            Some(w) if Some(w.key) == want => return Some(w),
             Some(w) => w.stop().await,
             None => {}
         }
-        if !should_run {
-            return None;
+        match want? {
+            WorkKey::FullSync(_) => self.start_full_sync(current).await,
+            WorkKey::Incremental(run_id) => Some(self.start_incremental(current, run_id)),
         }
+    }
+
+    fn start_incremental(&self, current: JobSnapshot, run_id: i64) -> Work {
+        let applied = Applied {
+            commit_seq: current.progress.commit_seq,
+            position: current.progress.position.clone(),
+            commit_timestamp: current.progress.commit_timestamp,
+            detail: current.progress.incremental.clone().unwrap_or_default(),
+        };
+        let (progress_tx, progress_rx) = watch::channel(applied);
+        let sync = Incremental {
+            spec: current.spec.clone(),
+            run_id,
+            snapshot: current.progress.snapshot.clone().unwrap_or_default(),
+            tables: current.progress.tables.clone(),
+            statement_bytes: self.settings.full_sync.statement_bytes,
+            connect_timeout: self.settings.connect_timeout,
+            metrics: self.metrics.clone(),
+            progress: progress_tx,
+        };
+        info!(job = %current.spec.name, run_id, "incremental sync starting");
+        Work {
+            key: WorkKey::Incremental(run_id),
+            task: tokio::spawn(run_incremental(sync)),
+            progress: WorkProgress::Incremental(progress_rx),
+        }
+    }
+
+    async fn start_full_sync(&self, current: JobSnapshot) -> Option<Work> {
         let progress = match current.progress.full_sync.clone() {
             Some(p) if p.finished_at.is_none() => p,
             _ => {
@@ -188,9 +245,9 @@ impl Runner {
         };
         info!(job = %current.spec.name, run_id, "full sync starting");
         Some(Work {
-            run_id,
+            key: WorkKey::FullSync(run_id),
             task: tokio::spawn(run_with_retries(sync)),
-            progress: progress_rx,
+            progress: WorkProgress::Full(progress_rx),
         })
     }
 
@@ -216,6 +273,44 @@ impl Runner {
             }
         }
         self.publish(|s| {
+            s.progress = next;
+            s.updated_at = now;
+        });
+    }
+
+    async fn update_incremental(&self, applied: Applied, save: bool) {
+        let current = self.snapshot.borrow().clone();
+        let mut status = current.status;
+        let mut next = current.progress.clone();
+        next.commit_seq = applied.commit_seq;
+        next.position = applied.position;
+        next.commit_timestamp = applied.commit_timestamp;
+        next.incremental = Some(applied.detail);
+        let tables_done = next
+            .incremental
+            .as_ref()
+            .is_some_and(|i| i.tables_in_snapshot == 0);
+        let mut save = save;
+        if status.progress_state == ProgressState::DBTablesIncrementalSync && tables_done {
+            status.progress_state = ProgressState::DBIncrementalSync;
+            save = true;
+            info!(job = %current.spec.name, "every table is past its snapshot: DBIncrementalSync");
+        }
+        let now = now_ms();
+        if save {
+            if let Err(e) = self
+                .store
+                .save_status(&current.spec.name, status, &next, now)
+                .await
+            {
+                warn!(job = %current.spec.name, error = %e, "saving incremental progress failed");
+            }
+        }
+        if status != current.status {
+            self.metrics.set_job_status(&current.spec.name, status);
+        }
+        self.publish(|s| {
+            s.status = status;
             s.progress = next;
             s.updated_at = now;
         });
@@ -252,7 +347,8 @@ impl Runner {
                 };
             }
             Outcome::Failed(message) => {
-                error!(job = %name, error = %message, "full sync stopped; fix the cause and resume the job");
+                error!(job = %name, error = %message, "job stopped; fix the cause and resume the job");
+                self.metrics.count_error(&name, "definite");
                 status.run_state = RunState::Paused;
                 progress.last_error = Some(message);
             }
@@ -347,6 +443,7 @@ impl Runner {
 
 enum WorkEvent {
     Progress(FullSyncProgress),
+    Applied(Applied),
     Finished(Outcome),
 }
 
@@ -355,21 +452,31 @@ async fn next_event(work: &mut Option<Work>) -> WorkEvent {
     let Some(w) = work else {
         return std::future::pending().await;
     };
-    tokio::select! {
-        biased;
-        changed = w.progress.changed() => match changed {
-            Ok(()) => WorkEvent::Progress(w.progress.borrow_and_update().clone()),
-            // The sender went with the task: its outcome is next.
-            Err(_) => WorkEvent::Finished(outcome(&mut w.task).await),
+    match &mut w.progress {
+        WorkProgress::Full(rx) => tokio::select! {
+            biased;
+            changed = rx.changed() => match changed {
+                Ok(()) => WorkEvent::Progress(rx.borrow_and_update().clone()),
+                // The sender went with the task: its outcome is next.
+                Err(_) => WorkEvent::Finished(outcome(&mut w.task).await),
+            },
+            outcome = outcome(&mut w.task) => WorkEvent::Finished(outcome),
         },
-        outcome = outcome(&mut w.task) => WorkEvent::Finished(outcome),
+        WorkProgress::Incremental(rx) => tokio::select! {
+            biased;
+            changed = rx.changed() => match changed {
+                Ok(()) => WorkEvent::Applied(rx.borrow_and_update().clone()),
+                Err(_) => WorkEvent::Finished(outcome(&mut w.task).await),
+            },
+            outcome = outcome(&mut w.task) => WorkEvent::Finished(outcome),
+        },
     }
 }
 
 async fn outcome(task: &mut JoinHandle<Outcome>) -> Outcome {
     match task.await {
         Ok(outcome) => outcome,
-        Err(e) => Outcome::Failed(format!("full sync task ended abnormally: {e}")),
+        Err(e) => Outcome::Failed(format!("the job's work ended abnormally: {e}")),
     }
 }
 
@@ -385,6 +492,7 @@ async fn run_with_retries(sync: FullSync) -> Outcome {
                 warn!(job = %sync.spec.name, error = %message, retry_in_secs = backoff.as_secs(),
                       "full sync interrupted; resuming after a pause");
                 sync.metrics.count_retry(&sync.spec.name);
+                sync.metrics.count_error(&sync.spec.name, "transient");
                 sync.progress.send_modify(|p| {
                     p.retries += 1;
                     p.last_error = Some(message);
@@ -393,5 +501,33 @@ async fn run_with_retries(sync: FullSync) -> Outcome {
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+}
+
+/// Runs the incremental sync until it fails definitely; transient errors
+/// wait 1 s, 2 s, 4 s … up to 30 s and resume from the checkpoint (the
+/// backoff starts over once the sync has run a minute without error).
+async fn run_incremental(sync: Incremental) -> Outcome {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let started = Instant::now();
+        let message = match sync.run().await {
+            Err(SyncError::Definite(message)) => return Outcome::Failed(message),
+            Err(SyncError::Transient(message)) => message,
+            Ok(never) => match never {},
+        };
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = BACKOFF_FIRST;
+        }
+        warn!(job = %sync.spec.name, error = %message, retry_in_secs = backoff.as_secs(),
+              "incremental sync interrupted; resuming from the checkpoint after a pause");
+        sync.metrics.count_retry(&sync.spec.name);
+        sync.metrics.count_error(&sync.spec.name, "transient");
+        sync.progress.send_modify(|p| {
+            p.detail.retries += 1;
+            p.detail.last_error = Some(message);
+        });
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }

@@ -139,6 +139,36 @@ pub struct Progress {
     /// snapshot).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tables: BTreeMap<String, TableSnapshot>,
+    /// The incremental sync since the last full sync.
+    pub incremental: Option<IncrementalProgress>,
+}
+
+/// How far the incremental sync has got. The applied position itself is in
+/// [`Progress`] (`commit_seq`, `position`, `commit_timestamp`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IncrementalProgress {
+    /// Unix milliseconds.
+    pub started_at: i64,
+    /// Binlog coordinate after the last applied transaction.
+    pub binlog_file: String,
+    pub binlog_pos: u64,
+    /// The source's newest transaction, as last read or polled.
+    pub source_commit_seq: Option<u64>,
+    pub source_position: Option<String>,
+    /// Commit time of the newest transaction read from the source, unix seconds.
+    pub source_commit_timestamp: Option<i64>,
+    /// Everything read has been applied and the source had nothing newer.
+    pub caught_up: bool,
+    pub transactions_applied: u64,
+    pub rows_applied: u64,
+    pub ddl_applied: u64,
+    pub binlog_bytes_read: u64,
+    /// Tables whose snapshot is still ahead of the applied position (a
+    /// database job is in DBTablesIncrementalSync until this is 0).
+    pub tables_in_snapshot: u64,
+    pub retries: u64,
+    pub last_error: Option<String>,
 }
 
 /// A source position: GTID position (empty if the source logs no GTIDs)

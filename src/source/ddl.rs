@@ -143,7 +143,10 @@ fn tokenize(sql: &str) -> Vec<Token> {
             }
             _ if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 => {
                 while i < b.len()
-                    && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
+                    && (b[i].is_ascii_alphanumeric()
+                        || b[i] == b'_'
+                        || b[i] == b'$'
+                        || b[i] >= 0x80)
                 {
                     i += 1;
                 }
@@ -260,10 +263,7 @@ impl Cursor<'_> {
 /// Classifies one statement of a QUERY event.
 pub fn parse(sql: &str) -> Statement {
     let toks = tokenize(sql);
-    let mut c = Cursor {
-        toks: &toks,
-        at: 0,
-    };
+    let mut c = Cursor { toks: &toks, at: 0 };
     let first = c.peek_word().unwrap_or_default();
     let ddl = |kind, names, refs, temporary| Statement::Ddl {
         kind,
@@ -376,8 +376,7 @@ pub fn parse(sql: &str) -> Statement {
             }
             c.eat_all(&["IF", "EXISTS"]);
             let mut names = Vec::new();
-            loop {
-                let Some(from) = c.name() else { break };
+            while let Some(from) = c.name() {
                 c.eat_all(&["WAIT"]);
                 if !c.eat("TO") {
                     break;
@@ -553,8 +552,14 @@ mod tests {
         assert_eq!(parse("COMMIT"), Statement::Commit);
         assert!(is_dml(&parse("insert into t values (1)")));
         assert!(!is_dml(&parse("CREATE USER x")));
-        assert_eq!(parse("GRANT ALL ON *.* TO x"), Statement::Other("GRANT".into()));
-        assert_eq!(names(&parse("ALTER TABLE t ADD x int, RENAME TO s.u")), ["t", "s.u"]);
+        assert_eq!(
+            parse("GRANT ALL ON *.* TO x"),
+            Statement::Other("GRANT".into())
+        );
+        assert_eq!(
+            names(&parse("ALTER TABLE t ADD x int, RENAME TO s.u")),
+            ["t", "s.u"]
+        );
         match parse("CREATE TABLE t2 LIKE t1") {
             Statement::Ddl { refs, .. } => assert_eq!(refs[0].name, "t1"),
             other => panic!("{other:?}"),

@@ -264,12 +264,7 @@ fn value(column: &ColumnDesc, input: &mut &[u8]) -> Result<Cell, String> {
         }
         MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => {
             let v = le(take(input, 3)?);
-            text(format!(
-                "{:04}-{:02}-{:02}",
-                v >> 9,
-                (v >> 5) & 15,
-                v & 31
-            ))
+            text(format!("{:04}-{:02}-{:02}", v >> 9, (v >> 5) & 15, v & 31))
         }
         MYSQL_TYPE_TIME => {
             let v = signed(le(take(input, 3)?), 3);
@@ -314,10 +309,7 @@ fn value(column: &ColumnDesc, input: &mut &[u8]) -> Result<Cell, String> {
             prefixed(input, if max < 256 { 1 } else { 2 })?
         }
         MYSQL_TYPE_STRING => {
-            let (b0, b1) = (
-                usize::from(meta(column, 0)?),
-                usize::from(meta(column, 1)?),
-            );
+            let (b0, b1) = (usize::from(meta(column, 0)?), usize::from(meta(column, 1)?));
             let max = if b0 & 0x30 != 0x30 {
                 b1 | (((b0 & 0x30) ^ 0x30) << 4)
             } else {
@@ -325,7 +317,10 @@ fn value(column: &ColumnDesc, input: &mut &[u8]) -> Result<Cell, String> {
             };
             prefixed(input, if max < 256 { 1 } else { 2 })?
         }
-        MYSQL_TYPE_TINY_BLOB | MYSQL_TYPE_MEDIUM_BLOB | MYSQL_TYPE_LONG_BLOB | MYSQL_TYPE_BLOB
+        MYSQL_TYPE_TINY_BLOB
+        | MYSQL_TYPE_MEDIUM_BLOB
+        | MYSQL_TYPE_LONG_BLOB
+        | MYSQL_TYPE_BLOB
         | MYSQL_TYPE_GEOMETRY => {
             let prefix = usize::from(meta(column, 0)?);
             if !(1..=4).contains(&prefix) {
@@ -339,8 +334,9 @@ fn value(column: &ColumnDesc, input: &mut &[u8]) -> Result<Cell, String> {
             if bytes.is_empty() {
                 return Ok(Cell::Bytes(b"null".to_vec()));
             }
-            let value: jsonb::Value<'_> =
-                ParseBuf(bytes).parse(()).map_err(|e| format!("JSON: {e}"))?;
+            let value: jsonb::Value<'_> = ParseBuf(bytes)
+                .parse(())
+                .map_err(|e| format!("JSON: {e}"))?;
             let json = serde_json::Value::try_from(value).map_err(|e| format!("JSON: {e}"))?;
             Cell::Bytes(json.to_string().into_bytes())
         }
@@ -470,15 +466,24 @@ mod tests {
     fn integers_keep_their_bits() {
         use ColumnType::*;
         assert_eq!(decode(MYSQL_TYPE_TINY, &[], &[0xff]), Cell::Int(-1, 8));
-        assert_eq!(decode(MYSQL_TYPE_INT24, &[], &[0, 0, 0x80]), Cell::Int(-8_388_608, 24));
+        assert_eq!(
+            decode(MYSQL_TYPE_INT24, &[], &[0, 0, 0x80]),
+            Cell::Int(-8_388_608, 24)
+        );
         assert_eq!(
             decode(MYSQL_TYPE_LONGLONG, &[], &u64::MAX.to_le_bytes()),
             Cell::Int(-1, 64)
         );
         assert_eq!(decode(MYSQL_TYPE_YEAR, &[], &[0]), Cell::UInt(0));
         assert_eq!(decode(MYSQL_TYPE_YEAR, &[], &[255]), Cell::UInt(2155));
-        assert_eq!(decode(MYSQL_TYPE_BIT, &[3, 1], &[0x02, 0xaa]), Cell::UInt(0x2aa));
-        assert_eq!(decode(MYSQL_TYPE_SET, &[248, 2], &[1, 2]), Cell::UInt(0x201));
+        assert_eq!(
+            decode(MYSQL_TYPE_BIT, &[3, 1], &[0x02, 0xaa]),
+            Cell::UInt(0x2aa)
+        );
+        assert_eq!(
+            decode(MYSQL_TYPE_SET, &[248, 2], &[1, 2]),
+            Cell::UInt(0x201)
+        );
     }
 
     #[test]
@@ -488,17 +493,26 @@ mod tests {
         let t = |h: i64, m: i64, s: i64| ((h << 12) | (m << 6) | s) << 24;
         let packed = -t(838, 59, 59) + 0x8000_0000_0000;
         let bytes = &(packed as u64).to_be_bytes()[2..];
-        assert_eq!(text_of(decode(MYSQL_TYPE_TIME2, &[6], bytes)), "-838:59:59.000000");
+        assert_eq!(
+            text_of(decode(MYSQL_TYPE_TIME2, &[6], bytes)),
+            "-838:59:59.000000"
+        );
         // -1.5 s with 2 digits: int part -1 → stored as -2 with fraction 0x100-50.
         let int = (-2i64 + 0x80_0000) as u32;
         let mut b = int.to_be_bytes()[1..].to_vec();
         b.push((0x100 - 50) as u8);
-        assert_eq!(text_of(decode(MYSQL_TYPE_TIME2, &[2], &b)), "-00:00:01.500000");
+        assert_eq!(
+            text_of(decode(MYSQL_TYPE_TIME2, &[2], &b)),
+            "-00:00:01.500000"
+        );
         // DATETIME2(0) 2024-02-29 13:14:15.
         let ym = 2024 * 13 + 2;
         let int = ((((ym << 5) | 29) << 17) | (13 << 12) | (14 << 6) | 15) + 0x80_0000_0000i64;
         let b = &(int as u64).to_be_bytes()[3..];
-        assert_eq!(text_of(decode(MYSQL_TYPE_DATETIME2, &[0], b)), "2024-02-29 13:14:15");
+        assert_eq!(
+            text_of(decode(MYSQL_TYPE_DATETIME2, &[0], b)),
+            "2024-02-29 13:14:15"
+        );
         // TIMESTAMP2(6) 1 s after the epoch + 5 µs, and the zero timestamp.
         let mut b = 1u32.to_be_bytes().to_vec();
         b.extend_from_slice(&[0, 0, 5]);

@@ -164,7 +164,10 @@ mod tests {
         let mut body = 16u32.to_le_bytes().to_vec();
         body.extend_from_slice(b"mysql-bin.000003");
         assert_eq!(binlog_checkpoint(&body).unwrap(), "mysql-bin.000003");
-        assert_eq!(annotate_rows(b"insert into t values (1)"), "insert into t values (1)");
+        assert_eq!(
+            annotate_rows(b"insert into t values (1)"),
+            "insert into t values (1)"
+        );
         assert!(event_name(169).contains("log_bin_compress"));
     }
 }

@@ -38,6 +38,9 @@ pub enum SourceEvent {
     /// A transaction starts; `gtid` where the source logs GTIDs.
     Begin {
         gtid: Option<MariaGtid>,
+        /// Just after the event that opens the transaction: the transaction
+        /// is in a snapshot taken at coordinate c exactly when `at` <= c.
+        at: BinlogCoord,
         timestamp: u32,
     },
     /// The statement whose row events follow (MariaDB annotate events).
@@ -50,9 +53,14 @@ pub enum SourceEvent {
         statement: Statement,
     },
     /// The transaction ends; `end` is the coordinate just after it.
-    Commit { end: BinlogCoord, timestamp: u32 },
+    Commit {
+        end: BinlogCoord,
+        timestamp: u32,
+    },
     /// The source has nothing new (heartbeat) and has written up to `at`.
-    Idle { at: BinlogCoord },
+    Idle {
+        at: BinlogCoord,
+    },
 }
 
 /// Why reading stopped.
@@ -202,6 +210,7 @@ impl Reader {
                 self.in_group = true;
                 return Ok(vec![SourceEvent::Begin {
                     gtid: Some(g.gtid),
+                    at: here(),
                     timestamp: header.timestamp(),
                 }]);
             }
@@ -260,6 +269,7 @@ impl Reader {
                 self.standalone = false;
                 vec![SourceEvent::Begin {
                     gtid: None,
+                    at: here(),
                     timestamp: header.timestamp(),
                 }]
             }
@@ -276,6 +286,7 @@ impl Reader {
                         self.in_group = true;
                         vec![SourceEvent::Begin {
                             gtid: None,
+                            at: here(),
                             timestamp: header.timestamp(),
                         }]
                     }
@@ -351,13 +362,11 @@ impl Reader {
                 .map_err(|e| ReadError::Definite(format!("{e} (at {})", here())))?;
                 vec![SourceEvent::Rows(change)]
             }
-            EventData::IncidentEvent(i) => {
-                return Err(ReadError::Definite(format!(
-                    "the source logged an incident at {} ({}): events may be missing; resync the job",
-                    here(),
-                    i.message()
-                )))
-            }
+            EventData::IncidentEvent(i) => return Err(ReadError::Definite(format!(
+                "the source logged an incident at {} ({}): events may be missing; resync the job",
+                here(),
+                i.message()
+            ))),
             other => {
                 return Err(ReadError::Definite(format!(
                     "the binlog holds an event this version cannot apply at {}: {:?}",

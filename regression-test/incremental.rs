@@ -1,0 +1,199 @@
+//! Incremental sync, end to end: after the full sync every change on the
+//! source reaches the destination exactly once — every type, DDL mid-stream,
+//! binlog rotation, kills and restarts.
+
+use crate::full_sync::{assert_same_table, checksums, table_spec, types_rows, TYPES_TABLE};
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// The source's newest commit seq (its one GTID domain's seq_no).
+pub(crate) fn source_seq(server: &MariaDb) -> u64 {
+    let pos = server.admin("SELECT @@gtid_binlog_pos");
+    pos.rsplit('-')
+        .next()
+        .unwrap_or("0")
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Waits until the job has applied everything the source had committed
+/// when called; returns its `get_lag`.
+pub(crate) async fn wait_caught_up(service: &Service, name: &str, server: &MariaDb) -> Value {
+    let target = source_seq(server);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let lag = service.post("get_lag", json!({"name": name})).await.ok();
+        if lag["first_commit_seq"].as_u64().unwrap_or(0) >= target {
+            return lag;
+        }
+        let progress = service
+            .post("job_progress", json!({"name": name}))
+            .await
+            .ok();
+        let p = &progress["job_progress"];
+        assert!(
+            p["state"] != "paused",
+            "job {name} stopped before catching up to {target}: {p:#}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "job {name} did not reach commit seq {target}: {lag:#} {p:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_inserted_updated_deleted() {
+    let db = unique("inc_types");
+    source().admin(&format!("CREATE DATABASE {db}; USE {db}; {TYPES_TABLE}"));
+    let dest_db = unique("inc_types_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            table_spec(
+                "t",
+                &db,
+                "types",
+                dest_endpoint(dest(), &dest_db, Some("types2")),
+            ),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "t", "TableIncrementalSync").await;
+    source().admin(&types_rows(&db));
+    wait_caught_up(&service, "t", source()).await;
+    assert_same_table(&db, "types", dest(), &dest_db, "types2", "id");
+    // Updates that move every column, including the key, and deletes.
+    source().admin(&format!(
+        "SET NAMES utf8mb4; USE {db};
+         UPDATE types SET id = id + 10, ti = ti DIV 2, biu = 18446744073709551614, f = f / 3,
+             dbl = dbl / 7, tm = '-00:00:00.5', ts = '2001-02-03 04:05:06.789', yr = 0,
+             vc = CONCAT(vc, '✓'), bl = UNHEX('00FF'), e = 'b', st = 'x,z', b64 = b'10'
+             WHERE id IN (1, 3, 5);
+         UPDATE types SET j = '{{\"k\": [true, false]}}', d = -0.5 WHERE id = 2;
+         DELETE FROM types WHERE id = 4;
+         INSERT INTO types (id, vc) VALUES (100, 'after');"
+    ));
+    wait_caught_up(&service, "t", source()).await;
+    assert_same_table(&db, "types", dest(), &dest_db, "types2", "id");
+    let progress = service
+        .post("job_progress", json!({"name": "t"}))
+        .await
+        .ok();
+    let inc = &progress["job_progress"]["incremental"];
+    assert!(inc["rows_applied"].as_u64().unwrap() >= 10, "{progress:#}");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_mid_stream_and_rotation() {
+    let db = unique("inc_ddl");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE a (id INT PRIMARY KEY, v VARCHAR(20));
+         INSERT INTO a VALUES (1, 'one'), (2, 'two');"
+    ));
+    let dest_db = unique("inc_ddl_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "d", "src": src_endpoint(source(), &db, None),
+                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "d", "DBIncrementalSync").await;
+    source().admin(&format!(
+        "USE {db};
+         INSERT INTO a VALUES (3, 'three');
+         ALTER TABLE a ADD COLUMN n INT NOT NULL DEFAULT 7;
+         INSERT INTO a VALUES (4, 'four', 4);
+         UPDATE a SET n = n + 1 WHERE id <= 2;
+         ALTER TABLE a DROP COLUMN v;
+         INSERT INTO a VALUES (5, 5);
+         ALTER TABLE a MODIFY COLUMN n BIGINT UNSIGNED NOT NULL;
+         UPDATE a SET n = 18446744073709551615 WHERE id = 5;
+         FLUSH BINARY LOGS;
+         CREATE INDEX by_n ON a (n);
+         CREATE TABLE b (x INT, y TEXT);
+         INSERT INTO b VALUES (1, 'no key'), (1, 'no key'), (2, NULL);
+         DELETE FROM b WHERE x = 1 LIMIT 1;
+         UPDATE b SET y = 'changed' WHERE x = 2;
+         RENAME TABLE a TO a2;
+         INSERT INTO a2 VALUES (6, 6);
+         CREATE TABLE c (id INT PRIMARY KEY);
+         INSERT INTO c VALUES (1), (2);
+         TRUNCATE TABLE c;
+         INSERT INTO c VALUES (3);
+         DROP TABLE c;
+         CREATE TABLE c (id INT PRIMARY KEY, w VARCHAR(5));
+         INSERT INTO c VALUES (9, 'again');
+         FLUSH BINARY LOGS;
+         CREATE VIEW v AS SELECT id FROM a2 WHERE n > 5;"
+    ));
+    wait_caught_up(&service, "d", source()).await;
+    for (t, order) in [("a2", "id"), ("b", "x, y"), ("c", "id")] {
+        assert_same_table(&db, t, dest(), &dest_db, t, order);
+    }
+    assert_eq!(
+        dest().admin(&format!("SELECT COUNT(*) FROM {dest_db}.v")),
+        source().admin(&format!("SELECT COUNT(*) FROM {db}.v"))
+    );
+    let show = |s: &MariaDb, d: &str| s.admin(&format!("SHOW CREATE TABLE {d}.a2")).replace(d, "");
+    assert_eq!(show(source(), &db), show(dest(), &dest_db));
+    assert!(dest()
+        .admin(&format!("SHOW TABLES FROM {dest_db} LIKE 'a'"))
+        .is_empty());
+    let progress = service
+        .post("job_progress", json!({"name": "d"}))
+        .await
+        .ok();
+    assert!(
+        progress["job_progress"]["incremental"]["ddl_applied"]
+            .as_u64()
+            .unwrap()
+            >= 10
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksums_match_after_sysbench_like_load() {
+    let db = unique("inc_load");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE s (id INT AUTO_INCREMENT PRIMARY KEY, k INT NOT NULL, c CHAR(120), pad CHAR(60), KEY (k));
+         INSERT INTO s (k, c, pad) SELECT seq % 1000, REPEAT('c', 100), 'p' FROM seq_1_to_5000;"
+    ));
+    let dest_db = unique("inc_load_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            table_spec("l", &db, "s", dest_endpoint(dest(), &dest_db, Some("s"))),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "l", "TableIncrementalSync").await;
+    let mut sql = format!("USE {db};");
+    for i in 0..300 {
+        let id = i * 13 % 5000 + 1;
+        sql.push_str(&format!(
+            "BEGIN; UPDATE s SET k = k + 1 WHERE id = {id}; UPDATE s SET c = 'x{i}' WHERE id = {};
+             DELETE FROM s WHERE id = {}; INSERT INTO s (id, k, c, pad) VALUES ({}, {i}, 'new', 'p') ON DUPLICATE KEY UPDATE k = k; COMMIT;",
+            id + 1, id + 2, id + 2
+        ));
+    }
+    source().admin(&sql);
+    wait_caught_up(&service, "l", source()).await;
+    assert_eq!(
+        checksums(source(), &db, &["s"]),
+        checksums(dest(), &dest_db, &["s"])
+    );
+    service.stop().await;
+}

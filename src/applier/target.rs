@@ -1,0 +1,145 @@
+//! A destination table as the applier writes to it: its columns in order
+//! (generated ones marked: they are never written), which are unsigned,
+//! their character sets, and the key rows are found by.
+//!
+//! Read from the destination's `information_schema`. This is the schema in
+//! step with the binlog: the applier applies the source's DDL in binlog
+//! order, so when it applies an event the destination table has exactly the
+//! definition the source table had when the event was logged. The cache of
+//! these is dropped whenever the applier runs a DDL statement.
+
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestColumn {
+    pub name: String,
+    pub unsigned: bool,
+    pub generated: bool,
+    /// Character set and collation of string columns.
+    pub charset: Option<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestTable {
+    pub database: String,
+    pub name: String,
+    pub columns: Vec<DestColumn>,
+    /// Indexes into `columns` of the primary key, or else of the first
+    /// unique key over NOT NULL columns; empty when the table has neither.
+    pub key: Vec<usize>,
+}
+
+impl DestTable {
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The table, or `None` if the destination has no such table.
+pub async fn load(
+    conn: &mut Conn,
+    database: &str,
+    table: &str,
+) -> Result<Option<DestTable>, mysql_async::Error> {
+    type ColumnRow = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+    );
+    let rows: Vec<ColumnRow> = conn
+        .exec(
+            "SELECT COLUMN_NAME, COLUMN_TYPE, EXTRA, CHARACTER_SET_NAME, COLLATION_NAME, \
+             IS_NULLABLE FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (database, table),
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut nullable = Vec::new();
+    let columns: Vec<DestColumn> = rows
+        .into_iter()
+        .map(|(name, ty, extra, cs, coll, null)| {
+            nullable.push(null == "YES");
+            DestColumn {
+                name,
+                unsigned: ty.to_ascii_lowercase().contains("unsigned"),
+                generated: extra.to_ascii_uppercase().contains("GENERATED"),
+                charset: cs.zip(coll),
+            }
+        })
+        .collect();
+    let keys: Vec<(String, String, i64)> = conn
+        .exec(
+            "SELECT INDEX_NAME, COLUMN_NAME, NON_UNIQUE FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+             ORDER BY INDEX_NAME <> 'PRIMARY', INDEX_NAME, SEQ_IN_INDEX",
+            (database, table),
+        )
+        .await?;
+    let mut table = DestTable {
+        database: database.to_string(),
+        name: table.to_string(),
+        columns,
+        key: Vec::new(),
+    };
+    table.key = choose_key(&table, &nullable, &keys);
+    Ok(Some(table))
+}
+
+fn choose_key(table: &DestTable, nullable: &[bool], keys: &[(String, String, i64)]) -> Vec<usize> {
+    let mut names: Vec<&str> = keys
+        .iter()
+        .filter(|k| k.2 == 0)
+        .map(|k| k.0.as_str())
+        .collect();
+    names.dedup();
+    for index in names {
+        let cols: Option<Vec<usize>> = keys
+            .iter()
+            .filter(|k| k.0 == index)
+            .map(|k| table.column(&k.1).filter(|&i| !nullable[i]))
+            .collect();
+        if let Some(cols) = cols {
+            return cols;
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_choice() {
+        let col = |name: &str| DestColumn {
+            name: name.into(),
+            unsigned: false,
+            generated: false,
+            charset: None,
+        };
+        let table = DestTable {
+            database: "d".into(),
+            name: "t".into(),
+            columns: vec![col("a"), col("b"), col("c")],
+            key: vec![],
+        };
+        let k = |i: &str, c: &str, nu: i64| (i.to_string(), c.to_string(), nu);
+        let keys = [k("PRIMARY", "b", 0), k("PRIMARY", "a", 0), k("u", "c", 0)];
+        assert_eq!(choose_key(&table, &[false; 3], &keys), vec![1, 0]);
+        let keys = [k("i", "a", 1), k("u", "c", 0), k("v", "b", 0)];
+        assert_eq!(choose_key(&table, &[false, false, true], &keys), vec![1]);
+        assert_eq!(
+            choose_key(&table, &[false; 3], &[k("i", "a", 1)]),
+            Vec::<usize>::new()
+        );
+    }
+}

@@ -1,0 +1,917 @@
+//! Incremental sync: applies the source's binlog after the snapshot position
+//! P to the destination, each source transaction exactly once.
+//!
+//! Why exactly once: the applier works in destination transactions that
+//! each hold whole source transactions (one, or when behind several
+//! consecutive ones) and end by writing the position after the last of them
+//! into the destination's checkpoint row ([`checkpoint`]), committed with
+//! them. The stream is (re)started after that row's position, whatever
+//! happened before: a crash loses only uncommitted work, which the restart
+//! reads again; nothing committed is read again. A huge source transaction
+//! is sent on in statements of at most `statement_bytes` inside its one
+//! destination transaction, so memory stays bounded.
+//!
+//! Snapshot windows (database jobs): a table whose rows were copied at
+//! snapshot positions [from, to] skips transactions up to `from` (its rows
+//! hold them) and applies those up to `to` idempotently (some of its chunks
+//! may hold them); the job is in DBTablesIncrementalSync until every window
+//! is passed.
+//!
+//! DDL in scope is run at its place in the stream with the names rewritten
+//! to the destination's; see [`checkpoint`] for how a crash around a DDL is
+//! handled.
+
+use super::full_sync::{is_transient, SyncError};
+use crate::applier::checkpoint::{self, Checkpoint};
+use crate::applier::rows::{self, Mode, Statements};
+use crate::applier::target::{self, DestTable};
+use crate::applier::{self};
+use crate::db::{self, quote_ident, ConnectError, ServerAddr};
+use crate::job::spec::{Endpoint, JobSpec};
+use crate::job::state::{IncrementalProgress, SnapshotPoint, TableSnapshot};
+use crate::metrics::Metrics;
+use crate::position::{BinlogCoord, MariaGtid, MariaGtidPos};
+use crate::source::binlog::decode::RowOp;
+use crate::source::binlog::{self, ReadError, Reader, SourceEvent, StartAt};
+use crate::source::ddl::{self, DdlKind, Rename, Statement};
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+/// Events read ahead of the applier.
+const READ_AHEAD: usize = 256;
+/// A destination transaction holding several source transactions commits
+/// once it has this many rows or is this old, or when nothing more is queued.
+const BATCH_ROWS: u64 = 5_000;
+const BATCH_AGE: Duration = Duration::from_millis(200);
+/// How often the source's newest position is polled for `get_lag`.
+const HEAD_POLL: Duration = Duration::from_secs(2);
+/// Errors that mean a DDL statement already took effect (run again after a
+/// crash between it and its checkpoint): table exists, unknown table,
+/// duplicate column, duplicate key name, can't drop (absent), no such table.
+const DDL_ALREADY_DONE: [u16; 7] = [1050, 1051, 1060, 1061, 1091, 1146, 1054];
+
+/// What the job has applied, as the runner shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub commit_seq: Option<u64>,
+    pub position: Option<String>,
+    pub commit_timestamp: Option<i64>,
+    pub detail: IncrementalProgress,
+}
+
+pub struct Incremental {
+    pub spec: Arc<JobSpec>,
+    /// The full sync whose snapshot this continues.
+    pub run_id: i64,
+    pub snapshot: SnapshotPoint,
+    pub tables: BTreeMap<String, TableSnapshot>,
+    pub statement_bytes: usize,
+    pub connect_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    pub progress: watch::Sender<Applied>,
+}
+
+fn addr(ep: &Endpoint) -> ServerAddr<'_> {
+    ServerAddr {
+        host: &ep.host,
+        port: ep.port,
+        user: &ep.user,
+        password: &ep.password,
+    }
+}
+
+fn sql_error(context: impl std::fmt::Display, e: mysql_async::Error) -> SyncError {
+    let message = format!("{context}: {e}");
+    if is_transient(&e) {
+        SyncError::Transient(message)
+    } else {
+        SyncError::Definite(message)
+    }
+}
+
+fn read_error(e: ReadError) -> SyncError {
+    match e {
+        ReadError::Transient(m) => SyncError::Transient(m),
+        ReadError::Definite(m) => SyncError::Definite(m),
+    }
+}
+
+/// A position in the source's history: GTIDs and coordinate.
+#[derive(Clone, Debug)]
+struct Point {
+    gtid: MariaGtidPos,
+    coord: BinlogCoord,
+}
+
+impl Point {
+    fn parse(p: &SnapshotPoint) -> Result<Self, SyncError> {
+        Ok(Point {
+            gtid: MariaGtidPos::parse(&p.gtid)
+                .map_err(|e| SyncError::Definite(format!("stored position: {e}")))?,
+            coord: BinlogCoord {
+                file: p.binlog_file.clone(),
+                pos: p.binlog_pos,
+            },
+        })
+    }
+
+    /// Whether the transaction opened at `at` with `gtid` is in this point.
+    fn holds(&self, gtid: Option<MariaGtid>, at: &BinlogCoord) -> bool {
+        match gtid {
+            Some(g) if !self.gtid.is_empty() => self.gtid.contains(&g),
+            _ => at.commit_seq() <= self.coord.commit_seq(),
+        }
+    }
+
+    /// Whether everything up to `other` is in this point.
+    fn reaches(&self, other: &Point) -> bool {
+        if !self.gtid.is_empty() && !other.gtid.is_empty() {
+            return other.gtid.iter().all(|g| self.gtid.contains(g));
+        }
+        other.coord.commit_seq() <= self.coord.commit_seq()
+    }
+
+    fn commit_seq(&self) -> Option<u64> {
+        if self.gtid.is_empty() {
+            self.coord.commit_seq()
+        } else {
+            Some(self.gtid.commit_seq())
+        }
+    }
+
+    fn text(&self) -> String {
+        if self.gtid.is_empty() {
+            self.coord.to_string()
+        } else {
+            self.gtid.to_string()
+        }
+    }
+}
+
+struct Window {
+    from: Point,
+    to: Point,
+}
+
+/// The source transaction being read.
+struct Txn {
+    gtid: Option<MariaGtid>,
+    at: BinlogCoord,
+    rows: u64,
+    annotate: Option<String>,
+}
+
+impl Txn {
+    fn name(&self) -> String {
+        match self.gtid {
+            Some(g) => format!("source transaction {g} (commit seq {})", g.seq),
+            None => format!("source transaction at {}", self.at),
+        }
+    }
+}
+
+/// The destination transaction being built.
+#[derive(Default)]
+struct Batch {
+    stmts: Statements,
+    /// BEGIN has been sent.
+    open: bool,
+    txns: u64,
+    rows: u64,
+    rows_by_op: HashMap<RowOp, u64>,
+    started: Option<Instant>,
+}
+
+/// Newest position read from the source, shared by the reader task.
+#[derive(Default)]
+struct ReadHead {
+    gtid: Option<MariaGtid>,
+    timestamp: Option<i64>,
+}
+
+/// The failpoint tests use to kill the service between applying a batch and
+/// checkpointing it: `CCR_SYNCER_FAILPOINT=before_checkpoint:N` aborts the
+/// process at the Nth batch, after its statements ran, before its
+/// checkpoint and COMMIT.
+fn failpoint() -> Option<u64> {
+    let v = std::env::var("CCR_SYNCER_FAILPOINT").ok()?;
+    v.strip_prefix("before_checkpoint:")?.parse().ok()
+}
+
+impl Incremental {
+    async fn connect_dest(&self) -> Result<Conn, SyncError> {
+        let ep = &self.spec.dest;
+        let a = addr(ep);
+        // CLIENT_FOUND_ROWS: an UPDATE reports the rows it matched, which is
+        // what a statement is checked against.
+        let opts = OptsBuilder::from_opts(db::opts(&a, None)).client_found_rows(true);
+        let mut conn = match tokio::time::timeout(self.connect_timeout, Conn::new(opts)).await {
+            Err(_) => {
+                return Err(SyncError::Transient(format!(
+                    "destination {}: no answer within {} s",
+                    ep.address(),
+                    self.connect_timeout.as_secs()
+                )))
+            }
+            Ok(Err(mysql_async::Error::Server(e))) => {
+                return Err(SyncError::Definite(format!(
+                    "destination {} refused the connection: {}",
+                    ep.address(),
+                    e.message
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(SyncError::Transient(format!(
+                    "destination {}: {e}",
+                    ep.address()
+                )))
+            }
+            Ok(Ok(c)) => c,
+        };
+        applier::session_setup(&mut conn)
+            .await
+            .map_err(|e| sql_error("setting up the destination session", e))?;
+        // Unlike a bulk copy, applied changes are checked against unique keys.
+        conn.query_drop("SET unique_checks = 1")
+            .await
+            .map_err(|e| sql_error("setting up the destination session", e))?;
+        Ok(conn)
+    }
+
+    /// Applies the binlog until an error; transient ones are retried by the
+    /// caller from the checkpoint.
+    pub async fn run(&self) -> Result<Infallible, SyncError> {
+        let spec = self.spec.clone();
+        let name = spec.name.as_str();
+        let dest_db = spec.dest.database.as_str();
+        let mut conn = self.connect_dest().await?;
+        let max_packet = applier::max_packet(&mut conn)
+            .await
+            .map_err(|e| sql_error("reading the destination's max_allowed_packet", e))?;
+        let flush_bytes = self
+            .statement_bytes
+            .min(max_packet.saturating_sub(64 << 10).max(4096));
+        checkpoint::ensure_table(&mut conn, dest_db)
+            .await
+            .map_err(|e| sql_error("creating the checkpoint table", e))?;
+        let stored = checkpoint::load(&mut conn, dest_db, name)
+            .await
+            .map_err(|e| sql_error("reading the checkpoint", e))?
+            .filter(|c| c.run_id == self.run_id);
+        let snapshot = Point::parse(&self.snapshot)?;
+        let (mut pos, mut commit_ts, tolerate_ddl) = match &stored {
+            Some(cp) => (
+                Point {
+                    gtid: MariaGtidPos::parse(&cp.gtid)
+                        .map_err(|e| SyncError::Definite(format!("checkpoint: {e}")))?,
+                    coord: cp.coord.clone(),
+                },
+                cp.commit_ts,
+                cp.pending_ddl.clone(),
+            ),
+            None => (snapshot.clone(), None, None),
+        };
+        let mut windows: HashMap<String, Window> = HashMap::new();
+        for (table, w) in &self.tables {
+            let w = Window {
+                from: Point::parse(&w.from)?,
+                to: Point::parse(&w.to)?,
+            };
+            if !pos.reaches(&w.to) {
+                windows.insert(table.clone(), w);
+            }
+        }
+        info!(job = %name, position = %pos.text(), resumed = stored.is_some(),
+              tables_in_snapshot = windows.len(), "incremental sync starting");
+
+        // The reader runs ahead in its own task.
+        let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+        let bytes_read = Arc::new(AtomicU64::new(0));
+        let read_head = Arc::new(Mutex::new(ReadHead::default()));
+        let start = StartAt {
+            gtid: pos.gtid.to_string(),
+            coord: pos.coord.clone(),
+        };
+        let reader = AbortOnDrop(tokio::spawn(read_loop(
+            spec.src.clone(),
+            spec.name.clone(),
+            start,
+            scope(&spec),
+            self.connect_timeout,
+            tx,
+            bytes_read.clone(),
+            read_head.clone(),
+        )));
+        let source_head = Arc::new(Mutex::new(None::<MariaGtidPos>));
+        let poller = AbortOnDrop(tokio::spawn(poll_head(
+            spec.src.clone(),
+            self.connect_timeout,
+            source_head.clone(),
+        )));
+
+        let rename = Rename {
+            src_db: &spec.src.database,
+            dest_db,
+            table: spec.src.table.as_deref().zip(spec.dest.table.as_deref()),
+        };
+        let mut schemas: HashMap<String, Arc<DestTable>> = HashMap::new();
+        let mut batch = Batch::default();
+        let mut txn: Option<Txn> = None;
+        let mut force_commit = false;
+        let mut pending_ddl: Option<String> = None;
+        let mut caught_up = false;
+        let mut batches = 0u64;
+        let fail_at = failpoint();
+        let mut last_report = Instant::now() - Duration::from_secs(1);
+        let started_at = super::runner::now_ms();
+        let mut detail = self.progress.borrow().detail.clone();
+        detail.started_at = started_at;
+        let _guards = (reader, poller);
+
+        loop {
+            let Some(event) = rx.recv().await else {
+                return Err(SyncError::Transient("the binlog reader stopped".into()));
+            };
+            let event = event.map_err(read_error)?;
+            match event {
+                SourceEvent::Begin { gtid, at, .. } => {
+                    caught_up = false;
+                    txn = Some(Txn {
+                        gtid,
+                        at,
+                        rows: 0,
+                        annotate: None,
+                    });
+                }
+                SourceEvent::Annotate(sql) => {
+                    if let Some(t) = txn.as_mut() {
+                        t.annotate = Some(sql);
+                    }
+                }
+                SourceEvent::Rows(change) => {
+                    let Some(t) = txn.as_mut() else {
+                        return Err(SyncError::Definite(
+                            "the binlog has a row event outside a transaction".into(),
+                        ));
+                    };
+                    let dest_table = match (&spec.src.table, &spec.dest.table) {
+                        (Some(_), Some(d)) => d.clone(),
+                        _ => change.table.table.clone(),
+                    };
+                    let mode = match windows.get(&dest_table) {
+                        Some(w) if w.from.holds(t.gtid, &t.at) => continue,
+                        Some(w) if w.to.holds(t.gtid, &t.at) => Mode::Idempotent,
+                        _ => Mode::Exact,
+                    };
+                    let dest = match schemas.get(&dest_table) {
+                        Some(d) => d.clone(),
+                        None => {
+                            let loaded = target::load(&mut conn, dest_db, &dest_table)
+                                .await
+                                .map_err(|e| sql_error("reading a destination table's columns", e))?
+                                .ok_or_else(|| {
+                                    SyncError::Definite(format!(
+                                        "{}: destination table {dest_db}.{dest_table} does not exist; \
+                                         it was dropped or renamed outside the job — resync the job",
+                                        t.name()
+                                    ))
+                                })?;
+                            let loaded = Arc::new(loaded);
+                            schemas.insert(dest_table.clone(), loaded.clone());
+                            loaded
+                        }
+                    };
+                    let context = |e: String| {
+                        SyncError::Definite(format!("{} on {dest_db}.{dest_table}: {e}", t.name()))
+                    };
+                    let columns = rows::mapping(&change.table, &dest).map_err(context)?;
+                    if batch.stmts.is_empty() && !batch.open {
+                        batch.stmts.push("BEGIN", None);
+                        batch.started.get_or_insert_with(Instant::now);
+                    }
+                    rows::render(&change, &dest, &columns, mode, &mut batch.stmts)
+                        .map_err(context)?;
+                    let n = change.rows.len() as u64;
+                    t.rows += n;
+                    batch.rows += n;
+                    *batch.rows_by_op.entry(change.op).or_default() += n;
+                    if batch.stmts.sql.len() >= flush_bytes {
+                        let t = txn.as_ref().map(Txn::name).unwrap_or_default();
+                        self.send(&mut conn, &mut batch, &t).await?;
+                    }
+                }
+                SourceEvent::Query {
+                    schema,
+                    sql,
+                    statement,
+                } => {
+                    let Some(t) = txn.as_ref() else { continue };
+                    let Some(dest_sql) =
+                        self.ddl_for_destination(&rename, &schema, &sql, &statement, t)?
+                    else {
+                        continue;
+                    };
+                    // Everything before the DDL commits first, then the DDL
+                    // is marked, run, and (at its Commit) checkpointed past.
+                    if batch.txns > 0 || !batch.stmts.is_empty() {
+                        self.commit(&mut conn, &mut batch, &pos, commit_ts, None)
+                            .await?;
+                    }
+                    let marker = t.gtid.map_or_else(|| t.at.to_string(), |g| g.to_string());
+                    let mut mark = Statements::default();
+                    mark.push(
+                        &checkpoint::upsert_sql(
+                            dest_db,
+                            name,
+                            &self.checkpoint(&pos, commit_ts, Some(marker.clone())),
+                        ),
+                        None,
+                    );
+                    execute(
+                        &mut conn,
+                        &mark,
+                        "marking a DDL statement in the checkpoint",
+                    )
+                    .await?;
+                    let run = format!(
+                        "SET NAMES utf8mb4; USE {}; {dest_sql}",
+                        quote_ident(dest_db)
+                    );
+                    let result = conn.query_drop(&run).await;
+                    let reset = conn.query_drop(applier::SESSION_SETUP).await;
+                    match result {
+                        Ok(()) => {}
+                        Err(e)
+                            if tolerate_ddl.as_deref() == Some(marker.as_str())
+                                && db::server_code(&e)
+                                    .is_some_and(|c| DDL_ALREADY_DONE.contains(&c)) =>
+                        {
+                            info!(job = %name, ddl = %dest_sql, error = %e,
+                                  "DDL already applied before a restart; carrying on");
+                        }
+                        Err(e) => {
+                            return Err(sql_error(
+                                format!("{}: applying DDL `{}`", t.name(), elide(&dest_sql)),
+                                e,
+                            ))
+                        }
+                    }
+                    reset.map_err(|e| sql_error("restoring the destination session", e))?;
+                    info!(job = %name, ddl = %dest_sql, "DDL applied");
+                    if let Statement::Ddl {
+                        kind: DdlKind::DropTable,
+                        names,
+                        ..
+                    } = &statement
+                    {
+                        for n in names {
+                            if let Some(d) = rename.map(&schema, n) {
+                                windows.remove(&d);
+                            }
+                        }
+                    }
+                    schemas.clear();
+                    detail.ddl_applied += 1;
+                    self.metrics.count_ddl(name);
+                    pending_ddl = Some(marker);
+                    force_commit = true;
+                }
+                SourceEvent::Commit { end, timestamp } => {
+                    let Some(t) = txn.take() else { continue };
+                    if let Some(g) = t.gtid {
+                        pos.gtid.advance(g);
+                    }
+                    pos.coord = end;
+                    commit_ts = Some(i64::from(timestamp));
+                    batch.txns += 1;
+                    windows.retain(|_, w| !pos.reaches(&w.to));
+                    let due = force_commit
+                        || rx.is_empty()
+                        || batch.rows >= BATCH_ROWS
+                        || batch.started.is_some_and(|s| s.elapsed() >= BATCH_AGE);
+                    if due {
+                        batches += 1;
+                        if fail_at == Some(batches) {
+                            self.send(&mut conn, &mut batch, &t.name()).await?;
+                            warn!(job = %name, "failpoint before_checkpoint reached: aborting the process");
+                            std::process::abort();
+                        }
+                        let stats = (
+                            batch.txns,
+                            batch.rows,
+                            std::mem::take(&mut batch.rows_by_op),
+                        );
+                        self.commit(&mut conn, &mut batch, &pos, commit_ts, pending_ddl.take())
+                            .await?;
+                        force_commit = false;
+                        detail.transactions_applied += stats.0;
+                        detail.rows_applied += stats.1;
+                        self.metrics.count_applied(name, stats.0, &stats.2);
+                    }
+                }
+                SourceEvent::Idle { .. } => {
+                    if txn.is_none() && batch.txns == 0 && rx.is_empty() {
+                        caught_up = true;
+                    }
+                }
+            }
+            if last_report.elapsed() >= Duration::from_millis(250) || caught_up {
+                last_report = Instant::now();
+                let bytes = bytes_read.load(Ordering::Relaxed);
+                self.metrics
+                    .count_binlog_bytes(name, bytes.saturating_sub(detail.binlog_bytes_read));
+                detail.binlog_bytes_read = bytes;
+                detail.binlog_file = pos.coord.file.clone();
+                detail.binlog_pos = pos.coord.pos;
+                detail.tables_in_snapshot = windows.len() as u64;
+                detail.caught_up = caught_up && batch.txns == 0;
+                let head = read_head.lock();
+                let polled = source_head.lock().clone();
+                let head_seq = polled.as_ref().map(|p| p.commit_seq());
+                let read_seq = head.gtid.map(|g| g.seq).or(pos.commit_seq());
+                detail.source_commit_seq = head_seq.max(read_seq).max(pos.commit_seq());
+                detail.source_position = polled.map(|p| p.to_string());
+                detail.source_commit_timestamp = head.timestamp;
+                drop(head);
+                let applied = Applied {
+                    commit_seq: pos.commit_seq(),
+                    position: Some(pos.text()),
+                    commit_timestamp: commit_ts,
+                    detail: detail.clone(),
+                };
+                self.metrics
+                    .set_lag(name, lag_secs(&applied, chrono::Utc::now().timestamp()));
+                self.progress.send_replace(applied);
+            }
+        }
+    }
+
+    fn checkpoint(
+        &self,
+        pos: &Point,
+        commit_ts: Option<i64>,
+        pending_ddl: Option<String>,
+    ) -> Checkpoint {
+        Checkpoint {
+            run_id: self.run_id,
+            gtid: pos.gtid.to_string(),
+            coord: pos.coord.clone(),
+            commit_seq: pos.commit_seq(),
+            commit_ts,
+            pending_ddl,
+        }
+    }
+
+    /// The DDL to run on the destination for a statement, or `None` when it
+    /// is out of scope or not DDL.
+    fn ddl_for_destination(
+        &self,
+        rename: &Rename<'_>,
+        schema: &str,
+        sql: &str,
+        statement: &Statement,
+        t: &Txn,
+    ) -> Result<Option<String>, SyncError> {
+        let (kind, names, refs) = match statement {
+            Statement::Ddl {
+                temporary: true, ..
+            } => return Ok(None),
+            Statement::Ddl {
+                kind, names, refs, ..
+            } => (*kind, names, refs),
+            other => {
+                if ddl::is_dml(other) && (schema == rename.src_db || sql.contains(rename.src_db)) {
+                    return Err(SyncError::Definite(format!(
+                        "{}: the source logged a statement instead of row events (`{}`); \
+                         set binlog_format=ROW on the source, then resync the job",
+                        t.name(),
+                        elide(sql)
+                    )));
+                }
+                debug!(job = %self.spec.name, statement = %elide(sql), "statement skipped: not DDL in scope");
+                return Ok(None);
+            }
+        };
+        let mapped: Vec<Option<String>> = names.iter().map(|n| rename.map(schema, n)).collect();
+        let inside = mapped.iter().filter(|m| m.is_some()).count();
+        if inside == 0 {
+            return Ok(None);
+        }
+        if inside < names.len() {
+            return match kind {
+                DdlKind::DropTable | DdlKind::DropView => {
+                    let list: Vec<String> = mapped
+                        .iter()
+                        .flatten()
+                        .map(|t| format!("{}.{}", quote_ident(rename.dest_db), quote_ident(t)))
+                        .collect();
+                    let what = if kind == DdlKind::DropTable {
+                        "TABLE"
+                    } else {
+                        "VIEW"
+                    };
+                    Ok(Some(format!("DROP {what} IF EXISTS {}", list.join(", "))))
+                }
+                _ => Err(SyncError::Definite(format!(
+                    "{}: `{}` moves a table into or out of the job's scope, which the \
+                     stream cannot carry; resync the job (force_fullsync)",
+                    t.name(),
+                    elide(sql)
+                ))),
+            };
+        }
+        if refs.iter().any(|r| rename.map(schema, r).is_none()) {
+            return Err(SyncError::Definite(format!(
+                "{}: `{}` copies the definition of a table outside the job's scope; \
+                 resync the job (force_fullsync)",
+                t.name(),
+                elide(sql)
+            )));
+        }
+        let all: Vec<&ddl::Name> = names.iter().chain(refs.iter()).collect();
+        Ok(Some(rename.rewrite(sql, schema, &all)))
+    }
+
+    /// Sends the batch's statements inside its destination transaction.
+    async fn send(&self, conn: &mut Conn, batch: &mut Batch, txn: &str) -> Result<(), SyncError> {
+        if batch.stmts.is_empty() {
+            return Ok(());
+        }
+        execute(conn, &batch.stmts, txn).await?;
+        batch.open = true;
+        batch.stmts.clear();
+        Ok(())
+    }
+
+    /// Ends the destination transaction with the checkpoint at `pos`.
+    async fn commit(
+        &self,
+        conn: &mut Conn,
+        batch: &mut Batch,
+        pos: &Point,
+        commit_ts: Option<i64>,
+        pending_ddl: Option<String>,
+    ) -> Result<(), SyncError> {
+        let started = batch.started.unwrap_or_else(Instant::now);
+        if batch.stmts.is_empty() && !batch.open {
+            batch.stmts.push("BEGIN", None);
+        }
+        let cp = self.checkpoint(pos, commit_ts, pending_ddl);
+        batch.stmts.push(
+            &checkpoint::upsert_sql(&self.spec.dest.database, &self.spec.name, &cp),
+            None,
+        );
+        batch.stmts.push("COMMIT", None);
+        let what = format!("committing up to {}", pos.text());
+        execute(conn, &batch.stmts, &what).await?;
+        self.metrics
+            .observe_batch(&self.spec.name, started.elapsed().as_secs_f64());
+        *batch = Batch::default();
+        Ok(())
+    }
+}
+
+/// The lag in seconds: how old the newest applied change is, while the
+/// source has newer ones; 0 when caught up.
+pub fn lag_secs(a: &Applied, now: i64) -> i64 {
+    let behind = match (a.commit_seq, a.detail.source_commit_seq) {
+        (Some(applied), Some(head)) => head > applied,
+        _ => !a.detail.caught_up,
+    };
+    if a.detail.caught_up || !behind {
+        return 0;
+    }
+    a.commit_timestamp.map_or(0, |ts| (now - ts).max(0))
+}
+
+/// Runs `stmts` as one multi-statement round trip and checks that each
+/// matched the rows it must.
+async fn execute(conn: &mut Conn, stmts: &Statements, context: &str) -> Result<(), SyncError> {
+    let fail = |i: usize, e: mysql_async::Error| {
+        sql_error(
+            format!(
+                "{context}: statement `{}`",
+                elide(&statement_text(stmts, i))
+            ),
+            e,
+        )
+    };
+    let mut result = conn
+        .query_iter(stmts.sql.as_slice())
+        .await
+        .map_err(|e| fail(0, e))?;
+    let mut i = 0;
+    loop {
+        let affected = result.affected_rows();
+        if let Some(Some(want)) = stmts.expect.get(i) {
+            if affected != *want {
+                return Err(SyncError::Definite(format!(
+                    "{context}: the destination has diverged from the source: `{}` matched {affected} \
+                     rows where the source changed {want}",
+                    elide(&statement_text(stmts, i))
+                )));
+            }
+        }
+        result
+            .collect::<mysql_async::Row>()
+            .await
+            .map_err(|e| fail(i + 1, e))?;
+        i += 1;
+        if result.is_empty() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn statement_text(stmts: &Statements, i: usize) -> String {
+    String::from_utf8_lossy(stmts.statement(i)).into_owned()
+}
+
+/// Long statements are shown by their head and tail.
+fn elide(sql: &str) -> String {
+    const HEAD: usize = 300;
+    const TAIL: usize = 60;
+    if sql.len() <= HEAD + TAIL + 20 {
+        return sql.to_string();
+    }
+    let head = sql
+        .char_indices()
+        .take_while(|(i, _)| *i < HEAD)
+        .last()
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    let tail_start = sql
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|i| *i >= sql.len() - TAIL)
+        .unwrap_or(sql.len());
+    format!(
+        "{} … ({} bytes elided) … {}",
+        &sql[..head],
+        tail_start - head,
+        &sql[tail_start..]
+    )
+}
+
+/// Which tables the job reads rows of.
+fn scope(spec: &JobSpec) -> binlog::Scope {
+    let db = spec.src.database.clone();
+    let table = spec.src.table.clone();
+    Box::new(move |d: &str, t: &str| {
+        d == db && !t.starts_with("_ccr_syncer_") && table.as_deref().is_none_or(|only| only == t)
+    })
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    src: Endpoint,
+    job: String,
+    start: StartAt,
+    scope: binlog::Scope,
+    timeout: Duration,
+    tx: mpsc::Sender<Result<SourceEvent, ReadError>>,
+    bytes_read: Arc<AtomicU64>,
+    head: Arc<Mutex<ReadHead>>,
+) {
+    let mut reader =
+        match Reader::open(&addr(&src), &start, binlog::server_id(&job), scope, timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+    loop {
+        match reader.next().await {
+            Ok(events) => {
+                bytes_read.store(reader.bytes_read, Ordering::Relaxed);
+                for e in events {
+                    match &e {
+                        SourceEvent::Begin { gtid: Some(g), .. } => head.lock().gtid = Some(*g),
+                        SourceEvent::Commit { timestamp, .. } => {
+                            head.lock().timestamp = Some(i64::from(*timestamp))
+                        }
+                        _ => {}
+                    }
+                    if tx.send(Ok(e)).await.is_err() {
+                        reader.close().await;
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Polls the source's newest GTID position; failures only leave it stale
+/// (the binlog stream notices a dead source itself).
+async fn poll_head(src: Endpoint, timeout: Duration, head: Arc<Mutex<Option<MariaGtidPos>>>) {
+    let mut conn: Option<Conn> = None;
+    loop {
+        if conn.is_none() {
+            conn = db::connect(&addr(&src), None, timeout)
+                .await
+                .map_err(|e: ConnectError| e)
+                .ok();
+        }
+        if let Some(c) = conn.as_mut() {
+            match c
+                .query_first::<String, _>("SELECT @@global.gtid_binlog_pos")
+                .await
+            {
+                Ok(Some(text)) => {
+                    if let Ok(p) = MariaGtidPos::parse(&text) {
+                        *head.lock() = Some(p);
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => conn = None,
+            }
+        }
+        tokio::time::sleep(HEAD_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(gtid: &str, file: &str, pos: u64) -> Point {
+        Point {
+            gtid: MariaGtidPos::parse(gtid).unwrap(),
+            coord: BinlogCoord {
+                file: file.into(),
+                pos,
+            },
+        }
+    }
+
+    #[test]
+    fn points_hold_transactions() {
+        let p = point("0-1-10", "b.000002", 500);
+        let g = |seq| {
+            Some(MariaGtid {
+                domain: 0,
+                server: 1,
+                seq,
+            })
+        };
+        let at = |file: &str, pos| BinlogCoord {
+            file: file.into(),
+            pos,
+        };
+        assert!(p.holds(g(10), &at("b.000002", 400)));
+        assert!(!p.holds(g(11), &at("b.000002", 600)));
+        // Without GTIDs, by coordinate.
+        let c = point("", "b.000002", 500);
+        assert!(c.holds(None, &at("b.000001", 9000)));
+        assert!(c.holds(None, &at("b.000002", 500)));
+        assert!(!c.holds(None, &at("b.000002", 501)));
+        assert!(p.reaches(&point("0-1-9", "b.000001", 4)));
+        assert!(!p.reaches(&point("0-1-11", "b.000003", 4)));
+    }
+
+    #[test]
+    fn lag() {
+        let mut a = Applied {
+            commit_seq: Some(10),
+            commit_timestamp: Some(100),
+            ..Applied::default()
+        };
+        a.detail.source_commit_seq = Some(12);
+        assert_eq!(lag_secs(&a, 103), 3);
+        a.detail.source_commit_seq = Some(10);
+        assert_eq!(lag_secs(&a, 103), 0);
+        a.detail.source_commit_seq = Some(12);
+        a.detail.caught_up = true;
+        assert_eq!(lag_secs(&a, 103), 0);
+    }
+
+    #[test]
+    fn elides_long_statements() {
+        let long = format!("INSERT INTO t VALUES {}", "(1),".repeat(500));
+        let e = elide(&long);
+        assert!(e.len() < 500 && e.contains("bytes elided"));
+        assert_eq!(elide("DELETE FROM t"), "DELETE FROM t");
+    }
+}
