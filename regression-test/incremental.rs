@@ -3,6 +3,7 @@
 //! binlog rotation, kills and restarts.
 
 use crate::full_sync::{assert_same_table, checksums, table_spec, types_rows, TYPES_TABLE};
+use crate::harness::mariadb;
 use crate::harness::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -196,4 +197,216 @@ async fn checksums_match_after_sysbench_like_load() {
         checksums(dest(), &dest_db, &["s"])
     );
     service.stop().await;
+}
+
+/// Writes small transactions to `db` on `server` until stopped; returns
+/// how many it committed.
+fn start_writer(
+    server: &'static MariaDb,
+    db: String,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<u64>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !flag.load(Ordering::Relaxed) {
+            let mut sql = format!("USE {db};");
+            for _ in 0..20 {
+                i += 1;
+                sql.push_str(&format!(
+                    "BEGIN; INSERT INTO w (n, v) VALUES ({i}, 'x{i}'), ({i}, 'y{i}');
+                     UPDATE c SET n = n + 1 WHERE id = {};
+                     DELETE FROM w WHERE id = {}; COMMIT;",
+                    1 + i % 2,
+                    i / 2
+                ));
+            }
+            server.admin(&sql);
+        }
+        i
+    });
+    (stop, handle)
+}
+
+const WRITER_TABLES: &str =
+    "CREATE TABLE w (id INT AUTO_INCREMENT PRIMARY KEY, n INT, v VARCHAR(30));
+     CREATE TABLE c (id INT PRIMARY KEY, n BIGINT);
+     INSERT INTO c VALUES (1, 0), (2, 0);";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_under_writes_and_between_apply_and_checkpoint() {
+    let db = unique("inc_kill");
+    source().admin(&format!("CREATE DATABASE {db}; USE {db}; {WRITER_TABLES}"));
+    let dest_db = unique("inc_kill_copy");
+    let (stop, writer) = start_writer(source(), db.clone());
+    let dir = tempfile::tempdir().unwrap();
+    // First run: the failpoint aborts the process after its 5th batch's
+    // statements ran, before their checkpoint and COMMIT.
+    let mut service = Service::process_with_env(
+        dir.path(),
+        "",
+        &[("CCR_SYNCER_FAILPOINT", "before_checkpoint:5")],
+    )
+    .await;
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "k", "src": src_endpoint(source(), &db, None),
+                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+        )
+        .await
+        .ok();
+    assert!(
+        service.wait_exit(Duration::from_secs(120)).await,
+        "the failpoint did not stop the process"
+    );
+    // Second run: killed with SIGKILL while applying.
+    let service = Service::process(dir.path(), "").await;
+    let seen = source_seq(source());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lag = service.post("get_lag", json!({"name": "k"})).await.ok();
+        if lag["first_commit_seq"].as_u64().unwrap_or(0) > seen {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no progress after the failpoint: {lag}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    service.kill();
+    // Third run: catches up; the destination equals the source.
+    let service = Service::process(dir.path(), "").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(
+        written > 100,
+        "the writer wrote only {written} transactions"
+    );
+    wait_caught_up(&service, "k", source()).await;
+    for t in ["w", "c"] {
+        assert_eq!(
+            checksums(source(), &db, &[t]),
+            checksums(dest(), &dest_db, &[t]),
+            "table {t}"
+        );
+    }
+    service.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_restart_and_pause_resume_under_load() {
+    let src: &'static mut MariaDb = Box::leak(Box::new(mariadb::with_users(MariaDb::start(
+        ServerOptions::source(),
+    ))));
+    let db = unique("inc_restart");
+    src.admin(&format!("CREATE DATABASE {db}; USE {db}; {WRITER_TABLES}"));
+    let dest_db = unique("inc_restart_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "r", "src": src_endpoint(src, &db, None),
+                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "r", "DBIncrementalSync").await;
+    let write = |s: &MariaDb, from: u64| {
+        let mut sql = format!("USE {db};");
+        for i in from..from + 200 {
+            sql.push_str(&format!(
+                "INSERT INTO w (n, v) VALUES ({i}, 'r'); UPDATE c SET n = n + 1 WHERE id = 1;"
+            ));
+        }
+        s.admin(&sql);
+    };
+    write(src, 0);
+    wait_caught_up(&service, "r", src).await;
+    // Paused, the job applies nothing; resumed, it catches up.
+    service.post("pause", json!({"name": "r"})).await.ok();
+    let held = dest().admin(&format!("SELECT COUNT(*) FROM {dest_db}.w"));
+    write(src, 1000);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        dest().admin(&format!("SELECT COUNT(*) FROM {dest_db}.w")),
+        held
+    );
+    service.post("resume", json!({"name": "r"})).await.ok();
+    wait_caught_up(&service, "r", src).await;
+    // The source restarts (crash): the job reconnects at its position.
+    src.crash_and_restart();
+    write(src, 2000);
+    wait_caught_up(&service, "r", src).await;
+    for t in ["w", "c"] {
+        assert_eq!(
+            checksums(src, &db, &[t]),
+            checksums(dest(), &dest_db, &[t]),
+            "table {t}"
+        );
+    }
+    let progress = service
+        .post("job_progress", json!({"name": "r"}))
+        .await
+        .ok();
+    assert!(
+        progress["job_progress"]["incremental"]["retries"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{progress:#}"
+    );
+    service.stop().await;
+}
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn million_row_transaction_with_bounded_memory() {
+    let db = unique("inc_huge");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db}; CREATE TABLE h (id INT PRIMARY KEY, v CHAR(100));"
+    ));
+    let dest_db = unique("inc_huge_copy");
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::process(dir.path(), "").await;
+    service
+        .post(
+            "create_ccr",
+            table_spec("h", &db, "h", dest_endpoint(dest(), &dest_db, Some("h"))),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "h", "TableIncrementalSync").await;
+    // One transaction of 1,000,000 rows (about 110 MB of binlog).
+    source().admin(&format!(
+        "USE {db}; INSERT INTO h SELECT seq, REPEAT(CHAR(65 + seq % 26), 100) FROM seq_1_to_1000000;"
+    ));
+    wait_caught_up(&service, "h", source()).await;
+    assert_eq!(
+        checksums(source(), &db, &["h"]),
+        checksums(dest(), &dest_db, &["h"])
+    );
+    let peak_mib = peak_rss_kib(service.pid().unwrap()) / 1024;
+    eprintln!("peak RSS applying a 1,000,000-row transaction: {peak_mib} MiB");
+    assert!(
+        peak_mib < 100,
+        "peak RSS {peak_mib} MiB while applying a 110 MB transaction"
+    );
+    service.kill();
 }

@@ -236,7 +236,7 @@ impl MariaDb {
         std::mem::forget(child);
     }
 
-    fn socket(&self) -> PathBuf {
+    pub fn socket(&self) -> PathBuf {
         self.dir.join("mysqld.sock")
     }
 

@@ -76,7 +76,12 @@ pub async fn wait_for_state(service: &Service, name: &str, progress_state: &str)
             .await
             .ok();
         let progress = body["job_progress"].clone();
-        if progress["progress_state"] == progress_state {
+        // A database job passes DBTablesIncrementalSync as soon as every
+        // table is past its snapshot, often at once.
+        let reached = progress["progress_state"] == progress_state
+            || (progress_state == "DBTablesIncrementalSync"
+                && progress["progress_state"] == "DBIncrementalSync");
+        if reached {
             return progress;
         }
         assert!(

@@ -101,6 +101,11 @@ impl Service {
     /// The real binary on a free port, with `config` (TOML) as its config
     /// file and its SQLite store and log in `dir`.
     pub async fn process(dir: &Path, config: &str) -> Service {
+        Service::process_with_env(dir, config, &[]).await
+    }
+
+    /// [`Service::process`] with more environment variables (failpoints).
+    pub async fn process_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Service {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -116,6 +121,7 @@ impl Service {
             .arg(dir.join("db"))
             .arg("--log-dir")
             .arg(dir)
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("start the ccr-syncer binary");
@@ -137,6 +143,26 @@ impl Service {
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
         panic!("ccr-syncer binary did not answer /version");
+    }
+
+    /// The process id of a service started with [`Service::process`].
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Waits up to `limit` for the process to end by itself (a failpoint).
+    pub async fn wait_exit(&mut self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    self.child = None;
+                    return true;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// SIGKILL: the process gets no chance to clean up.

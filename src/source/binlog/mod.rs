@@ -362,11 +362,13 @@ impl Reader {
                 .map_err(|e| ReadError::Definite(format!("{e} (at {})", here())))?;
                 vec![SourceEvent::Rows(change)]
             }
-            EventData::IncidentEvent(i) => return Err(ReadError::Definite(format!(
+            EventData::IncidentEvent(i) => {
+                return Err(ReadError::Definite(format!(
                 "the source logged an incident at {} ({}): events may be missing; resync the job",
                 here(),
                 i.message()
-            ))),
+            )))
+            }
             other => {
                 return Err(ReadError::Definite(format!(
                     "the binlog holds an event this version cannot apply at {}: {:?}",
