@@ -65,7 +65,7 @@ SRC_PORT=$(free_port)
 mkdir -p "$WORK/src"
 mariadb-install-db --no-defaults --user=root --datadir="$WORK/src/data" --auth-root-authentication-method=normal >/dev/null 2>&1
 run_server src "$SRC_PORT" --server-id=1 --log-bin="$WORK/src/binlog" --binlog-format=ROW
-sql "$SRC_PORT" -e "CREATE USER 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; CREATE DATABASE sbtest"
+sql "$SRC_PORT" -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; CREATE DATABASE sbtest"
 sysbench oltp_common --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$SRC_PORT" --mysql-user=root \
     --mysql-db=sbtest --tables="$TABLES" --table-size="$TABLE_SIZE" --threads="$THREADS" prepare >/dev/null
 sql "$SRC_PORT" -e "CREATE TABLE sbtest.hb (id INT PRIMARY KEY, ts DATETIME(6)); INSERT INTO sbtest.hb VALUES (1, NOW(6))"
@@ -80,8 +80,8 @@ run_server rep4 "$REP4_PORT" --server-id=4 --skip-slave-start --relay-log="$WORK
 mkdir -p "$WORK/dest"
 mariadb-install-db --no-defaults --user=root --datadir="$WORK/dest/data" --auth-root-authentication-method=normal >/dev/null 2>&1
 run_server dest "$DEST_PORT" --server-id=2
-sql "$DEST_PORT" -S "$WORK/dest/sock" -e "CREATE USER 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION" 2>/dev/null \
-  || mariadb --no-defaults -S "$WORK/dest/sock" -uroot -e "CREATE USER 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION"
+mariadb --no-defaults -S "$WORK/dest/sock" -uroot -e \
+    "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION"
 sql "$REP4_PORT" -e "SET GLOBAL slave_parallel_threads = 4, slave_parallel_mode = 'optimistic'"
 for port in "$REP1_PORT" "$REP4_PORT"; do
     sql "$port" -e "SET GLOBAL gtid_slave_pos = '$GTID0';

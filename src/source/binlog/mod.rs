@@ -265,8 +265,10 @@ impl Reader {
             | EventData::UserVarEvent(_) => vec![],
             EventData::HeartbeatEvent => vec![SourceEvent::Idle { at: here() }],
             EventData::GtidEvent(_) | EventData::AnonymousGtidEvent(_) => {
+                // MySQL flags nothing: a group whose first statement is not
+                // BEGIN is a DDL standing alone.
                 self.in_group = true;
-                self.standalone = false;
+                self.standalone = true;
                 vec![SourceEvent::Begin {
                     gtid: None,
                     at: here(),
@@ -281,7 +283,10 @@ impl Reader {
                 let sql = q.query().into_owned();
                 let statement = ddl::parse(&sql);
                 match statement {
-                    Statement::Begin if self.in_group => vec![],
+                    Statement::Begin if self.in_group => {
+                        self.standalone = false;
+                        vec![]
+                    }
                     Statement::Begin => {
                         self.in_group = true;
                         vec![SourceEvent::Begin {
@@ -294,11 +299,21 @@ impl Reader {
                         self.end_group(here(), header.timestamp())
                     }
                     _ => {
-                        let mut out = vec![SourceEvent::Query {
+                        // A statement outside any group (no GTIDs) is a
+                        // group of its own.
+                        let mut out = Vec::new();
+                        if !self.in_group {
+                            out.push(SourceEvent::Begin {
+                                gtid: None,
+                                at: here(),
+                                timestamp: header.timestamp(),
+                            });
+                        }
+                        out.push(SourceEvent::Query {
                             schema: q.schema().into_owned(),
                             sql,
                             statement,
-                        }];
+                        });
                         if self.standalone || !self.in_group {
                             out.extend(self.end_group(here(), header.timestamp()));
                         }
