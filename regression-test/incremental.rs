@@ -87,6 +87,14 @@ async fn every_type_inserted_updated_deleted() {
         .ok();
     let inc = &progress["job_progress"]["incremental"];
     assert!(inc["rows_applied"].as_u64().unwrap() >= 10, "{progress:#}");
+    // The coordinate is a real binlog file of the source.
+    let file = inc["binlog_file"].as_str().unwrap().to_string();
+    let logs = source().admin("SHOW BINARY LOGS");
+    assert!(
+        logs.lines()
+            .any(|l| l.split('\t').next() == Some(file.as_str())),
+        "binlog_file {file:?} is not one of the source's binlogs:\n{logs}"
+    );
     service.stop().await;
 }
 
@@ -303,9 +311,7 @@ async fn killed_under_writes_and_between_apply_and_checkpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_restart_and_pause_resume_under_load() {
-    let src: &'static mut MariaDb = Box::leak(Box::new(mariadb::with_users(MariaDb::start(
-        ServerOptions::source(),
-    ))));
+    let mut src = mariadb::with_users(MariaDb::start(ServerOptions::source()));
     let db = unique("inc_restart");
     src.admin(&format!("CREATE DATABASE {db}; USE {db}; {WRITER_TABLES}"));
     let dest_db = unique("inc_restart_copy");
@@ -313,7 +319,7 @@ async fn source_restart_and_pause_resume_under_load() {
     service
         .post(
             "create_ccr",
-            json!({"name": "r", "src": src_endpoint(src, &db, None),
+            json!({"name": "r", "src": src_endpoint(&src, &db, None),
                    "dest": dest_endpoint(dest(), &dest_db, None)}),
         )
         .await
@@ -328,26 +334,26 @@ async fn source_restart_and_pause_resume_under_load() {
         }
         s.admin(&sql);
     };
-    write(src, 0);
-    wait_caught_up(&service, "r", src).await;
+    write(&src, 0);
+    wait_caught_up(&service, "r", &src).await;
     // Paused, the job applies nothing; resumed, it catches up.
     service.post("pause", json!({"name": "r"})).await.ok();
     let held = dest().admin(&format!("SELECT COUNT(*) FROM {dest_db}.w"));
-    write(src, 1000);
+    write(&src, 1000);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         dest().admin(&format!("SELECT COUNT(*) FROM {dest_db}.w")),
         held
     );
     service.post("resume", json!({"name": "r"})).await.ok();
-    wait_caught_up(&service, "r", src).await;
+    wait_caught_up(&service, "r", &src).await;
     // The source restarts (crash): the job reconnects at its position.
     src.crash_and_restart();
-    write(src, 2000);
-    wait_caught_up(&service, "r", src).await;
+    write(&src, 2000);
+    wait_caught_up(&service, "r", &src).await;
     for t in ["w", "c"] {
         assert_eq!(
-            checksums(src, &db, &[t]),
+            checksums(&src, &db, &[t]),
             checksums(dest(), &dest_db, &[t]),
             "table {t}"
         );

@@ -96,6 +96,10 @@ pub struct Reader {
     /// The current group is standalone: it ends after its statement.
     standalone: bool,
     in_group: bool,
+    /// The source checksums events, and whether a format description event
+    /// (which tells the decoder so) has arrived yet.
+    checksummed: bool,
+    seen_format: bool,
     /// Bytes of binlog events received.
     pub bytes_read: u64,
 }
@@ -141,6 +145,10 @@ impl Reader {
         conn.query_drop(setup)
             .await
             .map_err(|e| sql_error("setting up the binlog connection", e))?;
+        let checksum: Option<String> = conn
+            .query_first("SELECT @@global.binlog_checksum")
+            .await
+            .map_err(|e| sql_error("reading the source's binlog_checksum", e))?;
         let mut request = BinlogStreamRequest::new(server_id);
         if start.gtid.is_empty() {
             request = request
@@ -166,6 +174,8 @@ impl Reader {
             tables: HashMap::new(),
             standalone: false,
             in_group: false,
+            checksummed: checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE")),
+            seen_format: false,
             bytes_read: 0,
         })
     }
@@ -252,11 +262,21 @@ impl Reader {
         };
         Ok(match data {
             EventData::RotateEvent(r) => {
-                self.file = r.name().into_owned();
+                // The rotate event that opens the stream comes before any
+                // format description, so its checksum is still on its end.
+                let name = r.name_raw();
+                let name = match name.len().checked_sub(4) {
+                    Some(n) if self.checksummed && !self.seen_format => &name[..n],
+                    _ => name,
+                };
+                self.file = String::from_utf8_lossy(name).into_owned();
                 vec![]
             }
-            EventData::FormatDescriptionEvent(_)
-            | EventData::PreviousGtidsEvent(_)
+            EventData::FormatDescriptionEvent(_) => {
+                self.seen_format = true;
+                vec![]
+            }
+            EventData::PreviousGtidsEvent(_)
             | EventData::TransactionPayloadEvent(_)
             | EventData::IgnorableEvent(_)
             | EventData::StopEvent
