@@ -25,23 +25,7 @@ while [ $# -gt 0 ]; do
 done
 
 cd "$(dirname "$0")/.."
-for tool in sysbench mydumper; do
-    if ! command -v "$tool" >/dev/null; then
-        apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y "$tool" >/dev/null
-    fi
-done
-cargo build --release --locked >/dev/null 2>&1 || cargo build --release --locked
-BIN="$PWD/target/release/ccr-syncer"
-
-WORK="$(mktemp -d /tmp/ccr-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source shell/bench_common.sh sysbench mydumper
 
 start_server() { # name port extra-args...
     local name="$1" port="$2"; shift 2

@@ -27,19 +27,7 @@ while [ $# -gt 0 ]; do
 done
 
 cd "$(dirname "$0")/.."
-command -v sysbench >/dev/null || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y sysbench >/dev/null; }
-cargo build --release --locked >/dev/null 2>&1 || cargo build --release --locked
-BIN="$PWD/target/release/ccr-syncer"
-
-WORK="$(mktemp -d /tmp/ccr-bench-inc.XXXXXX)"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source shell/bench_common.sh sysbench
 COMMON=(--innodb-buffer-pool-size=512M --innodb-log-file-size=256M --innodb-flush-log-at-trx-commit=2
         --max-allowed-packet=64M --skip-name-resolve --character-set-server=utf8mb4)
 

@@ -45,8 +45,17 @@ pub async fn connect(
     database: Option<&str>,
     timeout: Duration,
 ) -> Result<Conn, ConnectError> {
+    connect_with(addr, opts(addr, database), timeout).await
+}
+
+/// [`connect`] with options built from [`opts`] and adjusted by the caller.
+pub async fn connect_with(
+    addr: &ServerAddr<'_>,
+    opts: Opts,
+    timeout: Duration,
+) -> Result<Conn, ConnectError> {
     let address = format!("{}:{}", addr.host, addr.port);
-    match tokio::time::timeout(timeout, Conn::new(opts(addr, database))).await {
+    match tokio::time::timeout(timeout, Conn::new(opts)).await {
         Err(_) => Err(ConnectError::Unreachable {
             address,
             reason: format!("no answer within {} s", timeout.as_secs_f64()),

@@ -14,7 +14,7 @@
 //! what to change, so an operator fixes them in one round. Read-only: nothing
 //! here writes to either server.
 
-use crate::db::{self, ConnectError, ServerAddr, GRANTEE};
+use crate::db::{self, ConnectError, GRANTEE};
 use crate::job::spec::{Endpoint, JobSpec};
 use mysql_async::prelude::*;
 use mysql_async::Conn;
@@ -107,13 +107,7 @@ pub async fn check(spec: &JobSpec, timeout: Duration) -> Result<(), PreflightErr
 }
 
 async fn connect(side: Side, ep: &Endpoint, timeout: Duration) -> Result<Conn, PreflightError> {
-    let addr = ServerAddr {
-        host: &ep.host,
-        port: ep.port,
-        user: &ep.user,
-        password: &ep.password,
-    };
-    db::connect(&addr, None, timeout)
+    db::connect(&ep.server_addr(), None, timeout)
         .await
         .map_err(|error| match error {
             ConnectError::Unreachable { .. } => PreflightError::Unreachable { side, error },

@@ -3,7 +3,7 @@
 //! and the JSON views of a job. Passwords appear only as `******` (the spec's
 //! serializer masks them).
 
-use crate::job::incremental::{self, Applied};
+use crate::job::incremental;
 use crate::job::spec::Endpoint;
 use crate::job::state::{CommandError, FullSyncProgress, IncrementalProgress};
 use crate::job::{JobError, JobSnapshot};
@@ -187,13 +187,13 @@ fn incremental(job: &JobSnapshot, i: &IncrementalProgress) -> Value {
 
 fn lag_secs(job: &JobSnapshot) -> i64 {
     let p = &job.progress;
-    let applied = Applied {
-        commit_seq: p.commit_seq,
-        position: None,
-        commit_timestamp: p.commit_timestamp,
-        detail: p.incremental.clone().unwrap_or_default(),
-    };
-    incremental::lag_secs(&applied, Utc::now().timestamp())
+    let detail = p.incremental.clone().unwrap_or_default();
+    incremental::lag_secs(
+        p.commit_seq,
+        p.commit_timestamp,
+        &detail,
+        Utc::now().timestamp(),
+    )
 }
 
 /// The Doris `get_lag` fields: `first_commit_seq` is the last source

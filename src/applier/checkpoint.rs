@@ -121,14 +121,6 @@ pub fn upsert_sql(database: &str, job: &str, cp: &Checkpoint) -> String {
     )
 }
 
-pub async fn clear(conn: &mut Conn, database: &str, job: &str) -> Result<(), mysql_async::Error> {
-    conn.exec_drop(
-        format!("DELETE FROM {} WHERE job = ?", table(database)),
-        (job,),
-    )
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,20 +150,7 @@ pub fn render(
                 }
                 let sql = out.start();
                 sql.extend_from_slice(format!("UPDATE {table} SET ").as_bytes());
-                let mut first = true;
-                for (i, cell) in after.iter().enumerate() {
-                    let (Some(cell), Some(j)) = (cell, columns[i]) else {
-                        continue;
-                    };
-                    if !first {
-                        sql.push(b',');
-                    }
-                    first = false;
-                    let c = &dest.columns[j];
-                    sql.extend_from_slice(quote_ident(&c.name).as_bytes());
-                    sql.push(b'=');
-                    push_cell(sql, cell, c, false);
-                }
+                push_pairs(sql, dest, columns, after, b",", b"=");
                 sql.extend_from_slice(b" WHERE ");
                 row_match(sql, dest, columns, before)?;
                 out.expect.push(match mode {
@@ -268,25 +255,38 @@ fn row_match(
     if !dest.key.is_empty() {
         return key_match(sql, dest, columns, row);
     }
-    let mut first = true;
-    for (i, cell) in row.iter().enumerate() {
-        let (Some(cell), Some(j)) = (cell, columns[i]) else {
-            continue;
-        };
-        if !first {
-            sql.extend_from_slice(b" AND ");
-        }
-        first = false;
-        let c = &dest.columns[j];
-        sql.extend_from_slice(quote_ident(&c.name).as_bytes());
-        sql.extend_from_slice(b"<=>");
-        push_cell(sql, cell, c, false);
-    }
-    if first {
+    if !push_pairs(sql, dest, columns, row, b" AND ", b"<=>") {
         sql.extend_from_slice(b"1");
     }
     sql.extend_from_slice(b" LIMIT 1");
     Ok(())
+}
+
+/// `col<op>value` for each written column of `row`, joined by `sep`;
+/// whether there was any.
+fn push_pairs(
+    sql: &mut Vec<u8>,
+    dest: &DestTable,
+    columns: &[Option<usize>],
+    row: &Image,
+    sep: &[u8],
+    op: &[u8],
+) -> bool {
+    let mut any = false;
+    for (i, cell) in row.iter().enumerate() {
+        let (Some(cell), Some(j)) = (cell, columns[i]) else {
+            continue;
+        };
+        if any {
+            sql.extend_from_slice(sep);
+        }
+        any = true;
+        let c = &dest.columns[j];
+        sql.extend_from_slice(quote_ident(&c.name).as_bytes());
+        sql.extend_from_slice(op);
+        push_cell(sql, cell, c, false);
+    }
+    any
 }
 
 fn key_match(

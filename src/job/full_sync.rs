@@ -30,8 +30,8 @@ use crate::applier::plan::{self, ChunkDone, PlannedChunk};
 use crate::applier::tables::{self, Existing, TableError};
 use crate::applier::{self, load};
 use crate::config::FullSyncSettings;
-use crate::db::{self, quote_ident, ConnectError, ServerAddr};
-use crate::job::spec::{Endpoint, JobSpec};
+use crate::db::{self, quote_ident, ConnectError};
+use crate::job::spec::JobSpec;
 use crate::job::state::{FullSyncProgress, SnapshotPoint, TableSnapshot};
 use crate::metrics::Metrics;
 use crate::position::{BinlogCoord, MariaGtidPos};
@@ -61,7 +61,7 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    fn sql(context: impl std::fmt::Display, e: mysql_async::Error) -> Self {
+    pub(super) fn sql(context: impl std::fmt::Display, e: mysql_async::Error) -> Self {
         let message = format!("{context}: {e}");
         if is_transient(&e) {
             SyncError::Transient(message)
@@ -98,7 +98,7 @@ pub fn is_transient(e: &mysql_async::Error) -> bool {
     }
 }
 
-fn connect_error(side: &str, e: ConnectError) -> SyncError {
+pub(super) fn connect_error(side: &str, e: ConnectError) -> SyncError {
     match e {
         ConnectError::Unreachable { .. } => SyncError::Transient(format!("{side} {e}")),
         ConnectError::Refused { .. } => SyncError::Definite(format!("{side} {e}")),
@@ -125,15 +125,6 @@ pub struct FullSync {
     pub connect_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub progress: watch::Sender<FullSyncProgress>,
-}
-
-fn addr(ep: &Endpoint) -> ServerAddr<'_> {
-    ServerAddr {
-        host: &ep.host,
-        port: ep.port,
-        user: &ep.user,
-        password: &ep.password,
-    }
 }
 
 /// What every copying connection shares.
@@ -172,7 +163,7 @@ impl FullSync {
         let mut dest = connect_dest(spec, self.connect_timeout).await?;
 
         let set = match snapshot::open(
-            &addr(&spec.src),
+            &spec.src.server_addr(),
             self.settings.connections,
             self.connect_timeout,
         )
@@ -183,7 +174,7 @@ impl FullSync {
                     job,
                     count, "source user lacks RELOAD: copying with one connection"
                 );
-                snapshot::open(&addr(&spec.src), 1, self.connect_timeout).await
+                snapshot::open(&spec.src.server_addr(), 1, self.connect_timeout).await
             }
             other => other,
         }
@@ -419,7 +410,7 @@ impl FullSync {
 
 /// A destination session set up for writing (see `applier::session_setup`).
 async fn connect_dest(spec: &JobSpec, timeout: Duration) -> Result<Conn, SyncError> {
-    let mut dest = db::connect(&addr(&spec.dest), None, timeout)
+    let mut dest = db::connect(&spec.dest.server_addr(), None, timeout)
         .await
         .map_err(|e| connect_error("destination", e))?;
     applier::session_setup(&mut dest)

@@ -21,12 +21,12 @@
 //! to the destination's; see [`checkpoint`] for how a crash around a DDL is
 //! handled.
 
-use super::full_sync::{is_transient, SyncError};
+use super::full_sync::{connect_error, SyncError};
 use crate::applier::checkpoint::{self, Checkpoint};
 use crate::applier::rows::{self, Mode, Statements};
 use crate::applier::target::{self, DestTable};
 use crate::applier::{self};
-use crate::db::{self, quote_ident, ConnectError, ServerAddr};
+use crate::db::{self, quote_ident};
 use crate::job::spec::{Endpoint, JobSpec};
 use crate::job::state::{IncrementalProgress, SnapshotPoint, TableSnapshot};
 use crate::metrics::Metrics;
@@ -77,24 +77,6 @@ pub struct Incremental {
     pub connect_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub progress: watch::Sender<Applied>,
-}
-
-fn addr(ep: &Endpoint) -> ServerAddr<'_> {
-    ServerAddr {
-        host: &ep.host,
-        port: ep.port,
-        user: &ep.user,
-        password: &ep.password,
-    }
-}
-
-fn sql_error(context: impl std::fmt::Display, e: mysql_async::Error) -> SyncError {
-    let message = format!("{context}: {e}");
-    if is_transient(&e) {
-        SyncError::Transient(message)
-    } else {
-        SyncError::Definite(message)
-    }
 }
 
 fn read_error(e: ReadError) -> SyncError {
@@ -208,41 +190,20 @@ fn failpoint() -> Option<u64> {
 
 impl Incremental {
     async fn connect_dest(&self) -> Result<Conn, SyncError> {
-        let ep = &self.spec.dest;
-        let a = addr(ep);
+        let addr = self.spec.dest.server_addr();
         // CLIENT_FOUND_ROWS: an UPDATE reports the rows it matched, which is
         // what a statement is checked against.
-        let opts = OptsBuilder::from_opts(db::opts(&a, None)).client_found_rows(true);
-        let mut conn = match tokio::time::timeout(self.connect_timeout, Conn::new(opts)).await {
-            Err(_) => {
-                return Err(SyncError::Transient(format!(
-                    "destination {}: no answer within {} s",
-                    ep.address(),
-                    self.connect_timeout.as_secs()
-                )))
-            }
-            Ok(Err(mysql_async::Error::Server(e))) => {
-                return Err(SyncError::Definite(format!(
-                    "destination {} refused the connection: {}",
-                    ep.address(),
-                    e.message
-                )))
-            }
-            Ok(Err(e)) => {
-                return Err(SyncError::Transient(format!(
-                    "destination {}: {e}",
-                    ep.address()
-                )))
-            }
-            Ok(Ok(c)) => c,
-        };
+        let opts = OptsBuilder::from_opts(db::opts(&addr, None)).client_found_rows(true);
+        let mut conn = db::connect_with(&addr, opts.into(), self.connect_timeout)
+            .await
+            .map_err(|e| connect_error("destination", e))?;
         applier::session_setup(&mut conn)
             .await
-            .map_err(|e| sql_error("setting up the destination session", e))?;
+            .map_err(|e| SyncError::sql("setting up the destination session", e))?;
         // Unlike a bulk copy, applied changes are checked against unique keys.
         conn.query_drop("SET unique_checks = 1")
             .await
-            .map_err(|e| sql_error("setting up the destination session", e))?;
+            .map_err(|e| SyncError::sql("setting up the destination session", e))?;
         Ok(conn)
     }
 
@@ -255,16 +216,16 @@ impl Incremental {
         let mut conn = self.connect_dest().await?;
         let max_packet = applier::max_packet(&mut conn)
             .await
-            .map_err(|e| sql_error("reading the destination's max_allowed_packet", e))?;
+            .map_err(|e| SyncError::sql("reading the destination's max_allowed_packet", e))?;
         let flush_bytes = self
             .statement_bytes
             .min(max_packet.saturating_sub(64 << 10).max(4096));
         checkpoint::ensure_table(&mut conn, dest_db)
             .await
-            .map_err(|e| sql_error("creating the checkpoint table", e))?;
+            .map_err(|e| SyncError::sql("creating the checkpoint table", e))?;
         let stored = checkpoint::load(&mut conn, dest_db, name)
             .await
-            .map_err(|e| sql_error("reading the checkpoint", e))?
+            .map_err(|e| SyncError::sql("reading the checkpoint", e))?
             .filter(|c| c.run_id == self.run_id);
         let snapshot = Point::parse(&self.snapshot)?;
         let (mut pos, mut commit_ts, tolerate_ddl) = match &stored {
@@ -376,7 +337,7 @@ impl Incremental {
                         None => {
                             let loaded = target::load(&mut conn, dest_db, &dest_table)
                                 .await
-                                .map_err(|e| sql_error("reading a destination table's columns", e))?
+                                .map_err(|e| SyncError::sql("reading a destination table's columns", e))?
                                 .ok_or_else(|| {
                                     SyncError::Definite(format!(
                                         "{}: destination table {dest_db}.{dest_table} does not exist; \
@@ -458,13 +419,13 @@ impl Incremental {
                                   "DDL already applied before a restart; carrying on");
                         }
                         Err(e) => {
-                            return Err(sql_error(
+                            return Err(SyncError::sql(
                                 format!("{}: applying DDL `{}`", t.name(), elide(&dest_sql)),
                                 e,
                             ))
                         }
                     }
-                    reset.map_err(|e| sql_error("restoring the destination session", e))?;
+                    reset.map_err(|e| SyncError::sql("restoring the destination session", e))?;
                     info!(job = %name, ddl = %dest_sql, "DDL applied");
                     if let Statement::Ddl {
                         kind: DdlKind::DropTable,
@@ -547,8 +508,15 @@ impl Incremental {
                     commit_timestamp: commit_ts,
                     detail: detail.clone(),
                 };
-                self.metrics
-                    .set_lag(name, lag_secs(&applied, chrono::Utc::now().timestamp()));
+                self.metrics.set_lag(
+                    name,
+                    lag_secs(
+                        applied.commit_seq,
+                        applied.commit_timestamp,
+                        &applied.detail,
+                        chrono::Utc::now().timestamp(),
+                    ),
+                );
                 self.progress.send_replace(applied);
             }
         }
@@ -681,22 +649,27 @@ impl Incremental {
 
 /// The lag in seconds: how old the newest applied change is, while the
 /// source has newer ones; 0 when caught up.
-pub fn lag_secs(a: &Applied, now: i64) -> i64 {
-    let behind = match (a.commit_seq, a.detail.source_commit_seq) {
+pub fn lag_secs(
+    commit_seq: Option<u64>,
+    commit_timestamp: Option<i64>,
+    detail: &IncrementalProgress,
+    now: i64,
+) -> i64 {
+    let behind = match (commit_seq, detail.source_commit_seq) {
         (Some(applied), Some(head)) => head > applied,
-        _ => !a.detail.caught_up,
+        _ => true,
     };
-    if a.detail.caught_up || !behind {
+    if detail.caught_up || !behind {
         return 0;
     }
-    a.commit_timestamp.map_or(0, |ts| (now - ts).max(0))
+    commit_timestamp.map_or(0, |ts| (now - ts).max(0))
 }
 
 /// Runs `stmts` as one multi-statement round trip and checks that each
 /// matched the rows it must.
 async fn execute(conn: &mut Conn, stmts: &Statements, context: &str) -> Result<(), SyncError> {
     let fail = |i: usize, e: mysql_async::Error| {
-        sql_error(
+        SyncError::sql(
             format!(
                 "{context}: statement `{}`",
                 elide(&statement_text(stmts, i))
@@ -789,14 +762,21 @@ async fn read_loop(
     bytes_read: Arc<AtomicU64>,
     head: Arc<Mutex<ReadHead>>,
 ) {
-    let mut reader =
-        match Reader::open(&addr(&src), &start, binlog::server_id(&job), scope, timeout).await {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        };
+    let mut reader = match Reader::open(
+        &src.server_addr(),
+        &start,
+        binlog::server_id(&job),
+        scope,
+        timeout,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+    };
     loop {
         match reader.next().await {
             Ok(events) => {
@@ -829,10 +809,7 @@ async fn poll_head(src: Endpoint, timeout: Duration, head: Arc<Mutex<Option<Mari
     let mut conn: Option<Conn> = None;
     loop {
         if conn.is_none() {
-            conn = db::connect(&addr(&src), None, timeout)
-                .await
-                .map_err(|e: ConnectError| e)
-                .ok();
+            conn = db::connect(&src.server_addr(), None, timeout).await.ok();
         }
         if let Some(c) = conn.as_mut() {
             match c
@@ -899,12 +876,21 @@ mod tests {
             ..Applied::default()
         };
         a.detail.source_commit_seq = Some(12);
-        assert_eq!(lag_secs(&a, 103), 3);
+        assert_eq!(
+            lag_secs(a.commit_seq, a.commit_timestamp, &a.detail, 103),
+            3
+        );
         a.detail.source_commit_seq = Some(10);
-        assert_eq!(lag_secs(&a, 103), 0);
+        assert_eq!(
+            lag_secs(a.commit_seq, a.commit_timestamp, &a.detail, 103),
+            0
+        );
         a.detail.source_commit_seq = Some(12);
         a.detail.caught_up = true;
-        assert_eq!(lag_secs(&a, 103), 0);
+        assert_eq!(
+            lag_secs(a.commit_seq, a.commit_timestamp, &a.detail, 103),
+            0
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `JobSpec::validate` holds every rule that can be checked without a server;
 //! `preflight` checks the rest against the servers before a job is stored.
 
+use crate::db::ServerAddr;
 use crate::hostmap::HostMapping;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,16 @@ impl Endpoint {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Where and as whom to connect to this side.
+    pub fn server_addr(&self) -> ServerAddr<'_> {
+        ServerAddr {
+            host: &self.host,
+            port: self.port,
+            user: &self.user,
+            password: &self.password,
         }
     }
 

@@ -20,9 +20,8 @@ pub const GTID: u8 = 162;
 pub const GTID_LIST: u8 = 163;
 pub const START_ENCRYPTION: u8 = 164;
 
-/// The GTID group's flags we act on.
+/// The GTID group's flag we act on.
 const FL_STANDALONE: u8 = 1;
-const FL_DDL: u8 = 32;
 
 /// A MariaDB GTID event: the start of an event group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +29,6 @@ pub struct GtidEvent {
     pub gtid: MariaGtid,
     /// No XID or COMMIT ends this group: its one statement is the group.
     pub standalone: bool,
-    pub ddl: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -69,7 +67,6 @@ pub fn gtid(body: &[u8], server_id: u32) -> Result<GtidEvent, Malformed> {
             seq,
         },
         standalone: flags & FL_STANDALONE != 0,
-        ddl: flags & FL_DDL != 0,
     })
 }
 
@@ -129,14 +126,14 @@ mod tests {
         let mut body = Vec::new();
         body.extend_from_slice(&42u64.to_le_bytes());
         body.extend_from_slice(&3u32.to_le_bytes());
-        body.push(FL_STANDALONE | FL_DDL);
+        body.push(FL_STANDALONE | 32); // standalone, DDL
         let e = gtid(&body, 7).unwrap();
         assert_eq!(e.gtid.to_string(), "3-7-42");
-        assert!(e.standalone && e.ddl);
+        assert!(e.standalone);
         body[12] = 2 | 4; // group commit id, transactional
         body.extend_from_slice(&9u64.to_le_bytes());
         let e = gtid(&body, 7).unwrap();
-        assert!(!e.standalone && !e.ddl);
+        assert!(!e.standalone);
         assert!(gtid(&body[..10], 7).is_err());
     }
 
