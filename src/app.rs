@@ -31,6 +31,7 @@ pub async fn run(
     let settings = WorkSettings {
         connect_timeout: config.connect_timeout,
         full_sync: config.full_sync,
+        apply_connections: config.apply_connections,
     };
     let manager = JobManager::start(store, metrics.clone(), settings).await?;
     let state = Arc::new(ApiState {

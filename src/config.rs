@@ -78,6 +78,14 @@ struct FileConfig {
     store: FileStore,
     #[serde(default)]
     full_sync: FileFullSync,
+    #[serde(default)]
+    incremental: FileIncremental,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIncremental {
+    apply_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,7 +136,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub store: StoreConfig,
     pub full_sync: FullSyncSettings,
+    /// Destination connections an incremental job applies on side by side.
+    pub apply_connections: usize,
 }
+
+/// Default of `[incremental] apply_connections`.
+pub const APPLY_CONNECTIONS: usize = 4;
 
 /// How full syncs copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +202,7 @@ impl Config {
             connect_timeout: Duration::from_secs(5),
             store,
             full_sync: FullSyncSettings::default(),
+            apply_connections: APPLY_CONNECTIONS,
         }
     }
 
@@ -275,6 +289,15 @@ impl Config {
                 "full_sync.chunk_rows must be at least 1".into(),
             ));
         }
+        let apply_connections = file
+            .incremental
+            .apply_connections
+            .unwrap_or(APPLY_CONNECTIONS);
+        if !(1..=64).contains(&apply_connections) {
+            return Err(ConfigError::Invalid(
+                "incremental.apply_connections must be between 1 and 64".into(),
+            ));
+        }
         if full_sync.statement_bytes < 4096 {
             return Err(ConfigError::Invalid(
                 "full_sync.statement_bytes must be at least 4096".into(),
@@ -298,6 +321,7 @@ impl Config {
             connect_timeout: Duration::from_secs(connect_timeout_secs),
             store,
             full_sync,
+            apply_connections,
         })
     }
 }
@@ -388,6 +412,10 @@ mod tests {
                 "full_sync.statement_bytes",
             ),
             ("[full_sync]\nchunk = 5\n", "chunk"),
+            (
+                "[incremental]\napply_connections = 0\n",
+                "incremental.apply_connections",
+            ),
         ] {
             let err = toml::from_str::<FileConfig>(text)
                 .map_err(|e| e.to_string())

@@ -9,6 +9,7 @@
 //! known to satisfy them on the source are loaded.
 
 pub mod checkpoint;
+pub mod compact;
 pub mod insert;
 pub mod literal;
 pub mod load;

@@ -54,7 +54,7 @@ impl Statements {
         self.starts.clear();
     }
 
-    fn start(&mut self) -> &mut Vec<u8> {
+    pub(super) fn start(&mut self) -> &mut Vec<u8> {
         if !self.sql.is_empty() {
             self.sql.push(b';');
         }
@@ -320,7 +320,7 @@ fn key_match(
 /// A value as a literal for column `c`. Key lookups name a string's
 /// character set and collation, so that the key's index is used; elsewhere
 /// strings are binary literals, stored and compared byte for byte.
-fn push_cell(sql: &mut Vec<u8>, cell: &Cell, c: &DestColumn, key: bool) {
+pub(super) fn push_cell(sql: &mut Vec<u8>, cell: &Cell, c: &DestColumn, key: bool) {
     match cell {
         Cell::Null => sql.extend_from_slice(b"NULL"),
         Cell::Int(v, bits) if c.unsigned && *v < 0 => {
@@ -372,6 +372,7 @@ mod tests {
                 col("s", false, false, Some(("utf8mb4", "utf8mb4_general_ci"))),
                 col("g", false, true, None),
             ],
+            uniques: vec![key.clone()],
             key,
         }
     }

@@ -28,6 +28,8 @@ pub struct DestTable {
     /// Indexes into `columns` of the primary key, or else of the first
     /// unique key over NOT NULL columns; empty when the table has neither.
     pub key: Vec<usize>,
+    /// Every unique index (the primary key included), as column indexes.
+    pub uniques: Vec<Vec<usize>>,
 }
 
 impl DestTable {
@@ -35,6 +37,17 @@ impl DestTable {
         self.columns
             .iter()
             .position(|c| c.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Whether the values of `cols` are equal exactly when their bytes
+    /// are: no column compares text under a collation.
+    pub fn compares_bytes(&self, cols: &[usize]) -> bool {
+        cols.iter().all(|&j| {
+            self.columns[j]
+                .charset
+                .as_ref()
+                .is_none_or(|(charset, _)| charset == "binary")
+        })
     }
 }
 
@@ -89,8 +102,10 @@ pub async fn load(
         name: table.to_string(),
         columns,
         key: Vec::new(),
+        uniques: Vec::new(),
     };
     table.key = choose_key(&table, &nullable, &keys);
+    table.uniques = unique_indexes(&table, &keys);
     Ok(Some(table))
 }
 
@@ -114,6 +129,20 @@ fn choose_key(table: &DestTable, nullable: &[bool], keys: &[(String, String, i64
     Vec::new()
 }
 
+fn unique_indexes(table: &DestTable, keys: &[(String, String, i64)]) -> Vec<Vec<usize>> {
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    for (index, column, non_unique) in keys {
+        let Some(j) = table.column(column).filter(|_| *non_unique == 0) else {
+            continue;
+        };
+        match out.last_mut() {
+            Some((name, cols)) if name == index => cols.push(j),
+            _ => out.push((index.clone(), vec![j])),
+        }
+    }
+    out.into_iter().map(|(_, cols)| cols).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,10 +160,12 @@ mod tests {
             name: "t".into(),
             columns: vec![col("a"), col("b"), col("c")],
             key: vec![],
+            uniques: vec![],
         };
         let k = |i: &str, c: &str, nu: i64| (i.to_string(), c.to_string(), nu);
         let keys = [k("PRIMARY", "b", 0), k("PRIMARY", "a", 0), k("u", "c", 0)];
         assert_eq!(choose_key(&table, &[false; 3], &keys), vec![1, 0]);
+        assert_eq!(unique_indexes(&table, &keys), vec![vec![1, 0], vec![2]]);
         let keys = [k("i", "a", 1), k("u", "c", 0), k("v", "b", 0)];
         assert_eq!(choose_key(&table, &[false, false, true], &keys), vec![1]);
         assert_eq!(

@@ -21,8 +21,10 @@
 //! to the destination's; see [`checkpoint`] for how a crash around a DDL is
 //! handled.
 
+use super::apply::{self, elide, Chunk, Conflicts, Group, Pool};
 use super::full_sync::{connect_error, SyncError};
 use crate::applier::checkpoint::{self, Checkpoint};
+use crate::applier::compact::Change;
 use crate::applier::rows::{self, Mode, Statements};
 use crate::applier::target::{self, DestTable};
 use crate::applier::{self};
@@ -31,26 +33,32 @@ use crate::job::spec::{Endpoint, JobSpec};
 use crate::job::state::{IncrementalProgress, SnapshotPoint, TableSnapshot};
 use crate::metrics::Metrics;
 use crate::position::{BinlogCoord, MariaGtid, MariaGtidPos};
-use crate::source::binlog::decode::RowOp;
+use crate::source::binlog::decode::{Cell, RowChange, RowOp};
 use crate::source::binlog::{self, ReadError, Reader, SourceEvent, StartAt};
 use crate::source::ddl::{self, DdlKind, Rename, Statement};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 /// Events read ahead of the applier.
 const READ_AHEAD: usize = 256;
 /// A destination transaction holding several source transactions commits
-/// once it has this many rows or is this old, or when nothing more is queued.
-const BATCH_ROWS: u64 = 5_000;
+/// once it has this many rows (or bytes of them) or is this old, or when
+/// nothing more is queued.
+const BATCH_ROWS: u64 = 10_000;
+const GROUP_BYTES: usize = 4 << 20;
 const BATCH_AGE: Duration = Duration::from_millis(200);
+/// A group (in practice one source transaction) bigger than this is
+/// streamed to its worker in pieces of about `statement_bytes` rather than
+/// held.
+const STREAM_BYTES: usize = 8 << 20;
 /// How often the source's newest position is polled for `get_lag`.
 const HEAD_POLL: Duration = Duration::from_secs(2);
 /// Errors that mean a DDL statement already took effect (run again after a
@@ -74,6 +82,8 @@ pub struct Incremental {
     pub snapshot: SnapshotPoint,
     pub tables: BTreeMap<String, TableSnapshot>,
     pub statement_bytes: usize,
+    /// Destination connections applying groups side by side.
+    pub apply_connections: usize,
     pub connect_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub progress: watch::Sender<Applied>,
@@ -149,6 +159,8 @@ struct Txn {
     at: BinlogCoord,
     rows: u64,
     annotate: Option<String>,
+    /// [`Txn::name`], shared by its changes.
+    label: Arc<str>,
 }
 
 impl Txn {
@@ -160,16 +172,151 @@ impl Txn {
     }
 }
 
-/// The destination transaction being built.
+/// The group (destination transaction) being built.
 #[derive(Default)]
-struct Batch {
-    stmts: Statements,
-    /// BEGIN has been sent.
-    open: bool,
+struct Building {
+    changes: Vec<Change>,
+    /// Row hashes of the changes, for conflicts with other groups.
+    hashes: Vec<u64>,
+    /// About how much memory the changes take.
+    bytes: usize,
     txns: u64,
     rows: u64,
     rows_by_op: HashMap<RowOp, u64>,
     started: Option<Instant>,
+    /// A group too big to hold: dispatched as a barrier, its rows follow
+    /// in chunks (bounded memory), applied change by change.
+    stream: Option<(u64, mpsc::Sender<Chunk>)>,
+}
+
+/// A dispatched group, until it commits.
+struct InFlight {
+    id: u64,
+    pos: Point,
+    commit_ts: Option<i64>,
+    txns: u64,
+    rows: u64,
+    rows_by_op: HashMap<RowOp, u64>,
+    started: Instant,
+}
+
+/// A group handed to the pool, before the position after it is known to it.
+struct Dispatched {
+    id: u64,
+    txns: u64,
+    rows: u64,
+    rows_by_op: HashMap<RowOp, u64>,
+    started: Instant,
+}
+
+impl Dispatched {
+    fn at(self, pos: &Point, commit_ts: Option<i64>) -> InFlight {
+        InFlight {
+            id: self.id,
+            pos: pos.clone(),
+            commit_ts,
+            txns: self.txns,
+            rows: self.rows,
+            rows_by_op: self.rows_by_op,
+            started: self.started,
+        }
+    }
+}
+
+impl Building {
+    /// Sends the rows held so far ahead of the group's end, dispatching it
+    /// as a barrier first.
+    async fn stream_out(
+        &mut self,
+        pool: &mut Pool,
+        conflicts: &mut Conflicts,
+        next_id: &mut u64,
+    ) -> Result<(), SyncError> {
+        if self.stream.is_none() {
+            let id = *next_id;
+            *next_id += 1;
+            let (tx, rx) = mpsc::channel(2);
+            let after = conflicts.barrier(id);
+            pool.dispatch(Group {
+                id,
+                after,
+                whole: false,
+                chunks: rx,
+            })
+            .await?;
+            self.stream = Some((id, tx));
+        }
+        let rows = Chunk::Rows(std::mem::take(&mut self.changes));
+        self.bytes = 0;
+        self.hashes.clear();
+        let (_, tx) = self.stream.as_ref().expect("set above");
+        pool.send(tx, rows).await
+    }
+
+    /// Hands the group, ending with `commit`, to the pool; a new one starts.
+    async fn finish(
+        &mut self,
+        pool: &mut Pool,
+        conflicts: &mut Conflicts,
+        next_id: &mut u64,
+        mut commit: Chunk,
+        fail_at: Option<u64>,
+    ) -> Result<Dispatched, SyncError> {
+        let b = std::mem::take(self);
+        let id = b.stream.as_ref().map_or(*next_id, |(id, _)| *id);
+        if let Chunk::Commit { abort, .. } = &mut commit {
+            *abort = fail_at == Some(id);
+        }
+        match b.stream {
+            Some((_, tx)) => {
+                if !b.changes.is_empty() {
+                    pool.send(&tx, Chunk::Rows(b.changes)).await?;
+                }
+                pool.send(&tx, commit).await?;
+            }
+            None => {
+                *next_id += 1;
+                let (tx, rx) = mpsc::channel(2);
+                let whole = !b.changes.is_empty();
+                if whole {
+                    let _ = tx.try_send(Chunk::Rows(b.changes));
+                }
+                let _ = tx.try_send(commit);
+                let after = conflicts.claim(id, &b.hashes, pool.committed());
+                pool.dispatch(Group {
+                    id,
+                    after,
+                    whole,
+                    chunks: rx,
+                })
+                .await?;
+            }
+        }
+        Ok(Dispatched {
+            id,
+            txns: b.txns,
+            rows: b.rows,
+            rows_by_op: b.rows_by_op,
+            started: b.started.unwrap_or_else(Instant::now),
+        })
+    }
+}
+
+/// About how much memory a row event's images take.
+fn change_bytes(change: &RowChange) -> usize {
+    change
+        .rows
+        .iter()
+        .flat_map(|(b, a)| [b, a])
+        .flatten()
+        .flat_map(|image| image.iter().flatten())
+        .map(|c| match c {
+            Cell::Bytes(b) => b.len() + 32,
+            Cell::Decimal(d) => d.len() + 32,
+            _ => 32,
+        })
+        .sum::<usize>()
+        + 64
 }
 
 /// Newest position read from the source, shared by the reader task.
@@ -207,12 +354,22 @@ impl Incremental {
         Ok(conn)
     }
 
+    /// A destination connection for an apply worker: like the control
+    /// connection, in READ COMMITTED where the destination allows it (no
+    /// gap locks between groups applied side by side).
+    async fn connect_worker(&self, read_committed: bool) -> Result<Conn, SyncError> {
+        let mut conn = self.connect_dest().await?;
+        if read_committed {
+            conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                .await
+                .map_err(|e| SyncError::sql("setting up the destination session", e))?;
+        }
+        Ok(conn)
+    }
+
     /// Applies the binlog until an error; transient ones are retried by the
     /// caller from the checkpoint.
     pub async fn run(&self) -> Result<Infallible, SyncError> {
-        let spec = self.spec.clone();
-        let name = spec.name.as_str();
-        let dest_db = spec.dest.database.as_str();
         let mut conn = self.connect_dest().await?;
         let max_packet = applier::max_packet(&mut conn)
             .await
@@ -220,10 +377,35 @@ impl Incremental {
         let flush_bytes = self
             .statement_bytes
             .min(max_packet.saturating_sub(64 << 10).max(4096));
-        checkpoint::ensure_table(&mut conn, dest_db)
+        // A destination logging statements cannot take READ COMMITTED.
+        let logging: Option<(i64, String)> = conn
+            .query_first("SELECT @@log_bin, @@binlog_format")
+            .await
+            .map_err(|e| SyncError::sql("reading the destination's binlog settings", e))?;
+        let read_committed = logging.is_none_or(|(on, format)| on == 0 || format != "STATEMENT");
+        let mut workers = Vec::new();
+        for _ in 0..self.apply_connections.max(1) {
+            workers.push(self.connect_worker(read_committed).await?);
+        }
+        let mut pool = Pool::start(workers, 0, flush_bytes);
+        let result = self.stream(&mut conn, &mut pool, flush_bytes).await;
+        pool.shutdown().await;
+        result
+    }
+
+    async fn stream(
+        &self,
+        conn: &mut Conn,
+        pool: &mut Pool,
+        flush_bytes: usize,
+    ) -> Result<Infallible, SyncError> {
+        let spec = self.spec.clone();
+        let name = spec.name.as_str();
+        let dest_db = spec.dest.database.as_str();
+        checkpoint::ensure_table(conn, dest_db)
             .await
             .map_err(|e| SyncError::sql("creating the checkpoint table", e))?;
-        let stored = checkpoint::load(&mut conn, dest_db, name)
+        let stored = checkpoint::load(conn, dest_db, name)
             .await
             .map_err(|e| SyncError::sql("reading the checkpoint", e))?
             .filter(|c| c.run_id == self.run_id);
@@ -251,7 +433,8 @@ impl Incremental {
             }
         }
         info!(job = %name, position = %pos.text(), resumed = stored.is_some(),
-              tables_in_snapshot = windows.len(), "incremental sync starting");
+              tables_in_snapshot = windows.len(), apply_connections = self.apply_connections,
+              "incremental sync starting");
 
         // The reader runs ahead in its own task.
         let (tx, mut rx) = mpsc::channel(READ_AHEAD);
@@ -284,12 +467,15 @@ impl Incremental {
             table: spec.src.table.as_deref().zip(spec.dest.table.as_deref()),
         };
         let mut schemas: HashMap<String, Arc<DestTable>> = HashMap::new();
-        let mut batch = Batch::default();
+        let mut group = Building::default();
+        let mut conflicts = Conflicts::default();
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut next_id = 1u64;
+        let mut applied = (pos.clone(), commit_ts);
         let mut txn: Option<Txn> = None;
         let mut force_commit = false;
         let mut pending_ddl: Option<String> = None;
         let mut caught_up = false;
-        let mut batches = 0u64;
         let fail_at = failpoint();
         let mut last_report = Instant::now() - Duration::from_secs(1);
         let started_at = super::runner::now_ms();
@@ -298,194 +484,230 @@ impl Incremental {
         let _guards = (reader, poller);
 
         loop {
-            let Some(event) = rx.recv().await else {
-                return Err(SyncError::Transient("the binlog reader stopped".into()));
+            let next = tokio::select! {
+                e = rx.recv() => Some(e),
+                r = pool.changed() => {
+                    r?;
+                    None
+                }
             };
-            let event = event.map_err(read_error)?;
-            match event {
-                SourceEvent::Begin { gtid, at, .. } => {
-                    caught_up = false;
-                    txn = Some(Txn {
-                        gtid,
-                        at,
-                        rows: 0,
-                        annotate: None,
-                    });
-                }
-                SourceEvent::Annotate(sql) => {
-                    if let Some(t) = txn.as_mut() {
-                        t.annotate = Some(sql);
+            if let Some(event) = next {
+                let Some(event) = event else {
+                    return Err(SyncError::Transient("the binlog reader stopped".into()));
+                };
+                match event.map_err(read_error)? {
+                    SourceEvent::Begin { gtid, at, .. } => {
+                        caught_up = false;
+                        let t = Txn {
+                            gtid,
+                            at,
+                            rows: 0,
+                            annotate: None,
+                            label: Arc::from(""),
+                        };
+                        txn = Some(Txn {
+                            label: Arc::from(t.name()),
+                            ..t
+                        });
                     }
-                }
-                SourceEvent::Rows(change) => {
-                    let Some(t) = txn.as_mut() else {
-                        return Err(SyncError::Definite(
-                            "the binlog has a row event outside a transaction".into(),
-                        ));
-                    };
-                    let dest_table = match (&spec.src.table, &spec.dest.table) {
-                        (Some(_), Some(d)) => d.clone(),
-                        _ => change.table.table.clone(),
-                    };
-                    let mode = match windows.get(&dest_table) {
-                        Some(w) if w.from.holds(t.gtid, &t.at) => continue,
-                        Some(w) if w.to.holds(t.gtid, &t.at) => Mode::Idempotent,
-                        _ => Mode::Exact,
-                    };
-                    let dest = match schemas.get(&dest_table) {
-                        Some(d) => d.clone(),
-                        None => {
-                            let loaded = target::load(&mut conn, dest_db, &dest_table)
-                                .await
-                                .map_err(|e| SyncError::sql("reading a destination table's columns", e))?
-                                .ok_or_else(|| {
-                                    SyncError::Definite(format!(
-                                        "{}: destination table {dest_db}.{dest_table} does not exist; \
-                                         it was dropped or renamed outside the job — resync the job",
-                                        t.name()
-                                    ))
-                                })?;
-                            let loaded = Arc::new(loaded);
-                            schemas.insert(dest_table.clone(), loaded.clone());
-                            loaded
+                    SourceEvent::Annotate(sql) => {
+                        if let Some(t) = txn.as_mut() {
+                            t.annotate = Some(sql);
                         }
-                    };
-                    let context = |e: String| {
-                        SyncError::Definite(format!("{} on {dest_db}.{dest_table}: {e}", t.name()))
-                    };
-                    let columns = rows::mapping(&change.table, &dest).map_err(context)?;
-                    if batch.stmts.is_empty() && !batch.open {
-                        batch.stmts.push("BEGIN", None);
-                        batch.started.get_or_insert_with(Instant::now);
                     }
-                    rows::render(&change, &dest, &columns, mode, &mut batch.stmts)
-                        .map_err(context)?;
-                    let n = change.rows.len() as u64;
-                    t.rows += n;
-                    batch.rows += n;
-                    *batch.rows_by_op.entry(change.op).or_default() += n;
-                    if batch.stmts.sql.len() >= flush_bytes {
-                        let t = txn.as_ref().map(Txn::name).unwrap_or_default();
-                        self.send(&mut conn, &mut batch, &t).await?;
-                    }
-                }
-                SourceEvent::Query {
-                    schema,
-                    sql,
-                    statement,
-                } => {
-                    let Some(t) = txn.as_ref() else { continue };
-                    let Some(dest_sql) =
-                        self.ddl_for_destination(&rename, &schema, &sql, &statement, t)?
-                    else {
-                        continue;
-                    };
-                    // Everything before the DDL commits first, then the DDL
-                    // is marked, run, and (at its Commit) checkpointed past.
-                    if batch.txns > 0 || !batch.stmts.is_empty() {
-                        self.commit(&mut conn, &mut batch, &pos, commit_ts, None)
-                            .await?;
-                    }
-                    let marker = t.gtid.map_or_else(|| t.at.to_string(), |g| g.to_string());
-                    let mut mark = Statements::default();
-                    mark.push(
-                        &checkpoint::upsert_sql(
-                            dest_db,
-                            name,
-                            &self.checkpoint(&pos, commit_ts, Some(marker.clone())),
-                        ),
-                        None,
-                    );
-                    execute(
-                        &mut conn,
-                        &mark,
-                        "marking a DDL statement in the checkpoint",
-                    )
-                    .await?;
-                    let run = format!(
-                        "SET NAMES utf8mb4; USE {}; {dest_sql}",
-                        quote_ident(dest_db)
-                    );
-                    let result = conn.query_drop(&run).await;
-                    let reset = conn.query_drop(applier::SESSION_SETUP).await;
-                    match result {
-                        Ok(()) => {}
-                        Err(e)
-                            if tolerate_ddl.as_deref() == Some(marker.as_str())
-                                && db::server_code(&e)
-                                    .is_some_and(|c| DDL_ALREADY_DONE.contains(&c)) =>
-                        {
-                            info!(job = %name, ddl = %dest_sql, error = %e,
-                                  "DDL already applied before a restart; carrying on");
-                        }
-                        Err(e) => {
-                            return Err(SyncError::sql(
-                                format!("{}: applying DDL `{}`", t.name(), elide(&dest_sql)),
-                                e,
+                    SourceEvent::Rows(change) => {
+                        let Some(t) = txn.as_mut() else {
+                            return Err(SyncError::Definite(
+                                "the binlog has a row event outside a transaction".into(),
+                            ));
+                        };
+                        let dest_table = match (&spec.src.table, &spec.dest.table) {
+                            (Some(_), Some(d)) => d.clone(),
+                            _ => change.table.table.clone(),
+                        };
+                        let mode = match windows.get(&dest_table) {
+                            Some(w) if w.from.holds(t.gtid, &t.at) => continue,
+                            Some(w) if w.to.holds(t.gtid, &t.at) => Mode::Idempotent,
+                            _ => Mode::Exact,
+                        };
+                        let dest = match schemas.get(&dest_table) {
+                            Some(d) => d.clone(),
+                            None => {
+                                let loaded = target::load(conn, dest_db, &dest_table)
+                                    .await
+                                    .map_err(|e| SyncError::sql("reading a destination table's columns", e))?
+                                    .ok_or_else(|| {
+                                        SyncError::Definite(format!(
+                                            "{}: destination table {dest_db}.{dest_table} does not exist; \
+                                             it was dropped or renamed outside the job — resync the job",
+                                            t.name()
+                                        ))
+                                    })?;
+                                let loaded = Arc::new(loaded);
+                                schemas.insert(dest_table.clone(), loaded.clone());
+                                loaded
+                            }
+                        };
+                        let columns = rows::mapping(&change.table, &dest).map_err(|e| {
+                            SyncError::Definite(format!(
+                                "{} on {dest_db}.{dest_table}: {e}",
+                                t.name()
                             ))
-                        }
-                    }
-                    reset.map_err(|e| SyncError::sql("restoring the destination session", e))?;
-                    info!(job = %name, ddl = %dest_sql, "DDL applied");
-                    if let Statement::Ddl {
-                        kind: DdlKind::DropTable,
-                        names,
-                        ..
-                    } = &statement
-                    {
-                        for n in names {
-                            if let Some(d) = rename.map(&schema, n) {
-                                windows.remove(&d);
+                        })?;
+                        for (before, after) in &change.rows {
+                            for image in [before, after].into_iter().flatten() {
+                                apply::row_hashes(&dest, &columns, image, &mut group.hashes);
                             }
                         }
-                    }
-                    schemas.clear();
-                    detail.ddl_applied += 1;
-                    self.metrics.count_ddl(name);
-                    pending_ddl = Some(marker);
-                    force_commit = true;
-                }
-                SourceEvent::Commit { end, timestamp } => {
-                    let Some(t) = txn.take() else { continue };
-                    if let Some(g) = t.gtid {
-                        pos.gtid.advance(g);
-                    }
-                    pos.coord = end;
-                    commit_ts = Some(i64::from(timestamp));
-                    batch.txns += 1;
-                    windows.retain(|_, w| !pos.reaches(&w.to));
-                    let due = force_commit
-                        || rx.is_empty()
-                        || batch.rows >= BATCH_ROWS
-                        || batch.started.is_some_and(|s| s.elapsed() >= BATCH_AGE);
-                    if due {
-                        batches += 1;
-                        if fail_at == Some(batches) {
-                            self.send(&mut conn, &mut batch, &t.name()).await?;
-                            warn!(job = %name, "failpoint before_checkpoint reached: aborting the process");
-                            std::process::abort();
+                        let n = change.rows.len() as u64;
+                        t.rows += n;
+                        group.rows += n;
+                        group.bytes += change_bytes(&change);
+                        *group.rows_by_op.entry(change.op).or_default() += n;
+                        group.started.get_or_insert_with(Instant::now);
+                        group.changes.push(Change {
+                            dest,
+                            columns: Arc::new(columns),
+                            mode,
+                            change,
+                            txn: t.label.clone(),
+                        });
+                        let limit = if group.stream.is_some() {
+                            flush_bytes
+                        } else {
+                            STREAM_BYTES.max(flush_bytes)
+                        };
+                        if group.bytes >= limit {
+                            group.stream_out(pool, &mut conflicts, &mut next_id).await?;
                         }
-                        let stats = (
-                            batch.txns,
-                            batch.rows,
-                            std::mem::take(&mut batch.rows_by_op),
-                        );
-                        self.commit(&mut conn, &mut batch, &pos, commit_ts, pending_ddl.take())
-                            .await?;
-                        force_commit = false;
-                        detail.transactions_applied += stats.0;
-                        detail.rows_applied += stats.1;
-                        self.metrics.count_applied(name, stats.0, &stats.2);
                     }
-                }
-                SourceEvent::Idle { .. } => {
-                    if txn.is_none() && batch.txns == 0 && rx.is_empty() {
-                        caught_up = true;
+                    SourceEvent::Query {
+                        schema,
+                        sql,
+                        statement,
+                    } => {
+                        let Some(t) = txn.as_ref() else { continue };
+                        let Some(dest_sql) =
+                            self.ddl_for_destination(&rename, &schema, &sql, &statement, t)?
+                        else {
+                            continue;
+                        };
+                        // Everything before the DDL commits first, then the
+                        // DDL is marked, run, and (at its Commit)
+                        // checkpointed past.
+                        if group.txns > 0 || !group.changes.is_empty() {
+                            let commit = self.commit_chunk(&pos, commit_ts, None);
+                            let done = group
+                                .finish(pool, &mut conflicts, &mut next_id, commit, fail_at)
+                                .await?;
+                            in_flight.push_back(done.at(&pos, commit_ts));
+                        }
+                        pool.wait(next_id - 1).await?;
+                        let marker = t.gtid.map_or_else(|| t.at.to_string(), |g| g.to_string());
+                        let mut mark = Statements::default();
+                        mark.push(
+                            &checkpoint::upsert_sql(
+                                dest_db,
+                                name,
+                                &self.checkpoint(&pos, commit_ts, Some(marker.clone())),
+                            ),
+                            None,
+                        );
+                        apply::run(conn, &mark).await.map_err(|f| {
+                            f.into_error(&mark, "marking a DDL statement in the checkpoint")
+                        })?;
+                        let run = format!(
+                            "SET NAMES utf8mb4; USE {}; {dest_sql}",
+                            quote_ident(dest_db)
+                        );
+                        let result = conn.query_drop(&run).await;
+                        let reset = conn.query_drop(applier::SESSION_SETUP).await;
+                        match result {
+                            Ok(()) => {}
+                            Err(e)
+                                if tolerate_ddl.as_deref() == Some(marker.as_str())
+                                    && db::server_code(&e)
+                                        .is_some_and(|c| DDL_ALREADY_DONE.contains(&c)) =>
+                            {
+                                info!(job = %name, ddl = %dest_sql, error = %e,
+                                      "DDL already applied before a restart; carrying on");
+                            }
+                            Err(e) => {
+                                return Err(SyncError::sql(
+                                    format!("{}: applying DDL `{}`", t.name(), elide(&dest_sql)),
+                                    e,
+                                ))
+                            }
+                        }
+                        reset
+                            .map_err(|e| SyncError::sql("restoring the destination session", e))?;
+                        info!(job = %name, ddl = %dest_sql, "DDL applied");
+                        if let Statement::Ddl {
+                            kind: DdlKind::DropTable,
+                            names,
+                            ..
+                        } = &statement
+                        {
+                            for n in names {
+                                if let Some(d) = rename.map(&schema, n) {
+                                    windows.remove(&d);
+                                }
+                            }
+                        }
+                        schemas.clear();
+                        detail.ddl_applied += 1;
+                        self.metrics.count_ddl(name);
+                        pending_ddl = Some(marker);
+                        force_commit = true;
+                    }
+                    SourceEvent::Commit { end, timestamp } => {
+                        let Some(t) = txn.take() else { continue };
+                        if let Some(g) = t.gtid {
+                            pos.gtid.advance(g);
+                        }
+                        pos.coord = end;
+                        commit_ts = Some(i64::from(timestamp));
+                        group.txns += 1;
+                        windows.retain(|_, w| !pos.reaches(&w.to));
+                        let due = force_commit
+                            || rx.is_empty()
+                            || group.rows >= BATCH_ROWS
+                            || group.bytes >= GROUP_BYTES
+                            || group.started.is_some_and(|s| s.elapsed() >= BATCH_AGE);
+                        if due {
+                            let commit = self.commit_chunk(&pos, commit_ts, pending_ddl.take());
+                            let done = group
+                                .finish(pool, &mut conflicts, &mut next_id, commit, fail_at)
+                                .await?;
+                            in_flight.push_back(done.at(&pos, commit_ts));
+                            force_commit = false;
+                        }
+                    }
+                    SourceEvent::Idle { .. } => {
+                        if txn.is_none() && group.txns == 0 && rx.is_empty() {
+                            caught_up = true;
+                        }
                     }
                 }
             }
-            if last_report.elapsed() >= Duration::from_millis(250) || caught_up {
+            // What has committed since.
+            let committed = pool.committed();
+            let mut absorbed = false;
+            while in_flight.front().is_some_and(|f| f.id <= committed) {
+                let f = in_flight.pop_front().expect("checked");
+                detail.transactions_applied += f.txns;
+                detail.rows_applied += f.rows;
+                self.metrics.count_applied(name, f.txns, &f.rows_by_op);
+                self.metrics
+                    .observe_batch(name, f.started.elapsed().as_secs_f64());
+                applied = (f.pos, f.commit_ts);
+                absorbed = true;
+            }
+            let idle = caught_up && in_flight.is_empty();
+            if last_report.elapsed() >= Duration::from_millis(250) || idle && absorbed || caught_up
+            {
                 last_report = Instant::now();
+                let (pos, commit_ts) = &applied;
                 let bytes = bytes_read.load(Ordering::Relaxed);
                 self.metrics
                     .count_binlog_bytes(name, bytes.saturating_sub(detail.binlog_bytes_read));
@@ -493,7 +715,7 @@ impl Incremental {
                 detail.binlog_file = pos.coord.file.clone();
                 detail.binlog_pos = pos.coord.pos;
                 detail.tables_in_snapshot = windows.len() as u64;
-                detail.caught_up = caught_up && batch.txns == 0;
+                detail.caught_up = idle && group.txns == 0;
                 let head = read_head.lock();
                 let polled = source_head.lock().clone();
                 let head_seq = polled.as_ref().map(|p| p.commit_seq());
@@ -502,23 +724,38 @@ impl Incremental {
                 detail.source_position = polled.map(|p| p.to_string());
                 detail.source_commit_timestamp = head.timestamp;
                 drop(head);
-                let applied = Applied {
+                let now = Applied {
                     commit_seq: pos.commit_seq(),
                     position: Some(pos.text()),
-                    commit_timestamp: commit_ts,
+                    commit_timestamp: *commit_ts,
                     detail: detail.clone(),
                 };
                 self.metrics.set_lag(
                     name,
                     lag_secs(
-                        applied.commit_seq,
-                        applied.commit_timestamp,
-                        &applied.detail,
+                        now.commit_seq,
+                        now.commit_timestamp,
+                        &now.detail,
                         chrono::Utc::now().timestamp(),
                     ),
                 );
-                self.progress.send_replace(applied);
+                self.progress.send_replace(now);
             }
+        }
+    }
+
+    /// The end of a group: its checkpoint at `pos`.
+    fn commit_chunk(
+        &self,
+        pos: &Point,
+        commit_ts: Option<i64>,
+        pending_ddl: Option<String>,
+    ) -> Chunk {
+        let cp = self.checkpoint(pos, commit_ts, pending_ddl);
+        Chunk::Commit {
+            checkpoint: checkpoint::upsert_sql(&self.spec.dest.database, &self.spec.name, &cp),
+            position: pos.text(),
+            abort: false,
         }
     }
 
@@ -607,44 +844,6 @@ impl Incremental {
         let all: Vec<&ddl::Name> = names.iter().chain(refs.iter()).collect();
         Ok(Some(rename.rewrite(sql, schema, &all)))
     }
-
-    /// Sends the batch's statements inside its destination transaction.
-    async fn send(&self, conn: &mut Conn, batch: &mut Batch, txn: &str) -> Result<(), SyncError> {
-        if batch.stmts.is_empty() {
-            return Ok(());
-        }
-        execute(conn, &batch.stmts, txn).await?;
-        batch.open = true;
-        batch.stmts.clear();
-        Ok(())
-    }
-
-    /// Ends the destination transaction with the checkpoint at `pos`.
-    async fn commit(
-        &self,
-        conn: &mut Conn,
-        batch: &mut Batch,
-        pos: &Point,
-        commit_ts: Option<i64>,
-        pending_ddl: Option<String>,
-    ) -> Result<(), SyncError> {
-        let started = batch.started.unwrap_or_else(Instant::now);
-        if batch.stmts.is_empty() && !batch.open {
-            batch.stmts.push("BEGIN", None);
-        }
-        let cp = self.checkpoint(pos, commit_ts, pending_ddl);
-        batch.stmts.push(
-            &checkpoint::upsert_sql(&self.spec.dest.database, &self.spec.name, &cp),
-            None,
-        );
-        batch.stmts.push("COMMIT", None);
-        let what = format!("committing up to {}", pos.text());
-        execute(conn, &batch.stmts, &what).await?;
-        self.metrics
-            .observe_batch(&self.spec.name, started.elapsed().as_secs_f64());
-        *batch = Batch::default();
-        Ok(())
-    }
 }
 
 /// The lag in seconds: how old the newest applied change is, while the
@@ -665,76 +864,6 @@ pub fn lag_secs(
     commit_timestamp.map_or(0, |ts| (now - ts).max(0))
 }
 
-/// Runs `stmts` as one multi-statement round trip and checks that each
-/// matched the rows it must.
-async fn execute(conn: &mut Conn, stmts: &Statements, context: &str) -> Result<(), SyncError> {
-    let fail = |i: usize, e: mysql_async::Error| {
-        SyncError::sql(
-            format!(
-                "{context}: statement `{}`",
-                elide(&statement_text(stmts, i))
-            ),
-            e,
-        )
-    };
-    let mut result = conn
-        .query_iter(stmts.sql.as_slice())
-        .await
-        .map_err(|e| fail(0, e))?;
-    let mut i = 0;
-    loop {
-        let affected = result.affected_rows();
-        if let Some(Some(want)) = stmts.expect.get(i) {
-            if affected != *want {
-                return Err(SyncError::Definite(format!(
-                    "{context}: the destination has diverged from the source: `{}` matched {affected} \
-                     rows where the source changed {want}",
-                    elide(&statement_text(stmts, i))
-                )));
-            }
-        }
-        result
-            .collect::<mysql_async::Row>()
-            .await
-            .map_err(|e| fail(i + 1, e))?;
-        i += 1;
-        if result.is_empty() {
-            break;
-        }
-    }
-    Ok(())
-}
-
-fn statement_text(stmts: &Statements, i: usize) -> String {
-    String::from_utf8_lossy(stmts.statement(i)).into_owned()
-}
-
-/// Long statements are shown by their head and tail.
-fn elide(sql: &str) -> String {
-    const HEAD: usize = 300;
-    const TAIL: usize = 60;
-    if sql.len() <= HEAD + TAIL + 20 {
-        return sql.to_string();
-    }
-    let head = sql
-        .char_indices()
-        .take_while(|(i, _)| *i < HEAD)
-        .last()
-        .map_or(0, |(i, c)| i + c.len_utf8());
-    let tail_start = sql
-        .char_indices()
-        .map(|(i, _)| i)
-        .find(|i| *i >= sql.len() - TAIL)
-        .unwrap_or(sql.len());
-    format!(
-        "{} … ({} bytes elided) … {}",
-        &sql[..head],
-        tail_start - head,
-        &sql[tail_start..]
-    )
-}
-
-/// Which tables the job reads rows of.
 fn scope(spec: &JobSpec) -> binlog::Scope {
     let db = spec.src.database.clone();
     let table = spec.src.table.clone();

@@ -2,6 +2,7 @@
 //! the task that runs each one (`runner`) and the manager that owns them all
 //! (`manager`).
 
+mod apply;
 pub mod full_sync;
 pub mod incremental;
 pub mod manager;

@@ -46,6 +46,7 @@ pub(super) enum Request {
 pub struct WorkSettings {
     pub connect_timeout: Duration,
     pub full_sync: FullSyncSettings,
+    pub apply_connections: usize,
 }
 
 pub(super) struct Runner {
@@ -190,6 +191,7 @@ impl Runner {
             snapshot: current.progress.snapshot.clone().unwrap_or_default(),
             tables: current.progress.tables.clone(),
             statement_bytes: self.settings.full_sync.statement_bytes,
+            apply_connections: self.settings.apply_connections,
             connect_timeout: self.settings.connect_timeout,
             metrics: self.metrics.clone(),
             progress: progress_tx,
