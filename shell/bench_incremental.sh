@@ -5,7 +5,7 @@
 # the same machine; then ccr-syncer's steady lag at a fixed source rate.
 # Prints markdown for doc/benchmarks.md.
 #
-#   bash shell/bench_incremental.sh [--tables 8] [--table-size 100000] [--seconds 60] [--threads 4]
+#   [APPLY_CONNECTIONS=n] bash shell/bench_incremental.sh [--tables 8] [--table-size 100000] [--seconds 60] [--threads 4]
 #
 # The replicas' IO threads fetch the backlog into their relay logs while it
 # is written, so their catch-up is the SQL threads' apply alone; ccr-syncer
@@ -38,6 +38,7 @@ run_server() { # name port extra-args... (datadir must exist)
         --port="$port" --bind-address=127.0.0.1 --tmpdir="$dir" --log-error="$dir/err.log" \
         "${COMMON[@]}" "$@" &
     PIDS+=($!)
+    printf -v "PID_$name" '%s' "$!"
     disown
     for _ in $(seq 1 150); do
         mariadb --no-defaults -S "$dir/sock" -uroot -e 'SELECT 1' >/dev/null 2>&1 && return
@@ -47,6 +48,8 @@ run_server() { # name port extra-args... (datadir must exist)
 }
 sql() { local port="$1"; shift; mariadb --no-defaults -h127.0.0.1 -P"$port" -uroot "$@"; }
 now() { date +%s.%N; }
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 
 # Source: prepared, then copied cold into the replicas' datadirs.
 SRC_PORT=$(free_port)
@@ -79,7 +82,10 @@ done
 
 # ccr-syncer: full sync of sbtest, then paused while the backlog is written.
 API_PORT=$(free_port)
-"$BIN" --port "$API_PORT" --db-dir "$WORK/meta" --log-dir "$WORK" &
+CONF="$WORK/syncer.toml"
+echo "log_level = \"${LOG_LEVEL:-info}\"" > "$CONF"
+if [ -n "${APPLY_CONNECTIONS:-}" ]; then printf '[incremental]\napply_connections = %s\n' "$APPLY_CONNECTIONS" >> "$CONF"; fi
+"$BIN" --config "$CONF" --port "$API_PORT" --db-dir "$WORK/meta" --log-dir "${LOG_DIR:-$WORK}" &
 SYNCER=$!; PIDS+=("$SYNCER"); disown
 api() { curl -sf -X POST "http://127.0.0.1:$API_PORT/$1" -d "$2"; }
 until curl -sf "http://127.0.0.1:$API_PORT/version" >/dev/null; do sleep 0.1; done
@@ -110,6 +116,7 @@ for port in "$REP1_PORT" "$REP4_PORT"; do
 done
 
 RESULTS=()
+read -r S0 D0 R0 <<<"$(cpu "$SYNCER") $(cpu "$PID_dest") $(cpu "$PID_src")"
 T0=$(now)
 api resume '{"name": "bench"}' >/dev/null
 until [ "$(api get_lag '{"name": "bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["first_commit_seq"])')" -ge "$TARGET_SEQ" ]; do
@@ -117,14 +124,18 @@ until [ "$(api get_lag '{"name": "bench"}' | python3 -c 'import json,sys; print(
 done
 T1=$(now)
 CCR_SECS=$(echo "$T1 - $T0" | bc)
-RESULTS+=("ccr-syncer (reads the source's binlog);$CCR_SECS")
+read -r S1 D1 R1 <<<"$(cpu "$SYNCER") $(cpu "$PID_dest") $(cpu "$PID_src")"
+CCR_CPU="ccr-syncer $(echo "$S1 - $S0" | bc) s, destination server $(echo "$D1 - $D0" | bc) s, source server $(echo "$R1 - $R0" | bc) s"
+RESULTS+=("ccr-syncer (reads the source's binlog);$CCR_SECS;$(echo "$S1 - $S0 + $D1 - $D0 + $R1 - $R0" | bc)")
 for r in "rep1:MariaDB replication, SQL thread single-threaded:$REP1_PORT" "rep4:MariaDB replication, slave_parallel_threads=4 optimistic:$REP4_PORT"; do
-    IFS=':' read -r _ label port <<<"$r"
+    IFS=':' read -r name label port <<<"$r"
+    pid_var="PID_$name"
+    C0=$(cpu "${!pid_var}")
     T0=$(now)
     sql "$port" -e "START SLAVE SQL_THREAD"
     until [ "$(sql "$port" -N -e "SELECT @@gtid_slave_pos")" = "$TARGET" ]; do sleep 0.05; done
     T1=$(now)
-    RESULTS+=("$label;$(echo "$T1 - $T0" | bc)")
+    RESULTS+=("$label;$(echo "$T1 - $T0" | bc);$(echo "$(cpu "${!pid_var}") - $C0" | bc)")
 done
 TABLE_LIST=$(seq -s, -f 'sbtest.sbtest%g' 1 "$TABLES")
 SUM_SRC=$(sql "$SRC_PORT" -N -e "CHECKSUM TABLE $TABLE_LIST" | awk '{print $2}' | tr '\n' ' ')
@@ -157,12 +168,16 @@ PEAK=$(awk '/VmHWM/ {print $2}' "/proc/$SYNCER/status")
 echo
 echo "Backlog: sysbench oltp_write_only, $TABLES tables x $TABLE_SIZE rows, $THREADS threads for $SECONDS_LOAD s: $TXNS transactions ($TPS/s), $BINLOG_MB MiB of binlog; $(nproc) cores; every copy checksum-equal to the source."
 echo
-echo "| applier | catch-up seconds | transactions/s | time vs ccr-syncer |"
-echo "|---|---:|---:|---:|"
+echo "| applier | catch-up seconds | transactions/s | time vs ccr-syncer | CPU seconds |"
+echo "|---|---:|---:|---:|---:|"
 for r in "${RESULTS[@]}"; do
-    IFS=';' read -r name secs <<<"$r"
-    printf "| %s | %.1f | %.0f | %.2fx |\n" "$name" "$secs" "$(echo "$TXNS / $secs" | bc -l)" "$(echo "$secs / $CCR_SECS" | bc -l)"
+    IFS=';' read -r name secs cpus <<<"$r"
+    printf "| %s | %.1f | %.0f | %.2fx | %.1f |\n" "$name" "$secs" "$(echo "$TXNS / $secs" | bc -l)" "$(echo "$secs / $CCR_SECS" | bc -l)" "$cpus"
 done
+echo
+echo "CPU seconds: for ccr-syncer its process, the destination server and the source server (which sends the binlog): $CCR_CPU; for a replica its server."
+echo "ccr-syncer apply connections: ${APPLY_CONNECTIONS:-4 (default)}."
+
 echo
 echo "Steady lag at $RATE transactions/s (half the maximum above), heartbeat age on the destination, $SAMPLES samples: p50 ${P50} ms, p99 ${P99} ms (includes up to 100 ms between heartbeats)."
 echo "ccr-syncer peak RSS over the whole run: $((PEAK / 1024)) MiB."

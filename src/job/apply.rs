@@ -235,19 +235,33 @@ async fn work(
         let Some(mut group) = group else {
             return Ok(());
         };
+        // A whole group's statements are rendered while earlier groups
+        // it waits for are still being applied.
+        let mut pending = None;
+        let mut prepared = None;
+        if group.whole {
+            pending = group.chunks.recv().await;
+            if let Some(Chunk::Rows(changes)) = &pending {
+                prepared = Some(prepare(changes, shared.max_bytes));
+            }
+        }
         if !shared.committed(group.after).await {
             return Ok(());
         }
         let mut open = false;
         loop {
-            let Some(chunk) = group.chunks.recv().await else {
+            let chunk = match pending.take() {
+                Some(chunk) => Some(chunk),
+                None => group.chunks.recv().await,
+            };
+            let Some(chunk) = chunk else {
                 // The coordinator gave the group up.
                 let _ = conn.query_drop("ROLLBACK").await;
                 return Ok(());
             };
             match chunk {
                 Chunk::Rows(changes) => {
-                    apply_rows(&mut conn, &changes, !open, group.whole, shared.max_bytes).await?;
+                    apply_rows(&mut conn, &changes, !open, prepared.take()).await?;
                     open = true;
                 }
                 Chunk::Commit {
@@ -285,51 +299,64 @@ async fn work(
     }
 }
 
-/// Runs `changes` in the worker's transaction (opening it when `begin`):
-/// their net effect when `net`, falling back to one by one.
+/// A whole group's statements: its net effect (`true`) where it reduces,
+/// else change by change.
+fn prepare(changes: &[Change], max_bytes: usize) -> (Statements, bool) {
+    let mut stmts = Statements::default();
+    stmts.push("BEGIN", None);
+    if compact::render_net(changes, max_bytes, &mut stmts).is_some() {
+        return (stmts, true);
+    }
+    stmts.clear();
+    stmts.push("BEGIN", None);
+    (stmts, false)
+}
+
+/// Runs `changes` in the worker's transaction (opening it when `begin`),
+/// as `prepared` if given: a net effect that does not apply is rolled back
+/// and applied change by change, which checks each change exactly.
 async fn apply_rows(
     conn: &mut Conn,
     changes: &[Change],
     begin: bool,
-    net: bool,
-    max_bytes: usize,
+    prepared: Option<(Statements, bool)>,
 ) -> Result<(), SyncError> {
-    let mut stmts = Statements::default();
-    if begin {
-        stmts.push("BEGIN", None);
-    }
-    if net && begin && compact::render_net(changes, max_bytes, &mut stmts).is_some() {
-        match run(conn, &stmts).await {
-            Ok(()) => return Ok(()),
-            Err(Failed::Server(_, e)) if db::server_code(&e).is_none() => {
-                return Err(SyncError::sql("applying rows", e));
+    let mut stmts = match prepared {
+        Some((stmts, true)) => {
+            match run(conn, &stmts).await {
+                Ok(()) => return Ok(()),
+                Err(Failed::Server(_, e)) if db::server_code(&e).is_none() => {
+                    return Err(SyncError::sql("applying rows", e));
+                }
+                Err(f) => {
+                    debug!(failure = %f.describe(&stmts), "net effect did not apply; applying change by change");
+                    conn.query_drop("ROLLBACK")
+                        .await
+                        .map_err(|e| SyncError::sql("rolling back", e))?;
+                }
             }
-            Err(f) => {
-                debug!(failure = %f.describe(&stmts), "net effect did not apply; applying change by change");
-                conn.query_drop("ROLLBACK")
-                    .await
-                    .map_err(|e| SyncError::sql("rolling back", e))?;
-            }
+            let mut stmts = stmts;
+            stmts.clear();
+            stmts.push("BEGIN", None);
+            stmts
         }
-        stmts.clear();
-        stmts.push("BEGIN", None);
-    } else if net && begin {
-        stmts.clear();
-        stmts.push("BEGIN", None);
-    }
+        Some((stmts, false)) => stmts,
+        None => {
+            let mut stmts = Statements::default();
+            if begin {
+                stmts.push("BEGIN", None);
+            }
+            stmts
+        }
+    };
     let starts = compact::render_each(changes, &mut stmts)
         .map_err(|(n, e)| SyncError::Definite(format!("{}: {e}", changes[n].txn)))?;
     run(conn, &stmts).await.map_err(|f| {
         let i = f.index();
         let n = starts.partition_point(|&s| s <= i).saturating_sub(1);
         let txn = changes.get(n).map_or("", |c| &c.txn);
-        f.into_error(
-            &stmts,
-            &format!(
-                "{txn} on {}",
-                changes.get(n).map_or("", |c| c.dest.name.as_str())
-            ),
-        )
+        let table = changes.get(n).map_or("", |c| c.dest.name.as_str());
+        f.into_error(&stmts, &format!("{txn} on {table}"))
     })
 }
 

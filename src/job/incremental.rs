@@ -47,12 +47,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
-/// Events read ahead of the applier.
-const READ_AHEAD: usize = 256;
+/// How far the reader runs ahead of the applier: events, and bytes of
+/// binlog they were read from.
+const READ_AHEAD: usize = 4096;
+const READ_AHEAD_BYTES: u64 = 4 << 20;
 /// A destination transaction holding several source transactions commits
 /// once it has this many rows (or bytes of them) or is this old, or when
 /// nothing more is queued.
-const BATCH_ROWS: u64 = 10_000;
+const BATCH_ROWS: u64 = 30_000;
 const GROUP_BYTES: usize = 4 << 20;
 const BATCH_AGE: Duration = Duration::from_millis(200);
 /// A group (in practice one source transaction) bigger than this is
@@ -437,7 +439,7 @@ impl Incremental {
               "incremental sync starting");
 
         // The reader runs ahead in its own task.
-        let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+        let feed = Arc::new(Feed::default());
         let bytes_read = Arc::new(AtomicU64::new(0));
         let read_head = Arc::new(Mutex::new(ReadHead::default()));
         let start = StartAt {
@@ -450,7 +452,7 @@ impl Incremental {
             start,
             scope(&spec),
             self.connect_timeout,
-            tx,
+            FeedWriter(feed.clone()),
             bytes_read.clone(),
             read_head.clone(),
         )));
@@ -471,6 +473,7 @@ impl Incremental {
         let mut conflicts = Conflicts::default();
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut next_id = 1u64;
+        let mut queued: VecDeque<SourceEvent> = VecDeque::new();
         let mut applied = (pos.clone(), commit_ts);
         let mut txn: Option<Txn> = None;
         let mut force_commit = false;
@@ -484,18 +487,16 @@ impl Incremental {
         let _guards = (reader, poller);
 
         loop {
-            let next = tokio::select! {
-                e = rx.recv() => Some(e),
-                r = pool.changed() => {
-                    r?;
-                    None
+            if queued.is_empty() {
+                tokio::select! {
+                    e = feed.take() => {
+                        queued.extend(e.map_err(read_error)?);
+                    }
+                    r = pool.changed() => r?,
                 }
-            };
-            if let Some(event) = next {
-                let Some(event) = event else {
-                    return Err(SyncError::Transient("the binlog reader stopped".into()));
-                };
-                match event.map_err(read_error)? {
+            }
+            if let Some(event) = queued.pop_front() {
+                match event {
                     SourceEvent::Begin { gtid, at, .. } => {
                         caught_up = false;
                         let t = Txn {
@@ -670,7 +671,7 @@ impl Incremental {
                         group.txns += 1;
                         windows.retain(|_, w| !pos.reaches(&w.to));
                         let due = force_commit
-                            || rx.is_empty()
+                            || queued.is_empty() && feed.is_empty()
                             || group.rows >= BATCH_ROWS
                             || group.bytes >= GROUP_BYTES
                             || group.started.is_some_and(|s| s.elapsed() >= BATCH_AGE);
@@ -684,7 +685,8 @@ impl Incremental {
                         }
                     }
                     SourceEvent::Idle { .. } => {
-                        if txn.is_none() && group.txns == 0 && rx.is_empty() {
+                        if txn.is_none() && group.txns == 0 && queued.is_empty() && feed.is_empty()
+                        {
                             caught_up = true;
                         }
                     }
@@ -887,7 +889,7 @@ async fn read_loop(
     start: StartAt,
     scope: binlog::Scope,
     timeout: Duration,
-    tx: mpsc::Sender<Result<SourceEvent, ReadError>>,
+    feed: FeedWriter,
     bytes_read: Arc<AtomicU64>,
     head: Arc<Mutex<ReadHead>>,
 ) {
@@ -902,33 +904,111 @@ async fn read_loop(
     {
         Ok(r) => r,
         Err(e) => {
-            let _ = tx.send(Err(e)).await;
+            feed.0.fail(e);
             return;
         }
     };
     loop {
         match reader.next().await {
             Ok(events) => {
-                bytes_read.store(reader.bytes_read, Ordering::Relaxed);
-                for e in events {
-                    match &e {
+                let before = bytes_read.swap(reader.bytes_read, Ordering::Relaxed);
+                for e in &events {
+                    match e {
                         SourceEvent::Begin { gtid: Some(g), .. } => head.lock().gtid = Some(*g),
                         SourceEvent::Commit { timestamp, .. } => {
                             head.lock().timestamp = Some(i64::from(*timestamp))
                         }
                         _ => {}
                     }
-                    if tx.send(Ok(e)).await.is_err() {
-                        reader.close().await;
-                        return;
-                    }
                 }
+                feed.0.push(events, reader.bytes_read - before).await;
             }
             Err(e) => {
-                let _ = tx.send(Err(e)).await;
+                feed.0.fail(e);
                 return;
             }
         }
+    }
+}
+
+/// Events from the reader task to the applier: a buffer the applier takes
+/// whole (one hand-over for many events), bounded by [`READ_AHEAD`] events
+/// and [`READ_AHEAD_BYTES`] of binlog.
+#[derive(Default)]
+struct Feed {
+    state: Mutex<FeedState>,
+    readable: tokio::sync::Notify,
+    writable: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct FeedState {
+    events: Vec<SourceEvent>,
+    bytes: u64,
+    /// How the reader ended, once it has.
+    end: Option<ReadError>,
+}
+
+impl Feed {
+    /// Adds events read from `bytes` of binlog, waiting while the buffer
+    /// is full. (The reader task is stopped with the applier.)
+    async fn push(&self, events: Vec<SourceEvent>, bytes: u64) {
+        loop {
+            {
+                let mut st = self.state.lock();
+                if st.events.is_empty()
+                    || st.events.len() < READ_AHEAD && st.bytes < READ_AHEAD_BYTES
+                {
+                    st.events.extend(events);
+                    st.bytes += bytes;
+                    drop(st);
+                    self.readable.notify_one();
+                    return;
+                }
+            }
+            self.writable.notified().await;
+        }
+    }
+
+    fn fail(&self, e: ReadError) {
+        self.state.lock().end.get_or_insert(e);
+        self.readable.notify_one();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.state.lock().events.is_empty()
+    }
+
+    /// Every event buffered, waiting for one; the reader's error once the
+    /// buffer is empty.
+    async fn take(&self) -> Result<Vec<SourceEvent>, ReadError> {
+        loop {
+            {
+                let mut st = self.state.lock();
+                if !st.events.is_empty() {
+                    st.bytes = 0;
+                    let events = std::mem::take(&mut st.events);
+                    drop(st);
+                    self.writable.notify_one();
+                    return Ok(events);
+                }
+                if let Some(e) = st.end.take() {
+                    return Err(e);
+                }
+            }
+            self.readable.notified().await;
+        }
+    }
+}
+
+/// The reader's end: when the reader task ends without saying why (it
+/// panicked or was stopped), the applier hears so.
+struct FeedWriter(Arc<Feed>);
+
+impl Drop for FeedWriter {
+    fn drop(&mut self) {
+        self.0
+            .fail(ReadError::Transient("the binlog reader stopped".into()));
     }
 }
 
