@@ -416,3 +416,106 @@ async fn million_row_transaction_with_bounded_memory() {
     );
     service.kill();
 }
+
+/// Runs `sysbench <args>` against `db` on the shared source as a user of
+/// its own; panics with sysbench's output if it fails.
+fn sysbench(db: &str, args: &[&str]) -> String {
+    let user = format!("sb_{db}");
+    let password = "Sb-Pa55word";
+    source().admin(&format!(
+        "CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{password}';
+         GRANT ALL ON `{db}`.* TO '{user}'@'%'"
+    ));
+    let out = std::process::Command::new("sysbench")
+        .args(args)
+        .args([
+            "--db-driver=mysql",
+            "--mysql-host=127.0.0.1",
+            &format!("--mysql-port={}", source().port),
+            &format!("--mysql-user={user}"),
+            &format!("--mysql-password={password}"),
+            &format!("--mysql-db={db}"),
+        ])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run sysbench ({e}): install it (apt-get install sysbench); .ci/run does")
+        });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sysbench {args:?} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// A database job under 60 seconds of `sysbench oltp_write_only`, applied
+/// while it runs (groups side by side, net effects): afterwards every
+/// table equals the source's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sysbench_oltp_write_only_for_60_seconds() {
+    let db = unique("inc_sysbench");
+    source().admin(&format!("CREATE DATABASE {db}"));
+    let shape = ["--tables=4", "--table-size=10000", "--threads=2"];
+    sysbench(&db, &[&["oltp_common"][..], &shape, &["prepare"]].concat());
+    let dest_db = unique("inc_sysbench_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "sb",
+                   "src": src_endpoint(source(), &db, None),
+                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "sb", "DBIncrementalSync").await;
+    let start_seq = source_seq(source());
+    let load_db = db.clone();
+    let load = tokio::task::spawn_blocking(move || {
+        sysbench(
+            &load_db,
+            &[
+                &["oltp_write_only"][..],
+                &shape,
+                &["--time=60", "--report-interval=0", "run"],
+            ]
+            .concat(),
+        )
+    });
+    // The job applies while the load runs.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let mid = service.post("get_lag", json!({"name": "sb"})).await.ok();
+    assert!(
+        mid["first_commit_seq"].as_u64().unwrap_or(0) > start_seq,
+        "nothing applied after 30 s of load: {mid:#}"
+    );
+    let report = load.await.unwrap();
+    assert!(report.contains("transactions:"), "{report}");
+    wait_caught_up(&service, "sb", source()).await;
+    let tables = ["sbtest1", "sbtest2", "sbtest3", "sbtest4"];
+    assert_eq!(
+        checksums(source(), &db, &tables),
+        checksums(dest(), &dest_db, &tables)
+    );
+    // Every sysbench transaction was applied (other tests' transactions on
+    // the shared source may be counted too).
+    let written: u64 = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("transactions:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let progress = service
+        .post("job_progress", json!({"name": "sb"}))
+        .await
+        .ok();
+    let applied = progress["job_progress"]["incremental"]["transactions_applied"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        written > 0 && applied >= written,
+        "sysbench wrote {written} transactions, the job applied {applied}: {progress:#}"
+    );
+    service.stop().await;
+}
