@@ -519,3 +519,68 @@ async fn sysbench_oltp_write_only_for_60_seconds() {
     );
     service.stop().await;
 }
+
+/// A row missing on the destination: the group's net effect does not add
+/// up, so it is rolled back and applied change by change, which names the
+/// divergence; the job stops with nothing of that group applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divergence_inside_a_group_stops_the_job() {
+    let db = unique("inc_diverge");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE t (id INT PRIMARY KEY, v INT);
+         INSERT INTO t SELECT seq, 0 FROM seq_1_to_100;"
+    ));
+    let dest_db = unique("inc_diverge_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            table_spec("d", &db, "t", dest_endpoint(dest(), &dest_db, Some("t"))),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "d", "TableIncrementalSync").await;
+    wait_caught_up(&service, "d", source()).await;
+    // Only on the destination: row 50 disappears.
+    dest().admin(&format!("DELETE FROM {dest_db}.t WHERE id = 50"));
+    service.post("pause", json!({"name": "d"})).await.ok();
+    // One group: many updates, one of them of the missing row.
+    let mut sql = format!("USE {db};");
+    for id in 1..=100 {
+        sql.push_str(&format!("UPDATE t SET v = v + 1 WHERE id = {id};"));
+    }
+    source().admin(&sql);
+    service.post("resume", json!({"name": "d"})).await.ok();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let progress = loop {
+        let p = service
+            .post("job_progress", json!({"name": "d"}))
+            .await
+            .ok();
+        if p["job_progress"]["state"] == "paused" {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not stop: {p:#} dest {} source {}",
+            dest().admin(&format!("SELECT COUNT(*), SUM(v) FROM {dest_db}.t")),
+            source().admin(&format!("SELECT COUNT(*), SUM(v) FROM {db}.t"))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = progress["job_progress"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("diverged") && error.contains("`id`=50"),
+        "{progress:#}"
+    );
+    // Nothing of the refused group (or after it) was applied.
+    assert_eq!(
+        dest().admin(&format!("SELECT COUNT(*), SUM(v) FROM {dest_db}.t")),
+        "99\t0"
+    );
+    service.stop().await;
+}

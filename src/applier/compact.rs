@@ -387,3 +387,119 @@ pub fn render_net(changes: &[Change], max_bytes: usize, out: &mut Statements) ->
     }
     Some(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::applier::target::DestColumn;
+    use crate::source::binlog::decode::{Cell, ColumnDesc, TableMap};
+    use mysql_async::consts::ColumnType;
+
+    fn table() -> Arc<DestTable> {
+        let col = |name: &str| DestColumn {
+            name: name.into(),
+            unsigned: false,
+            generated: false,
+            charset: None,
+        };
+        Arc::new(DestTable {
+            database: "d".into(),
+            name: "t".into(),
+            columns: vec![col("id"), col("v")],
+            key: vec![0],
+            uniques: vec![vec![0]],
+        })
+    }
+
+    fn row(id: i64, v: i64) -> Image {
+        vec![Some(Cell::Int(id, 32)), Some(Cell::Int(v, 32))]
+    }
+
+    fn change(
+        dest: &Arc<DestTable>,
+        op: RowOp,
+        rows: Vec<(Option<Image>, Option<Image>)>,
+    ) -> Change {
+        let c = |ty| ColumnDesc {
+            ty,
+            meta: vec![],
+            name: None,
+        };
+        Change {
+            dest: dest.clone(),
+            columns: Arc::new(vec![Some(0), Some(1)]),
+            mode: Mode::Exact,
+            change: RowChange {
+                table: Arc::new(TableMap {
+                    database: "s".into(),
+                    table: "t".into(),
+                    columns: vec![
+                        c(ColumnType::MYSQL_TYPE_LONG),
+                        c(ColumnType::MYSQL_TYPE_LONG),
+                    ],
+                }),
+                op,
+                rows,
+            },
+            txn: Arc::from("txn"),
+        }
+    }
+
+    fn net(changes: &[Change]) -> Option<(Vec<String>, Vec<Option<u64>>)> {
+        let mut out = Statements::default();
+        render_net(changes, 1 << 20, &mut out)?;
+        let stmts = (0..out.expect.len())
+            .map(|i| String::from_utf8(out.statement(i).to_vec()).unwrap())
+            .collect();
+        Some((stmts, out.expect))
+    }
+
+    #[test]
+    fn changes_reduce_to_their_net_effect() {
+        let t = table();
+        let changes = vec![
+            change(&t, RowOp::Update, vec![(Some(row(1, 0)), Some(row(1, 1)))]),
+            change(&t, RowOp::Update, vec![(Some(row(1, 1)), Some(row(1, 2)))]),
+            change(&t, RowOp::Delete, vec![(Some(row(2, 0)), None)]),
+            change(&t, RowOp::Insert, vec![(None, Some(row(2, 5)))]),
+            change(&t, RowOp::Insert, vec![(None, Some(row(3, 0)))]),
+            change(&t, RowOp::Delete, vec![(Some(row(4, 0)), None)]),
+            change(&t, RowOp::Insert, vec![(None, Some(row(5, 0)))]),
+            change(&t, RowOp::Delete, vec![(Some(row(5, 0)), None)]),
+            // A key change: row 6 becomes row 7.
+            change(&t, RowOp::Update, vec![(Some(row(6, 0)), Some(row(7, 0)))]),
+        ];
+        let (stmts, expect) = net(&changes).unwrap();
+        assert_eq!(
+            stmts,
+            [
+                "DELETE FROM `d`.`t` WHERE `id` IN (4,6)",
+                "INSERT INTO `d`.`t` (`id`,`v`) VALUES (1,2),(2,5) ON DUPLICATE KEY UPDATE `v`=VALUES(`v`)",
+                "INSERT INTO `d`.`t` (`id`,`v`) VALUES (3,0),(7,0)",
+            ]
+        );
+        assert_eq!(expect, [Some(2), Some(4), Some(2)]);
+    }
+
+    #[test]
+    fn changes_that_cannot_be_are_not_reduced() {
+        let t = table();
+        // Inserted twice: the destination must refuse the second.
+        let twice = vec![
+            change(&t, RowOp::Insert, vec![(None, Some(row(1, 0)))]),
+            change(&t, RowOp::Insert, vec![(None, Some(row(1, 1)))]),
+        ];
+        assert!(net(&twice).is_none());
+        // Deleted twice, or updated once deleted.
+        let gone = vec![
+            change(&t, RowOp::Delete, vec![(Some(row(1, 0)), None)]),
+            change(&t, RowOp::Update, vec![(Some(row(1, 0)), Some(row(1, 1)))]),
+        ];
+        assert!(net(&gone).is_none());
+        // Idempotent changes are rendered one by one, in order.
+        let mut idem = change(&t, RowOp::Insert, vec![(None, Some(row(1, 0)))]);
+        idem.mode = Mode::Idempotent;
+        let (stmts, _) = net(&[idem]).unwrap();
+        assert_eq!(stmts, ["REPLACE INTO `d`.`t` (`id`,`v`) VALUES (1,0)"]);
+    }
+}

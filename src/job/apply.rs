@@ -402,6 +402,11 @@ impl Failed {
 
 /// Runs `stmts` as one multi-statement round trip and checks that each
 /// matched the rows it must.
+///
+/// The driver's result holds one statement's outcome at a time: reading it
+/// moves on to the next, and it is empty once the current one is the last.
+/// So the last statement is checked too (it used not to be: a round trip's
+/// final statement went unchecked).
 pub(super) async fn run(conn: &mut Conn, stmts: &Statements) -> Result<(), Failed> {
     let mut result = conn
         .query_iter(stmts.sql.as_slice())
@@ -412,7 +417,7 @@ pub(super) async fn run(conn: &mut Conn, stmts: &Statements) -> Result<(), Faile
         let affected = result.affected_rows();
         if let Some(Some(want)) = stmts.expect.get(i) {
             if affected != *want {
-                // Drain the rest so the connection stays usable.
+                // Read the rest so the connection stays usable.
                 while !result.is_empty() {
                     if result.collect::<mysql_async::Row>().await.is_err() {
                         break;
@@ -425,14 +430,14 @@ pub(super) async fn run(conn: &mut Conn, stmts: &Statements) -> Result<(), Faile
                 });
             }
         }
+        if result.is_empty() {
+            break;
+        }
         result
             .collect::<mysql_async::Row>()
             .await
             .map_err(|e| Failed::Server(i + 1, e))?;
         i += 1;
-        if result.is_empty() {
-            break;
-        }
     }
     Ok(())
 }

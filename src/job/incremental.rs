@@ -7,9 +7,11 @@
 //! into the destination's checkpoint row ([`checkpoint`]), committed with
 //! them. The stream is (re)started after that row's position, whatever
 //! happened before: a crash loses only uncommitted work, which the restart
-//! reads again; nothing committed is read again. A huge source transaction
-//! is sent on in statements of at most `statement_bytes` inside its one
-//! destination transaction, so memory stays bounded.
+//! reads again; nothing committed is read again. Destination transactions
+//! (groups) run side by side on several connections but commit in stream
+//! order ([`super::apply`]), so the row always names a prefix of the stream.
+//! A huge source transaction is sent on in pieces of about `statement_bytes`
+//! inside its one destination transaction, so memory stays bounded.
 //!
 //! Snapshot windows (database jobs): a table whose rows were copied at
 //! snapshot positions [from, to] skips transactions up to `from` (its rows
