@@ -200,6 +200,9 @@ impl Reader {
                     Some(1236) => ReadError::Definite(format!(
                         "the source cannot send the binlog from the job's position: {e}"
                     )),
+                    // 4052: the job's previous binlog connection (before a
+                    // restart) is still registered; it goes away by itself.
+                    Some(4052) => ReadError::Transient(format!("reading the binlog: {e}")),
                     _ => sql_error("reading the binlog", e),
                 });
             }
