@@ -158,16 +158,22 @@ async fn ddl_mid_stream_and_rotation() {
     assert!(dest()
         .admin(&format!("SHOW TABLES FROM {dest_db} LIKE 'a'"))
         .is_empty());
-    let progress = service
-        .post("job_progress", json!({"name": "d"}))
-        .await
-        .ok();
-    assert!(
-        progress["job_progress"]["incremental"]["ddl_applied"]
+    // job_progress follows the applier's reports (every 250 ms).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let progress = service
+            .post("job_progress", json!({"name": "d"}))
+            .await
+            .ok();
+        let ddl = progress["job_progress"]["incremental"]["ddl_applied"]
             .as_u64()
-            .unwrap()
-            >= 10
-    );
+            .unwrap();
+        if ddl >= 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{ddl} DDL applied: {progress:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     service.stop().await;
 }
 

@@ -137,29 +137,12 @@ impl<'a> TableNet<'a> {
                 let (Some(b), Some(a)) = (before, after) else {
                     return false;
                 };
-                if self.key(b).is_some() && self.key(b) == self.key(a) {
-                    // The key must exist: first seen, it existed before.
-                    match self.key(a).and_then(|k| self.entries.get(&k)) {
-                        Some(e) if e.last.is_none() => false,
-                        Some(_) => self.put(a, true),
-                        None => {
-                            let k = self.key(a).unwrap_or_default();
-                            if !Self::full(a) {
-                                return false;
-                            }
-                            self.order.push(k.clone());
-                            self.entries.insert(
-                                k,
-                                Entry {
-                                    existed: true,
-                                    last: Some(a),
-                                },
-                            );
-                            true
-                        }
-                    }
-                } else {
-                    self.remove(b) && self.put(a, false)
+                match (self.key(b), self.key(a)) {
+                    // In place: the row existed (before the group, when
+                    // first seen) and is replaced.
+                    (Some(kb), Some(ka)) if kb == ka => self.put(a, true),
+                    // The key changed: one row gone, another new.
+                    _ => self.remove(b) && self.put(a, false),
                 }
             }
         })

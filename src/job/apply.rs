@@ -118,13 +118,9 @@ impl Drop for Pool {
 }
 
 impl Pool {
-    /// A worker on each connection; `committed` is the id of the group
-    /// the checkpoint holds (groups are numbered on from it).
-    pub fn start(conns: Vec<Conn>, committed: u64, max_bytes: usize) -> Pool {
-        let (mark, rx) = watch::channel(Mark {
-            committed,
-            failed: false,
-        });
+    /// A worker on each connection; groups are numbered from 1.
+    pub fn start(conns: Vec<Conn>, max_bytes: usize) -> Pool {
+        let (mark, rx) = watch::channel(Mark::default());
         let shared = Arc::new(Shared {
             mark,
             error: Mutex::new(None),
@@ -389,12 +385,14 @@ impl Failed {
     }
 
     pub fn into_error(self, stmts: &Statements, context: &str) -> SyncError {
-        let text = elide(&String::from_utf8_lossy(stmts.statement(self.index())));
         match self {
-            Failed::Server(_, e) => SyncError::sql(format!("{context}: statement `{text}`"), e),
-            Failed::Mismatch { affected, want, .. } => SyncError::Definite(format!(
-                "{context}: the destination has diverged from the source: `{text}` matched \
-                 {affected} rows where the source changed {want}"
+            Failed::Server(i, e) => {
+                let text = elide(&String::from_utf8_lossy(stmts.statement(i)));
+                SyncError::sql(format!("{context}: statement `{text}`"), e)
+            }
+            Failed::Mismatch { .. } => SyncError::Definite(format!(
+                "{context}: the destination has diverged from the source: {}",
+                self.describe(stmts)
             )),
         }
     }
@@ -521,15 +519,28 @@ fn hash_cell(cell: &Cell, h: &mut DefaultHasher) {
     }
 }
 
-/// Which group last wrote each row hash, to find what a new group waits for.
+/// Group numbers, and which group last wrote each row hash, to find what a
+/// new group waits for.
 #[derive(Default)]
 pub(super) struct Conflicts {
+    /// The newest group number given out (groups count from 1).
+    issued: u64,
     last: HashMap<u64, u64>,
     /// Every group waits for this one (a barrier).
     barrier: u64,
 }
 
 impl Conflicts {
+    /// The next group's number.
+    pub fn issue(&mut self) -> u64 {
+        self.issued += 1;
+        self.issued
+    }
+
+    pub fn issued(&self) -> u64 {
+        self.issued
+    }
+
     /// The group that `id`, touching `hashes`, must wait for; records it.
     pub fn claim(&mut self, id: u64, hashes: &[u64], committed: u64) -> u64 {
         if self.last.len() > 1 << 18 {
@@ -550,5 +561,31 @@ impl Conflicts {
         self.barrier = id;
         self.last.clear();
         id - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elides_long_statements() {
+        let long = format!("INSERT INTO t VALUES {}", "(1),".repeat(500));
+        let e = elide(&long);
+        assert!(e.len() < 500 && e.contains("bytes elided"));
+        assert_eq!(elide("DELETE FROM t"), "DELETE FROM t");
+    }
+
+    #[test]
+    fn groups_wait_for_the_newest_group_sharing_a_row() {
+        let mut c = Conflicts::default();
+        let (a, b, d) = (c.issue(), c.issue(), c.issue());
+        assert_eq!(c.claim(a, &[1, 2, 2], 0), 0);
+        assert_eq!(c.claim(b, &[3], 0), 0);
+        assert_eq!(c.claim(d, &[2, 3], 0), b);
+        let e = c.issue();
+        assert_eq!(c.barrier(e), d);
+        let f = c.issue();
+        assert_eq!(c.claim(f, &[9], 0), e);
     }
 }

@@ -161,18 +161,25 @@ struct Window {
 struct Txn {
     gtid: Option<MariaGtid>,
     at: BinlogCoord,
-    rows: u64,
-    annotate: Option<String>,
-    /// [`Txn::name`], shared by its changes.
+    /// How errors name it; shared by its changes.
     label: Arc<str>,
 }
 
 impl Txn {
-    fn name(&self) -> String {
-        match self.gtid {
+    fn new(gtid: Option<MariaGtid>, at: BinlogCoord) -> Txn {
+        let label = match gtid {
             Some(g) => format!("source transaction {g} (commit seq {})", g.seq),
-            None => format!("source transaction at {}", self.at),
+            None => format!("source transaction at {at}"),
+        };
+        Txn {
+            gtid,
+            at,
+            label: label.into(),
         }
+    }
+
+    fn name(&self) -> &str {
+        &self.label
     }
 }
 
@@ -204,29 +211,6 @@ struct InFlight {
     started: Instant,
 }
 
-/// A group handed to the pool, before the position after it is known to it.
-struct Dispatched {
-    id: u64,
-    txns: u64,
-    rows: u64,
-    rows_by_op: HashMap<RowOp, u64>,
-    started: Instant,
-}
-
-impl Dispatched {
-    fn at(self, pos: &Point, commit_ts: Option<i64>) -> InFlight {
-        InFlight {
-            id: self.id,
-            pos: pos.clone(),
-            commit_ts,
-            txns: self.txns,
-            rows: self.rows,
-            rows_by_op: self.rows_by_op,
-            started: self.started,
-        }
-    }
-}
-
 impl Building {
     /// Sends the rows held so far ahead of the group's end, dispatching it
     /// as a barrier first.
@@ -234,11 +218,9 @@ impl Building {
         &mut self,
         pool: &mut Pool,
         conflicts: &mut Conflicts,
-        next_id: &mut u64,
     ) -> Result<(), SyncError> {
         if self.stream.is_none() {
-            let id = *next_id;
-            *next_id += 1;
+            let id = conflicts.issue();
             let (tx, rx) = mpsc::channel(2);
             let after = conflicts.barrier(id);
             pool.dispatch(Group {
@@ -257,17 +239,22 @@ impl Building {
         pool.send(tx, rows).await
     }
 
-    /// Hands the group, ending with `commit`, to the pool; a new one starts.
+    /// Hands the group, ending with `commit` (the checkpoint at `pos`), to
+    /// the pool; a new one starts.
     async fn finish(
         &mut self,
         pool: &mut Pool,
         conflicts: &mut Conflicts,
-        next_id: &mut u64,
         mut commit: Chunk,
         fail_at: Option<u64>,
-    ) -> Result<Dispatched, SyncError> {
+        pos: &Point,
+        commit_ts: Option<i64>,
+    ) -> Result<InFlight, SyncError> {
         let b = std::mem::take(self);
-        let id = b.stream.as_ref().map_or(*next_id, |(id, _)| *id);
+        let id = match &b.stream {
+            Some((id, _)) => *id,
+            None => conflicts.issue(),
+        };
         if let Chunk::Commit { abort, .. } = &mut commit {
             *abort = fail_at == Some(id);
         }
@@ -279,7 +266,6 @@ impl Building {
                 pool.send(&tx, commit).await?;
             }
             None => {
-                *next_id += 1;
                 let (tx, rx) = mpsc::channel(2);
                 let whole = !b.changes.is_empty();
                 if whole {
@@ -296,8 +282,10 @@ impl Building {
                 .await?;
             }
         }
-        Ok(Dispatched {
+        Ok(InFlight {
             id,
+            pos: pos.clone(),
+            commit_ts,
             txns: b.txns,
             rows: b.rows,
             rows_by_op: b.rows_by_op,
@@ -391,7 +379,7 @@ impl Incremental {
         for _ in 0..self.apply_connections.max(1) {
             workers.push(self.connect_worker(read_committed).await?);
         }
-        let mut pool = Pool::start(workers, 0, flush_bytes);
+        let mut pool = Pool::start(workers, flush_bytes);
         let result = self.stream(&mut conn, &mut pool, flush_bytes).await;
         pool.shutdown().await;
         result
@@ -474,7 +462,6 @@ impl Incremental {
         let mut group = Building::default();
         let mut conflicts = Conflicts::default();
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        let mut next_id = 1u64;
         let mut queued: VecDeque<SourceEvent> = VecDeque::new();
         let mut applied = (pos.clone(), commit_ts);
         let mut txn: Option<Txn> = None;
@@ -501,23 +488,9 @@ impl Incremental {
                 match event {
                     SourceEvent::Begin { gtid, at, .. } => {
                         caught_up = false;
-                        let t = Txn {
-                            gtid,
-                            at,
-                            rows: 0,
-                            annotate: None,
-                            label: Arc::from(""),
-                        };
-                        txn = Some(Txn {
-                            label: Arc::from(t.name()),
-                            ..t
-                        });
+                        txn = Some(Txn::new(gtid, at));
                     }
-                    SourceEvent::Annotate(sql) => {
-                        if let Some(t) = txn.as_mut() {
-                            t.annotate = Some(sql);
-                        }
-                    }
+                    SourceEvent::Annotate(_) => {}
                     SourceEvent::Rows(change) => {
                         let Some(t) = txn.as_mut() else {
                             return Err(SyncError::Definite(
@@ -563,7 +536,6 @@ impl Incremental {
                             }
                         }
                         let n = change.rows.len() as u64;
-                        t.rows += n;
                         group.rows += n;
                         group.bytes += change_bytes(&change);
                         *group.rows_by_op.entry(change.op).or_default() += n;
@@ -581,7 +553,7 @@ impl Incremental {
                             STREAM_BYTES.max(flush_bytes)
                         };
                         if group.bytes >= limit {
-                            group.stream_out(pool, &mut conflicts, &mut next_id).await?;
+                            group.stream_out(pool, &mut conflicts).await?;
                         }
                     }
                     SourceEvent::Query {
@@ -601,11 +573,11 @@ impl Incremental {
                         if group.txns > 0 || !group.changes.is_empty() {
                             let commit = self.commit_chunk(&pos, commit_ts, None);
                             let done = group
-                                .finish(pool, &mut conflicts, &mut next_id, commit, fail_at)
+                                .finish(pool, &mut conflicts, commit, fail_at, &pos, commit_ts)
                                 .await?;
-                            in_flight.push_back(done.at(&pos, commit_ts));
+                            in_flight.push_back(done);
                         }
-                        pool.wait(next_id - 1).await?;
+                        pool.wait(conflicts.issued()).await?;
                         let marker = t.gtid.map_or_else(|| t.at.to_string(), |g| g.to_string());
                         let mut mark = Statements::default();
                         mark.push(
@@ -680,9 +652,9 @@ impl Incremental {
                         if due {
                             let commit = self.commit_chunk(&pos, commit_ts, pending_ddl.take());
                             let done = group
-                                .finish(pool, &mut conflicts, &mut next_id, commit, fail_at)
+                                .finish(pool, &mut conflicts, commit, fail_at, &pos, commit_ts)
                                 .await?;
-                            in_flight.push_back(done.at(&pos, commit_ts));
+                            in_flight.push_back(done);
                             force_commit = false;
                         }
                     }
@@ -1102,13 +1074,5 @@ mod tests {
             lag_secs(a.commit_seq, a.commit_timestamp, &a.detail, 103),
             0
         );
-    }
-
-    #[test]
-    fn elides_long_statements() {
-        let long = format!("INSERT INTO t VALUES {}", "(1),".repeat(500));
-        let e = elide(&long);
-        assert!(e.len() < 500 && e.contains("bytes elided"));
-        assert_eq!(elide("DELETE FROM t"), "DELETE FROM t");
     }
 }
