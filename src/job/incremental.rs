@@ -380,8 +380,18 @@ impl Incremental {
             workers.push(self.connect_worker(read_committed).await?);
         }
         let mut pool = Pool::start(workers, flush_bytes);
-        let result = self.stream(&mut conn, &mut pool, flush_bytes).await;
+        let mut detail = self.progress.borrow().detail.clone();
+        detail.started_at = super::runner::now_ms();
+        let result = self
+            .stream(&mut conn, &mut pool, flush_bytes, &mut detail)
+            .await;
         pool.shutdown().await;
+        // What was counted since the last report survives the restart.
+        self.progress.send_modify(|a| {
+            a.detail.ddl_applied = detail.ddl_applied;
+            a.detail.transactions_applied = detail.transactions_applied;
+            a.detail.rows_applied = detail.rows_applied;
+        });
         result
     }
 
@@ -390,6 +400,7 @@ impl Incremental {
         conn: &mut Conn,
         pool: &mut Pool,
         flush_bytes: usize,
+        detail: &mut IncrementalProgress,
     ) -> Result<Infallible, SyncError> {
         let spec = self.spec.clone();
         let name = spec.name.as_str();
@@ -470,9 +481,6 @@ impl Incremental {
         let mut caught_up = false;
         let fail_at = failpoint();
         let mut last_report = Instant::now() - Duration::from_secs(1);
-        let started_at = super::runner::now_ms();
-        let mut detail = self.progress.borrow().detail.clone();
-        detail.started_at = started_at;
         let _guards = (reader, poller);
 
         loop {
