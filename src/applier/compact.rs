@@ -50,6 +50,8 @@ pub fn eligible(dest: &DestTable, columns: &[Option<usize>]) -> bool {
 struct Entry<'a> {
     existed: bool,
     last: Option<&'a Image>,
+    /// An image with the row's key, to tell whether it may go early.
+    keyed: &'a Image,
 }
 
 struct TableNet<'a> {
@@ -97,6 +99,7 @@ impl<'a> TableNet<'a> {
                     Entry {
                         existed: true,
                         last: None,
+                        keyed: before,
                     },
                 );
                 true
@@ -122,6 +125,7 @@ impl<'a> TableNet<'a> {
                     Entry {
                         existed: replacing,
                         last: Some(after),
+                        keyed: after,
                     },
                 );
                 true
@@ -148,7 +152,8 @@ impl<'a> TableNet<'a> {
         })
     }
 
-    fn render(&self, out: &mut Statements, max_bytes: usize) {
+    /// The statements for the entries `pick` accepts.
+    fn render(&self, out: &mut Statements, max_bytes: usize, pick: impl Fn(&Entry) -> bool) {
         let table = format!(
             "{}.{}",
             quote_ident(&self.dest.database),
@@ -157,7 +162,10 @@ impl<'a> TableNet<'a> {
         let gone: Vec<&Vec<u8>> = self
             .order
             .iter()
-            .filter(|k| self.entries[*k].existed && self.entries[*k].last.is_none())
+            .filter(|k| {
+                let e = &self.entries[*k];
+                e.existed && e.last.is_none() && pick(e)
+            })
             .collect();
         for part in split(&gone, max_bytes, |k| k.len() + 8) {
             let sql = out.start();
@@ -201,7 +209,7 @@ impl<'a> TableNet<'a> {
                 .iter()
                 .filter_map(|k| {
                     let e = &self.entries[k];
-                    e.last.filter(|_| e.existed == existed)
+                    e.last.filter(|_| e.existed == existed && pick(e))
                 })
                 .collect();
             for part in split(&rows, max_bytes, image_bytes) {
@@ -305,12 +313,27 @@ pub fn render_each(
     Ok(starts)
 }
 
+/// Whether a compacted row (given the table, its column mapping and an
+/// image with its key) may be written ahead of the rest, see [`render_net`].
+pub type Early<'f> = &'f dyn Fn(&DestTable, &[Option<usize>], &Image) -> bool;
+
 /// Statements for the net effect of `changes`: compacted for the tables
 /// that qualify, change by change (in order) for the rest. `None` when the
 /// changes do not reduce (e.g. a row inserted twice: the destination would
 /// refuse the second; applied one by one, it says so) or a change cannot be
 /// rendered (applied one by one, the error names it).
-pub fn render_net(changes: &[Change], max_bytes: usize, out: &mut Statements) -> Option<()> {
+///
+/// With `early`, the compacted rows it accepts go to `ahead` instead of
+/// `out`: rows no other transaction in flight touches, which may be written
+/// before that transaction commits. Compacted rows have distinct keys and
+/// no other unique index, so which part a row goes to does not change what
+/// the two parts leave together.
+pub fn render_net(
+    changes: &[Change],
+    max_bytes: usize,
+    early: Option<(Early<'_>, &mut Statements)>,
+    out: &mut Statements,
+) -> Option<()> {
     // Which tables qualify: every change exact, one definition throughout.
     let mut qualifies: HashMap<&str, Option<&Change>> = HashMap::new();
     for c in changes {
@@ -362,8 +385,20 @@ pub fn render_net(changes: &[Change], max_bytes: usize, out: &mut Statements) ->
             None => plain.push(c),
         }
     }
-    for name in order {
-        nets[name].render(out, max_bytes);
+    match early {
+        Some((early, ahead)) => {
+            for name in order {
+                let net = &nets[name];
+                let go = |e: &Entry| early(net.dest, net.columns, e.keyed);
+                net.render(ahead, max_bytes, go);
+                net.render(out, max_bytes, |e| !go(e));
+            }
+        }
+        None => {
+            for name in order {
+                nets[name].render(out, max_bytes, |_| true);
+            }
+        }
     }
     for c in plain {
         render(&c.change, &c.dest, &c.columns, c.mode, out).ok()?;
@@ -430,11 +465,49 @@ mod tests {
 
     fn net(changes: &[Change]) -> Option<(Vec<String>, Vec<Option<u64>>)> {
         let mut out = Statements::default();
-        render_net(changes, 1 << 20, &mut out)?;
+        render_net(changes, 1 << 20, None, &mut out)?;
         let stmts = (0..out.expect.len())
             .map(|i| String::from_utf8(out.statement(i).to_vec()).unwrap())
             .collect();
         Some((stmts, out.expect))
+    }
+
+    #[test]
+    fn rows_no_one_else_touches_go_ahead() {
+        let t = table();
+        let changes = vec![
+            change(&t, RowOp::Update, vec![(Some(row(1, 0)), Some(row(1, 1)))]),
+            change(&t, RowOp::Delete, vec![(Some(row(2, 0)), None)]),
+            change(&t, RowOp::Insert, vec![(None, Some(row(3, 0)))]),
+            change(&t, RowOp::Update, vec![(Some(row(6, 0)), Some(row(7, 0)))]),
+        ];
+        // Rows 1 and 7 are busy (an earlier group in flight touches them).
+        let early = |_: &DestTable, _: &[Option<usize>], image: &Image| {
+            !matches!(image[0], Some(Cell::Int(1 | 7, _)))
+        };
+        let (mut ahead, mut rest) = (Statements::default(), Statements::default());
+        render_net(&changes, 1 << 20, Some((&early, &mut ahead)), &mut rest).unwrap();
+        let text = |s: &Statements| {
+            (0..s.expect.len())
+                .map(|i| String::from_utf8(s.statement(i).to_vec()).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            text(&ahead),
+            [
+                "DELETE FROM `d`.`t` WHERE `id` IN (2,6)",
+                "INSERT INTO `d`.`t` (`id`,`v`) VALUES (3,0)",
+            ]
+        );
+        assert_eq!(
+            text(&rest),
+            [
+                "INSERT INTO `d`.`t` (`id`,`v`) VALUES (1,1) ON DUPLICATE KEY UPDATE `v`=VALUES(`v`)",
+                "INSERT INTO `d`.`t` (`id`,`v`) VALUES (7,0)",
+            ]
+        );
+        assert_eq!(ahead.expect, [Some(2), Some(1)]);
+        assert_eq!(rest.expect, [Some(2), Some(1)]);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::source::binlog::decode::{Cell, Image};
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +63,9 @@ pub(super) struct Group {
     /// only then may the rows be applied as their net effect, which is
     /// undone and redone change by change when its counts do not add up.
     pub whole: bool,
+    /// Row hashes that earlier groups in flight touch; `None` when nothing
+    /// may be written before `after` commits (a barrier is in flight).
+    pub busy: Option<HashSet<u64>>,
     pub chunks: mpsc::Receiver<Chunk>,
 }
 
@@ -76,6 +79,8 @@ struct Shared {
     mark: watch::Sender<Mark>,
     error: Mutex<Option<SyncError>>,
     max_bytes: usize,
+    /// The group each worker's connection (by id) is on.
+    on: Mutex<HashMap<u32, u64>>,
 }
 
 impl Shared {
@@ -89,6 +94,10 @@ impl Shared {
             .lock()
             .take()
             .unwrap_or_else(|| SyncError::Transient("an apply worker stopped".into()))
+    }
+
+    fn is_committed(&self, id: u64) -> bool {
+        self.mark.borrow().committed >= id
     }
 
     /// Waits until group `id` has committed; false when the pool failed.
@@ -125,6 +134,7 @@ impl Pool {
             mark,
             error: Mutex::new(None),
             max_bytes,
+            on: Mutex::new(HashMap::new()),
         });
         let (tx, groups) = mpsc::channel(1);
         let groups = Arc::new(tokio::sync::Mutex::new(groups));
@@ -226,125 +236,245 @@ async fn work(
     groups: &tokio::sync::Mutex<mpsc::Receiver<Group>>,
     shared: &Shared,
 ) -> Result<(), SyncError> {
+    // Writing ahead needs a way out of the wait cycles it can form (see
+    // `wait_holding`): InnoDB's lock waits, which need PROCESS to read.
+    let watch = conn.query_drop(LOCK_WAITERS).await.is_ok();
+    let me = conn.id();
     loop {
         let group = groups.lock().await.recv().await;
         let Some(mut group) = group else {
             return Ok(());
         };
-        // A whole group's statements are rendered while earlier groups
-        // it waits for are still being applied.
-        let mut pending = None;
-        let mut prepared = None;
-        if group.whole {
-            pending = group.chunks.recv().await;
-            if let Some(Chunk::Rows(changes)) = &pending {
-                prepared = Some(prepare(changes, shared.max_bytes));
-            }
-        }
-        if !shared.committed(group.after).await {
+        shared.on.lock().insert(me, group.id);
+        let done = if group.whole {
+            whole(&mut conn, &mut group, shared, watch).await?
+        } else {
+            streamed(&mut conn, &mut group, shared).await?
+        };
+        if !done {
+            let _ = conn.query_drop("ROLLBACK").await;
             return Ok(());
         }
-        let mut open = false;
-        loop {
-            let chunk = match pending.take() {
-                Some(chunk) => Some(chunk),
-                None => group.chunks.recv().await,
-            };
-            let Some(chunk) = chunk else {
-                // The coordinator gave the group up.
-                let _ = conn.query_drop("ROLLBACK").await;
-                return Ok(());
-            };
-            match chunk {
-                Chunk::Rows(changes) => {
-                    apply_rows(&mut conn, &changes, !open, prepared.take()).await?;
-                    open = true;
-                }
-                Chunk::Commit {
-                    checkpoint,
-                    position,
-                    abort,
-                } => {
-                    if !shared.committed(group.id - 1).await {
-                        return Ok(());
-                    }
-                    if abort {
-                        warn!(
-                            group = group.id,
-                            "failpoint before_checkpoint reached: aborting the process"
-                        );
-                        std::process::abort();
-                    }
-                    let mut stmts = Statements::default();
-                    if !open {
-                        stmts.push("BEGIN", None);
-                    }
-                    stmts.push(&checkpoint, None);
-                    stmts.push("COMMIT", None);
-                    run(&mut conn, &stmts).await.map_err(|f| {
-                        f.into_error(&stmts, &format!("committing up to {position}"))
-                    })?;
-                    shared.mark.send_modify(|m| {
-                        debug_assert_eq!(m.committed + 1, group.id);
-                        m.committed = group.id;
-                    });
-                    break;
-                }
-            }
-        }
     }
 }
 
-/// A whole group's statements: its net effect (`true`) where it reduces,
-/// else change by change.
-fn prepare(changes: &[Change], max_bytes: usize) -> (Statements, bool) {
-    let mut stmts = Statements::default();
-    stmts.push("BEGIN", None);
-    if compact::render_net(changes, max_bytes, &mut stmts).is_some() {
-        return (stmts, true);
-    }
-    stmts.clear();
-    stmts.push("BEGIN", None);
-    (stmts, false)
-}
-
-/// Runs `changes` in the worker's transaction (opening it when `begin`),
-/// as `prepared` if given: a net effect that does not apply is rolled back
-/// and applied change by change, which checks each change exactly.
-async fn apply_rows(
+/// Applies a group whose rows all came at dispatch; false when the pool
+/// failed or the coordinator gave the group up.
+///
+/// Its net effect is rendered, and where the group waits for an earlier
+/// one, the rows no group in flight touches are written at once; the rest
+/// after `after` commits.
+async fn whole(
     conn: &mut Conn,
-    changes: &[Change],
-    begin: bool,
-    prepared: Option<(Statements, bool)>,
-) -> Result<(), SyncError> {
-    let mut stmts = match prepared {
-        Some((stmts, true)) => {
-            match run(conn, &stmts).await {
-                Ok(()) => return Ok(()),
-                Err(Failed::Server(_, e)) if db::server_code(&e).is_none() => {
-                    return Err(SyncError::sql("applying rows", e));
-                }
-                Err(f) => {
-                    debug!(failure = %f.describe(&stmts), "net effect did not apply; applying change by change");
-                    conn.query_drop("ROLLBACK")
-                        .await
-                        .map_err(|e| SyncError::sql("rolling back", e))?;
-                }
-            }
-            let mut stmts = stmts;
-            stmts.clear();
-            stmts.push("BEGIN", None);
-            stmts
-        }
-        Some((stmts, false)) => stmts,
-        None => {
-            let mut stmts = Statements::default();
-            if begin {
-                stmts.push("BEGIN", None);
-            }
-            stmts
-        }
+    group: &mut Group,
+    shared: &Shared,
+    watch: bool,
+) -> Result<bool, SyncError> {
+    let Some(Chunk::Rows(changes)) = group.chunks.recv().await else {
+        return Ok(false);
     };
+    let Some(commit) = group.chunks.recv().await else {
+        return Ok(false);
+    };
+    let t0 = std::time::Instant::now();
+    let ahead = match &group.busy {
+        Some(busy) if watch && !shared.is_committed(group.after) => Some(busy),
+        _ => None,
+    };
+    let mut plan = Plan::new(&changes, shared.max_bytes, ahead);
+    let mut open = false;
+    if plan.net && plan.early.expect.len() > 1 {
+        open = net_part(conn, &plan.early).await?;
+        plan.net = open;
+    }
+    let early_ms = t0.elapsed().as_millis() as u64;
+    match wait_holding(conn, shared, group.after, group.id, open && watch).await? {
+        Waited::Failed => return Ok(false),
+        Waited::RolledBack => open = false,
+        Waited::Done => {}
+    }
+    let t1 = std::time::Instant::now();
+    if open {
+        plan.rest(conn, &changes).await?;
+    } else {
+        plan.all(conn, &changes).await?;
+    }
+    let t2 = std::time::Instant::now();
+    match wait_holding(conn, shared, group.id - 1, group.id, watch).await? {
+        Waited::Failed => return Ok(false),
+        Waited::RolledBack => plan.all(conn, &changes).await?,
+        Waited::Done => {}
+    }
+    let t3 = std::time::Instant::now();
+    if !commit_group(conn, group.id, commit, true, shared).await? {
+        return Ok(false);
+    }
+    debug!(
+        group = group.id,
+        after = group.after,
+        early_ms,
+        waited_ms = (t1 - t0).as_millis() as u64,
+        rows_ms = (t2 - t1).as_millis() as u64,
+        turn_ms = (t3 - t2).as_millis() as u64,
+        commit_ms = t3.elapsed().as_millis() as u64,
+        "group committed"
+    );
+    Ok(true)
+}
+
+/// Applies a group whose rows come in pieces (a barrier: every earlier
+/// group has committed before it starts), change by change.
+async fn streamed(conn: &mut Conn, group: &mut Group, shared: &Shared) -> Result<bool, SyncError> {
+    if !shared.committed(group.after).await {
+        return Ok(false);
+    }
+    let mut open = false;
+    loop {
+        let Some(chunk) = group.chunks.recv().await else {
+            return Ok(false);
+        };
+        match chunk {
+            Chunk::Rows(changes) => {
+                let mut stmts = Statements::default();
+                if !open {
+                    stmts.push("BEGIN", None);
+                }
+                each(conn, &changes, stmts).await?;
+                open = true;
+            }
+            commit @ Chunk::Commit { .. } => {
+                return commit_group(conn, group.id, commit, open, shared).await;
+            }
+        }
+    }
+}
+
+/// Waits for its turn, then writes the checkpoint and commits; false when
+/// the pool failed.
+async fn commit_group(
+    conn: &mut Conn,
+    id: u64,
+    commit: Chunk,
+    open: bool,
+    shared: &Shared,
+) -> Result<bool, SyncError> {
+    let Chunk::Commit {
+        checkpoint,
+        position,
+        abort,
+    } = commit
+    else {
+        return Ok(false);
+    };
+    if !shared.committed(id - 1).await {
+        return Ok(false);
+    }
+    if abort {
+        warn!(
+            group = id,
+            "failpoint before_checkpoint reached: aborting the process"
+        );
+        std::process::abort();
+    }
+    let mut stmts = Statements::default();
+    if !open {
+        stmts.push("BEGIN", None);
+    }
+    stmts.push(&checkpoint, None);
+    stmts.push("COMMIT", None);
+    run(conn, &stmts)
+        .await
+        .map_err(|f| f.into_error(&stmts, &format!("committing up to {position}")))?;
+    shared.mark.send_modify(|m| {
+        debug_assert_eq!(m.committed + 1, id);
+        m.committed = id;
+    });
+    Ok(true)
+}
+
+/// A whole group's statements.
+struct Plan {
+    /// Whether `early` and `rest` are the group's net effect (else it is
+    /// applied change by change).
+    net: bool,
+    /// `BEGIN` and the rows that may be written ahead.
+    early: Statements,
+    rest: Statements,
+}
+
+impl Plan {
+    fn new(changes: &[Change], max_bytes: usize, busy: Option<&HashSet<u64>>) -> Plan {
+        let mut early = Statements::default();
+        early.push("BEGIN", None);
+        let mut rest = Statements::default();
+        let ahead = |dest: &DestTable, columns: &[Option<usize>], image: &Image| {
+            let mut hashes = Vec::new();
+            row_hashes(dest, columns, image, &mut hashes);
+            hashes.iter().all(|h| !busy.is_some_and(|b| b.contains(h)))
+        };
+        let net = match busy {
+            Some(_) => {
+                compact::render_net(changes, max_bytes, Some((&ahead, &mut early)), &mut rest)
+            }
+            None => compact::render_net(changes, max_bytes, None, &mut rest),
+        }
+        .is_some();
+        if !net {
+            early.clear();
+            early.push("BEGIN", None);
+            rest.clear();
+        }
+        Plan { net, early, rest }
+    }
+
+    /// The rest of the net effect, after the early part; on a mismatch,
+    /// the group again from the start, change by change.
+    async fn rest(&mut self, conn: &mut Conn, changes: &[Change]) -> Result<(), SyncError> {
+        if self.net && net_part(conn, &self.rest).await? {
+            return Ok(());
+        }
+        self.net = false;
+        self.all(conn, changes).await
+    }
+
+    /// The whole group in a new transaction.
+    async fn all(&mut self, conn: &mut Conn, changes: &[Change]) -> Result<(), SyncError> {
+        if self.net && net_part(conn, &self.early).await? && net_part(conn, &self.rest).await? {
+            return Ok(());
+        }
+        self.net = false;
+        let mut stmts = Statements::default();
+        stmts.push("BEGIN", None);
+        each(conn, changes, stmts).await
+    }
+}
+
+/// Runs part of a net effect: false when it did not apply and the
+/// transaction was rolled back (not necessarily a divergence, see
+/// [`compact`]: the caller applies the group change by change).
+async fn net_part(conn: &mut Conn, stmts: &Statements) -> Result<bool, SyncError> {
+    match run(conn, stmts).await {
+        Ok(()) => Ok(true),
+        Err(Failed::Server(_, e)) if db::server_code(&e).is_none() => {
+            Err(SyncError::sql("applying rows", e))
+        }
+        Err(f) => {
+            debug!(failure = %f.describe(stmts), "net effect did not apply; applying change by change");
+            rollback(conn).await?;
+            Ok(false)
+        }
+    }
+}
+
+async fn rollback(conn: &mut Conn) -> Result<(), SyncError> {
+    conn.query_drop("ROLLBACK")
+        .await
+        .map_err(|e| SyncError::sql("rolling back", e))
+}
+
+/// Runs `changes` one by one after what `stmts` holds, checking each
+/// exactly: an error names the source transaction and table.
+async fn each(conn: &mut Conn, changes: &[Change], mut stmts: Statements) -> Result<(), SyncError> {
     let starts = compact::render_each(changes, &mut stmts)
         .map_err(|(n, e)| SyncError::Definite(format!("{}: {e}", changes[n].txn)))?;
     run(conn, &stmts).await.map_err(|f| {
@@ -354,6 +484,81 @@ async fn apply_rows(
         let table = changes.get(n).map_or("", |c| c.dest.name.as_str());
         f.into_error(&stmts, &format!("{txn} on {table}"))
     })
+}
+
+/// The sessions waiting for a lock the current transaction holds.
+const LOCK_WAITERS: &str = "SELECT r.trx_mysql_thread_id \
+    FROM information_schema.INNODB_LOCK_WAITS w \
+    JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id \
+    JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id \
+    WHERE b.trx_mysql_thread_id = CONNECTION_ID()";
+
+enum Waited {
+    Done,
+    /// The transaction was rolled back: an earlier group waited for it.
+    RolledBack,
+    Failed,
+}
+
+/// Waits until group `id` has committed while group `mine` holds an open
+/// transaction (`holding`).
+///
+/// Two groups side by side can wait for each other where neither InnoDB
+/// nor the pool sees it: a later group holds a lock (a gap lock, say) that
+/// an earlier one's statement waits for, while it waits for that earlier
+/// group to commit. So a holding group looks, now and then, at who waits
+/// for its locks; when it is an earlier group, it rolls back, lets it pass
+/// and applies its rows again afterwards.
+async fn wait_holding(
+    conn: &mut Conn,
+    shared: &Shared,
+    id: u64,
+    mine: u64,
+    holding: bool,
+) -> Result<Waited, SyncError> {
+    let mut rx = shared.mark.subscribe();
+    let mut tick = Duration::from_millis(100);
+    loop {
+        let done = async {
+            rx.wait_for(|m| m.failed || m.committed >= id)
+                .await
+                .map(|m| !m.failed)
+        };
+        if !holding {
+            return Ok(if done.await.unwrap_or(false) {
+                Waited::Done
+            } else {
+                Waited::Failed
+            });
+        }
+        tokio::select! {
+            ok = done => {
+                return Ok(if ok.unwrap_or(false) { Waited::Done } else { Waited::Failed });
+            }
+            _ = tokio::time::sleep(tick) => {}
+        }
+        tick = Duration::from_millis(250);
+        let waiters: Vec<u32> = conn
+            .query(LOCK_WAITERS)
+            .await
+            .map_err(|e| SyncError::sql("reading lock waits", e))?;
+        let earlier = {
+            let on = shared.on.lock();
+            waiters.iter().any(|t| on.get(t).is_some_and(|g| *g < mine))
+        };
+        if earlier {
+            debug!(
+                group = mine,
+                "an earlier group waits for this one's locks: rolling back"
+            );
+            rollback(conn).await?;
+            return Ok(if shared.committed(id).await {
+                Waited::RolledBack
+            } else {
+                Waited::Failed
+            });
+        }
+    }
 }
 
 /// Why a round trip failed: statement `.0` of it.
@@ -541,19 +746,32 @@ impl Conflicts {
         self.issued
     }
 
-    /// The group that `id`, touching `hashes`, must wait for; records it.
-    pub fn claim(&mut self, id: u64, hashes: &[u64], committed: u64) -> u64 {
+    /// The group that `id`, touching `hashes`, must wait for, and which of
+    /// the hashes groups in flight (above `committed`) touch: `None` when
+    /// a barrier is in flight. Records the claim.
+    pub fn claim(
+        &mut self,
+        id: u64,
+        hashes: &[u64],
+        committed: u64,
+    ) -> (u64, Option<HashSet<u64>>) {
         if self.last.len() > 1 << 18 {
             self.last.retain(|_, g| *g > committed);
         }
         let mut after = self.barrier;
+        let mut busy = HashSet::new();
         for h in hashes {
             match self.last.insert(*h, id) {
-                Some(g) if g != id => after = after.max(g),
+                Some(g) if g != id => {
+                    after = after.max(g);
+                    if g > committed {
+                        busy.insert(*h);
+                    }
+                }
                 _ => {}
             }
         }
-        after
+        (after, (self.barrier <= committed).then_some(busy))
     }
 
     /// `id` waits for every earlier group, and every later one for it.
@@ -580,12 +798,17 @@ mod tests {
     fn groups_wait_for_the_newest_group_sharing_a_row() {
         let mut c = Conflicts::default();
         let (a, b, d) = (c.issue(), c.issue(), c.issue());
-        assert_eq!(c.claim(a, &[1, 2, 2], 0), 0);
-        assert_eq!(c.claim(b, &[3], 0), 0);
-        assert_eq!(c.claim(d, &[2, 3], 0), b);
+        assert_eq!(c.claim(a, &[1, 2, 2], 0), (0, Some(HashSet::new())));
+        assert_eq!(c.claim(b, &[3], 0), (0, Some(HashSet::new())));
+        assert_eq!(c.claim(d, &[2, 3, 4], 0), (b, Some(HashSet::from([2, 3]))));
+        // Once a has committed, only the row d touched is busy.
+        let d2 = c.issue();
+        assert_eq!(c.claim(d2, &[1, 3], 1), (d, Some(HashSet::from([3]))));
         let e = c.issue();
-        assert_eq!(c.barrier(e), d);
+        assert_eq!(c.barrier(e), d2);
         let f = c.issue();
-        assert_eq!(c.claim(f, &[9], 0), e);
+        assert_eq!(c.claim(f, &[9], 1), (e, None));
+        let g = c.issue();
+        assert_eq!(c.claim(g, &[9], e), (f, Some(HashSet::from([9]))));
     }
 }

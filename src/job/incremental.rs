@@ -227,6 +227,7 @@ impl Building {
                 id,
                 after,
                 whole: false,
+                busy: None,
                 chunks: rx,
             })
             .await?;
@@ -272,11 +273,12 @@ impl Building {
                     let _ = tx.try_send(Chunk::Rows(b.changes));
                 }
                 let _ = tx.try_send(commit);
-                let after = conflicts.claim(id, &b.hashes, pool.committed());
+                let (after, busy) = conflicts.claim(id, &b.hashes, pool.committed());
                 pool.dispatch(Group {
                     id,
                     after,
                     whole,
+                    busy,
                     chunks: rx,
                 })
                 .await?;
