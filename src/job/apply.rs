@@ -7,13 +7,24 @@
 //! Groups are numbered in stream order and handed to a pool of workers,
 //! each with its own destination connection. A worker:
 //!
-//! 1. waits until the group's `after` has committed: the newest earlier
-//!    group that touches one of the same rows (same key hash, see
-//!    [`row_hashes`]) — or every earlier group, for a barrier;
-//! 2. runs the group's statements (its net effect when it came whole, see
-//!    [`compact`]);
-//! 3. waits until the group before it has committed, then writes the
+//! 1. when the group came whole, renders its net effect (see [`compact`])
+//!    and at once writes the rows that no earlier group in flight touches
+//!    (their key hashes, see [`row_hashes`], are not among those groups');
+//! 2. waits until the group's `after` has committed: the newest earlier
+//!    group that touches one of the same rows — or every earlier group, for
+//!    a barrier;
+//! 3. runs the rest of the group's statements;
+//! 4. waits until the group before it has committed, then writes the
 //!    checkpoint and commits.
+//!
+//! Writing ahead keeps rows in order: a row written in step 1 has no
+//! earlier change still to apply (every earlier group that touched it has
+//! committed), and later groups that touch it wait for this one. It can
+//! form one wait InnoDB does not see: a group holding locks waits (step 2
+//! or 4) for an earlier group whose statement waits for one of those locks
+//! (a gap lock, say). So a group that holds locks while it waits looks at
+//! InnoDB's lock waits now and then, and when an earlier group's session
+//! waits for it, rolls back and applies its rows again after the wait.
 //!
 //! So rows keep their order (a row's changes are in groups that wait for
 //! each other), source transactions stay atomic (a group holds whole ones),
