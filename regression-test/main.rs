@@ -11,6 +11,7 @@ mod full_sync;
 mod incremental;
 mod metrics_auth;
 mod positions;
+mod recovery;
 mod restart;
 mod snapshot;
 mod stores;

@@ -49,7 +49,8 @@ impl ApiError {
                 JobError::Command { source, .. } => match source {
                     CommandError::Desynced
                     | CommandError::NothingToSkip { .. }
-                    | CommandError::WrongSkip { .. } => StatusCode::CONFLICT,
+                    | CommandError::WrongSkip { .. }
+                    | CommandError::NoGtid { .. } => StatusCode::CONFLICT,
                 },
                 JobError::Preflight(p) => match p {
                     PreflightError::Unreachable { .. } | PreflightError::Query { .. } => {
@@ -94,11 +95,21 @@ fn endpoint(ep: &Endpoint) -> Value {
 }
 
 pub fn status(job: &JobSnapshot) -> Value {
-    json!({
+    let mut status = json!({
         "name": job.spec.name,
         "state": job.status.run_state.as_str(),
         "progress_state": job.status.progress_state.as_str(),
-    })
+    });
+    // Why a job stopped, and the transaction it holds on, where it does.
+    let p = &job.progress;
+    if let Some(e) = &p.last_error {
+        status["last_error"] = json!(e);
+    }
+    if let Some(t) = &p.failed_transaction {
+        status["failed_commit_seq"] = json!(p.failed_commit_seq);
+        status["failed_transaction"] = json!(t);
+    }
+    status
 }
 
 pub fn detail(job: &JobSnapshot) -> Value {
@@ -125,6 +136,8 @@ pub fn progress(job: &JobSnapshot) -> Value {
         "position": p.position,
         "commit_timestamp": p.commit_timestamp,
         "failed_commit_seq": p.failed_commit_seq,
+        "failed_transaction": p.failed_transaction,
+        "skip": p.skip,
         "last_error": p.last_error,
         "full_sync_reason": p.full_sync_reason,
         "full_sync": p.full_sync.as_ref().map(|f| full_sync(f, Utc::now().timestamp_millis())),
@@ -182,6 +195,8 @@ fn incremental(job: &JobSnapshot, i: &IncrementalProgress) -> Value {
         "tables_in_snapshot": i.tables_in_snapshot,
         "retries": i.retries,
         "last_retry_error": i.last_error,
+        "transactions_skipped": i.transactions_skipped,
+        "last_skipped": i.last_skipped,
     })
 }
 

@@ -35,8 +35,21 @@ pub struct Change {
     pub columns: Arc<Vec<Option<usize>>>,
     pub mode: Mode,
     pub change: RowChange,
-    /// The source transaction it belongs to, as errors name it.
-    pub txn: Arc<str>,
+    /// The source transaction it belongs to.
+    pub txn: Arc<TxnId>,
+}
+
+/// A source transaction, as errors and a held job name it.
+#[derive(Debug, Default)]
+pub struct TxnId {
+    /// How messages name it (`source transaction 0-1-5 (commit seq 5)`).
+    pub label: String,
+    /// Its GTID, where the source logs them.
+    pub gtid: Option<String>,
+    /// The commit seq of the position just after it.
+    pub commit_seq: Option<u64>,
+    /// Where it starts in the source's binlog (`file:pos`).
+    pub at: String,
 }
 
 /// Whether `dest` can take its changes as a net effect.
@@ -459,7 +472,7 @@ mod tests {
                 op,
                 rows,
             },
-            txn: Arc::from("txn"),
+            txn: Arc::new(TxnId::default()),
         }
     }
 

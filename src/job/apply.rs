@@ -38,10 +38,11 @@
 //! error: the caller restarts from the checkpoint.
 
 use super::full_sync::SyncError;
-use crate::applier::compact::{self, Change};
+use crate::applier::compact::{self, Change, TxnId};
 use crate::applier::rows::Statements;
 use crate::applier::target::DestTable;
 use crate::db;
+use crate::job::state::FailedTransaction;
 use crate::source::binlog::decode::{Cell, Image};
 use mysql_async::prelude::*;
 use mysql_async::Conn;
@@ -484,17 +485,45 @@ async fn rollback(conn: &mut Conn) -> Result<(), SyncError> {
 }
 
 /// Runs `changes` one by one after what `stmts` holds, checking each
-/// exactly: an error names the source transaction and table.
+/// exactly: a change the destination refuses (or that does not match)
+/// holds the job on its source transaction ([`SyncError::Refused`]).
 async fn each(conn: &mut Conn, changes: &[Change], mut stmts: Statements) -> Result<(), SyncError> {
-    let starts = compact::render_each(changes, &mut stmts)
-        .map_err(|(n, e)| SyncError::Definite(format!("{}: {e}", changes[n].txn)))?;
+    let starts = compact::render_each(changes, &mut stmts).map_err(|(n, e)| {
+        let txn = &changes[n].txn;
+        refused(txn, None, e.clone(), format!("{}: {e}", txn.label))
+    })?;
     run(conn, &stmts).await.map_err(|f| {
         let i = f.index();
         let n = starts.partition_point(|&s| s <= i).saturating_sub(1);
-        let txn = changes.get(n).map_or("", |c| &c.txn);
-        let table = changes.get(n).map_or("", |c| c.dest.name.as_str());
-        f.into_error(&stmts, &format!("{txn} on {table}"))
+        let Some(c) = changes.get(n) else {
+            return f.into_error(&stmts, "applying rows");
+        };
+        let statement = elide(&String::from_utf8_lossy(stmts.statement(i)));
+        let error = f.error_text();
+        match f.into_error(&stmts, &format!("{} on {}", c.txn.label, c.dest.name)) {
+            SyncError::Definite(message) => refused(&c.txn, Some(statement), error, message),
+            other => other,
+        }
     })
+}
+
+/// The error that holds a job on `txn`.
+pub(super) fn refused(
+    txn: &TxnId,
+    statement: Option<String>,
+    error: String,
+    message: String,
+) -> SyncError {
+    SyncError::Refused {
+        txn: Box::new(FailedTransaction {
+            commit_seq: txn.commit_seq,
+            gtid: txn.gtid.clone(),
+            binlog_position: txn.at.clone(),
+            statement,
+            error,
+        }),
+        message,
+    }
 }
 
 /// The sessions waiting for a lock the current transaction holds.
@@ -590,6 +619,17 @@ impl Failed {
         }
     }
 
+    /// What went wrong, without the statement.
+    fn error_text(&self) -> String {
+        match self {
+            Failed::Server(_, e) => e.to_string(),
+            Failed::Mismatch { affected, want, .. } => format!(
+                "matched {affected} rows where the source changed {want}: \
+                 the destination has diverged from the source"
+            ),
+        }
+    }
+
     fn describe(&self, stmts: &Statements) -> String {
         let text = elide(&String::from_utf8_lossy(stmts.statement(self.index())));
         match self {
@@ -618,9 +658,11 @@ impl Failed {
 /// matched the rows it must.
 ///
 /// The driver's result holds one statement's outcome at a time: reading it
-/// moves on to the next, and it is empty once the current one is the last.
-/// So the last statement is checked too (it used not to be: a round trip's
-/// final statement went unchecked).
+/// moves on to the next. A result that says it is empty is either the last
+/// statement's or an error that ended the round trip (the server runs
+/// nothing after an error) — only reading it tells which, and an error not
+/// read surfaces on the connection's next query instead. So the last result
+/// is always read, and its error is that statement's.
 pub(super) async fn run(conn: &mut Conn, stmts: &Statements) -> Result<(), Failed> {
     let mut result = conn
         .query_iter(stmts.sql.as_slice())
@@ -629,11 +671,19 @@ pub(super) async fn run(conn: &mut Conn, stmts: &Statements) -> Result<(), Faile
     let mut i = 0;
     loop {
         let affected = result.affected_rows();
+        let last = result.is_empty();
+        if last {
+            result
+                .collect::<mysql_async::Row>()
+                .await
+                .map_err(|e| Failed::Server(i, e))?;
+        }
         if let Some(Some(want)) = stmts.expect.get(i) {
             if affected != *want {
                 // Read the rest so the connection stays usable.
-                while !result.is_empty() {
-                    if result.collect::<mysql_async::Row>().await.is_err() {
+                while !last {
+                    let end = result.is_empty();
+                    if result.collect::<mysql_async::Row>().await.is_err() || end {
                         break;
                     }
                 }
@@ -644,8 +694,8 @@ pub(super) async fn run(conn: &mut Conn, stmts: &Statements) -> Result<(), Faile
                 });
             }
         }
-        if result.is_empty() {
-            break;
+        if last {
+            return Ok(());
         }
         result
             .collect::<mysql_async::Row>()
@@ -653,7 +703,6 @@ pub(super) async fn run(conn: &mut Conn, stmts: &Statements) -> Result<(), Faile
             .map_err(|e| Failed::Server(i + 1, e))?;
         i += 1;
     }
-    Ok(())
 }
 
 /// Long statements are shown by their head and tail.

@@ -58,6 +58,14 @@ pub enum SyncError {
     /// Needs an operator: the message says what to fix.
     #[error("{0}")]
     Definite(String),
+    /// The destination refused a source transaction (a duplicate key, a
+    /// missing row …): the job holds on it until an operator fixes the
+    /// destination and resumes, skips it, or resyncs.
+    #[error("{message}")]
+    Refused {
+        txn: Box<crate::job::state::FailedTransaction>,
+        message: String,
+    },
 }
 
 impl SyncError {

@@ -26,7 +26,7 @@
 use super::apply::{self, elide, Chunk, Conflicts, Group, Pool};
 use super::full_sync::{connect_error, SyncError};
 use crate::applier::checkpoint::{self, Checkpoint};
-use crate::applier::compact::Change;
+use crate::applier::compact::{Change, TxnId};
 use crate::applier::rows::{self, Mode, Statements};
 use crate::applier::target::{self, DestTable};
 use crate::applier::{self};
@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// How far the reader runs ahead of the applier: events, and bytes of
 /// binlog they were read from.
@@ -91,6 +91,8 @@ pub struct Incremental {
     pub connect_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub progress: watch::Sender<Applied>,
+    /// The GTID of a transaction an operator asked to skip.
+    pub skip: Option<String>,
 }
 
 fn read_error(e: ReadError) -> SyncError {
@@ -161,25 +163,45 @@ struct Window {
 struct Txn {
     gtid: Option<MariaGtid>,
     at: BinlogCoord,
-    /// How errors name it; shared by its changes.
-    label: Arc<str>,
+    /// How errors and a held job name it; shared by its changes.
+    id: Arc<TxnId>,
+    /// An operator asked to skip it: its events are dropped, its position
+    /// is checkpointed past.
+    skip: bool,
 }
 
 impl Txn {
-    fn new(gtid: Option<MariaGtid>, at: BinlogCoord) -> Txn {
-        let label = match gtid {
-            Some(g) => format!("source transaction {g} (commit seq {})", g.seq),
-            None => format!("source transaction at {at}"),
+    /// The transaction starting at `at` after position `pos`.
+    fn new(gtid: Option<MariaGtid>, at: BinlogCoord, pos: &Point, skip: Option<&str>) -> Txn {
+        let (label, commit_seq) = match gtid {
+            Some(g) => {
+                let mut after = pos.gtid.clone();
+                after.advance(g);
+                let seq = after.commit_seq();
+                (
+                    format!("source transaction {g} (commit seq {seq})"),
+                    Some(seq),
+                )
+            }
+            None => (format!("source transaction at {at}"), None),
         };
+        let gtid_text = gtid.map(|g| g.to_string());
+        let skip = gtid_text.is_some() && gtid_text.as_deref() == skip;
         Txn {
             gtid,
+            id: Arc::new(TxnId {
+                label,
+                gtid: gtid_text,
+                commit_seq,
+                at: at.to_string(),
+            }),
             at,
-            label: label.into(),
+            skip,
         }
     }
 
     fn name(&self) -> &str {
-        &self.label
+        &self.id.label
     }
 }
 
@@ -195,6 +217,8 @@ struct Building {
     rows: u64,
     rows_by_op: HashMap<RowOp, u64>,
     started: Option<Instant>,
+    /// GTIDs of source transactions skipped on request.
+    skipped: Vec<String>,
     /// A group too big to hold: dispatched as a barrier, its rows follow
     /// in chunks (bounded memory), applied change by change.
     stream: Option<(u64, mpsc::Sender<Chunk>)>,
@@ -209,6 +233,7 @@ struct InFlight {
     rows: u64,
     rows_by_op: HashMap<RowOp, u64>,
     started: Instant,
+    skipped: Vec<String>,
 }
 
 impl Building {
@@ -292,6 +317,7 @@ impl Building {
             rows: b.rows,
             rows_by_op: b.rows_by_op,
             started: b.started.unwrap_or_else(Instant::now),
+            skipped: b.skipped,
         })
     }
 }
@@ -498,7 +524,7 @@ impl Incremental {
                 match event {
                     SourceEvent::Begin { gtid, at, .. } => {
                         caught_up = false;
-                        txn = Some(Txn::new(gtid, at));
+                        txn = Some(Txn::new(gtid, at, &pos, self.skip.as_deref()));
                     }
                     SourceEvent::Annotate(_) => {}
                     SourceEvent::Rows(change) => {
@@ -507,6 +533,9 @@ impl Incremental {
                                 "the binlog has a row event outside a transaction".into(),
                             ));
                         };
+                        if t.skip {
+                            continue;
+                        }
                         let dest_table = match (&spec.src.table, &spec.dest.table) {
                             (Some(_), Some(d)) => d.clone(),
                             _ => change.table.table.clone(),
@@ -555,7 +584,7 @@ impl Incremental {
                             columns: Arc::new(columns),
                             mode,
                             change,
-                            txn: t.label.clone(),
+                            txn: t.id.clone(),
                         });
                         let limit = if group.stream.is_some() {
                             flush_bytes
@@ -571,7 +600,9 @@ impl Incremental {
                         sql,
                         statement,
                     } => {
-                        let Some(t) = txn.as_ref() else { continue };
+                        let Some(t) = txn.as_ref().filter(|t| !t.skip) else {
+                            continue;
+                        };
                         let Some(dest_sql) =
                             self.ddl_for_destination(&rename, &schema, &sql, &statement, t)?
                         else {
@@ -618,10 +649,19 @@ impl Incremental {
                                       "DDL already applied before a restart; carrying on");
                             }
                             Err(e) => {
-                                return Err(SyncError::sql(
-                                    format!("{}: applying DDL `{}`", t.name(), elide(&dest_sql)),
-                                    e,
-                                ))
+                                let statement = elide(&dest_sql);
+                                let error = e.to_string();
+                                return Err(
+                                    match SyncError::sql(
+                                        format!("{}: applying DDL `{statement}`", t.name()),
+                                        e,
+                                    ) {
+                                        SyncError::Definite(message) => {
+                                            apply::refused(&t.id, Some(statement), error, message)
+                                        }
+                                        other => other,
+                                    },
+                                );
                             }
                         }
                         reset
@@ -649,6 +689,11 @@ impl Incremental {
                         let Some(t) = txn.take() else { continue };
                         if let Some(g) = t.gtid {
                             pos.gtid.advance(g);
+                        }
+                        if t.skip {
+                            warn!(job = %name, transaction = %t.name(),
+                                  "skipping the source transaction as asked (job_skip_binlog)");
+                            group.skipped.extend(t.id.gtid.clone());
                         }
                         pos.coord = end;
                         commit_ts = Some(i64::from(timestamp));
@@ -681,9 +726,15 @@ impl Incremental {
             let mut absorbed = false;
             while in_flight.front().is_some_and(|f| f.id <= committed) {
                 let f = in_flight.pop_front().expect("checked");
-                detail.transactions_applied += f.txns;
+                let applied_txns = f.txns - f.skipped.len() as u64;
+                detail.transactions_applied += applied_txns;
                 detail.rows_applied += f.rows;
-                self.metrics.count_applied(name, f.txns, &f.rows_by_op);
+                if let Some(last) = f.skipped.last() {
+                    detail.transactions_skipped += f.skipped.len() as u64;
+                    detail.last_skipped = Some(last.clone());
+                }
+                self.metrics
+                    .count_applied(name, applied_txns, &f.rows_by_op);
                 self.metrics
                     .observe_batch(name, f.started.elapsed().as_secs_f64());
                 applied = (f.pos, f.commit_ts);

@@ -16,7 +16,9 @@
 use super::full_sync::{self, FullSync, HandOver, SyncError};
 use super::incremental::{Applied, Incremental};
 use super::manager::{JobError, JobSnapshot};
-use super::state::{transition, FullSyncProgress, JobCommand, ProgressState, RunState};
+use super::state::{
+    transition, FailedTransaction, FullSyncProgress, JobCommand, ProgressState, RunState,
+};
 use crate::config::FullSyncSettings;
 use crate::hostmap::HostMapping;
 use crate::job::spec::SyncType;
@@ -64,6 +66,8 @@ pub(super) fn now_ms() -> i64 {
 enum Outcome {
     HandedOver(HandOver),
     Failed(String),
+    /// The destination refused a source transaction: the job holds on it.
+    Refused(Box<FailedTransaction>, String),
 }
 
 /// Which work runs: the full sync of a run, or the incremental sync after it.
@@ -195,6 +199,7 @@ impl Runner {
             connect_timeout: self.settings.connect_timeout,
             metrics: self.metrics.clone(),
             progress: progress_tx,
+            skip: current.progress.skip.as_ref().and_then(|s| s.gtid.clone()),
         };
         info!(job = %current.spec.name, run_id, "incremental sync starting");
         Work {
@@ -288,11 +293,24 @@ impl Runner {
         next.position = applied.position;
         next.commit_timestamp = applied.commit_timestamp;
         next.incremental = Some(applied.detail);
+        let mut save = save;
+        // A skipped transaction is behind the job once its group commits.
+        let passed = next.skip.as_ref().is_some_and(|s| {
+            s.gtid.is_some()
+                && s.gtid
+                    == next
+                        .incremental
+                        .as_ref()
+                        .and_then(|i| i.last_skipped.clone())
+        });
+        if passed {
+            next.skip = None;
+            save = true;
+        }
         let tables_done = next
             .incremental
             .as_ref()
             .is_some_and(|i| i.tables_in_snapshot == 0);
-        let mut save = save;
         if status.progress_state == ProgressState::DBTablesIncrementalSync && tables_done {
             status.progress_state = ProgressState::DBIncrementalSync;
             save = true;
@@ -352,6 +370,16 @@ impl Runner {
                 error!(job = %name, error = %message, "job stopped; fix the cause and resume the job");
                 self.metrics.count_error(&name, "definite");
                 status.run_state = RunState::Paused;
+                progress.last_error = Some(message);
+            }
+            Outcome::Refused(txn, message) => {
+                error!(job = %name, error = %message, commit_seq = ?txn.commit_seq, gtid = ?txn.gtid,
+                       "the destination refused a source transaction; the job holds on it: \
+                        fix the destination and resume, skip it (job_skip_binlog) or resync");
+                self.metrics.count_error(&name, "refused");
+                status.run_state = RunState::Paused;
+                progress.failed_commit_seq = txn.commit_seq;
+                progress.failed_transaction = Some(*txn);
                 progress.last_error = Some(message);
             }
         }
@@ -489,7 +517,9 @@ async fn run_with_retries(sync: FullSync) -> Outcome {
     loop {
         match sync.run().await {
             Ok(h) => return Outcome::HandedOver(h),
-            Err(SyncError::Definite(message)) => return Outcome::Failed(message),
+            Err(SyncError::Definite(message) | SyncError::Refused { message, .. }) => {
+                return Outcome::Failed(message)
+            }
             Err(SyncError::Transient(message)) => {
                 warn!(job = %sync.spec.name, error = %message, retry_in_secs = backoff.as_secs(),
                       "full sync interrupted; resuming after a pause");
@@ -515,6 +545,7 @@ async fn run_incremental(sync: Incremental) -> Outcome {
         let started = Instant::now();
         let message = match sync.run().await {
             Err(SyncError::Definite(message)) => return Outcome::Failed(message),
+            Err(SyncError::Refused { txn, message }) => return Outcome::Refused(txn, message),
             Err(SyncError::Transient(message)) => message,
             Ok(never) => match never {},
         };

@@ -125,6 +125,11 @@ pub struct Progress {
     pub commit_timestamp: Option<i64>,
     /// Commit seq of a source transaction the destination refused, which holds the job.
     pub failed_commit_seq: Option<u64>,
+    /// That transaction: which one, the statement and the server's error.
+    pub failed_transaction: Option<FailedTransaction>,
+    /// The transaction an operator asked to skip (`job_skip_binlog` with
+    /// `silence`), until the job is past it.
+    pub skip: Option<FailedTransaction>,
     /// The last error that stopped or held the job.
     pub last_error: Option<String>,
     /// Why the current full sync runs, when it was asked for rather than the first one.
@@ -141,6 +146,22 @@ pub struct Progress {
     pub tables: BTreeMap<String, TableSnapshot>,
     /// The incremental sync since the last full sync.
     pub incremental: Option<IncrementalProgress>,
+}
+
+/// A source transaction the destination refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FailedTransaction {
+    /// The commit seq of the position just after it (see doc/operations.md).
+    pub commit_seq: Option<u64>,
+    /// Its GTID (`domain-server-seq`), where the source logs GTIDs.
+    pub gtid: Option<String>,
+    /// Where it starts in the source's binlog (`file:pos`).
+    pub binlog_position: String,
+    /// The statement the destination refused (long values elided), if any.
+    pub statement: Option<String>,
+    /// What the destination said.
+    pub error: String,
 }
 
 /// How far the incremental sync has got. The applied position itself is in
@@ -169,6 +190,9 @@ pub struct IncrementalProgress {
     pub tables_in_snapshot: u64,
     pub retries: u64,
     pub last_error: Option<String>,
+    /// Source transactions skipped on request, and the last of them (GTID).
+    pub transactions_skipped: u64,
+    pub last_skipped: Option<String>,
 }
 
 /// A source position: GTID position (empty if the source logs no GTIDs)
@@ -241,6 +265,8 @@ pub enum CommandError {
     NothingToSkip { asked: u64 },
     #[error("job is held on commit seq {held}, not {asked}; skip_commit_seq must name the transaction the job is held on")]
     WrongSkip { held: u64, asked: u64 },
+    #[error("the transaction the job is held on (at {at}) has no GTID, so it cannot be told apart on a restart; skip it with skip_by \"fullsync\" (or fix the destination and resume)")]
+    NoGtid { at: String },
 }
 
 /// The outcome of a command: the new status and progress to persist.
@@ -266,7 +292,13 @@ pub fn transition(
     };
     match command {
         JobCommand::Pause => next.status.run_state = RunState::Paused,
-        JobCommand::Resume => next.status.run_state = RunState::Running,
+        JobCommand::Resume => {
+            // The held transaction is tried again (and held again if the
+            // destination still refuses it).
+            next.status.run_state = RunState::Running;
+            next.progress.failed_commit_seq = None;
+            next.progress.failed_transaction = None;
+        }
         JobCommand::Desync => next.status.run_state = RunState::Desynced,
         JobCommand::FullSync { reason } => {
             next.status.progress_state = ProgressState::full_sync(sync_type);
@@ -284,8 +316,16 @@ pub fn transition(
                 })
             }
             Some(_) => {
+                let held = next.progress.failed_transaction.take().unwrap_or_default();
+                if held.gtid.is_none() {
+                    return Err(CommandError::NoGtid {
+                        at: held.binlog_position,
+                    });
+                }
+                next.progress.skip = Some(held);
                 next.progress.failed_commit_seq = None;
                 next.progress.last_error = None;
+                next.status.run_state = RunState::Running;
             }
         },
     }
@@ -324,7 +364,21 @@ mod tests {
         use RunState::*;
         let held = Progress {
             failed_commit_seq: Some(7),
+            failed_transaction: Some(FailedTransaction {
+                commit_seq: Some(7),
+                gtid: Some("0-1-7".into()),
+                ..FailedTransaction::default()
+            }),
             last_error: Some("dup".into()),
+            ..Progress::default()
+        };
+        let held_no_gtid = Progress {
+            failed_commit_seq: Some(7),
+            failed_transaction: Some(FailedTransaction {
+                commit_seq: Some(7),
+                binlog_position: "b.000001:400".into(),
+                ..FailedTransaction::default()
+            }),
             ..Progress::default()
         };
         let fresh = Progress::default();
@@ -405,10 +459,19 @@ mod tests {
             ),
             (
                 SyncType::Db,
-                status(Running, DBIncrementalSync),
+                status(Paused, DBIncrementalSync),
                 &held,
                 JobCommand::SkipTransaction { commit_seq: 7 },
                 Ok(status(Running, DBIncrementalSync)),
+            ),
+            (
+                SyncType::Db,
+                status(Paused, DBIncrementalSync),
+                &held_no_gtid,
+                JobCommand::SkipTransaction { commit_seq: 7 },
+                Err(CommandError::NoGtid {
+                    at: "b.000001:400".into(),
+                }),
             ),
         ];
         for (sync_type, from, progress, command, want) in cases {
@@ -423,6 +486,11 @@ mod tests {
             commit_seq: Some(5),
             position: Some("0-1-5".into()),
             failed_commit_seq: Some(6),
+            failed_transaction: Some(FailedTransaction {
+                commit_seq: Some(6),
+                gtid: Some("0-1-6".into()),
+                ..FailedTransaction::default()
+            }),
             last_error: Some("e".into()),
             ..Progress::default()
         };
@@ -449,6 +517,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.progress.failed_commit_seq, None);
+        assert_eq!(t.progress.failed_transaction, None);
+        assert_eq!(
+            t.progress.skip.as_ref().and_then(|s| s.gtid.as_deref()),
+            Some("0-1-6")
+        );
         assert_eq!(t.progress.last_error, None);
         assert_eq!(t.progress.commit_seq, Some(5));
     }

@@ -1,0 +1,220 @@
+//! Recovery: a transaction the destination refuses holds the job; an
+//! operator skips exactly that one, resyncs, or detaches the destination.
+
+use crate::full_sync::{checksums, table_spec};
+use crate::harness::*;
+use crate::incremental::{source_seq, wait_caught_up};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+async fn wait_paused(service: &Service, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = service.post("job_status", json!({"name": name})).await.ok();
+        if s["status"]["state"] == "paused" {
+            return s["status"].clone();
+        }
+        assert!(Instant::now() < deadline, "{name} not paused: {s:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A table job on `t (id PRIMARY KEY, v)` with rows 1..=10, caught up.
+async fn caught_up_job(service: &Service, name: &str) -> (String, String) {
+    let db = unique("rec");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE t (id INT PRIMARY KEY, v INT);
+         INSERT INTO t SELECT seq, 0 FROM seq_1_to_10;"
+    ));
+    let dest_db = unique("rec_copy");
+    service
+        .post(
+            "create_ccr",
+            table_spec(name, &db, "t", dest_endpoint(dest(), &dest_db, Some("t"))),
+        )
+        .await
+        .ok();
+    wait_for_state(service, name, "TableIncrementalSync").await;
+    wait_caught_up(service, name, source()).await;
+    (db, dest_db)
+}
+
+/// A row only the destination has, then the source inserts the same key
+/// between two other transactions: the job holds on exactly that one.
+async fn refused_insert(service: &Service, name: &str, db: &str, dest_db: &str) -> (u64, String) {
+    dest().admin(&format!("INSERT INTO {dest_db}.t VALUES (1000, 99)"));
+    service.post("pause", json!({"name": name})).await.ok();
+    source().admin(&format!("UPDATE {db}.t SET v = 1 WHERE id = 1"));
+    source().admin(&format!("INSERT INTO {db}.t VALUES (1000, 7)"));
+    let seq = source_seq(source());
+    let gtid = source().admin("SELECT @@gtid_binlog_pos");
+    source().admin(&format!("UPDATE {db}.t SET v = 3 WHERE id = 3"));
+    service.post("resume", json!({"name": name})).await.ok();
+    (seq, gtid.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_transaction_holds_the_job_until_skipped() {
+    let service = Service::fresh().await;
+    let (db, dest_db) = caught_up_job(&service, "skip").await;
+    let (seq, gtid) = refused_insert(&service, "skip", &db, &dest_db).await;
+
+    // Held on the refused transaction, never skipped by itself.
+    let status = wait_paused(&service, "skip").await;
+    assert_eq!(status["failed_commit_seq"], seq, "{status:#}");
+    let held = &status["failed_transaction"];
+    assert_eq!(held["gtid"], gtid.as_str(), "{status:#}");
+    assert_eq!(held["commit_seq"], seq);
+    assert!(
+        held["statement"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("INSERT") && s.contains("1000")),
+        "{status:#}"
+    );
+    assert!(
+        held["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Duplicate entry")),
+        "{status:#}"
+    );
+    assert!(status["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains(&format!("commit seq {seq}"))));
+    let progress = service
+        .post("job_progress", json!({"name": "skip"}))
+        .await
+        .ok();
+    assert_eq!(progress["job_progress"]["failed_commit_seq"], seq);
+    assert!(progress["job_progress"]["commit_seq"].as_u64().unwrap() < seq);
+    // The destination kept its own row; nothing after it was applied.
+    assert_eq!(
+        dest().admin(&format!(
+            "SELECT v FROM {dest_db}.t WHERE id IN (3, 1000) ORDER BY id"
+        )),
+        "0\n99"
+    );
+
+    // Only the held transaction can be skipped.
+    service
+        .post(
+            "job_skip_binlog",
+            json!({"name": "skip", "skip_by": "silence", "skip_commit_seq": seq + 1}),
+        )
+        .await
+        .fails(409, &format!("held on commit seq {seq}, not {}", seq + 1));
+    assert_eq!(job_status(&service, "skip").await.0, "paused");
+
+    service
+        .post(
+            "job_skip_binlog",
+            json!({"name": "skip", "skip_by": "silence", "skip_commit_seq": seq}),
+        )
+        .await
+        .ok();
+    source().admin(&format!("INSERT INTO {db}.t VALUES (11, 11)"));
+    wait_caught_up(&service, "skip", source()).await;
+    // Everything but the skipped transaction is there.
+    assert_eq!(
+        dest().admin(&format!("SELECT id, v FROM {dest_db}.t ORDER BY id")),
+        source()
+            .admin(&format!("SELECT id, v FROM {db}.t ORDER BY id"))
+            .replace("1000\t7", "1000\t99")
+    );
+    let p = service
+        .post("job_progress", json!({"name": "skip"}))
+        .await
+        .ok();
+    let p = &p["job_progress"];
+    assert_eq!(p["state"], "running", "{p:#}");
+    assert_eq!(p["failed_commit_seq"], Value::Null, "{p:#}");
+    assert_eq!(p["incremental"]["transactions_skipped"], 1, "{p:#}");
+    assert_eq!(p["incremental"]["last_skipped"], gtid.as_str(), "{p:#}");
+
+    // Once past it, nothing is left to skip.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service
+        .post("job_progress", json!({"name": "skip"}))
+        .await
+        .ok()["job_progress"]["skip"]
+        != Value::Null
+    {
+        assert!(Instant::now() < deadline, "the skip was not cleared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_transaction_resolved_by_a_full_sync_or_by_fixing_the_destination() {
+    let service = Service::fresh().await;
+    let (db, dest_db) = caught_up_job(&service, "refix").await;
+    let (seq, _) = refused_insert(&service, "refix", &db, &dest_db).await;
+    wait_paused(&service, "refix").await;
+
+    // Fixed on the destination, then resumed: the same transaction applies.
+    dest().admin(&format!("DELETE FROM {dest_db}.t WHERE id = 1000"));
+    service.post("resume", json!({"name": "refix"})).await.ok();
+    wait_caught_up(&service, "refix", source()).await;
+    assert_eq!(
+        checksums(dest(), &dest_db, &["t"]),
+        checksums(source(), &db, &["t"])
+    );
+
+    // Held again, then resolved by a full sync.
+    dest().admin(&format!("INSERT INTO {dest_db}.t VALUES (2000, 99)"));
+    source().admin(&format!("INSERT INTO {db}.t VALUES (2000, 8)"));
+    let held = wait_paused(&service, "refix").await;
+    assert!(
+        held["failed_commit_seq"].as_u64().unwrap() > seq,
+        "{held:#}"
+    );
+    service
+        .post(
+            "job_skip_binlog",
+            json!({"name": "refix", "skip_by": "fullsync"}),
+        )
+        .await
+        .ok();
+    service.post("resume", json!({"name": "refix"})).await.ok();
+    wait_for_state(&service, "refix", "TableIncrementalSync").await;
+    source().admin(&format!("UPDATE {db}.t SET v = v + 1"));
+    wait_caught_up(&service, "refix", source()).await;
+    assert_eq!(
+        checksums(dest(), &dest_db, &["t"]),
+        checksums(source(), &db, &["t"])
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn desync_detaches_the_destination() {
+    let service = Service::fresh().await;
+    let (db, dest_db) = caught_up_job(&service, "detach").await;
+    service.post("desync", json!({"name": "detach"})).await.ok();
+    assert_eq!(job_status(&service, "detach").await.0, "desynced");
+    let seq = source_seq(source());
+    source().admin(&format!("UPDATE {db}.t SET v = 5 WHERE id = 5"));
+    // The destination is the operator's: writable, and not written to.
+    dest().admin(&format!("UPDATE {dest_db}.t SET v = 6 WHERE id = 6"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        dest().admin(&format!(
+            "SELECT v FROM {dest_db}.t WHERE id IN (5, 6) ORDER BY id"
+        )),
+        "0\n6"
+    );
+    let lag = service
+        .post("get_lag", json!({"name": "detach"}))
+        .await
+        .ok();
+    assert!(
+        lag["first_commit_seq"].as_u64().unwrap_or(0) <= seq,
+        "{lag:#}"
+    );
+    service
+        .post("resume", json!({"name": "detach"}))
+        .await
+        .fails(409, "desynced");
+    service.stop().await;
+}
