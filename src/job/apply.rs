@@ -681,10 +681,12 @@ pub(super) async fn run(conn: &mut Conn, stmts: &Statements) -> Result<(), Faile
         if let Some(Some(want)) = stmts.expect.get(i) {
             if affected != *want {
                 // Read the rest so the connection stays usable.
-                while !last {
-                    let end = result.is_empty();
-                    if result.collect::<mysql_async::Row>().await.is_err() || end {
-                        break;
+                if !last {
+                    loop {
+                        let end = result.is_empty();
+                        if result.collect::<mysql_async::Row>().await.is_err() || end {
+                            break;
+                        }
                     }
                 }
                 return Err(Failed::Mismatch {
