@@ -2,6 +2,7 @@
 //! operator skips exactly that one, resyncs, or detaches the destination.
 
 use crate::full_sync::{checksums, table_spec};
+use crate::harness::mariadb::with_users;
 use crate::harness::*;
 use crate::incremental::{source_seq, wait_caught_up};
 use serde_json::{json, Value};
@@ -216,5 +217,147 @@ async fn desync_detaches_the_destination() {
         .post("resume", json!({"name": "detach"}))
         .await
         .fails(409, "desynced");
+    service.stop().await;
+}
+
+/// The job's `ccr_syncer_binlog_retention_headroom_bytes`, once shown.
+async fn headroom(service: &Service, name: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let prefix = format!("ccr_syncer_binlog_retention_headroom_bytes{{job=\"{name}\"}} ");
+    loop {
+        let text = service.get("metrics").await.text;
+        if let Some(v) = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|v| *v > 0)
+        {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "no headroom for {name}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_binlog_resyncs_by_default_or_stops_when_asked() {
+    // Its own source: purging binlogs must not touch other tests' jobs.
+    let src = with_users(MariaDb::start(ServerOptions::source()));
+    let db = unique("purge");
+    src.admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE t (id INT PRIMARY KEY, v INT);
+         INSERT INTO t SELECT seq, 0 FROM seq_1_to_100;"
+    ));
+    let service = Service::fresh().await;
+    let jobs = [("purge_resync", None), ("purge_stop", Some("stop"))];
+    let mut copies = Vec::new();
+    for (name, on) in jobs {
+        let dest_db = unique(name);
+        let mut spec = json!({"name": name, "src": src_endpoint(&src, &db, Some("t")),
+                              "dest": dest_endpoint(dest(), &dest_db, Some("t"))});
+        if let Some(on) = on {
+            spec["on_binlog_purged"] = json!(on);
+        }
+        service.post("create_ccr", spec).await.ok();
+        copies.push(dest_db);
+    }
+    for (name, _) in jobs {
+        wait_for_state(&service, name, "TableIncrementalSync").await;
+        wait_caught_up(&service, name, &src).await;
+    }
+    let before = headroom(&service, "purge_resync").await;
+    src.admin(&format!("UPDATE {db}.t SET v = 1 WHERE id <= 10"));
+    wait_caught_up(&service, "purge_resync", &src).await;
+    // The position moved on in the same binlog: more could be purged first.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while headroom(&service, "purge_resync").await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "headroom did not grow from {before}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    for (name, _) in jobs {
+        service.post("pause", json!({"name": name})).await.ok();
+    }
+    // Paused jobs read no more binlog.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while src.admin(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'",
+    ) != "0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the paused jobs still read the binlog"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    src.admin(&format!(
+        "UPDATE {db}.t SET v = 2 WHERE id > 50; FLUSH BINARY LOGS;
+         INSERT INTO {db}.t VALUES (101, 2); FLUSH BINARY LOGS;"
+    ));
+    let newest = src.admin("SHOW MASTER STATUS");
+    let newest = newest.split('\t').next().unwrap().to_string();
+    // The server keeps a binlog until its commits are durable in InnoDB
+    // (binlog checkpoint): purge until only the newest is left.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        src.admin(&format!("PURGE BINARY LOGS TO '{newest}'"));
+        if src.admin("SHOW BINARY LOGS").lines().count() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the source kept its old binlogs");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (name, _) in jobs {
+        service.post("resume", json!({"name": name})).await.ok();
+    }
+
+    // By default: a new full sync, which says why.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = service
+            .post("job_progress", json!({"name": "purge_resync"}))
+            .await
+            .ok();
+        let reason = p["job_progress"]["full_sync_reason"].as_str().unwrap_or("");
+        if reason.contains("no longer has the binlog") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no resync: {p:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_state(&service, "purge_resync", "TableIncrementalSync").await;
+    src.admin(&format!("UPDATE {db}.t SET v = 3 WHERE id = 1"));
+    wait_caught_up(&service, "purge_resync", &src).await;
+    assert_eq!(
+        checksums(dest(), &copies[0], &["t"]),
+        checksums(&src, &db, &["t"])
+    );
+
+    // Asked to stop: stopped, saying what to do.
+    let status = wait_paused(&service, "purge_stop").await;
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("no longer has the binlog") && error.contains("force_fullsync"),
+        "{status:#}"
+    );
+    assert_eq!(status["progress_state"], "TableIncrementalSync");
+    service
+        .post("force_fullsync", json!({"name": "purge_stop"}))
+        .await
+        .ok();
+    service
+        .post("resume", json!({"name": "purge_stop"}))
+        .await
+        .ok();
+    wait_for_state(&service, "purge_stop", "TableIncrementalSync").await;
+    wait_caught_up(&service, "purge_stop", &src).await;
+    assert_eq!(
+        checksums(dest(), &copies[1], &["t"]),
+        checksums(&src, &db, &["t"])
+    );
     service.stop().await;
 }

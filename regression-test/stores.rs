@@ -24,6 +24,7 @@ fn record(name: &str) -> JobRecord {
             src: endpoint("a", "src-secret"),
             dest: endpoint("b", "dest-secret"),
             allow_table_exists: false,
+            on_binlog_purged: Default::default(),
         },
         status: JobStatus::initial(SyncType::Db),
         progress: Progress::default(),

@@ -23,6 +23,7 @@ pub struct Metrics {
     full_sync_chunks: IntCounterVec,
     job_retries: IntCounterVec,
     lag_seconds: IntGaugeVec,
+    retention_headroom: IntGaugeVec,
     applied_transactions: IntCounterVec,
     applied_rows: IntCounterVec,
     applied_ddl: IntCounterVec,
@@ -105,6 +106,13 @@ impl Metrics {
             ),
             &["job"],
         ));
+        let retention_headroom = must(IntGaugeVec::new(
+            Opts::new(
+                "ccr_syncer_binlog_retention_headroom_bytes",
+                "Bytes of binlog the source holds before a job's position: what it can purge before the position itself goes (then the job needs a full sync).",
+            ),
+            &["job"],
+        ));
         let applied_rows = must(IntCounterVec::new(
             Opts::new(
                 "ccr_syncer_applied_rows_total",
@@ -145,6 +153,7 @@ impl Metrics {
         must(registry.register(Box::new(http_requests.clone())));
         must(registry.register(Box::new(build_info)));
         must(registry.register(Box::new(lag_seconds.clone())));
+        must(registry.register(Box::new(retention_headroom.clone())));
         must(registry.register(Box::new(applied_rows.clone())));
         must(registry.register(Box::new(apply_batch_seconds.clone())));
         must(registry.register(Box::new(job_errors.clone())));
@@ -163,6 +172,7 @@ impl Metrics {
             full_sync_chunks,
             job_retries,
             lag_seconds,
+            retention_headroom,
             applied_transactions,
             applied_rows,
             applied_ddl,
@@ -193,6 +203,12 @@ impl Metrics {
 
     pub fn set_lag(&self, job: &str, secs: i64) {
         self.lag_seconds.with_label_values(&[job]).set(secs);
+    }
+
+    pub fn set_retention_headroom(&self, job: &str, bytes: u64) {
+        self.retention_headroom
+            .with_label_values(&[job])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn observe_batch(&self, job: &str, secs: f64) {
@@ -250,11 +266,12 @@ impl Metrics {
             let _ = counter.remove_label_values(&[job]);
         }
         let _ = self.lag_seconds.remove_label_values(&[job]);
+        let _ = self.retention_headroom.remove_label_values(&[job]);
         let _ = self.apply_batch_seconds.remove_label_values(&[job]);
         for op in [RowOp::Insert, RowOp::Update, RowOp::Delete] {
             let _ = self.applied_rows.remove_label_values(&[job, op.as_str()]);
         }
-        for kind in ["transient", "definite"] {
+        for kind in ["transient", "definite", "refused", "binlog_purged"] {
             let _ = self.job_errors.remove_label_values(&[job, kind]);
         }
     }

@@ -48,6 +48,9 @@ pub struct CreateRequest {
     pub dest: EndpointRequest,
     #[serde(default)]
     pub allow_table_exists: bool,
+    /// `"fullsync"` (default) or `"stop"`.
+    #[serde(default)]
+    pub on_binlog_purged: crate::job::spec::OnPurged,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +76,7 @@ impl CreateRequest {
             src: self.src.into_endpoint("src")?,
             dest: self.dest.into_endpoint("dest")?,
             allow_table_exists: self.allow_table_exists,
+            on_binlog_purged: self.on_binlog_purged,
         })
     }
 }

@@ -119,6 +119,7 @@ pub fn detail(job: &JobSnapshot) -> Value {
         "src": endpoint(&job.spec.src),
         "dest": endpoint(&job.spec.dest),
         "allow_table_exists": job.spec.allow_table_exists,
+        "on_binlog_purged": job.spec.on_binlog_purged,
         "state": job.status.run_state.as_str(),
         "progress_state": job.status.progress_state.as_str(),
         "created_at": time(job.created_at),

@@ -61,6 +61,9 @@ pub enum SyncError {
     /// The destination refused a source transaction (a duplicate key, a
     /// missing row …): the job holds on it until an operator fixes the
     /// destination and resumes, skips it, or resyncs.
+    /// The source no longer has the binlog at the job's position.
+    #[error("{0}")]
+    Purged(String),
     #[error("{message}")]
     Refused {
         txn: Box<crate::job::state::FailedTransaction>,

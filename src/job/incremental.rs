@@ -36,7 +36,7 @@ use crate::job::state::{IncrementalProgress, SnapshotPoint, TableSnapshot};
 use crate::metrics::Metrics;
 use crate::position::{BinlogCoord, MariaGtid, MariaGtidPos};
 use crate::source::binlog::decode::{Cell, RowChange, RowOp};
-use crate::source::binlog::{self, ReadError, Reader, SourceEvent, StartAt};
+use crate::source::binlog::{self, retention, ReadError, Reader, SourceEvent, StartAt};
 use crate::source::ddl::{self, DdlKind, Rename, Statement};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder};
@@ -98,7 +98,7 @@ pub struct Incremental {
 fn read_error(e: ReadError) -> SyncError {
     match e {
         ReadError::Transient(m) => SyncError::Transient(m),
-        ReadError::Definite(m) => SyncError::Definite(m),
+        ReadError::Definite(m) | ReadError::Unavailable(m) => SyncError::Definite(m),
     }
 }
 
@@ -486,11 +486,15 @@ impl Incremental {
             read_head.clone(),
         )));
         let source_head = Arc::new(Mutex::new(None::<MariaGtidPos>));
+        let applied_coord = Arc::new(Mutex::new(pos.coord.clone()));
         let poller = AbortOnDrop(tokio::spawn(poll_head(
             spec.src.clone(),
             self.connect_timeout,
             source_head.clone(),
+            applied_coord.clone(),
+            (self.metrics.clone(), spec.name.clone()),
         )));
+        let start_point = pos.clone();
 
         let rename = Rename {
             src_db: &spec.src.database,
@@ -514,9 +518,13 @@ impl Incremental {
         loop {
             if queued.is_empty() {
                 tokio::select! {
-                    e = feed.take() => {
-                        queued.extend(e.map_err(read_error)?);
-                    }
+                    e = feed.take() => match e {
+                        Ok(events) => queued.extend(events),
+                        Err(ReadError::Unavailable(m)) => {
+                            return Err(self.unavailable(m, &start_point).await);
+                        }
+                        Err(e) => return Err(read_error(e)),
+                    },
                     r = pool.changed() => r?,
                 }
             }
@@ -750,6 +758,7 @@ impl Incremental {
                     .count_binlog_bytes(name, bytes.saturating_sub(detail.binlog_bytes_read));
                 detail.binlog_bytes_read = bytes;
                 detail.binlog_file = pos.coord.file.clone();
+                *applied_coord.lock() = pos.coord.clone();
                 detail.binlog_pos = pos.coord.pos;
                 detail.tables_in_snapshot = windows.len() as u64;
                 detail.caught_up = idle && group.txns == 0;
@@ -778,6 +787,27 @@ impl Incremental {
                 );
                 self.progress.send_replace(now);
             }
+        }
+    }
+
+    /// The source cannot send the binlog from `start`: purged (the runner
+    /// resyncs or stops, as the job says), or another reason (definite).
+    async fn unavailable(&self, message: String, start: &Point) -> SyncError {
+        let src = &self.spec.src;
+        let mut conn = match db::connect(&src.server_addr(), None, self.connect_timeout).await {
+            Ok(c) => c,
+            Err(e) => return SyncError::Transient(format!("source {e}")),
+        };
+        match retention::read(&mut conn).await {
+            Ok(r) if !r.has(&start.gtid, &start.coord) => SyncError::Purged(format!(
+                "the source {} no longer has the binlog at the job's position {} \
+                 (its oldest binlog is {}, which starts after it: purged) — {message}",
+                src.address(),
+                start.text(),
+                r.oldest()
+            )),
+            Ok(_) => SyncError::Definite(message),
+            Err(e) => SyncError::sql("reading the source's binlog files", e),
         }
     }
 
@@ -1049,13 +1079,25 @@ impl Drop for FeedWriter {
 
 /// Polls the source's newest GTID position; failures only leave it stale
 /// (the binlog stream notices a dead source itself).
-async fn poll_head(src: Endpoint, timeout: Duration, head: Arc<Mutex<Option<MariaGtidPos>>>) {
+async fn poll_head(
+    src: Endpoint,
+    timeout: Duration,
+    head: Arc<Mutex<Option<MariaGtidPos>>>,
+    applied: Arc<Mutex<BinlogCoord>>,
+    (metrics, job): (Arc<Metrics>, String),
+) {
     let mut conn: Option<Conn> = None;
     loop {
         if conn.is_none() {
             conn = db::connect(&src.server_addr(), None, timeout).await.ok();
         }
         if let Some(c) = conn.as_mut() {
+            // How much binlog the source could purge before the job's
+            // position goes.
+            if let Ok(r) = retention::read(c).await {
+                let at = applied.lock().clone();
+                metrics.set_retention_headroom(&job, r.headroom_bytes(&at).unwrap_or(0));
+            }
             match c
                 .query_first::<String, _>("SELECT @@global.gtid_binlog_pos")
                 .await

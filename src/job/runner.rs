@@ -17,11 +17,11 @@ use super::full_sync::{self, FullSync, HandOver, SyncError};
 use super::incremental::{Applied, Incremental};
 use super::manager::{JobError, JobSnapshot};
 use super::state::{
-    transition, FailedTransaction, FullSyncProgress, JobCommand, ProgressState, RunState,
+    transition, FailedTransaction, FullSyncProgress, JobCommand, Progress, ProgressState, RunState,
 };
 use crate::config::FullSyncSettings;
 use crate::hostmap::HostMapping;
-use crate::job::spec::SyncType;
+use crate::job::spec::{OnPurged, SyncType};
 use crate::metrics::Metrics;
 use crate::store::MetaStore;
 use std::collections::BTreeMap;
@@ -68,6 +68,8 @@ enum Outcome {
     Failed(String),
     /// The destination refused a source transaction: the job holds on it.
     Refused(Box<FailedTransaction>, String),
+    /// The source purged the binlog at the job's position.
+    Purged(String),
 }
 
 /// Which work runs: the full sync of a run, or the incremental sync after it.
@@ -382,6 +384,28 @@ impl Runner {
                 progress.failed_transaction = Some(*txn);
                 progress.last_error = Some(message);
             }
+            Outcome::Purged(message) => {
+                self.metrics.count_error(&name, "binlog_purged");
+                match current.spec.on_binlog_purged {
+                    OnPurged::Stop => {
+                        let message = format!(
+                            "{message}; the job is set to stop (on_binlog_purged \"stop\"): \
+                             run force_fullsync to copy the tables again"
+                        );
+                        error!(job = %name, error = %message, "job stopped");
+                        status.run_state = RunState::Paused;
+                        progress.last_error = Some(message);
+                    }
+                    OnPurged::Fullsync => {
+                        warn!(job = %name, reason = %message, "copying the tables again (full sync)");
+                        status.progress_state = ProgressState::full_sync(current.spec.sync_type());
+                        progress = Progress {
+                            full_sync_reason: Some(message),
+                            ..Progress::default()
+                        };
+                    }
+                }
+            }
         }
         // The outcome must be stored before it is shown; keep trying.
         while let Err(e) = self.store.save_status(&name, status, &progress, now).await {
@@ -517,9 +541,11 @@ async fn run_with_retries(sync: FullSync) -> Outcome {
     loop {
         match sync.run().await {
             Ok(h) => return Outcome::HandedOver(h),
-            Err(SyncError::Definite(message) | SyncError::Refused { message, .. }) => {
-                return Outcome::Failed(message)
-            }
+            Err(
+                SyncError::Definite(message)
+                | SyncError::Refused { message, .. }
+                | SyncError::Purged(message),
+            ) => return Outcome::Failed(message),
             Err(SyncError::Transient(message)) => {
                 warn!(job = %sync.spec.name, error = %message, retry_in_secs = backoff.as_secs(),
                       "full sync interrupted; resuming after a pause");
@@ -546,6 +572,7 @@ async fn run_incremental(sync: Incremental) -> Outcome {
         let message = match sync.run().await {
             Err(SyncError::Definite(message)) => return Outcome::Failed(message),
             Err(SyncError::Refused { txn, message }) => return Outcome::Refused(txn, message),
+            Err(SyncError::Purged(message)) => return Outcome::Purged(message),
             Err(SyncError::Transient(message)) => message,
             Ok(never) => match never {},
         };

@@ -71,6 +71,21 @@ pub struct JobSpec {
     pub dest: Endpoint,
     #[serde(default)]
     pub allow_table_exists: bool,
+    /// What the job does when the source no longer has the binlog at its
+    /// position.
+    #[serde(default)]
+    pub on_binlog_purged: OnPurged,
+}
+
+/// What a job does when the source purged the binlog it still needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPurged {
+    /// Copy the tables again (a new full sync), as the Doris syncer does.
+    #[default]
+    Fullsync,
+    /// Stop with an error; an operator decides.
+    Stop,
 }
 
 impl JobSpec {
@@ -170,6 +185,7 @@ pub(crate) mod tests {
             src: endpoint("a", None),
             dest: endpoint("b", None),
             allow_table_exists: false,
+            on_binlog_purged: OnPurged::Fullsync,
         }
     }
 

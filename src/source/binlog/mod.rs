@@ -19,6 +19,7 @@
 
 pub mod decode;
 pub mod mariadb;
+pub mod retention;
 
 use crate::db::{self, ConnectError, ServerAddr};
 use crate::position::{BinlogCoord, MariaGtid};
@@ -70,6 +71,10 @@ pub enum ReadError {
     Transient(String),
     #[error("{0}")]
     Definite(String),
+    /// The source cannot send from the position asked (1236): often
+    /// because it purged that binlog, which the caller checks.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Where to start: after `gtid` (MariaDB GTID position) if it is not empty,
@@ -197,7 +202,7 @@ impl Reader {
             Ok(Some(Err(e))) => {
                 // 1236: the server cannot send from there (purged binlog, …).
                 return Err(match db::server_code(&e) {
-                    Some(1236) => ReadError::Definite(format!(
+                    Some(1236) => ReadError::Unavailable(format!(
                         "the source cannot send the binlog from the job's position: {e}"
                     )),
                     // 4052: the job's previous binlog connection (before a
