@@ -10,6 +10,7 @@ mod create_checks;
 mod full_sync;
 mod incremental;
 mod metrics_auth;
+mod outages;
 mod positions;
 mod recovery;
 mod restart;

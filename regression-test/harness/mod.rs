@@ -2,9 +2,11 @@
 //! in-process ([`service`]) and builders for job specs.
 
 pub mod mariadb;
+pub mod proxy;
 pub mod service;
 
 pub use mariadb::{dest, source, unique, MariaDb, ServerOptions};
+pub use proxy::Proxy;
 pub use service::Service;
 
 use mariadb::{DEST_PASSWORD, DEST_USER, SRC_PASSWORD, SRC_USER};

@@ -5,7 +5,7 @@
 
 use crate::job::incremental;
 use crate::job::spec::Endpoint;
-use crate::job::state::{CommandError, FullSyncProgress, IncrementalProgress};
+use crate::job::state::{CommandError, FullSyncProgress, IncrementalProgress, RunState};
 use crate::job::{JobError, JobSnapshot};
 use crate::preflight::PreflightError;
 use chrono::{TimeZone, Utc};
@@ -105,6 +105,21 @@ pub fn status(job: &JobSnapshot) -> Value {
     if let Some(e) = &p.last_error {
         status["last_error"] = json!(e);
     }
+    // Retrying after a transient error (lost connection, server restart,
+    // deadlock …): the job resumes by itself.
+    let running = job.status.run_state == RunState::Running;
+    match (&p.incremental, &p.full_sync) {
+        (Some(i), _) if job.status.progress_state.is_incremental() => {
+            status["retrying"] = json!(i.retrying && running);
+            status["retries"] = json!(i.retries);
+            status["last_retry_error"] = json!(i.last_error);
+        }
+        (_, Some(f)) if f.finished_at.is_none() => {
+            status["retries"] = json!(f.retries);
+            status["last_retry_error"] = json!(f.last_error);
+        }
+        _ => {}
+    }
     if let Some(t) = &p.failed_transaction {
         status["failed_commit_seq"] = json!(p.failed_commit_seq);
         status["failed_transaction"] = json!(t);
@@ -195,6 +210,7 @@ fn incremental(job: &JobSnapshot, i: &IncrementalProgress) -> Value {
         "binlog_bytes_read": i.binlog_bytes_read,
         "tables_in_snapshot": i.tables_in_snapshot,
         "retries": i.retries,
+        "retrying": i.retrying,
         "last_retry_error": i.last_error,
         "transactions_skipped": i.transactions_skipped,
         "last_skipped": i.last_skipped,

@@ -487,11 +487,13 @@ impl Incremental {
         )));
         let source_head = Arc::new(Mutex::new(None::<MariaGtidPos>));
         let applied_coord = Arc::new(Mutex::new(pos.coord.clone()));
+        let misconfigured = Arc::new(Mutex::new(None::<String>));
         let poller = AbortOnDrop(tokio::spawn(poll_head(
             spec.src.clone(),
             self.connect_timeout,
             source_head.clone(),
             applied_coord.clone(),
+            misconfigured.clone(),
             (self.metrics.clone(), spec.name.clone()),
         )));
         let start_point = pos.clone();
@@ -519,7 +521,11 @@ impl Incremental {
             if queued.is_empty() {
                 tokio::select! {
                     e = feed.take() => match e {
-                        Ok(events) => queued.extend(events),
+                        Ok(events) => {
+                            // Streaming again after a transient error.
+                            detail.retrying = false;
+                            queued.extend(events);
+                        }
                         Err(ReadError::Unavailable(m)) => {
                             return Err(self.unavailable(m, &start_point).await);
                         }
@@ -748,6 +754,9 @@ impl Incremental {
                 applied = (f.pos, f.commit_ts);
                 absorbed = true;
             }
+            if let Some(problem) = misconfigured.lock().take() {
+                return Err(SyncError::Definite(problem));
+            }
             let idle = caught_up && in_flight.is_empty();
             if last_report.elapsed() >= Duration::from_millis(250) || idle && absorbed || caught_up
             {
@@ -861,12 +870,23 @@ impl Incremental {
             } => (*kind, names, refs),
             other => {
                 if ddl::is_dml(other) && (schema == rename.src_db || sql.contains(rename.src_db)) {
-                    return Err(SyncError::Definite(format!(
-                        "{}: the source logged a statement instead of row events (`{}`); \
-                         set binlog_format=ROW on the source, then resync the job",
-                        t.name(),
-                        elide(sql)
-                    )));
+                    // Its rows cannot be known exactly: the job holds on it
+                    // (an operator skips it and repairs the rows, or
+                    // resyncs) rather than guess.
+                    return Err(apply::refused(
+                        &t.id,
+                        Some(elide(sql)),
+                        "logged as a statement, not as row events".into(),
+                        format!(
+                            "{}: the source logged a statement instead of row events (`{}`): \
+                             its session used binlog_format STATEMENT or MIXED. Set \
+                             binlog_format=ROW on the source (globally, and reconnect the \
+                             clients), then resync (force_fullsync) or skip this transaction \
+                             (job_skip_binlog) and repair its rows",
+                            t.name(),
+                            elide(sql)
+                        ),
+                    ));
                 }
                 debug!(job = %self.spec.name, statement = %elide(sql), "statement skipped: not DDL in scope");
                 return Ok(None);
@@ -1084,6 +1104,7 @@ async fn poll_head(
     timeout: Duration,
     head: Arc<Mutex<Option<MariaGtidPos>>>,
     applied: Arc<Mutex<BinlogCoord>>,
+    misconfigured: Arc<Mutex<Option<String>>>,
     (metrics, job): (Arc<Metrics>, String),
 ) {
     let mut conn: Option<Conn> = None;
@@ -1092,6 +1113,24 @@ async fn poll_head(
             conn = db::connect(&src.server_addr(), None, timeout).await.ok();
         }
         if let Some(c) = conn.as_mut() {
+            // A source switched away from full row images stops the job
+            // before its statements or partial rows reach it.
+            if let Ok(Some((format, image))) = c
+                .query_first::<(String, String), _>(
+                    "SELECT @@global.binlog_format, @@global.binlog_row_image",
+                )
+                .await
+            {
+                if !format.eq_ignore_ascii_case("ROW") || !image.eq_ignore_ascii_case("FULL") {
+                    *misconfigured.lock() = Some(format!(
+                        "the source {} now has binlog_format={format}, binlog_row_image={image}; \
+                         the job needs ROW and FULL: run SET GLOBAL binlog_format='ROW', \
+                         binlog_row_image='FULL' on the source (clients connected meanwhile \
+                         keep their session's format: reconnect them), then resume the job",
+                        src.address()
+                    ));
+                }
+            }
             // How much binlog the source could purge before the job's
             // position goes.
             if let Ok(r) = retention::read(c).await {

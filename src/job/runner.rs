@@ -585,6 +585,7 @@ async fn run_incremental(sync: Incremental) -> Outcome {
         sync.metrics.count_error(&sync.spec.name, "transient");
         sync.progress.send_modify(|p| {
             p.detail.retries += 1;
+            p.detail.retrying = true;
             p.detail.last_error = Some(message);
         });
         tokio::time::sleep(backoff).await;

@@ -82,6 +82,15 @@ impl ProgressState {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
+    pub fn is_incremental(self) -> bool {
+        matches!(
+            self,
+            ProgressState::DBTablesIncrementalSync
+                | ProgressState::DBIncrementalSync
+                | ProgressState::TableIncrementalSync
+        )
+    }
+
     /// Where a job of this type starts, and where a full resync sends it back.
     pub fn full_sync(sync_type: SyncType) -> Self {
         match sync_type {
@@ -190,6 +199,8 @@ pub struct IncrementalProgress {
     pub tables_in_snapshot: u64,
     pub retries: u64,
     pub last_error: Option<String>,
+    /// Between a transient error and streaming again.
+    pub retrying: bool,
     /// Source transactions skipped on request, and the last of them (GTID).
     pub transactions_skipped: u64,
     pub last_skipped: Option<String>,

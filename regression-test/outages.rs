@@ -1,0 +1,201 @@
+//! Outages: connections cut (mid-transaction, mid-stream), a destination
+//! that goes away and one that crashes are retried with backoff and lose or
+//! repeat nothing; a source that stops logging rows stops the job until
+//! fixed.
+
+use crate::full_sync::{checksums, table_spec};
+use crate::harness::mariadb::with_users;
+use crate::harness::*;
+use crate::incremental::wait_caught_up;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn endpoint_via(proxy: &Proxy, ep: Value) -> Value {
+    let mut ep = ep;
+    ep["port"] = json!(proxy.port);
+    ep
+}
+
+async fn status(service: &Service, name: &str) -> Value {
+    service.post("job_status", json!({"name": name})).await.ok()["status"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_and_a_destination_crash_lose_and_repeat_nothing() {
+    let mut dest_server = with_users(MariaDb::start(ServerOptions::plain()));
+    let src_proxy = Proxy::start(source().port).await;
+    let dest_proxy = Proxy::start(dest_server.port).await;
+    let db = unique("outage");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE w (id INT AUTO_INCREMENT PRIMARY KEY, n INT, v VARCHAR(20));
+         CREATE TABLE c (id INT PRIMARY KEY, n INT);
+         INSERT INTO c VALUES (1, 0);"
+    ));
+    let dest_db = unique("outage_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "o",
+                   "src": endpoint_via(&src_proxy, src_endpoint(source(), &db, None)),
+                   "dest": endpoint_via(&dest_proxy, dest_endpoint(&dest_server, &dest_db, None))}),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "o", "DBIncrementalSync").await;
+
+    // Continuous writes: transactions that insert a row and bump a counter,
+    // so a lost one shows in `w` and a repeated one in `c`.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let mut sql = format!("USE {db};");
+                for _ in 0..20 {
+                    sql.push_str(&format!(
+                        "BEGIN; INSERT INTO w (n, v) VALUES ({i}, 'x'); \
+                         UPDATE c SET n = n + 1 WHERE id = 1; COMMIT;"
+                    ));
+                    i += 1;
+                }
+                source().admin(&sql);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let pause = || tokio::time::sleep(Duration::from_millis(400));
+    for _ in 0..4 {
+        pause().await;
+        src_proxy.cut();
+        pause().await;
+        dest_proxy.cut();
+    }
+    // The destination unreachable for a while: the job says it is retrying.
+    dest_proxy.set_down(true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&service, "o").await;
+        if s["retrying"] == true {
+            assert!(s["last_retry_error"].is_string(), "{s:#}");
+            assert_eq!(s["state"], "running", "{s:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never seen retrying: {s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    dest_proxy.set_down(false);
+    pause().await;
+    // The destination crashes under load.
+    dest_server.crash_and_restart();
+    pause().await;
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+
+    wait_caught_up(&service, "o", source()).await;
+    for t in ["w", "c"] {
+        assert_eq!(
+            checksums(&dest_server, &dest_db, &[t]),
+            checksums(source(), &db, &[t]),
+            "table {t}"
+        );
+    }
+    let s = status(&service, "o").await;
+    assert_eq!(s["retrying"], false, "{s:#}");
+    assert!(s["retries"].as_u64().unwrap() >= 3, "{s:#}");
+    let metrics = service.get("metrics").await.text;
+    let retries: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ccr_syncer_job_retries_total{job=\"o\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(retries >= 3, "{metrics}");
+    assert!(src_proxy.accepted() > 1 && dest_proxy.accepted() > 1);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_stops_logging_rows_stops_the_job_until_fixed() {
+    // Its own source: the format is a global setting.
+    let src = with_users(MariaDb::start(ServerOptions::source()));
+    let db = unique("fmt");
+    src.admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE t (id INT PRIMARY KEY, v INT);
+         INSERT INTO t SELECT seq, 0 FROM seq_1_to_10;"
+    ));
+    let dest_db = unique("fmt_copy");
+    let service = Service::fresh().await;
+    let mut spec = table_spec("f", &db, "t", dest_endpoint(dest(), &dest_db, Some("t")));
+    spec["src"] = src_endpoint(&src, &db, Some("t"));
+    service.post("create_ccr", spec).await.ok();
+    wait_for_state(&service, "f", "TableIncrementalSync").await;
+    wait_caught_up(&service, "f", &src).await;
+
+    src.admin("SET GLOBAL binlog_format = 'STATEMENT'");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stopped = loop {
+        let s = status(&service, "f").await;
+        if s["state"] == "paused" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "not stopped: {s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = stopped["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("binlog_format=STATEMENT")
+            && error.contains("SET GLOBAL binlog_format='ROW'"),
+        "{stopped:#}"
+    );
+    // Fixed, then resumed: it carries on.
+    src.admin("SET GLOBAL binlog_format = 'ROW'");
+    src.admin(&format!("UPDATE {db}.t SET v = 1 WHERE id = 1"));
+    service.post("resume", json!({"name": "f"})).await.ok();
+    wait_caught_up(&service, "f", &src).await;
+    assert_eq!(
+        checksums(dest(), &dest_db, &["t"]),
+        checksums(&src, &db, &["t"])
+    );
+
+    // A session that kept the statement format: its transaction holds the
+    // job (its rows are unknown); skipped, and repaired by hand.
+    src.admin(&format!(
+        "SET SESSION binlog_format = 'STATEMENT'; UPDATE {db}.t SET v = 9 WHERE id = 2"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        let s = status(&service, "f").await;
+        if s["state"] == "paused" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "not held: {s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let t = &held["failed_transaction"];
+    assert!(
+        t["statement"]
+            .as_str()
+            .is_some_and(|s| s.contains("SET v = 9")),
+        "{held:#}"
+    );
+    service
+        .post(
+            "job_skip_binlog",
+            json!({"name": "f", "skip_by": "silence", "skip_commit_seq": held["failed_commit_seq"]}),
+        )
+        .await
+        .ok();
+    src.admin(&format!("UPDATE {db}.t SET v = 3 WHERE id = 3"));
+    wait_caught_up(&service, "f", &src).await;
+    dest().admin(&format!("UPDATE {dest_db}.t SET v = 9 WHERE id = 2"));
+    assert_eq!(
+        checksums(dest(), &dest_db, &["t"]),
+        checksums(&src, &db, &["t"])
+    );
+    service.stop().await;
+}
