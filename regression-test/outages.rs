@@ -199,3 +199,75 @@ async fn a_source_that_stops_logging_rows_stops_the_job_until_fixed() {
     );
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_on_the_destination_is_waited_out_and_retried() {
+    // Its own destination, where lock waits time out after 1 s.
+    let mut options = ServerOptions::plain();
+    options.extra.push("--innodb-lock-wait-timeout=1");
+    let dest_server = with_users(MariaDb::start(options));
+    let db = unique("locks");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE t (id INT PRIMARY KEY, v INT);
+         INSERT INTO t SELECT seq, 0 FROM seq_1_to_10;"
+    ));
+    let dest_db = unique("locks_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            table_spec(
+                "l",
+                &db,
+                "t",
+                dest_endpoint(&dest_server, &dest_db, Some("t")),
+            ),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "l", "TableIncrementalSync").await;
+    wait_caught_up(&service, "l", source()).await;
+
+    // Someone on the destination holds row 1 for 4 s.
+    let holder = {
+        let sql = format!(
+            "BEGIN; SELECT v FROM {dest_db}.t WHERE id = 1 FOR UPDATE; DO SLEEP(4); COMMIT;"
+        );
+        let port = dest_server.port;
+        std::thread::spawn(move || {
+            std::process::Command::new("mariadb")
+                .args([
+                    "--no-defaults",
+                    "-h127.0.0.1",
+                    &format!("-P{port}"),
+                    "-uroot",
+                ])
+                .args(["-e", &sql])
+                .output()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    source().admin(&format!("UPDATE {db}.t SET v = 1 WHERE id = 1"));
+    source().admin(&format!("UPDATE {db}.t SET v = 2 WHERE id = 2"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&service, "l").await;
+        if s["last_retry_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Lock wait timeout"))
+        {
+            assert_eq!(s["state"], "running", "{s:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no lock wait seen: {s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    holder.join().unwrap().unwrap();
+    wait_caught_up(&service, "l", source()).await;
+    assert_eq!(
+        checksums(&dest_server, &dest_db, &["t"]),
+        checksums(source(), &db, &["t"])
+    );
+    service.stop().await;
+}
