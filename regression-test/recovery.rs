@@ -47,9 +47,11 @@ async fn refused_insert(service: &Service, name: &str, db: &str, dest_db: &str) 
     dest().admin(&format!("INSERT INTO {dest_db}.t VALUES (1000, 99)"));
     service.post("pause", json!({"name": name})).await.ok();
     source().admin(&format!("UPDATE {db}.t SET v = 1 WHERE id = 1"));
-    source().admin(&format!("INSERT INTO {db}.t VALUES (1000, 7)"));
-    let seq = source_seq(source());
-    let gtid = source().admin("SELECT @@gtid_binlog_pos");
+    // Its own GTID (other tests write to the shared source meanwhile).
+    let gtid = source().admin(&format!(
+        "INSERT INTO {db}.t VALUES (1000, 7); SELECT @@last_gtid"
+    ));
+    let seq: u64 = gtid.trim().rsplit('-').next().unwrap().parse().unwrap();
     source().admin(&format!("UPDATE {db}.t SET v = 3 WHERE id = 3"));
     service.post("resume", json!({"name": name})).await.ok();
     (seq, gtid.trim().to_string())
