@@ -7,6 +7,7 @@ mod api_lifecycle;
 mod api_validation;
 mod binary;
 mod create_checks;
+mod failover;
 mod full_sync;
 mod incremental;
 mod metrics_auth;

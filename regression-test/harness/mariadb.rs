@@ -24,6 +24,8 @@ pub struct ServerOptions {
     pub binlog_row_image: &'static str,
     /// More `mariadbd` options, e.g. `--default-time-zone=+05:30`.
     pub extra: Vec<&'static str>,
+    /// A network namespace to run in (listening on every address there).
+    pub netns: Option<String>,
 }
 
 impl ServerOptions {
@@ -34,6 +36,7 @@ impl ServerOptions {
             binlog_format: "ROW",
             binlog_row_image: "FULL",
             extra: Vec::new(),
+            netns: None,
         }
     }
 
@@ -44,6 +47,7 @@ impl ServerOptions {
             binlog_format: "ROW",
             binlog_row_image: "FULL",
             extra: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -57,7 +61,14 @@ pub struct MariaDb {
 }
 
 fn server_command(dir: &Path, port: u16, id: u32, options: &ServerOptions) -> Command {
-    let mut cmd = Command::new(find_program("mariadbd"));
+    let mut cmd = match &options.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(find_program("mariadbd"));
+            c
+        }
+        None => Command::new(find_program("mariadbd")),
+    };
     cmd.arg("--no-defaults")
         .arg("--user=root")
         .arg(format!("--datadir={}", dir.display()))
@@ -77,6 +88,7 @@ fn server_command(dir: &Path, port: u16, id: u32, options: &ServerOptions) -> Co
             "--skip-name-resolve",
         ])
         .args(&options.extra)
+        .args(options.netns.iter().map(|_| "--bind-address=0.0.0.0"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if options.log_bin {

@@ -127,8 +127,29 @@ pub fn status(job: &JobSnapshot) -> Value {
     status
 }
 
+/// A node as the cluster reports it and where the service reaches it.
+fn node(mapping: &crate::hostmap::HostMapping, reported: &str) -> Value {
+    let reached = crate::source::topology::split(reported).map(|(host, port)| {
+        let (host, port) = mapping.translate(host, port);
+        format!("{host}:{port}")
+    });
+    json!({"reported": reported, "connect_to": reached})
+}
+
 pub fn detail(job: &JobSnapshot) -> Value {
+    let inc = job.progress.incremental.clone().unwrap_or_default();
+    let mapping = &job.spec.src.host_mapping;
+    let source = match &inc.source_node {
+        Some(n) => node(mapping, n),
+        None => json!({"reported": null, "connect_to": job.spec.src.address()}),
+    };
     json!({
+        "source": source,
+        "src_topology": {
+            "primary": inc.topology.primary.as_deref().map(|n| node(mapping, n)),
+            "replicas": inc.topology.replicas.iter().map(|n| node(mapping, n)).collect::<Vec<_>>(),
+            "error": inc.topology.error,
+        },
         "name": job.spec.name,
         "sync_type": job.spec.sync_type(),
         "src": endpoint(&job.spec.src),

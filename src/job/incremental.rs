@@ -25,6 +25,7 @@
 
 use super::apply::{self, elide, Chunk, Conflicts, Group, Pool};
 use super::full_sync::{connect_error, SyncError};
+use super::manager::JobSnapshot;
 use crate::applier::checkpoint::{self, Checkpoint};
 use crate::applier::compact::{Change, TxnId};
 use crate::applier::rows::{self, Mode, Statements};
@@ -38,6 +39,7 @@ use crate::position::{BinlogCoord, MariaGtid, MariaGtidPos};
 use crate::source::binlog::decode::{Cell, RowChange, RowOp};
 use crate::source::binlog::{self, retention, ReadError, Reader, SourceEvent, StartAt};
 use crate::source::ddl::{self, DdlKind, Rename, Statement};
+use crate::source::topology;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder};
 use parking_lot::Mutex;
@@ -93,6 +95,9 @@ pub struct Incremental {
     pub progress: watch::Sender<Applied>,
     /// The GTID of a transaction an operator asked to skip.
     pub skip: Option<String>,
+    /// The job as it is now: host mapping updates take effect at the next
+    /// connection.
+    pub live: watch::Receiver<JobSnapshot>,
 }
 
 fn read_error(e: ReadError) -> SyncError {
@@ -389,7 +394,92 @@ impl Incremental {
 
     /// Applies the binlog until an error; transient ones are retried by the
     /// caller from the checkpoint.
+    /// The source to connect to now: the node followed after a failover
+    /// (through the current host mapping), else the spec's.
+    pub fn source(&self) -> Endpoint {
+        let spec = self.live.borrow().spec.clone();
+        let mut ep = spec.src.clone();
+        let node = self.progress.borrow().detail.source_node.clone();
+        if let Some((host, port)) = node.as_deref().and_then(topology::split) {
+            (ep.host, ep.port) = ep.host_mapping.translate(host, port);
+        }
+        ep
+    }
+
+    /// After the source became unreachable: looks for the node that took
+    /// over among those the source reported (its primary, its replicas),
+    /// each reached through the host mapping, and follows the first that is
+    /// a writable primary holding every transaction the job has applied
+    /// (the destination's checkpoint). Returns what it now follows.
+    pub async fn follow_primary(&self) -> Option<String> {
+        let name = self.spec.name.as_str();
+        let current = self.source();
+        if db::connect(&current.server_addr(), None, self.connect_timeout)
+            .await
+            .is_ok()
+        {
+            return None;
+        }
+        let mut dest = self.connect_dest().await.ok()?;
+        let cp = checkpoint::load(&mut dest, &self.spec.dest.database, name)
+            .await
+            .ok()
+            .flatten()
+            .filter(|c| c.run_id == self.run_id)?;
+        let applied = MariaGtidPos::parse(&cp.gtid)
+            .ok()
+            .filter(|p| !p.is_empty())?;
+        let (topo, following) = {
+            let p = self.progress.borrow();
+            (p.detail.topology.clone(), p.detail.source_node.clone())
+        };
+        let spec = self.live.borrow().spec.clone();
+        for node in topo.candidates() {
+            if following.as_ref() == Some(node) {
+                continue;
+            }
+            let Some((host, port)) = topology::split(node) else {
+                continue;
+            };
+            let (host, port) = spec.src.host_mapping.translate(host, port);
+            let addr = crate::db::ServerAddr {
+                host: &host,
+                port,
+                user: &spec.src.user,
+                password: &spec.src.password,
+            };
+            let mut conn = match db::connect(&addr, None, self.connect_timeout).await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(job = %name, candidate = %node, reached_at = %format!("{host}:{port}"),
+                          error = %e, "failover candidate unreachable");
+                    continue;
+                }
+            };
+            match topology::can_take_over(&mut conn, &applied).await {
+                Ok(()) => {
+                    info!(job = %name, node = %node, reached_at = %format!("{host}:{port}"),
+                          position = %applied, "the source is gone; following the new primary");
+                    self.progress
+                        .send_modify(|a| a.detail.source_node = Some(node.clone()));
+                    return Some(format!("{node} (reached at {host}:{port})"));
+                }
+                Err(why) => {
+                    warn!(job = %name, candidate = %node, reason = %why, "not following this node")
+                }
+            }
+        }
+        None
+    }
+
     pub async fn run(&self) -> Result<Infallible, SyncError> {
+        // What the source reports of its neighbours, for a failover later.
+        let src = self.source();
+        let mut probe = db::connect(&src.server_addr(), None, self.connect_timeout)
+            .await
+            .map_err(|e| SyncError::Transient(format!("source {e}")))?;
+        let topo = topology::discover(&mut probe).await;
+        drop(probe);
         let mut conn = self.connect_dest().await?;
         let max_packet = applier::max_packet(&mut conn)
             .await
@@ -410,6 +500,7 @@ impl Incremental {
         let mut pool = Pool::start(workers, flush_bytes);
         let mut detail = self.progress.borrow().detail.clone();
         detail.started_at = super::runner::now_ms();
+        detail.topology = topo;
         let result = self
             .stream(&mut conn, &mut pool, flush_bytes, &mut detail)
             .await;
@@ -475,8 +566,9 @@ impl Incremental {
             gtid: pos.gtid.to_string(),
             coord: pos.coord.clone(),
         };
+        let src = self.source();
         let reader = AbortOnDrop(tokio::spawn(read_loop(
-            spec.src.clone(),
+            src.clone(),
             spec.name.clone(),
             start,
             scope(&spec),
@@ -489,7 +581,7 @@ impl Incremental {
         let applied_coord = Arc::new(Mutex::new(pos.coord.clone()));
         let misconfigured = Arc::new(Mutex::new(None::<String>));
         let poller = AbortOnDrop(tokio::spawn(poll_head(
-            spec.src.clone(),
+            src.clone(),
             self.connect_timeout,
             source_head.clone(),
             applied_coord.clone(),
@@ -802,7 +894,7 @@ impl Incremental {
     /// The source cannot send the binlog from `start`: purged (the runner
     /// resyncs or stops, as the job says), or another reason (definite).
     async fn unavailable(&self, message: String, start: &Point) -> SyncError {
-        let src = &self.spec.src;
+        let src = &self.source();
         let mut conn = match db::connect(&src.server_addr(), None, self.connect_timeout).await {
             Ok(c) => c,
             Err(e) => return SyncError::Transient(format!("source {e}")),

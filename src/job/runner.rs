@@ -137,7 +137,7 @@ impl Runner {
                         if save {
                             last_save = Instant::now();
                         }
-                        self.update_incremental(applied, save).await;
+                        self.update_incremental(*applied, save).await;
                     }
                     WorkEvent::Finished(outcome) => {
                         work = None;
@@ -202,6 +202,7 @@ impl Runner {
             metrics: self.metrics.clone(),
             progress: progress_tx,
             skip: current.progress.skip.as_ref().and_then(|s| s.gtid.clone()),
+            live: self.snapshot.subscribe(),
         };
         info!(job = %current.spec.name, run_id, "incremental sync starting");
         Work {
@@ -497,7 +498,7 @@ impl Runner {
 
 enum WorkEvent {
     Progress(FullSyncProgress),
-    Applied(Applied),
+    Applied(Box<Applied>),
     Finished(Outcome),
 }
 
@@ -519,7 +520,7 @@ async fn next_event(work: &mut Option<Work>) -> WorkEvent {
         WorkProgress::Incremental(rx) => tokio::select! {
             biased;
             changed = rx.changed() => match changed {
-                Ok(()) => WorkEvent::Applied(rx.borrow_and_update().clone()),
+                Ok(()) => WorkEvent::Applied(Box::new(rx.borrow_and_update().clone())),
                 Err(_) => WorkEvent::Finished(outcome(&mut w.task).await),
             },
             outcome = outcome(&mut w.task) => WorkEvent::Finished(outcome),
@@ -586,8 +587,17 @@ async fn run_incremental(sync: Incremental) -> Outcome {
         sync.progress.send_modify(|p| {
             p.detail.retries += 1;
             p.detail.retrying = true;
-            p.detail.last_error = Some(message);
+            p.detail.last_error = Some(message.clone());
         });
+        // A source gone for good may have been replaced by a promoted
+        // replica: then the sync restarts on it at once.
+        if let Some(node) = sync.follow_primary().await {
+            sync.progress.send_modify(|p| {
+                p.detail.last_error = Some(format!("{message}; now following {node}"));
+            });
+            backoff = BACKOFF_FIRST;
+            continue;
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }

@@ -201,6 +201,13 @@ pub struct IncrementalProgress {
     pub last_error: Option<String>,
     /// Between a transient error and streaming again.
     pub retrying: bool,
+    /// The node the job reads from after following a failover, as the
+    /// cluster reports it (`host:port`, mapped before connecting); `None`:
+    /// the spec's source.
+    pub source_node: Option<String>,
+    /// What that node reported of its primary and replicas when the sync
+    /// last started: where to look for a new primary.
+    pub topology: crate::source::topology::Topology,
     /// Source transactions skipped on request, and the last of them (GTID).
     pub transactions_skipped: u64,
     pub last_skipped: Option<String>,

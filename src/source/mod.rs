@@ -6,3 +6,4 @@ pub mod chunks;
 pub mod ddl;
 pub mod schema;
 pub mod snapshot;
+pub mod topology;
