@@ -167,6 +167,10 @@ async fn create_ccr_field_errors_name_the_field() {
             |s| s["allow_table_exists"] = json!("yes"),
             "invalid type: string \"yes\", expected a boolean",
         ),
+        (
+            |s| s["on_binlog_purged"] = json!("ignore"),
+            "unknown variant `ignore`, expected `fullsync` or `stop`",
+        ),
     ];
     for (mutate, needle) in cases {
         let mut spec = base.clone();
