@@ -6,6 +6,8 @@ use crate::harness::mariadb::with_users;
 use crate::harness::*;
 use crate::incremental::{source_seq, wait_caught_up};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn wait_paused(service: &Service, name: &str) -> Value {
@@ -362,4 +364,156 @@ async fn a_purged_binlog_resyncs_by_default_or_stops_when_asked() {
         checksums(&src, &db, &["t"])
     );
     service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_table_is_copied_again_while_the_rest_flows() {
+    let db = unique("partial");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE a (id INT PRIMARY KEY, v INT);
+         CREATE TABLE b (id INT PRIMARY KEY, v INT);
+         CREATE TABLE c (id INT PRIMARY KEY, v INT, w INT);
+         INSERT INTO a SELECT seq, 0 FROM seq_1_to_2000;
+         INSERT INTO b SELECT seq, 0 FROM seq_1_to_20000;
+         INSERT INTO c SELECT seq, 0, 0 FROM seq_1_to_100;"
+    ));
+    let dest_db = unique("partial_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "p", "src": src_endpoint(source(), &db, None),
+                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "p", "DBIncrementalSync").await;
+
+    // Bad requests change nothing.
+    service
+        .post("partial_sync", json!({"name": "p", "table": "nope"}))
+        .await
+        .fails(400, &format!("has no table {db}.nope"));
+    service
+        .post("partial_sync", json!({"name": "p", "table": ""}))
+        .await
+        .fails(400, "table is empty");
+    service
+        .post("partial_sync", json!({"name": "nobody", "table": "b"}))
+        .await
+        .fails(404, "does not exist");
+    assert_eq!(job_status(&service, "p").await.1, "DBIncrementalSync");
+
+    // Table b drifts on the destination; writes go on to a and b.
+    dest().admin(&format!(
+        "DELETE FROM {dest_db}.b WHERE id > 19000; UPDATE {dest_db}.b SET v = -1 WHERE id = 5"
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let mut sql = format!("USE {db};");
+                for _ in 0..10 {
+                    let id = i % 2000 + 1;
+                    sql.push_str(&format!(
+                        "BEGIN; UPDATE a SET v = v + 1 WHERE id = {id}; \
+                         UPDATE b SET v = v + 1 WHERE id = {id}; COMMIT;"
+                    ));
+                    i += 1;
+                }
+                source().admin(&sql);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service
+        .post("partial_sync", json!({"name": "p", "table": "b"}))
+        .await
+        .ok();
+    let p = service
+        .post("job_progress", json!({"name": "p"}))
+        .await
+        .ok();
+    assert_eq!(p["job_progress"]["partial"]["table"], "b", "{p:#}");
+    wait_partial_done(&service, "p").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    wait_caught_up(&service, "p", source()).await;
+    for t in ["a", "b", "c"] {
+        assert_eq!(
+            checksums(dest(), &dest_db, &[t]),
+            checksums(source(), &db, &[t]),
+            "table {t}"
+        );
+    }
+
+    // A row event that does not fit the destination table: the job copies
+    // that table again by itself.
+    dest().admin(&format!("ALTER TABLE {dest_db}.c DROP COLUMN w"));
+    source().admin(&format!(
+        "UPDATE {db}.c SET w = 5 WHERE id <= 3; UPDATE {db}.a SET v = 7 WHERE id = 1"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = service
+            .post("job_progress", json!({"name": "p"}))
+            .await
+            .ok();
+        let reason = p["job_progress"]["partial"]["reason"]
+            .as_str()
+            .unwrap_or("");
+        let done = p["job_progress"]["incremental"]["partial_done"][0]["table"] == "c";
+        if reason.contains("does not fit") || done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no partial sync of c: {p:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_partial_done(&service, "p").await;
+    let p = service
+        .post("job_progress", json!({"name": "p"}))
+        .await
+        .ok();
+    let done = &p["job_progress"]["incremental"]["partial_done"];
+    assert_eq!(done[0]["table"], "c", "{p:#}");
+    assert!(
+        done[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not fit")),
+        "{p:#}"
+    );
+    wait_caught_up(&service, "p", source()).await;
+    for t in ["a", "b", "c"] {
+        assert_eq!(
+            checksums(dest(), &dest_db, &[t]),
+            checksums(source(), &db, &[t]),
+            "table {t}"
+        );
+    }
+    service.stop().await;
+}
+
+/// Waits until no partial sync is under way and the job is back in
+/// incremental sync.
+async fn wait_partial_done(service: &Service, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let p = service
+            .post("job_progress", json!({"name": name}))
+            .await
+            .ok();
+        let p = &p["job_progress"];
+        let state = p["progress_state"].as_str().unwrap_or("");
+        if p["partial"].is_null() && state.ends_with("IncrementalSync") {
+            return;
+        }
+        assert!(p["state"] != "paused", "stopped: {p:#}");
+        assert!(Instant::now() < deadline, "partial sync not done: {p:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

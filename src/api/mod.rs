@@ -15,7 +15,10 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use requests::{parse, CreateRequest, EmptyRequest, HostMappingRequest, NameRequest, SkipRequest};
+use requests::{
+    parse, CreateRequest, EmptyRequest, HostMappingRequest, NameRequest, PartialRequest,
+    SkipRequest,
+};
 use responses::{success, ApiError};
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -29,7 +32,7 @@ use warp::{Filter, Reply};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Every operation, as metrics label it.
-const OPERATIONS: [&str; 17] = [
+const OPERATIONS: [&str; 18] = [
     "version",
     "metrics",
     "create_ccr",
@@ -46,6 +49,7 @@ const OPERATIONS: [&str; 17] = [
     "job_skip_binlog",
     "force_fullsync",
     "desync",
+    "partial_sync",
     "unknown",
 ];
 
@@ -307,6 +311,26 @@ async fn dispatch(
             }
             manager
                 .update_host_mapping(&name, request.src_host_mapping, request.dest_host_mapping)
+                .await?;
+            success(json!({}))
+        }
+        "partial_sync" => {
+            let request: PartialRequest = parse(body)?;
+            let name = non_empty_name(request.name)?;
+            let table = request.table.trim().to_string();
+            if table.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "table is empty: name the source table to copy again".into(),
+                ));
+            }
+            manager
+                .command(
+                    &name,
+                    JobCommand::PartialSync {
+                        table,
+                        reason: "partial_sync requested".into(),
+                    },
+                )
                 .await?;
             success(json!({}))
         }

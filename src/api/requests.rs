@@ -109,6 +109,14 @@ pub struct HostMappingRequest {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct PartialRequest {
+    pub name: String,
+    /// The source table to copy again.
+    pub table: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SkipRequest {
     pub name: String,
     pub skip_by: String,

@@ -50,7 +50,9 @@ impl ApiError {
                     CommandError::Desynced
                     | CommandError::NothingToSkip { .. }
                     | CommandError::WrongSkip { .. }
-                    | CommandError::NoGtid { .. } => StatusCode::CONFLICT,
+                    | CommandError::NoGtid { .. }
+                    | CommandError::NotIncremental { .. } => StatusCode::CONFLICT,
+                    CommandError::OtherTable { .. } => StatusCode::BAD_REQUEST,
                 },
                 JobError::Preflight(p) => match p {
                     PreflightError::Unreachable { .. } | PreflightError::Query { .. } => {
@@ -175,6 +177,7 @@ pub fn progress(job: &JobSnapshot) -> Value {
         "failed_commit_seq": p.failed_commit_seq,
         "failed_transaction": p.failed_transaction,
         "skip": p.skip,
+        "partial": p.partial,
         "last_error": p.last_error,
         "full_sync_reason": p.full_sync_reason,
         "full_sync": p.full_sync.as_ref().map(|f| full_sync(f, Utc::now().timestamp_millis())),
@@ -233,6 +236,7 @@ fn incremental(job: &JobSnapshot, i: &IncrementalProgress) -> Value {
         "retries": i.retries,
         "retrying": i.retrying,
         "last_retry_error": i.last_error,
+        "partial_done": i.partial_done,
         "transactions_skipped": i.transactions_skipped,
         "last_skipped": i.last_skipped,
     })

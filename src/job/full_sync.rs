@@ -200,6 +200,8 @@ impl FullSync {
         let mut conns = set.conns;
         let connections = conns.len();
         info!(job, connections, position = %coord, gtid = %point.gtid, "full sync snapshot started");
+        self.progress
+            .send_modify(|p| p.snapshot = Some(point.clone()));
 
         let src = &mut conns[0];
         let read = |e| SyncError::sql("reading the source's definitions", e);

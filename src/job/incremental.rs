@@ -24,16 +24,19 @@
 //! handled.
 
 use super::apply::{self, elide, Chunk, Conflicts, Group, Pool};
-use super::full_sync::{connect_error, SyncError};
+use super::full_sync::{connect_error, FullSync, HandOver, SyncError};
 use super::manager::JobSnapshot;
 use crate::applier::checkpoint::{self, Checkpoint};
 use crate::applier::compact::{Change, TxnId};
 use crate::applier::rows::{self, Mode, Statements};
 use crate::applier::target::{self, DestTable};
 use crate::applier::{self};
+use crate::config::FullSyncSettings;
 use crate::db::{self, quote_ident};
 use crate::job::spec::{Endpoint, JobSpec};
-use crate::job::state::{IncrementalProgress, SnapshotPoint, TableSnapshot};
+use crate::job::state::{
+    FullSyncProgress, IncrementalProgress, PartialSync, SnapshotPoint, TableSnapshot,
+};
 use crate::metrics::Metrics;
 use crate::position::{BinlogCoord, MariaGtid, MariaGtidPos};
 use crate::source::binlog::decode::{Cell, RowChange, RowOp};
@@ -96,8 +99,20 @@ pub struct Incremental {
     /// The GTID of a transaction an operator asked to skip.
     pub skip: Option<String>,
     /// The job as it is now: host mapping updates take effect at the next
-    /// connection.
+    /// connection; partial syncs asked for.
     pub live: watch::Receiver<JobSnapshot>,
+    /// How a partial sync copies its table.
+    pub full_sync: FullSyncSettings,
+}
+
+/// A table being copied again while the stream goes on for the others.
+struct Partial {
+    request: PartialSync,
+    dest_table: String,
+    /// The copy's snapshot: the table's events up to here are in it; the
+    /// stream does not go past it before the copy is in.
+    at: Point,
+    task: tokio::task::JoinHandle<Result<HandOver, SyncError>>,
 }
 
 fn read_error(e: ReadError) -> SyncError {
@@ -608,6 +623,13 @@ impl Incremental {
         let fail_at = failpoint();
         let mut last_report = Instant::now() - Duration::from_secs(1);
         let _guards = (reader, poller);
+        // Partial sync: the copy running, the table whose events are
+        // dropped meanwhile, one the stream asked for by itself, and the
+        // last request finished.
+        let mut partial: Option<Partial> = None;
+        let mut dropping: Option<String> = None;
+        let mut wanted: Option<PartialSync> = None;
+        let mut done_request = detail.partial_done.as_ref().map(|(p, _)| p.requested_at);
 
         loop {
             if queued.is_empty() {
@@ -629,6 +651,21 @@ impl Incremental {
             if let Some(event) = queued.pop_front() {
                 match event {
                     SourceEvent::Begin { gtid, at, .. } => {
+                        // Nothing after the copy's snapshot before the copy.
+                        if partial.as_ref().is_some_and(|p| !p.at.holds(gtid, &at)) {
+                            if group.txns > 0 {
+                                let commit = self.commit_chunk(&pos, commit_ts, pending_ddl.take());
+                                let done = group
+                                    .finish(pool, &mut conflicts, commit, fail_at, &pos, commit_ts)
+                                    .await?;
+                                in_flight.push_back(done);
+                            }
+                            let p = partial.take().expect("checked");
+                            done_request = Some(p.request.requested_at);
+                            self.partial_in(p, &mut windows, &mut schemas, detail)
+                                .await?;
+                            dropping = None;
+                        }
                         caught_up = false;
                         txn = Some(Txn::new(gtid, at, &pos, self.skip.as_deref()));
                     }
@@ -646,6 +683,9 @@ impl Incremental {
                             (Some(_), Some(d)) => d.clone(),
                             _ => change.table.table.clone(),
                         };
+                        if dropping.as_deref() == Some(dest_table.as_str()) {
+                            continue;
+                        }
                         let mode = match windows.get(&dest_table) {
                             Some(w) if w.from.holds(t.gtid, &t.at) => continue,
                             Some(w) if w.to.holds(t.gtid, &t.at) => Mode::Idempotent,
@@ -669,12 +709,33 @@ impl Incremental {
                                 loaded
                             }
                         };
-                        let columns = rows::mapping(&change.table, &dest).map_err(|e| {
-                            SyncError::Definite(format!(
-                                "{} on {dest_db}.{dest_table}: {e}",
-                                t.name()
-                            ))
-                        })?;
+                        let columns = match rows::mapping(&change.table, &dest) {
+                            Ok(c) => c,
+                            // A database job copies that table again (the
+                            // rest goes on); its events are dropped until
+                            // the copy, which holds them, is in.
+                            Err(e) if spec.src.table.is_none() && partial.is_none() => {
+                                let reason = format!(
+                                    "{} on {dest_db}.{dest_table} does not fit the table: {e}",
+                                    t.name()
+                                );
+                                warn!(job = %name, table = %dest_table, %reason,
+                                      "the table's stream cannot continue: copying it again (partial sync)");
+                                wanted = Some(PartialSync {
+                                    table: change.table.table.clone(),
+                                    reason,
+                                    requested_at: super::runner::now_ms(),
+                                });
+                                dropping = Some(dest_table);
+                                continue;
+                            }
+                            Err(e) => {
+                                return Err(SyncError::Definite(format!(
+                                    "{} on {dest_db}.{dest_table}: {e}",
+                                    t.name()
+                                )))
+                            }
+                        };
                         for (before, after) in &change.rows {
                             for image in [before, after].into_iter().flatten() {
                                 apply::row_hashes(&dest, &columns, image, &mut group.hashes);
@@ -709,6 +770,15 @@ impl Incremental {
                         let Some(t) = txn.as_ref().filter(|t| !t.skip) else {
                             continue;
                         };
+                        // DDL of a table being copied again: the copy has it.
+                        if let (Some(d), Statement::Ddl { names, .. }) = (&dropping, &statement) {
+                            if names
+                                .iter()
+                                .any(|n| rename.map(&schema, n).as_ref() == Some(d))
+                            {
+                                continue;
+                            }
+                        }
                         let Some(dest_sql) =
                             self.ddl_for_destination(&rename, &schema, &sql, &statement, t)?
                         else {
@@ -849,6 +919,45 @@ impl Incremental {
             if let Some(problem) = misconfigured.lock().take() {
                 return Err(SyncError::Definite(problem));
             }
+            // A copy that is in before the stream reaches its snapshot.
+            if partial.as_ref().is_some_and(|p| p.task.is_finished()) {
+                let p = partial.take().expect("checked");
+                done_request = Some(p.request.requested_at);
+                self.partial_in(p, &mut windows, &mut schemas, detail)
+                    .await?;
+                dropping = None;
+            }
+            // A partial sync starts between transactions.
+            if txn.is_none() && partial.is_none() {
+                let asked = self
+                    .live
+                    .borrow()
+                    .progress
+                    .partial
+                    .clone()
+                    .filter(|p| Some(p.requested_at) != done_request);
+                let by_itself = wanted.is_some();
+                if let Some(request) = wanted.take().or(asked) {
+                    // What the stream applied of the table so far commits
+                    // before the copy replaces it.
+                    if group.txns > 0 {
+                        let commit = self.commit_chunk(&pos, commit_ts, pending_ddl.take());
+                        let done = group
+                            .finish(pool, &mut conflicts, commit, fail_at, &pos, commit_ts)
+                            .await?;
+                        in_flight.push_back(done);
+                    }
+                    pool.wait(conflicts.issued()).await?;
+                    let p = self.start_partial(request.clone()).await?;
+                    info!(job = %name, table = %p.dest_table, snapshot = %p.at.text(),
+                          reason = %request.reason, "partial sync: copying the table again");
+                    if by_itself {
+                        detail.partial_started = Some(request);
+                    }
+                    dropping = Some(p.dest_table.clone());
+                    partial = Some(p);
+                }
+            }
             let idle = caught_up && in_flight.is_empty();
             if last_report.elapsed() >= Duration::from_millis(250) || idle && absorbed || caught_up
             {
@@ -910,6 +1019,91 @@ impl Incremental {
             Ok(_) => SyncError::Definite(message),
             Err(e) => SyncError::sql("reading the source's binlog files", e),
         }
+    }
+
+    /// Starts copying `request`'s table again (a table job's one table, as
+    /// in its spec) and returns once the copy's snapshot is open.
+    async fn start_partial(&self, request: PartialSync) -> Result<Partial, SyncError> {
+        let mut spec = (*self.live.borrow().spec).clone();
+        let source = self.source();
+        (spec.src.host, spec.src.port) = (source.host, source.port);
+        let dest_table = spec
+            .dest
+            .table
+            .clone()
+            .unwrap_or_else(|| request.table.clone());
+        spec.src.table = Some(request.table.clone());
+        spec.dest.table = Some(dest_table.clone());
+        let (progress, mut copy) = watch::channel(FullSyncProgress::default());
+        let sync = FullSync {
+            spec: Arc::new(spec),
+            run_id: super::runner::now_ms(),
+            rerun: true,
+            settings: self.full_sync,
+            connect_timeout: self.connect_timeout,
+            metrics: self.metrics.clone(),
+            progress,
+        };
+        let mut task = tokio::spawn(async move { sync.run().await });
+        let at = loop {
+            tokio::select! {
+                changed = copy.changed() => {
+                    if let Some(s) = copy.borrow_and_update().snapshot.clone() {
+                        break Point::parse(&s)?;
+                    }
+                    if changed.is_err() {
+                        // The copy ended before its snapshot: its error.
+                        return Err(match (&mut task).await {
+                            Ok(Err(e)) => e,
+                            _ => SyncError::Transient("the partial sync's copy stopped".into()),
+                        });
+                    }
+                }
+                ended = &mut task => {
+                    return Err(match ended {
+                        Ok(Err(e)) => e,
+                        _ => SyncError::Transient("the partial sync's copy stopped".into()),
+                    });
+                }
+            }
+        };
+        Ok(Partial {
+            request,
+            dest_table,
+            at,
+            task,
+        })
+    }
+
+    /// Waits for a partial sync's copy; then the stream skips the table's
+    /// events its snapshot holds and applies the rest.
+    async fn partial_in(
+        &self,
+        p: Partial,
+        windows: &mut HashMap<String, Window>,
+        schemas: &mut HashMap<String, Arc<DestTable>>,
+        detail: &mut IncrementalProgress,
+    ) -> Result<(), SyncError> {
+        let handed = match p.task.await {
+            Ok(r) => r?,
+            Err(e) => {
+                return Err(SyncError::Transient(format!(
+                    "the partial sync's copy: {e}"
+                )))
+            }
+        };
+        info!(job = %self.spec.name, table = %p.dest_table, snapshot = %p.at.text(),
+              "partial sync: the copy is in; the table's stream goes on after its snapshot");
+        windows.insert(
+            p.dest_table.clone(),
+            Window {
+                from: p.at.clone(),
+                to: p.at.clone(),
+            },
+        );
+        schemas.remove(&p.dest_table);
+        detail.partial_done = Some((p.request, handed.position));
+        Ok(())
     }
 
     /// The end of a group: its checkpoint at `pos`.

@@ -17,13 +17,15 @@ use super::full_sync::{self, FullSync, HandOver, SyncError};
 use super::incremental::{Applied, Incremental};
 use super::manager::{JobError, JobSnapshot};
 use super::state::{
-    transition, FailedTransaction, FullSyncProgress, JobCommand, Progress, ProgressState, RunState,
+    transition, CommandError, FailedTransaction, FullSyncProgress, JobCommand, Progress,
+    ProgressState, RunState, TableSnapshot,
 };
 use crate::config::FullSyncSettings;
 use crate::hostmap::HostMapping;
 use crate::job::spec::{OnPurged, SyncType};
 use crate::metrics::Metrics;
 use crate::store::MetaStore;
+use mysql_async::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -166,10 +168,13 @@ impl Runner {
                     .filter(|f| f.finished_at.is_none())
                     .map_or(0, |f| f.run_id),
             )),
+            // A partial sync runs inside the incremental sync, which goes
+            // on for the other tables.
             ProgressState::TableIncrementalSync
             | ProgressState::DBTablesIncrementalSync
-            | ProgressState::DBIncrementalSync => run_id.map(WorkKey::Incremental),
-            ProgressState::DBPartialSync | ProgressState::TablePartialSync => None,
+            | ProgressState::DBIncrementalSync
+            | ProgressState::DBPartialSync
+            | ProgressState::TablePartialSync => run_id.map(WorkKey::Incremental),
         }
         .filter(|_| running);
         match work {
@@ -203,6 +208,7 @@ impl Runner {
             progress: progress_tx,
             skip: current.progress.skip.as_ref().and_then(|s| s.gtid.clone()),
             live: self.snapshot.subscribe(),
+            full_sync: self.settings.full_sync,
         };
         info!(job = %current.spec.name, run_id, "incremental sync starting");
         Work {
@@ -309,6 +315,45 @@ impl Runner {
         if passed {
             next.skip = None;
             save = true;
+        }
+        // Partial syncs: one the stream started by itself is recorded; a
+        // finished one leaves its table a snapshot window, which the stream
+        // skips up to, as after a full sync.
+        let sync_type = current.spec.sync_type();
+        let detail = next.incremental.clone().unwrap_or_default();
+        if let Some(started) = &detail.partial_started {
+            let finished = detail.partial_done.as_ref().map(|(p, _)| p.requested_at);
+            if next.partial.is_none() && finished != Some(started.requested_at) {
+                warn!(job = %current.spec.name, table = %started.table, reason = %started.reason,
+                      "partial sync started by the stream");
+                next.partial = Some(started.clone());
+                status.progress_state = ProgressState::partial_sync(sync_type);
+                save = true;
+            }
+        }
+        if let Some((done, at)) = &detail.partial_done {
+            if next.partial.as_ref().map(|p| p.requested_at) == Some(done.requested_at) {
+                let dest_table = current
+                    .spec
+                    .dest
+                    .table
+                    .clone()
+                    .unwrap_or_else(|| done.table.clone());
+                next.tables.insert(
+                    dest_table,
+                    TableSnapshot {
+                        from: at.clone(),
+                        to: at.clone(),
+                    },
+                );
+                next.partial = None;
+                status.progress_state = match sync_type {
+                    SyncType::Db => ProgressState::DBTablesIncrementalSync,
+                    SyncType::Table => ProgressState::TableIncrementalSync,
+                };
+                info!(job = %current.spec.name, table = %done.table, "partial sync done");
+                save = true;
+            }
         }
         let tables_done = next
             .incremental
@@ -435,6 +480,9 @@ impl Runner {
     async fn command(&self, command: JobCommand) -> Result<JobSnapshot, JobError> {
         let current = self.snapshot.borrow().clone();
         let name = current.spec.name.clone();
+        if let JobCommand::PartialSync { table, .. } = &command {
+            self.check_partial(&current, table).await?;
+        }
         let next = transition(
             current.spec.sync_type(),
             current.status,
@@ -446,6 +494,12 @@ impl Runner {
             source,
         })?;
         let updated_at = now_ms();
+        let mut next = next;
+        if let Some(p) = next.progress.partial.as_mut() {
+            if p.requested_at == 0 {
+                p.requested_at = updated_at;
+            }
+        }
         self.store
             .save_status(&name, next.status, &next.progress, updated_at)
             .await?;
@@ -460,6 +514,40 @@ impl Runner {
         info!(job = %name, ?command, state = %snapshot.status.run_state,
               progress_state = %snapshot.status.progress_state, "job command applied");
         Ok(snapshot)
+    }
+
+    /// A partial sync names a table of the job's scope that the source has.
+    async fn check_partial(&self, current: &JobSnapshot, table: &str) -> Result<(), JobError> {
+        let spec = &current.spec;
+        if let Some(t) = &spec.src.table {
+            if t != table {
+                return Err(JobError::Command {
+                    name: spec.name.clone(),
+                    source: CommandError::OtherTable { table: t.clone() },
+                });
+            }
+            return Ok(());
+        }
+        let mut conn =
+            crate::db::connect(&spec.src.server_addr(), None, self.settings.connect_timeout)
+                .await
+                .map_err(|e| JobError::Invalid(format!("source {e}")))?;
+        let found: Option<String> = conn
+            .exec_first(
+                "SELECT table_name FROM information_schema.tables \
+                 WHERE table_schema = ? AND table_name = ? AND table_type = 'BASE TABLE'",
+                (&spec.src.database, table),
+            )
+            .await
+            .map_err(|e| JobError::Invalid(format!("source: {e}")))?;
+        if found.is_none() {
+            return Err(JobError::Invalid(format!(
+                "source {} has no table {}.{table}",
+                spec.src.address(),
+                spec.src.database
+            )));
+        }
+        Ok(())
     }
 
     async fn update_host_mapping(

@@ -82,6 +82,14 @@ impl ProgressState {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
+    /// Where a partial sync puts a job of this type.
+    pub fn partial_sync(sync_type: SyncType) -> Self {
+        match sync_type {
+            SyncType::Db => ProgressState::DBPartialSync,
+            SyncType::Table => ProgressState::TablePartialSync,
+        }
+    }
+
     pub fn is_incremental(self) -> bool {
         matches!(
             self,
@@ -139,6 +147,8 @@ pub struct Progress {
     /// The transaction an operator asked to skip (`job_skip_binlog` with
     /// `silence`), until the job is past it.
     pub skip: Option<FailedTransaction>,
+    /// The table being copied again (partial sync), and why.
+    pub partial: Option<PartialSync>,
     /// The last error that stopped or held the job.
     pub last_error: Option<String>,
     /// Why the current full sync runs, when it was asked for rather than the first one.
@@ -155,6 +165,17 @@ pub struct Progress {
     pub tables: BTreeMap<String, TableSnapshot>,
     /// The incremental sync since the last full sync.
     pub incremental: Option<IncrementalProgress>,
+}
+
+/// A table copied again while the rest of the job keeps flowing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PartialSync {
+    /// The source table.
+    pub table: String,
+    pub reason: String,
+    /// Unix milliseconds; tells one request from the next.
+    pub requested_at: i64,
 }
 
 /// A source transaction the destination refused.
@@ -208,6 +229,12 @@ pub struct IncrementalProgress {
     /// What that node reported of its primary and replicas when the sync
     /// last started: where to look for a new primary.
     pub topology: crate::source::topology::Topology,
+    /// A partial sync the incremental sync started by itself (a table's
+    /// stream could not continue), for the runner to record.
+    pub partial_started: Option<PartialSync>,
+    /// The last partial sync finished: which request, and the snapshot its
+    /// copy was read at.
+    pub partial_done: Option<(PartialSync, SnapshotPoint)>,
     /// Source transactions skipped on request, and the last of them (GTID).
     pub transactions_skipped: u64,
     pub last_skipped: Option<String>,
@@ -237,6 +264,9 @@ pub struct TableSnapshot {
 pub struct FullSyncProgress {
     /// Identifies this full sync's plan on the destination.
     pub run_id: i64,
+    /// The source position the copy reads as of, once its snapshot is open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotPoint>,
     /// Unix milliseconds.
     pub started_at: i64,
     pub finished_at: Option<i64>,
@@ -269,6 +299,11 @@ pub enum JobCommand {
     FullSync {
         reason: String,
     },
+    /// Copy one source table again while the rest keeps flowing.
+    PartialSync {
+        table: String,
+        reason: String,
+    },
     /// Skip the one source transaction the job is held on (`skip_by: silence`).
     SkipTransaction {
         commit_seq: u64,
@@ -283,6 +318,12 @@ pub enum CommandError {
     NothingToSkip { asked: u64 },
     #[error("job is held on commit seq {held}, not {asked}; skip_commit_seq must name the transaction the job is held on")]
     WrongSkip { held: u64, asked: u64 },
+    #[error("a partial sync needs the job in incremental sync (it is in {state})")]
+    NotIncremental { state: ProgressState },
+    #[error(
+        "this table job copies {table}; partial_sync names the job's table (or use force_fullsync)"
+    )]
+    OtherTable { table: String },
     #[error("the transaction the job is held on (at {at}) has no GTID, so it cannot be told apart on a restart; skip it with skip_by \"fullsync\" (or fix the destination and resume)")]
     NoGtid { at: String },
 }
@@ -324,6 +365,18 @@ pub fn transition(
                 full_sync_reason: Some(reason.clone()),
                 ..Progress::default()
             };
+        }
+        JobCommand::PartialSync { table, reason } => {
+            let state = next.status.progress_state;
+            if !state.is_incremental() && state != ProgressState::partial_sync(sync_type) {
+                return Err(CommandError::NotIncremental { state });
+            }
+            next.status.progress_state = ProgressState::partial_sync(sync_type);
+            next.progress.partial = Some(PartialSync {
+                table: table.clone(),
+                reason: reason.clone(),
+                requested_at: 0,
+            });
         }
         JobCommand::SkipTransaction { commit_seq } => match progress.failed_commit_seq {
             None => return Err(CommandError::NothingToSkip { asked: *commit_seq }),
