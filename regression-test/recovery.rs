@@ -271,8 +271,24 @@ async fn a_purged_binlog_resyncs_by_default_or_stops_when_asked() {
         wait_caught_up(&service, name, &src).await;
     }
     let before = headroom(&service, "purge_resync").await;
+    // Written at least 2 s after the source's (only) binlog was started.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     src.admin(&format!("UPDATE {db}.t SET v = 1 WHERE id <= 10"));
     wait_caught_up(&service, "purge_resync", &src).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = service.get("metrics").await.text;
+        let secs: Option<i64> = text.lines().find_map(|l| {
+            l.strip_prefix("ccr_syncer_binlog_retention_headroom_seconds{job=\"purge_resync\"} ")
+                .and_then(|v| v.trim().parse().ok())
+        });
+        if let Some(secs) = secs.filter(|s| *s >= 1) {
+            assert!(secs < 600, "{secs}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no headroom in seconds:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The position moved on in the same binlog: more could be purged first.
     let deadline = Instant::now() + Duration::from_secs(20);
     while headroom(&service, "purge_resync").await <= before {

@@ -24,6 +24,7 @@ pub struct Metrics {
     job_retries: IntCounterVec,
     lag_seconds: IntGaugeVec,
     retention_headroom: IntGaugeVec,
+    retention_headroom_secs: IntGaugeVec,
     applied_transactions: IntCounterVec,
     applied_rows: IntCounterVec,
     applied_ddl: IntCounterVec,
@@ -113,6 +114,13 @@ impl Metrics {
             ),
             &["job"],
         ));
+        let retention_headroom_secs = must(IntGaugeVec::new(
+            Opts::new(
+                "ccr_syncer_binlog_retention_headroom_seconds",
+                "How much older the source's oldest binlog is than a job's position (commit time of its last applied transaction minus the oldest binlog's start).",
+            ),
+            &["job"],
+        ));
         let applied_rows = must(IntCounterVec::new(
             Opts::new(
                 "ccr_syncer_applied_rows_total",
@@ -154,6 +162,7 @@ impl Metrics {
         must(registry.register(Box::new(build_info)));
         must(registry.register(Box::new(lag_seconds.clone())));
         must(registry.register(Box::new(retention_headroom.clone())));
+        must(registry.register(Box::new(retention_headroom_secs.clone())));
         must(registry.register(Box::new(applied_rows.clone())));
         must(registry.register(Box::new(apply_batch_seconds.clone())));
         must(registry.register(Box::new(job_errors.clone())));
@@ -173,6 +182,7 @@ impl Metrics {
             job_retries,
             lag_seconds,
             retention_headroom,
+            retention_headroom_secs,
             applied_transactions,
             applied_rows,
             applied_ddl,
@@ -209,6 +219,12 @@ impl Metrics {
         self.retention_headroom
             .with_label_values(&[job])
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_retention_headroom_secs(&self, job: &str, secs: i64) {
+        self.retention_headroom_secs
+            .with_label_values(&[job])
+            .set(secs);
     }
 
     pub fn observe_batch(&self, job: &str, secs: f64) {
@@ -267,6 +283,7 @@ impl Metrics {
         }
         let _ = self.lag_seconds.remove_label_values(&[job]);
         let _ = self.retention_headroom.remove_label_values(&[job]);
+        let _ = self.retention_headroom_secs.remove_label_values(&[job]);
         let _ = self.apply_batch_seconds.remove_label_values(&[job]);
         for op in [RowOp::Insert, RowOp::Update, RowOp::Delete] {
             let _ = self.applied_rows.remove_label_values(&[job, op.as_str()]);

@@ -593,7 +593,7 @@ impl Incremental {
             read_head.clone(),
         )));
         let source_head = Arc::new(Mutex::new(None::<MariaGtidPos>));
-        let applied_coord = Arc::new(Mutex::new(pos.coord.clone()));
+        let applied_coord = Arc::new(Mutex::new((pos.coord.clone(), commit_ts)));
         let misconfigured = Arc::new(Mutex::new(None::<String>));
         let poller = AbortOnDrop(tokio::spawn(poll_head(
             src.clone(),
@@ -968,7 +968,7 @@ impl Incremental {
                     .count_binlog_bytes(name, bytes.saturating_sub(detail.binlog_bytes_read));
                 detail.binlog_bytes_read = bytes;
                 detail.binlog_file = pos.coord.file.clone();
-                *applied_coord.lock() = pos.coord.clone();
+                *applied_coord.lock() = (pos.coord.clone(), *commit_ts);
                 detail.binlog_pos = pos.coord.pos;
                 detail.tables_in_snapshot = windows.len() as u64;
                 detail.caught_up = idle && group.txns == 0;
@@ -1389,11 +1389,14 @@ async fn poll_head(
     src: Endpoint,
     timeout: Duration,
     head: Arc<Mutex<Option<MariaGtidPos>>>,
-    applied: Arc<Mutex<BinlogCoord>>,
+    applied: Arc<Mutex<(BinlogCoord, Option<i64>)>>,
     misconfigured: Arc<Mutex<Option<String>>>,
     (metrics, job): (Arc<Metrics>, String),
 ) {
     let mut conn: Option<Conn> = None;
+    // The source's oldest binlog and when it was started, read again only
+    // when another file becomes the oldest.
+    let mut oldest: Option<(String, Option<i64>)> = None;
     loop {
         if conn.is_none() {
             conn = db::connect(&src.server_addr(), None, timeout).await.ok();
@@ -1420,8 +1423,17 @@ async fn poll_head(
             // How much binlog the source could purge before the job's
             // position goes.
             if let Ok(r) = retention::read(c).await {
-                let at = applied.lock().clone();
+                let (at, commit_ts) = applied.lock().clone();
                 metrics.set_retention_headroom(&job, r.headroom_bytes(&at).unwrap_or(0));
+                if oldest.as_ref().map(|(f, _)| f.as_str()) != Some(r.oldest()) {
+                    let id = binlog::server_id(&format!("{job}/retention"));
+                    let started =
+                        retention::started(&src.server_addr(), r.oldest(), id, timeout).await;
+                    oldest = Some((r.oldest().to_string(), started));
+                }
+                if let (Some((_, Some(started))), Some(ts)) = (&oldest, commit_ts) {
+                    metrics.set_retention_headroom_secs(&job, (ts - started).max(0));
+                }
             }
             match c
                 .query_first::<String, _>("SELECT @@global.gtid_binlog_pos")

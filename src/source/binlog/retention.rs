@@ -2,9 +2,12 @@
 //! it, and how much binlog lies before that position (the headroom before
 //! a purge reaches it).
 
+use crate::db::{self, ServerAddr};
 use crate::position::{BinlogCoord, MariaGtidPos};
+use futures_util::StreamExt;
 use mysql_async::prelude::*;
-use mysql_async::Conn;
+use mysql_async::{BinlogStreamRequest, Conn};
+use std::time::Duration;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Retention {
@@ -46,6 +49,41 @@ pub async fn read(conn: &mut Conn) -> Result<Retention, mysql_async::Error> {
         }
     }
     Ok(Retention { files, before })
+}
+
+/// When binlog `file` was started (unix seconds): the time stamp of its
+/// first event, read over a short non-blocking replica connection as
+/// `server_id` (no SQL statement shows it). `None` when it cannot be read.
+pub async fn started(
+    addr: &ServerAddr<'_>,
+    file: &str,
+    server_id: u32,
+    timeout: Duration,
+) -> Option<i64> {
+    let mut conn = db::connect(addr, None, timeout).await.ok()?;
+    conn.query_drop(
+        "SET @master_binlog_checksum = @@global.binlog_checksum, @mariadb_slave_capability = 4",
+    )
+    .await
+    .ok()?;
+    let request = BinlogStreamRequest::new(server_id)
+        .with_filename(file.as_bytes())
+        .with_pos(4)
+        .with_non_blocking();
+    let mut stream = conn.get_binlog_stream(request).await.ok()?;
+    let read = async {
+        // The first is a rotate event the server makes up (time 0); the
+        // file's own format description event follows.
+        for _ in 0..3 {
+            let event = stream.next().await?.ok()?;
+            let at = event.header().timestamp();
+            if at != 0 {
+                return Some(i64::from(at));
+            }
+        }
+        None
+    };
+    tokio::time::timeout(timeout, read).await.ok().flatten()
 }
 
 /// `[0-1-100,1-2-5]` as SHOW BINLOG EVENTS shows a Gtid_list event.
