@@ -123,6 +123,13 @@ impl Runner {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 request = requests.recv() => match request {
+                    // A command is answered once the work matches it: after
+                    // `pause` answers, nothing more is applied.
+                    Some(Request::Command(command, reply)) => {
+                        let result = self.command(command).await;
+                        work = self.reconcile(work.take()).await;
+                        let _ = reply.send(result);
+                    }
                     Some(request) => self.handle(request).await,
                     None => break,
                 },
