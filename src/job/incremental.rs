@@ -70,6 +70,8 @@ const BATCH_AGE: Duration = Duration::from_millis(200);
 const STREAM_BYTES: usize = 8 << 20;
 /// How often the source's newest position is polled for `get_lag`.
 const HEAD_POLL: Duration = Duration::from_secs(2);
+/// Every how many polls the source's topology is read again.
+const TOPOLOGY_EVERY: u64 = 15;
 /// Errors that mean a DDL statement already took effect (run again after a
 /// crash between it and its checkpoint): table exists, unknown table,
 /// duplicate column, duplicate key name, can't drop (absent), no such table.
@@ -595,12 +597,14 @@ impl Incremental {
         let source_head = Arc::new(Mutex::new(None::<MariaGtidPos>));
         let applied_coord = Arc::new(Mutex::new((pos.coord.clone(), commit_ts)));
         let misconfigured = Arc::new(Mutex::new(None::<String>));
+        let topology_now = Arc::new(Mutex::new(None::<topology::Topology>));
         let poller = AbortOnDrop(tokio::spawn(poll_head(
             src.clone(),
             self.connect_timeout,
             source_head.clone(),
             applied_coord.clone(),
             misconfigured.clone(),
+            topology_now.clone(),
             (self.metrics.clone(), spec.name.clone()),
         )));
         let start_point = pos.clone();
@@ -918,6 +922,9 @@ impl Incremental {
             }
             if let Some(problem) = misconfigured.lock().take() {
                 return Err(SyncError::Definite(problem));
+            }
+            if let Some(t) = topology_now.lock().take() {
+                detail.topology = t;
             }
             // A copy that is in before the stream reaches its snapshot.
             if partial.as_ref().is_some_and(|p| p.task.is_finished()) {
@@ -1391,8 +1398,10 @@ async fn poll_head(
     head: Arc<Mutex<Option<MariaGtidPos>>>,
     applied: Arc<Mutex<(BinlogCoord, Option<i64>)>>,
     misconfigured: Arc<Mutex<Option<String>>>,
+    topology_now: Arc<Mutex<Option<topology::Topology>>>,
     (metrics, job): (Arc<Metrics>, String),
 ) {
+    let mut polls = 0u64;
     let mut conn: Option<Conn> = None;
     // The source's oldest binlog and when it was started, read again only
     // when another file becomes the oldest.
@@ -1402,6 +1411,11 @@ async fn poll_head(
             conn = db::connect(&src.server_addr(), None, timeout).await.ok();
         }
         if let Some(c) = conn.as_mut() {
+            // Replicas come and go: the failover candidates follow.
+            polls += 1;
+            if polls % TOPOLOGY_EVERY == 0 {
+                *topology_now.lock() = Some(topology::discover(c).await);
+            }
             // A source switched away from full row images stops the job
             // before its statements or partial rows reach it.
             if let Ok(Some((format, image))) = c
