@@ -226,8 +226,8 @@ pub struct IncrementalProgress {
     /// cluster reports it (`host:port`, mapped before connecting); `None`:
     /// the spec's source.
     pub source_node: Option<String>,
-    /// What that node reported of its primary and replicas when the sync
-    /// last started: where to look for a new primary.
+    /// What that node last reported of its primary and replicas (at the
+    /// sync's start, then every 30 s): where to look for a new primary.
     pub topology: crate::source::topology::Topology,
     /// A partial sync the incremental sync started by itself (a table's
     /// stream could not continue), for the runner to record.
