@@ -271,3 +271,65 @@ async fn a_lock_held_on_the_destination_is_waited_out_and_retried() {
     );
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_on_the_destination_is_retried() {
+    let db = unique("deadlock");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE t (id INT PRIMARY KEY, v INT);
+         INSERT INTO t SELECT seq, 0 FROM seq_1_to_3000;"
+    ));
+    let dest_db = unique("deadlock_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            table_spec("dl", &db, "t", dest_endpoint(dest(), &dest_db, Some("t"))),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "dl", "TableIncrementalSync").await;
+    wait_caught_up(&service, "dl", source()).await;
+
+    // A heavy transaction on the destination (so InnoDB picks the job's as
+    // the victim) takes row 2, waits, then wants row 1 — which the job's
+    // transaction, waiting for row 2, holds. It rolls back in the end.
+    let holder = {
+        let sql = format!(
+            "BEGIN; UPDATE {dest_db}.t SET v = v + 1 WHERE id > 10;
+             UPDATE {dest_db}.t SET v = 9 WHERE id = 2; DO SLEEP(2);
+             UPDATE {dest_db}.t SET v = 9 WHERE id = 1; ROLLBACK;"
+        );
+        let port = dest().port;
+        std::thread::spawn(move || {
+            std::process::Command::new("mariadb")
+                .args([
+                    "--no-defaults",
+                    "-h127.0.0.1",
+                    &format!("-P{port}"),
+                    "-uroot",
+                ])
+                .args(["-e", &sql])
+                .output()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    source().admin(&format!(
+        "BEGIN; UPDATE {db}.t SET v = 1 WHERE id = 1; UPDATE {db}.t SET v = 1 WHERE id = 2; COMMIT;"
+    ));
+    holder.join().unwrap().unwrap();
+    wait_caught_up(&service, "dl", source()).await;
+    let s = status(&service, "dl").await;
+    assert!(
+        s["last_retry_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Deadlock")),
+        "{s:#}"
+    );
+    assert_eq!(
+        checksums(dest(), &dest_db, &["t"]),
+        checksums(source(), &db, &["t"])
+    );
+    service.stop().await;
+}

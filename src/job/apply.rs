@@ -37,7 +37,7 @@
 //! wait (a commit under way completes), and the coordinator returns the
 //! error: the caller restarts from the checkpoint.
 
-use super::full_sync::SyncError;
+use super::full_sync::{is_transient, SyncError};
 use crate::applier::compact::{self, Change, TxnId};
 use crate::applier::rows::Statements;
 use crate::applier::target::DestTable;
@@ -467,7 +467,9 @@ impl Plan {
 async fn net_part(conn: &mut Conn, stmts: &Statements) -> Result<bool, SyncError> {
     match run(conn, stmts).await {
         Ok(()) => Ok(true),
-        Err(Failed::Server(_, e)) if db::server_code(&e).is_none() => {
+        // Lost connections, deadlocks, lock wait timeouts: retried as such
+        // (and counted), not taken for a net effect that does not add up.
+        Err(Failed::Server(_, e)) if db::server_code(&e).is_none() || is_transient(&e) => {
             Err(SyncError::sql("applying rows", e))
         }
         Err(f) => {
