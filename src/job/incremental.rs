@@ -490,13 +490,6 @@ impl Incremental {
     }
 
     pub async fn run(&self) -> Result<Infallible, SyncError> {
-        // What the source reports of its neighbours, for a failover later.
-        let src = self.source();
-        let mut probe = db::connect(&src.server_addr(), None, self.connect_timeout)
-            .await
-            .map_err(|e| SyncError::Transient(format!("source {e}")))?;
-        let topo = topology::discover(&mut probe).await;
-        drop(probe);
         let mut conn = self.connect_dest().await?;
         let max_packet = applier::max_packet(&mut conn)
             .await
@@ -517,7 +510,6 @@ impl Incremental {
         let mut pool = Pool::start(workers, flush_bytes);
         let mut detail = self.progress.borrow().detail.clone();
         detail.started_at = super::runner::now_ms();
-        detail.topology = topo;
         let result = self
             .stream(&mut conn, &mut pool, flush_bytes, &mut detail)
             .await;
@@ -625,6 +617,17 @@ impl Incremental {
         let mut pending_ddl: Option<String> = None;
         let mut caught_up = false;
         let fail_at = failpoint();
+        // Closes the group being built (whole transactions only) with the
+        // checkpoint at `pos` and hands it to the pool.
+        macro_rules! close_group {
+            ($pending_ddl:expr) => {{
+                let commit = self.commit_chunk(&pos, commit_ts, $pending_ddl);
+                let done = group
+                    .finish(pool, &mut conflicts, commit, fail_at, &pos, commit_ts)
+                    .await?;
+                in_flight.push_back(done);
+            }};
+        }
         let mut last_report = Instant::now() - Duration::from_secs(1);
         let _guards = (reader, poller);
         // Partial sync: the copy running, the table whose events are
@@ -658,11 +661,7 @@ impl Incremental {
                         // Nothing after the copy's snapshot before the copy.
                         if partial.as_ref().is_some_and(|p| !p.at.holds(gtid, &at)) {
                             if group.txns > 0 {
-                                let commit = self.commit_chunk(&pos, commit_ts, pending_ddl.take());
-                                let done = group
-                                    .finish(pool, &mut conflicts, commit, fail_at, &pos, commit_ts)
-                                    .await?;
-                                in_flight.push_back(done);
+                                close_group!(pending_ddl.take());
                             }
                             let p = partial.take().expect("checked");
                             done_request = Some(p.request.requested_at);
@@ -792,11 +791,7 @@ impl Incremental {
                         // DDL is marked, run, and (at its Commit)
                         // checkpointed past.
                         if group.txns > 0 || !group.changes.is_empty() {
-                            let commit = self.commit_chunk(&pos, commit_ts, None);
-                            let done = group
-                                .finish(pool, &mut conflicts, commit, fail_at, &pos, commit_ts)
-                                .await?;
-                            in_flight.push_back(done);
+                            close_group!(None);
                         }
                         pool.wait(conflicts.issued()).await?;
                         let marker = t.gtid.map_or_else(|| t.at.to_string(), |g| g.to_string());
@@ -885,11 +880,7 @@ impl Incremental {
                             || group.bytes >= GROUP_BYTES
                             || group.started.is_some_and(|s| s.elapsed() >= BATCH_AGE);
                         if due {
-                            let commit = self.commit_chunk(&pos, commit_ts, pending_ddl.take());
-                            let done = group
-                                .finish(pool, &mut conflicts, commit, fail_at, &pos, commit_ts)
-                                .await?;
-                            in_flight.push_back(done);
+                            close_group!(pending_ddl.take());
                             force_commit = false;
                         }
                     }
@@ -948,11 +939,7 @@ impl Incremental {
                     // What the stream applied of the table so far commits
                     // before the copy replaces it.
                     if group.txns > 0 {
-                        let commit = self.commit_chunk(&pos, commit_ts, pending_ddl.take());
-                        let done = group
-                            .finish(pool, &mut conflicts, commit, fail_at, &pos, commit_ts)
-                            .await?;
-                        in_flight.push_back(done);
+                        close_group!(pending_ddl.take());
                     }
                     pool.wait(conflicts.issued()).await?;
                     let p = self.start_partial(request.clone()).await?;
@@ -1411,11 +1398,12 @@ async fn poll_head(
             conn = db::connect(&src.server_addr(), None, timeout).await.ok();
         }
         if let Some(c) = conn.as_mut() {
-            // Replicas come and go: the failover candidates follow.
-            polls += 1;
+            // What the source reports of its neighbours (the failover
+            // candidates): at the first poll, then as replicas come and go.
             if polls % TOPOLOGY_EVERY == 0 {
                 *topology_now.lock() = Some(topology::discover(c).await);
             }
+            polls += 1;
             // A source switched away from full row images stops the job
             // before its statements or partial rows reach it.
             if let Ok(Some((format, image))) = c
