@@ -151,12 +151,7 @@ async fn the_job_follows_a_promoted_replica_through_the_host_mapping() {
     };
     // The replica starts after what both servers already have (their users).
     let base = primary.admin("SELECT @@gtid_binlog_pos");
-    let db = unique("fo");
-    primary.admin(&format!(
-        "CREATE DATABASE {db}; USE {db};
-         CREATE TABLE t (id INT PRIMARY KEY, v INT);
-         INSERT INTO t SELECT seq, 0 FROM seq_1_to_100;"
-    ));
+    let db = table_t(&primary, "fo", 100);
     let start = primary.admin("SELECT @@gtid_binlog_pos");
     replica.admin(&format!(
         "SET GLOBAL gtid_slave_pos = '{base}';
@@ -232,15 +227,10 @@ async fn the_job_follows_a_promoted_replica_through_the_host_mapping() {
 
     // The replica's private address is not mapped: the job cannot reach it
     // and keeps retrying, applying nothing.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = service.post("job_status", json!({"name": "fo"})).await.ok()["status"].clone();
-        if s["retrying"] == true && s["retries"].as_u64().unwrap_or(0) >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not retrying: {s:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_job(&service, "job_status", "fo", 30, "retrying", |s| {
+        s["retrying"] == true && s["retries"].as_u64().unwrap_or(0) >= 2
+    })
+    .await;
     assert_eq!(
         dest().admin(&format!("SELECT COUNT(*) FROM {dest_db}.t WHERE v = 2")),
         "0"

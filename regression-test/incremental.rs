@@ -531,12 +531,7 @@ async fn sysbench_oltp_write_only_for_60_seconds() {
 /// divergence; the job stops with nothing of that group applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn divergence_inside_a_group_stops_the_job() {
-    let db = unique("inc_diverge");
-    source().admin(&format!(
-        "CREATE DATABASE {db}; USE {db};
-         CREATE TABLE t (id INT PRIMARY KEY, v INT);
-         INSERT INTO t SELECT seq, 0 FROM seq_1_to_100;"
-    ));
+    let db = table_t(source(), "inc_diverge", 100);
     let dest_db = unique("inc_diverge_copy");
     let service = Service::fresh().await;
     service

@@ -8,14 +8,36 @@ use crate::harness::mariadb::with_users;
 use crate::harness::*;
 use crate::incremental::wait_caught_up;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn endpoint_via(proxy: &Proxy, ep: Value) -> Value {
     let mut ep = ep;
     ep["port"] = json!(proxy.port);
     ep
+}
+
+/// Runs `sql` in one session of its own on `server`, on another thread
+/// (the test goes on while it holds its locks); joined, it panics if the
+/// SQL failed.
+fn session_in_background(server: &MariaDb, sql: String) -> std::thread::JoinHandle<()> {
+    let port = server.port;
+    std::thread::spawn(move || {
+        let out = std::process::Command::new("mariadb")
+            .args([
+                "--no-defaults",
+                "-h127.0.0.1",
+                &format!("-P{port}"),
+                "-uroot",
+            ])
+            .args(["-e", &sql])
+            .output()
+            .expect("run mariadb");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
 }
 
 async fn status(service: &Service, name: &str) -> Value {
@@ -49,25 +71,12 @@ async fn cut_connections_and_a_destination_crash_lose_and_repeat_nothing() {
 
     // Continuous writes: transactions that insert a row and bump a counter,
     // so a lost one shows in `w` and a repeated one in `c`.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (stop, db) = (stop.clone(), db.clone());
-        std::thread::spawn(move || {
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let mut sql = format!("USE {db};");
-                for _ in 0..20 {
-                    sql.push_str(&format!(
-                        "BEGIN; INSERT INTO w (n, v) VALUES ({i}, 'x'); \
-                         UPDATE c SET n = n + 1 WHERE id = 1; COMMIT;"
-                    ));
-                    i += 1;
-                }
-                source().admin(&sql);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
+    let writer = Writer::start(&db, 20, |i| {
+        format!(
+            "BEGIN; INSERT INTO w (n, v) VALUES ({i}, 'x'); \
+             UPDATE c SET n = n + 1 WHERE id = 1; COMMIT;"
+        )
+    });
     let pause = || tokio::time::sleep(Duration::from_millis(400));
     for _ in 0..4 {
         pause().await;
@@ -77,24 +86,18 @@ async fn cut_connections_and_a_destination_crash_lose_and_repeat_nothing() {
     }
     // The destination unreachable for a while: the job says it is retrying.
     dest_proxy.set_down(true);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(&service, "o").await;
-        if s["retrying"] == true {
-            assert!(s["last_retry_error"].is_string(), "{s:#}");
-            assert_eq!(s["state"], "running", "{s:#}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "never seen retrying: {s:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let s = poll_job(&service, "job_status", "o", 30, "retrying", |s| {
+        s["retrying"] == true
+    })
+    .await;
+    assert!(s["last_retry_error"].is_string(), "{s:#}");
+    assert_eq!(s["state"], "running", "{s:#}");
     dest_proxy.set_down(false);
     pause().await;
     // The destination crashes under load.
     dest_server.crash_and_restart();
     pause().await;
-    stop.store(true, Ordering::SeqCst);
-    writer.join().unwrap();
+    writer.stop();
 
     wait_caught_up(&service, "o", source()).await;
     for t in ["w", "c"] {
@@ -122,12 +125,7 @@ async fn cut_connections_and_a_destination_crash_lose_and_repeat_nothing() {
 async fn a_source_that_stops_logging_rows_stops_the_job_until_fixed() {
     // Its own source: the format is a global setting.
     let src = with_users(MariaDb::start(ServerOptions::source()));
-    let db = unique("fmt");
-    src.admin(&format!(
-        "CREATE DATABASE {db}; USE {db};
-         CREATE TABLE t (id INT PRIMARY KEY, v INT);
-         INSERT INTO t SELECT seq, 0 FROM seq_1_to_10;"
-    ));
+    let db = table_t(&src, "fmt", 10);
     let dest_db = unique("fmt_copy");
     let service = Service::fresh().await;
     let mut spec = table_spec("f", &db, "t", dest_endpoint(dest(), &dest_db, Some("t")));
@@ -137,15 +135,8 @@ async fn a_source_that_stops_logging_rows_stops_the_job_until_fixed() {
     wait_caught_up(&service, "f", &src).await;
 
     src.admin("SET GLOBAL binlog_format = 'STATEMENT'");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let stopped = loop {
-        let s = status(&service, "f").await;
-        if s["state"] == "paused" {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "not stopped: {s:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let paused = |s: &Value| s["state"] == "paused";
+    let stopped = poll_job(&service, "job_status", "f", 30, "stopped", paused).await;
     let error = stopped["last_error"].as_str().unwrap_or_default();
     assert!(
         error.contains("binlog_format=STATEMENT")
@@ -167,15 +158,7 @@ async fn a_source_that_stops_logging_rows_stops_the_job_until_fixed() {
     src.admin(&format!(
         "SET SESSION binlog_format = 'STATEMENT'; UPDATE {db}.t SET v = 9 WHERE id = 2"
     ));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let held = loop {
-        let s = status(&service, "f").await;
-        if s["state"] == "paused" {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "not held: {s:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let held = poll_job(&service, "job_status", "f", 30, "held", paused).await;
     let t = &held["failed_transaction"];
     assert!(
         t["statement"]
@@ -206,12 +189,7 @@ async fn a_lock_held_on_the_destination_is_waited_out_and_retried() {
     let mut options = ServerOptions::plain();
     options.extra.push("--innodb-lock-wait-timeout=1");
     let dest_server = with_users(MariaDb::start(options));
-    let db = unique("locks");
-    source().admin(&format!(
-        "CREATE DATABASE {db}; USE {db};
-         CREATE TABLE t (id INT PRIMARY KEY, v INT);
-         INSERT INTO t SELECT seq, 0 FROM seq_1_to_10;"
-    ));
+    let db = table_t(source(), "locks", 10);
     let dest_db = unique("locks_copy");
     let service = Service::fresh().await;
     service
@@ -230,40 +208,28 @@ async fn a_lock_held_on_the_destination_is_waited_out_and_retried() {
     wait_caught_up(&service, "l", source()).await;
 
     // Someone on the destination holds row 1 for 4 s.
-    let holder = {
-        let sql = format!(
-            "BEGIN; SELECT v FROM {dest_db}.t WHERE id = 1 FOR UPDATE; DO SLEEP(4); COMMIT;"
-        );
-        let port = dest_server.port;
-        std::thread::spawn(move || {
-            std::process::Command::new("mariadb")
-                .args([
-                    "--no-defaults",
-                    "-h127.0.0.1",
-                    &format!("-P{port}"),
-                    "-uroot",
-                ])
-                .args(["-e", &sql])
-                .output()
-        })
-    };
+    let holder = session_in_background(
+        &dest_server,
+        format!("BEGIN; SELECT v FROM {dest_db}.t WHERE id = 1 FOR UPDATE; DO SLEEP(4); COMMIT;"),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     source().admin(&format!("UPDATE {db}.t SET v = 1 WHERE id = 1"));
     source().admin(&format!("UPDATE {db}.t SET v = 2 WHERE id = 2"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(&service, "l").await;
-        if s["last_retry_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("Lock wait timeout"))
-        {
-            assert_eq!(s["state"], "running", "{s:#}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no lock wait seen: {s:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    holder.join().unwrap().unwrap();
+    let s = poll_job(
+        &service,
+        "job_status",
+        "l",
+        30,
+        "a lock wait retried",
+        |s| {
+            s["last_retry_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Lock wait timeout"))
+        },
+    )
+    .await;
+    assert_eq!(s["state"], "running", "{s:#}");
+    holder.join().unwrap();
     wait_caught_up(&service, "l", source()).await;
     assert_eq!(
         checksums(&dest_server, &dest_db, &["t"]),
@@ -274,12 +240,7 @@ async fn a_lock_held_on_the_destination_is_waited_out_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadlock_on_the_destination_is_retried() {
-    let db = unique("deadlock");
-    source().admin(&format!(
-        "CREATE DATABASE {db}; USE {db};
-         CREATE TABLE t (id INT PRIMARY KEY, v INT);
-         INSERT INTO t SELECT seq, 0 FROM seq_1_to_3000;"
-    ));
+    let db = table_t(source(), "deadlock", 3000);
     let dest_db = unique("deadlock_copy");
     let service = Service::fresh().await;
     service
@@ -295,30 +256,19 @@ async fn a_deadlock_on_the_destination_is_retried() {
     // A heavy transaction on the destination (so InnoDB picks the job's as
     // the victim) takes row 2, waits, then wants row 1 — which the job's
     // transaction, waiting for row 2, holds. It rolls back in the end.
-    let holder = {
-        let sql = format!(
+    let holder = session_in_background(
+        dest(),
+        format!(
             "BEGIN; UPDATE {dest_db}.t SET v = v + 1 WHERE id > 10;
              UPDATE {dest_db}.t SET v = 9 WHERE id = 2; DO SLEEP(2);
              UPDATE {dest_db}.t SET v = 9 WHERE id = 1; ROLLBACK;"
-        );
-        let port = dest().port;
-        std::thread::spawn(move || {
-            std::process::Command::new("mariadb")
-                .args([
-                    "--no-defaults",
-                    "-h127.0.0.1",
-                    &format!("-P{port}"),
-                    "-uroot",
-                ])
-                .args(["-e", &sql])
-                .output()
-        })
-    };
+        ),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     source().admin(&format!(
         "BEGIN; UPDATE {db}.t SET v = 1 WHERE id = 1; UPDATE {db}.t SET v = 1 WHERE id = 2; COMMIT;"
     ));
-    holder.join().unwrap().unwrap();
+    holder.join().unwrap();
     wait_caught_up(&service, "dl", source()).await;
     let s = status(&service, "dl").await;
     assert!(

@@ -6,30 +6,18 @@ use crate::harness::mariadb::with_users;
 use crate::harness::*;
 use crate::incremental::{source_seq, wait_caught_up};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn wait_paused(service: &Service, name: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = service.post("job_status", json!({"name": name})).await.ok();
-        if s["status"]["state"] == "paused" {
-            return s["status"].clone();
-        }
-        assert!(Instant::now() < deadline, "{name} not paused: {s:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_job(service, "job_status", name, 60, "paused", |s| {
+        s["state"] == "paused"
+    })
+    .await
 }
 
 /// A table job on `t (id PRIMARY KEY, v)` with rows 1..=10, caught up.
 async fn caught_up_job(service: &Service, name: &str) -> (String, String) {
-    let db = unique("rec");
-    source().admin(&format!(
-        "CREATE DATABASE {db}; USE {db};
-         CREATE TABLE t (id INT PRIMARY KEY, v INT);
-         INSERT INTO t SELECT seq, 0 FROM seq_1_to_10;"
-    ));
+    let db = table_t(source(), "rec", 10);
     let dest_db = unique("rec_copy");
     service
         .post(
@@ -137,16 +125,15 @@ async fn a_refused_transaction_holds_the_job_until_skipped() {
     assert_eq!(p["incremental"]["last_skipped"], gtid.as_str(), "{p:#}");
 
     // Once past it, nothing is left to skip.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while service
-        .post("job_progress", json!({"name": "skip"}))
-        .await
-        .ok()["job_progress"]["skip"]
-        != Value::Null
-    {
-        assert!(Instant::now() < deadline, "the skip was not cleared");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_job(
+        &service,
+        "job_progress",
+        "skip",
+        10,
+        "the skip cleared",
+        |p| p["skip"].is_null(),
+    )
+    .await;
     service.stop().await;
 }
 
@@ -247,12 +234,7 @@ async fn headroom(service: &Service, name: &str) -> u64 {
 async fn a_purged_binlog_resyncs_by_default_or_stops_when_asked() {
     // Its own source: purging binlogs must not touch other tests' jobs.
     let src = with_users(MariaDb::start(ServerOptions::source()));
-    let db = unique("purge");
-    src.admin(&format!(
-        "CREATE DATABASE {db}; USE {db};
-         CREATE TABLE t (id INT PRIMARY KEY, v INT);
-         INSERT INTO t SELECT seq, 0 FROM seq_1_to_100;"
-    ));
+    let db = table_t(&src, "purge", 100);
     let service = Service::fresh().await;
     let jobs = [("purge_resync", None), ("purge_stop", Some("stop"))];
     let mut copies = Vec::new();
@@ -336,19 +318,19 @@ async fn a_purged_binlog_resyncs_by_default_or_stops_when_asked() {
     }
 
     // By default: a new full sync, which says why.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let p = service
-            .post("job_progress", json!({"name": "purge_resync"}))
-            .await
-            .ok();
-        let reason = p["job_progress"]["full_sync_reason"].as_str().unwrap_or("");
-        if reason.contains("no longer has the binlog") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no resync: {p:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_job(
+        &service,
+        "job_progress",
+        "purge_resync",
+        60,
+        "a resync",
+        |p| {
+            p["full_sync_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no longer has the binlog"))
+        },
+    )
+    .await;
     wait_for_state(&service, "purge_resync", "TableIncrementalSync").await;
     src.admin(&format!("UPDATE {db}.t SET v = 3 WHERE id = 1"));
     wait_caught_up(&service, "purge_resync", &src).await;
@@ -425,26 +407,13 @@ async fn one_table_is_copied_again_while_the_rest_flows() {
     dest().admin(&format!(
         "DELETE FROM {dest_db}.b WHERE id > 19000; UPDATE {dest_db}.b SET v = -1 WHERE id = 5"
     ));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (stop, db) = (stop.clone(), db.clone());
-        std::thread::spawn(move || {
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let mut sql = format!("USE {db};");
-                for _ in 0..10 {
-                    let id = i % 2000 + 1;
-                    sql.push_str(&format!(
-                        "BEGIN; UPDATE a SET v = v + 1 WHERE id = {id}; \
-                         UPDATE b SET v = v + 1 WHERE id = {id}; COMMIT;"
-                    ));
-                    i += 1;
-                }
-                source().admin(&sql);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
+    let writer = Writer::start(&db, 10, |i| {
+        let id = i % 2000 + 1;
+        format!(
+            "BEGIN; UPDATE a SET v = v + 1 WHERE id = {id}; \
+             UPDATE b SET v = v + 1 WHERE id = {id}; COMMIT;"
+        )
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     service
         .post("partial_sync", json!({"name": "p", "table": "b"}))
@@ -457,16 +426,18 @@ async fn one_table_is_copied_again_while_the_rest_flows() {
     assert_eq!(p["job_progress"]["partial"]["table"], "b", "{p:#}");
     wait_partial_done(&service, "p").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    writer.join().unwrap();
+    writer.stop();
     wait_caught_up(&service, "p", source()).await;
-    for t in ["a", "b", "c"] {
-        assert_eq!(
-            checksums(dest(), &dest_db, &[t]),
-            checksums(source(), &db, &[t]),
-            "table {t}"
-        );
-    }
+    let copies_equal = || {
+        for t in ["a", "b", "c"] {
+            assert_eq!(
+                checksums(dest(), &dest_db, &[t]),
+                checksums(source(), &db, &[t]),
+                "table {t}"
+            );
+        }
+    };
+    copies_equal();
 
     // A row event that does not fit the destination table: the job copies
     // that table again by itself.
@@ -474,22 +445,20 @@ async fn one_table_is_copied_again_while_the_rest_flows() {
     source().admin(&format!(
         "UPDATE {db}.c SET w = 5 WHERE id <= 3; UPDATE {db}.a SET v = 7 WHERE id = 1"
     ));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let p = service
-            .post("job_progress", json!({"name": "p"}))
-            .await
-            .ok();
-        let reason = p["job_progress"]["partial"]["reason"]
-            .as_str()
-            .unwrap_or("");
-        let done = p["job_progress"]["incremental"]["partial_done"][0]["table"] == "c";
-        if reason.contains("does not fit") || done {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no partial sync of c: {p:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_job(
+        &service,
+        "job_progress",
+        "p",
+        60,
+        "a partial sync of c",
+        |p| {
+            p["partial"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("does not fit"))
+                || p["incremental"]["partial_done"][0]["table"] == "c"
+        },
+    )
+    .await;
     wait_partial_done(&service, "p").await;
     let p = service
         .post("job_progress", json!({"name": "p"}))
@@ -504,32 +473,24 @@ async fn one_table_is_copied_again_while_the_rest_flows() {
         "{p:#}"
     );
     wait_caught_up(&service, "p", source()).await;
-    for t in ["a", "b", "c"] {
-        assert_eq!(
-            checksums(dest(), &dest_db, &[t]),
-            checksums(source(), &db, &[t]),
-            "table {t}"
-        );
-    }
+    copies_equal();
     service.stop().await;
 }
 
 /// Waits until no partial sync is under way and the job is back in
 /// incremental sync.
 async fn wait_partial_done(service: &Service, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let p = service
-            .post("job_progress", json!({"name": name}))
-            .await
-            .ok();
-        let p = &p["job_progress"];
-        let state = p["progress_state"].as_str().unwrap_or("");
-        if p["partial"].is_null() && state.ends_with("IncrementalSync") {
-            return;
-        }
-        assert!(p["state"] != "paused", "stopped: {p:#}");
-        assert!(Instant::now() < deadline, "partial sync not done: {p:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_job(
+        service,
+        "job_progress",
+        name,
+        90,
+        "the partial sync done",
+        |p| {
+            assert!(p["state"] != "paused", "stopped: {p:#}");
+            let state = p["progress_state"].as_str().unwrap_or("");
+            p["partial"].is_null() && state.ends_with("IncrementalSync")
+        },
+    )
+    .await;
 }

@@ -97,3 +97,83 @@ pub async fn wait_for_state(service: &Service, name: &str, progress_state: &str)
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A new source database named after `prefix` holding
+/// `t (id INT PRIMARY KEY, v INT)` with rows 1..=`rows`, all `v = 0`;
+/// returns its name.
+pub fn table_t(server: &MariaDb, prefix: &str, rows: u32) -> String {
+    let db = unique(prefix);
+    server.admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE t (id INT PRIMARY KEY, v INT);
+         INSERT INTO t SELECT seq, 0 FROM seq_1_to_{rows};"
+    ));
+    db
+}
+
+/// Polls job `name` with `operation` (`job_status` or `job_progress`)
+/// until `ready` holds on its answer (the object under `status` or
+/// `job_progress`), which it returns; panics with the last answer, saying
+/// `what` was awaited, after `secs` seconds.
+pub async fn poll_job(
+    service: &Service,
+    operation: &str,
+    name: &str,
+    secs: u64,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let key = if operation == "job_status" {
+        "status"
+    } else {
+        operation
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let answer = service.post(operation, json!({"name": name})).await.ok()[key].clone();
+        if ready(&answer) {
+            return answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {name}: {what} not seen within {secs} s: {answer:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Continuous writes on the shared source: transaction `i` is `txn(i)`,
+/// run in database `db` in batches of `batch`, 10 ms apart, until stopped.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn start(db: &str, batch: u64, txn: impl Fn(u64) -> String + Send + 'static) -> Writer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, db) = (stop.clone(), db.to_string());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let mut sql = format!("USE {db};");
+                    for _ in 0..batch {
+                        sql.push_str(&txn(i));
+                        i += 1;
+                    }
+                    source().admin(&sql);
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            })
+        };
+        Writer { stop, thread }
+    }
+
+    /// Stops after the batch under way.
+    pub fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("the writer thread");
+    }
+}
