@@ -8,6 +8,7 @@ mod api_validation;
 mod binary;
 mod create_checks;
 mod failover;
+mod first_use;
 mod full_sync;
 mod incremental;
 mod metrics_auth;

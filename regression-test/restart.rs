@@ -14,6 +14,7 @@ pub fn mysql_store_config() -> Config {
         user: "root".into(),
         password: Secret::new(""),
         database: unique("meta"),
+        tls: Default::default(),
     })
 }
 

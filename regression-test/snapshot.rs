@@ -52,6 +52,7 @@ fn start_writer(table: String) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>
             port: source().port,
             user: "root",
             password: &root,
+            tls: &ccr_syncer::tls::TlsOptions::default(),
         };
         let mut conn = ccr_syncer::db::connect(&addr, None, TIMEOUT).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -73,8 +74,17 @@ fn addr<'a>(user: &'a str, password: &'a Secret) -> ServerAddr<'a> {
         port: source().port,
         user,
         password,
+        tls: &DEFAULT_TLS,
     }
 }
+
+static DEFAULT_TLS: ccr_syncer::tls::TlsOptions = ccr_syncer::tls::TlsOptions {
+    mode: ccr_syncer::tls::TlsMode::Preferred,
+    ca: None,
+    cert: None,
+    key: None,
+    server_name: None,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_snapshot_needs_no_lock() {

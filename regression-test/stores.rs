@@ -17,6 +17,7 @@ fn record(name: &str) -> JobRecord {
         database: db.into(),
         table: None,
         host_mapping: HostMapping::default(),
+        tls: Default::default(),
     };
     JobRecord {
         spec: JobSpec {
@@ -34,7 +35,9 @@ fn record(name: &str) -> JobRecord {
 }
 
 async fn contract(config: StoreConfig) {
-    let store = store::open(&config).await.expect("open");
+    let store = store::open(&config, Default::default())
+        .await
+        .expect("open");
     assert!(store.load_jobs().await.unwrap().is_empty());
 
     let a = record("a");
@@ -92,7 +95,9 @@ async fn contract(config: StoreConfig) {
 
     // Reopening runs the migrations again harmlessly and finds the same data.
     drop(store);
-    let store = store::open(&config).await.expect("reopen");
+    let store = store::open(&config, Default::default())
+        .await
+        .expect("reopen");
     let loaded = store.load_jobs().await.unwrap();
     assert_eq!(loaded.len(), 1);
     let a2 = &loaded[0];
@@ -120,9 +125,12 @@ async fn store_contract_mysql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_spec_column_holds_no_password() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store::open(&StoreConfig::Sqlite {
-        dir: dir.path().to_path_buf(),
-    })
+    let store = store::open(
+        &StoreConfig::Sqlite {
+            dir: dir.path().to_path_buf(),
+        },
+        Default::default(),
+    )
     .await
     .unwrap();
     store.insert_job(&record("p")).await.unwrap();
@@ -147,8 +155,9 @@ async fn unreachable_mysql_store_is_a_clear_error() {
         user: "root".into(),
         password: Secret::new(""),
         database: "ccr".into(),
+        tls: Default::default(),
     };
-    let err = store::open(&config)
+    let err = store::open(&config, Default::default())
         .await
         .err()
         .expect("no store there")

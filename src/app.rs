@@ -1,17 +1,19 @@
 //! Wires the service together and runs it until `shutdown` resolves: opens the
 //! meta store, resumes every stored job, serves the API on the given listener.
 //! `main` calls it with the real listener and signals; the tests call it
-//! in-process with a listener on port 0.
+//! in-process with a listener on port 0. With a certificate the API answers
+//! HTTPS only; the store's passwords are encrypted when a key file is given.
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::job::{JobManager, WorkSettings};
 use crate::metrics::Metrics;
+use crate::secret;
 use crate::store::{self, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -19,6 +21,10 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("cannot read the listener's address: {0}")]
     Listener(std::io::Error),
+    #[error("the API's TLS: {0}")]
+    ApiTls(String),
+    #[error("the store's secret key: {0}")]
+    SecretKey(String),
 }
 
 pub async fn run(
@@ -27,7 +33,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
-    let store = store::open(&config.store).await?;
+    // Read before anything is opened, so a bad file changes nothing.
+    let acceptor = match &config.api_tls {
+        Some(tls) => Some(api::https::acceptor(tls).map_err(AppError::ApiTls)?),
+        None => None,
+    };
+    let keys = secret::Keys::load(
+        config.secret_key_file.as_deref(),
+        config.previous_secret_key_file.as_deref(),
+    )
+    .map_err(AppError::SecretKey)?;
+    let store = store::open(&config.store, keys).await?;
     let settings = WorkSettings {
         connect_timeout: config.connect_timeout,
         full_sync: config.full_sync,
@@ -38,14 +54,33 @@ pub async fn run(
         manager: manager.clone(),
         metrics,
         auth_token: config.auth_token.clone(),
+        tls: config.tls,
     });
     let address = listener.local_addr().map_err(AppError::Listener)?;
-    info!(%address, version = env!("CARGO_PKG_VERSION"), "ccr-syncer listening");
-    warp::serve(api::routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    info!(%address, scheme, version = env!("CARGO_PKG_VERSION"), "ccr-syncer listening");
+    if !address.ip().is_loopback() {
+        if acceptor.is_none() {
+            warn!(%address, "the API listens on a non-loopback address without TLS: \
+                  requests, the bearer token and job passwords cross the network in clear \
+                  text; set tls_cert and tls_key (--tls-cert, --tls-key)");
+        }
+        if config.auth_token.is_none() {
+            warn!(%address, "the API listens on a non-loopback address without a token: \
+                  anyone who reaches it can create, change and delete jobs; set auth_token \
+                  (or CCR_SYNCER_AUTH_TOKEN)");
+        }
+    }
+    match acceptor {
+        Some(acceptor) => api::https::serve(api::routes(state), listener, acceptor, shutdown).await,
+        None => {
+            warp::serve(api::routes(state))
+                .incoming(listener)
+                .graceful(shutdown)
+                .run()
+                .await
+        }
+    }
     info!("API stopped; stopping jobs");
     manager.shutdown().await;
     info!("ccr-syncer stopped");

@@ -3,7 +3,8 @@
 //! command-line flags on top. Nothing else reads the environment or the file.
 
 use crate::secret::Secret;
-use clap::Parser;
+use crate::tls::{TlsMode, TlsOptions};
+use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +61,44 @@ pub struct Cli {
     /// File the process id is written to while the service runs.
     #[arg(long)]
     pub pid_file: Option<PathBuf>,
+    /// TLS to the MySQL meta store: disabled, preferred, required, verify_ca
+    /// or verify_identity [default: preferred].
+    #[arg(long)]
+    pub db_tls_mode: Option<String>,
+    /// CA file (PEM) the MySQL meta store's certificate is verified against.
+    #[arg(long)]
+    pub db_tls_ca: Option<PathBuf>,
+    /// Certificate (PEM) of the API: with --tls-key the API answers HTTPS only.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the API's certificate.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Key file (32 random bytes) the store's passwords are encrypted with;
+    /// `ccr-syncer secret-key generate PATH` writes one.
+    #[arg(long)]
+    pub secret_key_file: Option<PathBuf>,
+    /// The key the store was encrypted with before --secret-key-file: the
+    /// passwords are decrypted with it and encrypted again with the new key.
+    #[arg(long)]
+    pub previous_secret_key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the key file that encrypts the store's passwords.
+    SecretKey {
+        #[command(subcommand)]
+        action: SecretKeyAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretKeyAction {
+    /// Writes 32 random bytes to PATH (mode 0600); refuses to overwrite a file.
+    Generate { path: PathBuf },
 }
 
 /// The config file's shape. Every field is optional; unknown keys are errors,
@@ -74,12 +113,25 @@ struct FileConfig {
     log_dir: Option<PathBuf>,
     pid_file: Option<PathBuf>,
     connect_timeout_secs: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    secret_key_file: Option<PathBuf>,
+    previous_secret_key_file: Option<PathBuf>,
+    #[serde(default)]
+    tls: FileTls,
     #[serde(default)]
     store: FileStore,
     #[serde(default)]
     full_sync: FileFullSync,
     #[serde(default)]
     incremental: FileIncremental,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    default_mode: Option<String>,
+    minimum_mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +159,8 @@ struct FileStore {
     user: Option<String>,
     password: Option<String>,
     database: Option<String>,
+    tls_mode: Option<String>,
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -120,7 +174,45 @@ pub enum StoreConfig {
         user: String,
         password: Secret,
         database: String,
+        tls: TlsOptions,
     },
+}
+
+/// How jobs' connections to sources and destinations are secured when
+/// `create_ccr` names no `tls`, and the weakest mode a job may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsPolicy {
+    pub default_mode: TlsMode,
+    pub minimum_mode: TlsMode,
+}
+
+impl Default for TlsPolicy {
+    fn default() -> Self {
+        TlsPolicy {
+            default_mode: TlsMode::Preferred,
+            minimum_mode: TlsMode::Disabled,
+        }
+    }
+}
+
+impl TlsPolicy {
+    /// Refuses a mode below the minimum; `field` names it in the message.
+    pub fn check(&self, field: &str, mode: TlsMode) -> Result<(), String> {
+        if mode < self.minimum_mode {
+            return Err(format!(
+                "{field} {mode} is below this service's tls.minimum_mode {}; use {} or stricter",
+                self.minimum_mode, self.minimum_mode
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The API's certificate and key: the API then answers HTTPS only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +230,14 @@ pub struct Config {
     pub full_sync: FullSyncSettings,
     /// Destination connections an incremental job applies on side by side.
     pub apply_connections: usize,
+    /// HTTPS on the API, when set.
+    pub api_tls: Option<ApiTls>,
+    /// Jobs' TLS default and minimum.
+    pub tls: TlsPolicy,
+    /// The key the store's passwords are encrypted with.
+    pub secret_key_file: Option<PathBuf>,
+    /// The key they were encrypted with before (key rotation).
+    pub previous_secret_key_file: Option<PathBuf>,
 }
 
 /// Default of `[incremental] apply_connections`.
@@ -203,6 +303,10 @@ impl Config {
             store,
             full_sync: FullSyncSettings::default(),
             apply_connections: APPLY_CONNECTIONS,
+            api_tls: None,
+            tls: TlsPolicy::default(),
+            secret_key_file: None,
+            previous_secret_key_file: None,
         }
     }
 
@@ -247,6 +351,19 @@ impl Config {
                     .clone()
                     .or(file.store.database)
                     .unwrap_or_else(|| "ccr".into()),
+                tls: {
+                    let mode = match cli.db_tls_mode.clone().or(file.store.tls_mode) {
+                        Some(m) => mode_setting("store.tls_mode (--db-tls-mode)", &m)?,
+                        None => TlsMode::Preferred,
+                    };
+                    let tls = TlsOptions {
+                        mode,
+                        ca: cli.db_tls_ca.clone().or(file.store.tls_ca),
+                        ..TlsOptions::default()
+                    };
+                    tls.validate("store.tls").map_err(ConfigError::Invalid)?;
+                    tls
+                },
             },
             other => {
                 return Err(ConfigError::Invalid(format!(
@@ -303,6 +420,40 @@ impl Config {
                 "full_sync.statement_bytes must be at least 4096".into(),
             ));
         }
+        let tls = TlsPolicy {
+            default_mode: match &file.tls.default_mode {
+                Some(m) => mode_setting("tls.default_mode", m)?,
+                None => TlsMode::Preferred,
+            },
+            minimum_mode: match &file.tls.minimum_mode {
+                Some(m) => mode_setting("tls.minimum_mode", m)?,
+                None => TlsMode::Disabled,
+            },
+        };
+        tls.check("tls.default_mode", tls.default_mode)
+            .map_err(ConfigError::Invalid)?;
+        let api_tls = match (
+            cli.tls_cert.clone().or(file.tls_cert),
+            cli.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(ApiTls { cert, key }),
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid(
+                "tls_cert (--tls-cert) and tls_key (--tls-key) go together: give both or neither"
+                    .into(),
+            )),
+        };
+        let secret_key_file = cli.secret_key_file.clone().or(file.secret_key_file);
+        let previous_secret_key_file = cli
+            .previous_secret_key_file
+            .clone()
+            .or(file.previous_secret_key_file);
+        if previous_secret_key_file.is_some() && secret_key_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "previous_secret_key_file needs secret_key_file: the key to encrypt with from now on"
+                    .into(),
+            ));
+        }
         let auth_token = token_env
             .or(file.auth_token)
             .filter(|t| !t.is_empty())
@@ -322,8 +473,20 @@ impl Config {
             store,
             full_sync,
             apply_connections,
+            api_tls,
+            tls,
+            secret_key_file,
+            previous_secret_key_file,
         })
     }
+}
+
+fn mode_setting(field: &str, text: &str) -> Result<TlsMode, ConfigError> {
+    TlsMode::parse(text).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "{field} {text:?} is not one of disabled, preferred, required, verify_ca, verify_identity"
+        ))
+    })
 }
 
 fn read_file(path: &Path, required: bool) -> Result<FileConfig, ConfigError> {

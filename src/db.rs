@@ -2,22 +2,39 @@
 //! timeout, errors sorted into "unreachable" and "refused", identifier quoting.
 //!
 //! Every connection goes over TCP to the address given (never a local socket
-//! the driver might prefer), so what is tested is what runs across networks.
+//! the driver might prefer), so what is tested is what runs across networks,
+//! and is secured as its [`TlsOptions`] say (see [`crate::tls`]). A TLS
+//! handshake that fails is a refusal that says why, not an outage to retry.
 
 use crate::secret::Secret;
+use crate::tls::{self, TlsMode, TlsOptions};
 use mysql_async::{Conn, Opts, OptsBuilder};
 use std::time::Duration;
 
-/// Where and as whom to connect.
+/// Where and as whom to connect, and how the connection is secured.
 #[derive(Clone, Debug)]
 pub struct ServerAddr<'a> {
     pub host: &'a str,
     pub port: u16,
     pub user: &'a str,
     pub password: &'a Secret,
+    pub tls: &'a TlsOptions,
 }
 
+/// The driver's options for `addr`, TLS included. Under `verify_ca` the name
+/// to verify is the one [`connect`] last found for this server, so build a
+/// pool's options after a first [`connect`] (as [`pool_opts`] does).
 pub fn opts(addr: &ServerAddr<'_>, database: Option<&str>) -> Opts {
+    let name = match addr.tls.mode {
+        TlsMode::VerifyCa => tls::known_name(addr.tls, addr.host, addr.port),
+        _ => None,
+    };
+    base(addr, database)
+        .ssl_opts(tls::ssl_opts(addr.tls, name.as_deref()))
+        .into()
+}
+
+fn base(addr: &ServerAddr<'_>, database: Option<&str>) -> OptsBuilder {
     OptsBuilder::default()
         .ip_or_hostname(addr.host)
         .tcp_port(addr.port)
@@ -26,7 +43,25 @@ pub fn opts(addr: &ServerAddr<'_>, database: Option<&str>) -> Opts {
         .db_name(database)
         .prefer_socket(false)
         .tcp_keepalive(Some(Duration::from_secs(30)))
-        .into()
+}
+
+/// Options for a pool of connections to `addr`: one connection is made
+/// first, so the pool uses what worked (plain text where `preferred` found
+/// no TLS; the name `verify_ca` found).
+pub async fn pool_opts(
+    addr: &ServerAddr<'_>,
+    database: Option<&str>,
+    timeout: Duration,
+) -> Result<Opts, ConnectError> {
+    let conn = connect(addr, None, timeout).await?;
+    let secure = conn.opts().ssl_opts().is_some();
+    let _ = conn.disconnect().await;
+    let opts = opts(addr, database);
+    Ok(if secure {
+        opts
+    } else {
+        OptsBuilder::from_opts(opts).ssl_opts(None).into()
+    })
 }
 
 /// Why a connection could not be made.
@@ -55,24 +90,116 @@ pub async fn connect_with(
     timeout: Duration,
 ) -> Result<Conn, ConnectError> {
     let address = format!("{}:{}", addr.host, addr.port);
+    let mode = addr.tls.mode;
+    let mut opts = opts;
+    if mode == TlsMode::VerifyCa {
+        // Learn (or recall) the name a certificate signed by the CA holds.
+        let name = tls::verify_ca_name(addr.tls, addr.host, addr.port, timeout, false)
+            .await
+            .map_err(|reason| ConnectError::Refused {
+                address: address.clone(),
+                reason,
+            })?;
+        opts = OptsBuilder::from_opts(opts)
+            .ssl_opts(tls::ssl_opts(addr.tls, Some(&name)))
+            .into();
+    }
+    match attempt(addr, &address, opts.clone(), timeout).await {
+        Err(Failure::NoTls) if mode == TlsMode::Preferred => {
+            // The server offers no TLS: `preferred` goes on in plain text.
+            let plain = OptsBuilder::from_opts(opts).ssl_opts(None).into();
+            attempt(addr, &address, plain, timeout)
+                .await
+                .map_err(|f| f.into_error(&address))
+        }
+        Err(Failure::Tls(_)) if mode == TlsMode::VerifyCa => {
+            // The server's certificate may have changed since its name was
+            // learnt: learn it again, once.
+            let name = tls::verify_ca_name(addr.tls, addr.host, addr.port, timeout, true)
+                .await
+                .map_err(|reason| ConnectError::Refused {
+                    address: address.clone(),
+                    reason,
+                })?;
+            let again = OptsBuilder::from_opts(opts)
+                .ssl_opts(tls::ssl_opts(addr.tls, Some(&name)))
+                .into();
+            attempt(addr, &address, again, timeout)
+                .await
+                .map_err(|f| f.into_error(&address))
+        }
+        other => other.map_err(|f| f.into_error(&address)),
+    }
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// The server offers no TLS and the options asked for it.
+    NoTls,
+    /// The TLS handshake failed: the words say why.
+    Tls(String),
+    Other(ConnectError),
+}
+
+impl Failure {
+    fn into_error(self, address: &str) -> ConnectError {
+        match self {
+            Failure::NoTls => ConnectError::Refused {
+                address: address.to_string(),
+                reason: "server does not offer TLS: give the server ssl_cert and ssl_key, \
+                         or use tls mode preferred or disabled"
+                    .into(),
+            },
+            Failure::Tls(reason) => ConnectError::Refused {
+                address: address.to_string(),
+                reason,
+            },
+            Failure::Other(e) => e,
+        }
+    }
+}
+
+async fn attempt(
+    addr: &ServerAddr<'_>,
+    address: &str,
+    opts: Opts,
+    timeout: Duration,
+) -> Result<Conn, Failure> {
+    let address = address.to_string();
+    let name = addr
+        .tls
+        .server_name
+        .clone()
+        .filter(|_| addr.tls.mode == TlsMode::VerifyIdentity)
+        .unwrap_or_else(|| addr.host.to_string());
     match tokio::time::timeout(timeout, Conn::new(opts)).await {
-        Err(_) => Err(ConnectError::Unreachable {
+        Err(_) => Err(Failure::Other(ConnectError::Unreachable {
             address,
             reason: format!("no answer within {} s", timeout.as_secs_f64()),
-        }),
+        })),
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(mysql_async::Error::Server(e))) => Err(ConnectError::Refused {
-            address,
-            reason: e.message,
-        }),
-        Ok(Err(e)) => Err(ConnectError::Unreachable {
-            address,
-            // The driver wraps socket errors twice; show the socket's own words.
-            reason: match e {
-                mysql_async::Error::Io(mysql_async::IoError::Io(io)) => io.to_string(),
-                other => other.to_string(),
-            },
-        }),
+        Ok(Err(mysql_async::Error::Driver(
+            mysql_async::DriverError::NoClientSslFlagFromServer,
+        ))) => Err(Failure::NoTls),
+        Ok(Err(e)) => {
+            if let Some(reason) = tls::describe(&e, addr.tls.mode, &name) {
+                return Err(Failure::Tls(reason));
+            }
+            Err(Failure::Other(match e {
+                mysql_async::Error::Server(e) => ConnectError::Refused {
+                    address,
+                    reason: e.message,
+                },
+                other => ConnectError::Unreachable {
+                    address,
+                    // The driver wraps socket errors twice; show the socket's own words.
+                    reason: match other {
+                        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => io.to_string(),
+                        other => other.to_string(),
+                    },
+                },
+            }))
+        }
     }
 }
 

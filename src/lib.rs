@@ -12,6 +12,8 @@ pub mod logging;
 pub mod metrics;
 pub mod position;
 pub mod preflight;
+pub mod redact;
 pub mod secret;
 pub mod source;
 pub mod store;
+pub mod tls;

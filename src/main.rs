@@ -1,7 +1,8 @@
 //! The `ccr-syncer` binary: parse flags, load the config, set up logging,
-//! write the pid file, then run the service until SIGINT or SIGTERM.
+//! write the pid file, then run the service until SIGINT or SIGTERM; or
+//! `ccr-syncer secret-key generate PATH`, which writes a new key file.
 
-use ccr_syncer::config::{Cli, Config};
+use ccr_syncer::config::{Cli, Command, Config, SecretKeyAction};
 use ccr_syncer::{app, logging};
 use clap::Parser;
 use std::process::ExitCode;
@@ -20,6 +21,21 @@ fn main() -> ExitCode {
         std::env::set_var("MYSQL_ASYNC_BUFFER_SIZE_CAP", MYSQL_BUFFER_SIZE_CAP);
     }
     let cli = Cli::parse();
+    if let Some(Command::SecretKey {
+        action: SecretKeyAction::Generate { path },
+    }) = &cli.command
+    {
+        return match ccr_syncer::secret::generate_key_file(path) {
+            Ok(()) => {
+                println!("wrote a new key to {} (mode 0600); keep a copy: the store's passwords cannot be read without it", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ccr-syncer: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match Config::load(&cli) {
         Ok(config) => config,
         Err(e) => {

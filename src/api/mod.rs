@@ -6,6 +6,7 @@
 //! reads the body (at most [`MAX_BODY_BYTES`]), dispatches on the operation
 //! and turns every outcome into the Doris envelope with a fitting status.
 
+pub mod https;
 mod requests;
 mod responses;
 
@@ -16,8 +17,8 @@ use crate::secret::Secret;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use requests::{
-    parse, CreateRequest, EmptyRequest, HostMappingRequest, NameRequest, PartialRequest,
-    SkipRequest,
+    check_tls, parse, CreateRequest, EmptyRequest, HostMappingRequest, NameRequest, PartialRequest,
+    SkipRequest, TlsRequest,
 };
 use responses::{success, ApiError};
 use serde_json::{json, Value};
@@ -32,7 +33,7 @@ use warp::{Filter, Reply};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Every operation, as metrics label it.
-const OPERATIONS: [&str; 18] = [
+const OPERATIONS: [&str; 19] = [
     "version",
     "metrics",
     "create_ccr",
@@ -50,6 +51,7 @@ const OPERATIONS: [&str; 18] = [
     "force_fullsync",
     "desync",
     "partial_sync",
+    "update_tls",
     "unknown",
 ];
 
@@ -57,6 +59,8 @@ pub struct ApiState {
     pub manager: Arc<JobManager>,
     pub metrics: Arc<Metrics>,
     pub auth_token: Option<Secret>,
+    /// Jobs' TLS default and minimum.
+    pub tls: crate::config::TlsPolicy,
 }
 
 pub fn routes(
@@ -119,7 +123,9 @@ where
             } else {
                 info!(operation, status = status.as_u16(), error = %e, "request refused");
             }
-            warp::reply::with_status(warp::reply::json(&e.body()), status).into_response()
+            let mut body = e.body();
+            redact(&mut body);
+            warp::reply::with_status(warp::reply::json(&body), status).into_response()
         }
     };
     state
@@ -202,8 +208,24 @@ where
     Ok(buf.freeze())
 }
 
-fn json_reply(value: Value) -> Response {
+fn json_reply(mut value: Value) -> Response {
+    redact(&mut value);
     warp::reply::with_status(warp::reply::json(&value), StatusCode::OK).into_response()
+}
+
+/// Masks passwords in every string of an answer: errors and statements a
+/// job quotes (see [`crate::redact`]).
+fn redact(value: &mut Value) {
+    match value {
+        Value::String(s) => {
+            if let std::borrow::Cow::Owned(masked) = crate::redact::text(s) {
+                *s = masked;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::Object(map) => map.values_mut().for_each(redact),
+        _ => {}
+    }
 }
 
 fn require_post(operation: &str, method: &Method) -> Result<(), ApiError> {
@@ -265,7 +287,7 @@ async fn dispatch(
     debug!(operation, "request");
     let reply = match operation {
         "create_ccr" => {
-            let spec = parse::<CreateRequest>(body)?.into_spec()?;
+            let spec = parse::<CreateRequest>(body)?.into_spec(&state.tls)?;
             let job = manager.create(spec).await?;
             info!(job = %job.spec.name, "create_ccr accepted");
             success(json!({}))
@@ -312,6 +334,20 @@ async fn dispatch(
             manager
                 .update_host_mapping(&name, request.src_host_mapping, request.dest_host_mapping)
                 .await?;
+            success(json!({}))
+        }
+        "update_tls" => {
+            let request: TlsRequest = parse(body)?;
+            let name = non_empty_name(request.name)?;
+            if request.src.is_none() && request.dest.is_none() {
+                return Err(ApiError::BadRequest("give src, dest or both".into()));
+            }
+            for (side, tls) in [("src", &request.src), ("dest", &request.dest)] {
+                if let Some(tls) = tls {
+                    check_tls(side, tls, &state.tls)?;
+                }
+            }
+            manager.update_tls(&name, request.src, request.dest).await?;
             success(json!({}))
         }
         "partial_sync" => {

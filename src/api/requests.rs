@@ -5,9 +5,11 @@
 //! the same as none, as Doris clients send it for database jobs.
 
 use super::responses::ApiError;
+use crate::config::TlsPolicy;
 use crate::hostmap::HostMapping;
 use crate::job::spec::{Endpoint, JobSpec};
 use crate::secret::Secret;
+use crate::tls::TlsOptions;
 use serde::de::{self, DeserializeOwned, Deserializer};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -67,14 +69,18 @@ pub struct EndpointRequest {
     pub table: Option<String>,
     #[serde(default)]
     pub host_mapping: BTreeMap<String, String>,
+    /// `{"mode", "ca", "cert", "key", "server_name"}`; absent: the service's
+    /// `tls.default_mode`.
+    #[serde(default)]
+    pub tls: Option<TlsOptions>,
 }
 
 impl CreateRequest {
-    pub fn into_spec(self) -> Result<JobSpec, ApiError> {
+    pub fn into_spec(self, policy: &TlsPolicy) -> Result<JobSpec, ApiError> {
         Ok(JobSpec {
             name: self.name,
-            src: self.src.into_endpoint("src")?,
-            dest: self.dest.into_endpoint("dest")?,
+            src: self.src.into_endpoint("src", policy)?,
+            dest: self.dest.into_endpoint("dest", policy)?,
             allow_table_exists: self.allow_table_exists,
             on_binlog_purged: self.on_binlog_purged,
         })
@@ -82,9 +88,13 @@ impl CreateRequest {
 }
 
 impl EndpointRequest {
-    fn into_endpoint(self, side: &str) -> Result<Endpoint, ApiError> {
+    fn into_endpoint(self, side: &str, policy: &TlsPolicy) -> Result<Endpoint, ApiError> {
         let host_mapping = HostMapping::from_request(self.host_mapping)
             .map_err(|e| ApiError::BadRequest(format!("{side}.{e}")))?;
+        let tls = self
+            .tls
+            .unwrap_or_else(|| TlsOptions::with_mode(policy.default_mode));
+        check_tls(&format!("{side}.tls"), &tls, policy)?;
         Ok(Endpoint {
             host: self.host.trim().to_string(),
             port: self.port,
@@ -93,8 +103,27 @@ impl EndpointRequest {
             database: self.database,
             table: self.table.filter(|t| !t.is_empty()),
             host_mapping,
+            tls,
         })
     }
+}
+
+/// A side's TLS settings are whole, readable, and not below the minimum.
+pub fn check_tls(field: &str, tls: &TlsOptions, policy: &TlsPolicy) -> Result<(), ApiError> {
+    tls.validate(field).map_err(ApiError::BadRequest)?;
+    policy
+        .check(&format!("{field}.mode"), tls.mode)
+        .map_err(ApiError::BadRequest)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsRequest {
+    pub name: String,
+    #[serde(default)]
+    pub src: Option<TlsOptions>,
+    #[serde(default)]
+    pub dest: Option<TlsOptions>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,9 +210,36 @@ mod tests {
 
     #[test]
     fn empty_table_means_database_job() {
-        let spec = create("1").unwrap().into_spec().unwrap();
+        let spec = create("1")
+            .unwrap()
+            .into_spec(&TlsPolicy::default())
+            .unwrap();
         assert_eq!(spec.src.table, None);
         assert_eq!(spec.dest.password.expose(), "");
+    }
+
+    #[test]
+    fn tls_defaults_to_the_policy_and_respects_its_minimum() {
+        let strict = TlsPolicy {
+            default_mode: crate::tls::TlsMode::Required,
+            minimum_mode: crate::tls::TlsMode::Required,
+        };
+        let spec = create("1").unwrap().into_spec(&strict).unwrap();
+        assert_eq!(spec.src.tls.mode, crate::tls::TlsMode::Required);
+        let body = r#"{"name":"j","src":{"host":"h","port":1,"user":"u","database":"d","tls":{"mode":"disabled"}},
+               "dest":{"host":"h","port":3306,"user":"u","database":"d2"}}"#;
+        let err = parse::<CreateRequest>(body.as_bytes())
+            .unwrap()
+            .into_spec(&strict)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("src.tls.mode disabled is below"), "{err}");
+        let body = r#"{"name":"j","src":{"host":"h","port":1,"user":"u","database":"d","tls":{"mode":"strict"}},
+               "dest":{"host":"h","port":3306,"user":"u","database":"d2"}}"#;
+        let err = parse::<CreateRequest>(body.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `strict`"), "{err}");
     }
 
     #[test]

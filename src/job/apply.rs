@@ -710,9 +710,13 @@ pub(super) async fn run(conn: &mut Conn, stmts: &Statements) -> Result<(), Faile
 }
 
 /// Long statements are shown by their head and tail.
+/// A statement as messages and logs quote it: passwords masked
+/// ([`crate::redact`]), long values elided.
 pub(super) fn elide(sql: &str) -> String {
     const HEAD: usize = 300;
     const TAIL: usize = 60;
+    let redacted = crate::redact::text(sql);
+    let sql: &str = &redacted;
     if sql.len() <= HEAD + TAIL + 20 {
         return sql.to_string();
     }

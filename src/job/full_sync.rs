@@ -196,6 +196,7 @@ impl FullSync {
             binlog_pos: set.coord.pos,
         };
         let coord = set.coord.clone();
+        let snapshot_point = point.clone();
         let lock_held_ms = set.lock_held.map(|d| d.as_millis() as u64);
         let mut conns = set.conns;
         let connections = conns.len();
@@ -406,6 +407,17 @@ impl FullSync {
                 .await
                 .map_err(table_error)?;
             }
+        }
+        if planned.is_empty() {
+            // A database with no base tables yet (empty, or views only): there
+            // is nothing to copy, and the stream starts at the snapshot, so
+            // every table created from now on arrives through it.
+            let _ = dest.disconnect().await;
+            info!(job, position = %shared.coord, "full sync: no tables to copy");
+            return Ok(HandOver {
+                position: snapshot_point,
+                tables: BTreeMap::new(),
+            });
         }
         let done = plan::load(&mut dest, dest_db, job, self.run_id)
             .await

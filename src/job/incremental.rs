@@ -464,6 +464,7 @@ impl Incremental {
                 port,
                 user: &spec.src.user,
                 password: &spec.src.password,
+                tls: &spec.src.tls,
             };
             let mut conn = match db::connect(&addr, None, self.connect_timeout).await {
                 Ok(c) => c,

@@ -215,6 +215,18 @@ impl JobManager {
         .await
     }
 
+    /// Changes how a job's connections are secured; the job's work starts
+    /// again, so every connection from now on uses the new settings.
+    pub async fn update_tls(
+        &self,
+        name: &str,
+        src: Option<crate::tls::TlsOptions>,
+        dest: Option<crate::tls::TlsOptions>,
+    ) -> Result<JobSnapshot, JobError> {
+        self.ask(name, |reply| Request::UpdateTls { src, dest, reply })
+            .await
+    }
+
     async fn ask<T>(
         &self,
         name: &str,

@@ -25,6 +25,7 @@ use crate::hostmap::HostMapping;
 use crate::job::spec::{OnPurged, SyncType};
 use crate::metrics::Metrics;
 use crate::store::MetaStore;
+use crate::tls::TlsOptions;
 use mysql_async::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +42,11 @@ pub(super) enum Request {
     UpdateHostMapping {
         src: Option<BTreeMap<String, String>>,
         dest: Option<BTreeMap<String, String>>,
+        reply: Reply<JobSnapshot>,
+    },
+    UpdateTls {
+        src: Option<TlsOptions>,
+        dest: Option<TlsOptions>,
         reply: Reply<JobSnapshot>,
     },
 }
@@ -128,6 +134,19 @@ impl Runner {
                     Some(Request::Command(command, reply)) => {
                         let result = self.command(command).await;
                         work = self.reconcile(work.take()).await;
+                        let _ = reply.send(result);
+                    }
+                    // New TLS settings: the work starts again on new
+                    // connections (it resumes from the destination's
+                    // checkpoint, as after any restart).
+                    Some(Request::UpdateTls { src, dest, reply }) => {
+                        let result = self.update_tls(src, dest).await;
+                        if result.is_ok() {
+                            if let Some(w) = work.take() {
+                                w.stop().await;
+                            }
+                            work = self.reconcile(None).await;
+                        }
                         let _ = reply.send(result);
                     }
                     Some(request) => self.handle(request).await,
@@ -481,6 +500,9 @@ impl Runner {
             Request::UpdateHostMapping { src, dest, reply } => {
                 let _ = reply.send(self.update_host_mapping(src, dest).await);
             }
+            Request::UpdateTls { src, dest, reply } => {
+                let _ = reply.send(self.update_tls(src, dest).await);
+            }
         }
     }
 
@@ -555,6 +577,35 @@ impl Runner {
             )));
         }
         Ok(())
+    }
+
+    async fn update_tls(
+        &self,
+        src: Option<TlsOptions>,
+        dest: Option<TlsOptions>,
+    ) -> Result<JobSnapshot, JobError> {
+        let current = self.snapshot.borrow().clone();
+        let mut spec = (*current.spec).clone();
+        if let Some(tls) = src {
+            spec.src.tls = tls;
+        }
+        if let Some(tls) = dest {
+            spec.dest.tls = tls;
+        }
+        let updated_at = now_ms();
+        if let Err(e) = self.store.save_spec(&spec, updated_at).await {
+            warn!(job = %spec.name, error = %e, "saving TLS settings failed");
+            return Err(e.into());
+        }
+        let snapshot = JobSnapshot {
+            spec: Arc::new(spec),
+            updated_at,
+            ..current
+        };
+        self.snapshot.send_replace(snapshot.clone());
+        info!(job = %snapshot.spec.name, src = %snapshot.spec.src.tls.mode,
+              dest = %snapshot.spec.dest.tls.mode, "TLS settings updated");
+        Ok(snapshot)
     }
 
     async fn update_host_mapping(

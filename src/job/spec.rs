@@ -7,6 +7,7 @@
 use crate::db::ServerAddr;
 use crate::hostmap::HostMapping;
 use crate::secret::Secret;
+use crate::tls::TlsOptions;
 use serde::{Deserialize, Serialize};
 
 /// Longest job name accepted; it also bounds the meta store's key column.
@@ -25,6 +26,10 @@ pub struct Endpoint {
     pub table: Option<String>,
     #[serde(default)]
     pub host_mapping: HostMapping,
+    /// How connections to this side are secured (a job stored before TLS
+    /// existed reads as `preferred`).
+    #[serde(default)]
+    pub tls: TlsOptions,
 }
 
 impl Endpoint {
@@ -44,6 +49,7 @@ impl Endpoint {
             port: self.port,
             user: &self.user,
             password: &self.password,
+            tls: &self.tls,
         }
     }
 
@@ -176,6 +182,7 @@ pub(crate) mod tests {
             database: db.into(),
             table: table.map(str::to_string),
             host_mapping: HostMapping::default(),
+            tls: TlsOptions::default(),
         }
     }
 

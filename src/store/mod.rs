@@ -7,6 +7,10 @@
 //! `ccr_jobs`. The spec is kept as JSON *without* its passwords (the spec's
 //! serializer masks them); the passwords sit in their own columns, written and
 //! read only here, because the service must log in again after a restart.
+//! With a key file they are sealed there ([`Sealer`]): on open, every password
+//! not yet sealed with the current key (clear text, or sealed with the
+//! previous key) is sealed again, after every one has been read, so a wrong
+//! or missing key stops the start and overwrites nothing.
 //!
 //! How far a job has *applied* lives on the destination, in its checkpoint
 //! table; this store holds what the job is and what state it is in.
@@ -20,7 +24,7 @@ pub use sqlite::SqliteStore;
 use crate::config::StoreConfig;
 use crate::job::spec::JobSpec;
 use crate::job::state::{JobStatus, Progress, ProgressState, RunState};
-use crate::secret::Secret;
+use crate::secret::{is_sealed, Keys, Secret};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -48,6 +52,9 @@ pub enum StoreError {
     Corrupt { name: String, message: String },
     #[error("meta store error: {0}")]
     Backend(String),
+    /// The store's passwords cannot be read with the keys given.
+    #[error("{0}")]
+    Key(String),
 }
 
 #[async_trait]
@@ -70,13 +77,124 @@ pub trait MetaStore: Send + Sync {
     async fn delete_job(&self, name: &str) -> Result<bool, StoreError>;
 }
 
-/// Opens the configured store and brings its schema up to date.
-pub async fn open(config: &StoreConfig) -> Result<Arc<dyn MetaStore>, StoreError> {
+/// Opens the configured store, brings its schema up to date and seals its
+/// passwords with the current key (if any).
+pub async fn open(config: &StoreConfig, keys: Keys) -> Result<Arc<dyn MetaStore>, StoreError> {
+    let sealer = Arc::new(Sealer { keys });
     Ok(match config {
-        StoreConfig::Sqlite { dir } => Arc::new(SqliteStore::open(dir).await?),
-        StoreConfig::Mysql { .. } => Arc::new(MysqlStore::open(config).await?),
+        StoreConfig::Sqlite { dir } => Arc::new(SqliteStore::open(dir, sealer).await?),
+        StoreConfig::Mysql { .. } => Arc::new(MysqlStore::open(config, sealer).await?),
     })
 }
+
+/// Seals and opens the passwords of `ccr_jobs` rows with the store's keys.
+#[derive(Debug, Default)]
+pub struct Sealer {
+    keys: Keys,
+}
+
+/// A row's passwords to write again: name, src, dest.
+pub(crate) type Resealed = (String, String, String);
+
+impl Sealer {
+    fn context(name: &str, side: &str) -> String {
+        format!("ccr_jobs/{name}/{side}")
+    }
+
+    /// The stored form of a password.
+    pub(crate) fn seal(
+        &self,
+        name: &str,
+        side: &str,
+        plain: &Secret,
+    ) -> Result<String, StoreError> {
+        match &self.keys.current {
+            Some(key) => key
+                .seal(&Self::context(name, side), plain.expose())
+                .map_err(StoreError::Key),
+            None => Ok(plain.expose().to_string()),
+        }
+    }
+
+    /// The clear text of a stored password, and whether it must be written
+    /// again (it is not sealed with the current key).
+    fn open_stored(
+        &self,
+        name: &str,
+        side: &str,
+        stored: &str,
+    ) -> Result<(String, bool), StoreError> {
+        if !is_sealed(stored) {
+            return Ok((stored.to_string(), self.keys.current.is_some()));
+        }
+        let context = Self::context(name, side);
+        if let Some(plain) = self
+            .keys
+            .current
+            .as_ref()
+            .and_then(|k| k.open(&context, stored))
+        {
+            return Ok((plain, false));
+        }
+        if let Some(plain) = self
+            .keys
+            .previous
+            .as_ref()
+            .and_then(|k| k.open(&context, stored))
+        {
+            return Ok((plain, true));
+        }
+        Err(StoreError::Key(
+            match (&self.keys.current, &self.keys.previous) {
+                (None, _) => format!(
+                    "the store's passwords are encrypted (job {name}): start with \
+                 --secret-key-file (or secret_key_file) naming the key they were encrypted with"
+                ),
+                (Some(k), None) => format!(
+                    "the key in {} does not decrypt the {side} password of job {name}: wrong key? \
+                 To change keys, give the old one as --previous-secret-key-file",
+                    k.path().display()
+                ),
+                (Some(k), Some(p)) => format!(
+                    "neither {} nor {} decrypts the {side} password of job {name}",
+                    k.path().display(),
+                    p.path().display()
+                ),
+            },
+        ))
+    }
+
+    pub(crate) fn open(&self, name: &str, side: &str, stored: &str) -> Result<Secret, StoreError> {
+        self.open_stored(name, side, stored)
+            .map(|(plain, _)| Secret::new(plain))
+    }
+
+    /// The rows whose passwords must be written again with the current key;
+    /// an error (and nothing to write) if any password cannot be read.
+    pub(crate) fn reseal(
+        &self,
+        rows: &[(String, String, String)],
+    ) -> Result<Vec<Resealed>, StoreError> {
+        let mut out = Vec::new();
+        for (name, src, dest) in rows {
+            let (src_plain, src_again) = self.open_stored(name, "src", src)?;
+            let (dest_plain, dest_again) = self.open_stored(name, "dest", dest)?;
+            if src_again || dest_again {
+                out.push((
+                    name.clone(),
+                    self.seal(name, "src", &Secret::new(src_plain))?,
+                    self.seal(name, "dest", &Secret::new(dest_plain))?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) const SELECT_PASSWORDS: &str =
+    "SELECT name, src_password, dest_password FROM ccr_jobs ORDER BY name";
+pub(crate) const UPDATE_PASSWORDS: &str =
+    "UPDATE ccr_jobs SET src_password = ?, dest_password = ? WHERE name = ?";
 
 /// The schema, one entry per version; the same statements run on both
 /// backends (column types that SQLite and MySQL read alike).
@@ -149,12 +267,13 @@ pub(crate) fn encode_progress(progress: &Progress) -> Result<String, StoreError>
         .map_err(|e| StoreError::Backend(format!("encoding job progress: {e}")))
 }
 
-pub(crate) fn encode(job: &JobRecord) -> Result<JobRow, StoreError> {
+pub(crate) fn encode(job: &JobRecord, sealer: &Sealer) -> Result<JobRow, StoreError> {
+    let name = &job.spec.name;
     Ok(JobRow {
-        name: job.spec.name.clone(),
+        name: name.clone(),
         spec: encode_spec(&job.spec)?,
-        src_password: job.spec.src.password.expose().to_string(),
-        dest_password: job.spec.dest.password.expose().to_string(),
+        src_password: sealer.seal(name, "src", &job.spec.src.password)?,
+        dest_password: sealer.seal(name, "dest", &job.spec.dest.password)?,
         run_state: job.status.run_state.as_str().to_string(),
         progress_state: job.status.progress_state.as_str().to_string(),
         progress: encode_progress(&job.progress)?,
@@ -163,15 +282,15 @@ pub(crate) fn encode(job: &JobRecord) -> Result<JobRow, StoreError> {
     })
 }
 
-pub(crate) fn decode(row: JobRow) -> Result<JobRecord, StoreError> {
+pub(crate) fn decode(row: JobRow, sealer: &Sealer) -> Result<JobRecord, StoreError> {
     let corrupt = |message: String| StoreError::Corrupt {
         name: row.name.clone(),
         message,
     };
     let mut spec: JobSpec =
         serde_json::from_str(&row.spec).map_err(|e| corrupt(format!("spec: {e}")))?;
-    spec.src.password = Secret::new(row.src_password.clone());
-    spec.dest.password = Secret::new(row.dest_password.clone());
+    spec.src.password = sealer.open(&row.name, "src", &row.src_password)?;
+    spec.dest.password = sealer.open(&row.name, "dest", &row.dest_password)?;
     let run_state = RunState::parse(&row.run_state)
         .ok_or_else(|| corrupt(format!("unknown run state {:?}", row.run_state)))?;
     let progress_state = ProgressState::parse(&row.progress_state)
@@ -208,10 +327,55 @@ mod tests {
             created_at: 1,
             updated_at: 2,
         };
-        let row = encode(&job).unwrap();
+        let sealer = Sealer::default();
+        let row = encode(&job, &sealer).unwrap();
         assert!(!row.spec.contains("\"pw\""));
         assert_eq!(row.src_password, "pw");
-        assert_eq!(decode(row).unwrap(), job);
+        assert_eq!(decode(row, &sealer).unwrap(), job);
+    }
+
+    #[test]
+    fn keys_seal_reseal_and_refuse() {
+        use crate::secret::{generate_key_file, Key};
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        generate_key_file(&a).unwrap();
+        generate_key_file(&b).unwrap();
+        let with = |current: Option<&std::path::Path>, previous: Option<&std::path::Path>| Sealer {
+            keys: Keys {
+                current: current.map(|p| Key::read(p).unwrap()),
+                previous: previous.map(|p| Key::read(p).unwrap()),
+            },
+        };
+        let plain = vec![("j".to_string(), "spw1".to_string(), "dpw1".to_string())];
+        // A clear store meets key a: both passwords are sealed.
+        let sealed = with(Some(&a), None).reseal(&plain).unwrap();
+        assert_eq!(sealed.len(), 1);
+        let (_, s, d) = &sealed[0];
+        assert!(is_sealed(s) && is_sealed(d) && !s.contains("spw1"));
+        let rows = vec![("j".to_string(), s.clone(), d.clone())];
+        assert!(with(Some(&a), None).reseal(&rows).unwrap().is_empty());
+        assert_eq!(
+            with(Some(&a), None).open("j", "src", s).unwrap().expose(),
+            "spw1"
+        );
+        // No key, or the wrong one: refused.
+        let e = with(None, None).reseal(&rows).unwrap_err().to_string();
+        assert!(e.contains("--secret-key-file"), "{e}");
+        let e = with(Some(&b), None).reseal(&rows).unwrap_err().to_string();
+        assert!(e.contains("wrong key"), "{e}");
+        // Rotation: a as previous, b as current.
+        let rotated = with(Some(&b), Some(&a)).reseal(&rows).unwrap();
+        assert_eq!(rotated.len(), 1);
+        assert_eq!(
+            with(Some(&b), None)
+                .open("j", "dest", &rotated[0].2)
+                .unwrap()
+                .expose(),
+            "dpw1"
+        );
+        // A sealed password does not open as another job's.
+        assert!(with(Some(&a), None).open("k", "src", s).is_err());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 
 use super::{
     decode, encode, encode_progress, encode_spec, pending_migrations, JobRecord, JobRow, MetaStore,
-    StoreError, DELETE_JOB, INSERT_JOB, SELECT_JOBS, UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
+    Sealer, StoreError, DELETE_JOB, INSERT_JOB, SELECT_JOBS, SELECT_PASSWORDS, UPDATE_PASSWORDS,
+    UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
 };
 use crate::config::StoreConfig;
 use crate::db::{self, quote_ident, server_code, ServerAddr};
@@ -23,6 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct MysqlStore {
     pool: Pool,
+    sealer: std::sync::Arc<Sealer>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -30,13 +32,17 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl MysqlStore {
-    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+    pub async fn open(
+        config: &StoreConfig,
+        sealer: std::sync::Arc<Sealer>,
+    ) -> Result<Self, StoreError> {
         let StoreConfig::Mysql {
             host,
             port,
             user,
             password,
             database,
+            tls,
         } = config
         else {
             return Err(backend("not a mysql store configuration"));
@@ -46,6 +52,7 @@ impl MysqlStore {
             port: *port,
             user,
             password,
+            tls,
         };
         let mut conn = db::connect(&addr, None, CONNECT_TIMEOUT)
             .await
@@ -60,15 +67,46 @@ impl MysqlStore {
             .await
             .map_err(backend)?;
         migrate(&mut conn).await?;
+        reseal(&mut conn, &sealer).await?;
         conn.disconnect().await.map_err(backend)?;
+        let opts = db::pool_opts(&addr, Some(database), CONNECT_TIMEOUT)
+            .await
+            .map_err(backend)?;
         Ok(MysqlStore {
-            pool: Pool::new(db::opts(&addr, Some(database))),
+            pool: Pool::new(opts),
+            sealer,
         })
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
         self.pool.get_conn().await.map_err(backend)
     }
+}
+
+/// Seals every password not yet sealed with the current key, in one
+/// transaction, after all have been read.
+async fn reseal(conn: &mut Conn, sealer: &Sealer) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, String)> =
+        conn.query(SELECT_PASSWORDS).await.map_err(backend)?;
+    let again = sealer.reseal(&rows)?;
+    if again.is_empty() {
+        return Ok(());
+    }
+    let mut tx = conn
+        .start_transaction(mysql_async::TxOpts::default())
+        .await
+        .map_err(backend)?;
+    for (name, src, dest) in &again {
+        tx.exec_drop(UPDATE_PASSWORDS, (src, dest, name))
+            .await
+            .map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)?;
+    tracing::info!(
+        jobs = again.len(),
+        "store passwords encrypted with the current key"
+    );
+    Ok(())
 }
 
 async fn migrate(conn: &mut Conn) -> Result<(), StoreError> {
@@ -116,7 +154,7 @@ async fn run_migrations(conn: &mut Conn) -> Result<(), StoreError> {
 #[async_trait]
 impl MetaStore for MysqlStore {
     async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        let row = encode(job)?;
+        let row = encode(job, &self.sealer)?;
         let mut conn = self.conn().await?;
         let result = conn
             .exec_drop(
@@ -170,7 +208,9 @@ impl MetaStore for MysqlStore {
             )
             .await
             .map_err(backend)?;
-        rows.into_iter().map(decode).collect()
+        rows.into_iter()
+            .map(|row| decode(row, &self.sealer))
+            .collect()
     }
 
     async fn save_status(
@@ -204,16 +244,12 @@ impl MetaStore for MysqlStore {
 
     async fn save_spec(&self, spec: &JobSpec, updated_at: i64) -> Result<(), StoreError> {
         let encoded = encode_spec(spec)?;
+        let src_password = self.sealer.seal(&spec.name, "src", &spec.src.password)?;
+        let dest_password = self.sealer.seal(&spec.name, "dest", &spec.dest.password)?;
         let mut conn = self.conn().await?;
         conn.exec_drop(
             UPDATE_SPEC,
-            (
-                encoded,
-                spec.src.password.expose(),
-                spec.dest.password.expose(),
-                updated_at,
-                &spec.name,
-            ),
+            (encoded, src_password, dest_password, updated_at, &spec.name),
         )
         .await
         .map_err(backend)?;

@@ -6,7 +6,8 @@
 
 use super::{
     decode, encode, encode_progress, encode_spec, pending_migrations, JobRecord, JobRow, MetaStore,
-    StoreError, DELETE_JOB, INSERT_JOB, SELECT_JOBS, UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
+    Sealer, StoreError, DELETE_JOB, INSERT_JOB, SELECT_JOBS, SELECT_PASSWORDS, UPDATE_PASSWORDS,
+    UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
 };
 use crate::job::spec::JobSpec;
 use crate::job::state::{JobStatus, Progress};
@@ -20,6 +21,7 @@ pub const FILE_NAME: &str = "ccr.db";
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    sealer: Arc<Sealer>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -27,12 +29,12 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl SqliteStore {
-    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub async fn open(dir: &Path, sealer: Arc<Sealer>) -> Result<Self, StoreError> {
         let dir = dir.to_path_buf();
+        let keys = sealer.clone();
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| backend(format!("creating {}: {e}", dir.display())))?;
             let path = dir.join(FILE_NAME);
+            private_file(&dir, &path)?;
             let mut conn = Connection::open(&path)
                 .map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
             conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -42,12 +44,14 @@ impl SqliteStore {
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(backend)?;
             migrate(&mut conn)?;
+            reseal(&mut conn, &keys)?;
             Ok(conn)
         })
         .await
         .map_err(backend)??;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            sealer,
         })
     }
 
@@ -61,6 +65,71 @@ impl SqliteStore {
             .await
             .map_err(backend)?
     }
+}
+
+/// The folder (0700) and the file (0600) are created private; one that
+/// exists with wider permissions is left as it is, with a warning. SQLite
+/// creates `-wal` and `-shm` with the file's permissions.
+fn private_file(dir: &Path, path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| backend(format!("creating {}: {e}", dir.display())))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(backend(format!("creating {}: {e}", path.display()))),
+    }
+    for file in [
+        path.to_path_buf(),
+        path.with_extension("db-wal"),
+        path.with_extension("db-shm"),
+    ] {
+        if let Ok(meta) = std::fs::metadata(&file) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %file.display(), mode = %format!("{mode:o}"),
+                    "the store file can be read by other users and holds the jobs' passwords; chmod 600 it");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Seals every password not yet sealed with the current key, in one
+/// transaction, after all have been read.
+fn reseal(conn: &mut Connection, sealer: &Sealer) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, String)> = {
+        let mut stmt = conn.prepare(SELECT_PASSWORDS).map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)?
+    };
+    let again = sealer.reseal(&rows)?;
+    if again.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction().map_err(backend)?;
+    for (name, src, dest) in &again {
+        tx.execute(UPDATE_PASSWORDS, params![src, dest, name])
+            .map_err(backend)?;
+    }
+    tx.commit().map_err(backend)?;
+    tracing::info!(
+        jobs = again.len(),
+        "store passwords encrypted with the current key"
+    );
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -94,7 +163,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 #[async_trait]
 impl MetaStore for SqliteStore {
     async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        let row = encode(job)?;
+        let row = encode(job, &self.sealer)?;
         self.with_conn(move |conn| {
             let result = conn.execute(
                 INSERT_JOB,
@@ -124,7 +193,8 @@ impl MetaStore for SqliteStore {
     }
 
     async fn load_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        self.with_conn(|conn| {
+        let sealer = self.sealer.clone();
+        self.with_conn(move |conn| {
             let mut stmt = conn.prepare(SELECT_JOBS).map_err(backend)?;
             let rows = stmt
                 .query_map([], |r| {
@@ -141,7 +211,8 @@ impl MetaStore for SqliteStore {
                     })
                 })
                 .map_err(backend)?;
-            rows.map(|row| decode(row.map_err(backend)?)).collect()
+            rows.map(|row| decode(row.map_err(backend)?, &sealer))
+                .collect()
         })
         .await
     }
@@ -178,8 +249,8 @@ impl MetaStore for SqliteStore {
 
     async fn save_spec(&self, spec: &JobSpec, updated_at: i64) -> Result<(), StoreError> {
         let encoded = encode_spec(spec)?;
-        let src_password = spec.src.password.expose().to_string();
-        let dest_password = spec.dest.password.expose().to_string();
+        let src_password = self.sealer.seal(&spec.name, "src", &spec.src.password)?;
+        let dest_password = self.sealer.seal(&spec.name, "dest", &spec.dest.password)?;
         let name = spec.name.clone();
         self.with_conn(move |conn| {
             let n = conn
