@@ -18,3 +18,4 @@ mod recovery;
 mod restart;
 mod snapshot;
 mod stores;
+mod tls;

@@ -104,11 +104,9 @@ fn password_literals(sql: &str) -> Vec<(usize, usize)> {
                 i = end + 1;
                 continue;
             }
-            b'=' => {
-                if set_password_for {
-                    armed = 3;
-                    set_password_for = false;
-                }
+            b'=' if set_password_for => {
+                armed = 3;
+                set_password_for = false;
             }
             b'(' | b')' | b',' => {}
             c if c.is_ascii_alphanumeric() || c == b'_' || c == b'@' => {

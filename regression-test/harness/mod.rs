@@ -1,6 +1,7 @@
 //! The one shared harness: real `mariadbd` servers ([`mariadb`]), the service
 //! in-process ([`service`]) and builders for job specs.
 
+pub mod certs;
 pub mod mariadb;
 pub mod proxy;
 pub mod service;
