@@ -16,6 +16,7 @@ mod outages;
 mod positions;
 mod recovery;
 mod restart;
+mod secrets;
 mod snapshot;
 mod stores;
 mod tls;

@@ -43,6 +43,9 @@ impl SqliteStore {
                 .map_err(backend)?;
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(backend)?;
+            // Deleted rows (a deleted job's passwords) are overwritten.
+            conn.pragma_update(None, "secure_delete", "ON")
+                .map_err(backend)?;
             migrate(&mut conn)?;
             reseal(&mut conn, &keys)?;
             Ok(conn)
@@ -125,6 +128,17 @@ fn reseal(conn: &mut Connection, sealer: &Sealer) -> Result<(), StoreError> {
             .map_err(backend)?;
     }
     tx.commit().map_err(backend)?;
+    // Leave no clear text behind in free pages or the WAL: rebuild the file
+    // and empty the WAL.
+    conn.execute("VACUUM", []).map_err(backend)?;
+    let (busy, _, _): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(backend)?;
+    if busy != 0 {
+        tracing::warn!("the store's WAL could not be emptied after encrypting its passwords");
+    }
     tracing::info!(
         jobs = again.len(),
         "store passwords encrypted with the current key"
