@@ -598,6 +598,59 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_key_settings() {
+        let file: FileConfig = toml::from_str(
+            "[tls]\ndefault_mode = \"verify_ca\"\nminimum_mode = \"required\"\n\
+             [store]\ntype = \"mysql\"\ntls_mode = \"required\"\n",
+        )
+        .unwrap();
+        let c = Config::merge(file, &cli(&[]), None).unwrap();
+        assert_eq!(c.tls.default_mode, TlsMode::VerifyCa);
+        assert_eq!(c.tls.minimum_mode, TlsMode::Required);
+        assert!(c.tls.check("src.tls.mode", TlsMode::Preferred).is_err());
+        match c.store {
+            StoreConfig::Mysql { tls, .. } => assert_eq!(tls.mode, TlsMode::Required),
+            other => panic!("{other:?}"),
+        }
+        let c = Config::merge(
+            FileConfig::default(),
+            &cli(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.api_tls.unwrap().cert, Path::new("c.pem"));
+        for (text, args, want) in [
+            ("", &["--tls-cert", "c.pem"][..], "go together"),
+            (
+                "[tls]\ndefault_mode = \"loose\"\n",
+                &[][..],
+                "tls.default_mode",
+            ),
+            (
+                "[tls]\ndefault_mode = \"preferred\"\nminimum_mode = \"required\"\n",
+                &[][..],
+                "below",
+            ),
+            (
+                "",
+                &["--db-type", "mysql", "--db-tls-mode", "strict"][..],
+                "--db-tls-mode",
+            ),
+            (
+                "",
+                &["--previous-secret-key-file", "old.key"][..],
+                "needs secret_key_file",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            let err = Config::merge(file, &cli(args), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text} {args:?}: {err}");
+        }
+    }
+
+    #[test]
     fn token_from_environment_wins_and_empty_means_none() {
         let file: FileConfig = toml::from_str("auth_token = \"f\"\n").unwrap();
         let c = Config::merge(file, &cli(&[]), Some("e".into())).unwrap();

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need when it is missing (from
+# Debian's packages; needs root), then runs the whole suite. On a fresh
+# machine this is the only thing to type. Extra arguments go to `cargo test`
+# (e.g. `bash shell/test.sh -- tls::` runs the TLS tests only).
+#
+# What the tests use: mariadbd, mariadb-install-db and mariadb (MariaDB
+# servers they start themselves, with the ed25519 plugin), promtool (the
+# metrics format), sysbench (a 60-second write load), ip (a network namespace
+# for the failover test), openssl (the TLS tests' certificates).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+[ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null || missing+=(mariadb-server)
+command -v mariadb-install-db >/dev/null || missing+=(mariadb-server)
+[ -e /usr/lib/mysql/plugin/auth_ed25519.so ] || missing+=(mariadb-server)
+command -v mariadb >/dev/null || missing+=(mariadb-client)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v sysbench >/dev/null || missing+=(sysbench)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    # One name once, in the order found.
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | awk '!seen[$0]++')
+    echo "installing: ${missing[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "shell/test.sh: installing packages needs root; run as root or install: ${missing[*]}" >&2
+        exit 2
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+exec cargo test --locked --all-targets "$@"
