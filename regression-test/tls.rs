@@ -319,6 +319,41 @@ async fn the_whole_path_runs_over_tls_and_update_tls_takes_effect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_minimum_mode_refuses_weaker_jobs_new_and_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(service::sqlite_config(dir.path())).await;
+    let name = unique("tls_weak");
+    let mut body = db_job(&name);
+    body["src"]["tls"] = json!({"mode": "disabled"});
+    service.post("create_ccr", body).await.ok();
+    wait_for_state(&service, &name, "DBTablesIncrementalSync").await;
+    service.stop().await;
+    // The operator raises the minimum: the stored job stops and says why,
+    // and create_ccr refuses what is below it.
+    let mut config = service::sqlite_config(dir.path());
+    config.tls.minimum_mode = TlsMode::Required;
+    config.tls.default_mode = TlsMode::Required;
+    let service = Service::start(config).await;
+    let stopped = poll_job(&service, "job_status", &name, 30, "a stop", |s| {
+        s["state"] == "paused"
+    })
+    .await;
+    assert!(
+        stopped["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("src tls mode disabled is below")),
+        "{stopped:#}"
+    );
+    let mut body = db_job(&unique("tls_weak2"));
+    body["dest"]["tls"] = json!({"mode": "preferred"});
+    service.post("create_ccr", body).await.fails(
+        400,
+        "dest.tls.mode preferred is below this service's tls.minimum_mode required",
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ed25519_accounts_and_the_mysql_store_over_tls() {
     let t = tls_server();
     // The store: MySQL over verify_ca, logged in with an ed25519 account.

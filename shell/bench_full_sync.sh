@@ -3,7 +3,12 @@
 # mariadb-dump --single-transaction | mariadb, in one run, on the same data
 # and servers. Prints a markdown table for doc/benchmarks.md.
 #
-#   bash shell/bench_full_sync.sh [--tables 8] [--table-size 250000] [--threads 4] [--chunk-rows 50000]
+#   bash shell/bench_full_sync.sh [--tables 8] [--table-size 250000] [--threads 4] [--chunk-rows 50000] [--tls]
+#
+# --tls: both servers get a certificate, and ccr-syncer's full sync runs
+# four times on the same data, plain (tls mode disabled) and over TLS
+# (verify_ca on both ends) in turn: plain, TLS, TLS, plain; the other tools
+# are not run.
 #
 # Starts its own source and destination mariadbd (same settings) under a
 # temporary folder, prepares the source with sysbench, and removes it all at
@@ -14,8 +19,10 @@ TABLES=8
 TABLE_SIZE=250000
 THREADS=4
 CHUNK_ROWS=50000
+TLS=0
 while [ $# -gt 0 ]; do
     case "$1" in
+        --tls) TLS=1; shift ;;
         --tables) TABLES="$2"; shift 2 ;;
         --table-size) TABLE_SIZE="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
@@ -48,9 +55,14 @@ start_server() { # name port extra-args...
         "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION"
 }
 
+SSL=()
+if [ "$TLS" = 1 ]; then
+    make_certs
+    SSL=(--ssl-ca="$CA" --ssl-cert="$CERT" --ssl-key="$KEY")
+fi
 SRC_PORT=$(free_port); DEST_PORT=$(free_port)
-start_server src "$SRC_PORT" --server-id=1 --log-bin="$WORK/src/binlog" --binlog-format=ROW
-start_server dest "$DEST_PORT" --server-id=2
+start_server src "$SRC_PORT" --server-id=1 --log-bin="$WORK/src/binlog" --binlog-format=ROW "${SSL[@]}"
+start_server dest "$DEST_PORT" --server-id=2 "${SSL[@]}"
 src() { mariadb --no-defaults -h127.0.0.1 -P"$SRC_PORT" -uroot "$@"; }
 dest() { mariadb --no-defaults -h127.0.0.1 -P"$DEST_PORT" -uroot "$@"; }
 
@@ -78,30 +90,57 @@ record() { # name seconds peak_kb db
 }
 
 # 1. ccr-syncer
-API_PORT=$(free_port)
+ccr_copy() { # label dest-db tls-json
+    local api_port; api_port=$(free_port)
+    "$BIN" --config "$WORK/syncer.toml" --port "$api_port" --db-dir "$WORK/meta-$2" --log-dir "$WORK" &
+    SYNCER=$!; PIDS+=("$SYNCER"); disown
+    until curl -sf "http://127.0.0.1:$api_port/version" >/dev/null; do sleep 0.1; done
+    T0=$(now)
+    curl -sf -X POST "http://127.0.0.1:$api_port/create_ccr" -d "{\"name\": \"bench\",
+      \"src\": {\"host\": \"127.0.0.1\", \"port\": $SRC_PORT, \"user\": \"root\", \"password\": \"\", \"database\": \"sbtest\", \"tls\": $3},
+      \"dest\": {\"host\": \"127.0.0.1\", \"port\": $DEST_PORT, \"user\": \"root\", \"password\": \"\", \"database\": \"$2\", \"tls\": $3}}" >/dev/null
+    until curl -sf -X POST "http://127.0.0.1:$api_port/job_status" -d '{"name": "bench"}' | grep -q DBTablesIncrementalSync; do
+        if curl -sf -X POST "http://127.0.0.1:$api_port/job_status" -d '{"name": "bench"}' | grep -q paused; then
+            curl -s -X POST "http://127.0.0.1:$api_port/job_progress" -d '{"name": "bench"}' >&2; exit 1
+        fi
+        sleep 0.05
+    done
+    T1=$(now)
+    PEAK=$(awk '/VmHWM/ {print $2}' "/proc/$SYNCER/status")
+    CPU=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / hz}' "/proc/$SYNCER/stat")
+    kill "$SYNCER"
+    record "$1" "$(echo "$T1 - $T0" | bc)" "$PEAK" "$2"
+}
 cat > "$WORK/syncer.toml" <<EOF
 [full_sync]
 connections = $THREADS
 chunk_rows = $CHUNK_ROWS
 EOF
-"$BIN" --config "$WORK/syncer.toml" --port "$API_PORT" --db-dir "$WORK/meta" --log-dir "$WORK" &
-SYNCER=$!; PIDS+=("$SYNCER"); disown
-until curl -sf "http://127.0.0.1:$API_PORT/version" >/dev/null; do sleep 0.1; done
-T0=$(now)
-curl -sf -X POST "http://127.0.0.1:$API_PORT/create_ccr" -d "{\"name\": \"bench\",
-  \"src\": {\"host\": \"127.0.0.1\", \"port\": $SRC_PORT, \"user\": \"root\", \"password\": \"\", \"database\": \"sbtest\"},
-  \"dest\": {\"host\": \"127.0.0.1\", \"port\": $DEST_PORT, \"user\": \"root\", \"password\": \"\", \"database\": \"copy_ccr\"}}" >/dev/null
-until curl -sf -X POST "http://127.0.0.1:$API_PORT/job_status" -d '{"name": "bench"}' | grep -q DBTablesIncrementalSync; do
-    if curl -sf -X POST "http://127.0.0.1:$API_PORT/job_status" -d '{"name": "bench"}' | grep -q paused; then
-        curl -s -X POST "http://127.0.0.1:$API_PORT/job_progress" -d '{"name": "bench"}' >&2; exit 1
-    fi
-    sleep 0.05
-done
-T1=$(now)
-PEAK=$(awk '/VmHWM/ {print $2}' "/proc/$SYNCER/status")
-CPU=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / hz}' "/proc/$SYNCER/stat")
-kill "$SYNCER"
-record "ccr-syncer full sync ($THREADS connections, $CHUNK_ROWS-row chunks)" "$(echo "$T1 - $T0" | bc)" "$PEAK" copy_ccr
+if [ "$TLS" = 1 ]; then
+    PLAIN='{"mode": "disabled"}'
+    SECURE="{\"mode\": \"verify_ca\", \"ca\": \"$CA\"}"
+    ccr_copy "ccr-syncer full sync, plain (run 1)" copy_plain1 "$PLAIN"
+    ccr_copy "ccr-syncer full sync, TLS verify_ca (run 1)" copy_tls1 "$SECURE"
+    ccr_copy "ccr-syncer full sync, TLS verify_ca (run 2)" copy_tls2 "$SECURE"
+    ccr_copy "ccr-syncer full sync, plain (run 2)" copy_plain2 "$PLAIN"
+    secs() { echo "${RESULTS[$1]}" | cut -d';' -f2; }
+    PLAIN_SECS=$(echo "$(secs 0) + $(secs 3)" | bc)
+    TLS_SECS=$(echo "$(secs 1) + $(secs 2)" | bc)
+    echo
+    echo "Data: sysbench oltp_common, $TABLES tables x $TABLE_SIZE rows ($ROWS rows, $((BYTES / 1048576)) MiB InnoDB data); $(nproc) cores; $THREADS connections, $CHUNK_ROWS-row chunks; all copies checksum-equal to the source."
+    echo
+    echo "| run | seconds | rows/s | peak RSS (MiB) |"
+    echo "|---|---:|---:|---:|"
+    for r in "${RESULTS[@]}"; do
+        IFS=';' read -r name secs peak <<<"$r"
+        printf "| %s | %.1f | %.0f | %.0f |\n" "$name" "$secs" "$(echo "$ROWS / $secs" | bc -l)" "$(echo "$peak / 1024" | bc -l)"
+    done
+    echo
+    printf "TLS vs plain (sum of two runs each): %.3fx the time (%.1f s vs %.1f s).\n" \
+        "$(echo "$TLS_SECS / $PLAIN_SECS" | bc -l)" "$TLS_SECS" "$PLAIN_SECS"
+    exit 0
+fi
+ccr_copy "ccr-syncer full sync ($THREADS connections, $CHUNK_ROWS-row chunks)" copy_ccr '{"mode": "preferred"}'
 
 # 2. mydumper + myloader
 T0=$(now)

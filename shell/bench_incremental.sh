@@ -5,7 +5,13 @@
 # the same machine; then ccr-syncer's steady lag at a fixed source rate.
 # Prints markdown for doc/benchmarks.md.
 #
-#   [APPLY_CONNECTIONS=n] bash shell/bench_incremental.sh [--tables 8] [--table-size 100000] [--seconds 60] [--threads 4]
+#   [APPLY_CONNECTIONS=n] bash shell/bench_incremental.sh [--tables 8] [--table-size 100000] [--seconds 60] [--threads 4] [--tls]
+#
+# --tls: source and destination get a certificate; two ccr-syncer jobs, one
+# plain (tls mode disabled) and one over TLS (verify_ca on both ends), copy
+# sbtest into two destination databases and are paused while the backlog is
+# written; then each catches up on it alone, plain first (TLS first with
+# TLS_FIRST=1). The replicas and the steady-lag part are not run.
 #
 # The replicas' IO threads fetch the backlog into their relay logs while it
 # is written, so their catch-up is the SQL threads' apply alone; ccr-syncer
@@ -16,8 +22,10 @@ TABLES=8
 TABLE_SIZE=100000
 SECONDS_LOAD=60
 THREADS=4
+TLS=0
 while [ $# -gt 0 ]; do
     case "$1" in
+        --tls) TLS=1; shift ;;
         --tables) TABLES="$2"; shift 2 ;;
         --table-size) TABLE_SIZE="$2"; shift 2 ;;
         --seconds) SECONDS_LOAD="$2"; shift 2 ;;
@@ -52,10 +60,15 @@ now() { date +%s.%N; }
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 
 # Source: prepared, then copied cold into the replicas' datadirs.
+SSL=()
+if [ "$TLS" = 1 ]; then
+    make_certs
+    SSL=(--ssl-ca="$CA" --ssl-cert="$CERT" --ssl-key="$KEY")
+fi
 SRC_PORT=$(free_port)
 mkdir -p "$WORK/src"
 mariadb-install-db --no-defaults --user=root --datadir="$WORK/src/data" --auth-root-authentication-method=normal >/dev/null 2>&1
-run_server src "$SRC_PORT" --server-id=1 --log-bin="$WORK/src/binlog" --binlog-format=ROW
+run_server src "$SRC_PORT" --server-id=1 --log-bin="$WORK/src/binlog" --binlog-format=ROW "${SSL[@]}"
 sql "$SRC_PORT" -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; CREATE DATABASE sbtest"
 sysbench oltp_common --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$SRC_PORT" --mysql-user=root \
     --mysql-db=sbtest --tables="$TABLES" --table-size="$TABLE_SIZE" --threads="$THREADS" prepare >/dev/null
@@ -64,13 +77,13 @@ GTID0=$(sql "$SRC_PORT" -N -e "SELECT @@gtid_binlog_pos")
 mariadb-admin --no-defaults -S "$WORK/src/sock" -uroot shutdown
 sleep 1
 for r in rep1 rep4; do mkdir -p "$WORK/$r"; cp -a "$WORK/src/data" "$WORK/$r/data"; done
-run_server src "$SRC_PORT" --server-id=1 --log-bin="$WORK/src/binlog" --binlog-format=ROW
+run_server src "$SRC_PORT" --server-id=1 --log-bin="$WORK/src/binlog" --binlog-format=ROW "${SSL[@]}"
 REP1_PORT=$(free_port); REP4_PORT=$(free_port); DEST_PORT=$(free_port)
 run_server rep1 "$REP1_PORT" --server-id=3 --skip-slave-start --relay-log="$WORK/rep1/relay"
 run_server rep4 "$REP4_PORT" --server-id=4 --skip-slave-start --relay-log="$WORK/rep4/relay"
 mkdir -p "$WORK/dest"
 mariadb-install-db --no-defaults --user=root --datadir="$WORK/dest/data" --auth-root-authentication-method=normal >/dev/null 2>&1
-run_server dest "$DEST_PORT" --server-id=2
+run_server dest "$DEST_PORT" --server-id=2 "${SSL[@]}"
 mariadb --no-defaults -S "$WORK/dest/sock" -uroot -e \
     "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION"
 sql "$REP4_PORT" -e "SET GLOBAL slave_parallel_threads = 4, slave_parallel_mode = 'optimistic'"
@@ -89,14 +102,22 @@ if [ -n "${APPLY_CONNECTIONS:-}" ]; then printf '[incremental]\napply_connection
 SYNCER=$!; PIDS+=("$SYNCER"); disown
 api() { curl -sf -X POST "http://127.0.0.1:$API_PORT/$1" -d "$2"; }
 until curl -sf "http://127.0.0.1:$API_PORT/version" >/dev/null; do sleep 0.1; done
-api create_ccr "{\"name\": \"bench\",
-  \"src\": {\"host\": \"127.0.0.1\", \"port\": $SRC_PORT, \"user\": \"root\", \"password\": \"\", \"database\": \"sbtest\"},
-  \"dest\": {\"host\": \"127.0.0.1\", \"port\": $DEST_PORT, \"user\": \"root\", \"password\": \"\", \"database\": \"sbtest\"}}" >/dev/null
-until api job_status '{"name": "bench"}' | grep -q DBIncrementalSync; do
-    if api job_status '{"name": "bench"}' | grep -q paused; then api job_progress '{"name": "bench"}' >&2; exit 1; fi
-    sleep 0.2
-done
-api pause '{"name": "bench"}' >/dev/null
+create_job() { # name dest-db tls-json
+    api create_ccr "{\"name\": \"$1\",
+      \"src\": {\"host\": \"127.0.0.1\", \"port\": $SRC_PORT, \"user\": \"root\", \"password\": \"\", \"database\": \"sbtest\", \"tls\": $3},
+      \"dest\": {\"host\": \"127.0.0.1\", \"port\": $DEST_PORT, \"user\": \"root\", \"password\": \"\", \"database\": \"$2\", \"tls\": $3}}" >/dev/null
+    until api job_status "{\"name\": \"$1\"}" | grep -q DBIncrementalSync; do
+        if api job_status "{\"name\": \"$1\"}" | grep -q paused; then api job_progress "{\"name\": \"$1\"}" >&2; exit 1; fi
+        sleep 0.2
+    done
+    api pause "{\"name\": \"$1\"}" >/dev/null
+}
+if [ "$TLS" = 1 ]; then
+    create_job bench sbtest '{"mode": "disabled"}'
+    create_job bench_tls sbtest_tls "{\"mode\": \"verify_ca\", \"ca\": \"$CA\"}"
+else
+    create_job bench sbtest '{"mode": "preferred"}'
+fi
 
 # The backlog.
 LOAD=$(sysbench oltp_write_only --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$SRC_PORT" \
@@ -116,6 +137,44 @@ for port in "$REP1_PORT" "$REP4_PORT"; do
 done
 
 RESULTS=()
+if [ "$TLS" = 1 ]; then
+    catch_up() { # job label
+        local t0 t1 s0 s1
+        s0=$(cpu "$SYNCER")
+        t0=$(now)
+        api resume "{\"name\": \"$1\"}" >/dev/null
+        until [ "$(api get_lag "{\"name\": \"$1\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["first_commit_seq"])')" -ge "$TARGET_SEQ" ]; do
+            sleep 0.05
+        done
+        t1=$(now)
+        s1=$(cpu "$SYNCER")
+        api pause "{\"name\": \"$1\"}" >/dev/null
+        RESULTS+=("$2;$(echo "$t1 - $t0" | bc);$(echo "$s1 - $s0" | bc)")
+    }
+    if [ "${TLS_FIRST:-0}" = 1 ]; then
+        catch_up bench_tls "ccr-syncer over TLS (verify_ca both ends)"
+        catch_up bench "ccr-syncer plain (tls disabled)"
+    else
+        catch_up bench "ccr-syncer plain (tls disabled)"
+        catch_up bench_tls "ccr-syncer over TLS (verify_ca both ends)"
+    fi
+    TABLE_LIST=$(seq -s, -f 'sbtest.sbtest%g' 1 "$TABLES")
+    SUM_SRC=$(sql "$SRC_PORT" -N -e "CHECKSUM TABLE $TABLE_LIST" | awk '{print $2}' | tr '\n' ' ')
+    for db in sbtest sbtest_tls; do
+        [ "$(sql "$DEST_PORT" -N -e "CHECKSUM TABLE $(echo "$TABLE_LIST" | sed "s/sbtest\./$db./g")" | awk '{print $2}' | tr '\n' ' ')" = "$SUM_SRC" ] \
+            || { echo "copy $db differs from the source" >&2; exit 1; }
+    done
+    echo
+    echo "Backlog: sysbench oltp_write_only, $TABLES tables x $TABLE_SIZE rows, $THREADS threads for $SECONDS_LOAD s: $TXNS transactions ($TPS/s), $BINLOG_MB MiB of binlog; $(nproc) cores; both copies checksum-equal to the source."
+    echo
+    echo "| applier | catch-up seconds | transactions/s | ccr-syncer CPU seconds |"
+    echo "|---|---:|---:|---:|"
+    for r in "${RESULTS[@]}"; do
+        IFS=';' read -r name secs cpus <<<"$r"
+        printf "| %s | %.1f | %.0f | %.1f |\n" "$name" "$secs" "$(echo "$TXNS / $secs" | bc -l)" "$cpus"
+    done
+    exit 0
+fi
 read -r S0 D0 R0 <<<"$(cpu "$SYNCER") $(cpu "$PID_dest") $(cpu "$PID_src")"
 T0=$(now)
 api resume '{"name": "bench"}' >/dev/null

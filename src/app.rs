@@ -48,6 +48,7 @@ pub async fn run(
         connect_timeout: config.connect_timeout,
         full_sync: config.full_sync,
         apply_connections: config.apply_connections,
+        tls_minimum: config.tls.minimum_mode,
     };
     let manager = JobManager::start(store, metrics.clone(), settings).await?;
     let state = Arc::new(ApiState {

@@ -420,15 +420,17 @@ impl Config {
                 "full_sync.statement_bytes must be at least 4096".into(),
             ));
         }
+        let minimum_mode = match &file.tls.minimum_mode {
+            Some(m) => mode_setting("tls.minimum_mode", m)?,
+            None => TlsMode::Disabled,
+        };
         let tls = TlsPolicy {
+            // Unset: preferred, or the minimum when that is stricter.
             default_mode: match &file.tls.default_mode {
                 Some(m) => mode_setting("tls.default_mode", m)?,
-                None => TlsMode::Preferred,
+                None => TlsMode::Preferred.max(minimum_mode),
             },
-            minimum_mode: match &file.tls.minimum_mode {
-                Some(m) => mode_setting("tls.minimum_mode", m)?,
-                None => TlsMode::Disabled,
-            },
+            minimum_mode,
         };
         tls.check("tls.default_mode", tls.default_mode)
             .map_err(ConfigError::Invalid)?;
@@ -608,6 +610,9 @@ mod tests {
         assert_eq!(c.tls.default_mode, TlsMode::VerifyCa);
         assert_eq!(c.tls.minimum_mode, TlsMode::Required);
         assert!(c.tls.check("src.tls.mode", TlsMode::Preferred).is_err());
+        let file: FileConfig = toml::from_str("[tls]\nminimum_mode = \"required\"\n").unwrap();
+        let c = Config::merge(file, &cli(&[]), None).unwrap();
+        assert_eq!(c.tls.default_mode, TlsMode::Required);
         match c.store {
             StoreConfig::Mysql { tls, .. } => assert_eq!(tls.mode, TlsMode::Required),
             other => panic!("{other:?}"),

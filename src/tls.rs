@@ -185,7 +185,8 @@ fn describe_rustls(e: &rustls::Error, name: &str) -> String {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 let presented = match c {
                     CertificateError::NotValidForNameContext { presented, .. } => {
-                        format!(" (it names {})", presented.join(", "))
+                        let names: Vec<&str> = presented.iter().map(|p| shown_name(p)).collect();
+                        format!(" (it names {})", names.join(", "))
                     }
                     _ => String::new(),
                 };
@@ -473,14 +474,19 @@ impl ServerCertVerifier for NameFinder {
     }
 }
 
-/// A name as rustls presents it (`DnsName("db.example")`, `IpAddress(…)`),
-/// as text a `ServerName` parses; wildcard names are made concrete.
-fn presented_name(presented: &str) -> Option<String> {
-    let inner = presented
+/// A presented name as an operator writes it: `db.example`, `10.0.0.1`.
+fn shown_name(presented: &str) -> &str {
+    presented
         .split_once('(')
         .map(|(_, rest)| rest.trim_end_matches(')'))
         .unwrap_or(presented)
-        .trim_matches('"');
+        .trim_matches('"')
+}
+
+/// A name as rustls presents it (`DnsName("db.example")`, `IpAddress(…)`),
+/// as text a `ServerName` parses; wildcard names are made concrete.
+fn presented_name(presented: &str) -> Option<String> {
+    let inner = shown_name(presented);
     let name = match inner.strip_prefix("*.") {
         Some(rest) => format!("ccr-syncer-verify-ca.{rest}"),
         None => inner.to_string(),

@@ -57,6 +57,8 @@ pub struct WorkSettings {
     pub connect_timeout: Duration,
     pub full_sync: FullSyncSettings,
     pub apply_connections: usize,
+    /// The weakest TLS mode a job may connect with (`[tls] minimum_mode`).
+    pub tls_minimum: crate::tls::TlsMode,
 }
 
 pub(super) struct Runner {
@@ -207,6 +209,23 @@ impl Runner {
             Some(w) if Some(w.key) == want => return Some(w),
             Some(w) => w.stop().await,
             None => {}
+        }
+        want?;
+        // A job stored before the service's minimum was raised does not
+        // connect below it.
+        for (side, tls) in [
+            ("src", &current.spec.src.tls),
+            ("dest", &current.spec.dest.tls),
+        ] {
+            if tls.mode < self.settings.tls_minimum {
+                self.finish(Outcome::Failed(format!(
+                    "{side} tls mode {} is below this service's tls.minimum_mode {}; \
+                     run update_tls with {} or stricter, then resume",
+                    tls.mode, self.settings.tls_minimum, self.settings.tls_minimum
+                )))
+                .await;
+                return None;
+            }
         }
         match want? {
             WorkKey::FullSync(_) => self.start_full_sync(current).await,
