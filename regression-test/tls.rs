@@ -90,6 +90,37 @@ fn on(server: &MariaDb, user: &str, password: &str, database: &str, tls: Value) 
            "database": database, "tls": tls})
 }
 
+/// Waits until the job stops with `needle` in its `last_error`.
+async fn wait_stopped_with(service: &Service, name: &str, needle: &str) {
+    let stopped = poll_job(service, "job_status", name, 60, "a stop", |s| {
+        s["state"] == "paused"
+    })
+    .await;
+    assert!(
+        stopped["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(needle)),
+        "{stopped:#}"
+    );
+}
+
+/// The MySQL store on the TLS destination, as the ed25519 account, verified
+/// against `ca`.
+fn ed25519_store(ca: &std::path::Path) -> StoreConfig {
+    StoreConfig::Mysql {
+        host: "127.0.0.1".into(),
+        port: tls_server().dest.port,
+        user: ED_USER.into(),
+        password: Secret::new(ED_PASSWORD),
+        database: unique("tls_meta"),
+        tls: TlsOptions {
+            mode: TlsMode::VerifyCa,
+            ca: Some(ca.to_path_buf()),
+            ..TlsOptions::default()
+        },
+    }
+}
+
 /// A database on the TLS server with a table of a few rows.
 fn tls_database(prefix: &str) -> String {
     let db = unique(prefix);
@@ -268,16 +299,7 @@ async fn the_whole_path_runs_over_tls_and_update_tls_takes_effect() {
         .ok();
     t.server
         .admin(&format!("INSERT INTO {db}.t VALUES (5, 'e')"));
-    let stopped = poll_job(&service, "job_status", &name, 60, "a stop", |s| {
-        s["state"] == "paused"
-    })
-    .await;
-    assert!(
-        stopped["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("Access denied")),
-        "{stopped:#}"
-    );
+    wait_stopped_with(&service, &name, "Access denied").await;
     service
         .post(
             "update_tls",
@@ -334,16 +356,7 @@ async fn the_minimum_mode_refuses_weaker_jobs_new_and_stored() {
     config.tls.minimum_mode = TlsMode::Required;
     config.tls.default_mode = TlsMode::Required;
     let service = Service::start(config).await;
-    let stopped = poll_job(&service, "job_status", &name, 30, "a stop", |s| {
-        s["state"] == "paused"
-    })
-    .await;
-    assert!(
-        stopped["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("src tls mode disabled is below")),
-        "{stopped:#}"
-    );
+    wait_stopped_with(&service, &name, "src tls mode disabled is below").await;
     let mut body = db_job(&unique("tls_weak2"));
     body["dest"]["tls"] = json!({"mode": "preferred"});
     service.post("create_ccr", body).await.fails(
@@ -357,18 +370,7 @@ async fn the_minimum_mode_refuses_weaker_jobs_new_and_stored() {
 async fn ed25519_accounts_and_the_mysql_store_over_tls() {
     let t = tls_server();
     // The store: MySQL over verify_ca, logged in with an ed25519 account.
-    let store = StoreConfig::Mysql {
-        host: "127.0.0.1".into(),
-        port: t.dest.port,
-        user: ED_USER.into(),
-        password: Secret::new(ED_PASSWORD),
-        database: unique("tls_meta"),
-        tls: TlsOptions {
-            mode: TlsMode::VerifyCa,
-            ca: Some(t.certs.ca.clone()),
-            ..TlsOptions::default()
-        },
-    };
+    let store = ed25519_store(&t.certs.ca);
     let service = Service::start(Config::with_store(store.clone())).await;
     let db = tls_database("ed_src");
     let dest_db = unique("ed_copy");
@@ -396,25 +398,11 @@ async fn ed25519_accounts_and_the_mysql_store_over_tls() {
     assert_eq!(job_names(&service).await, vec![name]);
     service.stop().await;
     // A store that cannot be verified is a clear error at start.
-    let err = ccr_syncer::store::open(
-        &StoreConfig::Mysql {
-            host: "127.0.0.1".into(),
-            port: t.dest.port,
-            user: ED_USER.into(),
-            password: Secret::new(ED_PASSWORD),
-            database: unique("tls_meta"),
-            tls: TlsOptions {
-                mode: TlsMode::VerifyCa,
-                ca: Some(t.certs.other_ca.clone()),
-                ..TlsOptions::default()
-            },
-        },
-        Default::default(),
-    )
-    .await
-    .err()
-    .expect("refused")
-    .to_string();
+    let err = ccr_syncer::store::open(&ed25519_store(&t.certs.other_ca), Default::default())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(
         err.contains("certificate not signed by the given CA"),
         "{err}"

@@ -611,8 +611,8 @@ mod tests {
         assert_eq!(c.tls.minimum_mode, TlsMode::Required);
         assert!(c.tls.check("src.tls.mode", TlsMode::Preferred).is_err());
         let file: FileConfig = toml::from_str("[tls]\nminimum_mode = \"required\"\n").unwrap();
-        let c = Config::merge(file, &cli(&[]), None).unwrap();
-        assert_eq!(c.tls.default_mode, TlsMode::Required);
+        let strict = Config::merge(file, &cli(&[]), None).unwrap();
+        assert_eq!(strict.tls.default_mode, TlsMode::Required);
         match c.store {
             StoreConfig::Mysql { tls, .. } => assert_eq!(tls.mode, TlsMode::Required),
             other => panic!("{other:?}"),

@@ -91,19 +91,25 @@ pub async fn connect_with(
 ) -> Result<Conn, ConnectError> {
     let address = format!("{}:{}", addr.host, addr.port);
     let mode = addr.tls.mode;
-    let mut opts = opts;
-    if mode == TlsMode::VerifyCa {
-        // Learn (or recall) the name a certificate signed by the CA holds.
-        let name = tls::verify_ca_name(addr.tls, addr.host, addr.port, timeout, false)
-            .await
-            .map_err(|reason| ConnectError::Refused {
-                address: address.clone(),
-                reason,
-            })?;
-        opts = OptsBuilder::from_opts(opts)
-            .ssl_opts(tls::ssl_opts(addr.tls, Some(&name)))
-            .into();
-    }
+    // Under verify_ca, the options for the name a certificate signed by the
+    // CA holds, learnt (`fresh`) or recalled.
+    let with_ca_name = |opts: Opts, fresh: bool| {
+        let address = address.clone();
+        async move {
+            let name = tls::verify_ca_name(addr.tls, addr.host, addr.port, timeout, fresh)
+                .await
+                .map_err(|reason| ConnectError::Refused { address, reason })?;
+            Ok::<Opts, ConnectError>(
+                OptsBuilder::from_opts(opts)
+                    .ssl_opts(tls::ssl_opts(addr.tls, Some(&name)))
+                    .into(),
+            )
+        }
+    };
+    let opts = match mode {
+        TlsMode::VerifyCa => with_ca_name(opts, false).await?,
+        _ => opts,
+    };
     match attempt(addr, &address, opts.clone(), timeout).await {
         Err(Failure::NoTls) if mode == TlsMode::Preferred => {
             // The server offers no TLS: `preferred` goes on in plain text.
@@ -115,15 +121,7 @@ pub async fn connect_with(
         Err(Failure::Tls(_)) if mode == TlsMode::VerifyCa => {
             // The server's certificate may have changed since its name was
             // learnt: learn it again, once.
-            let name = tls::verify_ca_name(addr.tls, addr.host, addr.port, timeout, true)
-                .await
-                .map_err(|reason| ConnectError::Refused {
-                    address: address.clone(),
-                    reason,
-                })?;
-            let again = OptsBuilder::from_opts(opts)
-                .ssl_opts(tls::ssl_opts(addr.tls, Some(&name)))
-                .into();
+            let again = with_ca_name(opts, true).await?;
             attempt(addr, &address, again, timeout)
                 .await
                 .map_err(|f| f.into_error(&address))

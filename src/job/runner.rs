@@ -22,7 +22,7 @@ use super::state::{
 };
 use crate::config::FullSyncSettings;
 use crate::hostmap::HostMapping;
-use crate::job::spec::{OnPurged, SyncType};
+use crate::job::spec::{JobSpec, OnPurged, SyncType};
 use crate::metrics::Metrics;
 use crate::store::MetaStore;
 use crate::tls::TlsOptions;
@@ -611,9 +611,23 @@ impl Runner {
         if let Some(tls) = dest {
             spec.dest.tls = tls;
         }
+        let snapshot = self.save_spec(current, spec, "TLS settings").await?;
+        info!(job = %snapshot.spec.name, src = %snapshot.spec.src.tls.mode,
+              dest = %snapshot.spec.dest.tls.mode, "TLS settings updated");
+        Ok(snapshot)
+    }
+
+    /// Stores a changed spec, then publishes it; `what` names the change in
+    /// the warning when the store fails.
+    async fn save_spec(
+        &self,
+        current: JobSnapshot,
+        spec: JobSpec,
+        what: &str,
+    ) -> Result<JobSnapshot, JobError> {
         let updated_at = now_ms();
         if let Err(e) = self.store.save_spec(&spec, updated_at).await {
-            warn!(job = %spec.name, error = %e, "saving TLS settings failed");
+            warn!(job = %spec.name, error = %e, "saving {what} failed");
             return Err(e.into());
         }
         let snapshot = JobSnapshot {
@@ -622,8 +636,6 @@ impl Runner {
             ..current
         };
         self.snapshot.send_replace(snapshot.clone());
-        info!(job = %snapshot.spec.name, src = %snapshot.spec.src.tls.mode,
-              dest = %snapshot.spec.dest.tls.mode, "TLS settings updated");
         Ok(snapshot)
     }
 
@@ -644,17 +656,7 @@ impl Runner {
             };
         apply(&mut spec.src.host_mapping, "src", src)?;
         apply(&mut spec.dest.host_mapping, "dest", dest)?;
-        let updated_at = now_ms();
-        if let Err(e) = self.store.save_spec(&spec, updated_at).await {
-            warn!(job = %spec.name, error = %e, "saving host mapping failed");
-            return Err(e.into());
-        }
-        let snapshot = JobSnapshot {
-            spec: Arc::new(spec),
-            updated_at,
-            ..current
-        };
-        self.snapshot.send_replace(snapshot.clone());
+        let snapshot = self.save_spec(current, spec, "host mapping").await?;
         info!(job = %snapshot.spec.name, src = ?snapshot.spec.src.host_mapping,
               dest = ?snapshot.spec.dest.host_mapping, "host mapping updated");
         Ok(snapshot)
