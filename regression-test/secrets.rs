@@ -257,8 +257,17 @@ async fn store_passwords_are_private_and_encrypted_with_the_key() {
         "a refused start changed the store"
     );
 
-    // Rotation: the old key as previous, the new one as current.
+    // Rotation: the old key as previous, the new one as current; the store
+    // file made readable by others meanwhile is warned about.
+    let file = dir.path().join("db").join("ccr.db");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let service = Service::process(dir.path(), &key_config(Some(&other), Some(&key))).await;
+    let log = std::fs::read_to_string(dir.path().join("ccr_syncer.log")).unwrap();
+    assert!(
+        log.contains("the store file can be read by other users"),
+        "{log}"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(job_names(&service).await, vec!["sealed", "sealed2"]);
     service.kill();
     let err = refused_start(dir.path(), &key_config(Some(&key), None));
@@ -272,7 +281,8 @@ async fn store_passwords_are_private_and_encrypted_with_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_password_in_any_log_line_or_answer_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
-    let service = Service::process(dir.path(), "log_level = \"trace\"\n").await;
+    // On every address, without TLS or a token: warned about at start.
+    let service = Service::process(dir.path(), "log_level = \"trace\"\nhost = \"0.0.0.0\"\n").await;
     let body = db_job("quiet");
     let src_db = body["src"]["database"].as_str().unwrap().to_string();
     service.post("create_ccr", body.clone()).await.ok();
@@ -307,6 +317,8 @@ async fn no_password_in_any_log_line_or_answer_at_trace_level() {
     answers.push_str(&service.get("metrics").await.text);
     service.kill();
     let log = std::fs::read_to_string(dir.path().join("ccr_syncer.log")).unwrap();
+    assert!(log.contains("the API listens on a non-loopback address without TLS"));
+    assert!(log.contains("the API listens on a non-loopback address without a token"));
     // The statements were seen, and logged with their passwords masked.
     assert!(
         log.contains(&format!("CREATE USER '{user}'@'%' IDENTIFIED BY '******'")),
