@@ -164,3 +164,43 @@ async fn unreachable_mysql_store_is_a_clear_error() {
         .to_string();
     assert!(err.contains("cannot reach 127.0.0.1:"), "{err}");
 }
+
+/// The MySQL store with a key file: the password columns hold no clear
+/// text, the store reopens with the key, and without it refuses, unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_store_passwords_are_encrypted_with_the_key() {
+    use ccr_syncer::secret::{generate_key_file, Keys};
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    generate_key_file(&key).unwrap();
+    let keys = || Keys::load(Some(&key), None).unwrap();
+    let config = mysql_store_config().store;
+    let StoreConfig::Mysql { database, .. } = &config else {
+        unreachable!("a MySQL store")
+    };
+    // A job stored in clear first, then the store opened with the key.
+    let store = store::open(&config, Default::default()).await.unwrap();
+    store.insert_job(&record("clear")).await.unwrap();
+    drop(store);
+    let store = store::open(&config, keys()).await.unwrap();
+    store.insert_job(&record("sealed")).await.unwrap();
+    let columns = crate::harness::dest().admin(&format!(
+        "SELECT src_password, dest_password FROM {database}.ccr_jobs"
+    ));
+    assert!(!columns.contains("secret"), "{columns}");
+    assert_eq!(columns.matches("enc1:").count(), 4, "{columns}");
+    let loaded = store.load_jobs().await.unwrap();
+    assert_eq!(loaded[0].spec.src.password.expose(), "src-secret");
+    assert_eq!(loaded[1].spec.dest.password.expose(), "dest-secret");
+    drop(store);
+    let err = store::open(&config, Default::default())
+        .await
+        .err()
+        .expect("no key")
+        .to_string();
+    assert!(err.contains("encrypted"), "{err}");
+    let after = crate::harness::dest().admin(&format!(
+        "SELECT src_password, dest_password FROM {database}.ccr_jobs"
+    ));
+    assert_eq!(after, columns, "a refused open changed nothing");
+}
