@@ -432,6 +432,7 @@ mod tests {
             unsigned: false,
             generated: false,
             charset: None,
+            native_width: None,
         };
         Arc::new(DestTable {
             database: "d".into(),

@@ -345,7 +345,14 @@ pub(super) fn push_cell(sql: &mut Vec<u8>, cell: &Cell, c: &DestColumn, key: boo
                 sql.extend_from_slice(b" COLLATE ");
                 sql.extend_from_slice(collation.as_bytes());
             }
-            _ => literal::push_quoted(sql, b),
+            _ => match c.native_width {
+                Some(width) if b.len() < width => {
+                    let mut whole = b.clone();
+                    whole.resize(width, 0);
+                    literal::push_quoted(sql, &whole);
+                }
+                _ => literal::push_quoted(sql, b),
+            },
         },
     }
 }
@@ -363,6 +370,7 @@ mod tests {
             unsigned,
             generated,
             charset: charset.map(|(a, b)| (a.into(), b.into())),
+            native_width: None,
         };
         DestTable {
             database: "d".into(),
@@ -513,12 +521,29 @@ mod tests {
     }
 
     #[test]
+    fn native_values_are_padded_to_their_width() {
+        let c = DestColumn {
+            name: "a".into(),
+            unsigned: false,
+            generated: false,
+            charset: None,
+            native_width: Some(4),
+        };
+        let mut out = Vec::new();
+        push_cell(&mut out, &Cell::Bytes(vec![10, 0]), &c, false);
+        assert_eq!(out, br"'\n\0\0\0'".to_vec());
+        assert_eq!(crate::applier::target::native_width("INET6"), Some(16));
+        assert_eq!(crate::applier::target::native_width("binary(16)"), None);
+    }
+
+    #[test]
     fn floats_widen_exactly() {
         let c = DestColumn {
             name: "f".into(),
             unsigned: false,
             generated: false,
             charset: None,
+            native_width: None,
         };
         let mut out = Vec::new();
         push_cell(&mut out, &Cell::Float(0.1), &c, false);

@@ -18,6 +18,20 @@ pub struct DestColumn {
     pub generated: bool,
     /// Character set and collation of string columns.
     pub charset: Option<(String, String)>,
+    /// Bytes of the native value of a MariaDB type-plugin column (`UUID`
+    /// and `INET6`: 16, `INET4`: 4). The binlog drops a value's trailing
+    /// zero bytes, and such a column, unlike BINARY(n), takes only whole
+    /// values, so the applier pads them back.
+    pub native_width: Option<usize>,
+}
+
+/// The native width of a type-plugin column, by its `COLUMN_TYPE`.
+pub fn native_width(column_type: &str) -> Option<usize> {
+    match column_type.to_ascii_lowercase().as_str() {
+        "uuid" | "inet6" => Some(16),
+        "inet4" => Some(4),
+        _ => None,
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +100,7 @@ pub async fn load(
                 unsigned: ty.to_ascii_lowercase().contains("unsigned"),
                 generated: extra.to_ascii_uppercase().contains("GENERATED"),
                 charset: cs.zip(coll),
+                native_width: native_width(&ty),
             }
         })
         .collect();
@@ -154,6 +169,7 @@ mod tests {
             unsigned: false,
             generated: false,
             charset: None,
+            native_width: None,
         };
         let table = DestTable {
             database: "d".into(),

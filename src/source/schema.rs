@@ -34,12 +34,15 @@ impl Column {
     }
 
     /// How the copy selects it: FLOAT's text has six significant digits,
-    /// its value as DOUBLE prints exactly.
+    /// its value as DOUBLE prints exactly; MariaDB's type-plugin columns
+    /// (UUID, INET4, INET6) as their native bytes, which is what the
+    /// destination takes from a binary string (their text is not: loaded as
+    /// a binary string it would become NULL) and what the binlog carries.
     pub fn select_expr(&self) -> String {
-        if self.data_type == "float" {
-            format!("CAST({} AS DOUBLE)", quote_ident(&self.name))
-        } else {
-            quote_ident(&self.name)
+        match self.data_type.as_str() {
+            "float" => format!("CAST({} AS DOUBLE)", quote_ident(&self.name)),
+            "uuid" | "inet4" | "inet6" => format!("CAST({} AS BINARY)", quote_ident(&self.name)),
+            _ => quote_ident(&self.name),
         }
     }
 }
