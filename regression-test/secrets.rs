@@ -294,6 +294,8 @@ async fn no_password_in_any_log_line_or_answer_at_trace_level() {
         "TopSecret3x",
         "TopSecret4x",
         "TopSecret5x",
+        "*0123456789ABCDEF0123456789ABCDEF01234567",
+        "TopSecret7x",
     ];
     source().admin(&format!(
         "CREATE USER '{user}'@'%' IDENTIFIED BY '{}';
@@ -301,8 +303,10 @@ async fn no_password_in_any_log_line_or_answer_at_trace_level() {
          GRANT SELECT ON {src_db}.* TO '{user}'@'%' IDENTIFIED BY '{}';
          SET PASSWORD FOR '{user}'@'%' = PASSWORD('{}');
          CREATE USER '{user}_v'@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD('{}');
+         CREATE USER '{user}_h'@'%' IDENTIFIED VIA mysql_native_password USING '{}';
+         CREATE SERVER {user}_s FOREIGN DATA WRAPPER mysql OPTIONS (USER 'u', PASSWORD '{}', HOST 'h');
          INSERT INTO {src_db}.t VALUES (20, 'after');",
-        passwords[0], passwords[1], passwords[2], passwords[3], passwords[4]
+        passwords[0], passwords[1], passwords[2], passwords[3], passwords[4], passwords[5], passwords[6]
     ));
     wait_caught_up(&service, "quiet", source()).await;
     // A refused create_ccr: its answer does not quote the password either.

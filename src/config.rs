@@ -315,6 +315,10 @@ impl Config {
         cli: &Cli,
         token_env: Option<String>,
     ) -> Result<Config, ConfigError> {
+        let minimum_mode = match &file.tls.minimum_mode {
+            Some(m) => mode_setting("tls.minimum_mode", m)?,
+            None => TlsMode::Disabled,
+        };
         let kind = cli
             .db_type
             .clone()
@@ -354,8 +358,14 @@ impl Config {
                 tls: {
                     let mode = match cli.db_tls_mode.clone().or(file.store.tls_mode) {
                         Some(m) => mode_setting("store.tls_mode (--db-tls-mode)", &m)?,
-                        None => TlsMode::Preferred,
+                        // Unset: preferred, or the minimum when stricter.
+                        None => TlsMode::Preferred.max(minimum_mode),
                     };
+                    if mode < minimum_mode {
+                        return Err(ConfigError::Invalid(format!(
+                            "store.tls_mode (--db-tls-mode) {mode} is below tls.minimum_mode {minimum_mode}"
+                        )));
+                    }
                     let tls = TlsOptions {
                         mode,
                         ca: cli.db_tls_ca.clone().or(file.store.tls_ca),
@@ -420,10 +430,6 @@ impl Config {
                 "full_sync.statement_bytes must be at least 4096".into(),
             ));
         }
-        let minimum_mode = match &file.tls.minimum_mode {
-            Some(m) => mode_setting("tls.minimum_mode", m)?,
-            None => TlsMode::Disabled,
-        };
         let tls = TlsPolicy {
             // Unset: preferred, or the minimum when that is stricter.
             default_mode: match &file.tls.default_mode {
@@ -640,6 +646,11 @@ mod tests {
                 "",
                 &["--db-type", "mysql", "--db-tls-mode", "strict"][..],
                 "--db-tls-mode",
+            ),
+            (
+                "[tls]\nminimum_mode = \"required\"\n",
+                &["--db-type", "mysql", "--db-tls-mode", "preferred"][..],
+                "below tls.minimum_mode required",
             ),
             (
                 "",

@@ -98,7 +98,12 @@ pub async fn connect_with(
         async move {
             let name = tls::verify_ca_name(addr.tls, addr.host, addr.port, timeout, fresh)
                 .await
-                .map_err(|reason| ConnectError::Refused { address, reason })?;
+                .map_err(|e| match e {
+                    tls::ProbeError::Unreachable(reason) => {
+                        ConnectError::Unreachable { address, reason }
+                    }
+                    tls::ProbeError::Refused(reason) => ConnectError::Refused { address, reason },
+                })?;
             Ok::<Opts, ConnectError>(
                 OptsBuilder::from_opts(opts)
                     .ssl_opts(tls::ssl_opts(addr.tls, Some(&name)))

@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 /// Shortest password [`text`] searches for.
-pub const MIN_REMEMBERED: usize = 4;
+pub const MIN_REMEMBERED: usize = 6;
 /// Passwords remembered at most (a bound on memory and on the cost of a
 /// log line; a job has two).
 const MAX_REMEMBERED: usize = 4096;
@@ -44,9 +44,13 @@ pub fn remember(secret: &str) {
     }
 }
 
-/// `s` with statement passwords and every known password masked.
+/// `s` with statement passwords, URL passwords (`scheme://user:pw@host`)
+/// and every known password masked.
 pub fn text(s: &str) -> Cow<'_, str> {
-    let masked = statement(s);
+    let masked = match statement(s) {
+        Cow::Borrowed(b) => url_passwords(b),
+        Cow::Owned(o) => Cow::Owned(url_passwords(&o).into_owned()),
+    };
     let known = KNOWN.read();
     if !known.iter().any(|k| masked.contains(k.as_str())) {
         return masked;
@@ -60,6 +64,34 @@ pub fn text(s: &str) -> Cow<'_, str> {
             out = out.replace(secret.as_str(), MASK);
         }
     }
+    Cow::Owned(out)
+}
+
+/// `s` with the password of every `scheme://user:password@` masked.
+fn url_passwords(s: &str) -> Cow<'_, str> {
+    let mut out = String::new();
+    let mut at = 0;
+    let mut search = 0;
+    while let Some(found) = s[search..].find("://") {
+        let start = search + found + 3;
+        let rest = &s[start..];
+        let end = rest
+            .find(|c: char| c == '/' || c == '@' || c.is_whitespace() || c == '\'' || c == '"')
+            .unwrap_or(rest.len());
+        search = start;
+        if rest[end..].starts_with('@') {
+            if let Some(colon) = rest[..end].find(':') {
+                out.push_str(&s[at..start + colon + 1]);
+                out.push_str(MASK);
+                at = start + end;
+                search = at;
+            }
+        }
+    }
+    if at == 0 {
+        return Cow::Borrowed(s);
+    }
+    out.push_str(&s[at..]);
     Cow::Owned(out)
 }
 
@@ -124,7 +156,8 @@ fn password_literals(sql: &str) -> Vec<(usize, usize)> {
                     }
                     "BY" if identified => armed = 2,
                     "USING" | "AS" if identified => armed = 3,
-                    "PASSWORD" | "MASTER_PASSWORD" => armed = 2,
+                    // CONNECTION='mysql://user:pw@host/…' (FEDERATED).
+                    "PASSWORD" | "MASTER_PASSWORD" | "CONNECTION" => armed = 2,
                     "FOR" if previous == "PASSWORD" => {
                         set_password_for = true;
                         armed = 0;
@@ -250,12 +283,24 @@ mod tests {
     }
 
     #[test]
+    fn url_passwords_are_masked() {
+        assert_eq!(
+            text("dsn mysql://u:pw1@h:3306/db and http://h/x@y"),
+            "dsn mysql://u:******@h:3306/db and http://h/x@y"
+        );
+        assert_eq!(
+            statement("CREATE TABLE f (a INT) ENGINE=FEDERATED CONNECTION='mysql://u:p@h/d/t'"),
+            "CREATE TABLE f (a INT) ENGINE=FEDERATED CONNECTION='******'"
+        );
+    }
+
+    #[test]
     fn known_passwords_are_masked_anywhere() {
         remember("Redact-Me-123");
-        remember("abc"); // too short to search for
+        remember("abcde"); // too short to search for
         assert_eq!(
-            text("Access denied using Redact-Me-123 and abc"),
-            "Access denied using ****** and abc"
+            text("Access denied using Redact-Me-123 and abcde"),
+            "Access denied using ****** and abcde"
         );
         assert_eq!(text("nothing here"), "nothing here");
     }

@@ -151,8 +151,26 @@ impl TlsOptions {
                     "{field}.server_name {name:?} is not a host name or IP address"
                 ));
             }
+            if self.mode != TlsMode::VerifyIdentity {
+                return Err(format!(
+                    "{field}.server_name is checked only by mode verify_identity, not {}",
+                    self.mode
+                ));
+            }
         }
-        Ok(())
+        match self.mode {
+            TlsMode::Preferred | TlsMode::Required if self.ca.is_some() => Err(format!(
+                "{field}.ca is used only by modes verify_ca and verify_identity; {} does \
+                 not check the certificate: set {field}.mode to verify_ca",
+                self.mode
+            )),
+            // Any certificate from any public CA, for any name, would pass.
+            TlsMode::VerifyCa if self.ca.is_none() => Err(format!(
+                "{field}.mode verify_ca needs {field}.ca: the CA file that signed the \
+                 server's certificate (verify_identity checks public certificates by name)"
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -270,6 +288,15 @@ pub fn known_name(opts: &TlsOptions, host: &str, port: u16) -> Option<String> {
         .cloned()
 }
 
+/// Why the name could not be learnt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// The network or the server's availability: worth retrying.
+    Unreachable(String),
+    /// The server's TLS or certificate: needs an operator.
+    Refused(String),
+}
+
 /// The name `verify_ca` verifies for `host:port`: the one kept from an
 /// earlier probe, unless `fresh`.
 pub async fn verify_ca_name(
@@ -278,7 +305,7 @@ pub async fn verify_ca_name(
     port: u16,
     timeout: Duration,
     fresh: bool,
-) -> Result<String, String> {
+) -> Result<String, ProbeError> {
     let key = (host.to_string(), port, opts.ca.clone());
     if !fresh {
         if let Some(name) = names().lock().get(&key) {
@@ -287,14 +314,71 @@ pub async fn verify_ca_name(
     }
     let name = tokio::time::timeout(timeout, probe_name(opts, host, port))
         .await
-        .map_err(|_| format!("no TLS answer within {} s", timeout.as_secs_f64()))??;
+        .map_err(|_| {
+            ProbeError::Unreachable(format!("no answer within {} s", timeout.as_secs_f64()))
+        })??;
     names().lock().insert(key, name.clone());
     Ok(name)
 }
 
 /// One TLS handshake with the server, verifying its chain against the CA
 /// and answering a name the certificate is valid for.
-async fn probe_name(opts: &TlsOptions, host: &str, port: u16) -> Result<String, String> {
+async fn probe_name(opts: &TlsOptions, host: &str, port: u16) -> Result<String, ProbeError> {
+    let mut tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| ProbeError::Unreachable(e.to_string()))?;
+    // The server's greeting: a 4-byte header, then protocol 10's handshake.
+    let greeting = read_packet(&mut tcp)
+        .await
+        .map_err(ProbeError::Unreachable)?;
+    let config = probe_config(opts).await.map_err(ProbeError::Refused)?;
+    let seen = config.1;
+    let refused = ProbeError::Refused;
+    if greeting.first() == Some(&0xff) {
+        return Err(refused(format!(
+            "the server refused the connection: {}",
+            String::from_utf8_lossy(greeting.get(3..).unwrap_or_default())
+        )));
+    }
+    let caps = greeting_capabilities(&greeting).map_err(refused)?;
+    const CLIENT_SSL: u32 = 0x800;
+    if caps & CLIENT_SSL == 0 {
+        return Err(refused(format!(
+            "server does not offer TLS, which tls mode {} needs: give the server \
+             ssl_cert and ssl_key, or use tls mode preferred or disabled",
+            opts.mode
+        )));
+    }
+    // SSLRequest: capabilities (PROTOCOL_41 | SSL | SECURE_CONNECTION), max
+    // packet, utf8mb4, 23 zero bytes; sequence id 1.
+    let mut request = vec![32u8, 0, 0, 1];
+    request.extend_from_slice(&(0x0200u32 | CLIENT_SSL | 0x8000).to_le_bytes());
+    request.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    request.push(45);
+    request.extend_from_slice(&[0; 23]);
+    tcp.write_all(&request)
+        .await
+        .map_err(|e| ProbeError::Unreachable(e.to_string()))?;
+    let sni = ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| ServerName::try_from("localhost").expect("a valid name"));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config.0));
+    let result = connector.connect(sni, tcp).await;
+    let found = seen.lock().take();
+    match (result, found) {
+        (_, Some(Ok(name))) => Ok(name),
+        (_, Some(Err(e))) => Err(refused(describe_rustls(&e, host))),
+        // No certificate was seen: the connection broke first.
+        (Err(e), None) => Err(ProbeError::Unreachable(format!("TLS handshake: {e}"))),
+        (Ok(_), None) => Err(refused(
+            "TLS handshake failed: the server sent no certificate".into(),
+        )),
+    }
+}
+
+type Seen = Arc<Mutex<Option<Result<String, rustls::Error>>>>;
+
+/// The probe's client: the CA's roots, a verifier that keeps what it saw.
+async fn probe_config(opts: &TlsOptions) -> Result<(rustls::ClientConfig, Seen), String> {
     let mut roots = RootCertStore::empty();
     match &opts.ca {
         Some(ca) => {
@@ -325,46 +409,7 @@ async fn probe_name(opts: &TlsOptions, host: &str, port: u16) -> Result<String, 
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-
-    let mut tcp = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| e.to_string())?;
-    // The server's greeting: a 4-byte header, then protocol 10's handshake.
-    let greeting = read_packet(&mut tcp).await?;
-    if greeting.first() == Some(&0xff) {
-        return Err(format!(
-            "the server refused the connection: {}",
-            String::from_utf8_lossy(greeting.get(3..).unwrap_or_default())
-        ));
-    }
-    let caps = greeting_capabilities(&greeting)?;
-    const CLIENT_SSL: u32 = 0x800;
-    if caps & CLIENT_SSL == 0 {
-        return Err(format!(
-            "server does not offer TLS, which tls mode {} needs: give the server \
-             ssl_cert and ssl_key, or use tls mode preferred or disabled",
-            opts.mode
-        ));
-    }
-    // SSLRequest: capabilities (PROTOCOL_41 | SSL | SECURE_CONNECTION), max
-    // packet, utf8mb4, 23 zero bytes; sequence id 1.
-    let mut request = vec![32u8, 0, 0, 1];
-    request.extend_from_slice(&(0x0200u32 | CLIENT_SSL | 0x8000).to_le_bytes());
-    request.extend_from_slice(&(16u32 << 20).to_le_bytes());
-    request.push(45);
-    request.extend_from_slice(&[0; 23]);
-    tcp.write_all(&request).await.map_err(|e| e.to_string())?;
-    let sni = ServerName::try_from(host.to_string())
-        .unwrap_or_else(|_| ServerName::try_from("localhost").expect("a valid name"));
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let result = connector.connect(sni, tcp).await;
-    let found = seen.lock().take();
-    match (result, found) {
-        (_, Some(Ok(name))) => Ok(name),
-        (_, Some(Err(e))) => Err(describe_rustls(&e, host)),
-        (Err(e), None) => Err(format!("TLS handshake failed: {e}")),
-        (Ok(_), None) => Err("TLS handshake failed: the server sent no certificate".into()),
-    }
+    Ok((config, seen))
 }
 
 /// The public roots the driver trusts when no CA is given.
@@ -410,7 +455,7 @@ fn greeting_capabilities(p: &[u8]) -> Result<u32, String> {
 #[derive(Debug)]
 struct NameFinder {
     inner: Arc<WebPkiServerVerifier>,
-    seen: Arc<Mutex<Option<Result<String, rustls::Error>>>>,
+    seen: Seen,
 }
 
 impl ServerCertVerifier for NameFinder {
@@ -527,11 +572,25 @@ mod tests {
         };
         assert!(o.validate("src.tls").unwrap_err().contains("go together"));
         let o = TlsOptions {
-            mode: TlsMode::Required,
+            mode: TlsMode::VerifyCa,
             ca: Some("/nonexistent/ca.pem".into()),
             ..TlsOptions::default()
         };
         assert!(o.validate("src.tls").unwrap_err().contains("src.tls.ca"));
+        let o = TlsOptions::with_mode(TlsMode::VerifyCa);
+        assert!(o
+            .validate("t")
+            .unwrap_err()
+            .contains("verify_ca needs t.ca"));
+        let o = TlsOptions {
+            mode: TlsMode::Required,
+            server_name: Some("db.example".into()),
+            ..TlsOptions::default()
+        };
+        assert!(o
+            .validate("t")
+            .unwrap_err()
+            .contains("only by mode verify_identity"));
     }
 
     #[test]

@@ -17,8 +17,8 @@ use crate::secret::Secret;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use requests::{
-    check_tls, parse, CreateRequest, EmptyRequest, HostMappingRequest, NameRequest, PartialRequest,
-    SkipRequest, TlsRequest,
+    parse, CreateRequest, EmptyRequest, HostMappingRequest, NameRequest, PartialRequest,
+    SkipRequest, UpdateTlsRequest,
 };
 use responses::{success, ApiError};
 use serde_json::{json, Value};
@@ -337,17 +337,20 @@ async fn dispatch(
             success(json!({}))
         }
         "update_tls" => {
-            let request: TlsRequest = parse(body)?;
+            let request: UpdateTlsRequest = parse(body)?;
             let name = non_empty_name(request.name)?;
             if request.src.is_none() && request.dest.is_none() {
                 return Err(ApiError::BadRequest("give src, dest or both".into()));
             }
-            for (side, tls) in [("src", &request.src), ("dest", &request.dest)] {
-                if let Some(tls) = tls {
-                    check_tls(side, tls, &state.tls)?;
-                }
-            }
-            manager.update_tls(&name, request.src, request.dest).await?;
+            let src = request
+                .src
+                .map(|t| t.into_options("src", &state.tls))
+                .transpose()?;
+            let dest = request
+                .dest
+                .map(|t| t.into_options("dest", &state.tls))
+                .transpose()?;
+            manager.update_tls(&name, src, dest).await?;
             success(json!({}))
         }
         "partial_sync" => {

@@ -9,10 +9,11 @@ use crate::config::TlsPolicy;
 use crate::hostmap::HostMapping;
 use crate::job::spec::{Endpoint, JobSpec};
 use crate::secret::Secret;
-use crate::tls::TlsOptions;
+use crate::tls::{TlsMode, TlsOptions};
 use serde::de::{self, DeserializeOwned, Deserializer};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// Parses a JSON body; an empty body reads as `{}`, so the error then names
 /// the first missing field.
@@ -72,7 +73,48 @@ pub struct EndpointRequest {
     /// `{"mode", "ca", "cert", "key", "server_name"}`; absent: the service's
     /// `tls.default_mode`.
     #[serde(default)]
-    pub tls: Option<TlsOptions>,
+    pub tls: Option<TlsRequest>,
+}
+
+/// A side's `tls` as requests give it: without `mode`, `verify_ca` when a
+/// `ca` is given (as MySQL's clients do), else the service's default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsRequest {
+    #[serde(default)]
+    pub mode: Option<TlsMode>,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl TlsRequest {
+    /// The checked settings (files readable, not below the minimum); the
+    /// message names the field under `field`.
+    pub fn into_options(self, field: &str, policy: &TlsPolicy) -> Result<TlsOptions, ApiError> {
+        let mode = self.mode.unwrap_or(if self.ca.is_some() {
+            TlsMode::VerifyCa.max(policy.default_mode)
+        } else {
+            policy.default_mode
+        });
+        let tls = TlsOptions {
+            mode,
+            ca: self.ca,
+            cert: self.cert,
+            key: self.key,
+            server_name: self.server_name,
+        };
+        tls.validate(field).map_err(ApiError::BadRequest)?;
+        policy
+            .check(&format!("{field}.mode"), tls.mode)
+            .map_err(ApiError::BadRequest)?;
+        Ok(tls)
+    }
 }
 
 impl CreateRequest {
@@ -93,8 +135,8 @@ impl EndpointRequest {
             .map_err(|e| ApiError::BadRequest(format!("{side}.{e}")))?;
         let tls = self
             .tls
-            .unwrap_or_else(|| TlsOptions::with_mode(policy.default_mode));
-        check_tls(&format!("{side}.tls"), &tls, policy)?;
+            .unwrap_or_default()
+            .into_options(&format!("{side}.tls"), policy)?;
         Ok(Endpoint {
             host: self.host.trim().to_string(),
             port: self.port,
@@ -108,22 +150,14 @@ impl EndpointRequest {
     }
 }
 
-/// A side's TLS settings are whole, readable, and not below the minimum.
-pub fn check_tls(field: &str, tls: &TlsOptions, policy: &TlsPolicy) -> Result<(), ApiError> {
-    tls.validate(field).map_err(ApiError::BadRequest)?;
-    policy
-        .check(&format!("{field}.mode"), tls.mode)
-        .map_err(ApiError::BadRequest)
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsRequest {
+pub struct UpdateTlsRequest {
     pub name: String,
     #[serde(default)]
-    pub src: Option<TlsOptions>,
+    pub src: Option<TlsRequest>,
     #[serde(default)]
-    pub dest: Option<TlsOptions>,
+    pub dest: Option<TlsRequest>,
 }
 
 #[derive(Debug, Deserialize)]

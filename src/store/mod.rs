@@ -93,6 +93,9 @@ pub struct Sealer {
     keys: Keys,
 }
 
+/// Prefix of a clear password that starts like a stored form.
+const CLEAR: &str = "clr1:";
+
 /// A row's passwords to write again: name, src, dest.
 pub(crate) type Resealed = (String, String, String);
 
@@ -101,7 +104,9 @@ impl Sealer {
         format!("ccr_jobs/{name}/{side}")
     }
 
-    /// The stored form of a password.
+    /// The stored form of a password. In clear, one that could be taken
+    /// for a stored form (it starts with `enc1:` or `clr1:`) is written
+    /// behind `clr1:`.
     pub(crate) fn seal(
         &self,
         name: &str,
@@ -112,6 +117,9 @@ impl Sealer {
             Some(key) => key
                 .seal(&Self::context(name, side), plain.expose())
                 .map_err(StoreError::Key),
+            None if is_sealed(plain.expose()) || plain.expose().starts_with(CLEAR) => {
+                Ok(format!("{CLEAR}{}", plain.expose()))
+            }
             None => Ok(plain.expose().to_string()),
         }
     }
@@ -125,7 +133,8 @@ impl Sealer {
         stored: &str,
     ) -> Result<(String, bool), StoreError> {
         if !is_sealed(stored) {
-            return Ok((stored.to_string(), self.keys.current.is_some()));
+            let plain = stored.strip_prefix(CLEAR).unwrap_or(stored);
+            return Ok((plain.to_string(), self.keys.current.is_some()));
         }
         let context = Self::context(name, side);
         if let Some(plain) = self
@@ -376,6 +385,12 @@ mod tests {
         );
         // A sealed password does not open as another job's.
         assert!(with(Some(&a), None).open("k", "src", s).is_err());
+        // A clear password that looks sealed stays a clear password.
+        let none = with(None, None);
+        for odd in ["enc1:abcd", "clr1:x", "plain"] {
+            let stored = none.seal("j", "src", &Secret::new(odd)).unwrap();
+            assert_eq!(none.open("j", "src", &stored).unwrap().expose(), odd);
+        }
     }
 
     #[test]

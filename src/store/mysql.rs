@@ -66,8 +66,7 @@ impl MysqlStore {
         conn.query_drop(format!("USE {}", quote_ident(database)))
             .await
             .map_err(backend)?;
-        migrate(&mut conn).await?;
-        reseal(&mut conn, &sealer).await?;
+        migrate(&mut conn, &sealer).await?;
         conn.disconnect().await.map_err(backend)?;
         let opts = db::pool_opts(&addr, Some(database), CONNECT_TIMEOUT)
             .await
@@ -109,7 +108,7 @@ async fn reseal(conn: &mut Conn, sealer: &Sealer) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn migrate(conn: &mut Conn) -> Result<(), StoreError> {
+async fn migrate(conn: &mut Conn, sealer: &Sealer) -> Result<(), StoreError> {
     let locked: Option<i64> = conn
         .query_first("SELECT GET_LOCK('ccr_syncer_migrate', 30)")
         .await
@@ -119,7 +118,12 @@ async fn migrate(conn: &mut Conn) -> Result<(), StoreError> {
             "another syncer holds the migration lock ccr_syncer_migrate",
         ));
     }
-    let result = run_migrations(conn).await;
+    // Passwords are sealed under the same lock: two syncers starting
+    // together never seal the same rows side by side.
+    let result = match run_migrations(conn).await {
+        Ok(()) => reseal(conn, sealer).await,
+        Err(e) => Err(e),
+    };
     conn.query_drop("DO RELEASE_LOCK('ccr_syncer_migrate')")
         .await
         .map_err(backend)?;
