@@ -20,3 +20,4 @@ mod secrets;
 mod snapshot;
 mod stores;
 mod tls;
+mod view;

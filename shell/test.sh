@@ -7,7 +7,8 @@
 # What the tests use: mariadbd, mariadb-install-db and mariadb (MariaDB
 # servers they start themselves, with the ed25519 plugin), promtool (the
 # metrics format), sysbench (a 60-second write load), ip (a network namespace
-# for the failover test), openssl (the TLS tests' certificates).
+# for the failover test), openssl (the TLS tests' certificates), chromium
+# (the status page, loaded in a real headless browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v sysbench >/dev/null || missing+=(sysbench)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v openssl >/dev/null || missing+=(openssl)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     # One name once, in the order found.
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | awk '!seen[$0]++')

@@ -5,7 +5,7 @@
 //! HTTPS only; the store's passwords are encrypted when a key file is given.
 
 use crate::api::{self, ApiState};
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::job::{JobManager, WorkSettings};
 use crate::metrics::Metrics;
 use crate::secret;
@@ -51,13 +51,23 @@ pub async fn run(
         tls_minimum: config.tls.minimum_mode,
     };
     let manager = JobManager::start(store, metrics.clone(), settings).await?;
+    let address = listener.local_addr().map_err(AppError::Listener)?;
     let state = Arc::new(ApiState {
         manager: manager.clone(),
         metrics,
         auth_token: config.auth_token.clone(),
         tls: config.tls,
+        store_description: match &config.store {
+            StoreConfig::Sqlite { dir } => format!("SQLite {}", dir.join("ccr.db").display()),
+            StoreConfig::Mysql {
+                host,
+                port,
+                database,
+                ..
+            } => format!("MySQL {host}:{port}/{database}"),
+        },
+        address: address.to_string(),
     });
-    let address = listener.local_addr().map_err(AppError::Listener)?;
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     info!(%address, scheme, version = env!("CARGO_PKG_VERSION"), "ccr-syncer listening");
     if !address.ip().is_loopback() {

@@ -303,6 +303,23 @@ impl Metrics {
             .inc();
     }
 
+    /// A per-job gauge's value, if the job has that series (read without
+    /// creating one).
+    pub fn job_gauge(&self, name: &str, job: &str) -> Option<i64> {
+        self.registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == name)?
+            .get_metric()
+            .iter()
+            .find(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "job" && l.value() == job)
+            })
+            .map(|m| m.get_gauge().value() as i64)
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

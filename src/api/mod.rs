@@ -9,6 +9,7 @@
 pub mod https;
 mod requests;
 mod responses;
+mod view;
 
 use crate::job::state::JobCommand;
 use crate::job::JobManager;
@@ -33,7 +34,7 @@ use warp::{Filter, Reply};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Every operation, as metrics label it.
-const OPERATIONS: [&str; 19] = [
+const OPERATIONS: [&str; 20] = [
     "version",
     "metrics",
     "create_ccr",
@@ -52,6 +53,7 @@ const OPERATIONS: [&str; 19] = [
     "desync",
     "partial_sync",
     "update_tls",
+    "view",
     "unknown",
 ];
 
@@ -61,6 +63,9 @@ pub struct ApiState {
     pub auth_token: Option<Secret>,
     /// Jobs' TLS default and minimum.
     pub tls: crate::config::TlsPolicy,
+    /// How the status page names the store and this service.
+    pub store_description: String,
+    pub address: String,
 }
 
 pub fn routes(
@@ -99,14 +104,18 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
     B: Buf,
 {
+    let page = operation == "view" || operation.starts_with("view/");
     let label = OPERATIONS
         .iter()
-        .find(|op| **op == operation)
+        .find(|op| **op == operation || (page && **op == "view"))
         .copied()
         .unwrap_or("unknown");
     let result = async {
         authorize(state.auth_token.as_ref(), auth.as_deref())?;
         let body = read_body(length.as_deref(), body).await?;
+        if page {
+            return view_page(state, operation, &method);
+        }
         dispatch(state, operation, &method, &body).await
     }
     .await;
@@ -206,6 +215,34 @@ where
         }
     }
     Ok(buf.freeze())
+}
+
+/// `GET /view` (every job) and `GET /view/NAME` (one job), as HTML.
+fn view_page(state: &ApiState, operation: &str, method: &Method) -> Result<Response, ApiError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::MethodNotAllowed {
+            operation: "view".into(),
+            allowed: "GET",
+        });
+    }
+    let html = match operation.strip_prefix("view/") {
+        Some(name) => view::job_page(&state.manager.snapshot(name)?),
+        None => {
+            let mut names = state.manager.list();
+            names.sort();
+            let jobs: Vec<_> = names
+                .iter()
+                .filter_map(|n| state.manager.snapshot(n).ok())
+                .collect();
+            view::status_page(
+                &jobs,
+                &state.metrics,
+                &state.store_description,
+                &state.address,
+            )
+        }
+    };
+    Ok(warp::reply::with_header(html, "content-type", "text/html; charset=utf-8").into_response())
 }
 
 fn json_reply(mut value: Value) -> Response {
