@@ -23,7 +23,10 @@ const ER_DUP_ENTRY: u16 = 1062;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct MysqlStore {
-    pool: Pool,
+    /// Replaced when its TLS options no longer fit the server (a new
+    /// certificate under verify_ca): see [`MysqlStore::conn`].
+    pool: parking_lot::Mutex<Pool>,
+    config: StoreConfig,
     sealer: std::sync::Arc<Sealer>,
 }
 
@@ -72,13 +75,48 @@ impl MysqlStore {
             .await
             .map_err(backend)?;
         Ok(MysqlStore {
-            pool: Pool::new(opts),
+            pool: parking_lot::Mutex::new(Pool::new(opts)),
+            config: config.clone(),
             sealer,
         })
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
-        self.pool.get_conn().await.map_err(backend)
+        let pool = self.pool.lock().clone();
+        let e = match pool.get_conn().await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => e,
+        };
+        // A TLS refusal may mean the server's certificate changed since the
+        // pool's options were made: make them again (learning verify_ca's
+        // name anew) and try once more.
+        let StoreConfig::Mysql {
+            host,
+            port,
+            user,
+            password,
+            database,
+            tls,
+        } = &self.config
+        else {
+            return Err(backend(e));
+        };
+        if crate::tls::describe(&e, tls.mode, host).is_none() {
+            return Err(backend(e));
+        }
+        let addr = ServerAddr {
+            host,
+            port: *port,
+            user,
+            password,
+            tls,
+        };
+        let opts = db::pool_opts(&addr, Some(database), CONNECT_TIMEOUT)
+            .await
+            .map_err(backend)?;
+        let pool = Pool::new(opts);
+        *self.pool.lock() = pool.clone();
+        pool.get_conn().await.map_err(backend)
     }
 }
 
