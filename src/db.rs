@@ -121,7 +121,7 @@ pub async fn connect_with(
             let plain = OptsBuilder::from_opts(opts).ssl_opts(None).into();
             attempt(addr, &address, plain, timeout)
                 .await
-                .map_err(|f| f.into_error(&address))
+                .map_err(|f| f.into_error(&address, mode))
         }
         Err(Failure::Tls(_)) if mode == TlsMode::VerifyCa => {
             // The server's certificate may have changed since its name was
@@ -129,9 +129,9 @@ pub async fn connect_with(
             let again = with_ca_name(opts, true).await?;
             attempt(addr, &address, again, timeout)
                 .await
-                .map_err(|f| f.into_error(&address))
+                .map_err(|f| f.into_error(&address, mode))
         }
-        other => other.map_err(|f| f.into_error(&address)),
+        other => other.map_err(|f| f.into_error(&address, mode)),
     }
 }
 
@@ -145,13 +145,11 @@ enum Failure {
 }
 
 impl Failure {
-    fn into_error(self, address: &str) -> ConnectError {
+    fn into_error(self, address: &str, mode: TlsMode) -> ConnectError {
         match self {
             Failure::NoTls => ConnectError::Refused {
                 address: address.to_string(),
-                reason: "server does not offer TLS: give the server ssl_cert and ssl_key, \
-                         or use tls mode preferred or disabled"
-                    .into(),
+                reason: tls::no_tls(mode),
             },
             Failure::Tls(reason) => ConnectError::Refused {
                 address: address.to_string(),

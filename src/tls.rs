@@ -174,14 +174,19 @@ impl TlsOptions {
     }
 }
 
+/// Why a server without TLS is refused under `mode`.
+pub fn no_tls(mode: TlsMode) -> String {
+    format!(
+        "server does not offer TLS, which tls mode {mode} needs: give the server \
+         ssl_cert and ssl_key, or use tls mode preferred or disabled"
+    )
+}
+
 /// What a failed TLS handshake means, in an operator's words; `None` when
 /// the error is not about TLS.
 pub fn describe(e: &mysql_async::Error, mode: TlsMode, name: &str) -> Option<String> {
     if let mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer) = e {
-        return Some(format!(
-            "server does not offer TLS, which tls mode {mode} needs: give the server \
-             ssl_cert and ssl_key, or use tls mode preferred or disabled"
-        ));
+        return Some(no_tls(mode));
     }
     if let Some(r) = rustls_error(e) {
         return Some(describe_rustls(r, name));
@@ -343,11 +348,7 @@ async fn probe_name(opts: &TlsOptions, host: &str, port: u16) -> Result<String, 
     let caps = greeting_capabilities(&greeting).map_err(refused)?;
     const CLIENT_SSL: u32 = 0x800;
     if caps & CLIENT_SSL == 0 {
-        return Err(refused(format!(
-            "server does not offer TLS, which tls mode {} needs: give the server \
-             ssl_cert and ssl_key, or use tls mode preferred or disabled",
-            opts.mode
-        )));
+        return Err(refused(no_tls(opts.mode)));
     }
     // SSLRequest: capabilities (PROTOCOL_41 | SSL | SECURE_CONNECTION), max
     // packet, utf8mb4, 23 zero bytes; sequence id 1.

@@ -131,27 +131,7 @@ impl Runner {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 request = requests.recv() => match request {
-                    // A command is answered once the work matches it: after
-                    // `pause` answers, nothing more is applied.
-                    Some(Request::Command(command, reply)) => {
-                        let result = self.command(command).await;
-                        work = self.reconcile(work.take()).await;
-                        let _ = reply.send(result);
-                    }
-                    // New TLS settings: the work starts again on new
-                    // connections (it resumes from the destination's
-                    // checkpoint, as after any restart).
-                    Some(Request::UpdateTls { src, dest, reply }) => {
-                        let result = self.update_tls(src, dest).await;
-                        if result.is_ok() {
-                            if let Some(w) = work.take() {
-                                w.stop().await;
-                            }
-                            work = self.reconcile(None).await;
-                        }
-                        let _ = reply.send(result);
-                    }
-                    Some(request) => self.handle(request).await,
+                    Some(request) => work = self.handle(request, work.take()).await,
                     None => break,
                 },
                 event = next_event(&mut work) => match event {
@@ -511,16 +491,34 @@ impl Runner {
         });
     }
 
-    async fn handle(&self, request: Request) {
+    /// Serves one request and answers it once the work matches it: after
+    /// `pause` answers, nothing more is applied; after new TLS settings the
+    /// work starts again on new connections (resuming from the destination's
+    /// checkpoint, as after any restart).
+    async fn handle(&self, request: Request, work: Option<Work>) -> Option<Work> {
         match request {
             Request::Command(command, reply) => {
-                let _ = reply.send(self.command(command).await);
+                let result = self.command(command).await;
+                let work = self.reconcile(work).await;
+                let _ = reply.send(result);
+                work
             }
             Request::UpdateHostMapping { src, dest, reply } => {
                 let _ = reply.send(self.update_host_mapping(src, dest).await);
+                work
             }
             Request::UpdateTls { src, dest, reply } => {
-                let _ = reply.send(self.update_tls(src, dest).await);
+                let result = self.update_tls(src, dest).await;
+                let work = match (&result, work) {
+                    (Ok(_), Some(w)) => {
+                        w.stop().await;
+                        self.reconcile(None).await
+                    }
+                    (Ok(_), None) => self.reconcile(None).await,
+                    (Err(_), work) => work,
+                };
+                let _ = reply.send(result);
+                work
             }
         }
     }

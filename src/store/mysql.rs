@@ -30,6 +30,31 @@ pub struct MysqlStore {
     sealer: std::sync::Arc<Sealer>,
 }
 
+/// The store's server and database, from a MySQL store configuration.
+fn server(config: &StoreConfig) -> Option<(ServerAddr<'_>, &str)> {
+    let StoreConfig::Mysql {
+        host,
+        port,
+        user,
+        password,
+        database,
+        tls,
+    } = config
+    else {
+        return None;
+    };
+    Some((
+        ServerAddr {
+            host,
+            port: *port,
+            user,
+            password,
+            tls,
+        },
+        database,
+    ))
+}
+
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("mysql: {e}"))
 }
@@ -39,24 +64,8 @@ impl MysqlStore {
         config: &StoreConfig,
         sealer: std::sync::Arc<Sealer>,
     ) -> Result<Self, StoreError> {
-        let StoreConfig::Mysql {
-            host,
-            port,
-            user,
-            password,
-            database,
-            tls,
-        } = config
-        else {
-            return Err(backend("not a mysql store configuration"));
-        };
-        let addr = ServerAddr {
-            host,
-            port: *port,
-            user,
-            password,
-            tls,
-        };
+        let (addr, database) =
+            server(config).ok_or_else(|| backend("not a mysql store configuration"))?;
         let mut conn = db::connect(&addr, None, CONNECT_TIMEOUT)
             .await
             .map_err(backend)?;
@@ -90,26 +99,10 @@ impl MysqlStore {
         // A TLS refusal may mean the server's certificate changed since the
         // pool's options were made: make them again (learning verify_ca's
         // name anew) and try once more.
-        let StoreConfig::Mysql {
-            host,
-            port,
-            user,
-            password,
-            database,
-            tls,
-        } = &self.config
+        let Some((addr, database)) = server(&self.config)
+            .filter(|(addr, _)| crate::tls::describe(&e, addr.tls.mode, addr.host).is_some())
         else {
             return Err(backend(e));
-        };
-        if crate::tls::describe(&e, tls.mode, host).is_none() {
-            return Err(backend(e));
-        }
-        let addr = ServerAddr {
-            host,
-            port: *port,
-            user,
-            password,
-            tls,
         };
         let opts = db::pool_opts(&addr, Some(database), CONNECT_TIMEOUT)
             .await
