@@ -10,6 +10,7 @@ mod create_checks;
 mod failover;
 mod first_use;
 mod full_sync;
+mod group;
 mod incremental;
 mod metrics_auth;
 mod outages;

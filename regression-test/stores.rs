@@ -6,7 +6,7 @@ use ccr_syncer::hostmap::HostMapping;
 use ccr_syncer::job::spec::{Endpoint, JobSpec, SyncType};
 use ccr_syncer::job::state::{JobStatus, Progress, ProgressState, RunState};
 use ccr_syncer::secret::Secret;
-use ccr_syncer::store::{self, JobRecord, StoreError};
+use ccr_syncer::store::{self, Fence, GroupStore, JobRecord, StoreError};
 
 fn record(name: &str) -> JobRecord {
     let endpoint = |db: &str, password: &str| Endpoint {
@@ -63,30 +63,73 @@ async fn contract(config: StoreConfig) {
         position: Some("0-1-42".into()),
         ..Progress::default()
     };
+    // A job nobody holds yet has the empty owner at epoch 0; once a member
+    // holds it, only that member at that epoch may save.
+    let unowned = Fence {
+        member: String::new(),
+        epoch: 0,
+    };
     store
-        .save_status("a", status, &progress, 2_000)
+        .save_status("a", &unowned, status, &progress, 2_000)
         .await
         .unwrap();
     // Saving the same status again is not an error.
     store
-        .save_status("a", status, &progress, 2_000)
+        .save_status("a", &unowned, status, &progress, 2_000)
         .await
         .unwrap();
     assert!(matches!(
-        store.save_status("zz", status, &progress, 1).await,
+        store.save_status("zz", &unowned, status, &progress, 1).await,
         Err(StoreError::NotFound(n)) if n == "zz"
     ));
+    let group = GroupStore::new(store.clone());
+    let lease = group.lease_of("a").await.unwrap().unwrap();
+    assert!(group.assign(&lease, "m1", i64::MAX).await.unwrap());
+    assert!(
+        !group.assign(&lease, "m2", i64::MAX).await.unwrap(),
+        "a stale assignment loses"
+    );
+    let held = Fence {
+        member: "m1".into(),
+        epoch: 1,
+    };
+    store
+        .save_status("a", &held, status, &progress, 2_000)
+        .await
+        .unwrap();
+    for stale in [
+        &unowned,
+        &Fence {
+            member: "m1".into(),
+            epoch: 0,
+        },
+        &Fence {
+            member: "m2".into(),
+            epoch: 1,
+        },
+    ] {
+        assert!(matches!(
+            store
+                .save_status("a", stale, status, &progress, 2_000)
+                .await,
+            Err(StoreError::Fenced { .. })
+        ));
+    }
 
     let mut spec = a.spec.clone();
     spec.src
         .host_mapping
         .update([("172.16.0.1".to_string(), "1.2.3.4".to_string())].into())
         .unwrap();
-    store.save_spec(&spec, 3_000).await.unwrap();
+    store.save_spec(&spec, &held, 3_000).await.unwrap();
+    assert!(matches!(
+        store.save_spec(&spec, &unowned, 3_000).await,
+        Err(StoreError::Fenced { .. })
+    ));
     let mut missing = spec.clone();
     missing.name = "zz".into();
     assert!(matches!(
-        store.save_spec(&missing, 1).await,
+        store.save_spec(&missing, &held, 1).await,
         Err(StoreError::NotFound(_))
     ));
 
@@ -94,6 +137,7 @@ async fn contract(config: StoreConfig) {
     assert!(!store.delete_job("b").await.unwrap());
 
     // Reopening runs the migrations again harmlessly and finds the same data.
+    drop(group);
     drop(store);
     let store = store::open(&config, Default::default())
         .await

@@ -6,7 +6,8 @@
 
 use crate::api::{self, ApiState};
 use crate::config::{Config, StoreConfig};
-use crate::job::{JobManager, WorkSettings};
+use crate::group::{Group, GroupSettings};
+use crate::job::{JobManager, Switches, WorkSettings};
 use crate::metrics::Metrics;
 use crate::secret;
 use crate::store::{self, StoreError};
@@ -25,6 +26,8 @@ pub enum AppError {
     ApiTls(String),
     #[error("the store's secret key: {0}")]
     SecretKey(String),
+    #[error("the group: {0}")]
+    Group(String),
 }
 
 pub async fn run(
@@ -50,10 +53,21 @@ pub async fn run(
         apply_connections: config.apply_connections,
         tls_minimum: config.tls.minimum_mode,
     };
-    let manager = JobManager::start(store, metrics.clone(), settings).await?;
+    let manager = JobManager::new(
+        store.clone(),
+        metrics.clone(),
+        settings,
+        Arc::new(Switches::default()),
+    );
     let address = listener.local_addr().map_err(AppError::Listener)?;
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let group_settings = group_settings(&config, address, scheme)?;
+    let group = Group::join(store, manager.clone(), group_settings).await?;
+    let (group_stop, group_stopped) = tokio::sync::watch::channel(false);
+    let group_loop = tokio::spawn(group.clone().run(group_stopped));
     let state = Arc::new(ApiState {
         manager: manager.clone(),
+        group: group.clone(),
         metrics,
         auth_token: config.auth_token.clone(),
         tls: config.tls,
@@ -68,7 +82,6 @@ pub async fn run(
         },
         address: address.to_string(),
     });
-    let scheme = if acceptor.is_some() { "https" } else { "http" };
     info!(%address, scheme, version = env!("CARGO_PKG_VERSION"), "ccr-syncer listening");
     if !address.ip().is_loopback() {
         if acceptor.is_none() {
@@ -93,7 +106,41 @@ pub async fn run(
         }
     }
     info!("API stopped; stopping jobs");
+    group_stop.send_replace(true);
+    let _ = group_loop.await;
     manager.shutdown().await;
+    group.leave().await;
     info!("ccr-syncer stopped");
     Ok(())
+}
+
+/// This member's id and address: as configured, or from the API's address
+/// (a wildcard address is named by the machine's host name).
+fn group_settings(
+    config: &Config,
+    address: std::net::SocketAddr,
+    scheme: &str,
+) -> Result<GroupSettings, AppError> {
+    let default = if address.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{}", address.port())
+    } else {
+        address.to_string()
+    };
+    let advertise = match &config.group.advertise_address {
+        Some(a) => crate::group::api_address(a)
+            .map_err(|e| AppError::Group(format!("advertise_address: {e}")))?,
+        None => format!("{scheme}://{default}"),
+    };
+    Ok(GroupSettings {
+        member_id: config.group.member_id.clone().unwrap_or(default),
+        address: advertise,
+        member_type: config.group.member_type,
+        lease: config.group.lease,
+        heartbeat: config.group.heartbeat,
+    })
 }

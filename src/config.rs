@@ -82,6 +82,17 @@ pub struct Cli {
     /// passwords are decrypted with it and encrypted again with the new key.
     #[arg(long)]
     pub previous_secret_key_file: Option<PathBuf>,
+    /// This syncer's id in its group (default: the API's host:port).
+    #[arg(long)]
+    pub member_id: Option<String>,
+    /// The API address the group's other members reach this one at
+    /// (default: http(s)://host:port of the API).
+    #[arg(long)]
+    pub advertise_address: Option<String>,
+    /// normal (owns jobs) or learner (serves the API, owns no jobs), when
+    /// this member joins a group for the first time.
+    #[arg(long, value_parser = ["normal", "learner"])]
+    pub member_type: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -125,6 +136,44 @@ struct FileConfig {
     full_sync: FileFullSync,
     #[serde(default)]
     incremental: FileIncremental,
+    #[serde(default)]
+    group: FileGroup,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGroup {
+    member_id: Option<String>,
+    advertise_address: Option<String>,
+    member_type: Option<String>,
+    lease_secs: Option<u64>,
+    heartbeat_ms: Option<u64>,
+}
+
+/// How this syncer takes part in its group (`[group]`).
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// Unset: the API's host:port (with the machine's name for a wildcard
+    /// address).
+    pub member_id: Option<String>,
+    /// Unset: http(s)://host:port of the API.
+    pub advertise_address: Option<String>,
+    /// 2 normal, 1 learner.
+    pub member_type: i64,
+    pub lease: Duration,
+    pub heartbeat: Duration,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            member_id: None,
+            advertise_address: None,
+            member_type: 2,
+            lease: Duration::from_secs(8),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,6 +287,7 @@ pub struct Config {
     pub secret_key_file: Option<PathBuf>,
     /// The key they were encrypted with before (key rotation).
     pub previous_secret_key_file: Option<PathBuf>,
+    pub group: GroupConfig,
 }
 
 /// Default of `[incremental] apply_connections`.
@@ -307,6 +357,7 @@ impl Config {
             tls: TlsPolicy::default(),
             secret_key_file: None,
             previous_secret_key_file: None,
+            group: GroupConfig::default(),
         }
     }
 
@@ -462,6 +513,59 @@ impl Config {
                     .into(),
             ));
         }
+        let group = {
+            let defaults = GroupConfig::default();
+            let lease_secs = file.group.lease_secs.unwrap_or(defaults.lease.as_secs());
+            if !(2..=300).contains(&lease_secs) {
+                return Err(ConfigError::Invalid(
+                    "group.lease_secs must be between 2 and 300".into(),
+                ));
+            }
+            let heartbeat_ms = file
+                .group
+                .heartbeat_ms
+                .unwrap_or(defaults.heartbeat.as_millis() as u64);
+            if heartbeat_ms < 100 || heartbeat_ms * 3 > lease_secs * 1000 {
+                return Err(ConfigError::Invalid(format!(
+                    "group.heartbeat_ms must be at least 100 and at most a third of the lease \
+                     ({} ms)",
+                    lease_secs * 1000 / 3
+                )));
+            }
+            let member_type = match cli
+                .member_type
+                .clone()
+                .or(file.group.member_type)
+                .as_deref()
+            {
+                None | Some("normal") => 2,
+                Some("learner") => 1,
+                Some(other) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "group.member_type {other:?} is not \"normal\" or \"learner\""
+                    )))
+                }
+            };
+            let member_id = cli.member_id.clone().or(file.group.member_id);
+            if member_id
+                .as_deref()
+                .is_some_and(|m| m.trim().is_empty() || m.len() > 255)
+            {
+                return Err(ConfigError::Invalid(
+                    "group.member_id (--member-id) must be 1 to 255 characters".into(),
+                ));
+            }
+            GroupConfig {
+                member_id,
+                advertise_address: cli
+                    .advertise_address
+                    .clone()
+                    .or(file.group.advertise_address),
+                member_type,
+                lease: Duration::from_secs(lease_secs),
+                heartbeat: Duration::from_millis(heartbeat_ms),
+            }
+        };
         let auth_token = token_env
             .or(file.auth_token)
             .filter(|t| !t.is_empty())
@@ -485,6 +589,7 @@ impl Config {
             tls,
             secret_key_file,
             previous_secret_key_file,
+            group,
         })
     }
 }

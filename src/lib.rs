@@ -6,6 +6,7 @@ pub mod app;
 pub mod applier;
 pub mod config;
 pub mod db;
+pub mod group;
 pub mod hostmap;
 pub mod job;
 pub mod logging;

@@ -6,6 +6,7 @@
 //! reads the body (at most [`MAX_BODY_BYTES`]), dispatches on the operation
 //! and turns every outcome into the Doris envelope with a fitting status.
 
+mod admin;
 pub mod https;
 mod requests;
 mod responses;
@@ -34,7 +35,7 @@ use warp::{Filter, Reply};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Every operation, as metrics label it.
-const OPERATIONS: [&str; 20] = [
+const OPERATIONS: [&str; 26] = [
     "version",
     "metrics",
     "create_ccr",
@@ -54,11 +55,37 @@ const OPERATIONS: [&str; 20] = [
     "partial_sync",
     "update_tls",
     "view",
+    "stat",
+    "member/add",
+    "member/remove",
+    "leadership/transfer",
+    "config/get",
+    "config/set",
     "unknown",
+];
+
+/// The operations on one job, named by the body's `name`: served by the
+/// member that owns the job, wherever they arrive.
+const JOB_OPERATIONS: [&str; 14] = [
+    "get_lag",
+    "pause",
+    "resume",
+    "delete",
+    "job_detail",
+    "job_progress",
+    "job_status",
+    "update_host_mapping",
+    "add_host_mapping",
+    "job_skip_binlog",
+    "force_fullsync",
+    "desync",
+    "partial_sync",
+    "update_tls",
 ];
 
 pub struct ApiState {
     pub manager: Arc<JobManager>,
+    pub group: Arc<crate::group::Group>,
     pub metrics: Arc<Metrics>,
     pub auth_token: Option<Secret>,
     /// Jobs' TLS default and minimum.
@@ -72,31 +99,59 @@ pub fn routes(
     state: Arc<ApiState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     let state = warp::any().map(move || state.clone());
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     warp::path::full()
         .and(warp::method())
+        .and(query)
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("content-length"))
+        .and(warp::header::optional::<String>(admin::FORWARDED))
         .and(warp::body::stream())
         .and(state)
         .then(
-            |path: warp::path::FullPath, method, auth, length, body, state: Arc<ApiState>| async move {
+            |path: warp::path::FullPath,
+             method,
+             query: String,
+             auth,
+             length,
+             forwarded: Option<String>,
+             body,
+             state: Arc<ApiState>| async move {
                 let operation = path.as_str().trim_matches('/').to_string();
-                handle(&state, &operation, method, auth, length, body).await
+                let request = Incoming {
+                    operation: &operation,
+                    method,
+                    query: &query,
+                    auth,
+                    forwarded: forwarded.is_some(),
+                };
+                handle(&state, request, length, body).await
             },
         )
         .or_else(|_rejection| async {
             // Only a request the filters above cannot read lands here.
             let e = ApiError::BadRequest("malformed HTTP request".into());
-            Ok::<_, Infallible>((warp::reply::with_status(warp::reply::json(&e.body()), e.status())
-                .into_response(),))
+            Ok::<_, Infallible>((warp::reply::with_status(
+                warp::reply::json(&e.body()),
+                e.status(),
+            )
+            .into_response(),))
         })
+}
+
+/// What `handle` needs of a request besides its body.
+struct Incoming<'a> {
+    operation: &'a str,
+    method: Method,
+    query: &'a str,
+    auth: Option<String>,
+    /// Sent by another member: served here, never sent on.
+    forwarded: bool,
 }
 
 async fn handle<S, B>(
     state: &ApiState,
-    operation: &str,
-    method: Method,
-    auth: Option<String>,
+    request: Incoming<'_>,
     length: Option<String>,
     body: S,
 ) -> Response
@@ -104,6 +159,13 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
     B: Buf,
 {
+    let Incoming {
+        operation,
+        method,
+        query,
+        auth,
+        forwarded,
+    } = request;
     let page = operation == "view" || operation.starts_with("view/");
     let label = OPERATIONS
         .iter()
@@ -115,6 +177,14 @@ where
         let body = read_body(length.as_deref(), body).await?;
         if page {
             return view_page(state, operation, &method);
+        }
+        if let Some(response) = admin_operation(state, operation, &method, query, &body).await {
+            return response;
+        }
+        if let Some(response) =
+            route(state, operation, &method, auth.as_deref(), forwarded, &body).await?
+        {
+            return Ok(response);
         }
         dispatch(state, operation, &method, &body).await
     }
@@ -245,6 +315,108 @@ fn view_page(state: &ApiState, operation: &str, method: &Method) -> Result<Respo
     Ok(warp::reply::with_header(html, "content-type", "text/html; charset=utf-8").into_response())
 }
 
+/// The group's admin operations; None for any other.
+async fn admin_operation(
+    state: &ApiState,
+    operation: &str,
+    method: &Method,
+    query: &str,
+    body: &[u8],
+) -> Option<Result<Response, ApiError>> {
+    let group = &state.group;
+    let get = |allowed: bool| {
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::MethodNotAllowed {
+                operation: operation.to_string(),
+                allowed: if operation == "stat" {
+                    "GET and POST"
+                } else {
+                    "GET"
+                },
+            })
+        }
+    };
+    let result = match operation {
+        "stat" => match get(method == Method::GET || method == Method::POST) {
+            Ok(()) => admin::stat(group).await,
+            Err(e) => Err(e),
+        },
+        "config/get" => match get(method == Method::GET) {
+            Ok(()) => admin::config_get(group, query).await,
+            Err(e) => Err(e),
+        },
+        "member/add" | "member/remove" | "leadership/transfer" | "config/set" => {
+            match require_post(operation, method) {
+                Err(e) => Err(e),
+                Ok(()) => match operation {
+                    "member/add" => admin::member_add(group, body).await,
+                    "member/remove" => admin::member_remove(group, body).await,
+                    "leadership/transfer" => admin::leadership_transfer(group, body).await,
+                    _ => admin::config_set(group, body).await,
+                },
+            }
+        }
+        _ => return None,
+    };
+    Some(result.map(json_reply))
+}
+
+/// A call on a job this member does not run goes to the member that owns
+/// it; None when it is served here.
+async fn route(
+    state: &ApiState,
+    operation: &str,
+    method: &Method,
+    auth: Option<&str>,
+    forwarded: bool,
+    body: &Bytes,
+) -> Result<Option<Response>, ApiError> {
+    if !JOB_OPERATIONS.contains(&operation) || method != Method::POST {
+        return Ok(None);
+    }
+    // A body without a readable name is refused by the operation itself.
+    let Some(name) = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
+        .filter(|n| !n.is_empty())
+    else {
+        return Ok(None);
+    };
+    match state.group.route(&name).await? {
+        crate::group::Route::Here => Ok(None),
+        // A job nobody holds can still be deleted.
+        crate::group::Route::Unowned if operation == "delete" => {
+            state.group.delete_unowned(&name).await?;
+            Ok(Some(json_reply(success(json!({})))))
+        }
+        crate::group::Route::Unowned => Err(ApiError::Unavailable(format!(
+            "job {name} has no live owner at this moment: a member takes it over within {} s; \
+             try again",
+            (state.group.settings().lease + state.group.settings().heartbeat).as_secs()
+        ))),
+        crate::group::Route::Silent {
+            member,
+            quiet_ms,
+            expires_in_ms,
+        } => Err(ApiError::Unavailable(format!(
+            "job {name} is owned by member {member}, which has not heartbeat for {quiet_ms} ms; \
+             unless it comes back, another member takes the job over within {} ms; try again",
+            expires_in_ms.max(0) + state.group.settings().heartbeat.as_millis() as i64
+        ))),
+        crate::group::Route::Forward { .. } if forwarded => Err(ApiError::Unavailable(format!(
+            "job {name} is moving between members; try again"
+        ))),
+        crate::group::Route::Forward { member, address } => {
+            debug!(operation, job = %name, %member, %address, "forwarding to the job's owner");
+            admin::forward(&address, &member, operation, auth, body.clone())
+                .await
+                .map(Some)
+        }
+    }
+}
+
 fn json_reply(mut value: Value) -> Response {
     redact(&mut value);
     warp::reply::with_status(warp::reply::json(&value), StatusCode::OK).into_response()
@@ -325,13 +497,20 @@ async fn dispatch(
     let reply = match operation {
         "create_ccr" => {
             let spec = parse::<CreateRequest>(body)?.into_spec(&state.tls)?;
-            let job = manager.create(spec).await?;
-            info!(job = %job.spec.name, "create_ccr accepted");
-            success(json!({}))
+            let name = spec.name.clone();
+            let job = state.group.create(spec).await?;
+            let owner = job.map(|j| j.fence.member);
+            info!(job = %name, owner = ?owner, "create_ccr accepted");
+            success(json!({"owner": owner}))
         }
         "list_jobs" => {
             parse::<EmptyRequest>(body)?;
-            success(json!({"jobs": manager.list()}))
+            let jobs = state
+                .group
+                .job_names()
+                .await
+                .map_err(|e| ApiError::Job(e.into()))?;
+            success(json!({"jobs": jobs}))
         }
         "job_status" => {
             success(json!({"status": responses::status(&manager.snapshot(&named(body)?)?)}))

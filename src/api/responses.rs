@@ -31,6 +31,14 @@ pub enum ApiError {
     Body(String),
     #[error(transparent)]
     Job(#[from] JobError),
+    #[error(transparent)]
+    Group(#[from] crate::group::GroupError),
+    /// The request cannot be served right now; the message says when to retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The member that owns the job did not answer a forwarded request.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 impl ApiError {
@@ -42,6 +50,14 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Body(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Group(e) => match e {
+                crate::group::GroupError::Invalid(_) => StatusCode::BAD_REQUEST,
+                crate::group::GroupError::NotFound(_) => StatusCode::NOT_FOUND,
+                crate::group::GroupError::Conflict(_) => StatusCode::CONFLICT,
+                crate::group::GroupError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
             ApiError::Job(e) => match e {
                 JobError::NotFound(_) => StatusCode::NOT_FOUND,
                 JobError::Duplicate(_) => StatusCode::CONFLICT,
@@ -63,6 +79,11 @@ impl ApiError {
                     }
                     PreflightError::TargetExists { .. } => StatusCode::CONFLICT,
                 },
+                // The job moved to another member meanwhile: asking again
+                // reaches it there.
+                JobError::Store(crate::store::StoreError::Fenced { .. }) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 JobError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 JobError::Stopping(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
@@ -101,6 +122,8 @@ pub fn status(job: &JobSnapshot) -> Value {
         "name": job.spec.name,
         "state": job.status.run_state.as_str(),
         "progress_state": job.status.progress_state.as_str(),
+        "owner": job.fence.member,
+        "owner_epoch": job.fence.epoch,
     });
     // Why a job stopped, and the transaction it holds on, where it does.
     let p = &job.progress;
@@ -153,6 +176,8 @@ pub fn detail(job: &JobSnapshot) -> Value {
             "error": inc.topology.error,
         },
         "name": job.spec.name,
+        "owner": job.fence.member,
+        "owner_epoch": job.fence.epoch,
         "sync_type": job.spec.sync_type(),
         "src": endpoint(&job.spec.src),
         "dest": endpoint(&job.spec.dest),

@@ -12,6 +12,18 @@
 //!
 //! `run_id` names the full sync the positions continue: a checkpoint of an
 //! earlier run is ignored.
+//!
+//! **Fencing.** `owner_epoch` is the epoch of the lease under which the row
+//! was last written (see `crate::group`). A member starting a job's work
+//! *claims* the row at its epoch ([`claim`]); every write of the row (each
+//! group's checkpoint, a DDL mark) and every full-sync chunk ([`fence_sql`])
+//! sets `owner_epoch` to NULL — an error in the strict sessions the applier
+//! uses (`Column 'owner_epoch' cannot be null`, 1048) — when the row holds a
+//! higher epoch. So once a newer holder has claimed the job, a member that
+//! lost its lease cannot commit one more transaction or chunk: the
+//! statement fails and the transaction rolls back. A claim waits for the row
+//! lock of a commit in flight, so whatever committed before it is in the
+//! checkpoint the new holder reads next.
 
 use crate::db::quote_ident;
 use crate::position::BinlogCoord;
@@ -31,6 +43,18 @@ pub struct Checkpoint {
     pub commit_ts: Option<i64>,
     /// The DDL started after this position and not known to be done.
     pub pending_ddl: Option<String>,
+    /// The lease epoch of the member writing it.
+    pub epoch: i64,
+}
+
+/// The column whose NULL error says a write was fenced off.
+pub const EPOCH_COLUMN: &str = "owner_epoch";
+/// MySQL's "Column cannot be null".
+const ER_BAD_NULL: u16 = 1048;
+
+/// Whether a destination error is the fence refusing a stale holder.
+pub fn is_fenced(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if s.code == ER_BAD_NULL && s.message.contains(EPOCH_COLUMN))
 }
 
 fn table(database: &str) -> String {
@@ -48,12 +72,64 @@ pub async fn ensure_table(conn: &mut Conn, database: &str) -> Result<(), mysql_a
            commit_seq BIGINT UNSIGNED NULL, \
            commit_ts BIGINT NULL, \
            pending_ddl TEXT NULL, \
+           owner_epoch BIGINT NOT NULL DEFAULT 0, \
            updated_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3)\
          ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 \
          COMMENT='ccr-syncer: how far each job has applied (see doc/ARCHITECTURE.md)'",
         table(database)
     ))
+    .await?;
+    // A table from before fencing gets its column.
+    let has: Option<i64> = conn
+        .exec_first(
+            "SELECT 1 FROM information_schema.columns \
+             WHERE table_schema = ? AND table_name = ? AND column_name = ?",
+            (database, TABLE, EPOCH_COLUMN),
+        )
+        .await?;
+    if has.is_none() {
+        conn.query_drop(format!(
+            "ALTER TABLE {} ADD COLUMN {EPOCH_COLUMN} BIGINT NOT NULL DEFAULT 0",
+            table(database)
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// The guard every write of the row carries: NULL (an error) when a newer
+/// holder has claimed the job.
+fn guard(epoch: i64) -> String {
+    format!("{EPOCH_COLUMN} = IF({EPOCH_COLUMN} > {epoch}, NULL, {epoch})")
+}
+
+/// Claims the job's row at `epoch` (creating it, with a position no run
+/// continues, if missing); fails as fenced if a newer holder claimed it.
+pub async fn claim(
+    conn: &mut Conn,
+    database: &str,
+    job: &str,
+    epoch: i64,
+) -> Result<(), mysql_async::Error> {
+    conn.query_drop(format!(
+        "INSERT INTO {} (job, run_id, gtid, binlog_file, binlog_pos, {EPOCH_COLUMN}) \
+         VALUES ({}, 0, '', '', 0, {epoch}) ON DUPLICATE KEY UPDATE {}",
+        table(database),
+        text(job),
+        guard(epoch)
+    ))
     .await
+}
+
+/// The statement a full-sync chunk runs before it commits: fails as fenced
+/// if a newer holder claimed the job.
+pub fn fence_sql(database: &str, job: &str, epoch: i64) -> String {
+    format!(
+        "UPDATE {} SET {} WHERE job = {}",
+        table(database),
+        guard(epoch),
+        text(job)
+    )
 }
 
 pub async fn load(
@@ -88,6 +164,7 @@ pub async fn load(
             commit_seq,
             commit_ts,
             pending_ddl,
+            epoch: 0,
         },
     ))
 }
@@ -105,11 +182,11 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 /// The statement that records `cp` for `job`.
 pub fn upsert_sql(database: &str, job: &str, cp: &Checkpoint) -> String {
     format!(
-        "INSERT INTO {} (job, run_id, gtid, binlog_file, binlog_pos, commit_seq, commit_ts, pending_ddl) \
-         VALUES ({}, {}, {}, {}, {}, {}, {}, {}) ON DUPLICATE KEY UPDATE run_id = VALUES(run_id), \
+        "INSERT INTO {table} (job, run_id, gtid, binlog_file, binlog_pos, commit_seq, commit_ts, \
+         pending_ddl, {EPOCH_COLUMN}) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}) \
+         ON DUPLICATE KEY UPDATE {guard}, run_id = VALUES(run_id), \
          gtid = VALUES(gtid), binlog_file = VALUES(binlog_file), binlog_pos = VALUES(binlog_pos), \
          commit_seq = VALUES(commit_seq), commit_ts = VALUES(commit_ts), pending_ddl = VALUES(pending_ddl)",
-        table(database),
         text(job),
         cp.run_id,
         text(&cp.gtid),
@@ -118,6 +195,9 @@ pub fn upsert_sql(database: &str, job: &str, cp: &Checkpoint) -> String {
         opt(&cp.commit_seq),
         opt(&cp.commit_ts),
         cp.pending_ddl.as_deref().map_or("NULL".into(), text),
+        cp.epoch,
+        table = table(database),
+        guard = guard(cp.epoch),
     )
 }
 
@@ -137,9 +217,11 @@ mod tests {
             commit_seq: Some(5),
             commit_ts: None,
             pending_ddl: Some("0-1-6".into()),
+            epoch: 3,
         };
         let sql = upsert_sql("d", "j'1", &cp);
         assert!(sql.starts_with("INSERT INTO `d`.`_ccr_syncer_checkpoint`"));
-        assert!(sql.contains("VALUES ('j\\'1', 7, '0-1-5', 'b.000001', 42, 5, NULL, '0-1-6')"));
+        assert!(sql.contains("VALUES ('j\\'1', 7, '0-1-5', 'b.000001', 42, 5, NULL, '0-1-6', 3)"));
+        assert!(sql.contains("UPDATE owner_epoch = IF(owner_epoch > 3, NULL, 3), run_id"));
     }
 }

@@ -25,6 +25,7 @@
 //! 256 KiB (or INSERTs of at most `statement_bytes` where the destination has
 //! local_infile off), with at most two in flight per connection.
 
+use crate::applier::checkpoint;
 use crate::applier::insert::InsertBuilder;
 use crate::applier::plan::{self, ChunkDone, PlannedChunk};
 use crate::applier::tables::{self, Existing, TableError};
@@ -69,12 +70,20 @@ pub enum SyncError {
         txn: Box<crate::job::state::FailedTransaction>,
         message: String,
     },
+    /// The destination's checkpoint holds a newer lease epoch: another
+    /// member runs the job now, and this one must stop.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 impl SyncError {
     pub(super) fn sql(context: impl std::fmt::Display, e: mysql_async::Error) -> Self {
         let message = format!("{context}: {e}");
-        if is_transient(&e) {
+        if checkpoint::is_fenced(&e) {
+            SyncError::Fenced(format!(
+                "{context}: refused, a member holding a newer lease of the job has claimed the destination"
+            ))
+        } else if is_transient(&e) {
             SyncError::Transient(message)
         } else {
             SyncError::Definite(message)
@@ -136,6 +145,8 @@ pub struct FullSync {
     pub connect_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub progress: watch::Sender<FullSyncProgress>,
+    /// The lease epoch every chunk commits under (see `applier::checkpoint`).
+    pub epoch: i64,
 }
 
 /// What every copying connection shares.
@@ -152,6 +163,7 @@ struct Shared {
     connect_timeout: Duration,
     metrics: Arc<Metrics>,
     progress: watch::Sender<FullSyncProgress>,
+    epoch: i64,
 }
 
 struct Tally {
@@ -228,6 +240,14 @@ impl FullSync {
         plan::ensure_table(&mut dest, dest_db)
             .await
             .map_err(dest_sql)?;
+        // The job's destination is this holder's from here on: a member
+        // with an older lease can no longer commit a chunk.
+        checkpoint::ensure_table(&mut dest, dest_db)
+            .await
+            .map_err(dest_sql)?;
+        checkpoint::claim(&mut dest, dest_db, job, self.epoch)
+            .await
+            .map_err(|e| SyncError::sql("claiming the job's destination", e))?;
         let dest_name = |src_table: &str| -> String {
             spec.dest
                 .table
@@ -286,6 +306,10 @@ impl FullSync {
             })?;
             let dest_table = &chunks[0].dest_table;
             if chunks.iter().all(|c| c.done.is_none()) {
+                // A table is replaced only while this holder's claim stands.
+                dest.query_drop(checkpoint::fence_sql(dest_db, job, self.epoch))
+                    .await
+                    .map_err(|e| SyncError::sql("checking the job's lease", e))?;
                 let prepared = tables::prepare_table(
                     &mut dest,
                     dest_db,
@@ -380,6 +404,7 @@ impl FullSync {
             connect_timeout: self.connect_timeout,
             metrics: self.metrics.clone(),
             progress: self.progress.clone(),
+            epoch: self.epoch,
         });
         let mut workers = JoinSet::new();
         for conn in conns {
@@ -744,6 +769,9 @@ async fn copy_chunk(
         bytes,
     };
     dest.query_drop(plan::mark_done_sql(dest_db, &spec.name, chunk, &done))
+        .await
+        .map_err(|e| SyncError::sql(dest_context(), e))?;
+    dest.query_drop(checkpoint::fence_sql(dest_db, &spec.name, shared.epoch))
         .await
         .map_err(|e| SyncError::sql(dest_context(), e))?;
     dest.query_drop("COMMIT")

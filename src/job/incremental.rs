@@ -105,6 +105,9 @@ pub struct Incremental {
     pub live: watch::Receiver<JobSnapshot>,
     /// How a partial sync copies its table.
     pub full_sync: FullSyncSettings,
+    /// The lease epoch every group commits under (see `applier::checkpoint`).
+    pub epoch: i64,
+    pub switches: Arc<super::runner::Switches>,
 }
 
 /// A table being copied again while the stream goes on for the others.
@@ -537,6 +540,11 @@ impl Incremental {
         checkpoint::ensure_table(conn, dest_db)
             .await
             .map_err(|e| SyncError::sql("creating the checkpoint table", e))?;
+        // From here a member with an older lease of the job cannot commit;
+        // what it committed before is in the checkpoint read next.
+        checkpoint::claim(conn, dest_db, name, self.epoch)
+            .await
+            .map_err(|e| SyncError::sql("claiming the job's destination", e))?;
         let stored = checkpoint::load(conn, dest_db, name)
             .await
             .map_err(|e| SyncError::sql("reading the checkpoint", e))?
@@ -1038,6 +1046,7 @@ impl Incremental {
             connect_timeout: self.connect_timeout,
             metrics: self.metrics.clone(),
             progress,
+            epoch: self.epoch,
         };
         let mut task = tokio::spawn(async move { sync.run().await });
         let at = loop {
@@ -1129,6 +1138,7 @@ impl Incremental {
             commit_seq: pos.commit_seq(),
             commit_ts,
             pending_ddl,
+            epoch: self.epoch,
         }
     }
 

@@ -7,14 +7,18 @@
 //! stored unless every check passed; the store's unique key backs the
 //! reservation up when several syncers share a MySQL store.
 //!
-//! At start-up every stored job gets its task back, in its persisted state.
+//! A job's task runs on the member of the group holding the job's lease: the
+//! group (`crate::group`) tells the manager which jobs this member holds,
+//! at which epoch ([`JobManager::own`]), and the manager starts and stops
+//! their tasks to match. A task runs under its lease's [`Fence`]: a save or
+//! a destination commit made after the lease moved on is refused.
 
-use super::runner::{now_ms, Request, Runner, WorkSettings};
+use super::runner::{now_ms, Request, Runner, Switches, WorkSettings};
 use super::spec::JobSpec;
 use super::state::{CommandError, JobCommand, JobStatus, Progress};
 use crate::metrics::Metrics;
 use crate::preflight::{self, PreflightError};
-use crate::store::{JobRecord, MetaStore, StoreError};
+use crate::store::{Fence, GroupStore, JobRecord, Lease, MetaStore, StoreError};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -30,6 +34,8 @@ pub struct JobSnapshot {
     pub progress: Progress,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The member running the job and its lease's epoch.
+    pub fence: Fence,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +70,9 @@ struct JobHandle {
     requests: mpsc::Sender<Request>,
     snapshot: watch::Receiver<JobSnapshot>,
     task: JoinHandle<()>,
+    /// Ends the task (the job stays stored, for its next holder).
+    stop: watch::Sender<bool>,
+    fence: Fence,
 }
 
 #[derive(Default)]
@@ -77,8 +86,16 @@ pub struct JobManager {
     store: Arc<dyn MetaStore>,
     metrics: Arc<Metrics>,
     settings: WorkSettings,
+    switches: Arc<Switches>,
     registry: Mutex<Registry>,
     shutdown: watch::Sender<bool>,
+}
+
+/// Who takes a new job's lease at creation: this member, for this long.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub member: String,
+    pub lease: std::time::Duration,
 }
 
 /// Releases a reserved name however creation ends.
@@ -94,35 +111,41 @@ impl Drop for Reservation<'_> {
 }
 
 impl JobManager {
-    /// Loads every stored job and starts its task.
-    pub async fn start(
+    /// A manager with no jobs running: the group hands it the jobs this
+    /// member holds.
+    pub fn new(
         store: Arc<dyn MetaStore>,
         metrics: Arc<Metrics>,
         settings: WorkSettings,
-    ) -> Result<Arc<Self>, StoreError> {
-        let manager = Arc::new(JobManager {
+        switches: Arc<Switches>,
+    ) -> Arc<Self> {
+        Arc::new(JobManager {
             store,
             metrics,
             settings,
+            switches,
             registry: Mutex::new(Registry::default()),
             shutdown: watch::Sender::new(false),
-        });
-        let jobs = manager.store.load_jobs().await?;
-        info!(jobs = jobs.len(), "resuming stored jobs");
-        for record in jobs {
-            manager.spawn(record);
-        }
-        Ok(manager)
+        })
     }
 
-    fn spawn(&self, record: JobRecord) {
+    pub fn switches(&self) -> &Arc<Switches> {
+        &self.switches
+    }
+
+    fn spawn(&self, record: JobRecord, fence: Fence) {
         let name = record.spec.name.clone();
+        let mut registry = self.registry.lock();
+        if registry.jobs.contains_key(&name) {
+            return;
+        }
         let snapshot = JobSnapshot {
             spec: Arc::new(record.spec),
             status: record.status,
             progress: record.progress,
             created_at: record.created_at,
             updated_at: record.updated_at,
+            fence: fence.clone(),
         };
         self.metrics.set_job_status(&name, snapshot.status);
         let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
@@ -132,21 +155,117 @@ impl JobManager {
             metrics: self.metrics.clone(),
             snapshot: snapshot_tx,
             settings: self.settings,
+            fence: fence.clone(),
+            switches: self.switches.clone(),
+            lost: Default::default(),
         };
-        let task = tokio::spawn(runner.run(requests_rx, self.shutdown.subscribe()));
-        let mut registry = self.registry.lock();
+        // Set when the service stops or the lease goes elsewhere.
+        let (stop_tx, stop_rx) = watch::channel(*self.shutdown.borrow());
+        let task = tokio::spawn(runner.run(requests_rx, stop_rx));
         registry.jobs.insert(
             name,
             JobHandle {
                 requests: requests_tx,
                 snapshot: snapshot_rx,
                 task,
+                stop: stop_tx,
+                fence,
             },
         );
         self.metrics.set_job_count(registry.jobs.len());
     }
 
-    pub async fn create(&self, spec: JobSpec) -> Result<JobSnapshot, JobError> {
+    /// Makes the running jobs the ones this member holds: starts a task for
+    /// each newly held job (from its stored state), stops the task of each
+    /// job no longer held, or held at another epoch (which then starts
+    /// again under the new one).
+    pub async fn own(&self, held: &[Lease]) -> Result<(), StoreError> {
+        let stale: Vec<String> = {
+            let registry = self.registry.lock();
+            registry
+                .jobs
+                .iter()
+                .filter(|(name, h)| {
+                    !held.iter().any(|l| &l.job == *name && l.fence() == h.fence)
+                        || h.task.is_finished()
+                })
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        for name in stale {
+            self.release(&name).await;
+        }
+        let missing: Vec<&Lease> = {
+            let registry = self.registry.lock();
+            held.iter()
+                .filter(|l| !registry.jobs.contains_key(&l.job))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let records = self.store.load_jobs().await?;
+        for lease in missing {
+            if let Some(record) = records.iter().find(|r| r.spec.name == lease.job) {
+                info!(job = %lease.job, epoch = lease.epoch, "this member holds the job now; starting it");
+                self.spawn(record.clone(), lease.fence());
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts one job this member holds now, ahead of the group's loop (a
+    /// request for it came first).
+    pub async fn adopt(&self, lease: &Lease) -> Result<(), StoreError> {
+        if self.runs(&lease.job) {
+            return Ok(());
+        }
+        let records = self.store.load_jobs().await?;
+        if let Some(record) = records.into_iter().find(|r| r.spec.name == lease.job) {
+            info!(job = %lease.job, epoch = lease.epoch, "this member holds the job now; starting it");
+            self.spawn(record, lease.fence());
+        }
+        Ok(())
+    }
+
+    /// Stops a job's task here (its state stays stored for its next holder).
+    pub async fn release(&self, name: &str) {
+        let handle = {
+            let mut registry = self.registry.lock();
+            let handle = registry.jobs.remove(name);
+            self.metrics.set_job_count(registry.jobs.len());
+            handle
+        };
+        if let Some(handle) = handle {
+            handle.stop.send_replace(true);
+            drop(handle.requests);
+            if let Err(e) = handle.task.await {
+                warn!(job = %name, error = %e, "job task ended abnormally");
+            }
+            self.metrics.remove_job(name);
+            info!(job = %name, epoch = handle.fence.epoch, "job stopped on this member");
+        }
+    }
+
+    /// Stops every job's task here.
+    pub async fn release_all(&self) {
+        for name in self.list() {
+            self.release(&name).await;
+        }
+    }
+
+    /// Whether this member runs the job.
+    pub fn runs(&self, name: &str) -> bool {
+        self.registry.lock().jobs.contains_key(name)
+    }
+
+    /// Stores a new job. With a `claim` this member takes its lease and
+    /// starts it at once; without, the group's leader gives it to a member.
+    pub async fn create(
+        &self,
+        spec: JobSpec,
+        claim: Option<Claim>,
+    ) -> Result<Option<JobSnapshot>, JobError> {
         spec.validate().map_err(JobError::Invalid)?;
         let _reservation = {
             let mut registry = self.registry.lock();
@@ -160,6 +279,11 @@ impl JobManager {
                 name: spec.name.clone(),
             }
         };
+        // A job of another member's: refused before the checks.
+        let group = GroupStore::new(self.store.clone());
+        if group.lease_of(&spec.name).await?.is_some() {
+            return Err(JobError::Duplicate(spec.name));
+        }
         if let Err(e) = preflight::check(&spec, self.settings.connect_timeout).await {
             warn!(job = %spec.name, error = %e, "create_ccr refused by preflight checks");
             return Err(e.into());
@@ -178,8 +302,30 @@ impl JobManager {
               dest = %record.spec.dest.address(), dest_scope = %record.spec.dest.scope(),
               "job created");
         let name = record.spec.name.clone();
-        self.spawn(record);
-        self.snapshot(&name)
+        let Some(claim) = claim else {
+            return Ok(None);
+        };
+        let unowned = Lease {
+            job: name.clone(),
+            owner: String::new(),
+            epoch: 0,
+            expires_at: 0,
+            release_requested: false,
+            run_state: String::new(),
+        };
+        let expires_at = group.now_ms().await? + claim.lease.as_millis() as i64;
+        if !group.assign(&unowned, &claim.member, expires_at).await? {
+            // The leader gave it to a member first.
+            return Ok(None);
+        }
+        self.spawn(
+            record,
+            Fence {
+                member: claim.member,
+                epoch: 1,
+            },
+        );
+        self.snapshot(&name).map(Some)
     }
 
     pub fn list(&self) -> Vec<String> {
@@ -250,25 +396,15 @@ impl JobManager {
             .map_err(|_| JobError::Stopping(name.to_string()))?
     }
 
-    /// Stops the job's task and removes the job and its progress from the
-    /// store. The destination's data is left as it is.
+    /// Removes the job and its progress from the store and stops its task
+    /// (when it runs here; the group routes a delete to the job's holder,
+    /// and deletes a job nobody holds here). The destination's data is left
+    /// as it is.
     pub async fn delete(&self, name: &str) -> Result<(), JobError> {
-        if !self.registry.lock().jobs.contains_key(name) {
+        if !self.store.delete_job(name).await? {
             return Err(JobError::NotFound(name.to_string()));
         }
-        self.store.delete_job(name).await?;
-        let handle = {
-            let mut registry = self.registry.lock();
-            let handle = registry.jobs.remove(name);
-            self.metrics.set_job_count(registry.jobs.len());
-            handle
-        };
-        if let Some(handle) = handle {
-            drop(handle.requests);
-            if let Err(e) = handle.task.await {
-                warn!(job = %name, error = %e, "job task ended abnormally");
-            }
-        }
+        self.release(name).await;
         self.metrics.remove_job(name);
         info!(job = %name, "job deleted");
         Ok(())
@@ -281,7 +417,10 @@ impl JobManager {
             let mut registry = self.registry.lock();
             std::mem::take(&mut registry.jobs)
                 .into_iter()
-                .map(|(name, h)| (name, h.task))
+                .map(|(name, h)| {
+                    h.stop.send_replace(true);
+                    (name, h.task)
+                })
                 .collect()
         };
         for (name, task) in tasks {

@@ -11,4 +11,4 @@ pub mod spec;
 pub mod state;
 
 pub use manager::{JobError, JobManager, JobSnapshot};
-pub use runner::WorkSettings;
+pub use runner::{Switches, WorkSettings};

@@ -24,10 +24,11 @@ use crate::config::FullSyncSettings;
 use crate::hostmap::HostMapping;
 use crate::job::spec::{JobSpec, OnPurged, SyncType};
 use crate::metrics::Metrics;
-use crate::store::MetaStore;
+use crate::store::{Fence, MetaStore, StoreError};
 use crate::tls::TlsOptions;
 use mysql_async::prelude::*;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -61,11 +62,60 @@ pub struct WorkSettings {
     pub tls_minimum: crate::tls::TlsMode,
 }
 
+/// The group's switches for background tasks (`/config/set`), read by the
+/// work as it goes; every one is on by default.
+#[derive(Debug)]
+pub struct Switches {
+    /// A job whose binlog position was purged copies its tables again
+    /// (when its `on_binlog_purged` says so).
+    pub auto_resync: AtomicBool,
+    /// An incremental sync whose source is gone follows the replica that
+    /// took over.
+    pub follow_failover: AtomicBool,
+    /// The leader spreads jobs evenly across members.
+    pub balance: AtomicBool,
+}
+
+impl Default for Switches {
+    fn default() -> Self {
+        Switches {
+            auto_resync: AtomicBool::new(true),
+            follow_failover: AtomicBool::new(true),
+            balance: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Switches {
+    /// Every switch: its key in `/config/get` and `/config/set`, and its flag.
+    pub fn all(&self) -> [(&'static str, &AtomicBool); 3] {
+        [
+            ("auto_resync", &self.auto_resync),
+            ("follow_failover", &self.follow_failover),
+            ("balance", &self.balance),
+        ]
+    }
+
+    pub fn get(&self, key: &str) -> Option<&AtomicBool> {
+        self.all()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, f)| f)
+    }
+}
+
 pub(super) struct Runner {
     pub store: Arc<dyn MetaStore>,
     pub metrics: Arc<Metrics>,
     pub snapshot: watch::Sender<JobSnapshot>,
     pub settings: WorkSettings,
+    /// The lease this runner works under: every save to the store and every
+    /// commit on the destination names it.
+    pub fence: Fence,
+    pub switches: Arc<Switches>,
+    /// Set when a save or a commit was refused because another member holds
+    /// the job now: the runner stops.
+    pub lost: AtomicBool,
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -80,6 +130,8 @@ enum Outcome {
     Refused(Box<FailedTransaction>, String),
     /// The source purged the binlog at the job's position.
     Purged(String),
+    /// The destination refused a commit: another member holds the job.
+    Fenced(String),
 }
 
 /// Which work runs: the full sync of a run, or the incremental sync after it.
@@ -127,7 +179,13 @@ impl Runner {
         let mut work: Option<Work> = None;
         let mut last_save = Instant::now();
         loop {
+            if self.is_lost() || *shutdown.borrow() {
+                break;
+            }
             work = self.reconcile(work).await;
+            if self.is_lost() {
+                break;
+            }
             tokio::select! {
                 _ = shutdown.changed() => break,
                 request = requests.recv() => match request {
@@ -159,7 +217,23 @@ impl Runner {
         if let Some(w) = work {
             w.stop().await;
         }
+        if self.is_lost() {
+            error!(job = %name, member = %self.fence.member, epoch = self.fence.epoch,
+                   "lost the job: another member holds its lease now; this member commits nothing more for it");
+        }
         info!(job = %name, "job task stopped");
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Notes a store error; a fenced save means the job is lost here.
+    fn noted(&self, e: StoreError) -> StoreError {
+        if matches!(e, StoreError::Fenced { .. }) {
+            self.lost.store(true, Ordering::Relaxed);
+        }
+        e
     }
 
     /// Starts or stops the work so that it matches the job's state.
@@ -234,6 +308,8 @@ impl Runner {
             skip: current.progress.skip.as_ref().and_then(|s| s.gtid.clone()),
             live: self.snapshot.subscribe(),
             full_sync: self.settings.full_sync,
+            epoch: self.fence.epoch,
+            switches: self.switches.clone(),
         };
         info!(job = %current.spec.name, run_id, "incremental sync starting");
         Work {
@@ -259,9 +335,10 @@ impl Runner {
                 next.tables.clear();
                 if let Err(e) = self
                     .store
-                    .save_status(&current.spec.name, current.status, &next, now)
+                    .save_status(&current.spec.name, &self.fence, current.status, &next, now)
                     .await
                 {
+                    let e = self.noted(e);
                     warn!(job = %current.spec.name, error = %e, "saving the new full sync failed; retrying");
                     tokio::time::sleep(BACKOFF_FIRST).await;
                     return None;
@@ -283,6 +360,7 @@ impl Runner {
             connect_timeout: self.settings.connect_timeout,
             metrics: self.metrics.clone(),
             progress: progress_tx,
+            epoch: self.fence.epoch,
         };
         info!(job = %current.spec.name, run_id, "full sync starting");
         Some(Work {
@@ -307,9 +385,10 @@ impl Runner {
         if save {
             if let Err(e) = self
                 .store
-                .save_status(&current.spec.name, current.status, &next, now)
+                .save_status(&current.spec.name, &self.fence, current.status, &next, now)
                 .await
             {
+                let e = self.noted(e);
                 warn!(job = %current.spec.name, error = %e, "saving full sync progress failed");
             }
         }
@@ -393,9 +472,10 @@ impl Runner {
         if save {
             if let Err(e) = self
                 .store
-                .save_status(&current.spec.name, status, &next, now)
+                .save_status(&current.spec.name, &self.fence, status, &next, now)
                 .await
             {
+                let e = self.noted(e);
                 warn!(job = %current.spec.name, error = %e, "saving incremental progress failed");
             }
         }
@@ -455,9 +535,26 @@ impl Runner {
                 progress.failed_transaction = Some(*txn);
                 progress.last_error = Some(message);
             }
+            Outcome::Fenced(message) => {
+                // Nothing may be saved: the job is another member's now.
+                error!(job = %name, error = %message, "the destination refused a commit: another member holds the job");
+                self.lost.store(true, Ordering::Relaxed);
+                return;
+            }
             Outcome::Purged(message) => {
                 self.metrics.count_error(&name, "binlog_purged");
+                let automatic = self.switches.auto_resync.load(Ordering::Relaxed);
                 match current.spec.on_binlog_purged {
+                    OnPurged::Fullsync if !automatic => {
+                        let message = format!(
+                            "{message}; automatic re-sync of purged binlogs is disabled in this \
+                             group (config key auto_resync): run force_fullsync to copy the \
+                             tables again, or enable it with /config/set"
+                        );
+                        error!(job = %name, error = %message, "job stopped");
+                        status.run_state = RunState::Paused;
+                        progress.last_error = Some(message);
+                    }
                     OnPurged::Stop => {
                         let message = format!(
                             "{message}; the job is set to stop (on_binlog_purged \"stop\"): \
@@ -478,9 +575,21 @@ impl Runner {
                 }
             }
         }
-        // The outcome must be stored before it is shown; keep trying.
-        while let Err(e) = self.store.save_status(&name, status, &progress, now).await {
-            warn!(job = %name, error = %e, "saving the full sync's outcome failed; retrying");
+        // The outcome must be stored before it is shown; keep trying, unless
+        // the job is another member's now or is gone.
+        while let Err(e) = self
+            .store
+            .save_status(&name, &self.fence, status, &progress, now)
+            .await
+        {
+            match self.noted(e) {
+                e @ (StoreError::Fenced { .. } | StoreError::NotFound(_)) => {
+                    warn!(job = %name, error = %e, "the work's outcome is not saved");
+                    self.lost.store(true, Ordering::Relaxed);
+                    return;
+                }
+                e => warn!(job = %name, error = %e, "saving the work's outcome failed; retrying"),
+            }
             tokio::time::sleep(BACKOFF_FIRST).await;
         }
         self.metrics.set_job_status(&name, status);
@@ -547,8 +656,9 @@ impl Runner {
             }
         }
         self.store
-            .save_status(&name, next.status, &next.progress, updated_at)
-            .await?;
+            .save_status(&name, &self.fence, next.status, &next.progress, updated_at)
+            .await
+            .map_err(|e| self.noted(e))?;
         let snapshot = JobSnapshot {
             status: next.status,
             progress: next.progress,
@@ -624,7 +734,8 @@ impl Runner {
         what: &str,
     ) -> Result<JobSnapshot, JobError> {
         let updated_at = now_ms();
-        if let Err(e) = self.store.save_spec(&spec, updated_at).await {
+        if let Err(e) = self.store.save_spec(&spec, &self.fence, updated_at).await {
+            let e = self.noted(e);
             warn!(job = %spec.name, error = %e, "saving {what} failed");
             return Err(e.into());
         }
@@ -707,6 +818,7 @@ async fn run_with_retries(sync: FullSync) -> Outcome {
     loop {
         match sync.run().await {
             Ok(h) => return Outcome::HandedOver(h),
+            Err(SyncError::Fenced(message)) => return Outcome::Fenced(message),
             Err(
                 SyncError::Definite(message)
                 | SyncError::Refused { message, .. }
@@ -739,6 +851,7 @@ async fn run_incremental(sync: Incremental) -> Outcome {
             Err(SyncError::Definite(message)) => return Outcome::Failed(message),
             Err(SyncError::Refused { txn, message }) => return Outcome::Refused(txn, message),
             Err(SyncError::Purged(message)) => return Outcome::Purged(message),
+            Err(SyncError::Fenced(message)) => return Outcome::Fenced(message),
             Err(SyncError::Transient(message)) => message,
             Ok(never) => match never {},
         };
@@ -756,7 +869,12 @@ async fn run_incremental(sync: Incremental) -> Outcome {
         });
         // A source gone for good may have been replaced by a promoted
         // replica: then the sync restarts on it at once.
-        if let Some(node) = sync.follow_primary().await {
+        let follow = sync.switches.follow_failover.load(Ordering::Relaxed);
+        if let Some(node) = if follow {
+            sync.follow_primary().await
+        } else {
+            None
+        } {
             sync.progress.send_modify(|p| {
                 p.detail.last_error = Some(format!("{message}; now following {node}"));
             });

@@ -15,9 +15,11 @@
 //! How far a job has *applied* lives on the destination, in its checkpoint
 //! table; this store holds what the job is and what state it is in.
 
+pub mod group;
 mod mysql;
 mod sqlite;
 
+pub use group::{GroupStore, Lease};
 pub use mysql::MysqlStore;
 pub use sqlite::SqliteStore;
 
@@ -55,6 +57,56 @@ pub enum StoreError {
     /// The store's passwords cannot be read with the keys given.
     #[error("{0}")]
     Key(String),
+    /// A write for a job by a member that no longer holds its lease.
+    #[error("job {name}: this member no longer holds the job's lease (epoch {epoch}); another member owns it now")]
+    Fenced { name: String, epoch: i64 },
+}
+
+/// Who may write a job: the member holding its lease, at the lease's epoch.
+/// Every save of a job's state names it, and the store refuses a save whose
+/// fence is not the job's current lease ([`StoreError::Fenced`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub member: String,
+    pub epoch: i64,
+}
+
+/// A value bound to, or read from, one of `group`'s statements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SqlValue {
+    Int(i64),
+    Text(String),
+    Null,
+}
+
+impl SqlValue {
+    pub(crate) fn int(&self) -> i64 {
+        match self {
+            SqlValue::Int(i) => *i,
+            SqlValue::Text(t) => t.parse().unwrap_or(0),
+            SqlValue::Null => 0,
+        }
+    }
+
+    pub(crate) fn text(&self) -> String {
+        match self {
+            SqlValue::Int(i) => i.to_string(),
+            SqlValue::Text(t) => t.clone(),
+            SqlValue::Null => String::new(),
+        }
+    }
+}
+
+impl From<&str> for SqlValue {
+    fn from(s: &str) -> Self {
+        SqlValue::Text(s.to_string())
+    }
+}
+
+impl From<i64> for SqlValue {
+    fn from(i: i64) -> Self {
+        SqlValue::Int(i)
+    }
 }
 
 #[async_trait]
@@ -63,18 +115,52 @@ pub trait MetaStore: Send + Sync {
     async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError>;
     /// Every stored job, ordered by name.
     async fn load_jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
-    /// Saves a job's status and progress.
+    /// Saves a job's status and progress, if `fence` still holds the job.
     async fn save_status(
         &self,
         name: &str,
+        fence: &Fence,
         status: JobStatus,
         progress: &Progress,
         updated_at: i64,
     ) -> Result<(), StoreError>;
-    /// Saves a changed spec (host mappings are updated in place).
-    async fn save_spec(&self, spec: &JobSpec, updated_at: i64) -> Result<(), StoreError>;
+    /// Saves a changed spec (host mappings are updated in place), if
+    /// `fence` still holds the job.
+    async fn save_spec(
+        &self,
+        spec: &JobSpec,
+        fence: &Fence,
+        updated_at: i64,
+    ) -> Result<(), StoreError>;
     /// Deletes a job; false if there was none.
     async fn delete_job(&self, name: &str) -> Result<bool, StoreError>;
+    /// The store's clock in unix milliseconds: for MySQL the server's, one
+    /// clock for every member of a group whatever their own say.
+    async fn now_ms(&self) -> Result<i64, StoreError>;
+    /// Whether several syncers can share this store (MySQL), or it is a
+    /// group of one (SQLite).
+    fn shared(&self) -> bool;
+    /// Runs one of [`group`]'s statements; the number of rows it matched.
+    /// A duplicate key is [`StoreError::Duplicate`] (with no name).
+    async fn execute(&self, sql: &'static str, params: Vec<SqlValue>) -> Result<u64, StoreError>;
+    /// Runs one of [`group`]'s queries.
+    async fn select(
+        &self,
+        sql: &'static str,
+        params: Vec<SqlValue>,
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError>;
+}
+
+/// Why a fenced save matched no row: the job is gone, or another lease holds it.
+pub(crate) fn unsaved(name: &str, fence: &Fence, exists: bool) -> StoreError {
+    if exists {
+        StoreError::Fenced {
+            name: name.to_string(),
+            epoch: fence.epoch,
+        }
+    } else {
+        StoreError::NotFound(name.to_string())
+    }
 }
 
 /// Opens the configured store, brings its schema up to date and seals its
@@ -220,6 +306,34 @@ pub(crate) const MIGRATIONS: &[&[&str]] = &[
         created_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL
     )"],
+    // 2: the group: members, the leader, switches; a lease on every job.
+    &[
+        "ALTER TABLE ccr_jobs ADD COLUMN owner VARCHAR(255) NOT NULL DEFAULT ''",
+        "ALTER TABLE ccr_jobs ADD COLUMN owner_epoch BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE ccr_jobs ADD COLUMN lease_expires_at BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE ccr_jobs ADD COLUMN release_requested INT NOT NULL DEFAULT 0",
+        "CREATE TABLE ccr_members (
+            id VARCHAR(255) NOT NULL PRIMARY KEY,
+            address VARCHAR(512) NOT NULL,
+            member_type INT NOT NULL,
+            state VARCHAR(16) NOT NULL,
+            incarnation VARCHAR(64) NOT NULL,
+            heartbeat_at BIGINT NOT NULL,
+            joined_at BIGINT NOT NULL
+        )",
+        "CREATE TABLE ccr_leader (
+            id INT NOT NULL PRIMARY KEY,
+            holder VARCHAR(255) NOT NULL,
+            term BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL
+        )",
+        "INSERT INTO ccr_leader (id, holder, term, expires_at) VALUES (1, '', 0, 0)",
+        "CREATE TABLE ccr_switches (
+            name VARCHAR(64) NOT NULL PRIMARY KEY,
+            value VARCHAR(16) NOT NULL,
+            updated_at BIGINT NOT NULL
+        )",
+    ],
 ];
 
 pub(crate) const VERSION_TABLE: &str =
@@ -261,10 +375,11 @@ pub(crate) const SELECT_JOBS: &str = "SELECT name, spec, src_password, dest_pass
      progress_state, progress, created_at, updated_at FROM ccr_jobs ORDER BY name";
 pub(crate) const INSERT_JOB: &str = "INSERT INTO ccr_jobs (name, spec, src_password, dest_password, \
      run_state, progress_state, progress, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
-pub(crate) const UPDATE_STATUS: &str =
-    "UPDATE ccr_jobs SET run_state = ?, progress_state = ?, progress = ?, updated_at = ? WHERE name = ?";
-pub(crate) const UPDATE_SPEC: &str =
-    "UPDATE ccr_jobs SET spec = ?, src_password = ?, dest_password = ?, updated_at = ? WHERE name = ?";
+pub(crate) const UPDATE_STATUS: &str = "UPDATE ccr_jobs SET run_state = ?, progress_state = ?, \
+     progress = ?, updated_at = ? WHERE name = ? AND owner = ? AND owner_epoch = ?";
+pub(crate) const UPDATE_SPEC: &str = "UPDATE ccr_jobs SET spec = ?, src_password = ?, \
+     dest_password = ?, updated_at = ? WHERE name = ? AND owner = ? AND owner_epoch = ?";
+pub(crate) const JOB_EXISTS: &str = "SELECT 1 FROM ccr_jobs WHERE name = ?";
 pub(crate) const DELETE_JOB: &str = "DELETE FROM ccr_jobs WHERE name = ?";
 
 pub(crate) fn encode_spec(spec: &JobSpec) -> Result<String, StoreError> {

@@ -5,9 +5,9 @@
 //! `ccr_syncer_migrate` so that syncers starting together migrate once.
 
 use super::{
-    decode, encode, encode_progress, encode_spec, pending_migrations, JobRecord, JobRow, MetaStore,
-    Sealer, StoreError, DELETE_JOB, INSERT_JOB, SELECT_JOBS, SELECT_PASSWORDS, UPDATE_PASSWORDS,
-    UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
+    decode, encode, encode_progress, encode_spec, pending_migrations, unsaved, Fence, JobRecord,
+    JobRow, MetaStore, Sealer, SqlValue, StoreError, DELETE_JOB, INSERT_JOB, JOB_EXISTS,
+    SELECT_JOBS, SELECT_PASSWORDS, UPDATE_PASSWORDS, UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
 };
 use crate::config::StoreConfig;
 use crate::db::{self, quote_ident, server_code, ServerAddr};
@@ -80,9 +80,7 @@ impl MysqlStore {
             .map_err(backend)?;
         migrate(&mut conn, &sealer).await?;
         conn.disconnect().await.map_err(backend)?;
-        let opts = db::pool_opts(&addr, Some(database), CONNECT_TIMEOUT)
-            .await
-            .map_err(backend)?;
+        let opts = pool_opts(&addr, database).await?;
         Ok(MysqlStore {
             pool: parking_lot::Mutex::new(Pool::new(opts)),
             config: config.clone(),
@@ -104,13 +102,22 @@ impl MysqlStore {
         else {
             return Err(backend(e));
         };
-        let opts = db::pool_opts(&addr, Some(database), CONNECT_TIMEOUT)
-            .await
-            .map_err(backend)?;
+        let opts = pool_opts(&addr, database).await?;
         let pool = Pool::new(opts);
         *self.pool.lock() = pool.clone();
         pool.get_conn().await.map_err(backend)
     }
+}
+
+/// The pool's options: counting matched rows, not changed ones, so that a
+/// fenced save that matches no row is told from one that changed nothing.
+async fn pool_opts(addr: &ServerAddr<'_>, database: &str) -> Result<mysql_async::Opts, StoreError> {
+    let opts = db::pool_opts(addr, Some(database), CONNECT_TIMEOUT)
+        .await
+        .map_err(backend)?;
+    Ok(mysql_async::OptsBuilder::from_opts(opts)
+        .client_found_rows(true)
+        .into())
 }
 
 /// Seals every password not yet sealed with the current key, in one
@@ -251,6 +258,7 @@ impl MetaStore for MysqlStore {
     async fn save_status(
         &self,
         name: &str,
+        fence: &Fence,
         status: JobStatus,
         progress: &Progress,
         updated_at: i64,
@@ -265,33 +273,90 @@ impl MetaStore for MysqlStore {
                 progress,
                 updated_at,
                 name,
+                &fence.member,
+                fence.epoch,
             ),
         )
         .await
         .map_err(backend)?;
-        // MySQL counts changed rows, not matched ones, so check existence when
-        // nothing changed (a save of the same status is not an error).
-        if conn.affected_rows() == 0 && !exists(&mut conn, name).await? {
-            return Err(StoreError::NotFound(name.to_string()));
+        // The pool's connections count matched rows (CLIENT_FOUND_ROWS).
+        if conn.affected_rows() == 0 {
+            return Err(unsaved(name, fence, exists(&mut conn, name).await?));
         }
         Ok(())
     }
 
-    async fn save_spec(&self, spec: &JobSpec, updated_at: i64) -> Result<(), StoreError> {
+    async fn save_spec(
+        &self,
+        spec: &JobSpec,
+        fence: &Fence,
+        updated_at: i64,
+    ) -> Result<(), StoreError> {
         let encoded = encode_spec(spec)?;
         let src_password = self.sealer.seal(&spec.name, "src", &spec.src.password)?;
         let dest_password = self.sealer.seal(&spec.name, "dest", &spec.dest.password)?;
         let mut conn = self.conn().await?;
         conn.exec_drop(
             UPDATE_SPEC,
-            (encoded, src_password, dest_password, updated_at, &spec.name),
+            (
+                encoded,
+                src_password,
+                dest_password,
+                updated_at,
+                &spec.name,
+                &fence.member,
+                fence.epoch,
+            ),
         )
         .await
         .map_err(backend)?;
-        if conn.affected_rows() == 0 && !exists(&mut conn, &spec.name).await? {
-            return Err(StoreError::NotFound(spec.name.clone()));
+        if conn.affected_rows() == 0 {
+            return Err(unsaved(
+                &spec.name,
+                fence,
+                exists(&mut conn, &spec.name).await?,
+            ));
         }
         Ok(())
+    }
+
+    async fn now_ms(&self) -> Result<i64, StoreError> {
+        let mut conn = self.conn().await?;
+        let now: Option<i64> = conn
+            .query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)")
+            .await
+            .map_err(backend)?;
+        now.ok_or_else(|| backend("the store server did not say the time"))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn execute(&self, sql: &'static str, params: Vec<SqlValue>) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let params: Vec<mysql_async::Value> = params.into_iter().map(to_value).collect();
+        match conn.exec_drop(sql, params).await {
+            Ok(()) => Ok(conn.affected_rows()),
+            Err(e) if server_code(&e) == Some(ER_DUP_ENTRY) => {
+                Err(StoreError::Duplicate(String::new()))
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn select(
+        &self,
+        sql: &'static str,
+        params: Vec<SqlValue>,
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
+        let mut conn = self.conn().await?;
+        let params: Vec<mysql_async::Value> = params.into_iter().map(to_value).collect();
+        let rows: Vec<mysql_async::Row> = conn.exec(sql, params).await.map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| row.unwrap().into_iter().map(from_value).collect())
+            .collect())
     }
 
     async fn delete_job(&self, name: &str) -> Result<bool, StoreError> {
@@ -301,9 +366,28 @@ impl MetaStore for MysqlStore {
     }
 }
 
+fn to_value(v: SqlValue) -> mysql_async::Value {
+    match v {
+        SqlValue::Int(i) => mysql_async::Value::Int(i),
+        SqlValue::Text(t) => mysql_async::Value::Bytes(t.into_bytes()),
+        SqlValue::Null => mysql_async::Value::NULL,
+    }
+}
+
+fn from_value(v: mysql_async::Value) -> SqlValue {
+    use mysql_async::Value;
+    match v {
+        Value::NULL => SqlValue::Null,
+        Value::Int(i) => SqlValue::Int(i),
+        Value::UInt(u) => SqlValue::Int(u as i64),
+        Value::Bytes(b) => SqlValue::Text(String::from_utf8_lossy(&b).into_owned()),
+        other => SqlValue::Text(other.as_sql(true)),
+    }
+}
+
 async fn exists(conn: &mut Conn, name: &str) -> Result<bool, StoreError> {
     let found: Option<i64> = conn
-        .exec_first("SELECT 1 FROM ccr_jobs WHERE name = ?", (name,))
+        .exec_first(JOB_EXISTS, (name,))
         .await
         .map_err(backend)?;
     Ok(found.is_some())

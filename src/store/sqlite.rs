@@ -5,9 +5,9 @@
 //! and `synchronous=FULL` makes an acknowledged command survive a power cut.
 
 use super::{
-    decode, encode, encode_progress, encode_spec, pending_migrations, JobRecord, JobRow, MetaStore,
-    Sealer, StoreError, DELETE_JOB, INSERT_JOB, SELECT_JOBS, SELECT_PASSWORDS, UPDATE_PASSWORDS,
-    UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
+    decode, encode, encode_progress, encode_spec, pending_migrations, unsaved, Fence, JobRecord,
+    JobRow, MetaStore, Sealer, SqlValue, StoreError, DELETE_JOB, INSERT_JOB, JOB_EXISTS,
+    SELECT_JOBS, SELECT_PASSWORDS, UPDATE_PASSWORDS, UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
 };
 use crate::job::spec::JobSpec;
 use crate::job::state::{JobStatus, Progress};
@@ -22,6 +22,72 @@ pub const FILE_NAME: &str = "ccr.db";
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     sealer: Arc<Sealer>,
+    /// `ccr.db.lock`, locked for as long as the store is open: one process
+    /// per store file (the SQLite store is a group of one).
+    _lock: std::fs::File,
+}
+
+/// Locks the store's folder for this process, or says who holds it.
+fn lock_store(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(format!("{FILE_NAME}.lock"));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(backend(format!(
+                "the store {} is in use by another ccr-syncer (pid {}); the SQLite store \
+                 serves one syncer: stop that one, give this one another --db-dir, or share \
+                 a MySQL store (--db-type mysql) to run a group",
+                dir.join(FILE_NAME).display(),
+                holder.trim()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(backend(format!("locking {}: {e}", path.display())))
+        }
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+fn to_sql(v: SqlValue) -> rusqlite::types::Value {
+    match v {
+        SqlValue::Int(i) => rusqlite::types::Value::Integer(i),
+        SqlValue::Text(t) => rusqlite::types::Value::Text(t),
+        SqlValue::Null => rusqlite::types::Value::Null,
+    }
+}
+
+fn from_sql(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Integer(i) => SqlValue::Int(i),
+        ValueRef::Real(f) => SqlValue::Int(f as i64),
+        ValueRef::Text(t) | ValueRef::Blob(t) => {
+            SqlValue::Text(String::from_utf8_lossy(t).into_owned())
+        }
+        ValueRef::Null => SqlValue::Null,
+    }
+}
+
+fn exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    conn.query_row(JOB_EXISTS, [name], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+        .map_err(backend)
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -32,9 +98,10 @@ impl SqliteStore {
     pub async fn open(dir: &Path, sealer: Arc<Sealer>) -> Result<Self, StoreError> {
         let dir = dir.to_path_buf();
         let keys = sealer.clone();
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+        let (conn, lock) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let path = dir.join(FILE_NAME);
             private_file(&dir, &path)?;
+            let lock = lock_store(&dir)?;
             let mut conn = Connection::open(&path)
                 .map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
             conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -48,13 +115,14 @@ impl SqliteStore {
                 .map_err(backend)?;
             migrate(&mut conn)?;
             reseal(&mut conn, &keys)?;
-            Ok(conn)
+            Ok((conn, lock))
         })
         .await
         .map_err(backend)??;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             sealer,
+            _lock: lock,
         })
     }
 
@@ -234,12 +302,14 @@ impl MetaStore for SqliteStore {
     async fn save_status(
         &self,
         name: &str,
+        fence: &Fence,
         status: JobStatus,
         progress: &Progress,
         updated_at: i64,
     ) -> Result<(), StoreError> {
         let progress = encode_progress(progress)?;
         let name = name.to_string();
+        let fence = fence.clone();
         self.with_conn(move |conn| {
             let n = conn
                 .execute(
@@ -249,34 +319,95 @@ impl MetaStore for SqliteStore {
                         status.progress_state.as_str(),
                         progress,
                         updated_at,
-                        name
+                        name,
+                        fence.member,
+                        fence.epoch
                     ],
                 )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::NotFound(name));
+                return Err(unsaved(&name, &fence, exists(conn, &name)?));
             }
             Ok(())
         })
         .await
     }
 
-    async fn save_spec(&self, spec: &JobSpec, updated_at: i64) -> Result<(), StoreError> {
+    async fn save_spec(
+        &self,
+        spec: &JobSpec,
+        fence: &Fence,
+        updated_at: i64,
+    ) -> Result<(), StoreError> {
         let encoded = encode_spec(spec)?;
         let src_password = self.sealer.seal(&spec.name, "src", &spec.src.password)?;
         let dest_password = self.sealer.seal(&spec.name, "dest", &spec.dest.password)?;
         let name = spec.name.clone();
+        let fence = fence.clone();
         self.with_conn(move |conn| {
             let n = conn
                 .execute(
                     UPDATE_SPEC,
-                    params![encoded, src_password, dest_password, updated_at, name],
+                    params![
+                        encoded,
+                        src_password,
+                        dest_password,
+                        updated_at,
+                        name,
+                        fence.member,
+                        fence.epoch
+                    ],
                 )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::NotFound(name));
+                return Err(unsaved(&name, &fence, exists(conn, &name)?));
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn now_ms(&self) -> Result<i64, StoreError> {
+        Ok(chrono::Utc::now().timestamp_millis())
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    async fn execute(&self, sql: &'static str, params: Vec<SqlValue>) -> Result<u64, StoreError> {
+        self.with_conn(move |conn| {
+            let params = rusqlite::params_from_iter(params.into_iter().map(to_sql));
+            match conn.execute(sql, params) {
+                Ok(n) => Ok(n as u64),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::Duplicate(String::new()))
+                }
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+
+    async fn select(
+        &self,
+        sql: &'static str,
+        params: Vec<SqlValue>,
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+            let width = stmt.column_count();
+            let params = rusqlite::params_from_iter(params.into_iter().map(to_sql));
+            let rows = stmt
+                .query_map(params, |r| {
+                    (0..width)
+                        .map(|i| r.get_ref(i).map(from_sql))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
         .await
     }
