@@ -196,10 +196,15 @@ impl Group {
             }
         }
         let now = group.store.now_ms().await?;
-        let bumped = group
+        let mut bumped = group
             .store
             .bump_own_leases(&s.member_id, now + lease_ms)
             .await?;
+        if !group.store.shared() {
+            // The SQLite store is locked to this process: whatever another
+            // member id held there was an earlier process's.
+            bumped += group.store.take_all(&s.member_id, now + lease_ms).await?;
+        }
         info!(member = %s.member_id, address = %s.address, shared = group.store.shared(),
               jobs_held = bumped, "joined the group");
         group.tick().await?;
@@ -264,6 +269,9 @@ impl Group {
     /// leadership go.
     pub async fn leave(&self) {
         let id = &self.settings.member_id;
+        if let Err(e) = self.store.sign_off(id, &self.incarnation).await {
+            warn!(error = %e, "could not sign off from the group; the others see this member dead within a lease");
+        }
         let leases = match self.store.leases().await {
             Ok(l) => l,
             Err(e) => {

@@ -281,13 +281,21 @@ pub async fn forward(
              supported yet; send the request to that member directly"
         )));
     };
+    // An owner that cannot be reached may be gone: its lease runs out and
+    // another member takes the job, so the caller can try again.
+    let gone = |e: String| {
+        ApiError::Unavailable(format!(
+            "the job's owner, member {member} at {address}, cannot be reached ({e}); if it is \
+             gone, another member takes the job over when its lease runs out; try again"
+        ))
+    };
     let stream = tokio::time::timeout(
         Duration::from_secs(5),
         tokio::net::TcpStream::connect(authority),
     )
     .await
-    .map_err(|_| unreachable("connecting timed out".into()))?
-    .map_err(|e| unreachable(e.to_string()))?;
+    .map_err(|_| gone("connecting timed out".into()))?
+    .map_err(|e| gone(e.to_string()))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await

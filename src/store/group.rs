@@ -69,6 +69,8 @@ const TAKE_MEMBER: &str = "UPDATE ccr_members SET incarnation = ?, address = ?, 
      WHERE id = ? AND incarnation = ? AND heartbeat_at = ?";
 const HEARTBEAT: &str = "UPDATE ccr_members SET heartbeat_at = ?, address = ? \
      WHERE id = ? AND incarnation = ?";
+/// A member stopping: dead at once, so that nothing is assigned to it.
+const SIGN_OFF: &str = "UPDATE ccr_members SET heartbeat_at = 0 WHERE id = ? AND incarnation = ?";
 const SET_MEMBER_STATE: &str = "UPDATE ccr_members SET state = ? WHERE id = ?";
 const DELETE_MEMBER: &str = "DELETE FROM ccr_members WHERE id = ? AND state = 'draining'";
 
@@ -92,6 +94,10 @@ const RENEW_LEASES: &str = "UPDATE ccr_jobs SET lease_expires_at = ? \
 /// process it replaces (frozen, not dead) is fenced off.
 const BUMP_OWN: &str = "UPDATE ccr_jobs SET owner_epoch = owner_epoch + 1, lease_expires_at = ? \
      WHERE owner = ?";
+/// A group of one (SQLite, locked to one process) takes every lease.
+const TAKE_ALL: &str = "UPDATE ccr_jobs SET owner = ?, owner_epoch = owner_epoch + 1, \
+     lease_expires_at = ?, release_requested = 0 WHERE owner <> ?";
+const FORGET_OTHERS: &str = "DELETE FROM ccr_members WHERE id <> ?";
 const ASSIGN: &str = "UPDATE ccr_jobs SET owner = ?, owner_epoch = owner_epoch + 1, \
      lease_expires_at = ?, release_requested = 0 WHERE name = ? AND owner = ? AND owner_epoch = ?";
 const REQUEST_RELEASE: &str = "UPDATE ccr_jobs SET release_requested = 1 \
@@ -208,6 +214,13 @@ impl GroupStore {
             == 1)
     }
 
+    pub async fn sign_off(&self, id: &str, incarnation: &str) -> Result<(), StoreError> {
+        self.store
+            .execute(SIGN_OFF, vec![v(id), v(incarnation)])
+            .await
+            .map(|_| ())
+    }
+
     pub async fn set_member_state(&self, id: &str, state: &str) -> Result<bool, StoreError> {
         Ok(self
             .store
@@ -305,6 +318,15 @@ impl GroupStore {
     pub async fn bump_own_leases(&self, id: &str, expires_at: i64) -> Result<u64, StoreError> {
         self.store
             .execute(BUMP_OWN, vec![v(expires_at), v(id)])
+            .await
+    }
+
+    /// In a group of one: every job becomes this member's (at a new epoch)
+    /// and every other member row is dropped (an earlier process's).
+    pub async fn take_all(&self, id: &str, expires_at: i64) -> Result<u64, StoreError> {
+        self.store.execute(FORGET_OTHERS, vec![v(id)]).await?;
+        self.store
+            .execute(TAKE_ALL, vec![v(id), v(expires_at), v(id)])
             .await
     }
 
