@@ -26,7 +26,7 @@ mariadbd --no-defaults --datadir="$WORK/data" --port="$DB_PORT" --bind-address=1
     --socket="$WORK/sock" --innodb-buffer-pool-size=32M --log-bin="$WORK/data/binlog" \
     --binlog-format=ROW --server-id=1 --user="$(whoami)" >"$WORK/mariadbd.log" 2>&1 &
 for _ in $(seq 100); do mariadb -S "$WORK/sock" -uroot -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
-mariadb -S "$WORK/sock" -uroot -e "CREATE DATABASE shop; CREATE TABLE shop.t (id INT AUTO_INCREMENT PRIMARY KEY, n INT);
+mariadb -S "$WORK/sock" -uroot -e "CREATE DATABASE shop; USE shop; CREATE TABLE shop.t (id INT AUTO_INCREMENT PRIMARY KEY, n INT);
   INSERT INTO shop.t (n) SELECT seq FROM seq_1_to_1000;"
 
 PORTS=("$(free_port)" "$(free_port)" "$(free_port)")
@@ -89,7 +89,8 @@ def owner(port):
 results = {"SIGKILL": [], "SIGSTOP": []}
 for kind in ["SIGKILL", "SIGSTOP"]:
     for run in range(runs):
-        first = owner(ports[0]) or owner(ports[1])
+        wait("an owner", lambda: owner(ports[0]) is not None)
+        first = owner(ports[0])
         i = [f"127.0.0.1:{p}" for p in ports].index(first)
         other = ports[(i + 1) % 3]
         t0 = time.monotonic()

@@ -1411,7 +1411,7 @@ async fn poll_head(
         if let Some(c) = conn.as_mut() {
             // What the source reports of its neighbours (the failover
             // candidates): at the first poll, then as replicas come and go.
-            if polls % TOPOLOGY_EVERY == 0 {
+            if polls.is_multiple_of(TOPOLOGY_EVERY) {
                 *topology_now.lock() = Some(topology::discover(c).await);
             }
             polls += 1;
