@@ -210,6 +210,15 @@ async fn killed_owner_is_taken_over_nothing_lost_or_twice() {
         .find(|m| m["id"] == first)
         .cloned();
     assert_eq!(dead.expect("the killed member is listed")["state"], "dead");
+    let metrics = other.get("metrics").await.text;
+    assert!(
+        metrics.contains("ccr_syncer_group_members{state=\"dead\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ccr_syncer_group_members{state=\"alive\"} 2"),
+        "{metrics}"
+    );
     assert!(
         checkpoint_epoch(&dest_db, name) >= 2,
         "the new owner claimed the destination"
@@ -268,6 +277,11 @@ async fn frozen_owner_wakes_up_fenced() {
     assert!(
         log.contains("lost the job"),
         "the woken member says it lost the job:\n{log}"
+    );
+    let metrics = frozen.service.get("metrics").await.text;
+    assert!(
+        metrics.contains("ccr_syncer_group_jobs_lost_total 1"),
+        "{metrics}"
     );
     let s = stat(&frozen.service).await;
     assert!(
@@ -483,4 +497,151 @@ async fn admin_api_drains_transfers_and_switches() {
     a.post("job_status", json!({"name": "grp_once"}))
         .await
         .fails(404, "does not exist");
+}
+
+/// The fence itself, on a real destination: once a holder claimed the job at
+/// epoch 2, a checkpoint, a DDL mark or a chunk written at epoch 1 fails
+/// in its transaction, and nothing of that transaction stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_destination_refuses_an_older_epoch() {
+    use ccr_syncer::applier::{self, checkpoint};
+    use ccr_syncer::position::BinlogCoord;
+    use mysql_async::prelude::*;
+    let db = unique("grp_fence");
+    dest().admin(&format!(
+        "CREATE DATABASE {db}; CREATE TABLE {db}.t (id INT PRIMARY KEY)"
+    ));
+    let url = format!("mysql://root@127.0.0.1:{}/{db}", dest().port);
+    let mut conn = mysql_async::Conn::from_url(url).await.unwrap();
+    applier::session_setup(&mut conn).await.unwrap();
+    checkpoint::ensure_table(&mut conn, &db).await.unwrap();
+    checkpoint::claim(&mut conn, &db, "j", 1).await.unwrap();
+    let cp = |epoch| checkpoint::Checkpoint {
+        run_id: 5,
+        gtid: "0-1-9".into(),
+        coord: BinlogCoord {
+            file: "b.000001".into(),
+            pos: 4,
+        },
+        commit_seq: Some(9),
+        commit_ts: None,
+        pending_ddl: None,
+        epoch,
+    };
+    conn.query_drop(checkpoint::upsert_sql(&db, "j", &cp(1)))
+        .await
+        .unwrap();
+    // A new holder claims at epoch 2.
+    checkpoint::claim(&mut conn, &db, "j", 2).await.unwrap();
+    // The old holder's next group: rows, then its checkpoint, which fails.
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.query_drop(format!("INSERT INTO {db}.t VALUES (1)"))
+        .await
+        .unwrap();
+    let e = conn
+        .query_drop(checkpoint::upsert_sql(&db, "j", &cp(1)))
+        .await
+        .unwrap_err();
+    assert!(checkpoint::is_fenced(&e), "{e}");
+    conn.query_drop("ROLLBACK").await.unwrap();
+    // Its chunk: fenced too; a claim at an older epoch as well.
+    let e = conn
+        .query_drop(checkpoint::fence_sql(&db, "j", 1))
+        .await
+        .unwrap_err();
+    assert!(checkpoint::is_fenced(&e), "{e}");
+    let e = checkpoint::claim(&mut conn, &db, "j", 1).await.unwrap_err();
+    assert!(checkpoint::is_fenced(&e), "{e}");
+    // The new holder writes on.
+    conn.query_drop(checkpoint::fence_sql(&db, "j", 2))
+        .await
+        .unwrap();
+    conn.query_drop(checkpoint::upsert_sql(&db, "j", &cp(2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        dest().admin(&format!("SELECT COUNT(*) FROM {db}.t")).trim(),
+        "0"
+    );
+    assert_eq!(checkpoint_epoch(&db, "j"), 2);
+}
+
+/// Two members serving HTTPS: a call for a job the other one owns is
+/// forwarded over TLS, the owner's certificate checked against
+/// `[group] peer_ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_between_members_over_https() {
+    use crate::harness::certs::{https, Certs};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(&dir.path().join("certs"), "IP:127.0.0.1,DNS:localhost");
+    let base = crate::restart::mysql_store_config();
+    let mut stops = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let mut config = base.clone();
+        config.api_tls = Some(ccr_syncer::config::ApiTls {
+            cert: certs.server_cert.clone(),
+            key: certs.server_key.clone(),
+        });
+        config.group.peer_ca = Some(certs.ca.clone());
+        config.group.lease = Duration::from_secs(LEASE_SECS);
+        config.group.heartbeat = Duration::from_millis(300);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        stops.push((
+            tx,
+            tokio::spawn(ccr_syncer::app::run(config, listener, async move {
+                let _ = rx.await;
+            })),
+        ));
+    }
+    let body_of = |answer: &str| -> Value {
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or(Value::Null)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = https(addrs[0], &certs.ca, "GET", "stat", "")
+            .await
+            .map(|a| body_of(&a));
+        if a.as_ref().is_ok_and(|s| alive(s) == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "two members over HTTPS: {a:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let created = https(
+        addrs[0],
+        &certs.ca,
+        "POST",
+        "create_ccr",
+        &db_job("grp_tls").to_string(),
+    )
+    .await
+    .unwrap();
+    assert!(created.starts_with("HTTP/1.1 200"), "{created}");
+    let owner = body_of(&created)["owner"].as_str().unwrap().to_string();
+    let other = if owner == addrs[0].to_string() {
+        addrs[1]
+    } else {
+        addrs[0]
+    };
+    let status = https(
+        other,
+        &certs.ca,
+        "POST",
+        "job_status",
+        r#"{"name": "grp_tls"}"#,
+    )
+    .await
+    .unwrap();
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "forwarded over HTTPS: {status}"
+    );
+    assert_eq!(body_of(&status)["status"]["owner"], owner.as_str());
+    for (tx, task) in stops {
+        let _ = tx.send(());
+        let _ = task.await;
+    }
 }

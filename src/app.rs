@@ -41,6 +41,17 @@ pub async fn run(
         Some(tls) => Some(api::https::acceptor(tls).map_err(AppError::ApiTls)?),
         None => None,
     };
+    let roots = match (&config.group.peer_ca, &config.api_tls) {
+        (Some(ca), _) => Some((ca, "group.peer_ca")),
+        (None, Some(tls)) => Some((&tls.cert, "tls_cert")),
+        (None, None) => None,
+    };
+    let peer_tls = match roots {
+        Some((path, what)) => {
+            Some(api::https::peer_connector(path, what).map_err(AppError::ApiTls)?)
+        }
+        None => None,
+    };
     let keys = secret::Keys::load(
         config.secret_key_file.as_deref(),
         config.previous_secret_key_file.as_deref(),
@@ -62,12 +73,13 @@ pub async fn run(
     let address = listener.local_addr().map_err(AppError::Listener)?;
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     let group_settings = group_settings(&config, address, scheme)?;
-    let group = Group::join(store, manager.clone(), group_settings).await?;
+    let group = Group::join(store, manager.clone(), metrics.clone(), group_settings).await?;
     let (group_stop, group_stopped) = tokio::sync::watch::channel(false);
     let group_loop = tokio::spawn(group.clone().run(group_stopped));
     let state = Arc::new(ApiState {
         manager: manager.clone(),
         group: group.clone(),
+        peer_tls,
         metrics,
         auth_token: config.auth_token.clone(),
         tls: config.tls,

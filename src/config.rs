@@ -148,6 +148,7 @@ struct FileGroup {
     member_type: Option<String>,
     lease_secs: Option<u64>,
     heartbeat_ms: Option<u64>,
+    peer_ca: Option<PathBuf>,
 }
 
 /// How this syncer takes part in its group (`[group]`).
@@ -162,6 +163,9 @@ pub struct GroupConfig {
     pub member_type: i64,
     pub lease: Duration,
     pub heartbeat: Duration,
+    /// The CA that signed the other members' API certificates (forwarding
+    /// to a member serving HTTPS); unset: the certificates in `tls_cert`.
+    pub peer_ca: Option<PathBuf>,
 }
 
 impl Default for GroupConfig {
@@ -172,6 +176,7 @@ impl Default for GroupConfig {
             member_type: 2,
             lease: Duration::from_secs(8),
             heartbeat: Duration::from_secs(1),
+            peer_ca: None,
         }
     }
 }
@@ -564,6 +569,7 @@ impl Config {
                 member_type,
                 lease: Duration::from_secs(lease_secs),
                 heartbeat: Duration::from_millis(heartbeat_ms),
+                peer_ca: file.group.peer_ca,
             }
         };
         let auth_token = token_env

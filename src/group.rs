@@ -29,6 +29,7 @@
 use crate::job::manager::Claim;
 use crate::job::spec::JobSpec;
 use crate::job::{JobError, JobManager, JobSnapshot};
+use crate::metrics::{GroupReading, Metrics};
 use crate::store::group::{LeaderRow, Lease, MemberRow, LEARNER, NORMAL};
 use crate::store::{GroupStore, MetaStore, StoreError};
 use parking_lot::RwLock;
@@ -110,6 +111,7 @@ pub enum Route {
 pub struct Group {
     store: GroupStore,
     manager: Arc<JobManager>,
+    metrics: Arc<Metrics>,
     settings: GroupSettings,
     incarnation: String,
     view: RwLock<View>,
@@ -129,11 +131,13 @@ impl Group {
     pub async fn join(
         store: Arc<dyn MetaStore>,
         manager: Arc<JobManager>,
+        metrics: Arc<Metrics>,
         settings: GroupSettings,
     ) -> Result<Arc<Group>, StoreError> {
         let group = Arc::new(Group {
             store: GroupStore::new(store),
             manager,
+            metrics,
             incarnation: incarnation(),
             view: RwLock::new(View::default()),
             removed: AtomicBool::new(false),
@@ -243,6 +247,7 @@ impl Group {
                 Ok(()) => {
                     renewed = started;
                     self.view.write().read_only = None;
+                    self.metrics.set_group_read_only(false);
                 }
                 Err(e) => {
                     let quiet = renewed.elapsed();
@@ -250,6 +255,7 @@ impl Group {
                         warn!(error = %e, "the group's store cannot be written: read-only");
                     }
                     self.view.write().read_only = Some(e.to_string());
+                    self.metrics.set_group_read_only(true);
                     // Past most of a lease without renewal, another member
                     // may hold our jobs soon: stop them first.
                     if quiet > self.settings.lease * 3 / 4 && !self.manager.list().is_empty() {
@@ -337,6 +343,7 @@ impl Group {
                 error!(job = %name, holder = %lease.owner, epoch = lease.epoch,
                        "lost the job: another member holds its lease now; stopping it here");
                 lost.push((name.clone(), epoch, now));
+                self.metrics.count_job_lost();
             }
         }
         self.manager.own(&held).await?;
@@ -359,6 +366,24 @@ impl Group {
                 .is_none_or(|(_, v)| v != "Disable");
             flag.store(on, Ordering::Relaxed);
         }
+        let state_count = |state: &str| {
+            members
+                .iter()
+                .filter(|m| member_state(m, now, s.lease) == state)
+                .count()
+        };
+        self.metrics.set_group(GroupReading {
+            alive: state_count("alive"),
+            draining: state_count("draining"),
+            dead: state_count("dead"),
+            leader: leader.holder == id && leader.expires_at >= now,
+            term: leader.term,
+            read_only: false,
+            unowned: leases
+                .iter()
+                .filter(|l| l.owner.is_empty() || l.expires_at < now)
+                .count(),
+        });
         let mut view = self.view.write();
         view.now = now;
         view.members = members;
@@ -404,6 +429,7 @@ impl Group {
             if self.store.assign(l, &target, now + lease_ms).await? {
                 info!(job = %l.job, from = %l.owner, to = %target, epoch = l.epoch + 1,
                       "job assigned");
+                self.metrics.count_assignment();
                 *counts.get_mut(target.as_str()).expect("a counted member") += 1;
             }
         }

@@ -31,6 +31,25 @@ pub struct Metrics {
     binlog_bytes: IntCounterVec,
     apply_batch_seconds: HistogramVec,
     job_errors: IntCounterVec,
+    group_members: IntGaugeVec,
+    group_leader: IntGauge,
+    group_term: IntGauge,
+    group_read_only: IntGauge,
+    group_jobs_unowned: IntGauge,
+    group_jobs_lost: prometheus::IntCounter,
+    group_assignments: prometheus::IntCounter,
+}
+
+/// What the group's loop last saw, for the `ccr_syncer_group_*` series.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GroupReading {
+    pub alive: usize,
+    pub draining: usize,
+    pub dead: usize,
+    pub leader: bool,
+    pub term: i64,
+    pub read_only: bool,
+    pub unowned: usize,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -155,6 +174,48 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let group_members = must(IntGaugeVec::new(
+            Opts::new(
+                "ccr_syncer_group_members",
+                "Members of this syncer's group by state (alive, draining, dead), as this member last saw them.",
+            ),
+            &["state"],
+        ));
+        let gauge = |name: &str, help: &str| {
+            let g = must(IntGauge::new(name, help));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let group_leader = gauge(
+            "ccr_syncer_group_leader",
+            "1 while this member leads its group (assigns jobs), else 0.",
+        );
+        let group_term = gauge(
+            "ccr_syncer_group_term",
+            "The group's leadership term; it grows with every new leader.",
+        );
+        let group_read_only = gauge(
+            "ccr_syncer_group_read_only",
+            "1 while this member cannot write the group's store (it then runs no jobs after most of a lease).",
+        );
+        let group_jobs_unowned = gauge(
+            "ccr_syncer_group_jobs_unowned",
+            "Jobs of the group no live member holds at the moment (a takeover under way).",
+        );
+        let counter = |name: &str, help: &str| {
+            let c = must(prometheus::IntCounter::new(name, help));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let group_jobs_lost = counter(
+            "ccr_syncer_group_jobs_lost_total",
+            "Jobs this member was running when another member took their lease (it stopped them).",
+        );
+        let group_assignments = counter(
+            "ccr_syncer_group_assignments_total",
+            "Jobs this member, as leader, gave to a member (new jobs, takeovers, drains, balancing).",
+        );
+        must(registry.register(Box::new(group_members.clone())));
         must(registry.register(Box::new(jobs.clone())));
         must(registry.register(Box::new(job_state.clone())));
         must(registry.register(Box::new(job_progress_state.clone())));
@@ -189,7 +250,40 @@ impl Metrics {
             binlog_bytes,
             apply_batch_seconds,
             job_errors,
+            group_members,
+            group_leader,
+            group_term,
+            group_read_only,
+            group_jobs_unowned,
+            group_jobs_lost,
+            group_assignments,
         }
+    }
+
+    pub fn set_group(&self, r: GroupReading) {
+        for (state, n) in [
+            ("alive", r.alive),
+            ("draining", r.draining),
+            ("dead", r.dead),
+        ] {
+            self.group_members.with_label_values(&[state]).set(n as i64);
+        }
+        self.group_leader.set(r.leader as i64);
+        self.group_term.set(r.term);
+        self.group_read_only.set(r.read_only as i64);
+        self.group_jobs_unowned.set(r.unowned as i64);
+    }
+
+    pub fn set_group_read_only(&self, read_only: bool) {
+        self.group_read_only.set(read_only as i64);
+    }
+
+    pub fn count_job_lost(&self) {
+        self.group_jobs_lost.inc();
+    }
+
+    pub fn count_assignment(&self) {
+        self.group_assignments.inc();
     }
 
     pub fn count_applied(&self, job: &str, transactions: u64, rows: &HashMap<RowOp, u64>) {

@@ -261,11 +261,24 @@ pub async fn config_set(group: &Group, body: &[u8]) -> Result<Value, ApiError> {
     Ok(success(json!({"key": key, "value": value})))
 }
 
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn handshake<S>(stream: S) -> Result<Sender, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 /// Sends a job's call on to the member that owns it and returns its answer
 /// as it is.
 pub async fn forward(
     address: &str,
     member: &str,
+    peer_tls: Option<&tokio_rustls::TlsConnector>,
     operation: &str,
     auth: Option<&str>,
     body: Bytes,
@@ -275,11 +288,16 @@ pub async fn forward(
             "the job's owner, member {member} at {address}, did not answer: {e}"
         ))
     };
-    let Some(authority) = address.strip_prefix("http://") else {
-        return Err(ApiError::Upstream(format!(
-            "the job is owned by member {member} at {address}: forwarding over HTTPS is not \
-             supported yet; send the request to that member directly"
-        )));
+    let (authority, tls) = match (address.split_once("://"), peer_tls) {
+        (Some(("http", rest)), _) => (rest, None),
+        (Some(("https", rest)), Some(tls)) => (rest, Some(tls)),
+        _ => {
+            return Err(ApiError::Upstream(format!(
+                "the job is owned by member {member} at {address}, which serves HTTPS, and this \
+                 member has no certificate to trust it with (it serves plain HTTP): give it \
+                 tls_cert/tls_key or [group] peer_ca, or send the request to that member"
+            )))
+        }
     };
     // An owner that cannot be reached may be gone: its lease runs out and
     // another member takes the job, so the caller can try again.
@@ -296,11 +314,24 @@ pub async fn forward(
     .await
     .map_err(|_| gone("connecting timed out".into()))?
     .map_err(|e| gone(e.to_string()))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(conn);
+    let mut sender = match tls {
+        None => handshake(stream).await,
+        Some(tls) => {
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| unreachable(format!("{host} is not a name to check: {e}")))?;
+            let stream = tokio::time::timeout(Duration::from_secs(10), tls.connect(name, stream))
+                .await
+                .map_err(|_| unreachable("the TLS handshake timed out".into()))?
+                .map_err(|e| unreachable(format!("TLS: {e}")))?;
+            handshake(stream).await
+        }
+    }
+    .map_err(|e| unreachable(e.to_string()))?;
     let mut request = hyper::Request::post(format!("/{operation}"))
         .header("host", authority)
         .header("content-type", "application/json")

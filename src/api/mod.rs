@@ -86,6 +86,9 @@ const JOB_OPERATIONS: [&str; 14] = [
 pub struct ApiState {
     pub manager: Arc<JobManager>,
     pub group: Arc<crate::group::Group>,
+    /// Trusts the other members' HTTPS, when this one serves HTTPS or has
+    /// `[group] peer_ca`.
+    pub peer_tls: Option<tokio_rustls::TlsConnector>,
     pub metrics: Arc<Metrics>,
     pub auth_token: Option<Secret>,
     /// Jobs' TLS default and minimum.
@@ -304,8 +307,10 @@ fn view_page(state: &ApiState, operation: &str, method: &Method) -> Result<Respo
                 .iter()
                 .filter_map(|n| state.manager.snapshot(n).ok())
                 .collect();
+            let group = group_lines(&state.group);
             view::status_page(
                 &jobs,
+                &group,
                 &state.metrics,
                 &state.store_description,
                 &state.address,
@@ -410,10 +415,58 @@ async fn route(
         ))),
         crate::group::Route::Forward { member, address } => {
             debug!(operation, job = %name, %member, %address, "forwarding to the job's owner");
-            admin::forward(&address, &member, operation, auth, body.clone())
-                .await
-                .map(Some)
+            admin::forward(
+                &address,
+                &member,
+                state.peer_tls.as_ref(),
+                operation,
+                auth,
+                body.clone(),
+            )
+            .await
+            .map(Some)
         }
+    }
+}
+
+/// The group as the status page shows it, from the group's last reading.
+fn group_lines(group: &crate::group::Group) -> view::GroupLines<'_> {
+    let v = group.view();
+    let lease = group.settings().lease;
+    let held = |l: &crate::store::Lease| !l.owner.is_empty() && l.expires_at >= v.now;
+    let leader = (v.leader.expires_at >= v.now).then_some(v.leader.holder.as_str());
+    let members = v
+        .members
+        .iter()
+        .map(|m| view::MemberLine {
+            id: m.id.clone(),
+            address: m.address.clone(),
+            state: crate::group::member_state(m, v.now, lease),
+            learner: m.member_type == crate::store::group::LEARNER,
+            jobs_owned: v
+                .leases
+                .iter()
+                .filter(|l| held(l) && l.owner == m.id)
+                .count(),
+            leader: leader == Some(m.id.as_str()),
+        })
+        .collect();
+    let elsewhere = v
+        .leases
+        .iter()
+        .filter(|l| l.owner != group.member_id())
+        .map(|l| view::ElsewhereLine {
+            name: l.job.clone(),
+            owner: held(l)
+                .then(|| v.members.iter().find(|m| m.id == l.owner))
+                .flatten()
+                .map(|m| (m.id.clone(), m.address.clone())),
+        })
+        .collect();
+    view::GroupLines {
+        member_id: group.member_id(),
+        members,
+        elsewhere,
     }
 }
 

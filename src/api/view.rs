@@ -95,7 +95,37 @@ fn what_to_do(job: &JobSnapshot) -> &'static str {
 }
 
 /// The page of every job.
-pub fn status_page(jobs: &[JobSnapshot], metrics: &Metrics, store: &str, address: &str) -> String {
+/// A member of the group, as the status page lists it.
+pub struct MemberLine {
+    pub id: String,
+    pub address: String,
+    pub state: &'static str,
+    pub learner: bool,
+    pub jobs_owned: usize,
+    pub leader: bool,
+}
+
+/// A job of the group that another member runs: its name, owner and the
+/// owner's API address (None while it changes hands).
+pub struct ElsewhereLine {
+    pub name: String,
+    pub owner: Option<(String, String)>,
+}
+
+/// The group around the jobs this member runs.
+pub struct GroupLines<'a> {
+    pub member_id: &'a str,
+    pub members: Vec<MemberLine>,
+    pub elsewhere: Vec<ElsewhereLine>,
+}
+
+pub fn status_page(
+    jobs: &[JobSnapshot],
+    group: &GroupLines<'_>,
+    metrics: &Metrics,
+    store: &str,
+    address: &str,
+) -> String {
     let mut html = head("ccr-syncer");
     let _ = write!(
         html,
@@ -148,7 +178,11 @@ pub fn status_page(jobs: &[JobSnapshot], metrics: &Metrics, store: &str, address
             esc(name),
             esc(name),
             cell("progress_state", job.status.progress_state.as_str(), false),
-            cell("owner", &format!("this service ({address})"), false),
+            cell(
+                "owner",
+                &format!("this member ({})", job.fence.member),
+                false,
+            ),
             cell("lag_secs", &text_of(&lag["lag_secs"]), true),
             cell("lag", &text_of(&lag["lag"]), true),
             cell("rows_copied", &rows, true),
@@ -160,17 +194,46 @@ pub fn status_page(jobs: &[JobSnapshot], metrics: &Metrics, store: &str, address
             cell("what_to_do", what_to_do(job), false),
         );
     }
+    for other in &group.elsewhere {
+        let owner = match &other.owner {
+            Some((id, address)) => format!(
+                "<a href=\"{}/view/{}\">{}</a>",
+                esc(address),
+                esc(&other.name),
+                esc(id)
+            ),
+            None => "changing hands".into(),
+        };
+        let _ = write!(
+            html,
+            "<tr><td data-field=\"job\">{}</td><td colspan=\"2\">runs on another member</td>\
+             <td data-field=\"owner\">{owner}</td><td colspan=\"9\"></td></tr>",
+            esc(&other.name)
+        );
+    }
     html.push_str("</tbody></table>");
     let _ = write!(
         html,
-        "<h2>Members</h2><table><thead><tr><th>member</th><th>store</th><th>jobs</th></tr></thead>\
-         <tbody><tr><td data-field=\"member\">this service ({})</td><td>{}</td><td class=\"num\">{}</td></tr>\
-         </tbody></table><p>Every job runs on this service: a group of several syncers sharing \
-         one store is not served yet.</p></body></html>",
-        esc(address),
+        "<h2>Members</h2><p>store: {}; this member: {} ({})</p><table><thead><tr><th>member</th>\
+         <th>address</th><th>state</th><th>type</th><th>jobs</th><th>leader</th></tr></thead><tbody>",
         esc(store),
-        jobs.len()
+        esc(group.member_id),
+        esc(address)
     );
+    for m in &group.members {
+        let _ = write!(
+            html,
+            "<tr><td data-field=\"member\">{}</td><td>{}</td><td data-field=\"member_state\">{}</td>\
+             <td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+            esc(&m.id),
+            esc(&m.address),
+            m.state,
+            if m.learner { "learner" } else { "normal" },
+            m.jobs_owned,
+            if m.leader { "leader" } else { "" }
+        );
+    }
+    html.push_str("</tbody></table></body></html>");
     html
 }
 
