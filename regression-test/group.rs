@@ -315,9 +315,11 @@ async fn admin_api_drains_transfers_and_switches() {
     assert_eq!(statuses, [200, 409], "{} / {}", x.text, y.text);
     assert_eq!(job_names(c).await, ["grp_once"]);
     for i in 0..3 {
-        a.post("create_ccr", db_job(&format!("grp_spread_{i}")))
-            .await
-            .ok();
+        let name = format!("grp_spread_{i}");
+        let created = a.post("create_ccr", db_job(&name)).await.ok();
+        // The job has its owner from the start: asking at once is answered.
+        let st = a.post("job_status", json!({"name": name})).await.ok();
+        assert_eq!(st["status"]["owner"], created["owner"], "{st:#}");
     }
     // Jobs are spread: every member holds one or two of the four.
     let s = wait_stat(a, 20, "jobs spread", |s| {

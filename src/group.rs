@@ -28,7 +28,7 @@
 
 use crate::job::manager::Claim;
 use crate::job::spec::JobSpec;
-use crate::job::{JobError, JobManager, JobSnapshot};
+use crate::job::{JobError, JobManager};
 use crate::metrics::{GroupReading, Metrics};
 use crate::store::group::{LeaderRow, Lease, MemberRow, LEARNER, NORMAL};
 use crate::store::{GroupStore, MetaStore, StoreError};
@@ -518,41 +518,40 @@ impl Group {
             .collect())
     }
 
-    /// Creates a job; this member takes it when it is a live normal member
-    /// holding no more jobs than any other, else the leader places it
-    /// within a heartbeat. The answer is this member's view of it, if it
-    /// runs here.
-    pub async fn create(&self, spec: JobSpec) -> Result<Option<JobSnapshot>, JobError> {
+    /// Creates a job and gives it at once to the live normal member holding
+    /// the fewest jobs (this one on a tie), so that it has an owner to
+    /// answer for it from the start. Returns the owner.
+    pub async fn create(&self, spec: JobSpec) -> Result<Option<String>, JobError> {
         let view = self.view();
         let id = self.settings.member_id.as_str();
         let lease = self.settings.lease;
-        let me_normal = view
-            .members
-            .iter()
-            .any(|m| m.id == id && m.member_type == NORMAL && m.state == "normal");
         let load = |who: &str| {
             view.leases
                 .iter()
                 .filter(|l| l.owner == who && l.expires_at >= view.now)
                 .count()
         };
-        let mine = load(id);
-        let least = view
+        let me_eligible = !self.removed.load(Ordering::Relaxed)
+            && view
+                .members
+                .iter()
+                .any(|m| m.id == id && m.member_type == NORMAL && m.state == "normal");
+        let target = view
             .members
             .iter()
             .filter(|m| {
                 m.member_type == NORMAL
                     && m.state == "normal"
-                    && member_state(m, view.now, lease) == "alive"
+                    && (m.id == id && me_eligible
+                        || m.id != id && member_state(m, view.now, lease) == "alive")
             })
-            .map(|m| load(&m.id))
-            .min()
-            .unwrap_or(mine);
-        let claim =
-            (me_normal && !self.removed.load(Ordering::Relaxed) && mine <= least).then(|| Claim {
-                member: id.to_string(),
-                lease,
-            });
+            .min_by_key(|m| (load(&m.id), m.id != id, m.id.clone()))
+            .map(|m| m.id.clone());
+        let claim = target.map(|member| Claim {
+            here: member == id,
+            member,
+            lease,
+        });
         self.manager.create(spec, claim).await
     }
 
@@ -608,15 +607,22 @@ impl Group {
         }
     }
 
-    /// `POST /member/remove`: drains the member; the leader moves its jobs
-    /// to others, then removes it. Returns how many jobs it holds.
-    pub async fn remove_member(&self, peer_id: &str) -> Result<usize, GroupError> {
+    /// The store's time, every member, and the one named (unknown: 404).
+    async fn member(&self, peer_id: &str) -> Result<(i64, Vec<MemberRow>, MemberRow), GroupError> {
         let now = self.store.now_ms().await?;
         let members = self.store.members().await?;
         let member = members
             .iter()
             .find(|m| m.id == peer_id)
+            .cloned()
             .ok_or_else(|| unknown_peer(peer_id, &members))?;
+        Ok((now, members, member))
+    }
+
+    /// `POST /member/remove`: drains the member; the leader moves its jobs
+    /// to others, then removes it. Returns how many jobs it holds.
+    pub async fn remove_member(&self, peer_id: &str) -> Result<usize, GroupError> {
+        let (now, members, member) = self.member(peer_id).await?;
         if member.state == "draining" {
             return Err(GroupError::Conflict(format!(
                 "peer {peer_id} is already being removed"
@@ -659,13 +665,8 @@ impl Group {
 
     /// `POST /leadership/transfer`.
     pub async fn transfer_leadership(&self, peer_id: &str) -> Result<i64, GroupError> {
-        let now = self.store.now_ms().await?;
-        let members = self.store.members().await?;
-        let member = members
-            .iter()
-            .find(|m| m.id == peer_id)
-            .ok_or_else(|| unknown_peer(peer_id, &members))?;
-        let state = member_state(member, now, self.settings.lease);
+        let (now, _, member) = self.member(peer_id).await?;
+        let state = member_state(&member, now, self.settings.lease);
         if member.member_type != NORMAL {
             return Err(GroupError::Conflict(format!(
                 "peer {peer_id} is a learner: only a normal member can lead"

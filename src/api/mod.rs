@@ -551,8 +551,7 @@ async fn dispatch(
         "create_ccr" => {
             let spec = parse::<CreateRequest>(body)?.into_spec(&state.tls)?;
             let name = spec.name.clone();
-            let job = state.group.create(spec).await?;
-            let owner = job.map(|j| j.fence.member);
+            let owner = state.group.create(spec).await?;
             info!(job = %name, owner = ?owner, "create_ccr accepted");
             success(json!({"owner": owner}))
         }

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// A consistent view of one job, as its task last published it.
 #[derive(Clone, Debug)]
@@ -91,11 +91,13 @@ pub struct JobManager {
     shutdown: watch::Sender<bool>,
 }
 
-/// Who takes a new job's lease at creation: this member, for this long.
+/// Who takes a new job's lease at creation, for how long, and whether that
+/// member is this one (which then starts the job at once).
 #[derive(Clone, Debug)]
 pub struct Claim {
     pub member: String,
     pub lease: std::time::Duration,
+    pub here: bool,
 }
 
 /// Releases a reserved name however creation ends.
@@ -204,7 +206,18 @@ impl JobManager {
         if missing.is_empty() {
             return Ok(());
         }
-        let records = self.store.load_jobs().await?;
+        // A row that cannot be read keeps its job from starting here (the
+        // lease stays ours, the job shows as not running); it must not stop
+        // the group's loop, which keeps every other job's lease.
+        let records = match self.store.load_jobs().await {
+            Ok(records) => records,
+            Err(e @ StoreError::Corrupt { .. }) => {
+                error!(error = %e, "a stored job cannot be read; the jobs this member holds \
+                       start once it can");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         for lease in missing {
             if let Some(record) = records.iter().find(|r| r.spec.name == lease.job) {
                 info!(job = %lease.job, epoch = lease.epoch, "this member holds the job now; starting it");
@@ -259,13 +272,14 @@ impl JobManager {
         self.registry.lock().jobs.contains_key(name)
     }
 
-    /// Stores a new job. With a `claim` this member takes its lease and
-    /// starts it at once; without, the group's leader gives it to a member.
+    /// Stores a new job. With a `claim` the member it names takes the
+    /// job's lease (and this member starts it at once when it is the one);
+    /// without, the group's leader gives it to a member. Returns the owner.
     pub async fn create(
         &self,
         spec: JobSpec,
         claim: Option<Claim>,
-    ) -> Result<Option<JobSnapshot>, JobError> {
+    ) -> Result<Option<String>, JobError> {
         spec.validate().map_err(JobError::Invalid)?;
         let _reservation = {
             let mut registry = self.registry.lock();
@@ -316,16 +330,18 @@ impl JobManager {
         let expires_at = group.now_ms().await? + claim.lease.as_millis() as i64;
         if !group.assign(&unowned, &claim.member, expires_at).await? {
             // The leader gave it to a member first.
-            return Ok(None);
+            return Ok(group.lease_of(&name).await?.map(|l| l.owner));
         }
-        self.spawn(
-            record,
-            Fence {
-                member: claim.member,
-                epoch: 1,
-            },
-        );
-        self.snapshot(&name).map(Some)
+        if claim.here {
+            self.spawn(
+                record,
+                Fence {
+                    member: claim.member.clone(),
+                    epoch: 1,
+                },
+            );
+        }
+        Ok(Some(claim.member))
     }
 
     pub fn list(&self) -> Vec<String> {
