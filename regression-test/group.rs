@@ -647,3 +647,135 @@ async fn forwarding_between_members_over_https() {
         let _ = task.await;
     }
 }
+
+/// The store goes away for longer than a lease: every member reports the
+/// group read-only and stops its jobs (no member can know who holds what,
+/// so none runs anything); when the store is back the job runs again on one
+/// member and nothing is lost or applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_makes_the_group_read_only_never_two_owners() {
+    let proxy = Proxy::start(dest().port).await;
+    let store_db = unique("grp_meta");
+    let config = group_config(&store_db).replace(
+        &format!("port = {}\n", dest().port),
+        &format!("port = {}\n", proxy.port),
+    );
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let service = Service::process(dir.path(), &config).await;
+        members.push(Member { service, dir });
+    }
+    let (a, b) = (&members[0].service, &members[1].service);
+    wait_stat(a, 20, "two live members", |s| alive(s) == 2).await;
+    let name = "grp_outage";
+    let (src_db, dest_db) = running_job(a, name).await;
+    let writer = load(&src_db);
+    proxy.set_down(true);
+    let outage = Instant::now();
+    for m in [a, b] {
+        wait_stat(m, 10, "read-only", |s| s["read_only"] == true).await;
+    }
+    // Within a lease every member has stopped the job.
+    let deadline = Instant::now() + Duration::from_secs(LEASE_SECS + 5);
+    loop {
+        let mut texts = Vec::new();
+        for m in [a, b] {
+            texts.push(m.get("metrics").await.text);
+        }
+        if texts.iter().all(|t| t.contains("ccr_syncer_jobs 0")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a member still runs the job in the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(outage.elapsed() < Duration::from_secs(LEASE_SECS + 5));
+    let metrics = a.get("metrics").await.text;
+    assert!(
+        metrics.contains("ccr_syncer_group_read_only 1"),
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.set_down(false);
+    for m in [a, b] {
+        wait_stat(m, 20, "writable again", |s| s["read_only"] == false).await;
+    }
+    poll_job(a, "job_status", name, 30, "running again", |s| {
+        s["state"] == "running"
+    })
+    .await;
+    writer.stop();
+    caught_up_and_equal(a, name, &src_db, &dest_db).await;
+}
+
+/// The owner is frozen in the middle of a full sync: another member takes
+/// the job over and resumes the copy from the chunks committed; the frozen
+/// one, woken, commits no further chunk; the copy is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_during_a_full_sync_the_copy_resumes_elsewhere() {
+    let store_db = unique("grp_meta");
+    let config = format!(
+        "{}[full_sync]\nchunk_rows = 2000\nconnections = 2\n",
+        group_config(&store_db)
+    );
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let service = Service::process(dir.path(), &config).await;
+        members.push(Member { service, dir });
+    }
+    wait_stat(&members[0].service, 20, "two live members", |s| {
+        alive(s) == 2
+    })
+    .await;
+    let src_db = table_t(source(), "grp_fs", 300_000);
+    let dest_db = unique("grp_fs_dst");
+    let name = "grp_fullsync";
+    let created = members[0]
+        .service
+        .post(
+            "create_ccr",
+            json!({"name": name, "src": src_endpoint(source(), &src_db, None),
+                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+        )
+        .await
+        .ok();
+    let first = created["owner"].as_str().unwrap().to_string();
+    let frozen = members.iter().find(|m| m.id() == first).unwrap();
+    let other = &members.iter().find(|m| m.id() != first).unwrap().service;
+    let copying = poll_job(
+        &frozen.service,
+        "job_progress",
+        name,
+        60,
+        "chunks copied",
+        |p| p["full_sync"]["rows_copied"].as_u64().unwrap_or(0) > 0,
+    )
+    .await;
+    assert_eq!(copying["progress_state"], "DBFullSync", "{copying:#}");
+    let pid = frozen.service.pid().unwrap();
+    signal(pid, libc::SIGSTOP);
+    wait_stat(other, 20, "another member holding the job", |s| {
+        s["jobs"]["owners"][name]
+            .as_str()
+            .is_some_and(|o| o != first)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal(pid, libc::SIGCONT);
+    wait_for_state(other, name, "DBIncrementalSync").await;
+    assert_eq!(
+        checksums(source(), &src_db, &["t"]),
+        checksums(dest(), &dest_db, &["t"])
+    );
+    assert!(checkpoint_epoch(&dest_db, name) >= 2);
+    assert_eq!(
+        dest()
+            .admin(&format!("SELECT COUNT(*) FROM {dest_db}.t"))
+            .trim(),
+        "300000"
+    );
+}
