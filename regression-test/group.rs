@@ -779,3 +779,70 @@ async fn frozen_during_a_full_sync_the_copy_resumes_elsewhere() {
         "300000"
     );
 }
+
+/// A member added as a learner with `/member/add` joins when a syncer starts
+/// with its id: it serves the API (forwarding) but is never given a job,
+/// and cannot lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_serves_the_api_and_owns_no_jobs() {
+    let store_db = unique("grp_meta");
+    let normal = Member::start(&store_db).await;
+    let a = &normal.service;
+    a.post(
+        "member/add",
+        json!({"peer_id": "learner-7", "host": "127.0.0.1:9", "member_type": 1}),
+    )
+    .await
+    .ok();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}member_id = \"learner-7\"\n", group_config(&store_db));
+    let learner = Service::process(dir.path(), &config).await;
+    let s = wait_stat(&learner, 20, "the learner alive", |s| alive(s) == 2).await;
+    let me = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "learner-7")
+        .cloned()
+        .unwrap();
+    assert_eq!(me["learner"], true);
+    assert_eq!(me["address"], format!("http://{}", learner.addr));
+    assert_eq!(s["raft_status"]["raftState"], "StateLearner");
+    for i in 0..2 {
+        let created = learner
+            .post("create_ccr", db_job(&format!("grp_learn_{i}")))
+            .await
+            .ok();
+        assert_eq!(
+            created["owner"],
+            normal.id().as_str(),
+            "a learner is given no job"
+        );
+    }
+    let st = learner
+        .post("job_status", json!({"name": "grp_learn_1"}))
+        .await
+        .ok();
+    assert_eq!(st["status"]["owner"], normal.id().as_str());
+    learner
+        .post("leadership/transfer", json!({"peer_id": "learner-7"}))
+        .await
+        .fails(409, "learner");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = stat(a).await;
+    let owned = |id: &str| {
+        s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap()["jobs_owned"]
+            .clone()
+    };
+    assert_eq!(
+        owned("learner-7"),
+        0,
+        "balancing gives a learner nothing: {s:#}"
+    );
+    assert_eq!(owned(&normal.id()), 2);
+}
