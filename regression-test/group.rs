@@ -30,8 +30,12 @@ struct Member {
 
 impl Member {
     async fn start(store_db: &str) -> Member {
+        Member::with_config(&group_config(store_db)).await
+    }
+
+    async fn with_config(config: &str) -> Member {
         let dir = tempfile::tempdir().expect("temp dir");
-        let service = Service::process(dir.path(), &group_config(store_db)).await;
+        let service = Service::process(dir.path(), config).await;
         Member { service, dir }
     }
 
@@ -93,16 +97,21 @@ async fn running_job(member: &Service, name: &str) -> (String, String) {
          INSERT INTO {src_db}.t (n) SELECT 0 FROM seq_1_to_50"
     ));
     let dest_db = unique("grp_dst");
+    create(member, name, &src_db, &dest_db).await;
+    wait_for_state(member, name, "DBIncrementalSync").await;
+    (src_db, dest_db)
+}
+
+/// `create_ccr` of a database job from `src_db` into `dest_db`; its answer.
+async fn create(member: &Service, name: &str, src_db: &str, dest_db: &str) -> Value {
     member
         .post(
             "create_ccr",
-            json!({"name": name, "src": src_endpoint(source(), &src_db, None),
-                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+            json!({"name": name, "src": src_endpoint(source(), src_db, None),
+                   "dest": dest_endpoint(dest(), dest_db, None)}),
         )
         .await
-        .ok();
-    wait_for_state(member, name, "DBIncrementalSync").await;
-    (src_db, dest_db)
+        .ok()
 }
 
 /// Inserts and increments: a transaction applied twice or lost changes the
@@ -660,12 +669,10 @@ async fn a_store_outage_makes_the_group_read_only_never_two_owners() {
         &format!("port = {}\n", dest().port),
         &format!("port = {}\n", proxy.port),
     );
-    let mut members = Vec::new();
-    for _ in 0..2 {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let service = Service::process(dir.path(), &config).await;
-        members.push(Member { service, dir });
-    }
+    let members = [
+        Member::with_config(&config).await,
+        Member::with_config(&config).await,
+    ];
     let (a, b) = (&members[0].service, &members[1].service);
     wait_stat(a, 20, "two live members", |s| alive(s) == 2).await;
     let name = "grp_outage";
@@ -721,12 +728,10 @@ async fn frozen_during_a_full_sync_the_copy_resumes_elsewhere() {
         "{}[full_sync]\nchunk_rows = 2000\nconnections = 2\n",
         group_config(&store_db)
     );
-    let mut members = Vec::new();
-    for _ in 0..2 {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let service = Service::process(dir.path(), &config).await;
-        members.push(Member { service, dir });
-    }
+    let members = [
+        Member::with_config(&config).await,
+        Member::with_config(&config).await,
+    ];
     wait_stat(&members[0].service, 20, "two live members", |s| {
         alive(s) == 2
     })
@@ -734,15 +739,7 @@ async fn frozen_during_a_full_sync_the_copy_resumes_elsewhere() {
     let src_db = table_t(source(), "grp_fs", 300_000);
     let dest_db = unique("grp_fs_dst");
     let name = "grp_fullsync";
-    let created = members[0]
-        .service
-        .post(
-            "create_ccr",
-            json!({"name": name, "src": src_endpoint(source(), &src_db, None),
-                   "dest": dest_endpoint(dest(), &dest_db, None)}),
-        )
-        .await
-        .ok();
+    let created = create(&members[0].service, name, &src_db, &dest_db).await;
     let first = created["owner"].as_str().unwrap().to_string();
     let frozen = members.iter().find(|m| m.id() == first).unwrap();
     let other = &members.iter().find(|m| m.id() != first).unwrap().service;
