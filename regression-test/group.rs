@@ -500,7 +500,7 @@ async fn admin_api_drains_transfers_and_switches() {
     .await;
     a.post("member/remove", json!({"peer_id": target}))
         .await
-        .fails(409, "leader");
+        .fails(409, "last live normal member");
     // Pausing through any member reaches the owner; delete too.
     b.post("pause", json!({"name": "grp_once"})).await.ok();
     assert_eq!(job_status(c, "grp_once").await.0, "paused");

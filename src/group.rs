@@ -628,13 +628,6 @@ impl Group {
                 "peer {peer_id} is already being removed"
             )));
         }
-        let leader = self.store.leader().await?;
-        if leader.holder == peer_id && leader.expires_at >= now {
-            return Err(GroupError::Conflict(format!(
-                "peer {peer_id} is the group's leader: move the leadership first \
-                 (POST /leadership/transfer)"
-            )));
-        }
         let lease = self.settings.lease;
         let others = members
             .iter()
@@ -649,6 +642,13 @@ impl Group {
             return Err(GroupError::Conflict(format!(
                 "peer {peer_id} is the group's last live normal member: its jobs would have \
                  nowhere to go; add or start another member first"
+            )));
+        }
+        let leader = self.store.leader().await?;
+        if leader.holder == peer_id && leader.expires_at >= now {
+            return Err(GroupError::Conflict(format!(
+                "peer {peer_id} is the group's leader: move the leadership first \
+                 (POST /leadership/transfer)"
             )));
         }
         self.store.set_member_state(peer_id, "draining").await?;
