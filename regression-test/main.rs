@@ -7,6 +7,7 @@ mod api_lifecycle;
 mod api_validation;
 mod binary;
 mod create_checks;
+mod ctl;
 mod failover;
 mod first_use;
 mod full_sync;

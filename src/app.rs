@@ -47,9 +47,7 @@ pub async fn run(
         (None, None) => None,
     };
     let peer_tls = match roots {
-        Some((path, what)) => {
-            Some(api::https::peer_connector(path, what).map_err(AppError::ApiTls)?)
-        }
+        Some((path, what)) => Some(crate::client::connector(path, what).map_err(AppError::ApiTls)?),
         None => None,
     };
     let keys = secret::Keys::load(

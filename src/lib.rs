@@ -4,7 +4,9 @@
 pub mod api;
 pub mod app;
 pub mod applier;
+pub mod client;
 pub mod config;
+pub mod ctl;
 pub mod db;
 pub mod group;
 pub mod hostmap;

@@ -1,6 +1,7 @@
 //! The `ccr-syncer` binary: parse flags, load the config, set up logging,
 //! write the pid file, then run the service until SIGINT or SIGTERM; or
-//! `ccr-syncer secret-key generate PATH`, which writes a new key file.
+//! `ccr-syncer secret-key generate PATH`, which writes a new key file; or
+//! `ccr-syncer ctl …`, the command-line client.
 
 use ccr_syncer::config::{Cli, Command, Config, SecretKeyAction};
 use ccr_syncer::{app, logging};
@@ -20,7 +21,12 @@ fn main() -> ExitCode {
     if std::env::var_os("MYSQL_ASYNC_BUFFER_SIZE_CAP").is_none() {
         std::env::set_var("MYSQL_ASYNC_BUFFER_SIZE_CAP", MYSQL_BUFFER_SIZE_CAP);
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Ctl(_))) {
+        if let Some(Command::Ctl(args)) = cli.command.take() {
+            return ccr_syncer::ctl::main(*args);
+        }
+    }
     if let Some(Command::SecretKey {
         action: SecretKeyAction::Generate { path },
     }) = &cli.command

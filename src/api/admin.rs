@@ -4,10 +4,10 @@
 //! it (`forward`).
 
 use super::responses::{success, ApiError};
+use crate::client::{self, ClientError};
 use crate::group::{member_state, Group, SWITCHES};
 use crate::store::group::LEARNER;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -261,18 +261,6 @@ pub async fn config_set(group: &Group, body: &[u8]) -> Result<Value, ApiError> {
     Ok(success(json!({"key": key, "value": value})))
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn handshake<S>(stream: S) -> Result<Sender, hyper::Error>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
 /// Sends a job's call on to the member that owns it and returns its answer
 /// as it is.
 pub async fn forward(
@@ -283,85 +271,35 @@ pub async fn forward(
     auth: Option<&str>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let unreachable = |e: String| {
-        ApiError::Upstream(format!(
-            "the job's owner, member {member} at {address}, did not answer: {e}"
-        ))
-    };
-    let (authority, tls) = match (address.split_once("://"), peer_tls) {
-        (Some(("http", rest)), _) => (rest, None),
-        (Some(("https", rest)), Some(tls)) => (rest, Some(tls)),
-        _ => {
-            return Err(ApiError::Upstream(format!(
-                "the job is owned by member {member} at {address}, which serves HTTPS, and this \
-                 member has no certificate to trust it with (it serves plain HTTP): give it \
-                 tls_cert/tls_key or [group] peer_ca, or send the request to that member"
-            )))
-        }
-    };
-    // An owner that cannot be reached may be gone: its lease runs out and
-    // another member takes the job, so the caller can try again.
-    let gone = |e: String| {
-        ApiError::Unavailable(format!(
-            "the job's owner, member {member} at {address}, cannot be reached ({e}); if it is \
-             gone, another member takes the job over when its lease runs out; try again"
-        ))
-    };
-    let stream = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(authority),
+    let mut headers = vec![(FORWARDED, "1")];
+    if let Some(auth) = auth {
+        headers.push(("authorization", auth));
+    }
+    let path = format!("/{operation}");
+    let answer = client::request(
+        address,
+        peer_tls,
+        "POST",
+        &path,
+        &headers,
+        body,
+        Duration::from_secs(30),
     )
     .await
-    .map_err(|_| gone("connecting timed out".into()))?
-    .map_err(|e| gone(e.to_string()))?;
-    let mut sender = match tls {
-        None => handshake(stream).await,
-        Some(tls) => {
-            let host = authority
-                .rsplit_once(':')
-                .map_or(authority, |(h, _)| h)
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                .map_err(|e| unreachable(format!("{host} is not a name to check: {e}")))?;
-            let stream = tokio::time::timeout(Duration::from_secs(10), tls.connect(name, stream))
-                .await
-                .map_err(|_| unreachable("the TLS handshake timed out".into()))?
-                .map_err(|e| unreachable(format!("TLS: {e}")))?;
-            handshake(stream).await
-        }
-    }
-    .map_err(|e| unreachable(e.to_string()))?;
-    let mut request = hyper::Request::post(format!("/{operation}"))
-        .header("host", authority)
-        .header("content-type", "application/json")
-        .header(FORWARDED, "1");
-    if let Some(auth) = auth {
-        request = request.header("authorization", auth);
-    }
-    let request = request
-        .body(Full::new(body))
-        .map_err(|e| unreachable(e.to_string()))?;
-    let answer = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
-        .await
-        .map_err(|_| unreachable("no answer within 30 s".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let status = answer.status().as_u16();
-    let content_type = answer
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_string();
-    let bytes = answer
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?
-        .to_bytes();
+    .map_err(|e| match e {
+        // An owner that cannot be reached may be gone: its lease runs out
+        // and another member takes the job, so the caller can try again.
+        ClientError::Connect(e) => ApiError::Unavailable(format!(
+            "the job's owner, member {member} at {address}, cannot be reached ({e}); if it is \
+             gone, another member takes the job over when its lease runs out; try again"
+        )),
+        ClientError::Exchange(e) => ApiError::Upstream(format!(
+            "the job's owner, member {member} at {address}, did not answer: {e}"
+        )),
+    })?;
     Ok(warp::reply::with_status(
-        warp::reply::with_header(bytes.to_vec(), "content-type", content_type),
-        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        warp::reply::with_header(answer.body.to_vec(), "content-type", answer.content_type),
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY),
     )
     .into_response())
 }

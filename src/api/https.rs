@@ -21,40 +21,6 @@ use tracing::{debug, warn};
 use warp::reply::Response;
 use warp::Filter;
 
-/// The client side that forwards a job's call to a member serving HTTPS:
-/// it trusts the certificates in `peer_ca` (the CA that signed the members'
-/// certificates) or, without it, those in this member's own `tls_cert` file
-/// (enough when every member's certificate comes from the CA in that file,
-/// or all share one certificate), and checks the member's name.
-/// `what` names the setting `path` comes from.
-pub fn peer_connector(
-    path: &std::path::Path,
-    what: &str,
-) -> Result<tokio_rustls::TlsConnector, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("{what} {}: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "{what} {} holds no PEM certificate",
-            path.display()
-        ));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
 /// A client has this long to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

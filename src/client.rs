@@ -1,0 +1,158 @@
+//! One HTTP/1.1 request to a ccr-syncer API, over TCP or TLS (hyper's
+//! client connection, tokio-rustls): what a member forwarding a job's call
+//! to its owner and `ccr-syncer ctl` both send.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::time::Duration;
+
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens there, or the connection could not be made: the
+    /// server may be gone.
+    #[error("{0}")]
+    Connect(String),
+    /// Connected, but the exchange failed (TLS, a broken connection, no
+    /// answer in time).
+    #[error("{0}")]
+    Exchange(String),
+}
+
+/// An answer: status, content type and body.
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+/// `method` `path` on `base` (`http://host:port` or `https://host:port`)
+/// with `headers` and a JSON `body`; HTTPS needs `tls`. Connecting may take
+/// 5 s, the answer `timeout`.
+pub async fn request(
+    base: &str,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    let exchange = |e: String| ClientError::Exchange(e);
+    let (authority, tls) = match (base.split_once("://"), tls) {
+        (Some(("http", rest)), _) => (rest.trim_end_matches('/'), None),
+        (Some(("https", rest)), Some(tls)) => (rest.trim_end_matches('/'), Some(tls)),
+        (Some(("https", _)), None) => {
+            return Err(ClientError::Exchange(format!(
+                "{base} serves HTTPS and no certificate to trust it with was given (a member: \
+                 tls_cert or [group] peer_ca; ctl: --cacert)"
+            )))
+        }
+        _ => {
+            return Err(ClientError::Exchange(format!(
+                "{base} is not http://host:port or https://host:port"
+            )))
+        }
+    };
+    let stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(authority),
+    )
+    .await
+    .map_err(|_| ClientError::Connect(format!("connecting to {authority} timed out")))?
+    .map_err(|e| ClientError::Connect(format!("{authority}: {e}")))?;
+    let mut sender = match tls {
+        None => handshake(stream).await,
+        Some(tls) => {
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| exchange(format!("{host} is not a name to check: {e}")))?;
+            let stream = tokio::time::timeout(Duration::from_secs(10), tls.connect(name, stream))
+                .await
+                .map_err(|_| exchange("the TLS handshake timed out".into()))?
+                .map_err(|e| exchange(format!("TLS: {e}")))?;
+            handshake(stream).await
+        }
+    }
+    .map_err(|e| exchange(e.to_string()))?;
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", authority)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder
+        .body(Full::new(body))
+        .map_err(|e| exchange(e.to_string()))?;
+    let answer = tokio::time::timeout(timeout, sender.send_request(request))
+        .await
+        .map_err(|_| exchange(format!("no answer within {} s", timeout.as_secs())))?
+        .map_err(|e| exchange(e.to_string()))?;
+    let status = answer.status().as_u16();
+    let content_type = answer
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    let body = answer
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| exchange(e.to_string()))?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        content_type,
+        body,
+    })
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn handshake<S>(stream: S) -> Result<Sender, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// A client TLS configuration trusting the PEM certificates in `path`
+/// (`what` names the setting it comes from).
+pub fn connector(path: &std::path::Path, what: &str) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{what} {}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{what} {} holds no PEM certificate",
+            path.display()
+        ));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
