@@ -651,3 +651,81 @@ async fn uuid_inet6_inet4_through_the_full_and_incremental_sync() {
     same("after the stream");
     service.stop().await;
 }
+
+/// Lag tells the truth: 0 only when caught up while streaming; a paused
+/// job's lag grows; a job blocked on the destination while the source
+/// moves on is reported stalled in job_status, get_lag, the metrics and the
+/// page, and recovers once the block goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_never_zero_while_stopped_and_a_stall_shows() {
+    use mysql_async::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = service::sqlite_config(dir.path());
+    config.stall_secs = 2;
+    let service = Service::start(config).await;
+    let db = table_t(source(), "lag_truth", 10);
+    let dest_db = unique("lag_truth_copy");
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "truth", "src": src_endpoint(source(), &db, Some("t")),
+                   "dest": dest_endpoint(dest(), &dest_db, Some("t"))}),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "truth", "TableIncrementalSync").await;
+    source().admin(&format!("UPDATE {db}.t SET v = 1 WHERE id = 1"));
+    let lag = wait_caught_up(&service, "truth", source()).await;
+    assert_eq!(lag["lag_secs"], 0, "{lag:#}");
+    assert_eq!(lag["lag_state"], "caught_up");
+    // Paused: never 0, and the metric says so at the next scrape.
+    service.post("pause", json!({"name": "truth"})).await.ok();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let lag = service.post("get_lag", json!({"name": "truth"})).await.ok();
+    assert_eq!(lag["lag_state"], "paused", "{lag:#}");
+    assert!(lag["lag_secs"].as_i64().unwrap() >= 1, "{lag:#}");
+    let metrics = service.get("metrics").await.text;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("ccr_syncer_lag_seconds{job=\"truth\"}"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(!line.ends_with(" 0") && !line.is_empty(), "{line}");
+    service.post("resume", json!({"name": "truth"})).await.ok();
+    wait_caught_up(&service, "truth", source()).await;
+
+    // A lock on the destination row blocks the apply: a stall.
+    let url = format!("mysql://root@127.0.0.1:{}/{dest_db}", dest().port);
+    let mut blocker = mysql_async::Conn::from_url(url).await.unwrap();
+    blocker.query_drop("START TRANSACTION").await.unwrap();
+    blocker
+        .query_drop("SELECT * FROM t WHERE id = 2 FOR UPDATE")
+        .await
+        .unwrap();
+    source().admin(&format!("UPDATE {db}.t SET v = 2 WHERE id = 2"));
+    let status = poll_job(&service, "job_status", "truth", 30, "stalled", |s| {
+        s["stalled"] == true
+    })
+    .await;
+    assert_eq!(status["lag_state"], "stalled", "{status:#}");
+    assert!(status["stalled_secs"].as_i64().unwrap() >= 2);
+    let metrics = service.get("metrics").await.text;
+    assert!(
+        metrics.contains("ccr_syncer_job_stalled{job=\"truth\"} 1"),
+        "{metrics}"
+    );
+    let page = service.get("view").await.text;
+    assert!(page.contains("(stalled)"), "{page}");
+    blocker.query_drop("ROLLBACK").await.unwrap();
+    wait_caught_up(&service, "truth", source()).await;
+    let status = poll_job(&service, "job_status", "truth", 30, "not stalled", |s| {
+        s["stalled"] == false
+    })
+    .await;
+    assert_eq!(status["lag_state"], "caught_up");
+    assert!(service
+        .get("metrics")
+        .await
+        .text
+        .contains("ccr_syncer_job_stalled{job=\"truth\"} 0"));
+}

@@ -61,6 +61,7 @@ pub async fn run(
         full_sync: config.full_sync,
         apply_connections: config.apply_connections,
         tls_minimum: config.tls.minimum_mode,
+        stall_secs: config.stall_secs,
     };
     let manager = JobManager::new(
         store.clone(),

@@ -195,6 +195,7 @@ struct FileTls {
 #[serde(deny_unknown_fields)]
 struct FileIncremental {
     apply_connections: Option<usize>,
+    stall_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +288,8 @@ pub struct Config {
     pub full_sync: FullSyncSettings,
     /// Destination connections an incremental job applies on side by side.
     pub apply_connections: usize,
+    /// A running job applying nothing this long while behind is stalled.
+    pub stall_secs: u64,
     /// HTTPS on the API, when set.
     pub api_tls: Option<ApiTls>,
     /// Jobs' TLS default and minimum.
@@ -361,6 +364,7 @@ impl Config {
             store,
             full_sync: FullSyncSettings::default(),
             apply_connections: APPLY_CONNECTIONS,
+            stall_secs: 60,
             api_tls: None,
             tls: TlsPolicy::default(),
             secret_key_file: None,
@@ -484,6 +488,12 @@ impl Config {
                 "incremental.apply_connections must be between 1 and 64".into(),
             ));
         }
+        let stall_secs = file.incremental.stall_secs.unwrap_or(60);
+        if !(1..=86_400).contains(&stall_secs) {
+            return Err(ConfigError::Invalid(
+                "incremental.stall_secs must be between 1 and 86400".into(),
+            ));
+        }
         if full_sync.statement_bytes < 4096 {
             return Err(ConfigError::Invalid(
                 "full_sync.statement_bytes must be at least 4096".into(),
@@ -594,6 +604,7 @@ impl Config {
             store,
             full_sync,
             apply_connections,
+            stall_secs,
             api_tls,
             tls,
             secret_key_file,

@@ -23,6 +23,7 @@ pub struct Metrics {
     full_sync_chunks: IntCounterVec,
     job_retries: IntCounterVec,
     lag_seconds: IntGaugeVec,
+    job_stalled: IntGaugeVec,
     retention_headroom: IntGaugeVec,
     retention_headroom_secs: IntGaugeVec,
     applied_transactions: IntCounterVec,
@@ -122,7 +123,7 @@ impl Metrics {
         let lag_seconds = must(IntGaugeVec::new(
             Opts::new(
                 "ccr_syncer_lag_seconds",
-                "Age of the newest change a job has applied while its source has newer ones; 0 when caught up.",
+                "Age of the newest change a job has applied while its source has newer ones; 0 only when caught up while streaming (a paused, held, retrying or copying job shows the time since its last applied change).",
             ),
             &["job"],
         ));
@@ -222,6 +223,14 @@ impl Metrics {
         must(registry.register(Box::new(http_requests.clone())));
         must(registry.register(Box::new(build_info)));
         must(registry.register(Box::new(lag_seconds.clone())));
+        let job_stalled = must(IntGaugeVec::new(
+            Opts::new(
+                "ccr_syncer_job_stalled",
+                "1 while a running job applies nothing although its source has newer transactions (for [incremental] stall_secs or longer).",
+            ),
+            &["job"],
+        ));
+        must(registry.register(Box::new(job_stalled.clone())));
         must(registry.register(Box::new(retention_headroom.clone())));
         must(registry.register(Box::new(retention_headroom_secs.clone())));
         must(registry.register(Box::new(applied_rows.clone())));
@@ -242,6 +251,7 @@ impl Metrics {
             full_sync_chunks,
             job_retries,
             lag_seconds,
+            job_stalled,
             retention_headroom,
             retention_headroom_secs,
             applied_transactions,
@@ -303,6 +313,12 @@ impl Metrics {
 
     pub fn count_binlog_bytes(&self, job: &str, bytes: u64) {
         self.binlog_bytes.with_label_values(&[job]).inc_by(bytes);
+    }
+
+    pub fn set_stalled(&self, job: &str, stalled: bool) {
+        self.job_stalled
+            .with_label_values(&[job])
+            .set(stalled as i64);
     }
 
     pub fn set_lag(&self, job: &str, secs: i64) {
@@ -376,6 +392,7 @@ impl Metrics {
             let _ = counter.remove_label_values(&[job]);
         }
         let _ = self.lag_seconds.remove_label_values(&[job]);
+        let _ = self.job_stalled.remove_label_values(&[job]);
         let _ = self.retention_headroom.remove_label_values(&[job]);
         let _ = self.retention_headroom_secs.remove_label_values(&[job]);
         let _ = self.apply_batch_seconds.remove_label_values(&[job]);

@@ -534,6 +534,15 @@ async fn dispatch(
                     json!({"version": env!("CARGO_PKG_VERSION")}),
                 )));
             }
+            // The lag as of this scrape, for every job: a paused or
+            // retrying job's lag grows although nothing reports it.
+            for name in manager.list() {
+                if let Ok(job) = manager.snapshot(&name) {
+                    let lag = job.lag();
+                    state.metrics.set_lag(&name, lag.secs);
+                    state.metrics.set_stalled(&name, lag.stalled());
+                }
+            }
             return Ok(warp::reply::with_header(
                 state.metrics.render(),
                 "content-type",

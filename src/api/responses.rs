@@ -3,7 +3,6 @@
 //! and the JSON views of a job. Passwords appear only as `******` (the spec's
 //! serializer masks them).
 
-use crate::job::incremental;
 use crate::job::spec::Endpoint;
 use crate::job::state::{CommandError, FullSyncProgress, IncrementalProgress, RunState};
 use crate::job::{JobError, JobSnapshot};
@@ -125,6 +124,13 @@ pub fn status(job: &JobSnapshot) -> Value {
         "owner": job.fence.member,
         "owner_epoch": job.fence.epoch,
     });
+    // Applying nothing while the source moves on.
+    let lag = job.lag();
+    status["lag_state"] = json!(lag.state);
+    status["stalled"] = json!(lag.stalled());
+    if let Some(quiet) = lag.stalled_secs {
+        status["stalled_secs"] = json!(quiet);
+    }
     // Why a job stopped, and the transaction it holds on, where it does.
     let p = &job.progress;
     if let Some(e) = &p.last_error {
@@ -252,7 +258,7 @@ fn incremental(job: &JobSnapshot, i: &IncrementalProgress) -> Value {
         "source_commit_seq": i.source_commit_seq,
         "source_position": i.source_position,
         "caught_up": i.caught_up,
-        "lag_secs": lag_secs(job),
+        "lag_secs": job.lag().secs,
         "transactions_applied": i.transactions_applied,
         "rows_applied": i.rows_applied,
         "ddl_applied": i.ddl_applied,
@@ -267,23 +273,12 @@ fn incremental(job: &JobSnapshot, i: &IncrementalProgress) -> Value {
     })
 }
 
-fn lag_secs(job: &JobSnapshot) -> i64 {
-    let p = &job.progress;
-    let detail = p.incremental.clone().unwrap_or_default();
-    incremental::lag_secs(
-        p.commit_seq,
-        p.commit_timestamp,
-        &detail,
-        Utc::now().timestamp(),
-    )
-}
-
 /// The Doris `get_lag` fields: `first_commit_seq` is the last source
 /// transaction applied, `last_commit_seq` the source's newest, `lag` the
 /// commit seqs between them; the timestamps are their source commit times
-/// and `time_interval_secs` the time between them. `lag_secs` is how old the
-/// newest applied change is while the source has newer ones (0 when caught
-/// up). Until a job has applied a transaction its seqs are 0 and its
+/// and `time_interval_secs` the time between them. `lag_secs`, `lag_state`
+/// and `stalled` are as `job::lag` says (0 only when caught up while
+/// streaming). Until a job has applied a transaction its seqs are 0 and its
 /// timestamps empty.
 pub fn lag(job: &JobSnapshot) -> Value {
     let p = &job.progress;
@@ -297,9 +292,13 @@ pub fn lag(job: &JobSnapshot) -> Value {
         (Some(a), Some(b)) if head > seq => (b - a).max(0) as f64,
         _ => 0.0,
     };
+    let now = job.lag();
     json!({
         "lag": head - seq,
-        "lag_secs": lag_secs(job),
+        "lag_secs": now.secs,
+        "lag_state": now.state,
+        "stalled": now.stalled(),
+        "stalled_secs": now.stalled_secs,
         "first_commit_seq": seq,
         "last_commit_seq": head,
         "first_binlog_timestamp": stamp(first_ts),

@@ -85,7 +85,10 @@ fn bytes(n: i64) -> String {
 /// What an operator does about a stopped job.
 fn what_to_do(job: &JobSnapshot) -> &'static str {
     let p = &job.progress;
-    if p.failed_transaction.is_some() {
+    if job.lag().stalled() {
+        "stalled: nothing applied while the source moves on; look at the destination \
+         (locks, long transactions, load) and at job_status' last_retry_error"
+    } else if p.failed_transaction.is_some() {
         "fix the destination and resume, skip the transaction (job_skip_binlog), or resync (force_fullsync)"
     } else if p.last_error.is_some() {
         "fix the cause the error names, then resume"
@@ -169,10 +172,15 @@ pub fn status_page(
             _ => "—".into(),
         };
         let state = job.status.run_state.as_str();
+        let stalled = if job.lag().stalled() {
+            " <strong data-field=\"stalled\">(stalled)</strong>"
+        } else {
+            ""
+        };
         let _ = write!(
             html,
             "<tr data-job=\"{}\"><td data-field=\"name\"><a href=\"/view/{}\">{}</a></td>\
-             <td data-field=\"state\" class=\"{state}\">{state}</td>{}{}{}{}{}{}{}{}{}\
+             <td data-field=\"state\" class=\"{state}\">{state}{stalled}</td>{}{}{}{}{}{}{}{}{}\
              <td data-field=\"last_error\" class=\"error\">{}</td>{}</tr>",
             esc(name),
             esc(name),

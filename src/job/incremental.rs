@@ -983,6 +983,11 @@ impl Incremental {
                 detail.source_position = polled.map(|p| p.to_string());
                 detail.source_commit_timestamp = head.timestamp;
                 drop(head);
+                let advanced = self.progress.borrow().commit_seq != pos.commit_seq();
+                // Caught up counts as keeping up: an idle hour is no stall.
+                if advanced || detail.caught_up || detail.last_advance_at == 0 {
+                    detail.last_advance_at = chrono::Utc::now().timestamp_millis();
+                }
                 let now = Applied {
                     commit_seq: pos.commit_seq(),
                     position: Some(pos.text()),

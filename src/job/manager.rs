@@ -36,6 +36,20 @@ pub struct JobSnapshot {
     pub updated_at: i64,
     /// The member running the job and its lease's epoch.
     pub fence: Fence,
+    /// After this long without applying while behind, the job is stalled.
+    pub stall_secs: u64,
+}
+
+impl JobSnapshot {
+    /// The job's lag now (see `job::lag`).
+    pub fn lag(&self) -> super::lag::Lag {
+        super::lag::lag(
+            self.status,
+            &self.progress,
+            self.stall_secs,
+            chrono::Utc::now().timestamp_millis(),
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +162,7 @@ impl JobManager {
             created_at: record.created_at,
             updated_at: record.updated_at,
             fence: fence.clone(),
+            stall_secs: self.settings.stall_secs,
         };
         self.metrics.set_job_status(&name, snapshot.status);
         let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);

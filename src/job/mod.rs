@@ -5,6 +5,7 @@
 mod apply;
 pub mod full_sync;
 pub mod incremental;
+pub mod lag;
 pub mod manager;
 mod runner;
 pub mod spec;

@@ -60,6 +60,9 @@ pub struct WorkSettings {
     pub apply_connections: usize,
     /// The weakest TLS mode a job may connect with (`[tls] minimum_mode`).
     pub tls_minimum: crate::tls::TlsMode,
+    /// A running job that applies nothing this long while its source has
+    /// newer transactions is stalled (`[incremental] stall_secs`).
+    pub stall_secs: u64,
 }
 
 /// The group's switches for background tasks (`/config/set`), read by the

@@ -211,6 +211,9 @@ pub struct IncrementalProgress {
     pub source_commit_timestamp: Option<i64>,
     /// Everything read has been applied and the source had nothing newer.
     pub caught_up: bool,
+    /// Unix milliseconds when the applied position last moved or the sync
+    /// was last caught up (or started): how a stall is told.
+    pub last_advance_at: i64,
     pub transactions_applied: u64,
     pub rows_applied: u64,
     pub ddl_applied: u64,
