@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod alerts;
 mod api_lifecycle;
 mod api_validation;
 mod binary;
