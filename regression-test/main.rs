@@ -15,6 +15,7 @@ mod full_sync;
 mod group;
 mod incremental;
 mod metrics_auth;
+mod openapi;
 mod outages;
 mod positions;
 mod recovery;

@@ -8,7 +8,9 @@
 # servers they start themselves, with the ed25519 plugin), promtool (the
 # metrics format), sysbench (a 60-second write load), ip (a network namespace
 # for the failover test), openssl (the TLS tests' certificates), chromium
-# (the status page, loaded in a real headless browser).
+# (the status page, loaded in a real headless browser), prometheus (a real
+# server evaluating the alert rules), schemathesis (from PyPI, in a virtual
+# environment of its own: the API fuzzed against doc/openapi.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,5 +35,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# Schemathesis, pinned, in its own virtual environment (python3 -m venv).
+SCHEMATHESIS_VERSION=4.32.5
+venv="${CCR_SCHEMATHESIS_VENV:-$HOME/.cache/ccr-syncer/schemathesis-$SCHEMATHESIS_VERSION}"
+if [ ! -x "$venv/bin/st" ]; then
+    if ! python3 -m venv --help >/dev/null 2>&1; then
+        [ "$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    fi
+    echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+export CCR_SCHEMATHESIS="$venv/bin/st"
 
 exec cargo test --locked --all-targets "$@"
