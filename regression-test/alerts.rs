@@ -44,26 +44,15 @@ fn metric_names(text: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_and_dashboard_check_and_the_lag_rule_fires_and_clears() {
     let promtool = tool("promtool");
-    let out = std::process::Command::new(&promtool)
-        .args(["check", "rules"])
-        .arg(format!("{}/doc/alerts.yml", env!("CARGO_MANIFEST_DIR")))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let out = std::process::Command::new(&promtool)
-        .args(["check", "config"])
-        .arg(format!("{}/doc/prometheus.yml", env!("CARGO_MANIFEST_DIR")))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    for (what, file) in [("rules", "alerts.yml"), ("config", "prometheus.yml")] {
+        let out = std::process::Command::new(&promtool)
+            .args(["check", what])
+            .arg(format!("{}/doc/{file}", env!("CARGO_MANIFEST_DIR")))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "promtool check {what} {file}: {said}");
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let service = Service::start(service::sqlite_config(&dir.path().join("db"))).await;
