@@ -109,14 +109,16 @@ async fn cut_connections_and_a_destination_crash_lose_and_repeat_nothing() {
     }
     let s = status(&service, "o").await;
     assert_eq!(s["retrying"], false, "{s:#}");
-    assert!(s["retries"].as_u64().unwrap() >= 3, "{s:#}");
+    // Cuts that land while the job waits out a backoff (1 s, 2 s, …) cost
+    // no new attempt: at least two retries, whatever the timing.
+    assert!(s["retries"].as_u64().unwrap() >= 2, "{s:#}");
     let metrics = service.get("metrics").await.text;
     let retries: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("ccr_syncer_job_retries_total{job=\"o\"} "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    assert!(retries >= 3, "{metrics}");
+    assert!(retries >= 2, "{metrics}");
     assert!(src_proxy.accepted() > 1 && dest_proxy.accepted() > 1);
     service.stop().await;
 }
