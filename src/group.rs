@@ -68,6 +68,22 @@ pub struct View {
     pub lost: Vec<(String, i64, i64)>,
 }
 
+impl View {
+    /// The leader, while its lease runs.
+    pub fn leader(&self) -> Option<&str> {
+        (!self.leader.holder.is_empty() && self.leader.expires_at >= self.now)
+            .then_some(self.leader.holder.as_str())
+    }
+
+    /// How many jobs `member` holds.
+    pub fn jobs_owned(&self, member: &str) -> usize {
+        self.leases
+            .iter()
+            .filter(|l| l.owner == member && l.held_at(self.now))
+            .count()
+    }
+}
+
 /// A member's state as `/stat` reports it.
 pub fn member_state(m: &MemberRow, now: i64, lease: Duration) -> &'static str {
     if m.state == "draining" {
@@ -329,7 +345,7 @@ impl Group {
         let leases = self.store.leases().await?;
         let held: Vec<Lease> = leases
             .iter()
-            .filter(|l| !removed && l.owner == id && l.expires_at >= now && !l.release_requested)
+            .filter(|l| !removed && l.owner == id && l.held_at(now) && !l.release_requested)
             .cloned()
             .collect();
         // Jobs running here that another member holds now.
@@ -338,7 +354,7 @@ impl Group {
             let Some(lease) = leases.iter().find(|l| l.job == name) else {
                 continue;
             };
-            if lease.owner != id {
+            if lease.owner != id && !lease.owner.is_empty() {
                 let epoch = self.manager.snapshot(&name).map_or(0, |j| j.fence.epoch);
                 error!(job = %name, holder = %lease.owner, epoch = lease.epoch,
                        "lost the job: another member holds its lease now; stopping it here");
@@ -379,10 +395,7 @@ impl Group {
             leader: leader.holder == id && leader.expires_at >= now,
             term: leader.term,
             read_only: false,
-            unowned: leases
-                .iter()
-                .filter(|l| l.owner.is_empty() || l.expires_at < now)
-                .count(),
+            unowned: leases.iter().filter(|l| !l.held_at(now)).count(),
         });
         let mut view = self.view.write();
         view.now = now;
@@ -410,9 +423,7 @@ impl Group {
             .filter(|m| alive(m) && m.member_type == NORMAL)
             .map(|m| (m.id.as_str(), 0))
             .collect();
-        let valid = |l: &Lease| {
-            !l.owner.is_empty() && l.expires_at >= now && members.iter().any(|m| m.id == l.owner)
-        };
+        let valid = |l: &Lease| l.held_at(now) && members.iter().any(|m| m.id == l.owner);
         for l in leases.iter().filter(|l| valid(l)) {
             if let Some(n) = counts.get_mut(l.owner.as_str()) {
                 *n += 1;
@@ -478,7 +489,7 @@ impl Group {
             .await?
             .ok_or_else(|| JobError::NotFound(name.to_string()))?;
         let now = self.store.now_ms().await?;
-        if lease.owner.is_empty() || lease.expires_at < now {
+        if !lease.held_at(now) {
             return Ok(Route::Unowned);
         }
         if lease.owner == self.settings.member_id {
@@ -525,27 +536,20 @@ impl Group {
         let view = self.view();
         let id = self.settings.member_id.as_str();
         let lease = self.settings.lease;
-        let load = |who: &str| {
-            view.leases
-                .iter()
-                .filter(|l| l.owner == who && l.expires_at >= view.now)
-                .count()
-        };
-        let me_eligible = !self.removed.load(Ordering::Relaxed)
-            && view
-                .members
-                .iter()
-                .any(|m| m.id == id && m.member_type == NORMAL && m.state == "normal");
+        let removed = self.removed.load(Ordering::Relaxed);
         let target = view
             .members
             .iter()
             .filter(|m| {
                 m.member_type == NORMAL
                     && m.state == "normal"
-                    && (m.id == id && me_eligible
-                        || m.id != id && member_state(m, view.now, lease) == "alive")
+                    && if m.id == id {
+                        !removed
+                    } else {
+                        member_state(m, view.now, lease) == "alive"
+                    }
             })
-            .min_by_key(|m| (load(&m.id), m.id != id, m.id.clone()))
+            .min_by_key(|m| (view.jobs_owned(&m.id), m.id != id, m.id.clone()))
             .map(|m| m.id.clone());
         let claim = target.map(|member| Claim {
             here: member == id,
@@ -553,11 +557,6 @@ impl Group {
             lease,
         });
         self.manager.create(spec, claim).await
-    }
-
-    /// Deletes a job nobody runs at the moment (its holder is gone).
-    pub async fn delete_unowned(&self, name: &str) -> Result<(), JobError> {
-        self.manager.delete(name).await
     }
 
     /// `POST /member/add`: a member row for a syncer to start with that id.
@@ -693,6 +692,17 @@ impl Group {
         let term = self.store.leader().await?.term;
         info!(member = %peer_id, term, "leadership transferred");
         Ok(term)
+    }
+
+    /// Every switch as this member applies it now (from the store at the
+    /// last heartbeat, or a `/config/set` made here since).
+    pub fn switches(&self) -> Vec<(&'static str, bool)> {
+        self.manager
+            .switches()
+            .all()
+            .into_iter()
+            .map(|(key, flag)| (key, flag.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// `GET /config/get?key=…`: Enable or Disable.

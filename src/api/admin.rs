@@ -3,7 +3,7 @@
 //! `POST /config/set`; and forwarding a job's call to the member that owns
 //! it (`forward`).
 
-use super::responses::{success, ApiError};
+use super::responses::{success, time, ApiError};
 use crate::client::{self, ClientError};
 use crate::group::{member_state, Group, SWITCHES};
 use crate::store::group::LEARNER;
@@ -24,8 +24,7 @@ pub async fn stat(group: &Group) -> Result<Value, ApiError> {
     let view = group.view();
     let lease = group.settings().lease;
     let me = group.member_id();
-    let leader_live = view.leader.expires_at >= view.now && !view.leader.holder.is_empty();
-    let leader = leader_live.then(|| view.leader.holder.clone());
+    let leader = view.leader().map(str::to_string);
     let host = |address: &str| {
         address
             .split_once("://")
@@ -38,12 +37,6 @@ pub async fn stat(group: &Group) -> Result<Value, ApiError> {
             .find(|m| &m.id == id)
             .map(|m| host(&m.address))
     });
-    let owned = |id: &str| {
-        view.leases
-            .iter()
-            .filter(|l| l.owner == id && l.expires_at >= view.now)
-            .count()
-    };
     let members: Vec<Value> = view
         .members
         .iter()
@@ -56,7 +49,7 @@ pub async fn stat(group: &Group) -> Result<Value, ApiError> {
                 "state": member_state(m, view.now, lease),
                 "last_heartbeat": (m.heartbeat_at > 0).then(|| time(m.heartbeat_at)),
                 "heartbeat_age_ms": (m.heartbeat_at > 0).then(|| view.now - m.heartbeat_at),
-                "jobs_owned": owned(&m.id),
+                "jobs_owned": view.jobs_owned(&m.id),
                 "leader": leader.as_deref() == Some(m.id.as_str()),
                 "this_member": m.id == me,
             })
@@ -66,29 +59,29 @@ pub async fn stat(group: &Group) -> Result<Value, ApiError> {
     for l in &view.leases {
         *by_state.entry(l.run_state.as_str()).or_default() += 1;
     }
-    let unowned = view
-        .leases
-        .iter()
-        .filter(|l| l.owner.is_empty() || l.expires_at < view.now)
-        .count();
+    let unowned = view.leases.iter().filter(|l| !l.held_at(view.now)).count();
     let owners: Map<String, Value> = view
         .leases
         .iter()
         .map(|l| {
-            let held = !l.owner.is_empty() && l.expires_at >= view.now;
             (
                 l.job.clone(),
-                if held { json!(l.owner) } else { Value::Null },
+                l.held_at(view.now)
+                    .then(|| json!(l.owner))
+                    .unwrap_or(Value::Null),
             )
         })
         .collect();
-    let mut switches = Map::new();
-    for key in SWITCHES {
-        switches.insert(
-            key.into(),
-            json!(group.switch(key).await.unwrap_or("Enable")),
-        );
-    }
+    let switches: Map<String, Value> = group
+        .switches()
+        .into_iter()
+        .map(|(key, on)| {
+            (
+                key.to_string(),
+                json!(if on { "Enable" } else { "Disable" }),
+            )
+        })
+        .collect();
     let raft_state = match (&leader, view.members.iter().find(|m| m.id == me)) {
         (Some(l), _) if l == me => "StateLeader",
         (_, Some(m)) if m.member_type == LEARNER => "StateLearner",
@@ -133,15 +126,6 @@ pub async fn stat(group: &Group) -> Result<Value, ApiError> {
             "peers": peers,
         },
     })))
-}
-
-fn time(ms: i64) -> String {
-    use chrono::TimeZone;
-    chrono::Utc
-        .timestamp_millis_opt(ms)
-        .single()
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {

@@ -393,7 +393,7 @@ async fn route(
         crate::group::Route::Here => Ok(None),
         // A job nobody holds can still be deleted.
         crate::group::Route::Unowned if operation == "delete" => {
-            state.group.delete_unowned(&name).await?;
+            state.manager.delete(&name).await?;
             Ok(Some(json_reply(success(json!({})))))
         }
         crate::group::Route::Unowned => Err(ApiError::Unavailable(format!(
@@ -433,8 +433,7 @@ async fn route(
 fn group_lines(group: &crate::group::Group) -> view::GroupLines<'_> {
     let v = group.view();
     let lease = group.settings().lease;
-    let held = |l: &crate::store::Lease| !l.owner.is_empty() && l.expires_at >= v.now;
-    let leader = (v.leader.expires_at >= v.now).then_some(v.leader.holder.as_str());
+    let leader = v.leader();
     let members = v
         .members
         .iter()
@@ -443,11 +442,7 @@ fn group_lines(group: &crate::group::Group) -> view::GroupLines<'_> {
             address: m.address.clone(),
             state: crate::group::member_state(m, v.now, lease),
             learner: m.member_type == crate::store::group::LEARNER,
-            jobs_owned: v
-                .leases
-                .iter()
-                .filter(|l| held(l) && l.owner == m.id)
-                .count(),
+            jobs_owned: v.jobs_owned(&m.id),
             leader: leader == Some(m.id.as_str()),
         })
         .collect();
@@ -457,7 +452,8 @@ fn group_lines(group: &crate::group::Group) -> view::GroupLines<'_> {
         .filter(|l| l.owner != group.member_id())
         .map(|l| view::ElsewhereLine {
             name: l.job.clone(),
-            owner: held(l)
+            owner: l
+                .held_at(v.now)
                 .then(|| v.members.iter().find(|m| m.id == l.owner))
                 .flatten()
                 .map(|m| (m.id.clone(), m.address.clone())),

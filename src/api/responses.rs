@@ -104,7 +104,7 @@ pub fn success(fields: Value) -> Value {
     Value::Object(object)
 }
 
-fn time(ms: i64) -> String {
+pub(super) fn time(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
         .single()
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))

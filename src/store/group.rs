@@ -53,6 +53,11 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Whether a member holds the lease at store time `now`.
+    pub fn held_at(&self, now: i64) -> bool {
+        !self.owner.is_empty() && self.expires_at >= now
+    }
+
     pub fn fence(&self) -> Fence {
         Fence {
             member: self.owner.clone(),
