@@ -64,12 +64,12 @@ pub async fn stat(group: &Group) -> Result<Value, ApiError> {
         .leases
         .iter()
         .map(|l| {
-            (
-                l.job.clone(),
-                l.held_at(view.now)
-                    .then(|| json!(l.owner))
-                    .unwrap_or(Value::Null),
-            )
+            let owner = if l.held_at(view.now) {
+                json!(l.owner)
+            } else {
+                Value::Null
+            };
+            (l.job.clone(), owner)
         })
         .collect();
     let switches: Map<String, Value> = group

@@ -218,7 +218,21 @@ impl JobManager {
                 .filter(|l| !registry.jobs.contains_key(&l.job))
                 .collect()
         };
-        if missing.is_empty() {
+        self.start_held(&missing).await
+    }
+
+    /// Starts one job this member holds now, ahead of the group's loop (a
+    /// request for it came first).
+    pub async fn adopt(&self, lease: &Lease) -> Result<(), StoreError> {
+        if self.runs(&lease.job) {
+            return Ok(());
+        }
+        self.start_held(&[lease]).await
+    }
+
+    /// Starts the jobs of `leases` from their stored state.
+    async fn start_held(&self, leases: &[&Lease]) -> Result<(), StoreError> {
+        if leases.is_empty() {
             return Ok(());
         }
         // A row that cannot be read keeps its job from starting here (the
@@ -233,25 +247,11 @@ impl JobManager {
             }
             Err(e) => return Err(e),
         };
-        for lease in missing {
+        for lease in leases {
             if let Some(record) = records.iter().find(|r| r.spec.name == lease.job) {
                 info!(job = %lease.job, epoch = lease.epoch, "this member holds the job now; starting it");
                 self.spawn(record.clone(), lease.fence());
             }
-        }
-        Ok(())
-    }
-
-    /// Starts one job this member holds now, ahead of the group's loop (a
-    /// request for it came first).
-    pub async fn adopt(&self, lease: &Lease) -> Result<(), StoreError> {
-        if self.runs(&lease.job) {
-            return Ok(());
-        }
-        let records = self.store.load_jobs().await?;
-        if let Some(record) = records.into_iter().find(|r| r.spec.name == lease.job) {
-            info!(job = %lease.job, epoch = lease.epoch, "this member holds the job now; starting it");
-            self.spawn(record, lease.fence());
         }
         Ok(())
     }
