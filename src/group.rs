@@ -137,7 +137,7 @@ pub struct Group {
 }
 
 /// The background tasks a `/config/set` switches.
-pub const SWITCHES: [&str; 3] = ["auto_resync", "follow_failover", "balance"];
+pub const SWITCHES: [&str; 3] = crate::job::Switches::KEYS;
 
 impl Group {
     /// Joins the group: creates this member's row, or takes it over from

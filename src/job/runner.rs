@@ -90,12 +90,16 @@ impl Default for Switches {
 }
 
 impl Switches {
-    /// Every switch: its key in `/config/get` and `/config/set`, and its flag.
+    /// The switches' keys in `/config/get` and `/config/set`.
+    pub const KEYS: [&'static str; 3] = ["auto_resync", "follow_failover", "balance"];
+
+    /// Every switch: its key and its flag.
     pub fn all(&self) -> [(&'static str, &AtomicBool); 3] {
+        let [resync, failover, balance] = Self::KEYS;
         [
-            ("auto_resync", &self.auto_resync),
-            ("follow_failover", &self.follow_failover),
-            ("balance", &self.balance),
+            (resync, &self.auto_resync),
+            (failover, &self.follow_failover),
+            (balance, &self.balance),
         ]
     }
 

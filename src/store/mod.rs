@@ -386,6 +386,19 @@ pub(crate) fn encode_spec(spec: &JobSpec) -> Result<String, StoreError> {
     serde_json::to_string(spec).map_err(|e| StoreError::Backend(format!("encoding job spec: {e}")))
 }
 
+/// A changed spec's columns: the spec (without passwords) and both
+/// passwords as stored.
+pub(crate) fn spec_columns(
+    spec: &JobSpec,
+    sealer: &Sealer,
+) -> Result<(String, String, String), StoreError> {
+    Ok((
+        encode_spec(spec)?,
+        sealer.seal(&spec.name, "src", &spec.src.password)?,
+        sealer.seal(&spec.name, "dest", &spec.dest.password)?,
+    ))
+}
+
 pub(crate) fn encode_progress(progress: &Progress) -> Result<String, StoreError> {
     serde_json::to_string(progress)
         .map_err(|e| StoreError::Backend(format!("encoding job progress: {e}")))

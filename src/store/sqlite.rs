@@ -5,7 +5,7 @@
 //! and `synchronous=FULL` makes an acknowledged command survive a power cut.
 
 use super::{
-    decode, encode, encode_progress, encode_spec, pending_migrations, unsaved, Fence, JobRecord,
+    decode, encode, encode_progress, pending_migrations, spec_columns, unsaved, Fence, JobRecord,
     JobRow, MetaStore, Sealer, SqlValue, StoreError, DELETE_JOB, INSERT_JOB, JOB_EXISTS,
     SELECT_JOBS, SELECT_PASSWORDS, UPDATE_PASSWORDS, UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
 };
@@ -339,9 +339,7 @@ impl MetaStore for SqliteStore {
         fence: &Fence,
         updated_at: i64,
     ) -> Result<(), StoreError> {
-        let encoded = encode_spec(spec)?;
-        let src_password = self.sealer.seal(&spec.name, "src", &spec.src.password)?;
-        let dest_password = self.sealer.seal(&spec.name, "dest", &spec.dest.password)?;
+        let (encoded, src_password, dest_password) = spec_columns(spec, &self.sealer)?;
         let name = spec.name.clone();
         let fence = fence.clone();
         self.with_conn(move |conn| {
