@@ -120,7 +120,7 @@ pub struct CreateArgs {
 }
 
 /// Runs one ctl command; the exit status: 0 done, 1 the server refused
-/// (its message printed), 2 the server could not be asked.
+/// (its message printed), 2 the server could not be asked (no answer, or arguments that make no request).
 pub fn main(args: CtlArgs) -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -138,7 +138,7 @@ pub fn main(args: CtlArgs) -> std::process::ExitCode {
             eprintln!("ccr-syncer ctl: {message}");
             std::process::ExitCode::from(1)
         }
-        Err(Failure::Unreachable(message)) => {
+        Err(Failure::NotAsked(message)) => {
             eprintln!("ccr-syncer ctl: {message}");
             std::process::ExitCode::from(2)
         }
@@ -148,8 +148,9 @@ pub fn main(args: CtlArgs) -> std::process::ExitCode {
 enum Failure {
     /// The server answered with an error.
     Refused(String),
-    /// No answer, or a request that cannot be made.
-    Unreachable(String),
+    /// The server was not asked: no answer, or a request that cannot be
+    /// made from the arguments given.
+    NotAsked(String),
 }
 
 struct Client {
@@ -182,7 +183,7 @@ impl Client {
         .await
         .map_err(|e| match e {
             ClientError::Connect(e) | ClientError::Exchange(e) => {
-                Failure::Unreachable(format!("cannot reach {}: {e}", self.server))
+                Failure::NotAsked(format!("cannot reach {}: {e}", self.server))
             }
         })?;
         let value: Value = serde_json::from_slice(&answer.body).unwrap_or_else(|_| {
@@ -209,9 +210,9 @@ impl Client {
 
 async fn run(args: CtlArgs) -> Result<(), Failure> {
     let tls = match (&args.cacert, args.server.starts_with("https://")) {
-        (Some(ca), _) => Some(client::connector(ca, "--cacert").map_err(Failure::Unreachable)?),
+        (Some(ca), _) => Some(client::connector(ca, "--cacert").map_err(Failure::NotAsked)?),
         (None, true) => {
-            return Err(Failure::Unreachable(
+            return Err(Failure::NotAsked(
                 "an https:// server needs --cacert: the CA that signed its certificate".into(),
             ))
         }
@@ -277,7 +278,7 @@ async fn run(args: CtlArgs) -> Result<(), Failure> {
                     json!({"name": name, "skip_by": "silence", "skip_commit_seq": seq})
                 }
                 (None, true) => json!({"name": name, "skip_by": "fullsync"}),
-                _ => return Err(Failure::Unreachable(
+                _ => return Err(Failure::NotAsked(
                     "skip needs --commit-seq N (the transaction the job holds on) or --fullsync"
                         .into(),
                 )),
@@ -320,7 +321,7 @@ async fn simple(
 }
 
 fn create_body(c: CreateArgs) -> Result<Value, Failure> {
-    let bad = |m: String| Failure::Unreachable(m);
+    let bad = |m: String| Failure::NotAsked(m);
     let mut body = match &c.file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -621,7 +622,7 @@ mod tests {
             ..base()
         };
         assert!(
-            matches!(create_body(missing), Err(Failure::Unreachable(m)) if m.contains("dest.database"))
+            matches!(create_body(missing), Err(Failure::NotAsked(m)) if m.contains("dest.database"))
         );
     }
 }
