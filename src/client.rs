@@ -129,17 +129,9 @@ where
 /// A client TLS configuration trusting the PEM certificates in `path`
 /// (`what` names the setting it comes from).
 pub fn connector(path: &std::path::Path, what: &str) -> Result<tokio_rustls::TlsConnector, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
     let pem =
         std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("{what} {}: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    }
+    let roots = crate::tls::pem_roots(&pem, &format!("{what} {}", path.display()))?;
     if roots.is_empty() {
         return Err(format!(
             "{what} {} holds no PEM certificate",

@@ -378,6 +378,17 @@ async fn probe_name(opts: &TlsOptions, host: &str, port: u16) -> Result<String, 
 
 type Seen = Arc<Mutex<Option<Result<String, rustls::Error>>>>;
 
+/// The certificates of a PEM file as trust anchors; `label` names the file
+/// in the message (`tls.ca /etc/ca.pem`).
+pub fn pem_roots(pem: &[u8], label: &str) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("{label}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("{label}: {e}"))?;
+    }
+    Ok(roots)
+}
+
 /// The probe's client: the CA's roots, a verifier that keeps what it saw.
 async fn probe_config(opts: &TlsOptions) -> Result<(rustls::ClientConfig, Seen), String> {
     let mut roots = RootCertStore::empty();
@@ -386,12 +397,7 @@ async fn probe_config(opts: &TlsOptions) -> Result<(rustls::ClientConfig, Seen),
             let pem = tokio::fs::read(ca)
                 .await
                 .map_err(|e| format!("cannot read tls.ca {}: {e}", ca.display()))?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("tls.ca {}: {e}", ca.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("tls.ca {}: {e}", ca.display()))?;
-            }
+            roots = pem_roots(&pem, &format!("tls.ca {}", ca.display()))?;
         }
         None => roots.extend(webpki_roots()),
     }
