@@ -62,6 +62,7 @@ pub async fn run(
         apply_connections: config.apply_connections,
         tls_minimum: config.tls.minimum_mode,
         stall_secs: config.stall_secs,
+        verify: config.verify,
     };
     let manager = JobManager::new(
         store.clone(),

@@ -140,6 +140,8 @@ struct FileConfig {
     #[serde(default)]
     incremental: FileIncremental,
     #[serde(default)]
+    verify: FileVerify,
+    #[serde(default)]
     group: FileGroup,
 }
 
@@ -196,6 +198,15 @@ struct FileTls {
 struct FileIncremental {
     apply_connections: Option<usize>,
     stall_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileVerify {
+    chunk_rows: Option<u64>,
+    rows_per_second: Option<u64>,
+    snapshot_secs: Option<u64>,
+    wait_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -290,6 +301,7 @@ pub struct Config {
     pub apply_connections: usize,
     /// A running job applying nothing this long while behind is stalled.
     pub stall_secs: u64,
+    pub verify: VerifySettings,
     /// HTTPS on the API, when set.
     pub api_tls: Option<ApiTls>,
     /// Jobs' TLS default and minimum.
@@ -299,6 +311,31 @@ pub struct Config {
     /// The key they were encrypted with before (key rotation).
     pub previous_secret_key_file: Option<PathBuf>,
     pub group: GroupConfig,
+}
+
+/// How verifications (`/verify`) and repairs (`/repair`) read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifySettings {
+    /// Source rows per compared chunk (and per page of a narrowed chunk).
+    pub chunk_rows: u64,
+    /// At most this many source rows compared per second; 0: no limit.
+    pub rows_per_second: u64,
+    /// A pair of snapshots is used this long, then a new one is taken.
+    pub snapshot_secs: u64,
+    /// How long a try waits for the stream to reach the source snapshot's
+    /// position before trying again.
+    pub wait_secs: u64,
+}
+
+impl Default for VerifySettings {
+    fn default() -> Self {
+        VerifySettings {
+            chunk_rows: 10_000,
+            rows_per_second: 100_000,
+            snapshot_secs: 30,
+            wait_secs: 60,
+        }
+    }
 }
 
 /// Default of `[incremental] apply_connections`.
@@ -365,6 +402,7 @@ impl Config {
             full_sync: FullSyncSettings::default(),
             apply_connections: APPLY_CONNECTIONS,
             stall_secs: 60,
+            verify: VerifySettings::default(),
             api_tls: None,
             tls: TlsPolicy::default(),
             secret_key_file: None,
@@ -488,6 +526,29 @@ impl Config {
                 "incremental.apply_connections must be between 1 and 64".into(),
             ));
         }
+        let verify = {
+            let d = VerifySettings::default();
+            let v = &file.verify;
+            VerifySettings {
+                chunk_rows: v.chunk_rows.unwrap_or(d.chunk_rows),
+                rows_per_second: v.rows_per_second.unwrap_or(d.rows_per_second),
+                snapshot_secs: v.snapshot_secs.unwrap_or(d.snapshot_secs),
+                wait_secs: v.wait_secs.unwrap_or(d.wait_secs),
+            }
+        };
+        for (key, value, range) in [
+            ("chunk_rows", verify.chunk_rows, 10..=1_000_000),
+            ("snapshot_secs", verify.snapshot_secs, 1..=3600),
+            ("wait_secs", verify.wait_secs, 1..=3600),
+        ] {
+            if !range.contains(&value) {
+                return Err(ConfigError::Invalid(format!(
+                    "verify.{key} must be between {} and {}",
+                    range.start(),
+                    range.end()
+                )));
+            }
+        }
         let stall_secs = file.incremental.stall_secs.unwrap_or(60);
         if !(1..=86_400).contains(&stall_secs) {
             return Err(ConfigError::Invalid(
@@ -605,6 +666,7 @@ impl Config {
             full_sync,
             apply_connections,
             stall_secs,
+            verify,
             api_tls,
             tls,
             secret_key_file,

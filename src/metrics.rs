@@ -39,6 +39,9 @@ pub struct Metrics {
     group_jobs_unowned: IntGauge,
     group_jobs_lost: prometheus::IntCounter,
     group_assignments: prometheus::IntCounter,
+    verify_timestamp: IntGaugeVec,
+    verify_equal: IntGaugeVec,
+    verify_rows_different: IntGaugeVec,
 }
 
 /// What the group's loop last saw, for the `ccr_syncer_group_*` series.
@@ -231,6 +234,23 @@ impl Metrics {
             &["job"],
         ));
         must(registry.register(Box::new(job_stalled.clone())));
+        let verify_gauge = |name: &str, help: &str| {
+            let g = must(IntGaugeVec::new(Opts::new(name, help), &["job", "table"]));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let verify_timestamp = verify_gauge(
+            "ccr_syncer_verify_last_timestamp_seconds",
+            "When the table was last compared with its source (/verify, /repair), unix seconds.",
+        );
+        let verify_equal = verify_gauge(
+            "ccr_syncer_verify_equal",
+            "1 when the table's last comparison found it equal to its source, 0 when it found differences.",
+        );
+        let verify_rows_different = verify_gauge(
+            "ccr_syncer_verify_rows_different",
+            "Rows the table's last comparison found different from its source (missing, changed or extra).",
+        );
         must(registry.register(Box::new(retention_headroom.clone())));
         must(registry.register(Box::new(retention_headroom_secs.clone())));
         must(registry.register(Box::new(applied_rows.clone())));
@@ -267,7 +287,24 @@ impl Metrics {
             group_jobs_unowned,
             group_jobs_lost,
             group_assignments,
+            verify_timestamp,
+            verify_equal,
+            verify_rows_different,
         }
+    }
+
+    /// A table's comparison finished at `at_secs`.
+    pub fn set_verified(&self, job: &str, table: &str, at_secs: i64, rows_different: u64) {
+        let labels = [job, table];
+        self.verify_timestamp
+            .with_label_values(&labels)
+            .set(at_secs);
+        self.verify_equal
+            .with_label_values(&labels)
+            .set(i64::from(rows_different == 0));
+        self.verify_rows_different
+            .with_label_values(&labels)
+            .set(rows_different as i64);
     }
 
     pub fn set_group(&self, r: GroupReading) {
@@ -392,6 +429,24 @@ impl Metrics {
             let _ = counter.remove_label_values(&[job]);
         }
         let _ = self.lag_seconds.remove_label_values(&[job]);
+        use prometheus::core::Collector;
+        for gauge in [
+            &self.verify_timestamp,
+            &self.verify_equal,
+            &self.verify_rows_different,
+        ] {
+            for m in gauge.collect().iter().flat_map(|f| f.get_metric().to_vec()) {
+                let labels: Vec<String> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| l.value().to_string())
+                    .collect();
+                if labels.first().map(String::as_str) == Some(job) {
+                    let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                    let _ = gauge.remove_label_values(&refs);
+                }
+            }
+        }
         let _ = self.job_stalled.remove_label_values(&[job]);
         let _ = self.retention_headroom.remove_label_values(&[job]);
         let _ = self.retention_headroom_secs.remove_label_values(&[job]);

@@ -20,7 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use requests::{
     parse, CreateRequest, EmptyRequest, HostMappingRequest, NameRequest, PartialRequest,
-    SkipRequest, UpdateTlsRequest,
+    RepairRequest, SkipRequest, UpdateTlsRequest, VerifyRequest,
 };
 use responses::{success, ApiError};
 use serde_json::{json, Value};
@@ -35,7 +35,7 @@ use warp::{Filter, Reply};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Every operation, as metrics label it.
-const OPERATIONS: [&str; 26] = [
+const OPERATIONS: [&str; 28] = [
     "version",
     "metrics",
     "create_ccr",
@@ -54,6 +54,8 @@ const OPERATIONS: [&str; 26] = [
     "desync",
     "partial_sync",
     "update_tls",
+    "verify",
+    "repair",
     "view",
     "stat",
     "member/add",
@@ -66,7 +68,7 @@ const OPERATIONS: [&str; 26] = [
 
 /// The operations on one job, named by the body's `name`: served by the
 /// member that owns the job, wherever they arrive.
-const JOB_OPERATIONS: [&str; 14] = [
+const JOB_OPERATIONS: [&str; 16] = [
     "get_lag",
     "pause",
     "resume",
@@ -81,6 +83,8 @@ const JOB_OPERATIONS: [&str; 14] = [
     "desync",
     "partial_sync",
     "update_tls",
+    "verify",
+    "repair",
 ];
 
 pub struct ApiState {
@@ -645,6 +649,59 @@ async fn dispatch(
                 )
                 .await?;
             success(json!({}))
+        }
+        "verify" => {
+            let request: VerifyRequest = parse(body)?;
+            let name = non_empty_name(request.name)?;
+            let tables: Vec<String> = request
+                .tables
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| t.trim().to_string())
+                .collect();
+            if tables.iter().any(String::is_empty) {
+                return Err(ApiError::BadRequest(
+                    "tables has an empty name: name source tables of the job, or leave tables out to compare them all".into(),
+                ));
+            }
+            let job = manager
+                .command(&name, JobCommand::Verify { tables })
+                .await?;
+            let tables: Vec<&str> = job
+                .progress
+                .verify
+                .iter()
+                .flat_map(|v| v.tables.iter().map(|t| t.table.as_str()))
+                .collect();
+            success(json!({"verify": {"state": "running", "tables": tables}}))
+        }
+        "repair" => {
+            let request: RepairRequest = parse(body)?;
+            let name = non_empty_name(request.name)?;
+            let table = request.table.trim().to_string();
+            if table.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "table is empty: name the source table whose differing ranges to copy again"
+                        .into(),
+                ));
+            }
+            let job = manager
+                .command(
+                    &name,
+                    JobCommand::Repair {
+                        table: table.clone(),
+                    },
+                )
+                .await?;
+            let ranges = job
+                .progress
+                .verify
+                .iter()
+                .flat_map(|v| v.tables.iter())
+                .find(|t| t.table == table)
+                .and_then(|t| t.repair.as_ref())
+                .map_or(0, |r| r.ranges_total);
+            success(json!({"repair": {"table": table, "state": "running", "ranges": ranges}}))
         }
         "job_skip_binlog" => {
             let request: SkipRequest = parse(body)?;

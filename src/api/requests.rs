@@ -180,6 +180,23 @@ pub struct PartialRequest {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    pub name: String,
+    /// Source tables to compare; all of the job's when absent.
+    #[serde(default)]
+    pub tables: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairRequest {
+    pub name: String,
+    /// The source table whose differing ranges are copied again.
+    pub table: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SkipRequest {
     pub name: String,
     pub skip_by: String,

@@ -4,7 +4,9 @@
 //! serializer masks them).
 
 use crate::job::spec::Endpoint;
-use crate::job::state::{CommandError, FullSyncProgress, IncrementalProgress, RunState};
+use crate::job::state::{
+    CommandError, FullSyncProgress, IncrementalProgress, RunState, Verification,
+};
 use crate::job::{JobError, JobSnapshot};
 use crate::preflight::PreflightError;
 use chrono::{TimeZone, Utc};
@@ -66,7 +68,10 @@ impl ApiError {
                     | CommandError::NothingToSkip { .. }
                     | CommandError::WrongSkip { .. }
                     | CommandError::NoGtid { .. }
-                    | CommandError::NotIncremental { .. } => StatusCode::CONFLICT,
+                    | CommandError::NotIncremental { .. }
+                    | CommandError::NotStreaming { .. }
+                    | CommandError::VerifyRunning { .. }
+                    | CommandError::NoRepair(_) => StatusCode::CONFLICT,
                     CommandError::OtherTable { .. } => StatusCode::BAD_REQUEST,
                 },
                 JobError::Preflight(p) => match p {
@@ -215,6 +220,7 @@ pub fn progress(job: &JobSnapshot) -> Value {
         "snapshot": p.snapshot,
         "tables": p.tables,
         "incremental": p.incremental.as_ref().map(|i| incremental(job, i)),
+        "verify": p.verify.as_ref().map(verification),
         "updated_at": time(job.updated_at),
     })
 }
@@ -247,6 +253,46 @@ fn full_sync(f: &FullSyncProgress, now_ms: i64) -> Value {
         "lock_held_ms": f.lock_held_ms,
         "retries": f.retries,
         "last_retry_error": f.last_error,
+    })
+}
+
+/// A verification as `job_progress` shows it: times as text, a table's
+/// resume cursor left out.
+pub fn verification(v: &Verification) -> Value {
+    let tables: Vec<Value> = v
+        .tables
+        .iter()
+        .map(|t| {
+            json!({
+                "table": t.table,
+                "state": t.state.as_str(),
+                "equal": t.equal,
+                "rows_different": t.rows_different,
+                "ranges": t.ranges,
+                "ranges_truncated": t.ranges_truncated,
+                "rows_compared": t.rows_compared,
+                "chunks_compared": t.chunks_compared,
+                "position": t.position,
+                "verified_at": t.verified_at.map(time),
+                "error": t.error,
+                "repair": t.repair.as_ref().map(|r| json!({
+                    "state": r.state.as_str(),
+                    "requested_at": time(r.requested_at),
+                    "finished_at": r.finished_at.map(time),
+                    "ranges_total": r.ranges_total,
+                    "ranges_repaired": r.ranges_repaired,
+                    "rows_deleted": r.rows_deleted,
+                    "rows_written": r.rows_written,
+                })),
+            })
+        })
+        .collect();
+    json!({
+        "state": v.state.as_str(),
+        "started_at": time(v.started_at),
+        "finished_at": v.finished_at.map(time),
+        "last_error": v.last_error,
+        "tables": tables,
     })
 }
 

@@ -459,7 +459,7 @@ impl FullSync {
 }
 
 /// A destination session set up for writing (see `applier::session_setup`).
-async fn connect_dest(spec: &JobSpec, timeout: Duration) -> Result<Conn, SyncError> {
+pub(super) async fn connect_dest(spec: &JobSpec, timeout: Duration) -> Result<Conn, SyncError> {
     let mut dest = db::connect(&spec.dest.server_addr(), None, timeout)
         .await
         .map_err(|e| connect_error("destination", e))?;
@@ -469,7 +469,7 @@ async fn connect_dest(spec: &JobSpec, timeout: Duration) -> Result<Conn, SyncErr
     Ok(dest)
 }
 
-fn snapshot_error(e: SnapshotError) -> SyncError {
+pub(super) fn snapshot_error(e: SnapshotError) -> SyncError {
     match e {
         SnapshotError::Connect(c) => connect_error("source", c),
         SnapshotError::Query(q) => SyncError::sql("starting source snapshots", q),

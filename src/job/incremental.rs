@@ -25,6 +25,7 @@
 
 use super::apply::{self, elide, Chunk, Conflicts, Group, Pool};
 use super::full_sync::{connect_error, FullSync, HandOver, SyncError};
+use super::hold::{Armed, HoldAt, Holds};
 use super::manager::JobSnapshot;
 use crate::applier::checkpoint::{self, Checkpoint};
 use crate::applier::compact::{Change, TxnId};
@@ -108,6 +109,8 @@ pub struct Incremental {
     /// The lease epoch every group commits under (see `applier::checkpoint`).
     pub epoch: i64,
     pub switches: Arc<super::runner::Switches>,
+    /// A verification's request to stop at a source position for a moment.
+    pub holds: Arc<Holds>,
 }
 
 /// A table being copied again while the stream goes on for the others.
@@ -182,6 +185,31 @@ impl Point {
 struct Window {
     from: Point,
     to: Point,
+}
+
+/// The source a job's stream reads: its spec's, or the node it followed
+/// after a failover (`node`, as the cluster reports it: mapped).
+pub fn stream_source(spec: &JobSpec, node: Option<&str>) -> Endpoint {
+    let mut ep = spec.src.clone();
+    if let Some((host, port)) = node.and_then(topology::split) {
+        (ep.host, ep.port) = ep.host_mapping.translate(host, port);
+    }
+    ep
+}
+
+/// Whether a stream at `pos`, whose next event is `next`, has applied
+/// everything up to `at` and nothing after it: its position reaches `at`,
+/// or the next transaction is not in `at` (a transaction of a domain the
+/// position does not name yet, say).
+fn stops_at(pos: &Point, at: &HoldAt, next: Option<&SourceEvent>) -> bool {
+    let at = Point {
+        gtid: at.gtid.clone(),
+        coord: at.coord.clone(),
+    };
+    let same_file_past = pos.coord.file == at.coord.file && pos.coord.pos >= at.coord.pos;
+    pos.reaches(&at)
+        || same_file_past
+        || matches!(next, Some(SourceEvent::Begin { gtid, at: begin, .. }) if !at.holds(*gtid, begin))
 }
 
 /// The source transaction being read.
@@ -418,12 +446,8 @@ impl Incremental {
     /// (through the current host mapping), else the spec's.
     pub fn source(&self) -> Endpoint {
         let spec = self.live.borrow().spec.clone();
-        let mut ep = spec.src.clone();
         let node = self.progress.borrow().detail.source_node.clone();
-        if let Some((host, port)) = node.as_deref().and_then(topology::split) {
-            (ep.host, ep.port) = ep.host_mapping.translate(host, port);
-        }
-        ep
+        stream_source(&spec, node.as_deref())
     }
 
     /// After the source became unreachable: looks for the node that took
@@ -646,9 +670,14 @@ impl Incremental {
         let mut dropping: Option<String> = None;
         let mut wanted: Option<PartialSync> = None;
         let mut done_request = detail.partial_done.as_ref().map(|(p, _)| p.requested_at);
+        // A verification's hold the stream is going on to.
+        let mut hold: Option<Armed> = None;
 
         loop {
             if queued.is_empty() {
+                // A hold the stream has reached waits for no more events.
+                let hold_due =
+                    txn.is_none() && hold.as_ref().is_some_and(|h| stops_at(&pos, &h.at, None));
                 tokio::select! {
                     e = feed.take() => match e {
                         Ok(events) => {
@@ -662,6 +691,32 @@ impl Incremental {
                         Err(e) => return Err(read_error(e)),
                     },
                     r = pool.changed() => r?,
+                    _ = self.holds.posted() => {}
+                    _ = std::future::ready(()), if hold_due => {}
+                }
+            }
+            // A verification's hold: between transactions, once everything
+            // up to its position is applied and nothing after it (not
+            // while a table is being copied again).
+            if txn.is_none() && partial.is_none() && dropping.is_none() {
+                if let Some(request) = self.holds.take() {
+                    // Frozen here while the source snapshot opens.
+                    hold = request.frozen().await;
+                }
+                if hold.as_ref().is_some_and(|h| !h.wanted()) {
+                    hold = None;
+                }
+                if hold
+                    .as_ref()
+                    .is_some_and(|h| stops_at(&pos, &h.at, queued.front()))
+                {
+                    let h = hold.take().expect("checked");
+                    close_group!(pending_ddl.take());
+                    force_commit = false;
+                    pool.wait(conflicts.issued()).await?;
+                    debug!(job = %name, position = %pos.text(), "holding for a verification");
+                    let released = h.grant(pos.gtid.to_string(), pos.coord.clone());
+                    let _ = released.await;
                 }
             }
             if let Some(event) = queued.pop_front() {

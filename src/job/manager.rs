@@ -175,6 +175,7 @@ impl JobManager {
             fence: fence.clone(),
             switches: self.switches.clone(),
             lost: Default::default(),
+            holds: Default::default(),
         };
         // Set when the service stops or the lease goes elsewhere.
         let (stop_tx, stop_rx) = watch::channel(*self.shutdown.borrow());

@@ -4,12 +4,14 @@
 
 mod apply;
 pub mod full_sync;
+pub mod hold;
 pub mod incremental;
 pub mod lag;
 pub mod manager;
 mod runner;
 pub mod spec;
 pub mod state;
+pub mod verify;
 
 pub use manager::{JobError, JobManager, JobSnapshot};
 pub use runner::{Switches, WorkSettings};

@@ -14,13 +14,15 @@
 //! pauses the job with the error shown, and `resume` tries again.
 
 use super::full_sync::{self, FullSync, HandOver, SyncError};
-use super::incremental::{Applied, Incremental};
+use super::hold::Holds;
+use super::incremental::{self, Applied, Incremental};
 use super::manager::{JobError, JobSnapshot};
 use super::state::{
-    transition, CommandError, FailedTransaction, FullSyncProgress, JobCommand, Progress,
-    ProgressState, RunState, TableSnapshot,
+    transition, CheckState, CommandError, FailedTransaction, FullSyncProgress, JobCommand,
+    Progress, ProgressState, RunState, TableSnapshot, Verification,
 };
-use crate::config::FullSyncSettings;
+use super::verify::{self, Verify};
+use crate::config::{FullSyncSettings, VerifySettings};
 use crate::hostmap::HostMapping;
 use crate::job::spec::{JobSpec, OnPurged, SyncType};
 use crate::metrics::Metrics;
@@ -63,6 +65,7 @@ pub struct WorkSettings {
     /// A running job that applies nothing this long while its source has
     /// newer transactions is stalled (`[incremental] stall_secs`).
     pub stall_secs: u64,
+    pub verify: VerifySettings,
 }
 
 /// The group's switches for background tasks (`/config/set`), read by the
@@ -123,6 +126,8 @@ pub(super) struct Runner {
     /// Set when a save or a commit was refused because another member holds
     /// the job now: the runner stops.
     pub lost: AtomicBool,
+    /// Where a verification asks the stream to stop for a moment.
+    pub holds: Arc<Holds>,
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -167,6 +172,21 @@ impl Work {
     }
 }
 
+/// The running verification (beside the incremental sync it holds).
+struct VerifyWork {
+    /// Which verification: its start time.
+    started_at: i64,
+    task: JoinHandle<Result<(), SyncError>>,
+    progress: watch::Receiver<Verification>,
+}
+
+impl VerifyWork {
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
 /// Progress is saved to the meta store at most this often while a full
 /// sync runs (a restart recounts it from the destination's checkpoints).
 const SAVE_PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -184,16 +204,38 @@ impl Runner {
         let name = self.snapshot.borrow().spec.name.clone();
         info!(job = %name, "job task started");
         let mut work: Option<Work> = None;
+        let mut verifying: Option<VerifyWork> = None;
         let mut last_save = Instant::now();
+        let mut last_verify_save = Instant::now();
         loop {
             if self.is_lost() || *shutdown.borrow() {
                 break;
             }
             work = self.reconcile(work).await;
+            verifying = self.reconcile_verify(verifying, &work).await;
             if self.is_lost() {
                 break;
             }
             tokio::select! {
+                event = next_verify(&mut verifying) => {
+                    let (v, ended) = match event {
+                        VerifyEvent::Progress(v) => (v, None),
+                        VerifyEvent::Finished(v, result) => {
+                            verifying = None;
+                            (v, Some(result))
+                        }
+                    };
+                    let save = ended.is_some() || last_verify_save.elapsed() >= SAVE_PROGRESS_EVERY;
+                    if self.update_verify(v, save).await {
+                        last_verify_save = Instant::now();
+                    }
+                    if let Some(Err(e)) = ended {
+                        warn!(job = %name, error = %e, "verification stopped");
+                        if matches!(e, SyncError::Fenced(_)) {
+                            self.lost.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
                 _ = shutdown.changed() => break,
                 request = requests.recv() => match request {
                     Some(request) => work = self.handle(request, work.take()).await,
@@ -220,6 +262,9 @@ impl Runner {
                     }
                 },
             }
+        }
+        if let Some(v) = verifying {
+            v.stop().await;
         }
         if let Some(w) = work {
             w.stop().await;
@@ -317,6 +362,7 @@ impl Runner {
             full_sync: self.settings.full_sync,
             epoch: self.fence.epoch,
             switches: self.switches.clone(),
+            holds: self.holds.clone(),
         };
         info!(job = %current.spec.name, run_id, "incremental sync starting");
         Work {
@@ -375,6 +421,145 @@ impl Runner {
             task: tokio::spawn(run_with_retries(sync)),
             progress: WorkProgress::Full(progress_rx),
         })
+    }
+
+    /// Starts or stops the verification so that it runs exactly while one
+    /// is asked for and the incremental sync runs.
+    async fn reconcile_verify(
+        &self,
+        verifying: Option<VerifyWork>,
+        work: &Option<Work>,
+    ) -> Option<VerifyWork> {
+        let current = self.snapshot.borrow().clone();
+        let streaming = work
+            .as_ref()
+            .is_some_and(|w| matches!(w.key, WorkKey::Incremental(_)));
+        let wanted = current
+            .progress
+            .verify
+            .clone()
+            .filter(|v| v.state != CheckState::Done && streaming);
+        match verifying {
+            Some(v) if Some(v.started_at) == wanted.as_ref().map(|w| w.started_at) => {
+                return Some(v)
+            }
+            Some(v) => v.stop().await,
+            None => {}
+        }
+        let wanted = wanted?;
+        let node = current
+            .progress
+            .incremental
+            .as_ref()
+            .and_then(|i| i.source_node.clone());
+        let started_at = wanted.started_at;
+        let (progress, rx) = watch::channel(wanted);
+        let task = Verify {
+            spec: current.spec.clone(),
+            source: incremental::stream_source(&current.spec, node.as_deref()),
+            settings: self.settings.verify,
+            connect_timeout: self.settings.connect_timeout,
+            statement_bytes: self.settings.full_sync.statement_bytes,
+            epoch: self.fence.epoch,
+            holds: self.holds.clone(),
+            metrics: self.metrics.clone(),
+            progress,
+        };
+        info!(job = %current.spec.name, "verification starting");
+        Some(VerifyWork {
+            started_at,
+            task: tokio::spawn(task.run()),
+            progress: rx,
+        })
+    }
+
+    /// Folds a verification's progress into the job; saves it when asked,
+    /// or when a table or the whole finished. Returns whether it saved.
+    async fn update_verify(&self, v: Verification, save: bool) -> bool {
+        let current = self.snapshot.borrow().clone();
+        let Some(known) = current.progress.verify.as_ref() else {
+            return false;
+        };
+        // A report of a verification replaced meanwhile (a new full sync).
+        if known.started_at != v.started_at {
+            return false;
+        }
+        let states = |v: &Verification| {
+            (
+                v.state,
+                v.tables
+                    .iter()
+                    .map(|t| (t.state, t.repair.as_ref().map(|r| r.state)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let save = save || states(known) != states(&v);
+        let mut next = current.progress.clone();
+        next.verify = Some(v);
+        let now = now_ms();
+        if save {
+            if let Err(e) = self
+                .store
+                .save_status(&current.spec.name, &self.fence, current.status, &next, now)
+                .await
+            {
+                let e = self.noted(e);
+                warn!(job = %current.spec.name, error = %e, "saving the verification failed");
+            }
+        }
+        self.publish(|s| {
+            s.progress = next;
+            s.updated_at = now;
+        });
+        save
+    }
+
+    /// The source tables a verification compares: those asked (each must
+    /// be in the job's scope), or all of them.
+    async fn verify_tables(
+        &self,
+        current: &JobSnapshot,
+        asked: Vec<String>,
+    ) -> Result<Vec<String>, JobError> {
+        let spec = &current.spec;
+        let invalid = |m: String| JobError::Invalid(m);
+        if let Some(t) = &spec.src.table {
+            if let Some(other) = asked.iter().find(|a| *a != t) {
+                return Err(invalid(format!(
+                    "this table job copies {t}; tables may name only it, not {other}"
+                )));
+            }
+            return Ok(vec![t.clone()]);
+        }
+        let node = current
+            .progress
+            .incremental
+            .as_ref()
+            .and_then(|i| i.source_node.clone());
+        let source = incremental::stream_source(spec, node.as_deref());
+        let present = verify::source_tables(&source, self.settings.connect_timeout)
+            .await
+            .map_err(|e| invalid(e.to_string()))?;
+        if asked.is_empty() {
+            return Ok(present);
+        }
+        let missing: Vec<&str> = asked
+            .iter()
+            .filter(|a| !present.contains(a))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(invalid(format!(
+                "source {} has no table {} in database {}",
+                source.address(),
+                missing.join(", "),
+                spec.src.database
+            )));
+        }
+        let mut tables = asked;
+        tables.sort();
+        tables.dedup();
+        Ok(tables)
     }
 
     fn publish(&self, change: impl FnOnce(&mut JobSnapshot)) {
@@ -645,6 +830,26 @@ impl Runner {
         if let JobCommand::PartialSync { table, .. } = &command {
             self.check_partial(&current, table).await?;
         }
+        let command = match command {
+            JobCommand::Verify { tables } => {
+                // Refused as it is before the source is asked.
+                let sync_type = current.spec.sync_type();
+                transition(
+                    sync_type,
+                    current.status,
+                    &current.progress,
+                    &JobCommand::Verify { tables: Vec::new() },
+                )
+                .map_err(|source| JobError::Command {
+                    name: name.clone(),
+                    source,
+                })?;
+                JobCommand::Verify {
+                    tables: self.verify_tables(&current, tables).await?,
+                }
+            }
+            other => other,
+        };
         let next = transition(
             current.spec.sync_type(),
             current.status,
@@ -660,6 +865,16 @@ impl Runner {
         if let Some(p) = next.progress.partial.as_mut() {
             if p.requested_at == 0 {
                 p.requested_at = updated_at;
+            }
+        }
+        if let Some(v) = next.progress.verify.as_mut() {
+            if v.started_at == 0 {
+                v.started_at = updated_at;
+            }
+            for r in v.tables.iter_mut().filter_map(|t| t.repair.as_mut()) {
+                if r.requested_at == 0 {
+                    r.requested_at = updated_at;
+                }
             }
         }
         self.store
@@ -777,6 +992,37 @@ impl Runner {
               dest = ?snapshot.spec.dest.host_mapping, "host mapping updated");
         Ok(snapshot)
     }
+}
+
+enum VerifyEvent {
+    Progress(Verification),
+    Finished(Verification, Result<(), SyncError>),
+}
+
+/// The verification's next report or its end; never resolves without one.
+async fn next_verify(verifying: &mut Option<VerifyWork>) -> VerifyEvent {
+    let Some(v) = verifying else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        biased;
+        changed = v.progress.changed() => match changed {
+            Ok(()) => VerifyEvent::Progress(v.progress.borrow_and_update().clone()),
+            Err(_) => {
+                let result = (&mut v.task).await;
+                VerifyEvent::Finished(v.progress.borrow().clone(), ended(result))
+            }
+        },
+        result = &mut v.task => VerifyEvent::Finished(v.progress.borrow().clone(), ended(result)),
+    }
+}
+
+fn ended(result: Result<Result<(), SyncError>, tokio::task::JoinError>) -> Result<(), SyncError> {
+    result.unwrap_or_else(|e| {
+        Err(SyncError::Transient(format!(
+            "the verification ended abnormally: {e}"
+        )))
+    })
 }
 
 enum WorkEvent {

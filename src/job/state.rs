@@ -165,6 +165,158 @@ pub struct Progress {
     pub tables: BTreeMap<String, TableSnapshot>,
     /// The incremental sync since the last full sync.
     pub incremental: Option<IncrementalProgress>,
+    /// The current or last verification (`/verify`) and repairs (`/repair`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verification>,
+}
+
+/// Whether a verification (or one table's part of it, or a repair) is
+/// still going on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    #[default]
+    Pending,
+    Running,
+    Done,
+}
+
+impl CheckState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Pending => "pending",
+            CheckState::Running => "running",
+            CheckState::Done => "done",
+        }
+    }
+}
+
+/// A comparison of the job's destination with its source while the job
+/// runs (see `job::verify`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Verification {
+    /// `running` until every table is compared (and every repair asked
+    /// for is done and compared again), then `done`.
+    pub state: CheckState,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub tables: Vec<TableCheck>,
+    /// Why the comparison is waiting, when it is (it retries by itself).
+    pub last_error: Option<String>,
+}
+
+impl Verification {
+    pub fn new(tables: Vec<String>, now: i64) -> Self {
+        Verification {
+            state: CheckState::Running,
+            started_at: now,
+            finished_at: None,
+            tables: tables
+                .into_iter()
+                .map(|table| TableCheck {
+                    table,
+                    ..TableCheck::default()
+                })
+                .collect(),
+            last_error: None,
+        }
+    }
+}
+
+/// One table's comparison.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TableCheck {
+    /// The source table.
+    pub table: String,
+    pub state: CheckState,
+    /// Known once `state` is `done`: no row differs.
+    pub equal: Option<bool>,
+    /// Rows missing from the destination, different there, or there but
+    /// not in the source.
+    pub rows_different: u64,
+    /// The key ranges holding them (inclusive, in key order); at most
+    /// [`MAX_RANGES`], then `ranges_truncated`.
+    pub ranges: Vec<KeyRange>,
+    pub ranges_truncated: bool,
+    /// Source rows compared, and key-range chunks.
+    pub rows_compared: u64,
+    pub chunks_compared: u64,
+    /// The source position the last chunk was compared as of.
+    pub position: Option<String>,
+    /// Unix milliseconds when the table's comparison finished.
+    pub verified_at: Option<i64>,
+    /// Where an interrupted comparison goes on: the upper bound of the last
+    /// chunk compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Vec<KeyPart>>,
+    /// Why the table could not be compared (it was dropped, say).
+    pub error: Option<String>,
+    /// The last repair of this table's differing ranges.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair: Option<Repair>,
+}
+
+/// The most differing key ranges kept per table.
+pub const MAX_RANGES: usize = 1000;
+
+/// Re-copying a table's differing ranges, then comparing them again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Repair {
+    pub state: CheckState,
+    pub requested_at: i64,
+    pub finished_at: Option<i64>,
+    /// Ranges re-copied so far (of `ranges` when the repair was asked).
+    pub ranges_total: u64,
+    pub ranges_repaired: u64,
+    /// Destination rows deleted and source rows written.
+    pub rows_deleted: u64,
+    pub rows_written: u64,
+    /// The ranges being repaired (the verification's, when asked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<KeyRange>,
+}
+
+/// Keys `first` to `last` (inclusive, in the key's order), holding `rows`
+/// differing rows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRange {
+    pub first: Vec<KeyPart>,
+    pub last: Vec<KeyPart>,
+    pub rows: u64,
+}
+
+/// One key column's value: its text, or its bytes in hex when they are not
+/// UTF-8.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KeyPart {
+    Text(String),
+    Bytes { hex: String },
+}
+
+impl KeyPart {
+    pub fn from_bytes(b: &[u8]) -> Self {
+        match std::str::from_utf8(b) {
+            Ok(s) => KeyPart::Text(s.to_string()),
+            Err(_) => KeyPart::Bytes {
+                hex: b.iter().map(|x| format!("{x:02x}")).collect(),
+            },
+        }
+    }
+
+    pub fn to_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            KeyPart::Text(s) => Some(s.as_bytes().to_vec()),
+            KeyPart::Bytes { hex } => (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect(),
+        }
+    }
 }
 
 /// A table copied again while the rest of the job keeps flowing.
@@ -311,6 +463,16 @@ pub enum JobCommand {
     SkipTransaction {
         commit_seq: u64,
     },
+    /// Compare these source tables (the runner names them all when the
+    /// request named none) with the destination.
+    Verify {
+        tables: Vec<String>,
+    },
+    /// Copy again the ranges the last verification found different in this
+    /// source table, then compare them again.
+    Repair {
+        table: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -327,6 +489,17 @@ pub enum CommandError {
         "this table job copies {table}; partial_sync names the job's table (or use force_fullsync)"
     )]
     OtherTable { table: String },
+    #[error("{what} needs the job streaming: running in incremental sync (it is {run_state}, in {state}){hint}")]
+    NotStreaming {
+        what: &'static str,
+        run_state: RunState,
+        state: ProgressState,
+        hint: &'static str,
+    },
+    #[error("a verification is already running (started at {started_at} ms); wait for it to finish (job_progress shows it)")]
+    VerifyRunning { started_at: i64 },
+    #[error("{0}")]
+    NoRepair(String),
     #[error("the transaction the job is held on (at {at}) has no GTID, so it cannot be told apart on a restart; skip it with skip_by \"fullsync\" (or fix the destination and resume)")]
     NoGtid { at: String },
 }
@@ -381,6 +554,57 @@ pub fn transition(
                 requested_at: 0,
             });
         }
+        JobCommand::Verify { tables } => {
+            streaming(sync_type, status, "a verification")?;
+            if let Some(v) = progress
+                .verify
+                .as_ref()
+                .filter(|v| v.state != CheckState::Done)
+            {
+                return Err(CommandError::VerifyRunning {
+                    started_at: v.started_at,
+                });
+            }
+            next.progress.verify = Some(Verification::new(tables.clone(), 0));
+        }
+        JobCommand::Repair { table } => {
+            streaming(sync_type, status, "a repair")?;
+            let Some(v) = next.progress.verify.as_mut() else {
+                return Err(CommandError::NoRepair(
+                    "no verification has run: run /verify first, then repair what it finds".into(),
+                ));
+            };
+            if v.state != CheckState::Done {
+                return Err(CommandError::VerifyRunning {
+                    started_at: v.started_at,
+                });
+            }
+            let Some(t) = v.tables.iter_mut().find(|t| t.table == *table) else {
+                return Err(CommandError::NoRepair(format!(
+                    "the last verification did not compare table {table}; verify it first"
+                )));
+            };
+            if t.equal != Some(false) {
+                return Err(CommandError::NoRepair(format!(
+                    "the last verification found table {table} equal: nothing to repair"
+                )));
+            }
+            if t.ranges.is_empty() {
+                return Err(CommandError::NoRepair(format!(
+                    "table {table} has no key, so its differences have no key ranges to copy \
+                     again; copy the whole table again with partial_sync"
+                )));
+            }
+            t.repair = Some(Repair {
+                state: CheckState::Running,
+                ranges_total: t.ranges.len() as u64,
+                ranges: t.ranges.clone(),
+                ..Repair::default()
+            });
+            t.state = CheckState::Running;
+            v.state = CheckState::Running;
+            v.finished_at = None;
+        }
         JobCommand::SkipTransaction { commit_seq } => match progress.failed_commit_seq {
             None => return Err(CommandError::NothingToSkip { asked: *commit_seq }),
             Some(held) if held != *commit_seq => {
@@ -404,6 +628,32 @@ pub fn transition(
         },
     }
     Ok(next)
+}
+
+/// A verification or a repair compares the destination as of a source
+/// position the stream stops at for a moment: the job must be streaming.
+fn streaming(
+    sync_type: SyncType,
+    status: JobStatus,
+    what: &'static str,
+) -> Result<(), CommandError> {
+    let state = status.progress_state;
+    let hint = if status.run_state != RunState::Running {
+        "; resume it first"
+    } else if state == ProgressState::partial_sync(sync_type) {
+        "; wait for the partial sync to finish"
+    } else {
+        "; wait for the full sync to finish"
+    };
+    if status.run_state == RunState::Running && state.is_incremental() {
+        return Ok(());
+    }
+    Err(CommandError::NotStreaming {
+        what,
+        run_state: status.run_state,
+        state,
+        hint,
+    })
 }
 
 #[cfg(test)]

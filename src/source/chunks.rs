@@ -93,40 +93,9 @@ async fn walk(
     chunk_rows: u64,
     estimated_rows: u64,
 ) -> Result<Vec<ChunkBounds>, mysql_async::Error> {
-    let select = key
-        .iter()
-        .map(|c| format!("CAST({} AS BINARY)", quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let order = key
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
     let mut bounds: Vec<KeyValue> = Vec::new();
-    loop {
-        let mut sql = format!("SELECT {select} FROM {from} ").into_bytes();
-        if let Some(last) = bounds.last() {
-            sql.extend_from_slice(b"WHERE ");
-            sql.extend_from_slice(&compare(key, last, Cmp::Greater));
-        }
-        sql.extend_from_slice(
-            format!(" ORDER BY {order} LIMIT 1 OFFSET {}", chunk_rows - 1).as_bytes(),
-        );
-        let row: Option<mysql_async::Row> = conn.query_first(sql).await?;
-        let Some(row) = row else { break };
-        let value: Option<KeyValue> = row
-            .unwrap_raw()
-            .into_iter()
-            .map(|v| match v {
-                Some(mysql_async::Value::Bytes(b)) => Some(b),
-                _ => None,
-            })
-            .collect();
-        match value {
-            Some(v) => bounds.push(v),
-            None => break,
-        }
+    while let Some(v) = next_bound(conn, from, key, bounds.last(), chunk_rows).await? {
+        bounds.push(v);
     }
     // The walk found the last key of each full chunk; a chunk starts after it.
     let n = bounds.len() + 1;
@@ -149,18 +118,71 @@ async fn walk(
     Ok(out)
 }
 
+/// The key columns as their bytes, for a SELECT list.
+pub fn key_select(key: &[Column]) -> String {
+    key.iter()
+        .map(|c| format!("CAST({} AS BINARY)", quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The key columns, for an ORDER BY.
+pub fn key_order(key: &[Column]) -> String {
+    key.iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `rows`-th key after `after` (from the first key when `None`) in
+/// `from` (a quoted `db.table`): the upper bound of a chunk of that many
+/// rows; `None` when fewer rows are left.
+pub async fn next_bound(
+    conn: &mut Conn,
+    from: &str,
+    key: &[Column],
+    after: Option<&KeyValue>,
+    rows: u64,
+) -> Result<Option<KeyValue>, mysql_async::Error> {
+    let mut sql = format!("SELECT {} FROM {from} ", key_select(key)).into_bytes();
+    if let Some(last) = after {
+        sql.extend_from_slice(b"WHERE ");
+        sql.extend_from_slice(&compare(key, last, Cmp::Greater));
+    }
+    sql.extend_from_slice(
+        format!(
+            " ORDER BY {} LIMIT 1 OFFSET {}",
+            key_order(key),
+            rows.max(1) - 1
+        )
+        .as_bytes(),
+    );
+    let row: Option<mysql_async::Row> = conn.query_first(sql).await?;
+    Ok(row.and_then(|row| {
+        row.unwrap_raw()
+            .into_iter()
+            .map(|v| match v {
+                Some(mysql_async::Value::Bytes(b)) => Some(b),
+                _ => None,
+            })
+            .collect()
+    }))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cmp {
+pub enum Cmp {
     Greater,
+    GreaterOrEqual,
     LessOrEqual,
 }
 
-/// The predicate `key > value` or `key <= value`, in key order (written out
+/// The predicate `key > value`, `key >= value` or `key <= value`, in key order (written out
 /// column by column so that the optimizer sees a range on the index). Bytes,
 /// since a bound may hold text in any character set.
-fn compare(key: &[Column], value: &[Vec<u8>], cmp: Cmp) -> Vec<u8> {
+pub fn compare(key: &[Column], value: &[Vec<u8>], cmp: Cmp) -> Vec<u8> {
     let (strict, last): (&[u8], &[u8]) = match cmp {
         Cmp::Greater => (b" > ", b" > "),
+        Cmp::GreaterOrEqual => (b" > ", b" >= "),
         Cmp::LessOrEqual => (b" < ", b" <= "),
     };
     let mut sql = Vec::new();
