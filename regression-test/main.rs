@@ -24,4 +24,5 @@ mod secrets;
 mod snapshot;
 mod stores;
 mod tls;
+mod verify;
 mod view;
