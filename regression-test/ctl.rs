@@ -97,6 +97,30 @@ async fn every_command_against_a_running_service() {
     assert_eq!(job_status(&service, "ctl_job").await.0, "running");
     let lag = ok(ctl(&service, t, &["lag", "ctl_job"]));
     assert!(lag.starts_with("lag "), "{lag}");
+    // verify --wait prints each table's verdict; a broken row exits 3 and
+    // names its range; repair --wait makes it equal again.
+    let out = ok(ctl(&service, t, &["verify", "ctl_job", "--wait"]));
+    assert!(
+        out.contains("verification done") && out.contains("equal"),
+        "{out}"
+    );
+    dest().admin(&format!("DELETE FROM {dest_db}.t WHERE id = 77"));
+    let (code, out, err) = ctl(
+        &service,
+        t,
+        &["verify", "ctl_job", "--tables", "t", "--wait"],
+    );
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("1 row(s) differ in 1 range(s): [\"77\"]..[\"77\"] (1)"),
+        "{out}"
+    );
+    assert!(err.contains("1 table(s) not equal"), "{err}");
+    let out = ok(ctl(&service, t, &["repair", "ctl_job", "t", "--wait"]));
+    assert!(
+        out.contains("repairing 1 range(s) of t") && out.contains("equal"),
+        "{out}"
+    );
     let progress = ok(ctl(&service, t, &["--json", "progress", "ctl_job"]));
     let v: serde_json::Value = serde_json::from_str(progress.trim()).unwrap();
     assert_eq!(v["job_progress"]["name"], "ctl_job");

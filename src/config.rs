@@ -100,7 +100,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// A command-line client of a running service: create, list, status,
-    /// progress, pause, resume, skip, resync, verify, delete, watch, stat.
+    /// progress, pause, resume, skip, resync, verify, repair, delete, watch, stat.
     Ctl(Box<crate::ctl::CtlArgs>),
     /// Manage the key file that encrypts the store's passwords.
     SecretKey {

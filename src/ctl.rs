@@ -63,11 +63,23 @@ pub enum CtlCommand {
     },
     /// Copy every table again (force_fullsync).
     Resync { name: String },
-    /// Compare a job's destination with its source.
+    /// Compare a job's destination with its source while it runs.
     Verify {
         name: String,
         #[arg(long)]
         tables: Vec<String>,
+        /// Wait for the result and print it; exit 3 if a table differs.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Copy again the key ranges the last verification found different in
+    /// TABLE, then compare them again.
+    Repair {
+        name: String,
+        table: String,
+        /// Wait for the result and print it; exit 3 if the table still differs.
+        #[arg(long)]
+        wait: bool,
     },
     /// Delete a job (its destination's data stays).
     Delete { name: String },
@@ -120,7 +132,8 @@ pub struct CreateArgs {
 }
 
 /// Runs one ctl command; the exit status: 0 done, 1 the server refused
-/// (its message printed), 2 the server could not be asked (no answer, or arguments that make no request).
+/// (its message printed), 2 the server could not be asked (no answer, or arguments that make no request),
+/// 3 a verification waited for (`--wait`) found differences.
 pub fn main(args: CtlArgs) -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -142,6 +155,10 @@ pub fn main(args: CtlArgs) -> std::process::ExitCode {
             eprintln!("ccr-syncer ctl: {message}");
             std::process::ExitCode::from(2)
         }
+        Err(Failure::Differences(message)) => {
+            eprintln!("ccr-syncer ctl: {message}");
+            std::process::ExitCode::from(3)
+        }
     }
 }
 
@@ -151,6 +168,8 @@ enum Failure {
     /// The server was not asked: no answer, or a request that cannot be
     /// made from the arguments given.
     NotAsked(String),
+    /// A verification waited for found differences.
+    Differences(String),
 }
 
 struct Client {
@@ -286,7 +305,7 @@ async fn run(args: CtlArgs) -> Result<(), Failure> {
             let answer = client.post("job_skip_binlog", body).await?;
             print(&answer, format!("job {name}: skip recorded"));
         }
-        CtlCommand::Verify { name, tables } => {
+        CtlCommand::Verify { name, tables, wait } => {
             let mut body = Map::new();
             body.insert("name".into(), json!(name));
             if !tables.is_empty() {
@@ -294,6 +313,24 @@ async fn run(args: CtlArgs) -> Result<(), Failure> {
             }
             let answer = client.post("verify", Value::Object(body)).await?;
             print(&answer, format!("job {name}: verification started"));
+            if wait {
+                wait_verified(&client, &name, json_out).await?;
+            }
+        }
+        CtlCommand::Repair { name, table, wait } => {
+            let answer = client
+                .post("repair", json!({"name": name, "table": table}))
+                .await?;
+            print(
+                &answer,
+                format!(
+                    "job {name}: repairing {} range(s) of {table}",
+                    text(&answer["repair"]["ranges"])
+                ),
+            );
+            if wait {
+                wait_verified(&client, &name, json_out).await?;
+            }
         }
         CtlCommand::Watch {
             name,
@@ -486,6 +523,82 @@ fn stat_text(s: &Value) -> String {
     out
 }
 
+/// Waits until the job's verification is done; prints it.
+async fn wait_verified(client: &Client, name: &str, json_out: bool) -> Result<(), Failure> {
+    loop {
+        let answer = client.post("job_progress", json!({ "name": name })).await?;
+        let v = &answer["job_progress"]["verify"];
+        if v["state"] == "done" {
+            if json_out {
+                println!("{v}");
+            } else {
+                println!("{}", verify_text(v));
+            }
+            let differing = v["tables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["equal"] != true)
+                .count();
+            if differing > 0 {
+                return Err(Failure::Differences(format!(
+                    "{differing} table(s) not equal to the source"
+                )));
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A verification, one line per table.
+fn verify_text(v: &Value) -> String {
+    let mut out = format!("verification {}", text(&v["state"]));
+    if let Some(e) = v["last_error"].as_str() {
+        out.push_str(&format!(" (waiting: {e})"));
+    }
+    for t in v["tables"].as_array().into_iter().flatten() {
+        let verdict = match (&t["equal"], t["error"].as_str()) {
+            (_, Some(e)) => format!("not compared: {e}"),
+            (Value::Bool(true), _) => "equal".into(),
+            (Value::Bool(false), _) => {
+                let ranges: Vec<String> = t["ranges"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .take(5)
+                    .map(|r| {
+                        format!(
+                            "{}..{} ({})",
+                            text(&r["first"]),
+                            text(&r["last"]),
+                            text(&r["rows"])
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{} row(s) differ in {} range(s): {}{}",
+                    text(&t["rows_different"]),
+                    t["ranges"].as_array().map_or(0, Vec::len),
+                    ranges.join(", "),
+                    if t["ranges_truncated"] == true {
+                        " (more not kept)"
+                    } else {
+                        ""
+                    }
+                )
+            }
+            _ => format!(
+                "{} ({} rows compared)",
+                text(&t["state"]),
+                text(&t["rows_compared"])
+            ),
+        };
+        out.push_str(&format!("\n  {:<24} {verdict}", text(&t["table"])));
+    }
+    out
+}
+
 /// `[#######.............]`, `width` wide, for `done` of `total` (empty
 /// while the total is not known).
 fn bar(done: u64, total: u64, width: usize) -> String {
@@ -528,6 +641,20 @@ fn watch_line(progress: &Value, lag: &Value) -> String {
         )
     } else {
         let mut line = format!("{state}  {}", lag_text(lag));
+        let v = &progress["verify"];
+        if v["state"] == "running" {
+            let tables = v["tables"].as_array().map_or(&[][..], Vec::as_slice);
+            let done = tables.iter().filter(|t| t["state"] == "done").count();
+            let rows: u64 = tables
+                .iter()
+                .filter_map(|t| t["rows_compared"].as_u64())
+                .sum();
+            line.push_str(&format!(
+                "  verifying {} {done}/{} tables, {rows} rows compared",
+                bar(done as u64, tables.len() as u64, 10),
+                tables.len()
+            ));
+        }
         if let Some(e) = progress["last_error"].as_str() {
             line.push_str(&format!("  last error: {e}"));
         }

@@ -10,6 +10,7 @@
 
 use super::responses;
 use crate::job::manager::JobSnapshot;
+use crate::job::state::CheckState;
 use crate::metrics::Metrics;
 use serde_json::Value;
 use std::fmt::Write;
@@ -197,7 +198,7 @@ pub fn status_page(
             cell("percent", &percent, true),
             cell("eta_secs", &eta, true),
             cell("headroom", &headroom, true),
-            cell("verification", "none yet", false),
+            cell("verification", &verification(job), false),
             esc(job.progress.last_error.as_deref().unwrap_or("")),
             cell("what_to_do", what_to_do(job), false),
         );
@@ -245,6 +246,37 @@ pub fn status_page(
     html
 }
 
+/// The last verification in a few words: running (tables done of all),
+/// or when it finished and whether every table was equal.
+fn verification(job: &JobSnapshot) -> String {
+    let Some(v) = job.progress.verify.as_ref() else {
+        return "none yet".into();
+    };
+    let done = v
+        .tables
+        .iter()
+        .filter(|t| t.state == CheckState::Done)
+        .count();
+    if v.state != CheckState::Done {
+        return format!("running: {done} of {} tables", v.tables.len());
+    }
+    let differing: Vec<String> = v
+        .tables
+        .iter()
+        .filter(|t| t.equal != Some(true))
+        .map(|t| match t.equal {
+            Some(false) => format!("{} ({} rows differ)", t.table, t.rows_different),
+            _ => format!("{} (not compared)", t.table),
+        })
+        .collect();
+    let at = v.finished_at.map(responses::time).unwrap_or_default();
+    if differing.is_empty() {
+        format!("equal ({} tables, {at})", v.tables.len())
+    } else {
+        format!("differences: {} ({at})", differing.join(", "))
+    }
+}
+
 /// One job's page: the facts of the status page and its whole progress.
 pub fn job_page(job: &JobSnapshot) -> String {
     let name = &job.spec.name;
@@ -272,6 +304,7 @@ pub fn job_page(job: &JobSnapshot) -> String {
         ("lag (transactions)", "lag", text_of(&lag["lag"])),
         ("last error", "last_error", text_of(&progress["last_error"])),
         ("what to do", "what_to_do", what_to_do(job).to_string()),
+        ("last verification", "verification", verification(job)),
     ] {
         let _ = write!(
             html,
