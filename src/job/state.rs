@@ -496,7 +496,7 @@ pub enum CommandError {
         state: ProgressState,
         hint: &'static str,
     },
-    #[error("a verification is already running (started at {started_at} ms); wait for it to finish (job_progress shows it)")]
+    #[error("a verification is already running (started {}); wait for it to finish (job_progress shows it)", rfc3339(*started_at))]
     VerifyRunning { started_at: i64 },
     #[error("{0}")]
     NoRepair(String),
@@ -628,6 +628,12 @@ pub fn transition(
         },
     }
     Ok(next)
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 /// A verification or a repair compares the destination as of a source
