@@ -185,3 +185,78 @@ impl Holds {
         self.posted.notified().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(gtid: &str, file: &str, pos: u64) -> HoldAt {
+        HoldAt {
+            gtid: MariaGtidPos::parse(gtid).unwrap(),
+            coord: BinlogCoord {
+                file: file.into(),
+                pos,
+            },
+        }
+    }
+
+    fn held(gtid: &str, file: &str, pos: u64) -> Held {
+        let (release, _) = oneshot::channel();
+        Held {
+            gtid: gtid.into(),
+            coord: BinlogCoord {
+                file: file.into(),
+                pos,
+            },
+            _release: release,
+        }
+    }
+
+    #[test]
+    fn held_exactly_at_the_snapshot() {
+        let p = at("0-1-10,1-1-5", "b.000002", 900);
+        assert!(held("0-1-10,1-1-5", "b.000002", 900).is_at(&p));
+        // Another node's coordinates, the same transactions.
+        assert!(held("1-1-5,0-1-10", "other.000007", 4).is_at(&p));
+        assert!(!held("0-1-11,1-1-5", "b.000002", 950).is_at(&p));
+        assert!(!held("0-1-10", "other.000007", 4).is_at(&p));
+        assert!(!held("", "b.000002", 901).is_at(&at("", "b.000002", 900)));
+    }
+
+    #[tokio::test]
+    async fn a_hold_goes_frozen_then_armed_then_granted() {
+        let holds = std::sync::Arc::new(Holds::default());
+        // Nobody serves it: not frozen.
+        assert!(matches!(
+            holds.freeze(Duration::from_millis(20)).await,
+            Err(HoldError::NotFrozen(_))
+        ));
+        assert!(holds.take().is_none());
+        let coordinator = {
+            let holds = holds.clone();
+            tokio::spawn(async move {
+                holds.posted().await;
+                let armed = holds.take().unwrap().frozen().await.unwrap();
+                assert_eq!(armed.at.coord.pos, 900);
+                assert!(armed.wanted());
+                let released = armed.grant("0-1-10".into(), armed_coord());
+                released.await.ok();
+            })
+        };
+        let frozen = holds.freeze(Duration::from_secs(5)).await.unwrap();
+        let h = frozen
+            .hold_at(at("0-1-10", "b.000002", 900), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(h.is_at(&at("0-1-10", "b.000002", 900)));
+        drop(h);
+        coordinator.await.unwrap();
+    }
+
+    fn armed_coord() -> BinlogCoord {
+        BinlogCoord {
+            file: "b.000002".into(),
+            pos: 900,
+        }
+    }
+}

@@ -689,6 +689,92 @@ mod tests {
     }
 
     #[test]
+    fn verify_and_repair_transitions() {
+        use ProgressState::*;
+        use RunState::*;
+        let verify = JobCommand::Verify {
+            tables: vec!["t".into(), "u".into()],
+        };
+        let streaming = status(Running, DBIncrementalSync);
+        let next = transition(SyncType::Db, streaming, &Progress::default(), &verify).unwrap();
+        let v = next.progress.verify.clone().unwrap();
+        assert_eq!(v.state, CheckState::Running);
+        assert_eq!(v.tables.len(), 2);
+        assert_eq!(next.status, streaming);
+        // One at a time; only while streaming.
+        assert!(matches!(
+            transition(SyncType::Db, streaming, &next.progress, &verify),
+            Err(CommandError::VerifyRunning { .. })
+        ));
+        for s in [
+            status(Paused, DBIncrementalSync),
+            status(Running, DBFullSync),
+            status(Running, DBPartialSync),
+        ] {
+            let e = transition(SyncType::Db, s, &Progress::default(), &verify).unwrap_err();
+            assert!(matches!(e, CommandError::NotStreaming { .. }), "{e}");
+        }
+        // Repair: only a done verification's differing, keyed table.
+        let repair = |t: &str| JobCommand::Repair { table: t.into() };
+        assert!(matches!(
+            transition(SyncType::Db, streaming, &next.progress, &repair("t")),
+            Err(CommandError::VerifyRunning { .. })
+        ));
+        let mut done = next.progress.clone();
+        let v = done.verify.as_mut().unwrap();
+        v.state = CheckState::Done;
+        v.tables[0].state = CheckState::Done;
+        v.tables[0].equal = Some(false);
+        v.tables[0].rows_different = 1;
+        v.tables[0].ranges = vec![KeyRange {
+            first: vec![KeyPart::Text("1".into())],
+            last: vec![KeyPart::Text("1".into())],
+            rows: 1,
+        }];
+        v.tables[1].state = CheckState::Done;
+        v.tables[1].equal = Some(true);
+        let next = transition(SyncType::Db, streaming, &done, &repair("t")).unwrap();
+        let v = next.progress.verify.unwrap();
+        assert_eq!(v.state, CheckState::Running);
+        let r = v.tables[0].repair.clone().unwrap();
+        assert_eq!(
+            (r.state, r.ranges_total, r.ranges.len()),
+            (CheckState::Running, 1, 1)
+        );
+        for (table, needle) in [("u", "equal"), ("x", "did not compare")] {
+            let e = transition(SyncType::Db, streaming, &done, &repair(table)).unwrap_err();
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        done.verify.as_mut().unwrap().tables[0].ranges.clear();
+        let e = transition(SyncType::Db, streaming, &done, &repair("t")).unwrap_err();
+        assert!(e.to_string().contains("partial_sync"), "{e}");
+        let e =
+            transition(SyncType::Db, streaming, &Progress::default(), &repair("t")).unwrap_err();
+        assert!(e.to_string().contains("run /verify first"), "{e}");
+    }
+
+    #[test]
+    fn key_parts_keep_their_bytes() {
+        for bytes in [
+            &b"42"[..],
+            "naïve".as_bytes(),
+            &[0xff, 0x00, 0x10][..],
+            &b""[..],
+        ] {
+            let part = KeyPart::from_bytes(bytes);
+            assert_eq!(part.to_bytes().as_deref(), Some(bytes));
+            let json = serde_json::to_string(&part).unwrap();
+            let back: KeyPart = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, part);
+        }
+        assert_eq!(
+            serde_json::to_string(&KeyPart::from_bytes(&[0xff])).unwrap(),
+            r#"{"hex":"ff"}"#
+        );
+        assert_eq!(KeyPart::Bytes { hex: "f".into() }.to_bytes(), None);
+    }
+
+    #[test]
     fn transitions() {
         use ProgressState::*;
         use RunState::*;

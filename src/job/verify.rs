@@ -838,3 +838,88 @@ pub async fn source_tables(source: &Endpoint, timeout: Duration) -> Result<Vec<S
     let _ = conn.disconnect().await;
     Ok(names)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int_key() -> Vec<Column> {
+        vec![Column {
+            name: "id".into(),
+            data_type: "int".into(),
+            charset: None,
+            collation: None,
+        }]
+    }
+
+    #[test]
+    fn regions_read_their_keys() {
+        let key = int_key();
+        let text = |f: Option<Vec<u8>>| f.map(|f| String::from_utf8(f).unwrap());
+        let range = KeyRange {
+            first: vec![KeyPart::Text("100".into())],
+            last: vec![KeyPart::Text("104".into())],
+            rows: 5,
+        };
+        let r = Region::of(&range).unwrap();
+        assert_eq!(
+            text(r.filter(&key, None)).unwrap(),
+            "`id` >= 100 AND `id` <= 104"
+        );
+        assert_eq!(
+            text(r.filter(&key, Some(&vec![b"101".to_vec()]))).unwrap(),
+            "`id` >= 100 AND `id` > 101 AND `id` <= 104"
+        );
+        assert_eq!(text(Region::default().filter(&key, None)), None);
+        let bad = KeyRange {
+            first: vec![KeyPart::Bytes { hex: "zz".into() }],
+            ..range
+        };
+        assert!(Region::of(&bad).is_none());
+    }
+
+    #[test]
+    fn runs_become_ranges_and_the_list_is_capped() {
+        let mut found = Found::default();
+        let mut runs = Runs::new();
+        for k in ["1", "2", "3"] {
+            runs.flag(&vec![k.as_bytes().to_vec()]);
+        }
+        runs.close(&mut found);
+        runs.close(&mut found);
+        runs.flag(&vec![b"9".to_vec()]);
+        runs.close(&mut found);
+        assert_eq!(found.rows_different, 4);
+        assert_eq!(found.ranges.len(), 2);
+        assert_eq!(found.ranges[0].first, vec![KeyPart::Text("1".into())]);
+        assert_eq!(found.ranges[0].last, vec![KeyPart::Text("3".into())]);
+        assert_eq!(found.ranges[0].rows, 3);
+        for _ in 0..MAX_RANGES {
+            found.push(KeyRange::default());
+        }
+        assert_eq!(found.ranges.len(), MAX_RANGES);
+        assert!(found.truncated);
+    }
+
+    #[test]
+    fn row_hash_tells_null_apart() {
+        let cols = vec![
+            Column {
+                name: "a".into(),
+                data_type: "varchar".into(),
+                charset: Some("utf8mb4".into()),
+                collation: Some("utf8mb4_bin".into()),
+            },
+            Column {
+                name: "f".into(),
+                data_type: "float".into(),
+                charset: None,
+                collation: None,
+            },
+        ];
+        assert_eq!(
+            row_hash(&cols),
+            "MD5(CONCAT_WS(',', COALESCE(MD5(`a`), 'N'), COALESCE(MD5(CAST(`f` AS DOUBLE)), 'N')))"
+        );
+    }
+}
