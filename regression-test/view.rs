@@ -83,6 +83,16 @@ async fn the_status_page_in_a_browser_shows_the_jobs_numbers() {
     wait_for_state(&service, "viewed", "TableIncrementalSync").await;
     source().admin(&format!("UPDATE {db}.t SET v = v + 1 WHERE id <= 10"));
     wait_caught_up(&service, "viewed", source()).await;
+    service.post("verify", json!({"name": "viewed"})).await.ok();
+    poll_job(
+        &service,
+        "job_progress",
+        "viewed",
+        60,
+        "verification done",
+        |p| p["verify"]["state"] == "done",
+    )
+    .await;
     let progress = service
         .post("job_progress", json!({"name": "viewed"}))
         .await
@@ -118,6 +128,12 @@ async fn the_status_page_in_a_browser_shows_the_jobs_numbers() {
     );
     assert_eq!(field(&dom, "viewed", "rows_copied"), "500 / 500");
     assert_eq!(field(&dom, "viewed", "percent"), "100.0");
+    let verification = field(&dom, "viewed", "verification");
+    assert!(
+        verification.starts_with("equal (1 tables, ")
+            && verification.contains(&shown(&progress["verify"]["finished_at"])),
+        "{verification}"
+    );
     assert!(
         dom.contains("href=\"/view/viewed\""),
         "a link to the job's page"
