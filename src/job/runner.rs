@@ -174,8 +174,9 @@ impl Work {
 
 /// The running verification (beside the incremental sync it holds).
 struct VerifyWork {
-    /// Which verification: its start time.
+    /// Which verification (its start time), on which source node.
     started_at: i64,
+    source: String,
     task: JoinHandle<Result<(), SyncError>>,
     progress: watch::Receiver<Verification>,
 }
@@ -203,6 +204,15 @@ impl Runner {
     ) {
         let name = self.snapshot.borrow().spec.name.clone();
         info!(job = %name, "job task started");
+        // The last verification's results, as stored.
+        if let Some(v) = &self.snapshot.borrow().progress.verify {
+            for t in &v.tables {
+                if let (Some(at), None) = (t.verified_at, &t.error) {
+                    self.metrics
+                        .set_verified(&name, &t.table, at / 1000, t.rows_different);
+                }
+            }
+        }
         let mut work: Option<Work> = None;
         let mut verifying: Option<VerifyWork> = None;
         let mut last_save = Instant::now();
@@ -439,24 +449,26 @@ impl Runner {
             .verify
             .clone()
             .filter(|v| v.state != CheckState::Done && streaming);
-        match verifying {
-            Some(v) if Some(v.started_at) == wanted.as_ref().map(|w| w.started_at) => {
-                return Some(v)
-            }
-            Some(v) => v.stop().await,
-            None => {}
-        }
-        let wanted = wanted?;
+        // It reads the node the stream reads: after a failover, the new one.
         let node = current
             .progress
             .incremental
             .as_ref()
             .and_then(|i| i.source_node.clone());
+        let source = incremental::stream_source(&current.spec, node.as_deref());
+        let key = wanted.as_ref().map(|w| (w.started_at, source.address()));
+        match verifying {
+            Some(v) if Some((v.started_at, v.source.clone())) == key => return Some(v),
+            Some(v) => v.stop().await,
+            None => {}
+        }
+        let wanted = wanted?;
         let started_at = wanted.started_at;
         let (progress, rx) = watch::channel(wanted);
+        let address = source.address();
         let task = Verify {
             spec: current.spec.clone(),
-            source: incremental::stream_source(&current.spec, node.as_deref()),
+            source,
             settings: self.settings.verify,
             connect_timeout: self.settings.connect_timeout,
             statement_bytes: self.settings.full_sync.statement_bytes,
@@ -468,6 +480,7 @@ impl Runner {
         info!(job = %current.spec.name, "verification starting");
         Some(VerifyWork {
             started_at,
+            source: address,
             task: tokio::spawn(task.run()),
             progress: rx,
         })
