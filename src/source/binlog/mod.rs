@@ -17,6 +17,7 @@
 //!
 //! Row events are decoded only for tables in the job's scope.
 
+pub mod compressed;
 pub mod decode;
 pub mod mariadb;
 pub mod retention;
@@ -245,6 +246,23 @@ impl Reader {
                     event.data(),
                 ))])
             }
+            compressed::QUERY_COMPRESSED => {
+                let q = compressed::query(event.data())
+                    .map_err(|e| ReadError::Definite(format!("{e} (at {})", here())))?;
+                return Ok(self.query(q.schema, q.sql, here(), header.timestamp()));
+            }
+            k if compressed::is_rows(k) => {
+                let r = compressed::rows(k, event.data())
+                    .map_err(|e| ReadError::Definite(format!("{e} (at {})", here())))?;
+                return self.rows(
+                    r.op,
+                    r.table_id,
+                    r.before.as_deref(),
+                    r.after.as_deref(),
+                    &r.data,
+                    here(),
+                );
+            }
             164..=191 => {
                 return Err(ReadError::Definite(format!(
                     "the binlog holds a {} at {}, which this version cannot apply; \
@@ -307,48 +325,12 @@ impl Reader {
                 vec![SourceEvent::Annotate(q.query().into_owned())]
             }
             EventData::XidEvent(_) => self.end_group(here(), header.timestamp()),
-            EventData::QueryEvent(q) => {
-                let sql = q.query().into_owned();
-                let statement = ddl::parse(&sql);
-                match statement {
-                    Statement::Begin if self.in_group => {
-                        self.standalone = false;
-                        vec![]
-                    }
-                    Statement::Begin => {
-                        self.in_group = true;
-                        vec![SourceEvent::Begin {
-                            gtid: None,
-                            at: here(),
-                            timestamp: header.timestamp(),
-                        }]
-                    }
-                    Statement::Commit | Statement::Rollback => {
-                        self.end_group(here(), header.timestamp())
-                    }
-                    _ => {
-                        // A statement outside any group (no GTIDs) is a
-                        // group of its own.
-                        let mut out = Vec::new();
-                        if !self.in_group {
-                            out.push(SourceEvent::Begin {
-                                gtid: None,
-                                at: here(),
-                                timestamp: header.timestamp(),
-                            });
-                        }
-                        out.push(SourceEvent::Query {
-                            schema: q.schema().into_owned(),
-                            sql,
-                            statement,
-                        });
-                        if self.standalone || !self.in_group {
-                            out.extend(self.end_group(here(), header.timestamp()));
-                        }
-                        out
-                    }
-                }
-            }
+            EventData::QueryEvent(q) => self.query(
+                q.schema().into_owned(),
+                q.query().into_owned(),
+                here(),
+                header.timestamp(),
+            ),
             EventData::TableMapEvent(tme) => {
                 let wanted = (self.scope)(&tme.database_name(), &tme.table_name());
                 let map = if wanted {
@@ -380,14 +362,6 @@ impl Reader {
                         )))
                     }
                 };
-                let Some(entry) = self.tables.get(&rows.table_id()) else {
-                    return Err(ReadError::Definite(format!(
-                        "row event at {} names table id {} with no table map before it",
-                        here(),
-                        rows.table_id()
-                    )));
-                };
-                let Some(map) = entry else { return Ok(vec![]) };
                 let n = rows.num_columns() as usize;
                 let before = rows
                     .columns_before_image()
@@ -395,15 +369,14 @@ impl Reader {
                 let after = rows
                     .columns_after_image()
                     .map(|b| b.iter().by_vals().take(n).collect::<Vec<bool>>());
-                let change = decode::rows(
-                    map,
+                self.rows(
                     op,
+                    rows.table_id(),
                     before.as_deref(),
                     after.as_deref(),
                     rows.rows_data(),
-                )
-                .map_err(|e| ReadError::Definite(format!("{e} (at {})", here())))?;
-                vec![SourceEvent::Rows(change)]
+                    here(),
+                )?
             }
             EventData::IncidentEvent(i) => {
                 return Err(ReadError::Definite(format!(
@@ -420,6 +393,76 @@ impl Reader {
                 )))
             }
         })
+    }
+
+    /// A statement logged as text: BEGIN, COMMIT or ROLLBACK of a group,
+    /// or a statement (its own group when outside one).
+    fn query(
+        &mut self,
+        schema: String,
+        sql: String,
+        at: BinlogCoord,
+        timestamp: u32,
+    ) -> Vec<SourceEvent> {
+        let statement = ddl::parse(&sql);
+        match statement {
+            Statement::Begin if self.in_group => {
+                self.standalone = false;
+                vec![]
+            }
+            Statement::Begin => {
+                self.in_group = true;
+                vec![SourceEvent::Begin {
+                    gtid: None,
+                    at,
+                    timestamp,
+                }]
+            }
+            Statement::Commit | Statement::Rollback => self.end_group(at, timestamp),
+            _ => {
+                // A statement outside any group (no GTIDs) is a group of
+                // its own.
+                let mut out = Vec::new();
+                if !self.in_group {
+                    out.push(SourceEvent::Begin {
+                        gtid: None,
+                        at: at.clone(),
+                        timestamp,
+                    });
+                }
+                out.push(SourceEvent::Query {
+                    schema,
+                    sql,
+                    statement,
+                });
+                if self.standalone || !self.in_group {
+                    out.extend(self.end_group(at, timestamp));
+                }
+                out
+            }
+        }
+    }
+
+    /// A row event's images, decoded against its table map (nothing for a
+    /// table out of scope).
+    fn rows(
+        &mut self,
+        op: RowOp,
+        table_id: u64,
+        before: Option<&[bool]>,
+        after: Option<&[bool]>,
+        data: &[u8],
+        at: BinlogCoord,
+    ) -> Result<Vec<SourceEvent>, ReadError> {
+        let Some(entry) = self.tables.get(&table_id) else {
+            return Err(ReadError::Definite(format!(
+                "row event at {at} names table id {table_id} with no table map before it"
+            )));
+        };
+        let Some(map) = entry else { return Ok(vec![]) };
+        let change = decode::rows(map, op, before, after, data)
+            .map_err(|e| ReadError::Definite(format!("{e} (at {at})")))?;
+        Ok(vec![SourceEvent::Rows(change)])
     }
 
     fn end_group(&mut self, end: BinlogCoord, timestamp: u32) -> Vec<SourceEvent> {
