@@ -736,10 +736,15 @@ async fn lag_is_never_zero_while_stopped_and_a_stall_shows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compressed_binlog_events_are_decoded() {
-    // Every event of 10 bytes or more compressed (log_bin_compress).
+async fn compressed_events_two_phase_alter_and_xa() {
+    // Every event of 10 bytes or more compressed (log_bin_compress), and
+    // every ALTER logged at its start and at its commit.
     let src = mariadb::with_users(MariaDb::start(ServerOptions {
-        extra: vec!["--log-bin-compress=ON", "--log-bin-compress-min-len=10"],
+        extra: vec![
+            "--log-bin-compress=ON",
+            "--log-bin-compress-min-len=10",
+            "--binlog-alter-two-phase=ON",
+        ],
         ..ServerOptions::source()
     }));
     let db = unique("compressed");
@@ -763,8 +768,18 @@ async fn compressed_binlog_events_are_decoded() {
          UPDATE big SET body = CONCAT(body, 'x') WHERE id % 3 = 0;
          DELETE FROM big WHERE id % 7 = 0;
          ALTER TABLE big ADD COLUMN note VARCHAR(40) DEFAULT 'added after the copy';
+         UPDATE big SET note = 'after the alter' WHERE id < 5;
+         ALTER TABLE big DROP COLUMN note, ADD COLUMN n2 INT NOT NULL DEFAULT 7, ALGORITHM=COPY;
          UPDATE types SET vc = CONCAT(vc, '-again') WHERE id < 4;
-         DELETE FROM types WHERE id = 4;"
+         DELETE FROM types WHERE id = 4;
+         XA START 'one'; INSERT INTO types (id, vc) VALUES (200, 'xa one phase'); XA END 'one';
+         XA COMMIT 'one' ONE PHASE;
+         CREATE DATABASE IF NOT EXISTS {db}_other; CREATE TABLE {db}_other.o (id INT PRIMARY KEY);
+         XA START 'out'; INSERT INTO {db}_other.o VALUES (1); XA END 'out'; XA PREPARE 'out';
+         XA COMMIT 'out';
+         XA START 'gone'; INSERT INTO {db}_other.o VALUES (2); XA END 'gone'; XA PREPARE 'gone';
+         XA ROLLBACK 'gone';
+         INSERT INTO big (id, body) VALUES (1000, 'after the XA transactions');"
     ));
     wait_caught_up(&service, "z", &src).await;
     assert_eq!(
@@ -782,11 +797,42 @@ async fn compressed_binlog_events_are_decoded() {
         "Write_rows_compressed",
         "Update_rows_compressed",
         "Delete_rows_compressed",
+        "START ALTER",
+        "COMMIT ALTER",
+        "XA_prepare",
     ] {
         assert!(
             kinds.contains(kind),
             "no {kind} event in the source's binlog"
         );
     }
+    let (state, _) = job_status(&service, "z").await;
+    assert_eq!(state, "running");
+    // A prepared XA transaction in scope is not applied halfway: the job
+    // stops and says so.
+    src.admin(&format!(
+        "XA START 'in'; INSERT INTO {db}.big (id, body) VALUES (2000, 'xa'); XA END 'in';
+         XA PREPARE 'in'; XA COMMIT 'in';"
+    ));
+    let p = poll_job(
+        &service,
+        "job_status",
+        "z",
+        60,
+        "the job stopped on XA",
+        |s| s["state"] == "paused",
+    )
+    .await;
+    let progress = service
+        .post("job_progress", json!({"name": "z"}))
+        .await
+        .ok();
+    let error = progress["job_progress"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("XA transaction") && error.contains("force_fullsync"),
+        "{p:#} {progress:#}"
+    );
     service.stop().await;
 }

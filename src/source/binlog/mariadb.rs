@@ -19,9 +19,27 @@ pub const BINLOG_CHECKPOINT: u8 = 161;
 pub const GTID: u8 = 162;
 pub const GTID_LIST: u8 = 163;
 pub const START_ENCRYPTION: u8 = 164;
+pub const XA_PREPARE: u8 = 38;
 
-/// The GTID group's flag we act on.
+/// The GTID group's flags we act on or must step over.
 const FL_STANDALONE: u8 = 1;
+const FL_GROUP_COMMIT_ID: u8 = 2;
+const FL_PREPARED_XA: u8 = 64;
+const FL_COMPLETED_XA: u8 = 128;
+/// Extra flags (the byte after the flags' data): the two-phase ALTER of
+/// `binlog_alter_two_phase` logs its statement twice, at its start and at
+/// its commit (or rollback).
+const FL_START_ALTER: u8 = 2;
+const FL_COMMIT_ALTER: u8 = 4;
+const FL_ROLLBACK_ALTER: u8 = 8;
+
+/// Which part of a two-phase ALTER a group is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlterPhase {
+    Start,
+    Commit,
+    Rollback,
+}
 
 /// A MariaDB GTID event: the start of an event group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +47,11 @@ pub struct GtidEvent {
     pub gtid: MariaGtid,
     /// No XID or COMMIT ends this group: its one statement is the group.
     pub standalone: bool,
+    /// Part of a two-phase ALTER.
+    pub alter: Option<AlterPhase>,
+    /// The group is an XA transaction's prepared part (`XA PREPARE`), or
+    /// its `XA COMMIT`/`XA ROLLBACK`.
+    pub xa: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +83,28 @@ pub fn gtid(body: &[u8], server_id: u32) -> Result<GtidEvent, Malformed> {
     let seq = u64_at(body, 0).ok_or_else(short)?;
     let domain = u32_at(body, 8).ok_or_else(short)?;
     let flags = *body.get(12).ok_or_else(short)?;
+    // After the flags: commit id, XA ids, then the extra flags if any.
+    let mut at = 13;
+    if flags & FL_GROUP_COMMIT_ID != 0 {
+        at += 8;
+    }
+    let xa = flags & (FL_PREPARED_XA | FL_COMPLETED_XA) != 0;
+    if xa {
+        let lens = body
+            .get(at + 4..at + 6)
+            .ok_or_else(|| malformed("GTID", body, "shorter than its XA id"))?;
+        at += 6 + usize::from(lens[0]) + usize::from(lens[1]);
+    }
+    let extra = body.get(at).copied().unwrap_or(0);
+    let alter = if extra & FL_START_ALTER != 0 {
+        Some(AlterPhase::Start)
+    } else if extra & FL_COMMIT_ALTER != 0 {
+        Some(AlterPhase::Commit)
+    } else if extra & FL_ROLLBACK_ALTER != 0 {
+        Some(AlterPhase::Rollback)
+    } else {
+        None
+    };
     Ok(GtidEvent {
         gtid: MariaGtid {
             domain,
@@ -67,6 +112,8 @@ pub fn gtid(body: &[u8], server_id: u32) -> Result<GtidEvent, Malformed> {
             seq,
         },
         standalone: flags & FL_STANDALONE != 0,
+        alter,
+        xa,
     })
 }
 
@@ -134,7 +181,28 @@ mod tests {
         body.extend_from_slice(&9u64.to_le_bytes());
         let e = gtid(&body, 7).unwrap();
         assert!(!e.standalone);
+        assert_eq!((e.alter, e.xa), (None, false));
         assert!(gtid(&body[..10], 7).is_err());
+        // A two-phase ALTER's start, then its commit (extra flags after
+        // the commit id; the commit names the start's seq).
+        body.push(FL_START_ALTER);
+        assert_eq!(gtid(&body, 7).unwrap().alter, Some(AlterPhase::Start));
+        *body.last_mut().unwrap() = FL_COMMIT_ALTER;
+        body.extend_from_slice(&41u64.to_le_bytes());
+        assert_eq!(gtid(&body, 7).unwrap().alter, Some(AlterPhase::Commit));
+        // An XA group: format id, the ids' lengths and bytes come first.
+        let mut xa = Vec::new();
+        xa.extend_from_slice(&5u64.to_le_bytes());
+        xa.extend_from_slice(&0u32.to_le_bytes());
+        xa.push(FL_PREPARED_XA);
+        xa.extend_from_slice(&1u32.to_le_bytes());
+        xa.extend_from_slice(&[2, 1]);
+        xa.extend_from_slice(b"x1b");
+        let e = gtid(&xa, 1).unwrap();
+        assert!(e.xa && e.alter.is_none());
+        xa.push(FL_ROLLBACK_ALTER);
+        assert_eq!(gtid(&xa, 1).unwrap().alter, Some(AlterPhase::Rollback));
+        assert!(gtid(&xa[..15], 1).is_err());
     }
 
     #[test]

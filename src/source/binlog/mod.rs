@@ -102,6 +102,11 @@ pub struct Reader {
     /// The current group is standalone: it ends after its statement.
     standalone: bool,
     in_group: bool,
+    /// The current group's statement is not applied: the start (or the
+    /// rollback) of a two-phase ALTER, which is applied at its commit.
+    skip_statement: bool,
+    /// The current group is part of an XA transaction.
+    xa: bool,
     /// The source checksums events, and whether a format description event
     /// (which tells the decoder so) has arrived yet.
     checksummed: bool,
@@ -180,6 +185,8 @@ impl Reader {
             tables: HashMap::new(),
             standalone: false,
             in_group: false,
+            skip_statement: false,
+            xa: false,
             checksummed: checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE")),
             seen_format: false,
             bytes_read: 0,
@@ -227,6 +234,14 @@ impl Reader {
                 let g = mariadb::gtid(event.data(), header.server_id()).map_err(malformed)?;
                 self.standalone = g.standalone;
                 self.in_group = true;
+                // A two-phase ALTER is logged at its start and at its end;
+                // the rows between are of the table before it, so it is
+                // applied once, at its commit, and not at all if rolled back.
+                self.skip_statement = matches!(
+                    g.alter,
+                    Some(mariadb::AlterPhase::Start | mariadb::AlterPhase::Rollback)
+                );
+                self.xa = g.xa;
                 return Ok(vec![SourceEvent::Begin {
                     gtid: Some(g.gtid),
                     at: here(),
@@ -245,6 +260,15 @@ impl Reader {
                 return Ok(vec![SourceEvent::Annotate(mariadb::annotate_rows(
                     event.data(),
                 ))])
+            }
+            // XA_PREPARE_LOG_EVENT: the end of an XA transaction's
+            // prepared part.
+            mariadb::XA_PREPARE => {
+                return Ok(if self.in_group {
+                    self.end_group(here(), header.timestamp())
+                } else {
+                    vec![]
+                });
             }
             compressed::QUERY_COMPRESSED => {
                 let q = compressed::query(event.data())
@@ -405,6 +429,19 @@ impl Reader {
         timestamp: u32,
     ) -> Vec<SourceEvent> {
         let statement = ddl::parse(&sql);
+        // XA END, XA COMMIT, XA ROLLBACK: the XA group's frame, no change.
+        let xa_frame = self.xa
+            && sql
+                .trim_start()
+                .get(..3)
+                .is_some_and(|w| w.eq_ignore_ascii_case("XA "));
+        if self.skip_statement || xa_frame {
+            return if self.standalone {
+                self.end_group(at, timestamp)
+            } else {
+                vec![]
+            };
+        }
         match statement {
             Statement::Begin if self.in_group => {
                 self.standalone = false;
@@ -460,6 +497,15 @@ impl Reader {
             )));
         };
         let Some(map) = entry else { return Ok(vec![]) };
+        if self.xa {
+            return Err(ReadError::Definite(format!(
+                "the source logged an XA transaction changing {}.{} at {at}, which this \
+                 version does not replicate yet (its prepared part would be lost across a \
+                 restart before its XA COMMIT); commit such changes without XA (or XA COMMIT \
+                 … ONE PHASE), then resync the job (force_fullsync)",
+                map.database, map.table
+            )));
+        }
         let change = decode::rows(map, op, before, after, data)
             .map_err(|e| ReadError::Definite(format!("{e} (at {at})")))?;
         Ok(vec![SourceEvent::Rows(change)])
@@ -468,6 +514,8 @@ impl Reader {
     fn end_group(&mut self, end: BinlogCoord, timestamp: u32) -> Vec<SourceEvent> {
         self.in_group = false;
         self.standalone = false;
+        self.skip_statement = false;
+        self.xa = false;
         vec![SourceEvent::Commit { end, timestamp }]
     }
 
