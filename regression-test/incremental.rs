@@ -836,3 +836,66 @@ async fn compressed_events_two_phase_alter_and_xa() {
     );
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_kinds_and_statements_a_user_writes() {
+    let db = unique("kinds");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE inv (id INT PRIMARY KEY, secret VARCHAR(20) INVISIBLE DEFAULT 'hidden', v INT);
+         CREATE TABLE dflt (id INT PRIMARY KEY, created DATETIME(3) DEFAULT (CURRENT_TIMESTAMP(3)),
+                            code VARCHAR(40) DEFAULT (CONCAT('c-', FLOOR(RAND() * 1000))),
+                            amount DECIMAL(10,2) CHECK (amount >= 0));
+         CREATE TABLE my (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE=MyISAM;
+         CREATE TABLE ar (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE=Aria;
+         INSERT INTO inv (id, secret, v) VALUES (1, 'one', 1), (2, 'two', 2);
+         INSERT INTO dflt (id, amount) VALUES (1, 1.5), (2, 0);
+         INSERT INTO my VALUES (1, 'a'); INSERT INTO ar VALUES (1, 'a');"
+    ));
+    let dest_db = unique("kinds_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "kinds", "src": src_endpoint(source(), &db, None),
+                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "kinds", "DBIncrementalSync").await;
+    source().admin(&format!(
+        "USE {db};
+         INSERT INTO inv (id, secret, v) VALUES (3, 'three', 3); UPDATE inv SET secret = 'changed' WHERE id = 1;
+         INSERT INTO dflt (id, amount) VALUES (3, 2.25);
+         INSERT INTO my VALUES (2, 'b'); UPDATE ar SET v = 'z' WHERE id = 1; INSERT INTO ar VALUES (2, 'b');
+         BEGIN; INSERT INTO inv (id, v) VALUES (10, 10); SAVEPOINT s1; INSERT INTO inv (id, v) VALUES (11, 11);
+           ROLLBACK TO SAVEPOINT s1; INSERT INTO inv (id, v) VALUES (12, 12); COMMIT;
+         CREATE TABLE sel (id INT PRIMARY KEY, v INT) SELECT id, v FROM inv;
+         CREATE TABLE lk LIKE inv;
+         INSERT INTO lk (id, secret, v) SELECT id, secret, v FROM inv;
+         ALTER TABLE lk ADD COLUMN extra INT DEFAULT 5, RENAME TO lk2;
+         UPDATE lk2 SET extra = 6 WHERE id = 2;
+         INSERT INTO sel VALUES (100, 100);"
+    ));
+    wait_caught_up(&service, "kinds", source()).await;
+    let p = service
+        .post("job_progress", json!({"name": "kinds"}))
+        .await
+        .ok();
+    assert_eq!(p["job_progress"]["state"], "running", "{p:#}");
+    for table in ["inv", "dflt", "my", "ar", "sel", "lk2"] {
+        let cols = "*";
+        let sql = |s: &MariaDb, d: &str| {
+            let extra = if table == "inv" || table == "lk2" {
+                ", secret"
+            } else {
+                ""
+            };
+            s.admin(&format!(
+                "SET time_zone = '+00:00'; SELECT {cols}{extra} FROM `{d}`.`{table}` ORDER BY id"
+            ))
+        };
+        assert_eq!(sql(source(), &db), sql(dest(), &dest_db), "table {table}");
+    }
+    service.stop().await;
+}
