@@ -899,3 +899,90 @@ async fn table_kinds_and_statements_a_user_writes() {
     }
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_statement_in_scope_passes_unseen() {
+    let db = unique("unseen");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db}; CREATE TABLE t (id INT PRIMARY KEY, a INT);
+         INSERT INTO t VALUES (1, 1);"
+    ));
+    let dest_db = unique("unseen_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "u", "src": src_endpoint(source(), &db, None),
+                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "u", "DBIncrementalSync").await;
+    // What mysqldump writes for a view, executable comments and all; a
+    // trigger (its rows are in the binlog, it is not copied); statements
+    // that touch another database.
+    source().admin(&format!(
+        "USE {db};
+         /*!50001 CREATE ALGORITHM=UNDEFINED */ /*!50013 SQL SECURITY DEFINER */ /*!50001 VIEW `v1` AS SELECT id, a FROM t */;
+         CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.a = NEW.a * 10;
+         INSERT INTO t VALUES (2, 2);
+         CREATE DATABASE IF NOT EXISTS {db}_x; DROP DATABASE {db}_x;
+         RENAME TABLE t WAIT 5 TO t_renamed;"
+    ));
+    wait_caught_up(&service, "u", source()).await;
+    // (The view is as broken by the rename on the destination as on the
+    // source.)
+    assert_eq!(
+        dest().admin(&format!(
+            "SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA = '{dest_db}' AND TABLE_NAME = 'v1'"
+        )),
+        "1"
+    );
+    assert_eq!(
+        checksums(source(), &db, &["t_renamed"]),
+        checksums(dest(), &dest_db, &["t_renamed"])
+    );
+    assert_eq!(
+        dest().admin(&format!(
+            "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = '{dest_db}'"
+        )),
+        "0"
+    );
+    // A statement on the job's database it cannot apply holds the job,
+    // named, with what to do; skipped, the stream goes on.
+    source().admin(&format!("USE {db}; CREATE SEQUENCE s1 START WITH 100"));
+    let held = poll_job(&service, "job_status", "u", 30, "held", |s| {
+        s["state"] == "paused"
+    })
+    .await;
+    let progress = service
+        .post("job_progress", json!({"name": "u"}))
+        .await
+        .ok();
+    let p = &progress["job_progress"];
+    assert!(
+        p["failed_transaction"]["statement"]
+            .as_str()
+            .is_some_and(|s| s.contains("CREATE SEQUENCE s1")),
+        "{p:#}"
+    );
+    let error = p["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("CREATE SEQUENCE") && error.contains("job_skip_binlog"),
+        "{error}"
+    );
+    service
+        .post(
+            "job_skip_binlog",
+            json!({"name": "u", "skip_by": "silence", "skip_commit_seq": held["failed_commit_seq"]}),
+        )
+        .await
+        .ok();
+    source().admin(&format!("INSERT INTO {db}.t_renamed VALUES (3, 3)"));
+    wait_caught_up(&service, "u", source()).await;
+    assert_eq!(
+        checksums(source(), &db, &["t_renamed"]),
+        checksums(dest(), &dest_db, &["t_renamed"])
+    );
+    service.stop().await;
+}

@@ -1220,7 +1220,37 @@ impl Incremental {
                 kind, names, refs, ..
             } => (*kind, names, refs),
             other => {
-                if ddl::is_dml(other) && (schema == rename.src_db || sql.contains(rename.src_db)) {
+                let database_statement = matches!(other, Statement::Other(w) if w.ends_with(" DATABASE") || w.ends_with(" SCHEMA"));
+                let in_db = ddl::mentions(sql, rename.src_db)
+                    || (schema == rename.src_db && !database_statement);
+                // A table job is touched only by what names its table (or
+                // its database as a whole).
+                let touches = in_db
+                    && match rename.table {
+                        Some((table, _)) => ddl::mentions(sql, table) || database_statement,
+                        None => true,
+                    };
+                if touches && !ddl::is_dml(other) && !ddl::is_harmless(other) {
+                    let what = match other {
+                        Statement::Other(w) => w.clone(),
+                        _ => String::new(),
+                    };
+                    return Err(apply::refused(
+                        &t.id,
+                        Some(elide(sql)),
+                        format!("{what}: not a statement the job applies"),
+                        format!(
+                            "{}: the source ran `{}` ({what}) on the job's database, which is \
+                             not a statement the job applies or knows to change nothing it \
+                             copies: make the same change on the destination by hand and skip \
+                             the transaction (job_skip_binlog with its commit seq), copy the \
+                             table again (partial_sync), or resync (force_fullsync)",
+                            t.name(),
+                            elide(sql)
+                        ),
+                    ));
+                }
+                if ddl::is_dml(other) && in_db {
                     // Its rows cannot be known exactly: the job holds on it
                     // (an operator skips it and repairs the rows, or
                     // resyncs) rather than guess.

@@ -72,11 +72,29 @@ fn tokenize(sql: &str) -> Vec<Token> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
+    // Inside an executable comment (`/*! … */`, `/*M! … */`), whose text
+    // the server reads as part of the statement; its `*/` is skipped.
+    let mut executable = false;
     while i < b.len() {
         let c = b[i];
         let start = i;
         match c {
             _ if c.is_ascii_whitespace() => i += 1,
+            b'*' if executable && b.get(i + 1) == Some(&b'/') => {
+                executable = false;
+                i += 2;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*')
+                && (b.get(i + 2) == Some(&b'!')
+                    || (b.get(i + 2) == Some(&b'M') && b.get(i + 3) == Some(&b'!'))) =>
+            {
+                i += if b[i + 2] == b'!' { 3 } else { 4 };
+                // The version it needs: every MariaDB this serves runs it.
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                executable = true;
+            }
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 while i < b.len() && b[i] != b'\n' {
                     i += 1;
@@ -309,7 +327,7 @@ pub fn parse(sql: &str) -> Statement {
                     return ddl(DdlKind::CreateView, vec![name], vec![], false);
                 }
             }
-            return Statement::Other(format!("CREATE {}", second_word(&toks)));
+            return Statement::Other(format!("CREATE {}", object_word(&toks)));
         }
         "ALTER" => {
             c.eat("ALTER");
@@ -332,6 +350,12 @@ pub fn parse(sql: &str) -> Statement {
                         names.push(to);
                     }
                 }
+                // `EXCHANGE PARTITION p WITH TABLE u` moves rows from u:
+                // both must be in scope.
+                let mut x = Cursor { toks: &toks, at: 0 };
+                if x.skip_to("EXCHANGE") && x.skip_to("WITH") && x.eat("TABLE") {
+                    names.extend(x.name());
+                }
                 return ddl(DdlKind::AlterTable, names, vec![], false);
             }
             if c.skip_to("VIEW") {
@@ -339,7 +363,7 @@ pub fn parse(sql: &str) -> Statement {
                     return ddl(DdlKind::CreateView, vec![name], vec![], false);
                 }
             }
-            return Statement::Other(format!("ALTER {}", second_word(&toks)));
+            return Statement::Other(format!("ALTER {}", object_word(&toks)));
         }
         "DROP" => {
             c.eat("DROP");
@@ -357,7 +381,7 @@ pub fn parse(sql: &str) -> Statement {
                 }
                 return Statement::Other("DROP INDEX".into());
             } else {
-                return Statement::Other(format!("DROP {}", second_word(&toks)));
+                return Statement::Other(format!("DROP {}", object_word(&toks)));
             };
             c.eat_all(&["IF", "EXISTS"]);
             let mut names = Vec::new();
@@ -377,7 +401,11 @@ pub fn parse(sql: &str) -> Statement {
             c.eat_all(&["IF", "EXISTS"]);
             let mut names = Vec::new();
             while let Some(from) = c.name() {
-                c.eat_all(&["WAIT"]);
+                // `WAIT n` or `NOWAIT`: how long to wait for locks.
+                if c.eat("WAIT") {
+                    c.ident();
+                }
+                c.eat("NOWAIT");
                 if !c.eat("TO") {
                     break;
                 }
@@ -402,6 +430,38 @@ pub fn parse(sql: &str) -> Statement {
     Statement::Other(first)
 }
 
+/// The kind of object a CREATE, ALTER or DROP that is not about tables
+/// acts on (`CREATE OR REPLACE DEFINER=… TRIGGER` → `TRIGGER`), else the
+/// statement's second word.
+fn object_word(toks: &[Token]) -> String {
+    const OBJECTS: [&str; 14] = [
+        "TABLE",
+        "INDEX",
+        "VIEW",
+        "SEQUENCE",
+        "TRIGGER",
+        "PROCEDURE",
+        "FUNCTION",
+        "EVENT",
+        "USER",
+        "ROLE",
+        "DATABASE",
+        "SCHEMA",
+        "SERVER",
+        "PACKAGE",
+    ];
+    toks.iter()
+        .skip(1)
+        .take(12)
+        .find_map(|t| match &t.tok {
+            Tok::Word(w) if OBJECTS.contains(&w.to_ascii_uppercase().as_str()) => {
+                Some(w.to_ascii_uppercase())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| second_word(toks))
+}
+
 fn second_word(toks: &[Token]) -> String {
     toks.iter()
         .skip(1)
@@ -418,6 +478,48 @@ fn second_word(toks: &[Token]) -> String {
 pub fn is_dml(statement: &Statement) -> bool {
     matches!(statement, Statement::Other(w) if matches!(w.as_str(),
         "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD"))
+}
+
+/// Whether a statement that is not DDL on tables or views is known to
+/// change nothing the job copies, wherever it acts: session and server
+/// administration, privileges, table maintenance, savepoints, and the
+/// objects the job does not copy (triggers — their rows are in the
+/// binlog —, routines, events, users).
+pub fn is_harmless(statement: &Statement) -> bool {
+    let Statement::Other(what) = statement else {
+        return false;
+    };
+    let mut words = what.split(' ');
+    let first = words.next().unwrap_or_default();
+    let object = words.next().unwrap_or_default();
+    match first {
+        "" | "SET" | "FLUSH" | "GRANT" | "REVOKE" | "ANALYZE" | "OPTIMIZE" | "REPAIR" | "CHECK"
+        | "INSTALL" | "UNINSTALL" | "SAVEPOINT" | "RELEASE" | "ROLLBACK" | "XA" | "DO" => true,
+        "CREATE" | "DROP" | "ALTER" => {
+            matches!(
+                object,
+                "TRIGGER"
+                    | "PROCEDURE"
+                    | "FUNCTION"
+                    | "EVENT"
+                    | "USER"
+                    | "ROLE"
+                    | "SERVER"
+                    | "PACKAGE"
+            ) || (first == "CREATE" && matches!(object, "DATABASE" | "SCHEMA"))
+        }
+        "RENAME" => object == "USER",
+        _ => false,
+    }
+}
+
+/// Whether a statement names database `db` anywhere (as a word or a
+/// quoted name, outside strings and comments).
+pub fn mentions(sql: &str, db: &str) -> bool {
+    tokenize(sql).iter().any(|t| match &t.tok {
+        Tok::Word(w) | Tok::Quoted(w) => w == db,
+        _ => false,
+    })
 }
 
 /// How names map from source to destination.
@@ -564,6 +666,50 @@ mod tests {
             Statement::Ddl { refs, .. } => assert_eq!(refs[0].name, "t1"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn executable_comments_and_what_is_not_ddl() {
+        // mysqldump's views and MariaDB's own version-gated text.
+        let s = parse("/*!50001 CREATE ALGORITHM=UNDEFINED */ /*!50013 DEFINER=`root`@`%` SQL SECURITY DEFINER */ /*!50001 VIEW `v1` AS select 1 AS `a` */");
+        assert_eq!(kind(&s), DdlKind::CreateView);
+        assert_eq!(names(&s), ["v1"]);
+        let s = parse("/*M!100301 CREATE TABLE t3 (a int) */");
+        assert_eq!(
+            (kind(&s), names(&s)),
+            (DdlKind::CreateTable, vec!["t3".to_string()])
+        );
+        // A plain comment stays a comment.
+        assert_eq!(
+            parse("/* CREATE TABLE x */ SET @a = 1"),
+            Statement::Other("SET".into())
+        );
+        assert_eq!(names(&parse("RENAME TABLE a WAIT 5 TO b")), ["a", "b"]);
+        assert_eq!(
+            names(&parse(
+                "ALTER TABLE t EXCHANGE PARTITION p0 WITH TABLE other.t2 WITHOUT VALIDATION"
+            )),
+            ["t", "other.t2"]
+        );
+        for (sql, harmless) in [
+            ("CREATE SEQUENCE s START WITH 1", false),
+            ("CREATE OR REPLACE SEQUENCE s", false),
+            ("DROP DATABASE shop", false),
+            ("ALTER DATABASE shop CHARACTER SET utf8mb4", false),
+            ("CREATE DEFINER=`root`@`%` TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.a = 1", true),
+            ("CREATE OR REPLACE PROCEDURE p() SELECT 1", true),
+            ("DROP FUNCTION IF EXISTS f", true),
+            ("CREATE USER x@'%'", true),
+            ("GRANT SELECT ON shop.* TO x", true),
+            ("OPTIMIZE TABLE t", true),
+            ("ROLLBACK TO SAVEPOINT s1", true),
+            ("CREATE DATABASE IF NOT EXISTS shop", true),
+            ("HANDLER t OPEN", false),
+        ] {
+            assert_eq!(is_harmless(&parse(sql)), harmless, "{sql}: {:?}", parse(sql));
+        }
+        assert!(mentions("GRANT ALL ON `shop`.* TO x", "shop"));
+        assert!(!mentions("SET @x = 'shop'", "shop"));
     }
 
     #[test]
