@@ -948,6 +948,29 @@ async fn no_statement_in_scope_passes_unseen() {
         )),
         "0"
     );
+    // Statements of sessions whose sql_mode reads them differently.
+    source().admin(&format!(
+        r#"USE {db};
+         SET SESSION sql_mode = 'ANSI_QUOTES';
+         CREATE TABLE "q t" (id INT PRIMARY KEY, "v" VARCHAR(10) DEFAULT 'x');
+         ALTER TABLE "q t" ADD COLUMN "w" INT DEFAULT 3;
+         INSERT INTO "q t" (id) VALUES (1);
+         SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES';
+         ALTER TABLE t_renamed COMMENT 'in C:\', ADD COLUMN b INT DEFAULT 4;
+         SET SESSION sql_mode = DEFAULT;
+         INSERT INTO t_renamed (id, a) VALUES (20, 20);"#
+    ));
+    wait_caught_up(&service, "u", source()).await;
+    assert_eq!(
+        checksums(source(), &db, &["q t", "t_renamed"]),
+        checksums(dest(), &dest_db, &["q t", "t_renamed"])
+    );
+    let comment = |s: &MariaDb, d: &str| {
+        s.admin(&format!(
+            "SELECT TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{d}' AND TABLE_NAME = 't_renamed'"
+        ))
+    };
+    assert_eq!(comment(source(), &db), comment(dest(), &dest_db));
     // A statement on the job's database it cannot apply holds the job,
     // named, with what to do; skipped, the stream goes on.
     source().admin(&format!("USE {db}; CREATE SEQUENCE s1 START WITH 100"));
@@ -978,7 +1001,7 @@ async fn no_statement_in_scope_passes_unseen() {
         )
         .await
         .ok();
-    source().admin(&format!("INSERT INTO {db}.t_renamed VALUES (3, 3)"));
+    source().admin(&format!("INSERT INTO {db}.t_renamed (id, a) VALUES (3, 3)"));
     wait_caught_up(&service, "u", source()).await;
     assert_eq!(
         checksums(source(), &db, &["t_renamed"]),

@@ -833,6 +833,7 @@ impl Incremental {
                         schema,
                         sql,
                         statement,
+                        session,
                     } => {
                         let Some(t) = txn.as_ref().filter(|t| !t.skip) else {
                             continue;
@@ -846,8 +847,14 @@ impl Incremental {
                                 continue;
                             }
                         }
-                        let Some(dest_sql) =
-                            self.ddl_for_destination(&rename, &schema, &sql, &statement, t)?
+                        let Some(dest_sql) = self.ddl_for_destination(
+                            &rename,
+                            &schema,
+                            &sql,
+                            &statement,
+                            session.dialect(),
+                            t,
+                        )?
                         else {
                             continue;
                         };
@@ -871,8 +878,13 @@ impl Incremental {
                         apply::run(conn, &mark).await.map_err(|f| {
                             f.into_error(&mark, "marking a DDL statement in the checkpoint")
                         })?;
+                        // As the source's session read it: its sql_mode.
+                        let mode = session
+                            .set_sql()
+                            .map(|s| format!("{s}; "))
+                            .unwrap_or_default();
                         let run = format!(
-                            "SET NAMES utf8mb4; USE {}; {dest_sql}",
+                            "SET NAMES utf8mb4; {mode}USE {}; {dest_sql}",
                             quote_ident(dest_db)
                         );
                         let result = conn.query_drop(&run).await;
@@ -1210,6 +1222,7 @@ impl Incremental {
         schema: &str,
         sql: &str,
         statement: &Statement,
+        dialect: ddl::Dialect,
         t: &Txn,
     ) -> Result<Option<String>, SyncError> {
         let (kind, names, refs) = match statement {
@@ -1221,13 +1234,15 @@ impl Incremental {
             } => (*kind, names, refs),
             other => {
                 let database_statement = matches!(other, Statement::Other(w) if w.ends_with(" DATABASE") || w.ends_with(" SCHEMA"));
-                let in_db = ddl::mentions(sql, rename.src_db)
+                let in_db = ddl::mentions(sql, dialect, rename.src_db)
                     || (schema == rename.src_db && !database_statement);
                 // A table job is touched only by what names its table (or
                 // its database as a whole).
                 let touches = in_db
                     && match rename.table {
-                        Some((table, _)) => ddl::mentions(sql, table) || database_statement,
+                        Some((table, _)) => {
+                            ddl::mentions(sql, dialect, table) || database_statement
+                        }
                         None => true,
                     };
                 if touches && !ddl::is_dml(other) && !ddl::is_harmless(other) {
@@ -1310,7 +1325,7 @@ impl Incremental {
             )));
         }
         let all: Vec<&ddl::Name> = names.iter().chain(refs.iter()).collect();
-        Ok(Some(rename.rewrite(sql, schema, &all)))
+        Ok(Some(rename.rewrite(sql, dialect, schema, &all)))
     }
 }
 

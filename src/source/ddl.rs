@@ -12,6 +12,15 @@
 
 use crate::db::quote_ident;
 
+/// How a statement's text reads, from its session's `sql_mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dialect {
+    /// `"x"` is a name, not a string.
+    pub ansi_quotes: bool,
+    /// A backslash in a string is a plain character.
+    pub no_backslash_escapes: bool,
+}
+
 /// A table or view name as written: `db` is the qualifier, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Name {
@@ -68,7 +77,7 @@ struct Token {
     end: usize,
 }
 
-fn tokenize(sql: &str) -> Vec<Token> {
+fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -112,13 +121,13 @@ fn tokenize(sql: &str) -> Vec<Token> {
                 }
                 i = (i + 2).min(b.len());
             }
-            b'`' => {
+            b'`' | b'"' if c == b'`' || dialect.ansi_quotes => {
                 let mut name = String::new();
                 i += 1;
                 let mut from = i;
                 while i < b.len() {
-                    if b[i] == b'`' {
-                        if b.get(i + 1) == Some(&b'`') {
+                    if b[i] == c {
+                        if b.get(i + 1) == Some(&c) {
                             name.push_str(&sql[from..=i]);
                             i += 2;
                             from = i;
@@ -139,7 +148,7 @@ fn tokenize(sql: &str) -> Vec<Token> {
             b'\'' | b'"' => {
                 i += 1;
                 while i < b.len() {
-                    if b[i] == b'\\' {
+                    if b[i] == b'\\' && !dialect.no_backslash_escapes {
                         i += 2;
                         continue;
                     }
@@ -278,9 +287,15 @@ impl Cursor<'_> {
     }
 }
 
-/// Classifies one statement of a QUERY event.
+/// Classifies one statement of a QUERY event (of a session with the
+/// default `sql_mode`).
 pub fn parse(sql: &str) -> Statement {
-    let toks = tokenize(sql);
+    parse_in(sql, Dialect::default())
+}
+
+/// Classifies one statement as its session's `sql_mode` reads it.
+pub fn parse_in(sql: &str, dialect: Dialect) -> Statement {
+    let toks = tokenize(sql, dialect);
     let mut c = Cursor { toks: &toks, at: 0 };
     let first = c.peek_word().unwrap_or_default();
     let ddl = |kind, names, refs, temporary| Statement::Ddl {
@@ -515,8 +530,8 @@ pub fn is_harmless(statement: &Statement) -> bool {
 
 /// Whether a statement names database `db` anywhere (as a word or a
 /// quoted name, outside strings and comments).
-pub fn mentions(sql: &str, db: &str) -> bool {
-    tokenize(sql).iter().any(|t| match &t.tok {
+pub fn mentions(sql: &str, dialect: Dialect, db: &str) -> bool {
+    tokenize(sql, dialect).iter().any(|t| match &t.tok {
         Tok::Word(w) | Tok::Quoted(w) => w == db,
         _ => false,
     })
@@ -547,7 +562,13 @@ impl Rename<'_> {
     /// The statement with every in-scope name in `names`/`refs` replaced by
     /// its qualified destination name, every other `` `src_db`. `` qualifier
     /// pointed at the destination database, and a view's DEFINER dropped.
-    pub fn rewrite(&self, sql: &str, default_db: &str, names: &[&Name]) -> String {
+    pub fn rewrite(
+        &self,
+        sql: &str,
+        dialect: Dialect,
+        default_db: &str,
+        names: &[&Name],
+    ) -> String {
         let mut edits: Vec<(usize, usize, String)> = Vec::new();
         for n in names {
             if let Some(dest) = self.map(default_db, n) {
@@ -558,7 +579,7 @@ impl Rename<'_> {
                 ));
             }
         }
-        let toks = tokenize(sql);
+        let toks = tokenize(sql, dialect);
         for (i, t) in toks.iter().enumerate() {
             let inside = edits.iter().any(|(s, e, _)| t.start >= *s && t.end <= *e);
             if inside {
@@ -708,8 +729,26 @@ mod tests {
         ] {
             assert_eq!(is_harmless(&parse(sql)), harmless, "{sql}: {:?}", parse(sql));
         }
-        assert!(mentions("GRANT ALL ON `shop`.* TO x", "shop"));
-        assert!(!mentions("SET @x = 'shop'", "shop"));
+        let d = Dialect::default();
+        assert!(mentions("GRANT ALL ON `shop`.* TO x", d, "shop"));
+        assert!(!mentions("SET @x = 'shop'", d, "shop"));
+        // The session's sql_mode decides what is a name and a string.
+        let ansi = Dialect {
+            ansi_quotes: true,
+            no_backslash_escapes: false,
+        };
+        assert!(!mentions(r#"SET @x = "shop""#, d, "shop"));
+        assert!(mentions(r#"SET @x = "shop""#, ansi, "shop"));
+        let s = parse_in(r#"CREATE TABLE "sh op"."t x" (a int)"#, ansi);
+        assert_eq!(names(&s), ["sh op.t x"]);
+        let raw = Dialect {
+            ansi_quotes: false,
+            no_backslash_escapes: true,
+        };
+        // 'a\' ends at its second quote when backslashes are plain.
+        let sql = r"ALTER TABLE t COMMENT 'a\', RENAME TO u";
+        assert_eq!(names(&parse_in(sql, raw)), ["t", "u"]);
+        assert_eq!(names(&parse(sql)), ["t"]);
     }
 
     #[test]
@@ -724,7 +763,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            r.rewrite(sql, "s", &names.iter().collect::<Vec<_>>()),
+            r.rewrite(sql, Dialect::default(), "s", &names.iter().collect::<Vec<_>>()),
             "ALTER TABLE `d`.`t` ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES `d`.`u` (id), COMMENT 's.t'"
         );
         let view = "CREATE DEFINER=`root`@`localhost` SQL SECURITY DEFINER VIEW `v` AS select `s`.`t`.`a` AS `a` from `s`.`t`";
@@ -732,7 +771,12 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            r.rewrite(view, "s", &names.iter().collect::<Vec<_>>()),
+            r.rewrite(
+                view,
+                Dialect::default(),
+                "s",
+                &names.iter().collect::<Vec<_>>()
+            ),
             "CREATE SQL SECURITY DEFINER VIEW `d`.`v` AS select `d`.`t`.`a` AS `a` from `d`.`t`"
         );
         let t = Rename {
@@ -747,7 +791,12 @@ mod tests {
         assert_eq!(t.map("s", &names[0]).as_deref(), Some("t2"));
         assert_eq!(t.map("other", &names[0]), None);
         assert_eq!(
-            t.rewrite(sql, "s", &names.iter().collect::<Vec<_>>()),
+            t.rewrite(
+                sql,
+                Dialect::default(),
+                "s",
+                &names.iter().collect::<Vec<_>>()
+            ),
             "CREATE INDEX k ON `d`.`t2` (a)"
         );
     }

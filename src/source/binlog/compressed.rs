@@ -76,6 +76,8 @@ pub fn inflate(block: &[u8]) -> Result<Vec<u8>, String> {
 pub struct Query {
     pub schema: String,
     pub sql: String,
+    /// The status variables, as they are in the event.
+    pub status_vars: Vec<u8>,
 }
 
 /// Query event: thread id u32, exec time u32, database name length u8,
@@ -95,6 +97,10 @@ pub fn query(body: &[u8]) -> Result<Query, Malformed> {
             .map_err(|_| bad("no post-header"))?,
     ));
     let db_at = 13 + status_len;
+    let status_vars = body
+        .get(13..db_at)
+        .ok_or_else(|| bad("shorter than its status variables"))?
+        .to_vec();
     let schema = body
         .get(db_at..db_at + db_len)
         .ok_or_else(|| bad("shorter than its database name"))?;
@@ -105,6 +111,7 @@ pub fn query(body: &[u8]) -> Result<Query, Malformed> {
     Ok(Query {
         schema: String::from_utf8_lossy(schema).into_owned(),
         sql: String::from_utf8_lossy(&sql).into_owned(),
+        status_vars,
     })
 }
 
@@ -242,7 +249,8 @@ mod tests {
             query(&q).unwrap(),
             Query {
                 schema: "shop".into(),
-                sql: "ALTER TABLE t ADD c INT".into()
+                sql: "ALTER TABLE t ADD c INT".into(),
+                status_vars: vec![0, 0],
             }
         );
         // An update of table 42, 3 columns, bitmaps 0b101 and 0b111.

@@ -21,6 +21,7 @@ pub mod compressed;
 pub mod decode;
 pub mod mariadb;
 pub mod retention;
+pub mod status;
 
 use crate::db::{self, ConnectError, ServerAddr};
 use crate::position::{BinlogCoord, MariaGtid};
@@ -53,6 +54,8 @@ pub enum SourceEvent {
         schema: String,
         sql: String,
         statement: Statement,
+        /// The source session it ran in (`sql_mode`, character sets).
+        session: status::Session,
     },
     /// The transaction ends; `end` is the coordinate just after it.
     Commit {
@@ -273,7 +276,13 @@ impl Reader {
             compressed::QUERY_COMPRESSED => {
                 let q = compressed::query(event.data())
                     .map_err(|e| ReadError::Definite(format!("{e} (at {})", here())))?;
-                return Ok(self.query(q.schema, q.sql, here(), header.timestamp()));
+                return Ok(self.query(
+                    q.schema,
+                    q.sql,
+                    status::read(&q.status_vars),
+                    here(),
+                    header.timestamp(),
+                ));
             }
             k if compressed::is_rows(k) => {
                 let r = compressed::rows(k, event.data())
@@ -352,6 +361,7 @@ impl Reader {
             EventData::QueryEvent(q) => self.query(
                 q.schema().into_owned(),
                 q.query().into_owned(),
+                status::read(q.status_vars_raw()),
                 here(),
                 header.timestamp(),
             ),
@@ -425,10 +435,11 @@ impl Reader {
         &mut self,
         schema: String,
         sql: String,
+        session: status::Session,
         at: BinlogCoord,
         timestamp: u32,
     ) -> Vec<SourceEvent> {
-        let statement = ddl::parse(&sql);
+        let statement = ddl::parse_in(&sql, session.dialect());
         // XA END, XA COMMIT, XA ROLLBACK: the XA group's frame, no change.
         let xa_frame = self.xa
             && sql
@@ -471,6 +482,7 @@ impl Reader {
                     schema,
                     sql,
                     statement,
+                    session,
                 });
                 if self.standalone || !self.in_group {
                     out.extend(self.end_group(at, timestamp));

@@ -1,0 +1,122 @@
+//! The status variables of a query event: the session a statement ran in
+//! on the source (its `sql_mode` and character sets), which decide how its
+//! text reads — `"x"` is a name under `ANSI_QUOTES`, a backslash is a plain
+//! character under `NO_BACKSLASH_ESCAPES` — and whose `sql_mode` the
+//! destination session takes on before running it. (The character sets
+//! are read but not set: the statement's text reaches the destination as
+//! UTF-8, with `SET NAMES utf8mb4`.)
+//!
+//! Layout (MySQL's and MariaDB's `log_event.h`): a sequence of a one-byte
+//! code and its value. Read up to the first code not known here (the rest
+//! is skipped: its length is not known); `sql_mode` and the character sets
+//! come first in every server's order.
+
+use crate::source::ddl::Dialect;
+
+const Q_FLAGS2: u8 = 0;
+const Q_SQL_MODE: u8 = 1;
+const Q_CATALOG: u8 = 2;
+const Q_AUTO_INCREMENT: u8 = 3;
+const Q_CHARSET: u8 = 4;
+const Q_TIME_ZONE: u8 = 5;
+const Q_CATALOG_NZ: u8 = 6;
+const Q_LC_TIME_NAMES: u8 = 7;
+const Q_CHARSET_DATABASE: u8 = 8;
+const Q_TABLE_MAP_FOR_UPDATE: u8 = 9;
+
+const MODE_ANSI_QUOTES: u64 = 0x0000_0004;
+const MODE_NO_BACKSLASH_ESCAPES: u64 = 0x0010_0000;
+
+/// The source session of a statement, as far as the event says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Session {
+    pub sql_mode: Option<u64>,
+    /// character_set_client, collation_connection, collation_server (ids).
+    pub charset: Option<(u16, u16, u16)>,
+}
+
+impl Session {
+    /// How the statement's text reads.
+    pub fn dialect(&self) -> Dialect {
+        let mode = self.sql_mode.unwrap_or(0);
+        Dialect {
+            ansi_quotes: mode & MODE_ANSI_QUOTES != 0,
+            no_backslash_escapes: mode & MODE_NO_BACKSLASH_ESCAPES != 0,
+        }
+    }
+
+    /// The `SET` that gives a destination session the statement's
+    /// `sql_mode` (as `mariadb-binlog` writes it), if the event names it.
+    pub fn set_sql(&self) -> Option<String> {
+        self.sql_mode.map(|m| format!("SET @@session.sql_mode={m}"))
+    }
+}
+
+/// Reads the status variables block of a query event.
+pub fn read(vars: &[u8]) -> Session {
+    let mut s = Session::default();
+    let mut at = 0;
+    let u16_at = |i: usize| -> Option<u16> {
+        Some(u16::from_le_bytes(vars.get(i..i + 2)?.try_into().ok()?))
+    };
+    while let Some(&code) = vars.get(at) {
+        at += 1;
+        let len = match code {
+            Q_FLAGS2 => 4,
+            Q_SQL_MODE => {
+                let Some(b) = vars.get(at..at + 8) else { break };
+                s.sql_mode = b.try_into().ok().map(u64::from_le_bytes);
+                8
+            }
+            Q_CATALOG => match vars.get(at) {
+                Some(&n) => 1 + usize::from(n) + 1,
+                None => break,
+            },
+            Q_AUTO_INCREMENT => 4,
+            Q_CHARSET => {
+                match (u16_at(at), u16_at(at + 2), u16_at(at + 4)) {
+                    (Some(a), Some(b), Some(c)) => s.charset = Some((a, b, c)),
+                    _ => break,
+                }
+                6
+            }
+            Q_TIME_ZONE | Q_CATALOG_NZ => match vars.get(at) {
+                Some(&n) => 1 + usize::from(n),
+                None => break,
+            },
+            Q_LC_TIME_NAMES | Q_CHARSET_DATABASE => 2,
+            Q_TABLE_MAP_FOR_UPDATE => 8,
+            _ => break,
+        };
+        at += len;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_session_and_stops_at_what_it_does_not_know() {
+        let mut v = vec![Q_FLAGS2, 0, 0, 0, 0, Q_SQL_MODE];
+        v.extend_from_slice(&(MODE_ANSI_QUOTES | 0x4000_0000).to_le_bytes());
+        v.extend_from_slice(&[Q_CATALOG_NZ, 3, b's', b't', b'd', Q_CHARSET]);
+        for id in [33u16, 45, 8] {
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v.extend_from_slice(&[200, 1, 2, 3]);
+        let s = read(&v);
+        assert_eq!(s.charset, Some((33, 45, 8)));
+        assert!(s.dialect().ansi_quotes && !s.dialect().no_backslash_escapes);
+        assert_eq!(
+            s.set_sql().unwrap(),
+            format!("SET @@session.sql_mode={}", MODE_ANSI_QUOTES | 0x4000_0000)
+        );
+        assert_eq!(read(&[]), Session::default());
+        assert_eq!(Session::default().set_sql(), None);
+        // Cut short: what was whole is kept.
+        assert_eq!(read(&v[..10]).sql_mode, None);
+        assert_eq!(read(&v[..14]).sql_mode, s.sql_mode);
+    }
+}
