@@ -440,6 +440,7 @@ mod tests {
             columns: vec![col("id"), col("v")],
             key: vec![0],
             uniques: vec![vec![0]],
+            sequence: false,
         })
     }
 

@@ -123,6 +123,9 @@ pub fn render(
         quote_ident(&dest.database),
         quote_ident(&dest.name)
     );
+    if dest.sequence {
+        return sequence(change, &table, dest, columns, out);
+    }
     let images = |pick: fn(&RowPair) -> Option<&Image>| {
         change
             .rows
@@ -159,6 +162,42 @@ pub fn render(
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// A sequence's state, which the binlog logs as a written row of the
+/// sequence: set with `SETVAL(…, next_not_cached_value, 0)`, so the next
+/// value the destination hands out is one the source has not (its cached
+/// values included). SETVAL never moves a sequence back.
+fn sequence(
+    change: &RowChange,
+    table: &str,
+    dest: &DestTable,
+    columns: &[Option<usize>],
+    out: &mut Statements,
+) -> Result<(), String> {
+    if change.op != RowOp::Insert {
+        return Err(format!(
+            "a row event {}s rows of sequence {table}, whose state is only ever written",
+            change.op.as_str()
+        ));
+    }
+    let next = dest
+        .column("next_not_cached_value")
+        .ok_or("the destination sequence has no next_not_cached_value column")?;
+    let at = columns
+        .iter()
+        .position(|c| *c == Some(next))
+        .ok_or("the row event lacks the sequence's next_not_cached_value")?;
+    for (_, after) in &change.rows {
+        let after = after.as_ref().ok_or("row event lacks a row image")?;
+        let cell = after[at].as_ref().unwrap_or(&Cell::Null);
+        let sql = out.start();
+        sql.extend_from_slice(format!("DO SETVAL({table}, ").as_bytes());
+        push_cell(sql, cell, &dest.columns[next], false);
+        sql.extend_from_slice(b", 0)");
+        out.expect.push(None);
     }
     Ok(())
 }
@@ -381,6 +420,7 @@ mod tests {
                 col("g", false, true, None),
             ],
             uniques: vec![key.clone()],
+            sequence: false,
             key,
         }
     }

@@ -242,6 +242,49 @@ pub async fn create_view(
         })
 }
 
+/// Creates (or replaces) sequence `database.name` with the source's
+/// definition, its next value `next` (as the source's snapshot had it).
+pub async fn create_sequence(
+    conn: &mut Conn,
+    database: &str,
+    name: &str,
+    source_sql: &str,
+    next: &str,
+    existing: Existing,
+) -> Result<(), TableError> {
+    let qualified = format!("{}.{}", quote_ident(database), quote_ident(name));
+    let sql_err = |source| TableError::Sql {
+        table: format!("{database}.{name} (sequence)"),
+        source,
+    };
+    let unexpected = || TableError::Unexpected {
+        name: name.to_string(),
+        sql: one_line(source_sql),
+    };
+    let rest = source_sql
+        .strip_prefix(&format!("CREATE SEQUENCE {} ", quote_ident(name)))
+        .ok_or_else(unexpected)?;
+    if next.is_empty()
+        || !next
+            .trim_start_matches('-')
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+    {
+        return Err(unexpected());
+    }
+    if existing == Existing::Refuse && exists(conn, database, name).await.map_err(sql_err)? {
+        return Err(TableError::Exists {
+            table: format!("{database}.{name}"),
+        });
+    }
+    conn.query_drop(format!("CREATE OR REPLACE SEQUENCE {qualified} {rest}"))
+        .await
+        .map_err(sql_err)?;
+    conn.query_drop(format!("DO SETVAL({qualified}, {next}, 0)"))
+        .await
+        .map_err(sql_err)
+}
+
 /// `CREATE TABLE `src` (…` → `CREATE TABLE `db`.`dest` (…`.
 pub fn rewrite_create_table(
     sql: &str,

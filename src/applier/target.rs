@@ -44,6 +44,8 @@ pub struct DestTable {
     pub key: Vec<usize>,
     /// Every unique index (the primary key included), as column indexes.
     pub uniques: Vec<Vec<usize>>,
+    /// A SEQUENCE: its state is set with SETVAL, never written as rows.
+    pub sequence: bool,
 }
 
 impl DestTable {
@@ -112,12 +114,20 @@ pub async fn load(
             (database, table),
         )
         .await?;
+    let kind: Option<String> = conn
+        .exec_first(
+            "SELECT TABLE_TYPE FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (database, table),
+        )
+        .await?;
     let mut table = DestTable {
         database: database.to_string(),
         name: table.to_string(),
         columns,
         key: Vec::new(),
         uniques: Vec::new(),
+        sequence: kind.as_deref() == Some("SEQUENCE"),
     };
     table.key = choose_key(&table, &nullable, &keys);
     table.uniques = unique_indexes(&table, &keys);
@@ -177,6 +187,7 @@ mod tests {
             columns: vec![col("a"), col("b"), col("c")],
             key: vec![],
             uniques: vec![],
+            sequence: false,
         };
         let k = |i: &str, c: &str, nu: i64| (i.to_string(), c.to_string(), nu);
         let keys = [k("PRIMARY", "b", 0), k("PRIMARY", "a", 0), k("u", "c", 0)];

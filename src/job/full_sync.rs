@@ -37,6 +37,7 @@ use crate::job::state::{FullSyncProgress, SnapshotPoint, TableSnapshot};
 use crate::metrics::Metrics;
 use crate::position::{BinlogCoord, MariaGtidPos};
 use crate::source::chunks::{self};
+use crate::source::ddl;
 use crate::source::schema::{self, TableInfo};
 use crate::source::snapshot::{self, SnapshotError};
 use futures_util::{StreamExt, TryStreamExt};
@@ -218,7 +219,7 @@ impl FullSync {
 
         let src = &mut conns[0];
         let read = |e| SyncError::sql("reading the source's definitions", e);
-        let infos = schema::tables(src, src_db, spec.src.table.as_deref())
+        let mut infos = schema::tables(src, src_db, spec.src.table.as_deref())
             .await
             .map_err(read)?;
         if let (Some(t), true) = (&spec.src.table, infos.is_empty()) {
@@ -226,11 +227,27 @@ impl FullSync {
                 "source table {src_db}.{t} does not exist (any more)"
             )));
         }
-        let views = if spec.src.table.is_none() {
-            schema::views(src, src_db).await.map_err(read)?
+        let (views, sequences) = if spec.src.table.is_none() {
+            (
+                schema::views(src, src_db).await.map_err(read)?,
+                schema::sequences(src, src_db).await.map_err(read)?,
+            )
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
+        if spec.src.table.is_none() {
+            // A database job's tables name its sequences (`DEFAULT
+            // nextval(`db`.`s`)`) in the destination database.
+            let rename = ddl::Rename {
+                src_db,
+                dest_db,
+                table: None,
+            };
+            for info in infos.iter_mut() {
+                info.create_sql =
+                    rename.rewrite(&info.create_sql, ddl::Dialect::default(), src_db, &[]);
+            }
+        }
         let db_options = schema::database_options(src, src_db).await.map_err(read)?;
 
         let dest_sql = |e| SyncError::sql(format!("destination database {dest_db}"), e);
@@ -294,6 +311,26 @@ impl FullSync {
         } else {
             Existing::Refuse
         };
+        // Sequences first: a table's default may take its values from one.
+        for seq in &sequences {
+            tables::create_sequence(
+                &mut dest,
+                dest_db,
+                &seq.name,
+                &seq.create_sql,
+                &seq.next_not_cached_value,
+                existing,
+            )
+            .await
+            .map_err(table_error)?;
+        }
+        if !sequences.is_empty() {
+            info!(
+                job,
+                sequences = sequences.len(),
+                "destination sequences ready"
+            );
+        }
         let mut by_table: BTreeMap<&str, Vec<&PlannedChunk>> = BTreeMap::new();
         for c in &planned {
             by_table.entry(c.src_table.as_str()).or_default().push(c);

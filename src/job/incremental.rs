@@ -1295,16 +1295,16 @@ impl Incremental {
         }
         if inside < names.len() {
             return match kind {
-                DdlKind::DropTable | DdlKind::DropView => {
+                DdlKind::DropTable | DdlKind::DropView | DdlKind::DropSequence => {
                     let list: Vec<String> = mapped
                         .iter()
                         .flatten()
                         .map(|t| format!("{}.{}", quote_ident(rename.dest_db), quote_ident(t)))
                         .collect();
-                    let what = if kind == DdlKind::DropTable {
-                        "TABLE"
-                    } else {
-                        "VIEW"
+                    let what = match kind {
+                        DdlKind::DropTable => "TABLE",
+                        DdlKind::DropView => "VIEW",
+                        _ => "SEQUENCE",
                     };
                     Ok(Some(format!("DROP {what} IF EXISTS {}", list.join(", "))))
                 }

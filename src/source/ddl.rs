@@ -41,6 +41,9 @@ pub enum DdlKind {
     DropIndex,
     CreateView,
     DropView,
+    CreateSequence,
+    AlterSequence,
+    DropSequence,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -314,6 +317,13 @@ pub fn parse_in(sql: &str, dialect: Dialect) -> Statement {
             c.eat("CREATE");
             c.eat_all(&["OR", "REPLACE"]);
             let temporary = c.eat("TEMPORARY");
+            if c.eat("SEQUENCE") {
+                c.eat_all(&["IF", "NOT", "EXISTS"]);
+                if let Some(name) = c.name() {
+                    return ddl(DdlKind::CreateSequence, vec![name], vec![], temporary);
+                }
+                return Statement::Other("CREATE SEQUENCE".into());
+            }
             if c.eat("TABLE") {
                 c.eat_all(&["IF", "NOT", "EXISTS"]);
                 let Some(name) = c.name() else {
@@ -348,6 +358,13 @@ pub fn parse_in(sql: &str, dialect: Dialect) -> Statement {
             c.eat("ALTER");
             c.eat("ONLINE");
             c.eat("IGNORE");
+            if c.eat("SEQUENCE") {
+                c.eat_all(&["IF", "EXISTS"]);
+                if let Some(name) = c.name() {
+                    return ddl(DdlKind::AlterSequence, vec![name], vec![], false);
+                }
+                return Statement::Other("ALTER SEQUENCE".into());
+            }
             if c.eat("TABLE") {
                 c.eat_all(&["IF", "EXISTS"]);
                 let Some(name) = c.name() else {
@@ -387,6 +404,8 @@ pub fn parse_in(sql: &str, dialect: Dialect) -> Statement {
                 DdlKind::DropTable
             } else if c.eat("VIEW") {
                 DdlKind::DropView
+            } else if c.eat("SEQUENCE") {
+                DdlKind::DropSequence
             } else if c.eat("INDEX") || c.eat("KEY") {
                 c.eat_all(&["IF", "EXISTS"]);
                 if c.skip_to("ON") {
@@ -665,6 +684,9 @@ mod tests {
             ("DROP INDEX IF EXISTS k ON s.t", DdlKind::DropIndex, &["s.t"]),
             ("CREATE ALGORITHM=UNDEFINED DEFINER=`root`@`localhost` SQL SECURITY DEFINER VIEW `v` AS select 1", DdlKind::CreateView, &["v"]),
             ("DROP VIEW IF EXISTS v1, v2", DdlKind::DropView, &["v1", "v2"]),
+            ("CREATE OR REPLACE SEQUENCE IF NOT EXISTS s.q START WITH 100", DdlKind::CreateSequence, &["s.q"]),
+            ("ALTER SEQUENCE IF EXISTS q INCREMENT BY 5", DdlKind::AlterSequence, &["q"]),
+            ("DROP SEQUENCE IF EXISTS q, s.r", DdlKind::DropSequence, &["q", "s.r"]),
         ];
         for (sql, k, n) in cases {
             let s = parse(sql);
@@ -713,8 +735,7 @@ mod tests {
             ["t", "other.t2"]
         );
         for (sql, harmless) in [
-            ("CREATE SEQUENCE s START WITH 1", false),
-            ("CREATE OR REPLACE SEQUENCE s", false),
+            ("CREATE SEQUENCE", false),
             ("DROP DATABASE shop", false),
             ("ALTER DATABASE shop CHARACTER SET utf8mb4", false),
             ("CREATE DEFINER=`root`@`%` TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.a = 1", true),

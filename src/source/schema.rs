@@ -117,6 +117,47 @@ pub async fn views(conn: &mut Conn, database: &str) -> Result<Vec<ViewInfo>, mys
     Ok(out)
 }
 
+/// A SEQUENCE and its state as of the snapshot.
+#[derive(Clone, Debug)]
+pub struct SequenceInfo {
+    pub name: String,
+    /// `SHOW CREATE SEQUENCE`.
+    pub create_sql: String,
+    /// The first value no session has been handed or has cached, as text.
+    pub next_not_cached_value: String,
+}
+
+/// The sequences of `database`.
+pub async fn sequences(
+    conn: &mut Conn,
+    database: &str,
+) -> Result<Vec<SequenceInfo>, mysql_async::Error> {
+    let names: Vec<String> = conn
+        .exec(
+            "SELECT TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'SEQUENCE' ORDER BY TABLE_NAME",
+            (database,),
+        )
+        .await?;
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let create_sql = show_create(conn, "SEQUENCE", database, &name).await?;
+        let next: Option<String> = conn
+            .query_first(format!(
+                "SELECT CAST(next_not_cached_value AS CHAR) FROM {}.{}",
+                quote_ident(database),
+                quote_ident(&name)
+            ))
+            .await?;
+        out.push(SequenceInfo {
+            name,
+            create_sql,
+            next_not_cached_value: next.unwrap_or_else(|| "1".into()),
+        });
+    }
+    Ok(out)
+}
+
 /// `CREATE DATABASE` options (character set and collation) of `database`.
 pub async fn database_options(
     conn: &mut Conn,
