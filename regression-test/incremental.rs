@@ -1084,3 +1084,67 @@ async fn sequences_and_the_tables_that_use_them() {
     assert_eq!(state, "running");
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_key_cascades_under_parallel_apply() {
+    let db = unique("fk");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE parent (id INT PRIMARY KEY, v INT);
+         CREATE TABLE child (id INT PRIMARY KEY, pid INT, v INT,
+           FOREIGN KEY (pid) REFERENCES parent (id) ON DELETE CASCADE ON UPDATE CASCADE);
+         CREATE TABLE note (id INT PRIMARY KEY, cid INT NULL,
+           FOREIGN KEY (cid) REFERENCES child (id) ON DELETE SET NULL);
+         INSERT INTO parent SELECT seq, 0 FROM seq_1_to_200;
+         INSERT INTO child SELECT seq, (seq % 200) + 1, 0 FROM seq_1_to_1000;
+         INSERT INTO note SELECT seq, seq FROM seq_1_to_1000;"
+    ));
+    let dest_db = unique("fk_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "fk", "src": src_endpoint(source(), &db, None),
+                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "fk", "DBIncrementalSync").await;
+    // Writes to other rows all along, applied side by side.
+    let writer = Writer::start(&db, 5, |i| {
+        format!(
+            "UPDATE child SET v = v + 1 WHERE id = {}; UPDATE parent SET v = v + 1 WHERE id = {};",
+            500 + i % 400,
+            100 + i % 100
+        )
+    });
+    source().admin(&format!(
+        "USE {db};
+         DELETE FROM parent WHERE id BETWEEN 1 AND 20;
+         UPDATE parent SET id = id + 1000 WHERE id BETWEEN 21 AND 30;
+         DELETE FROM child WHERE id BETWEEN 300 AND 310;
+         BEGIN; INSERT INTO parent VALUES (5000, 1); INSERT INTO child VALUES (5000, 5000, 1);
+           DELETE FROM parent WHERE id = 5000; COMMIT;"
+    ));
+    writer.stop();
+    wait_caught_up(&service, "fk", source()).await;
+    assert_eq!(
+        checksums(source(), &db, &["parent", "child", "note"]),
+        checksums(dest(), &dest_db, &["parent", "child", "note"])
+    );
+    let count = |s: &MariaDb, d: &str, sql: &str| s.admin(&format!("USE {d}; {sql}"));
+    for sql in [
+        "SELECT COUNT(*) FROM child WHERE pid BETWEEN 1 AND 20",
+        "SELECT COUNT(*) FROM child WHERE pid > 1000",
+        "SELECT COUNT(*) FROM note WHERE cid IS NULL",
+    ] {
+        assert_eq!(
+            count(source(), &db, sql),
+            count(dest(), &dest_db, sql),
+            "{sql}"
+        );
+    }
+    let (state, _) = job_status(&service, "fk").await;
+    assert_eq!(state, "running");
+    service.stop().await;
+}

@@ -55,6 +55,8 @@ pub struct TxnId {
 /// Whether `dest` can take its changes as a net effect.
 pub fn eligible(dest: &DestTable, columns: &[Option<usize>]) -> bool {
     !dest.key.is_empty()
+        && !dest.cascade_delete
+        && !dest.cascade_update
         && dest.uniques.len() == 1
         && dest.compares_bytes(&dest.key)
         && columns.iter().flatten().any(|j| !dest.key.contains(j))
@@ -441,6 +443,8 @@ mod tests {
             key: vec![0],
             uniques: vec![vec![0]],
             sequence: false,
+            cascade_delete: false,
+            cascade_update: false,
         })
     }
 

@@ -126,6 +126,28 @@ pub fn render(
     if dest.sequence {
         return sequence(change, &table, dest, columns, out);
     }
+    // The rows a foreign key's action changes are not in the binlog: the
+    // destination changes them, as the source did, with its checks on.
+    // (Not in a snapshot window, whose updates are a delete and an insert
+    // that must not cascade.)
+    if dest.cascades(change.op) && mode == Mode::Exact {
+        out.push("SET foreign_key_checks = 1", None);
+        let result = plain(change, &table, dest, columns, mode, out);
+        out.push("SET foreign_key_checks = 0", None);
+        return result;
+    }
+    plain(change, &table, dest, columns, mode, out)
+}
+
+fn plain(
+    change: &RowChange,
+    table: &str,
+    dest: &DestTable,
+    columns: &[Option<usize>],
+    mode: Mode,
+    out: &mut Statements,
+) -> Result<(), String> {
+    let table = table.to_string();
     let images = |pick: fn(&RowPair) -> Option<&Image>| {
         change
             .rows
@@ -421,6 +443,8 @@ mod tests {
             ],
             uniques: vec![key.clone()],
             sequence: false,
+            cascade_delete: false,
+            cascade_update: false,
             key,
         }
     }

@@ -46,6 +46,24 @@ pub struct DestTable {
     pub uniques: Vec<Vec<usize>>,
     /// A SEQUENCE: its state is set with SETVAL, never written as rows.
     pub sequence: bool,
+    /// Deleting (updating) one of its rows changes other tables' rows
+    /// through a foreign key (`ON DELETE`/`ON UPDATE` `CASCADE`, `SET
+    /// NULL`, `SET DEFAULT`), which the binlog does not log: the
+    /// destination must do it, with foreign key checks on.
+    pub cascade_delete: bool,
+    pub cascade_update: bool,
+}
+
+impl DestTable {
+    /// Whether applying `op` on this table changes other tables' rows.
+    pub fn cascades(&self, op: crate::source::binlog::decode::RowOp) -> bool {
+        use crate::source::binlog::decode::RowOp;
+        match op {
+            RowOp::Insert => false,
+            RowOp::Delete => self.cascade_delete,
+            RowOp::Update => self.cascade_update,
+        }
+    }
 }
 
 impl DestTable {
@@ -121,6 +139,14 @@ pub async fn load(
             (database, table),
         )
         .await?;
+    let rules: Vec<(String, String)> = conn
+        .exec(
+            "SELECT DELETE_RULE, UPDATE_RULE FROM information_schema.REFERENTIAL_CONSTRAINTS \
+             WHERE UNIQUE_CONSTRAINT_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?",
+            (database, table),
+        )
+        .await?;
+    let acts = |rule: &str| !matches!(rule, "RESTRICT" | "NO ACTION");
     let mut table = DestTable {
         database: database.to_string(),
         name: table.to_string(),
@@ -128,6 +154,8 @@ pub async fn load(
         key: Vec::new(),
         uniques: Vec::new(),
         sequence: kind.as_deref() == Some("SEQUENCE"),
+        cascade_delete: rules.iter().any(|(d, _)| acts(d)),
+        cascade_update: rules.iter().any(|(_, u)| acts(u)),
     };
     table.key = choose_key(&table, &nullable, &keys);
     table.uniques = unique_indexes(&table, &keys);
@@ -188,6 +216,8 @@ mod tests {
             key: vec![],
             uniques: vec![],
             sequence: false,
+            cascade_delete: false,
+            cascade_update: false,
         };
         let k = |i: &str, c: &str, nu: i64| (i.to_string(), c.to_string(), nu);
         let keys = [k("PRIMARY", "b", 0), k("PRIMARY", "a", 0), k("u", "c", 0)];

@@ -813,6 +813,10 @@ impl Incremental {
                         group.bytes += change_bytes(&change);
                         *group.rows_by_op.entry(change.op).or_default() += n;
                         group.started.get_or_insert_with(Instant::now);
+                        // A change whose foreign keys change other rows on
+                        // the destination is applied in a barrier group,
+                        // change by change: no group in flight beside it.
+                        let cascades = dest.cascades(change.op);
                         group.changes.push(Change {
                             dest,
                             columns: Arc::new(columns),
@@ -825,7 +829,7 @@ impl Incremental {
                         } else {
                             STREAM_BYTES.max(flush_bytes)
                         };
-                        if group.bytes >= limit {
+                        if group.bytes >= limit || cascades && group.stream.is_none() {
                             group.stream_out(pool, &mut conflicts).await?;
                         }
                     }
