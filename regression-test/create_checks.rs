@@ -247,3 +247,44 @@ async fn concurrent_creates_with_one_name_exactly_one_succeeds() {
     assert_eq!(ok, 1);
     assert_eq!(job_names(&service).await, vec!["race"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_versioned_tables_are_refused_not_left_out() {
+    let service = Service::fresh().await;
+    let spec = db_job("versioned");
+    let db = spec["src"]["database"].as_str().unwrap().to_string();
+    source().admin(&format!(
+        "CREATE TABLE {db}.hist (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING"
+    ));
+    refused(
+        &service,
+        spec.clone(),
+        400,
+        &["system-versioned tables in the job's scope (hist)"],
+    )
+    .await;
+    // A table job of another table of that database is fine.
+    let mut table = spec;
+    table["name"] = json!("versioned_t");
+    table["src"]["table"] = json!("t");
+    table["dest"]["table"] = json!("t");
+    service.post("create_ccr", table).await.ok();
+    wait_for_state(&service, "versioned_t", "TableIncrementalSync").await;
+    // Made versioned while streaming: the job holds on it and says so.
+    source().admin(&format!("ALTER TABLE {db}.t ADD SYSTEM VERSIONING"));
+    let held = poll_job(&service, "job_status", "versioned_t", 30, "held", |s| {
+        s["state"] == "paused"
+    })
+    .await;
+    let p = service
+        .post("job_progress", json!({"name": "versioned_t"}))
+        .await
+        .ok();
+    assert!(
+        p["job_progress"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("system-versioned")),
+        "{held:#} {p:#}"
+    );
+    service.stop().await;
+}

@@ -228,6 +228,26 @@ async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, Pre
         ));
         Vec::new()
     };
+    // Not copied yet, and never silently left out.
+    if exists {
+        let versioned: Vec<String> = conn
+            .exec(
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? \
+                 AND TABLE_TYPE = 'SYSTEM VERSIONED' AND (? IS NULL OR TABLE_NAME = ?) \
+                 ORDER BY TABLE_NAME",
+                (&ep.database, &ep.table, &ep.table),
+            )
+            .await
+            .map_err(&err)?;
+        if !versioned.is_empty() {
+            problems.push(format!(
+                "has system-versioned tables in the job's scope ({}), which this version does \
+                 not replicate yet (their history would be lost); replicate them with MariaDB \
+                 replication, or move them to another database",
+                versioned.join(", ")
+            ));
+        }
+    }
 
     if !problems.is_empty() {
         return Err(PreflightError::Unfit {

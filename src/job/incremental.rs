@@ -1320,6 +1320,23 @@ impl Incremental {
                 ))),
             };
         }
+        if matches!(kind, DdlKind::CreateTable | DdlKind::AlterTable)
+            && ddl::mentions_words(sql, dialect, &["SYSTEM", "VERSIONING"])
+        {
+            return Err(apply::refused(
+                &t.id,
+                Some(elide(sql)),
+                "system versioning: not replicated".into(),
+                format!(
+                    "{}: `{}` makes a table of the job system-versioned, which this version \
+                     does not replicate yet (its history would be lost); drop the versioning on \
+                     the source, or skip this transaction (job_skip_binlog) knowing the table's \
+                     stream then stops",
+                    t.name(),
+                    elide(sql)
+                ),
+            ));
+        }
         if refs.iter().any(|r| rename.map(schema, r).is_none()) {
             return Err(SyncError::Definite(format!(
                 "{}: `{}` copies the definition of a table outside the job's scope; \

@@ -556,6 +556,17 @@ pub fn mentions(sql: &str, dialect: Dialect, db: &str) -> bool {
     })
 }
 
+/// Whether `words` appear in a row (case-insensitive, outside strings and
+/// comments).
+pub fn mentions_words(sql: &str, dialect: Dialect, words: &[&str]) -> bool {
+    let toks = tokenize(sql, dialect);
+    toks.windows(words.len()).any(|w| {
+        w.iter()
+            .zip(words)
+            .all(|(t, want)| matches!(&t.tok, Tok::Word(x) if x.eq_ignore_ascii_case(want)))
+    })
+}
+
 /// How names map from source to destination.
 pub struct Rename<'a> {
     pub src_db: &'a str,
