@@ -1148,3 +1148,41 @@ async fn foreign_key_cascades_under_parallel_apply() {
     assert_eq!(state, "running");
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_compare_as_the_sources_lower_case_table_names() {
+    let src = mariadb::with_users(MariaDb::start(ServerOptions {
+        extra: vec!["--lower-case-table-names=1"],
+        ..ServerOptions::source()
+    }));
+    src.admin("CREATE DATABASE lc; CREATE TABLE lc.Base (id INT PRIMARY KEY)");
+    let dest_db = unique("lc_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "lc", "src": src_endpoint(&src, "lc", None),
+                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "lc", "DBIncrementalSync").await;
+    // Names written in any case: the source stores them in lower case.
+    src.admin(
+        "USE LC; CREATE TABLE Orders (Id INT PRIMARY KEY, V INT);
+         INSERT INTO ORDERS VALUES (1, 1); ALTER TABLE `orders` ADD COLUMN W INT;
+         INSERT INTO lc.Orders VALUES (2, 2, 2); RENAME TABLE Orders TO Archive;
+         INSERT INTO ARCHIVE VALUES (3, 3, 3); INSERT INTO base VALUES (1);",
+    );
+    wait_caught_up(&service, "lc", &src).await;
+    let tables = dest().admin(&format!(
+        "SELECT GROUP_CONCAT(TABLE_NAME ORDER BY TABLE_NAME) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = '{dest_db}' AND TABLE_NAME NOT LIKE '\\_ccr%'"
+    ));
+    assert_eq!(tables, "archive,base");
+    assert_eq!(
+        checksums(&src, "lc", &["archive", "base"]),
+        checksums(dest(), &dest_db, &["archive", "base"])
+    );
+    service.stop().await;
+}

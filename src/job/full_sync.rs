@@ -242,6 +242,7 @@ impl FullSync {
                 src_db,
                 dest_db,
                 table: None,
+                lower_case_table_names: 0,
             };
             for info in infos.iter_mut() {
                 info.create_sql =

@@ -450,6 +450,20 @@ impl Incremental {
         stream_source(&spec, node.as_deref())
     }
 
+    /// The source's `lower_case_table_names`: how its statements' names
+    /// compare.
+    async fn lower_case_table_names(&self) -> Result<u8, SyncError> {
+        let mut conn = db::connect(&self.source().server_addr(), None, self.connect_timeout)
+            .await
+            .map_err(|e| connect_error("source", e))?;
+        let v: Option<u8> = conn
+            .query_first("SELECT @@lower_case_table_names")
+            .await
+            .map_err(|e| SyncError::sql("reading the source's lower_case_table_names", e))?;
+        let _ = conn.disconnect().await;
+        Ok(v.unwrap_or(0))
+    }
+
     /// After the source became unreachable: looks for the node that took
     /// over among those the source reported (its primary, its replicas),
     /// each reached through the host mapping, and follows the first that is
@@ -638,6 +652,7 @@ impl Incremental {
             src_db: &spec.src.database,
             dest_db,
             table: spec.src.table.as_deref().zip(spec.dest.table.as_deref()),
+            lower_case_table_names: self.lower_case_table_names().await?,
         };
         let mut schemas: HashMap<String, Arc<DestTable>> = HashMap::new();
         let mut group = Building::default();
@@ -1238,14 +1253,15 @@ impl Incremental {
             } => (*kind, names, refs),
             other => {
                 let database_statement = matches!(other, Statement::Other(w) if w.ends_with(" DATABASE") || w.ends_with(" SCHEMA"));
-                let in_db = ddl::mentions(sql, dialect, rename.src_db)
+                let in_db = ddl::mentions_as(sql, dialect, |w| rename.same(w, rename.src_db))
                     || (schema == rename.src_db && !database_statement);
                 // A table job is touched only by what names its table (or
                 // its database as a whole).
                 let touches = in_db
                     && match rename.table {
                         Some((table, _)) => {
-                            ddl::mentions(sql, dialect, table) || database_statement
+                            ddl::mentions_as(sql, dialect, |w| rename.same(w, table))
+                                || database_statement
                         }
                         None => true,
                     };

@@ -549,9 +549,14 @@ pub fn is_harmless(statement: &Statement) -> bool {
 
 /// Whether a statement names database `db` anywhere (as a word or a
 /// quoted name, outside strings and comments).
-pub fn mentions(sql: &str, dialect: Dialect, db: &str) -> bool {
+pub fn mentions(sql: &str, dialect: Dialect, name: &str) -> bool {
+    mentions_as(sql, dialect, |w| w == name)
+}
+
+/// Whether a statement names something `is` accepts.
+pub fn mentions_as(sql: &str, dialect: Dialect, is: impl Fn(&str) -> bool) -> bool {
     tokenize(sql, dialect).iter().any(|t| match &t.tok {
-        Tok::Word(w) | Tok::Quoted(w) => w == db,
+        Tok::Word(w) | Tok::Quoted(w) => is(w),
         _ => false,
     })
 }
@@ -573,18 +578,32 @@ pub struct Rename<'a> {
     pub dest_db: &'a str,
     /// For a table job: (source table, destination table).
     pub table: Option<(&'a str, &'a str)>,
+    /// The source's `lower_case_table_names`: 0 names compare as written;
+    /// 1 they are stored in lower case (and so created on the destination);
+    /// 2 they are stored as written and compared in lower case.
+    pub lower_case_table_names: u8,
 }
 
 impl Rename<'_> {
+    /// Whether two names are one on the source.
+    pub fn same(&self, a: &str, b: &str) -> bool {
+        if self.lower_case_table_names == 0 {
+            a == b
+        } else {
+            a.to_lowercase() == b.to_lowercase()
+        }
+    }
+
     /// The destination name of a source object, if it is in scope.
     pub fn map(&self, default_db: &str, name: &Name) -> Option<String> {
         let db = name.db.as_deref().unwrap_or(default_db);
-        if db != self.src_db || name.name.starts_with("_ccr_syncer_") {
+        if !self.same(db, self.src_db) || name.name.starts_with("_ccr_syncer_") {
             return None;
         }
         match self.table {
-            Some((src, dest)) if name.name == src => Some(dest.to_string()),
+            Some((src, dest)) if self.same(&name.name, src) => Some(dest.to_string()),
             Some(_) => None,
+            None if self.lower_case_table_names == 1 => Some(name.name.to_lowercase()),
             None => Some(name.name.clone()),
         }
     }
@@ -619,7 +638,7 @@ impl Rename<'_> {
                 Tok::Word(w) | Tok::Quoted(w) => Some(w),
                 _ => None,
             };
-            let qualifier = ident.is_some_and(|w| w == self.src_db)
+            let qualifier = ident.is_some_and(|w| self.same(w, self.src_db))
                 && matches!(toks.get(i + 1).map(|n| &n.tok), Some(Tok::Punct(b'.')));
             if qualifier && self.src_db != self.dest_db {
                 edits.push((t.start, t.end, quote_ident(self.dest_db)));
@@ -789,6 +808,7 @@ mod tests {
             src_db: "s",
             dest_db: "d",
             table: None,
+            lower_case_table_names: 0,
         };
         let sql = "ALTER TABLE `t` ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES `s`.`u` (id), COMMENT 's.t'";
         let Statement::Ddl { names, .. } = parse(sql) else {
@@ -815,6 +835,7 @@ mod tests {
             src_db: "s",
             dest_db: "d",
             table: Some(("t", "t2")),
+            lower_case_table_names: 0,
         };
         let sql = "CREATE INDEX k ON t (a)";
         let Statement::Ddl { names, .. } = parse(sql) else {
