@@ -808,31 +808,15 @@ async fn compressed_events_two_phase_alter_and_xa() {
     }
     let (state, _) = job_status(&service, "z").await;
     assert_eq!(state, "running");
-    // A prepared XA transaction in scope is not applied halfway: the job
-    // stops and says so.
+    // A prepared XA transaction in scope is applied when it commits.
     src.admin(&format!(
         "XA START 'in'; INSERT INTO {db}.big (id, body) VALUES (2000, 'xa'); XA END 'in';
          XA PREPARE 'in'; XA COMMIT 'in';"
     ));
-    let p = poll_job(
-        &service,
-        "job_status",
-        "z",
-        60,
-        "the job stopped on XA",
-        |s| s["state"] == "paused",
-    )
-    .await;
-    let progress = service
-        .post("job_progress", json!({"name": "z"}))
-        .await
-        .ok();
-    let error = progress["job_progress"]["last_error"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(
-        error.contains("XA transaction") && error.contains("force_fullsync"),
-        "{p:#} {progress:#}"
+    wait_caught_up(&service, "z", &src).await;
+    assert_eq!(
+        checksums(&src, &db, &["types", "big"]),
+        checksums(dest(), &dest_db, &["types", "big"])
     );
     service.stop().await;
 }
@@ -1185,4 +1169,66 @@ async fn names_compare_as_the_sources_lower_case_table_names() {
         checksums(dest(), &dest_db, &["archive", "base"])
     );
     service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xa_transactions_exactly_once_across_a_kill() {
+    let db = table_t(source(), "xa", 10);
+    let dest_db = unique("xa_copy");
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::process(dir.path(), "").await;
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "xa", "src": src_endpoint(source(), &db, None),
+                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "xa", "DBIncrementalSync").await;
+    // Two prepared transactions (they outlive their sessions), and one
+    // prepared and committed at once.
+    source().admin(&format!(
+        "USE {db};
+         XA START 'k1'; INSERT INTO t VALUES (101, 1), (102, 1); UPDATE t SET v = 7 WHERE id = 1;
+           XA END 'k1'; XA PREPARE 'k1';"
+    ));
+    source().admin(&format!(
+        "USE {db}; XA START 'k2'; DELETE FROM t WHERE id = 2; XA END 'k2'; XA PREPARE 'k2';"
+    ));
+    source().admin(&format!(
+        "USE {db}; XA START 'k3'; INSERT INTO t VALUES (103, 3); XA END 'k3'; XA PREPARE 'k3';
+         XA COMMIT 'k3';"
+    ));
+    wait_caught_up(&service, "xa", source()).await;
+    // Passed, not applied: the prepared parts wait for their end.
+    let on_dest = |sql: &str| dest().admin(&format!("USE {dest_db}; {sql}"));
+    assert_eq!(
+        on_dest("SELECT COUNT(*) FROM t WHERE id IN (101, 102)"),
+        "0"
+    );
+    assert_eq!(on_dest("SELECT COUNT(*) FROM t WHERE id = 103"), "1");
+    assert_eq!(
+        on_dest("SELECT COUNT(*) FROM _ccr_syncer_xa WHERE job = 'xa'"),
+        "2"
+    );
+    service.kill();
+    source().admin("XA COMMIT 'k1'");
+    source().admin("XA ROLLBACK 'k2'");
+    source().admin(&format!("INSERT INTO {db}.t VALUES (104, 4)"));
+    let service = Service::process(dir.path(), "").await;
+    wait_caught_up(&service, "xa", source()).await;
+    assert_eq!(
+        checksums(source(), &db, &["t"]),
+        checksums(dest(), &dest_db, &["t"])
+    );
+    assert_eq!(
+        on_dest("SELECT COUNT(*) FROM _ccr_syncer_xa WHERE job = 'xa'"),
+        "0"
+    );
+    assert_eq!(on_dest("SELECT v FROM t WHERE id = 1"), "7");
+    assert_eq!(on_dest("SELECT COUNT(*) FROM t WHERE id = 2"), "1");
+    let (state, _) = job_status(&service, "xa").await;
+    assert_eq!(state, "running");
+    service.kill();
 }

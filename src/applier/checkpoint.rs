@@ -47,6 +47,76 @@ pub struct Checkpoint {
     pub epoch: i64,
 }
 
+/// Prepared XA transactions the stream has passed and not yet seen end:
+/// where each starts in the source's binlog, to read its rows again when
+/// it commits. Written in the group that passes the prepare, deleted in
+/// the one that passes the commit or rollback: exactly once across a
+/// restart between them.
+pub const XA_TABLE: &str = "_ccr_syncer_xa";
+
+fn xa_table(database: &str) -> String {
+    format!("{}.{}", quote_ident(database), quote_ident(XA_TABLE))
+}
+
+pub async fn ensure_xa_table(conn: &mut Conn, database: &str) -> Result<(), mysql_async::Error> {
+    conn.query_drop(format!(
+        "CREATE TABLE IF NOT EXISTS {} (\
+           job VARCHAR(128) NOT NULL, \
+           xid VARCHAR(400) NOT NULL, \
+           binlog_file VARCHAR(512) NOT NULL, \
+           binlog_pos BIGINT UNSIGNED NOT NULL, \
+           has_rows TINYINT NOT NULL, \
+           PRIMARY KEY (job, xid)\
+         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 \
+         COMMENT='ccr-syncer: prepared XA transactions a job waits to see end'",
+        xa_table(database)
+    ))
+    .await
+}
+
+/// The job's prepared XA transactions: XID → (where its rows follow, whether
+/// any is in the job's scope).
+pub async fn load_xa(
+    conn: &mut Conn,
+    database: &str,
+    job: &str,
+) -> Result<std::collections::HashMap<String, (BinlogCoord, bool)>, mysql_async::Error> {
+    let rows: Vec<(String, String, u64, i64)> = conn
+        .exec(
+            format!(
+                "SELECT xid, binlog_file, binlog_pos, has_rows FROM {} WHERE job = ?",
+                xa_table(database)
+            ),
+            (job,),
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(xid, file, pos, rows)| (xid, (BinlogCoord { file, pos }, rows != 0)))
+        .collect())
+}
+
+pub fn xa_record_sql(database: &str, job: &str, xid: &str, at: &BinlogCoord, rows: bool) -> String {
+    format!(
+        "REPLACE INTO {} (job, xid, binlog_file, binlog_pos, has_rows) VALUES ({}, {}, {}, {}, {})",
+        xa_table(database),
+        text(job),
+        text(xid),
+        text(&at.file),
+        at.pos,
+        u8::from(rows)
+    )
+}
+
+pub fn xa_forget_sql(database: &str, job: &str, xid: &str) -> String {
+    format!(
+        "DELETE FROM {} WHERE job = {} AND xid = {}",
+        xa_table(database),
+        text(job),
+        text(xid)
+    )
+}
+
 /// The column whose NULL error says a write was fenced off.
 pub const EPOCH_COLUMN: &str = "owner_epoch";
 /// MySQL's "Column cannot be null".

@@ -58,6 +58,8 @@ use tracing::{debug, warn};
 pub(super) enum Chunk {
     Rows(Vec<Change>),
     Commit {
+        /// Statements of the group's own bookkeeping, before the checkpoint.
+        before: Vec<String>,
         /// The checkpoint upsert.
         checkpoint: String,
         /// Which position it is, for errors.
@@ -371,6 +373,7 @@ async fn commit_group(
     shared: &Shared,
 ) -> Result<bool, SyncError> {
     let Chunk::Commit {
+        before,
         checkpoint,
         position,
         abort,
@@ -391,6 +394,9 @@ async fn commit_group(
     let mut stmts = Statements::default();
     if !open {
         stmts.push("BEGIN", None);
+    }
+    for s in &before {
+        stmts.push(s, None);
     }
     stmts.push(&checkpoint, None);
     stmts.push("COMMIT", None);

@@ -221,6 +221,11 @@ struct Txn {
     /// An operator asked to skip it: its events are dropped, its position
     /// is checkpointed past.
     skip: bool,
+    /// It is a prepared XA transaction's prepared part (its XID): its rows
+    /// are applied when it commits, read again then; and whether it has
+    /// rows in the job's scope.
+    xa: Option<String>,
+    xa_rows: bool,
 }
 
 impl Txn {
@@ -250,6 +255,8 @@ impl Txn {
             }),
             at,
             skip,
+            xa: None,
+            xa_rows: false,
         }
     }
 
@@ -275,6 +282,8 @@ struct Building {
     /// A group too big to hold: dispatched as a barrier, its rows follow
     /// in chunks (bounded memory), applied change by change.
     stream: Option<(u64, mpsc::Sender<Chunk>)>,
+    /// Bookkeeping committed with the group (prepared XA transactions).
+    before: Vec<String>,
 }
 
 /// A dispatched group, until it commits.
@@ -334,8 +343,9 @@ impl Building {
             Some((id, _)) => *id,
             None => conflicts.issue(),
         };
-        if let Chunk::Commit { abort, .. } = &mut commit {
+        if let Chunk::Commit { abort, before, .. } = &mut commit {
             *abort = fail_at == Some(id);
+            *before = b.before;
         }
         match b.stream {
             Some((_, tx)) => {
@@ -587,6 +597,13 @@ impl Incremental {
             .await
             .map_err(|e| SyncError::sql("reading the checkpoint", e))?
             .filter(|c| c.run_id == self.run_id);
+        // Prepared XA transactions passed and not yet ended.
+        checkpoint::ensure_xa_table(conn, dest_db)
+            .await
+            .map_err(|e| SyncError::sql("creating the XA table", e))?;
+        let mut prepared = checkpoint::load_xa(conn, dest_db, name)
+            .await
+            .map_err(|e| SyncError::sql("reading the prepared XA transactions", e))?;
         let snapshot = Point::parse(&self.snapshot)?;
         let (mut pos, mut commit_ts, tolerate_ddl) = match &stored {
             Some(cp) => (
@@ -752,6 +769,57 @@ impl Incremental {
                         txn = Some(Txn::new(gtid, at, &pos, self.skip.as_deref()));
                     }
                     SourceEvent::Annotate(_) => {}
+                    SourceEvent::XaPrepare { xid } => {
+                        if let Some(t) = txn.as_mut() {
+                            t.xa = Some(xid);
+                        }
+                    }
+                    SourceEvent::XaEnd { xid, commit } => {
+                        let Some(t) = txn.as_ref().filter(|t| !t.skip) else {
+                            continue;
+                        };
+                        match prepared.remove(&xid) {
+                            Some((at, rows)) => {
+                                group
+                                    .before
+                                    .push(checkpoint::xa_forget_sql(dest_db, name, &xid));
+                                if commit && rows {
+                                    // Its rows, read again, are this
+                                    // transaction's.
+                                    let changes = Reader::rows_at(
+                                        &self.source().server_addr(),
+                                        &at,
+                                        binlog::server_id(&format!("{name}#xa")),
+                                        scope(&spec),
+                                        self.connect_timeout,
+                                    )
+                                    .await
+                                    .map_err(read_error)?;
+                                    info!(job = %name, xid = %xid, rows = changes.len(),
+                                          "prepared XA transaction committed: applying its rows");
+                                    for c in changes.into_iter().rev() {
+                                        queued.push_front(SourceEvent::Rows(c));
+                                    }
+                                }
+                            }
+                            None if commit => {
+                                return Err(apply::refused(
+                                    &t.id,
+                                    None,
+                                    format!("XA COMMIT of {xid}, prepared before the job's position"),
+                                    format!(
+                                        "{}: commits XA transaction {xid}, which was prepared before \
+                                         the job's position, so its changes (if it changed the job's \
+                                         tables) are not on the destination: resync the job \
+                                         (force_fullsync), or skip this transaction (job_skip_binlog) \
+                                         if it changed nothing of the job's",
+                                        t.name()
+                                    ),
+                                ));
+                            }
+                            None => {}
+                        }
+                    }
                     SourceEvent::Rows(change) => {
                         let Some(t) = txn.as_mut() else {
                             return Err(SyncError::Definite(
@@ -759,6 +827,11 @@ impl Incremental {
                             ));
                         };
                         if t.skip {
+                            continue;
+                        }
+                        // A prepared part: applied when it commits.
+                        if t.xa.is_some() {
+                            t.xa_rows = true;
                             continue;
                         }
                         let dest_table = match (&spec.src.table, &spec.dest.table) {
@@ -956,9 +1029,15 @@ impl Incremental {
                         force_commit = true;
                     }
                     SourceEvent::Commit { end, timestamp } => {
-                        let Some(t) = txn.take() else { continue };
+                        let Some(mut t) = txn.take() else { continue };
                         if let Some(g) = t.gtid {
                             pos.gtid.advance(g);
+                        }
+                        if let Some(xid) = t.xa.take().filter(|_| !t.skip) {
+                            group.before.push(checkpoint::xa_record_sql(
+                                dest_db, name, &xid, &t.at, t.xa_rows,
+                            ));
+                            prepared.insert(xid, (t.at.clone(), t.xa_rows));
                         }
                         if t.skip {
                             warn!(job = %name, transaction = %t.name(),
@@ -1210,6 +1289,7 @@ impl Incremental {
     ) -> Chunk {
         let cp = self.checkpoint(pos, commit_ts, pending_ddl);
         Chunk::Commit {
+            before: Vec::new(),
             checkpoint: checkpoint::upsert_sql(&self.spec.dest.database, &self.spec.name, &cp),
             position: pos.text(),
             abort: false,

@@ -42,7 +42,7 @@ pub enum AlterPhase {
 }
 
 /// A MariaDB GTID event: the start of an event group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GtidEvent {
     pub gtid: MariaGtid,
     /// No XID or COMMIT ends this group: its one statement is the group.
@@ -50,8 +50,16 @@ pub struct GtidEvent {
     /// Part of a two-phase ALTER.
     pub alter: Option<AlterPhase>,
     /// The group is an XA transaction's prepared part (`XA PREPARE`), or
-    /// its `XA COMMIT`/`XA ROLLBACK`.
-    pub xa: bool,
+    /// its `XA COMMIT`/`XA ROLLBACK`, with the transaction's XID.
+    pub xa: Option<Xa>,
+}
+
+/// An XA transaction's part, and its XID (`format:gtrid:bqual`, the ids in
+/// hex).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Xa {
+    pub prepared: bool,
+    pub xid: String,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -88,12 +96,19 @@ pub fn gtid(body: &[u8], server_id: u32) -> Result<GtidEvent, Malformed> {
     if flags & FL_GROUP_COMMIT_ID != 0 {
         at += 8;
     }
-    let xa = flags & (FL_PREPARED_XA | FL_COMPLETED_XA) != 0;
-    if xa {
-        let lens = body
-            .get(at + 4..at + 6)
-            .ok_or_else(|| malformed("GTID", body, "shorter than its XA id"))?;
-        at += 6 + usize::from(lens[0]) + usize::from(lens[1]);
+    let mut xa = None;
+    if flags & (FL_PREPARED_XA | FL_COMPLETED_XA) != 0 {
+        let short = || malformed("GTID", body, "shorter than its XA id");
+        let format = u32_at(body, at).ok_or_else(short)?;
+        let lens = body.get(at + 4..at + 6).ok_or_else(short)?;
+        let (g, q) = (usize::from(lens[0]), usize::from(lens[1]));
+        let ids = body.get(at + 6..at + 6 + g + q).ok_or_else(short)?;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        xa = Some(Xa {
+            prepared: flags & FL_PREPARED_XA != 0,
+            xid: format!("{format}:{}:{}", hex(&ids[..g]), hex(&ids[g..])),
+        });
+        at += 6 + g + q;
     }
     let extra = body.get(at).copied().unwrap_or(0);
     let alter = if extra & FL_START_ALTER != 0 {
@@ -181,7 +196,7 @@ mod tests {
         body.extend_from_slice(&9u64.to_le_bytes());
         let e = gtid(&body, 7).unwrap();
         assert!(!e.standalone);
-        assert_eq!((e.alter, e.xa), (None, false));
+        assert_eq!((e.alter, e.xa), (None, None));
         assert!(gtid(&body[..10], 7).is_err());
         // A two-phase ALTER's start, then its commit (extra flags after
         // the commit id; the commit names the start's seq).
@@ -199,7 +214,14 @@ mod tests {
         xa.extend_from_slice(&[2, 1]);
         xa.extend_from_slice(b"x1b");
         let e = gtid(&xa, 1).unwrap();
-        assert!(e.xa && e.alter.is_none());
+        assert_eq!(
+            e.xa,
+            Some(Xa {
+                prepared: true,
+                xid: "1:7831:62".into()
+            })
+        );
+        assert!(e.alter.is_none());
         xa.push(FL_ROLLBACK_ALTER);
         assert_eq!(gtid(&xa, 1).unwrap().alter, Some(AlterPhase::Rollback));
         assert!(gtid(&xa[..15], 1).is_err());

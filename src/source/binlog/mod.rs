@@ -57,6 +57,17 @@ pub enum SourceEvent {
         /// The source session it ran in (`sql_mode`, character sets).
         session: status::Session,
     },
+    /// The transaction (just begun) is an XA transaction's prepared part:
+    /// its rows take effect only at its `XaEnd` with `commit`.
+    XaPrepare {
+        xid: String,
+    },
+    /// A prepared XA transaction commits or rolls back (this transaction
+    /// holds nothing else).
+    XaEnd {
+        xid: String,
+        commit: bool,
+    },
     /// The transaction ends; `end` is the coordinate just after it.
     Commit {
         end: BinlogCoord,
@@ -109,7 +120,7 @@ pub struct Reader {
     /// rollback) of a two-phase ALTER, which is applied at its commit.
     skip_statement: bool,
     /// The current group is part of an XA transaction.
-    xa: bool,
+    xa: Option<mariadb::Xa>,
     /// The source checksums events, and whether a format description event
     /// (which tells the decoder so) has arrived yet.
     checksummed: bool,
@@ -189,7 +200,7 @@ impl Reader {
             standalone: false,
             in_group: false,
             skip_statement: false,
-            xa: false,
+            xa: None,
             checksummed: checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE")),
             seen_format: false,
             bytes_read: 0,
@@ -244,12 +255,18 @@ impl Reader {
                     g.alter,
                     Some(mariadb::AlterPhase::Start | mariadb::AlterPhase::Rollback)
                 );
-                self.xa = g.xa;
-                return Ok(vec![SourceEvent::Begin {
+                let mut out = vec![SourceEvent::Begin {
                     gtid: Some(g.gtid),
                     at: here(),
                     timestamp: header.timestamp(),
-                }]);
+                }];
+                if let Some(xa) = g.xa.as_ref().filter(|x| x.prepared) {
+                    out.push(SourceEvent::XaPrepare {
+                        xid: xa.xid.clone(),
+                    });
+                }
+                self.xa = g.xa;
+                return Ok(out);
             }
             mariadb::GTID_LIST => {
                 mariadb::gtid_list(event.data()).map_err(malformed)?;
@@ -440,13 +457,28 @@ impl Reader {
         timestamp: u32,
     ) -> Vec<SourceEvent> {
         let statement = ddl::parse_in(&sql, session.dialect());
-        // XA END, XA COMMIT, XA ROLLBACK: the XA group's frame, no change.
-        let xa_frame = self.xa
+        // XA END, XA COMMIT, XA ROLLBACK: the XA group's frame; the end of
+        // a prepared transaction says whether it committed.
+        let xa_frame = self.xa.is_some()
             && sql
                 .trim_start()
                 .get(..3)
                 .is_some_and(|w| w.eq_ignore_ascii_case("XA "));
-        if self.skip_statement || xa_frame {
+        if xa_frame {
+            let mut out = Vec::new();
+            if let Some(xa) = self.xa.as_ref().filter(|x| !x.prepared) {
+                let word = sql.split_whitespace().nth(1).unwrap_or_default();
+                out.push(SourceEvent::XaEnd {
+                    xid: xa.xid.clone(),
+                    commit: word.eq_ignore_ascii_case("COMMIT"),
+                });
+            }
+            if self.standalone {
+                out.extend(self.end_group(at, timestamp));
+            }
+            return out;
+        }
+        if self.skip_statement {
             return if self.standalone {
                 self.end_group(at, timestamp)
             } else {
@@ -509,15 +541,6 @@ impl Reader {
             )));
         };
         let Some(map) = entry else { return Ok(vec![]) };
-        if self.xa {
-            return Err(ReadError::Definite(format!(
-                "the source logged an XA transaction changing {}.{} at {at}, which this \
-                 version does not replicate yet (its prepared part would be lost across a \
-                 restart before its XA COMMIT); commit such changes without XA (or XA COMMIT \
-                 … ONE PHASE), then resync the job (force_fullsync)",
-                map.database, map.table
-            )));
-        }
         let change = decode::rows(map, op, before, after, data)
             .map_err(|e| ReadError::Definite(format!("{e} (at {at})")))?;
         Ok(vec![SourceEvent::Rows(change)])
@@ -527,8 +550,46 @@ impl Reader {
         self.in_group = false;
         self.standalone = false;
         self.skip_statement = false;
-        self.xa = false;
+        self.xa = None;
         vec![SourceEvent::Commit { end, timestamp }]
+    }
+
+    /// The row events of the one transaction whose first event follows
+    /// `at` (a prepared XA transaction's, read again when it commits), on
+    /// a connection of its own (`server_id`, not the stream's).
+    pub async fn rows_at(
+        addr: &ServerAddr<'_>,
+        at: &BinlogCoord,
+        server_id: u32,
+        scope: Scope,
+        timeout: Duration,
+    ) -> Result<Vec<RowChange>, ReadError> {
+        let start = StartAt {
+            gtid: String::new(),
+            coord: at.clone(),
+        };
+        let mut reader = Reader::open(addr, &start, server_id, scope, timeout).await?;
+        let mut rows = Vec::new();
+        let read = async {
+            loop {
+                for e in reader.next().await? {
+                    match e {
+                        SourceEvent::Rows(change) => rows.push(change),
+                        SourceEvent::Annotate(_) | SourceEvent::Idle { .. } => {}
+                        _ => return Ok::<_, ReadError>(()),
+                    }
+                }
+            }
+        };
+        let result = tokio::time::timeout(Duration::from_secs(60), read).await;
+        reader.close().await;
+        match result {
+            Ok(Ok(())) => Ok(rows),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ReadError::Transient(format!(
+                "reading a prepared XA transaction again at {at} took over 60 s"
+            ))),
+        }
     }
 
     pub async fn close(self) {
