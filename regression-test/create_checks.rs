@@ -249,18 +249,20 @@ async fn concurrent_creates_with_one_name_exactly_one_succeeds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn system_versioned_tables_are_refused_not_left_out() {
+async fn named_system_period_columns_are_refused_not_left_out() {
     let service = Service::fresh().await;
     let spec = db_job("versioned");
     let db = spec["src"]["database"].as_str().unwrap().to_string();
     source().admin(&format!(
-        "CREATE TABLE {db}.hist (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING"
+        "CREATE TABLE {db}.hist (id INT PRIMARY KEY, v INT,
+           rs TIMESTAMP(6) GENERATED ALWAYS AS ROW START, re TIMESTAMP(6) GENERATED ALWAYS AS ROW END,
+           PERIOD FOR SYSTEM_TIME(rs, re)) WITH SYSTEM VERSIONING"
     ));
     refused(
         &service,
         spec.clone(),
         400,
-        &["system-versioned tables in the job's scope (hist)"],
+        &["system-versioned tables with named period columns in the job's scope (hist)"],
     )
     .await;
     // A table job of another table of that database is fine.
@@ -270,8 +272,12 @@ async fn system_versioned_tables_are_refused_not_left_out() {
     table["dest"]["table"] = json!("t");
     service.post("create_ccr", table).await.ok();
     wait_for_state(&service, "versioned_t", "TableIncrementalSync").await;
-    // Made versioned while streaming: the job holds on it and says so.
-    source().admin(&format!("ALTER TABLE {db}.t ADD SYSTEM VERSIONING"));
+    // Given named period columns while streaming: the job holds on it.
+    source().admin(&format!(
+        "ALTER TABLE {db}.t ADD COLUMN rs TIMESTAMP(6) GENERATED ALWAYS AS ROW START,
+           ADD COLUMN re TIMESTAMP(6) GENERATED ALWAYS AS ROW END,
+           ADD PERIOD FOR SYSTEM_TIME(rs, re), ADD SYSTEM VERSIONING"
+    ));
     let held = poll_job(&service, "job_status", "versioned_t", 30, "held", |s| {
         s["state"] == "paused"
     })
@@ -283,7 +289,7 @@ async fn system_versioned_tables_are_refused_not_left_out() {
     assert!(
         p["job_progress"]["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("system-versioned")),
+            .is_some_and(|e| e.contains("named system-period columns")),
         "{held:#} {p:#}"
     );
     service.stop().await;

@@ -1232,3 +1232,64 @@ async fn xa_transactions_exactly_once_across_a_kill() {
     assert_eq!(state, "running");
     service.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_versioned_tables_with_their_history() {
+    let db = unique("hist");
+    source().admin(&format!(
+        "CREATE DATABASE {db}; USE {db};
+         CREATE TABLE h (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING;
+         INSERT INTO h VALUES (1, 1), (2, 2), (3, 3);
+         UPDATE h SET v = 10 WHERE id = 1; DELETE FROM h WHERE id = 2;
+         CREATE TABLE nokey (a INT, b VARCHAR(10)) WITH SYSTEM VERSIONING;
+         INSERT INTO nokey VALUES (1, 'x');"
+    ));
+    let dest_db = unique("hist_copy");
+    let service = Service::fresh().await;
+    service
+        .post(
+            "create_ccr",
+            json!({"name": "h", "src": src_endpoint(source(), &db, None),
+                   "dest": dest_endpoint(dest(), &dest_db, None)}),
+        )
+        .await
+        .ok();
+    wait_for_state(&service, "h", "DBIncrementalSync").await;
+    let all = |s: &MariaDb, d: &str, t: &str, order: &str| {
+        s.admin(&format!(
+            "SET time_zone = '+00:00'; SELECT *, ROW_START, ROW_END FROM `{d}`.`{t}` \
+             FOR SYSTEM_TIME ALL ORDER BY {order}, ROW_START"
+        ))
+    };
+    assert_eq!(
+        all(source(), &db, "h", "id"),
+        all(dest(), &dest_db, "h", "id")
+    );
+    // The stream: inserts, updates (one row twice in a transaction), a
+    // delete, a table made versioned, one created versioned.
+    source().admin(&format!(
+        "USE {db};
+         INSERT INTO h VALUES (4, 4);
+         UPDATE h SET v = v + 1 WHERE id IN (1, 3);
+         BEGIN; UPDATE h SET v = 100 WHERE id = 4; DO SLEEP(0.01); UPDATE h SET v = 101 WHERE id = 4; COMMIT;
+         DELETE FROM h WHERE id = 3;
+         UPDATE nokey SET b = 'y';
+         CREATE TABLE later (id INT PRIMARY KEY, v INT);
+         INSERT INTO later VALUES (1, 1);
+         ALTER TABLE later ADD SYSTEM VERSIONING;
+         UPDATE later SET v = 2;
+         CREATE TABLE born (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING;
+         INSERT INTO born VALUES (1, 1); UPDATE born SET v = 5; DELETE FROM born;"
+    ));
+    wait_caught_up(&service, "h", source()).await;
+    for (t, order) in [("h", "id"), ("nokey", "a"), ("later", "id"), ("born", "id")] {
+        assert_eq!(
+            all(source(), &db, t, order),
+            all(dest(), &dest_db, t, order),
+            "table {t}"
+        );
+    }
+    let (state, _) = job_status(&service, "h").await;
+    assert_eq!(state, "running");
+    service.stop().await;
+}

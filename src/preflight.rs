@@ -239,12 +239,29 @@ async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, Pre
             )
             .await
             .map_err(&err)?;
-        if !versioned.is_empty() {
+        // Their implicit ROW_START/ROW_END are replicated; named period
+        // columns are not yet.
+        let mut explicit = Vec::new();
+        for t in versioned {
+            let create: Option<(String, String)> = conn
+                .query_first(format!(
+                    "SHOW CREATE TABLE {}.{}",
+                    db::quote_ident(&ep.database),
+                    db::quote_ident(&t)
+                ))
+                .await
+                .map_err(&err)?;
+            if create.is_some_and(|(_, sql)| sql.contains("AS ROW START")) {
+                explicit.push(t);
+            }
+        }
+        if !explicit.is_empty() {
             problems.push(format!(
-                "has system-versioned tables in the job's scope ({}), which this version does \
-                 not replicate yet (their history would be lost); replicate them with MariaDB \
-                 replication, or move them to another database",
-                versioned.join(", ")
+                "has system-versioned tables with named period columns in the job's scope \
+                 ({}), which this version does not replicate yet (their history would be \
+                 lost); use implicit ones (WITH SYSTEM VERSIONING alone), or move them to \
+                 another database",
+                explicit.join(", ")
             ));
         }
     }

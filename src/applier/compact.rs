@@ -55,6 +55,7 @@ pub struct TxnId {
 /// Whether `dest` can take its changes as a net effect.
 pub fn eligible(dest: &DestTable, columns: &[Option<usize>]) -> bool {
     !dest.key.is_empty()
+        && !dest.versioned
         && !dest.cascade_delete
         && !dest.cascade_update
         && dest.uniques.len() == 1
@@ -443,6 +444,7 @@ mod tests {
             key: vec![0],
             uniques: vec![vec![0]],
             sequence: false,
+            versioned: false,
             cascade_delete: false,
             cascade_update: false,
         })

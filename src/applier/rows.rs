@@ -81,12 +81,18 @@ impl Statements {
 /// (`None` for a generated one).
 pub fn mapping(map: &TableMap, dest: &DestTable) -> Result<Vec<Option<usize>>, String> {
     let target = |i: usize| (!dest.columns[i].generated).then_some(i);
+    // A versioned table's implicit ROW_START and ROW_END come last.
+    let system = if dest.versioned { 2 } else { 0 };
     if map.has_names() {
         return map
             .columns
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 let name = c.name.as_deref().unwrap_or_default();
+                if i + system >= map.columns.len() && dest.column(name).is_none() {
+                    return Ok(None);
+                }
                 dest.column(name).map(target).ok_or_else(|| {
                     format!(
                         "the binlog has column `{name}` in {}.{}, which destination table {}.{} lacks",
@@ -96,7 +102,7 @@ pub fn mapping(map: &TableMap, dest: &DestTable) -> Result<Vec<Option<usize>>, S
             })
             .collect();
     }
-    if map.columns.len() != dest.columns.len() {
+    if map.columns.len() != dest.columns.len() + system {
         return Err(format!(
             "the binlog has {} columns for {}.{}, destination table {}.{} has {}: their definitions differ",
             map.columns.len(),
@@ -107,7 +113,90 @@ pub fn mapping(map: &TableMap, dest: &DestTable) -> Result<Vec<Option<usize>>, S
             dest.columns.len()
         ));
     }
-    Ok((0..map.columns.len()).map(target).collect())
+    Ok((0..map.columns.len())
+        .map(|i| {
+            if i < dest.columns.len() {
+                target(i)
+            } else {
+                None
+            }
+        })
+        .collect())
+}
+
+/// `ROW_END` of a current row (MariaDB 10.11's timestamps end in 2038).
+const ROW_END_MAX: &[u8] = b"2038-01-19 03:14:07.999999";
+
+/// A versioned table's row event, applied as what made it: an insert of a
+/// current row, an update of one (the source logs the history row it
+/// wrote apart: skipped, the destination writes its own), a delete (logged
+/// as the row's end) — each at the source's time (`@@timestamp`), so the
+/// destination's history has the source's `ROW_START` and `ROW_END`.
+fn versioned(
+    change: &RowChange,
+    table: &str,
+    dest: &DestTable,
+    columns: &[Option<usize>],
+    mode: Mode,
+    out: &mut Statements,
+) -> Result<(), String> {
+    let time = |image: &Image, from_end: usize| -> Result<String, String> {
+        let at = image
+            .len()
+            .checked_sub(from_end)
+            .ok_or("row image lacks ROW_START/ROW_END")?;
+        match image[at].as_ref() {
+            Some(Cell::Bytes(b)) if b.iter().all(|c| c.is_ascii_digit() || b"-: .".contains(c)) => {
+                Ok(String::from_utf8_lossy(b).into_owned())
+            }
+            other => Err(format!("row image has {other:?} for a system time")),
+        }
+    };
+    let at_time = |out: &mut Statements, t: &str| {
+        out.push(&format!("SET @@timestamp = UNIX_TIMESTAMP('{t}')"), None);
+    };
+    let expect_one = match mode {
+        Mode::Exact => Some(1),
+        Mode::Idempotent => None,
+    };
+    for (before, after) in &change.rows {
+        match (change.op, before, after) {
+            (RowOp::Insert, _, Some(row)) => {
+                if time(row, 1)?.as_bytes() != ROW_END_MAX {
+                    continue;
+                }
+                at_time(out, &time(row, 2)?);
+                insert(table, dest, columns, &[row], mode, out);
+            }
+            (RowOp::Update, Some(old), Some(new)) => {
+                let end = time(new, 1)?;
+                if end.as_bytes() == ROW_END_MAX {
+                    at_time(out, &time(new, 2)?);
+                    let sql = out.start();
+                    sql.extend_from_slice(format!("UPDATE {table} SET ").as_bytes());
+                    push_pairs(sql, dest, columns, new, b",", b"=");
+                    sql.extend_from_slice(b" WHERE ");
+                    row_match(sql, dest, columns, old)?;
+                    out.expect.push(expect_one);
+                } else {
+                    at_time(out, &end);
+                    let sql = out.start();
+                    sql.extend_from_slice(format!("DELETE FROM {table} WHERE ").as_bytes());
+                    row_match(sql, dest, columns, old)?;
+                    out.expect.push(expect_one);
+                }
+            }
+            (RowOp::Delete, _, _) => {
+                return Err(format!(
+                    "a row event deletes rows of system-versioned table {table} (its history: \
+                     DELETE HISTORY, or a partition dropped), which is not replicated"
+                ))
+            }
+            _ => return Err("row event lacks a row image".into()),
+        }
+    }
+    out.push("SET @@timestamp = DEFAULT", None);
+    Ok(())
 }
 
 /// Appends the statements for one row event.
@@ -125,6 +214,9 @@ pub fn render(
     );
     if dest.sequence {
         return sequence(change, &table, dest, columns, out);
+    }
+    if dest.versioned {
+        return versioned(change, &table, dest, columns, mode, out);
     }
     // The rows a foreign key's action changes are not in the binlog: the
     // destination changes them, as the source did, with its checks on.
@@ -443,6 +535,7 @@ mod tests {
             ],
             uniques: vec![key.clone()],
             sequence: false,
+            versioned: false,
             cascade_delete: false,
             cascade_update: false,
             key,

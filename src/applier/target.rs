@@ -46,6 +46,10 @@ pub struct DestTable {
     pub uniques: Vec<Vec<usize>>,
     /// A SEQUENCE: its state is set with SETVAL, never written as rows.
     pub sequence: bool,
+    /// System-versioned: its row events carry the implicit `ROW_START` and
+    /// `ROW_END` last, and are applied as the statements that made them
+    /// (the destination writes the history), at the source's times.
+    pub versioned: bool,
     /// Deleting (updating) one of its rows changes other tables' rows
     /// through a foreign key (`ON DELETE`/`ON UPDATE` `CASCADE`, `SET
     /// NULL`, `SET DEFAULT`), which the binlog does not log: the
@@ -154,6 +158,7 @@ pub async fn load(
         key: Vec::new(),
         uniques: Vec::new(),
         sequence: kind.as_deref() == Some("SEQUENCE"),
+        versioned: kind.as_deref() == Some("SYSTEM VERSIONED"),
         cascade_delete: rules.iter().any(|(d, _)| acts(d)),
         cascade_update: rules.iter().any(|(_, u)| acts(u)),
     };
@@ -216,6 +221,7 @@ mod tests {
             key: vec![],
             uniques: vec![],
             sequence: false,
+            versioned: false,
             cascade_delete: false,
             cascade_update: false,
         };

@@ -27,6 +27,7 @@
 
 use crate::applier::checkpoint;
 use crate::applier::insert::InsertBuilder;
+use crate::applier::literal::LiteralKind;
 use crate::applier::plan::{self, ChunkDone, PlannedChunk};
 use crate::applier::tables::{self, Existing, TableError};
 use crate::applier::{self, load};
@@ -676,9 +677,16 @@ async fn copy_chunk(
     let info = shared.tables.get(&chunk.src_table).ok_or_else(|| {
         SyncError::Definite(format!("no definition for table {}", chunk.src_table))
     })?;
-    let select: Vec<String> = info.columns.iter().map(|c| c.select_expr()).collect();
+    let mut select: Vec<String> = info.columns.iter().map(|c| c.select_expr()).collect();
+    // A versioned table's history too, with its system times.
+    let history = if info.versioned {
+        select.extend(["ROW_START".to_string(), "ROW_END".to_string()]);
+        " FOR SYSTEM_TIME ALL"
+    } else {
+        ""
+    };
     let mut sql = format!(
-        "SELECT {} FROM {}.{}",
+        "SELECT {} FROM {}.{}{history}",
         select.join(", "),
         quote_ident(src_db),
         quote_ident(&info.name)
@@ -688,7 +696,7 @@ async fn copy_chunk(
         sql.extend_from_slice(b" WHERE ");
         sql.extend_from_slice(&filter);
     }
-    let mut sink = if shared.load_data {
+    let mut sink = if shared.load_data && !info.versioned {
         let columns: Vec<(String, bool)> = info
             .columns
             .iter()
@@ -700,11 +708,16 @@ async fn copy_chunk(
             block: LOAD_BLOCK_BYTES,
         }
     } else {
-        let columns: Vec<(String, _)> = info
+        let mut columns: Vec<(String, _)> = info
             .columns
             .iter()
             .map(|c| (c.name.clone(), c.kind()))
             .collect();
+        if info.versioned {
+            for c in ["ROW_START", "ROW_END"] {
+                columns.push((c.to_string(), LiteralKind::Quoted));
+            }
+        }
         Sink::Insert(InsertBuilder::new(
             dest_db,
             &chunk.dest_table,
@@ -770,6 +783,22 @@ async fn copy_chunk(
         Ok::<_, SyncError>((rows, bytes))
     };
     let writer = async {
+        if info.versioned {
+            // Rows written with their own ROW_START and ROW_END (MariaDB
+            // 10.11+).
+            dest.query_drop("SET SESSION system_versioning_insert_history = 1")
+                .await
+                .map_err(|e| {
+                    SyncError::sql(
+                        format!(
+                            "{}: a system-versioned table's history needs \
+                             system_versioning_insert_history (MariaDB 10.11+ destination)",
+                            dest_context()
+                        ),
+                        e,
+                    )
+                })?;
+        }
         dest.query_drop("START TRANSACTION")
             .await
             .map_err(|e| SyncError::sql(dest_context(), e))?;

@@ -980,7 +980,9 @@ impl Incremental {
                             quote_ident(dest_db)
                         );
                         let result = conn.query_drop(&run).await;
-                        let reset = conn.query_drop(applier::SESSION_SETUP).await;
+                        let reset = conn
+                            .query_drop(format!("{}, timestamp = DEFAULT", applier::SESSION_SETUP))
+                            .await;
                         match result {
                             Ok(()) => {}
                             Err(e)
@@ -1417,17 +1419,17 @@ impl Incremental {
             };
         }
         if matches!(kind, DdlKind::CreateTable | DdlKind::AlterTable)
-            && ddl::mentions_words(sql, dialect, &["SYSTEM", "VERSIONING"])
+            && ddl::mentions_words(sql, dialect, &["AS", "ROW", "START"])
         {
             return Err(apply::refused(
                 &t.id,
                 Some(elide(sql)),
                 "system versioning: not replicated".into(),
                 format!(
-                    "{}: `{}` makes a table of the job system-versioned, which this version \
-                     does not replicate yet (its history would be lost); drop the versioning on \
-                     the source, or skip this transaction (job_skip_binlog) knowing the table's \
-                     stream then stops",
+                    "{}: `{}` gives a table of the job named system-period columns, which \
+                     this version does not replicate yet (its history would be lost; implicit \
+                     WITH SYSTEM VERSIONING is replicated); use implicit ones, or skip this \
+                     transaction (job_skip_binlog) knowing the table's stream then stops",
                     t.name(),
                     elide(sql)
                 ),

@@ -59,6 +59,9 @@ pub struct TableInfo {
     pub create_sql: String,
     /// The server's estimate (`information_schema.TABLES.TABLE_ROWS`).
     pub estimated_rows: u64,
+    /// System-versioned (with its implicit `ROW_START`/`ROW_END`): copied
+    /// with its history.
+    pub versioned: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -73,16 +76,16 @@ pub async fn tables(
     database: &str,
     only: Option<&str>,
 ) -> Result<Vec<TableInfo>, mysql_async::Error> {
-    let rows: Vec<(String, Option<u64>)> = conn
+    let rows: Vec<(String, Option<u64>, String)> = conn
         .exec(
-            "SELECT TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES \
-             WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' AND (? IS NULL OR TABLE_NAME = ?) \
-             ORDER BY TABLE_NAME",
+            "SELECT TABLE_NAME, TABLE_ROWS, TABLE_TYPE FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = ? AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') \
+             AND (? IS NULL OR TABLE_NAME = ?) ORDER BY TABLE_NAME",
             (database, only, only),
         )
         .await?;
     let mut out = Vec::with_capacity(rows.len());
-    for (name, estimated_rows) in rows {
+    for (name, estimated_rows, kind) in rows {
         let all = columns(conn, database, &name).await?;
         let key = key_columns(conn, database, &name, &all).await?;
         let columns = all
@@ -97,6 +100,7 @@ pub async fn tables(
             key,
             create_sql,
             estimated_rows: estimated_rows.unwrap_or(0),
+            versioned: kind == "SYSTEM VERSIONED",
         });
     }
     Ok(out)

@@ -296,7 +296,7 @@ impl Reader {
                 return Ok(self.query(
                     q.schema,
                     q.sql,
-                    status::read(&q.status_vars),
+                    status::read(&q.status_vars).at(header.timestamp()),
                     here(),
                     header.timestamp(),
                 ));
@@ -378,7 +378,7 @@ impl Reader {
             EventData::QueryEvent(q) => self.query(
                 q.schema().into_owned(),
                 q.query().into_owned(),
-                status::read(q.status_vars_raw()),
+                status::read(q.status_vars_raw()).at(header.timestamp()),
                 here(),
                 header.timestamp(),
             ),

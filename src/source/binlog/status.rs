@@ -23,6 +23,19 @@ const Q_CATALOG_NZ: u8 = 6;
 const Q_LC_TIME_NAMES: u8 = 7;
 const Q_CHARSET_DATABASE: u8 = 8;
 const Q_TABLE_MAP_FOR_UPDATE: u8 = 9;
+const Q_MASTER_DATA_WRITTEN: u8 = 10;
+const Q_INVOKER: u8 = 11;
+const Q_UPDATED_DB_NAMES: u8 = 12;
+const Q_MICROSECONDS: u8 = 13;
+const Q_EXPLICIT_DEFAULTS_FOR_TIMESTAMP: u8 = 16;
+const Q_DDL_LOGGED_WITH_XID: u8 = 17;
+const Q_DEFAULT_COLLATION_FOR_UTF8MB4: u8 = 18;
+const Q_SQL_REQUIRE_PRIMARY_KEY: u8 = 19;
+const Q_DEFAULT_TABLE_ENCRYPTION: u8 = 20;
+/// MariaDB: the statement's start, microseconds of its second.
+const Q_HRNOW: u8 = 128;
+const Q_XID: u8 = 129;
+const Q_GTID_FLAGS3: u8 = 130;
 
 const MODE_ANSI_QUOTES: u64 = 0x0000_0004;
 const MODE_NO_BACKSLASH_ESCAPES: u64 = 0x0010_0000;
@@ -33,6 +46,9 @@ pub struct Session {
     pub sql_mode: Option<u64>,
     /// character_set_client, collation_connection, collation_server (ids).
     pub charset: Option<(u16, u16, u16)>,
+    /// When the statement started on the source: unix seconds (the event
+    /// header's) and microseconds (`Q_HRNOW`, when logged).
+    pub started: Option<(u32, u32)>,
 }
 
 impl Session {
@@ -46,9 +62,25 @@ impl Session {
     }
 
     /// The `SET` that gives a destination session the statement's
-    /// `sql_mode` (as `mariadb-binlog` writes it), if the event names it.
+    /// `sql_mode` and start time (as `mariadb-binlog` writes them: what a
+    /// versioned table's `ROW_START` takes, what `NOW()` returns), if the
+    /// event names them.
     pub fn set_sql(&self) -> Option<String> {
-        self.sql_mode.map(|m| format!("SET @@session.sql_mode={m}"))
+        let mut parts = Vec::new();
+        if let Some(m) = self.sql_mode {
+            parts.push(format!("@@session.sql_mode={m}"));
+        }
+        if let Some((secs, usecs)) = self.started {
+            parts.push(format!("@@session.timestamp={secs}.{usecs:06}"));
+        }
+        (!parts.is_empty()).then(|| format!("SET {}", parts.join(", ")))
+    }
+
+    /// With the statement's start second (its event header's timestamp).
+    pub fn at(mut self, secs: u32) -> Self {
+        let usecs = self.started.map_or(0, |(_, u)| u);
+        self.started = Some((secs, usecs));
+        self
     }
 }
 
@@ -84,8 +116,45 @@ pub fn read(vars: &[u8]) -> Session {
                 Some(&n) => 1 + usize::from(n),
                 None => break,
             },
-            Q_LC_TIME_NAMES | Q_CHARSET_DATABASE => 2,
-            Q_TABLE_MAP_FOR_UPDATE => 8,
+            Q_LC_TIME_NAMES | Q_CHARSET_DATABASE | Q_DEFAULT_COLLATION_FOR_UTF8MB4 => 2,
+            Q_TABLE_MAP_FOR_UPDATE | Q_DDL_LOGGED_WITH_XID | Q_XID => 8,
+            Q_MASTER_DATA_WRITTEN => 4,
+            Q_EXPLICIT_DEFAULTS_FOR_TIMESTAMP
+            | Q_SQL_REQUIRE_PRIMARY_KEY
+            | Q_DEFAULT_TABLE_ENCRYPTION
+            | Q_GTID_FLAGS3 => 1,
+            Q_MICROSECONDS => 3,
+            Q_HRNOW => {
+                let Some(b) = vars.get(at..at + 3) else { break };
+                let usecs = u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16;
+                s.started = Some((0, usecs));
+                3
+            }
+            Q_INVOKER => {
+                // User and host, each with a length byte.
+                let Some(&user) = vars.get(at) else { break };
+                let Some(&host) = vars.get(at + 1 + usize::from(user)) else {
+                    break;
+                };
+                2 + usize::from(user) + usize::from(host)
+            }
+            Q_UPDATED_DB_NAMES => {
+                // A count, then as many NUL-terminated names (none past 253).
+                let Some(&count) = vars.get(at) else { break };
+                let mut len = 1;
+                if count < 254 {
+                    for _ in 0..count {
+                        match vars
+                            .get(at + len..)
+                            .and_then(|r| r.iter().position(|&c| c == 0))
+                        {
+                            Some(n) => len += n + 1,
+                            None => break,
+                        }
+                    }
+                }
+                len
+            }
             _ => break,
         };
         at += len;
@@ -118,5 +187,26 @@ mod tests {
         // Cut short: what was whole is kept.
         assert_eq!(read(&v[..10]).sql_mode, None);
         assert_eq!(read(&v[..14]).sql_mode, s.sql_mode);
+        // The start time: the header's second, Q_HRNOW's microseconds.
+        let mut t = vec![
+            Q_INVOKER,
+            4,
+            b'r',
+            b'o',
+            b'o',
+            b't',
+            1,
+            b'%',
+            Q_UPDATED_DB_NAMES,
+            2,
+        ];
+        t.extend_from_slice(b"a\0bc\0");
+        t.extend_from_slice(&[Q_HRNOW, 0x3f, 0x42, 0x0f]);
+        let s = read(&t).at(1_700_000_000);
+        assert_eq!(s.started, Some((1_700_000_000, 999_999)));
+        assert_eq!(
+            read(&t[..8]).at(5).set_sql().unwrap(),
+            "SET @@session.timestamp=5.000000"
+        );
     }
 }
