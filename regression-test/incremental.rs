@@ -748,7 +748,17 @@ async fn compressed_events_two_phase_alter_and_xa() {
         ..ServerOptions::source()
     }));
     let db = unique("compressed");
-    src.admin(&format!("CREATE DATABASE {db}; USE {db}; {TYPES_TABLE}"));
+    src.admin(&format!(
+        "CREATE DATABASE {db}; USE {db}; {TYPES_TABLE}
+         CREATE SEQUENCE sq START WITH 10;
+         CREATE TABLE vt (id INT PRIMARY KEY DEFAULT NEXTVAL(sq), v INT, hidden INT INVISIBLE DEFAULT 9)
+           WITH SYSTEM VERSIONING;
+         INSERT INTO vt (v) VALUES (1), (2); UPDATE vt SET v = 3 WHERE v = 1;
+         CREATE TABLE parent (id INT PRIMARY KEY);
+         CREATE TABLE child (id INT PRIMARY KEY, pid INT,
+           FOREIGN KEY (pid) REFERENCES parent (id) ON DELETE CASCADE);
+         INSERT INTO parent VALUES (1), (2); INSERT INTO child VALUES (1, 1), (2, 2), (3, 1);"
+    ));
     let dest_db = unique("compressed_copy");
     let service = Service::fresh().await;
     service
@@ -779,9 +789,25 @@ async fn compressed_events_two_phase_alter_and_xa() {
          XA COMMIT 'out';
          XA START 'gone'; INSERT INTO {db}_other.o VALUES (2); XA END 'gone'; XA PREPARE 'gone';
          XA ROLLBACK 'gone';
-         INSERT INTO big (id, body) VALUES (1000, 'after the XA transactions');"
+         INSERT INTO big (id, body) VALUES (1000, 'after the XA transactions');
+         INSERT INTO vt (v) SELECT seq FROM seq_1_to_30; UPDATE vt SET v = v * 2, hidden = 1 WHERE v < 10;
+         DELETE FROM vt WHERE v = 4; ALTER TABLE vt ADD COLUMN w INT DEFAULT 0;
+         DELETE FROM parent WHERE id = 1;"
     ));
     wait_caught_up(&service, "z", &src).await;
+    let history = |s: &MariaDb, d: &str| {
+        s.admin(&format!(
+            "SET time_zone = '+00:00'; SELECT *, hidden, ROW_START, ROW_END FROM `{d}`.vt \
+             FOR SYSTEM_TIME ALL ORDER BY id, ROW_START"
+        ))
+    };
+    assert_eq!(history(&src, &db), history(dest(), &dest_db));
+    let next = |s: &MariaDb, d: &str| s.admin(&format!("SELECT next_not_cached_value FROM `{d}`.sq"));
+    assert_eq!(next(&src, &db), next(dest(), &dest_db));
+    assert_eq!(
+        checksums(&src, &db, &["parent", "child"]),
+        checksums(dest(), &dest_db, &["parent", "child"])
+    );
     assert_eq!(
         checksums(&src, &db, &["types", "big"]),
         checksums(dest(), &dest_db, &["types", "big"])
