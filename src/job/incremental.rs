@@ -662,6 +662,7 @@ impl Incremental {
             misconfigured.clone(),
             topology_now.clone(),
             (self.metrics.clone(), spec.name.clone()),
+            self.progress.clone(),
         )));
         let start_point = pos.clone();
 
@@ -975,8 +976,11 @@ impl Incremental {
                             .set_sql()
                             .map(|s| format!("{s}; "))
                             .unwrap_or_default();
+                        // An ALTER of a versioned table ran on the source,
+                        // so its session kept the history (KEEP).
                         let run = format!(
-                            "SET NAMES utf8mb4; {mode}USE {}; {dest_sql}",
+                            "SET NAMES utf8mb4, system_versioning_alter_history = KEEP; \
+                             {mode}USE {}; {dest_sql}",
                             quote_ident(dest_db)
                         );
                         let result = conn.query_drop(&run).await;
@@ -1622,6 +1626,7 @@ async fn poll_head(
     misconfigured: Arc<Mutex<Option<String>>>,
     topology_now: Arc<Mutex<Option<topology::Topology>>>,
     (metrics, job): (Arc<Metrics>, String),
+    progress: watch::Sender<Applied>,
 ) {
     let mut polls = 0u64;
     let mut conn: Option<Conn> = None;
@@ -1678,6 +1683,20 @@ async fn poll_head(
             {
                 Ok(Some(text)) => {
                     if let Ok(p) = MariaGtidPos::parse(&text) {
+                        // Shown at once, also while the applier waits (a
+                        // blocked destination): the job is behind, and a
+                        // stall shows.
+                        let seq = p.commit_seq();
+                        progress.send_if_modified(|a| {
+                            let newer = a.detail.source_commit_seq.is_none_or(|s| seq > s);
+                            if newer {
+                                a.detail.source_commit_seq = Some(seq);
+                                if a.commit_seq.is_none_or(|applied| applied < seq) {
+                                    a.detail.caught_up = false;
+                                }
+                            }
+                            newer
+                        });
                         *head.lock() = Some(p);
                     }
                 }

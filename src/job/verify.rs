@@ -661,6 +661,13 @@ impl Verify {
             let mut dest = full_sync::connect_dest(&self.spec, self.connect_timeout).await?;
             let (mut src, _, held) = self.hold_at_source().await?;
             let info = self.table_info(&mut src, &table).await?;
+            if info.versioned {
+                // Rows deleted and written again would be history.
+                return Err(SyncError::Definite(format!(
+                    "{table} is system-versioned: a repair would write its rows as new \
+                     history; copy it again with partial_sync"
+                )));
+            }
             let started = Instant::now();
             while next < repair.ranges.len() && started.elapsed() < HOLD_BUDGET {
                 let range = &repair.ranges[next];
