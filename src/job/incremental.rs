@@ -661,8 +661,11 @@ impl Incremental {
             applied_coord.clone(),
             misconfigured.clone(),
             topology_now.clone(),
-            (self.metrics.clone(), spec.name.clone()),
-            self.progress.clone(),
+            (
+                self.metrics.clone(),
+                spec.name.clone(),
+                self.progress.clone(),
+            ),
         )));
         let start_point = pos.clone();
 
@@ -1625,8 +1628,7 @@ async fn poll_head(
     applied: Arc<Mutex<(BinlogCoord, Option<i64>)>>,
     misconfigured: Arc<Mutex<Option<String>>>,
     topology_now: Arc<Mutex<Option<topology::Topology>>>,
-    (metrics, job): (Arc<Metrics>, String),
-    progress: watch::Sender<Applied>,
+    (metrics, job, progress): (Arc<Metrics>, String, watch::Sender<Applied>),
 ) {
     let mut polls = 0u64;
     let mut conn: Option<Conn> = None;
