@@ -983,6 +983,12 @@ async fn no_statement_in_scope_passes_unseen() {
         ))
     };
     assert_eq!(comment(source(), &db), comment(dest(), &dest_db));
+    // A session writing latin1: its statement's bytes are latin1.
+    source().admin(&format!(
+        "USE {db}; SET NAMES latin1; ALTER TABLE t_renamed COMMENT 'caf\u{e9} \u{20ac}';"
+    ));
+    wait_caught_up(&service, "u", source()).await;
+    assert_eq!(comment(source(), &db), comment(dest(), &dest_db));
     // A statement on the job's database it cannot apply holds the job,
     // named, with what to do; skipped, the stream goes on.
     source().admin(&format!("ALTER DATABASE {db} COMMENT 'held'"));

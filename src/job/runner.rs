@@ -509,6 +509,20 @@ impl Runner {
         let save = save || states(known) != states(&v);
         let mut next = current.progress.clone();
         next.verify = Some(v);
+        self.save_and_publish(&current, next, save, "the verification")
+            .await;
+        save
+    }
+
+    /// Stores the job's new progress (when `save`; a failure is logged as
+    /// saving `what`), then shows it.
+    async fn save_and_publish(
+        &self,
+        current: &JobSnapshot,
+        next: Progress,
+        save: bool,
+        what: &str,
+    ) {
         let now = now_ms();
         if save {
             if let Err(e) = self
@@ -517,14 +531,13 @@ impl Runner {
                 .await
             {
                 let e = self.noted(e);
-                warn!(job = %current.spec.name, error = %e, "saving the verification failed");
+                warn!(job = %current.spec.name, error = %e, "saving {what} failed");
             }
         }
         self.publish(|s| {
             s.progress = next;
             s.updated_at = now;
         });
-        save
     }
 
     /// The source tables a verification compares: those asked (each must
@@ -586,21 +599,8 @@ impl Runner {
             next.last_error = progress.last_error.clone();
         }
         next.full_sync = Some(progress);
-        let now = now_ms();
-        if save {
-            if let Err(e) = self
-                .store
-                .save_status(&current.spec.name, &self.fence, current.status, &next, now)
-                .await
-            {
-                let e = self.noted(e);
-                warn!(job = %current.spec.name, error = %e, "saving full sync progress failed");
-            }
-        }
-        self.publish(|s| {
-            s.progress = next;
-            s.updated_at = now;
-        });
+        self.save_and_publish(&current, next, save, "full sync progress")
+            .await;
     }
 
     async fn update_incremental(&self, applied: Applied, save: bool) {

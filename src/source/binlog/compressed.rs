@@ -75,7 +75,8 @@ pub fn inflate(block: &[u8]) -> Result<Vec<u8>, String> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Query {
     pub schema: String,
-    pub sql: String,
+    /// The statement's bytes, as logged.
+    pub sql: Vec<u8>,
     /// The status variables, as they are in the event.
     pub status_vars: Vec<u8>,
 }
@@ -110,7 +111,7 @@ pub fn query(body: &[u8]) -> Result<Query, Malformed> {
     let sql = inflate(text).map_err(|e| bad(&e))?;
     Ok(Query {
         schema: String::from_utf8_lossy(schema).into_owned(),
-        sql: String::from_utf8_lossy(&sql).into_owned(),
+        sql,
         status_vars,
     })
 }
@@ -249,7 +250,7 @@ mod tests {
             query(&q).unwrap(),
             Query {
                 schema: "shop".into(),
-                sql: "ALTER TABLE t ADD c INT".into(),
+                sql: b"ALTER TABLE t ADD c INT".to_vec(),
                 status_vars: vec![0, 0],
             }
         );

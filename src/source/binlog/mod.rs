@@ -377,7 +377,7 @@ impl Reader {
             EventData::XidEvent(_) => self.end_group(here(), header.timestamp()),
             EventData::QueryEvent(q) => self.query(
                 q.schema().into_owned(),
-                q.query().into_owned(),
+                q.query_raw().to_vec(),
                 status::read(q.status_vars_raw()).at(header.timestamp()),
                 here(),
                 header.timestamp(),
@@ -451,12 +451,26 @@ impl Reader {
     fn query(
         &mut self,
         schema: String,
-        sql: String,
+        raw: Vec<u8>,
         session: status::Session,
         at: BinlogCoord,
         timestamp: u32,
     ) -> Vec<SourceEvent> {
-        let statement = ddl::parse_in(&sql, session.dialect());
+        // Text in a character set this cannot read is held where it
+        // touches the job (never run mangled).
+        let (sql, statement) = match status::statement_text(&raw, &session) {
+            Some(sql) => {
+                let statement = ddl::parse_in(&sql, session.dialect());
+                (sql, statement)
+            }
+            None => (
+                String::from_utf8_lossy(&raw).into_owned(),
+                Statement::Other(format!(
+                    "TEXT IN CHARACTER SET {}",
+                    session.charset.map_or(0, |c| c.0)
+                )),
+            ),
+        };
         // XA END, XA COMMIT, XA ROLLBACK: the XA group's frame; the end of
         // a prepared transaction says whether it committed.
         let xa_frame = self.xa.is_some()

@@ -84,6 +84,42 @@ impl Session {
     }
 }
 
+/// MariaDB's latin1 collations (its latin1 is Windows-1252).
+const LATIN1: [u16; 8] = [5, 8, 15, 31, 47, 48, 49, 94];
+
+/// Windows-1252's characters for 0x80–0x9F (the rest of latin1 is
+/// Unicode's first 256 code points).
+const CP1252_HIGH: [u16; 32] = [
+    0x20AC, 0x0081, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039,
+    0x0152, 0x008D, 0x017D, 0x008F, 0x0090, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014,
+    0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x009D, 0x017E, 0x0178,
+];
+
+/// Whether a collation id is of utf8mb3/utf8mb4 (or binary, or one of
+/// MariaDB 10.10's ids past 255, which are Unicode ones).
+fn utf8_family(id: u16) -> bool {
+    matches!(id, 33 | 45 | 46 | 63 | 76 | 83 | 192..=247) || id > 255
+}
+
+/// A statement's text as UTF-8 (which the destination reads it as), as
+/// its session's client character set says: ASCII as it is, UTF-8 as it
+/// is, latin1 decoded; `None` for text in another character set.
+pub fn statement_text(raw: &[u8], session: &Session) -> Option<String> {
+    let client = session.charset.map(|c| c.0);
+    if raw.is_ascii() || client.is_none_or(utf8_family) {
+        return std::str::from_utf8(raw).ok().map(str::to_string);
+    }
+    if !client.is_some_and(|c| LATIN1.contains(&c)) {
+        return None;
+    }
+    raw.iter()
+        .map(|&b| match b {
+            0x80..=0x9F => char::from_u32(u32::from(CP1252_HIGH[usize::from(b - 0x80)])),
+            _ => Some(char::from(b)),
+        })
+        .collect()
+}
+
 /// Reads the status variables block of a query event.
 pub fn read(vars: &[u8]) -> Session {
     let mut s = Session::default();
@@ -183,6 +219,26 @@ mod tests {
             format!("SET @@session.sql_mode={}", MODE_ANSI_QUOTES | 0x4000_0000)
         );
         assert_eq!(read(&[]), Session::default());
+        // Text: UTF-8 as it is; latin1 (cp1252) decoded; others refused.
+        let latin1 = Session {
+            charset: Some((8, 8, 8)),
+            ..Session::default()
+        };
+        assert_eq!(
+            statement_text(b"COMMENT '\xe9t\xe9 \x80'", &latin1).unwrap(),
+            "COMMENT 'été €'"
+        );
+        // UTF-8 bytes from a latin1 session are latin1 characters.
+        assert_eq!(statement_text("'é'".as_bytes(), &latin1).unwrap(), "'Ã©'");
+        assert_eq!(
+            statement_text("'é'".as_bytes(), &Session::default()).unwrap(),
+            "'é'"
+        );
+        let sjis = Session {
+            charset: Some((13, 13, 8)),
+            ..Session::default()
+        };
+        assert_eq!(statement_text(b"'\x82\xa0'", &sjis), None);
         assert_eq!(Session::default().set_sql(), None);
         // Cut short: what was whole is kept.
         assert_eq!(read(&v[..10]).sql_mode, None);
