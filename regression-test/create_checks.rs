@@ -249,20 +249,20 @@ async fn concurrent_creates_with_one_name_exactly_one_succeeds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn named_system_period_columns_are_refused_not_left_out() {
+async fn tables_versioned_by_transaction_are_refused_not_left_out() {
     let service = Service::fresh().await;
     let spec = db_job("versioned");
     let db = spec["src"]["database"].as_str().unwrap().to_string();
     source().admin(&format!(
         "CREATE TABLE {db}.hist (id INT PRIMARY KEY, v INT,
-           rs TIMESTAMP(6) GENERATED ALWAYS AS ROW START, re TIMESTAMP(6) GENERATED ALWAYS AS ROW END,
-           PERIOD FOR SYSTEM_TIME(rs, re)) WITH SYSTEM VERSIONING"
+           rs BIGINT UNSIGNED GENERATED ALWAYS AS ROW START, re BIGINT UNSIGNED GENERATED ALWAYS AS ROW END,
+           PERIOD FOR SYSTEM_TIME(rs, re)) ENGINE=InnoDB WITH SYSTEM VERSIONING"
     ));
     refused(
         &service,
         spec.clone(),
         400,
-        &["system-versioned tables with named period columns in the job's scope (hist)"],
+        &["tables versioned by transaction id in the job's scope (hist)"],
     )
     .await;
     // A table job of another table of that database is fine.
@@ -274,8 +274,8 @@ async fn named_system_period_columns_are_refused_not_left_out() {
     wait_for_state(&service, "versioned_t", "TableIncrementalSync").await;
     // Given named period columns while streaming: the job holds on it.
     source().admin(&format!(
-        "ALTER TABLE {db}.t ADD COLUMN rs TIMESTAMP(6) GENERATED ALWAYS AS ROW START,
-           ADD COLUMN re TIMESTAMP(6) GENERATED ALWAYS AS ROW END,
+        "ALTER TABLE {db}.t ADD COLUMN rs BIGINT UNSIGNED GENERATED ALWAYS AS ROW START,
+           ADD COLUMN re BIGINT UNSIGNED GENERATED ALWAYS AS ROW END,
            ADD PERIOD FOR SYSTEM_TIME(rs, re), ADD SYSTEM VERSIONING"
     ));
     let held = poll_job(&service, "job_status", "versioned_t", 30, "held", |s| {
@@ -289,7 +289,7 @@ async fn named_system_period_columns_are_refused_not_left_out() {
     assert!(
         p["job_progress"]["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("named system-period columns")),
+            .is_some_and(|e| e.contains("by transaction id")),
         "{held:#} {p:#}"
     );
     service.stop().await;

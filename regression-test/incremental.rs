@@ -1276,7 +1276,12 @@ async fn system_versioned_tables_with_their_history() {
          INSERT INTO h VALUES (1, 1), (2, 2), (3, 3);
          UPDATE h SET v = 10 WHERE id = 1; DELETE FROM h WHERE id = 2;
          CREATE TABLE nokey (a INT, b VARCHAR(10)) WITH SYSTEM VERSIONING;
-         INSERT INTO nokey VALUES (1, 'x');"
+         INSERT INTO nokey VALUES (1, 'x');
+         CREATE TABLE named (id INT PRIMARY KEY, v INT,
+           row_start TIMESTAMP(6) GENERATED ALWAYS AS ROW START INVISIBLE,
+           row_end TIMESTAMP(6) GENERATED ALWAYS AS ROW END INVISIBLE,
+           PERIOD FOR SYSTEM_TIME(row_start, row_end)) WITH SYSTEM VERSIONING;
+         INSERT INTO named VALUES (1, 1), (2, 2); UPDATE named SET v = 3 WHERE id = 1;"
     ));
     let dest_db = unique("hist_copy");
     let service = Service::fresh().await;
@@ -1308,6 +1313,7 @@ async fn system_versioned_tables_with_their_history() {
          BEGIN; UPDATE h SET v = 100 WHERE id = 4; DO SLEEP(0.01); UPDATE h SET v = 101 WHERE id = 4; COMMIT;
          DELETE FROM h WHERE id = 3;
          UPDATE nokey SET b = 'y';
+         INSERT INTO named VALUES (3, 3); UPDATE named SET v = v + 10; DELETE FROM named WHERE id = 2;
          CREATE TABLE later (id INT PRIMARY KEY, v INT);
          INSERT INTO later VALUES (1, 1);
          ALTER TABLE later ADD SYSTEM VERSIONING;
@@ -1316,7 +1322,13 @@ async fn system_versioned_tables_with_their_history() {
          INSERT INTO born VALUES (1, 1); UPDATE born SET v = 5; DELETE FROM born;"
     ));
     wait_caught_up(&service, "h", source()).await;
-    for (t, order) in [("h", "id"), ("nokey", "a"), ("later", "id"), ("born", "id")] {
+    for (t, order) in [
+        ("h", "id"),
+        ("nokey", "a"),
+        ("later", "id"),
+        ("born", "id"),
+        ("named", "id"),
+    ] {
         assert_eq!(
             all(source(), &db, t, order),
             all(dest(), &dest_db, t, order),

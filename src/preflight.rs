@@ -239,8 +239,8 @@ async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, Pre
             )
             .await
             .map_err(&err)?;
-        // Their implicit ROW_START/ROW_END are replicated; named period
-        // columns are not yet.
+        // Versioned by time (implicit or named periods) they replicate;
+        // versioned by transaction id (BIGINT periods) not yet.
         let mut explicit = Vec::new();
         for t in versioned {
             let create: Option<(String, String)> = conn
@@ -251,15 +251,20 @@ async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, Pre
                 ))
                 .await
                 .map_err(&err)?;
-            if create.is_some_and(|(_, sql)| sql.contains("AS ROW START")) {
+            let by_transaction = create.is_some_and(|(_, sql)| {
+                sql.lines().any(|l| {
+                    l.contains("AS ROW START") && l.to_ascii_lowercase().contains("bigint")
+                })
+            });
+            if by_transaction {
                 explicit.push(t);
             }
         }
         if !explicit.is_empty() {
             problems.push(format!(
-                "has system-versioned tables with named period columns in the job's scope \
-                 ({}), which this version does not replicate yet (their history would be \
-                 lost); use implicit ones (WITH SYSTEM VERSIONING alone), or move them to \
+                "has tables versioned by transaction id in the job's scope ({}), which this \
+                 version does not replicate yet (their history would be lost); version them by \
+                 time (TIMESTAMP periods, or WITH SYSTEM VERSIONING alone), or move them to \
                  another database",
                 explicit.join(", ")
             ));

@@ -445,6 +445,7 @@ mod tests {
             uniques: vec![vec![0]],
             sequence: false,
             versioned: false,
+            period: None,
             cascade_delete: false,
             cascade_update: false,
         })

@@ -82,7 +82,11 @@ impl Statements {
 pub fn mapping(map: &TableMap, dest: &DestTable) -> Result<Vec<Option<usize>>, String> {
     let target = |i: usize| (!dest.columns[i].generated).then_some(i);
     // A versioned table's implicit ROW_START and ROW_END come last.
-    let system = if dest.versioned { 2 } else { 0 };
+    let system = if dest.versioned && dest.period.is_none() {
+        2
+    } else {
+        0
+    };
     if map.has_names() {
         return map
             .columns
@@ -140,11 +144,14 @@ fn versioned(
     mode: Mode,
     out: &mut Statements,
 ) -> Result<(), String> {
-    let time = |image: &Image, from_end: usize| -> Result<String, String> {
-        let at = image
-            .len()
-            .checked_sub(from_end)
-            .ok_or("row image lacks ROW_START/ROW_END")?;
+    // `which`: 2 the start, 1 the end.
+    let time = |image: &Image, which: usize| -> Result<String, String> {
+        let at = match dest.period {
+            Some((start, end)) => Some(if which == 2 { start } else { end }),
+            None => image.len().checked_sub(which),
+        }
+        .filter(|&i| i < image.len())
+        .ok_or("row image lacks the period's start or end")?;
         match image[at].as_ref() {
             Some(Cell::Bytes(b)) if b.iter().all(|c| c.is_ascii_digit() || b"-: .".contains(c)) => {
                 Ok(String::from_utf8_lossy(b).into_owned())
@@ -536,6 +543,7 @@ mod tests {
             uniques: vec![key.clone()],
             sequence: false,
             versioned: false,
+            period: None,
             cascade_delete: false,
             cascade_update: false,
             key,

@@ -50,6 +50,9 @@ pub struct DestTable {
     /// `ROW_END` last, and are applied as the statements that made them
     /// (the destination writes the history), at the source's times.
     pub versioned: bool,
+    /// Its named period columns (indexes into `columns`, which row images
+    /// share); `None` for implicit ones (the images' last two).
+    pub period: Option<(usize, usize)>,
     /// Deleting (updating) one of its rows changes other tables' rows
     /// through a foreign key (`ON DELETE`/`ON UPDATE` `CASCADE`, `SET
     /// NULL`, `SET DEFAULT`), which the binlog does not log: the
@@ -159,11 +162,32 @@ pub async fn load(
         uniques: Vec::new(),
         sequence: kind.as_deref() == Some("SEQUENCE"),
         versioned: kind.as_deref() == Some("SYSTEM VERSIONED"),
+        period: None,
         cascade_delete: rules.iter().any(|(d, _)| acts(d)),
         cascade_update: rules.iter().any(|(_, u)| acts(u)),
     };
+    if table.versioned {
+        let create: Option<(String, String)> = conn
+            .query_first(format!(
+                "SHOW CREATE TABLE {}.{}",
+                crate::db::quote_ident(database),
+                crate::db::quote_ident(&table.name)
+            ))
+            .await?;
+        table.period = create
+            .and_then(|(_, sql)| super::tables::period_columns(&sql))
+            .and_then(|(s, e)| Some((table.column(&s)?, table.column(&e)?)));
+    }
     table.key = choose_key(&table, &nullable, &keys);
     table.uniques = unique_indexes(&table, &keys);
+    // A versioned table's keys hold the period's end; its current rows,
+    // which statements act on, are told by the rest.
+    if let Some((_, end)) = table.period {
+        table.key.retain(|&k| k != end);
+        for u in table.uniques.iter_mut() {
+            u.retain(|&k| k != end);
+        }
+    }
     Ok(Some(table))
 }
 
@@ -222,6 +246,7 @@ mod tests {
             uniques: vec![],
             sequence: false,
             versioned: false,
+            period: None,
             cascade_delete: false,
             cascade_update: false,
         };

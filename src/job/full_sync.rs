@@ -679,11 +679,12 @@ async fn copy_chunk(
     })?;
     let mut select: Vec<String> = info.columns.iter().map(|c| c.select_expr()).collect();
     // A versioned table's history too, with its system times.
-    let history = if info.versioned {
-        select.extend(["ROW_START".to_string(), "ROW_END".to_string()]);
-        " FOR SYSTEM_TIME ALL"
-    } else {
-        ""
+    let history = match &info.period {
+        Some((start, end)) => {
+            select.extend([quote_ident(start), quote_ident(end)]);
+            " FOR SYSTEM_TIME ALL"
+        }
+        None => "",
     };
     let mut sql = format!(
         "SELECT {} FROM {}.{}{history}",
@@ -713,9 +714,9 @@ async fn copy_chunk(
             .iter()
             .map(|c| (c.name.clone(), c.kind()))
             .collect();
-        if info.versioned {
-            for c in ["ROW_START", "ROW_END"] {
-                columns.push((c.to_string(), LiteralKind::Quoted));
+        if let Some((start, end)) = &info.period {
+            for c in [start, end] {
+                columns.push((c.clone(), LiteralKind::Quoted));
             }
         }
         Sink::Insert(InsertBuilder::new(

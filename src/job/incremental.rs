@@ -1427,16 +1427,18 @@ impl Incremental {
         }
         if matches!(kind, DdlKind::CreateTable | DdlKind::AlterTable)
             && ddl::mentions_words(sql, dialect, &["AS", "ROW", "START"])
+            && (ddl::mentions_words(sql, dialect, &["BIGINT"])
+                || ddl::mentions_words(sql, dialect, &["TRX_ID"]))
         {
             return Err(apply::refused(
                 &t.id,
                 Some(elide(sql)),
                 "system versioning: not replicated".into(),
                 format!(
-                    "{}: `{}` gives a table of the job named system-period columns, which \
-                     this version does not replicate yet (its history would be lost; implicit \
-                     WITH SYSTEM VERSIONING is replicated); use implicit ones, or skip this \
-                     transaction (job_skip_binlog) knowing the table's stream then stops",
+                    "{}: `{}` versions a table of the job by transaction id, which this \
+                     version does not replicate yet (its history would be lost; tables \
+                     versioned by time are); version it by time, or skip this transaction \
+                     (job_skip_binlog) knowing the table's stream then stops",
                     t.name(),
                     elide(sql)
                 ),

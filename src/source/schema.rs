@@ -59,9 +59,11 @@ pub struct TableInfo {
     pub create_sql: String,
     /// The server's estimate (`information_schema.TABLES.TABLE_ROWS`).
     pub estimated_rows: u64,
-    /// System-versioned (with its implicit `ROW_START`/`ROW_END`): copied
-    /// with its history.
+    /// System-versioned: copied with its history.
     pub versioned: bool,
+    /// A versioned table's period columns: named ones, or the implicit
+    /// `ROW_START` and `ROW_END`.
+    pub period: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +96,10 @@ pub async fn tables(
             .map(|(c, _)| c)
             .collect();
         let create_sql = show_create(conn, "TABLE", database, &name).await?;
+        let period = (kind == "SYSTEM VERSIONED").then(|| {
+            crate::applier::tables::period_columns(&create_sql)
+                .unwrap_or_else(|| ("ROW_START".into(), "ROW_END".into()))
+        });
         out.push(TableInfo {
             name,
             columns,
@@ -101,6 +107,7 @@ pub async fn tables(
             create_sql,
             estimated_rows: estimated_rows.unwrap_or(0),
             versioned: kind == "SYSTEM VERSIONED",
+            period,
         });
     }
     Ok(out)
