@@ -62,7 +62,9 @@ pub async fn ensure_xa_table(conn: &mut Conn, database: &str) -> Result<(), mysq
     conn.query_drop(format!(
         "CREATE TABLE IF NOT EXISTS {} (\
            job VARCHAR(128) NOT NULL, \
+           run_id BIGINT NOT NULL, \
            xid VARCHAR(400) NOT NULL, \
+           source VARCHAR(300) NOT NULL, \
            binlog_file VARCHAR(512) NOT NULL, \
            binlog_pos BIGINT UNSIGNED NOT NULL, \
            has_rows TINYINT NOT NULL, \
@@ -74,37 +76,59 @@ pub async fn ensure_xa_table(conn: &mut Conn, database: &str) -> Result<(), mysq
     .await
 }
 
-/// The job's prepared XA transactions: XID → (where its rows follow, whether
-/// any is in the job's scope).
+/// A prepared XA transaction the stream passed: on which source node, where
+/// its rows follow in that node's binlog, and whether any is in scope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    pub source: String,
+    pub at: BinlogCoord,
+    pub rows: bool,
+}
+
+/// The prepared XA transactions of the job's current run, by XID (a
+/// resync's run ignores, and replaces, an earlier run's).
 pub async fn load_xa(
     conn: &mut Conn,
     database: &str,
     job: &str,
-) -> Result<std::collections::HashMap<String, (BinlogCoord, bool)>, mysql_async::Error> {
-    let rows: Vec<(String, String, u64, i64)> = conn
+    run_id: i64,
+) -> Result<std::collections::HashMap<String, Prepared>, mysql_async::Error> {
+    let rows: Vec<(String, String, String, u64, i64)> = conn
         .exec(
             format!(
-                "SELECT xid, binlog_file, binlog_pos, has_rows FROM {} WHERE job = ?",
+                "SELECT xid, source, binlog_file, binlog_pos, has_rows FROM {} \
+                 WHERE job = ? AND run_id = ?",
                 xa_table(database)
             ),
-            (job,),
+            (job, run_id),
         )
         .await?;
     Ok(rows
         .into_iter()
-        .map(|(xid, file, pos, rows)| (xid, (BinlogCoord { file, pos }, rows != 0)))
+        .map(|(xid, source, file, pos, rows)| {
+            (
+                xid,
+                Prepared {
+                    source,
+                    at: BinlogCoord { file, pos },
+                    rows: rows != 0,
+                },
+            )
+        })
         .collect())
 }
 
-pub fn xa_record_sql(database: &str, job: &str, xid: &str, at: &BinlogCoord, rows: bool) -> String {
+pub fn xa_record_sql(database: &str, job: &str, run_id: i64, xid: &str, p: &Prepared) -> String {
     format!(
-        "REPLACE INTO {} (job, xid, binlog_file, binlog_pos, has_rows) VALUES ({}, {}, {}, {}, {})",
+        "REPLACE INTO {} (job, run_id, xid, source, binlog_file, binlog_pos, has_rows) \
+         VALUES ({}, {run_id}, {}, {}, {}, {}, {})",
         xa_table(database),
         text(job),
         text(xid),
-        text(&at.file),
-        at.pos,
-        u8::from(rows)
+        text(&p.source),
+        text(&p.at.file),
+        p.at.pos,
+        u8::from(p.rows)
     )
 }
 

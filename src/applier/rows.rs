@@ -80,7 +80,10 @@ impl Statements {
 /// For each column of the table map, the destination column it writes
 /// (`None` for a generated one).
 pub fn mapping(map: &TableMap, dest: &DestTable) -> Result<Vec<Option<usize>>, String> {
-    let target = |i: usize| (!dest.columns[i].generated).then_some(i);
+    // (A versioned table's named period columns are generated; they are
+    // mapped, so its times can be found, and written by no statement.)
+    let period = |i: usize| dest.period.is_some_and(|(s, e)| i == s || i == e);
+    let target = |i: usize| (!dest.columns[i].generated || period(i)).then_some(i);
     // A versioned table's implicit ROW_START and ROW_END come last.
     let system = if dest.versioned && dest.period.is_none() {
         2
@@ -128,8 +131,13 @@ pub fn mapping(map: &TableMap, dest: &DestTable) -> Result<Vec<Option<usize>>, S
         .collect())
 }
 
-/// `ROW_END` of a current row (MariaDB 10.11's timestamps end in 2038).
+/// `ROW_END` of a current row: MariaDB 10.11's timestamps end in 2038,
+/// 11.5's in 2106; an end at or past the first is a current row.
 const ROW_END_MAX: &[u8] = b"2038-01-19 03:14:07.999999";
+
+fn current(end: &str) -> bool {
+    end.as_bytes() >= ROW_END_MAX
+}
 
 /// A versioned table's row event, applied as what made it: an insert of a
 /// current row, an update of one (the source logs the history row it
@@ -144,10 +152,25 @@ fn versioned(
     mode: Mode,
     out: &mut Statements,
 ) -> Result<(), String> {
+    // Named period columns: where the image has them (mapped to them,
+    // and written by no statement here).
+    let in_image = |j: usize| columns.iter().position(|c| *c == Some(j));
+    let period_at = dest.period.map(|(s, e)| (in_image(s), in_image(e)));
+    let plain: Vec<Option<usize>> = columns
+        .iter()
+        .map(|c| c.filter(|j| dest.period.is_none_or(|(s, e)| *j != s && *j != e)))
+        .collect();
+    let columns = plain.as_slice();
     // `which`: 2 the start, 1 the end.
     let time = |image: &Image, which: usize| -> Result<String, String> {
-        let at = match dest.period {
-            Some((start, end)) => Some(if which == 2 { start } else { end }),
+        let at = match period_at {
+            Some((start, end)) => {
+                if which == 2 {
+                    start
+                } else {
+                    end
+                }
+            }
             None => image.len().checked_sub(which),
         }
         .filter(|&i| i < image.len())
@@ -169,7 +192,7 @@ fn versioned(
     for (before, after) in &change.rows {
         match (change.op, before, after) {
             (RowOp::Insert, _, Some(row)) => {
-                if time(row, 1)?.as_bytes() != ROW_END_MAX {
+                if !current(&time(row, 1)?) {
                     continue;
                 }
                 at_time(out, &time(row, 2)?);
@@ -177,7 +200,7 @@ fn versioned(
             }
             (RowOp::Update, Some(old), Some(new)) => {
                 let end = time(new, 1)?;
-                if end.as_bytes() == ROW_END_MAX {
+                if current(&end) {
                     at_time(out, &time(new, 2)?);
                     let sql = out.start();
                     sql.extend_from_slice(format!("UPDATE {table} SET ").as_bytes());

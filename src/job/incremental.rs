@@ -601,7 +601,7 @@ impl Incremental {
         checkpoint::ensure_xa_table(conn, dest_db)
             .await
             .map_err(|e| SyncError::sql("creating the XA table", e))?;
-        let mut prepared = checkpoint::load_xa(conn, dest_db, name)
+        let mut prepared = checkpoint::load_xa(conn, dest_db, name, self.run_id)
             .await
             .map_err(|e| SyncError::sql("reading the prepared XA transactions", e))?;
         let snapshot = Point::parse(&self.snapshot)?;
@@ -712,8 +712,10 @@ impl Incremental {
         loop {
             if queued.is_empty() {
                 // A hold the stream has reached waits for no more events.
-                let hold_due =
-                    txn.is_none() && hold.as_ref().is_some_and(|h| stops_at(&pos, &h.at, None));
+                let hold_due = txn.is_none()
+                    && partial.is_none()
+                    && dropping.is_none()
+                    && hold.as_ref().is_some_and(|h| stops_at(&pos, &h.at, None));
                 tokio::select! {
                     e = feed.take() => match e {
                         Ok(events) => {
@@ -783,11 +785,28 @@ impl Incremental {
                             continue;
                         };
                         match prepared.remove(&xid) {
-                            Some((at, rows)) => {
+                            Some(p) => {
                                 group
                                     .before
                                     .push(checkpoint::xa_forget_sql(dest_db, name, &xid));
-                                if commit && rows {
+                                let reading = self.source().address();
+                                if commit && p.rows && p.source != reading {
+                                    return Err(apply::refused(
+                                        &t.id,
+                                        None,
+                                        format!("XA COMMIT of {xid}, prepared on another node"),
+                                        format!(
+                                            "{}: commits XA transaction {xid}, prepared on {} \
+                                             before the job followed a failover to {reading}: its \
+                                             rows are at a position of the old node's binlog; resync \
+                                             the job (force_fullsync)",
+                                            t.name(),
+                                            p.source
+                                        ),
+                                    ));
+                                }
+                                let at = p.at;
+                                if commit && p.rows {
                                     // Its rows, read again, are this
                                     // transaction's.
                                     let changes = Reader::rows_at(
@@ -1043,10 +1062,19 @@ impl Incremental {
                             pos.gtid.advance(g);
                         }
                         if let Some(xid) = t.xa.take().filter(|_| !t.skip) {
+                            let p = checkpoint::Prepared {
+                                source: self.source().address(),
+                                at: t.at.clone(),
+                                rows: t.xa_rows,
+                            };
                             group.before.push(checkpoint::xa_record_sql(
-                                dest_db, name, &xid, &t.at, t.xa_rows,
+                                dest_db,
+                                name,
+                                self.run_id,
+                                &xid,
+                                &p,
                             ));
-                            prepared.insert(xid, (t.at.clone(), t.xa_rows));
+                            prepared.insert(xid, p);
                         }
                         if t.skip {
                             warn!(job = %name, transaction = %t.name(),

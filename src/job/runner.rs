@@ -230,8 +230,17 @@ impl Runner {
                 event = next_verify(&mut verifying) => {
                     let (v, ended) = match event {
                         VerifyEvent::Progress(v) => (v, None),
-                        VerifyEvent::Finished(v, result) => {
+                        VerifyEvent::Finished(mut v, result) => {
                             verifying = None;
+                            // Ended by an error (not by losing the job): it
+                            // ends with it rather than start again at once.
+                            if let Err(e) = &result {
+                                if !matches!(e, SyncError::Fenced(_)) && v.state != CheckState::Done {
+                                    v.state = CheckState::Done;
+                                    v.finished_at = Some(now_ms());
+                                    v.last_error = Some(format!("the verification stopped: {e}"));
+                                }
+                            }
                             (v, Some(result))
                         }
                     };

@@ -403,7 +403,12 @@ impl Verify {
             Some(p) if p.opened.elapsed() < Duration::from_secs(self.settings.snapshot_secs) => {
                 Ok(p)
             }
-            _ => self.open_pair().await,
+            old => {
+                // Its destination snapshot holds metadata locks a DDL the
+                // stream applies waits for: gone before the stream freezes.
+                drop(old);
+                self.open_pair().await
+            }
         }
     }
 
@@ -528,11 +533,11 @@ impl Verify {
                 t.position = Some(position);
             });
             pair = Some(p);
+            // The last chunk finishes the table at once (no await between:
+            // an interrupted verification never sees it half done).
+            let Some(u) = upper else { break };
             self.pace(started, rows_read).await;
-            match upper {
-                Some(u) => cursor = Some(u),
-                None => break,
-            }
+            cursor = Some(u);
         }
         self.finish_table(i, |t| {
             t.equal = Some(t.rows_different == 0 && !t.ranges_truncated);
