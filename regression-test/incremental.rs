@@ -1207,34 +1207,54 @@ async fn names_compare_as_the_sources_lower_case_table_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xa_transactions_exactly_once_across_a_kill() {
-    let db = table_t(source(), "xa", 10);
+    // A source of its own: the other tests' jobs see none of these XA
+    // transactions (a commit whose prepare came before a job's position
+    // makes it read the binlog from its oldest file).
+    let src = mariadb::with_users(MariaDb::start(ServerOptions::source()));
+    let db = table_t(&src, "xa", 10);
+    let other = table_t(&src, "xa_other", 1);
+    // Prepared before the job exists: in no snapshot, committed later.
+    src.admin(&format!(
+        "USE {db}; XA START 'early'; INSERT INTO t VALUES (50, 50); XA END 'early'; XA PREPARE 'early';"
+    ));
+    src.admin(&format!(
+        "USE {other}; XA START 'early_out'; INSERT INTO t VALUES (9, 9); XA END 'early_out';
+         XA PREPARE 'early_out';"
+    ));
     let dest_db = unique("xa_copy");
     let dir = tempfile::tempdir().unwrap();
     let service = Service::process(dir.path(), "").await;
     service
         .post(
             "create_ccr",
-            json!({"name": "xa", "src": src_endpoint(source(), &db, None),
+            json!({"name": "xa", "src": src_endpoint(&src, &db, None),
                    "dest": dest_endpoint(dest(), &dest_db, None)}),
         )
         .await
         .ok();
     wait_for_state(&service, "xa", "DBIncrementalSync").await;
+    src.admin("XA COMMIT 'early_out'");
+    src.admin("XA COMMIT 'early'");
+    wait_caught_up(&service, "xa", &src).await;
+    assert_eq!(
+        dest().admin(&format!("SELECT v FROM {dest_db}.t WHERE id = 50")),
+        "50"
+    );
     // Two prepared transactions (they outlive their sessions), and one
     // prepared and committed at once.
-    source().admin(&format!(
+    src.admin(&format!(
         "USE {db};
          XA START 'k1'; INSERT INTO t VALUES (101, 1), (102, 1); UPDATE t SET v = 7 WHERE id = 1;
            XA END 'k1'; XA PREPARE 'k1';"
     ));
-    source().admin(&format!(
+    src.admin(&format!(
         "USE {db}; XA START 'k2'; DELETE FROM t WHERE id = 2; XA END 'k2'; XA PREPARE 'k2';"
     ));
-    source().admin(&format!(
+    src.admin(&format!(
         "USE {db}; XA START 'k3'; INSERT INTO t VALUES (103, 3); XA END 'k3'; XA PREPARE 'k3';
          XA COMMIT 'k3';"
     ));
-    wait_caught_up(&service, "xa", source()).await;
+    wait_caught_up(&service, "xa", &src).await;
     // Passed, not applied: the prepared parts wait for their end.
     let on_dest = |sql: &str| dest().admin(&format!("USE {dest_db}; {sql}"));
     assert_eq!(
@@ -1247,13 +1267,13 @@ async fn xa_transactions_exactly_once_across_a_kill() {
         "2"
     );
     service.kill();
-    source().admin("XA COMMIT 'k1'");
-    source().admin("XA ROLLBACK 'k2'");
-    source().admin(&format!("INSERT INTO {db}.t VALUES (104, 4)"));
+    src.admin("XA COMMIT 'k1'");
+    src.admin("XA ROLLBACK 'k2'");
+    src.admin(&format!("INSERT INTO {db}.t VALUES (104, 4)"));
     let service = Service::process(dir.path(), "").await;
-    wait_caught_up(&service, "xa", source()).await;
+    wait_caught_up(&service, "xa", &src).await;
     assert_eq!(
-        checksums(source(), &db, &["t"]),
+        checksums(&src, &db, &["t"]),
         checksums(dest(), &dest_db, &["t"])
     );
     assert_eq!(

@@ -826,16 +826,37 @@ impl Incremental {
                                 }
                             }
                             None if commit => {
+                                // Prepared before the job's position: its
+                                // rows were in no snapshot; found in the
+                                // binlog, they are applied with the commit.
+                                let found = Reader::find_prepared(
+                                    &self.source().server_addr(),
+                                    &xid,
+                                    &t.at,
+                                    binlog::server_id(&format!("{name}#xa")),
+                                    scope(&spec),
+                                    self.connect_timeout,
+                                )
+                                .await
+                                .map_err(read_error)?;
+                                if let Some(changes) = found {
+                                    info!(job = %name, xid = %xid, rows = changes.len(),
+                                          "XA transaction prepared before the job's position committed: applying its rows");
+                                    for c in changes.into_iter().rev() {
+                                        queued.push_front(SourceEvent::Rows(c));
+                                    }
+                                    continue;
+                                }
                                 return Err(apply::refused(
                                     &t.id,
                                     None,
                                     format!("XA COMMIT of {xid}, prepared before the job's position"),
                                     format!(
                                         "{}: commits XA transaction {xid}, which was prepared before \
-                                         the job's position, so its changes (if it changed the job's \
-                                         tables) are not on the destination: resync the job \
-                                         (force_fullsync), or skip this transaction (job_skip_binlog) \
-                                         if it changed nothing of the job's",
+                                         the job's position in a binlog the source no longer has, so \
+                                         its changes (if it changed the job's tables) are not on the \
+                                         destination: resync the job (force_fullsync), or skip this \
+                                         transaction (job_skip_binlog) if it changed nothing of the job's",
                                         t.name()
                                     ),
                                 ));

@@ -606,6 +606,70 @@ impl Reader {
         }
     }
 
+    /// The row events of the prepared part of XA transaction `xid`, found
+    /// by reading the binlog from its oldest file up to `until` (where its
+    /// commit is): `None` when it is not there (purged, or never prepared
+    /// on this node). For a commit whose prepare came before the job's
+    /// position: its rows were in no snapshot.
+    pub async fn find_prepared(
+        addr: &ServerAddr<'_>,
+        xid: &str,
+        until: &BinlogCoord,
+        server_id: u32,
+        scope: Scope,
+        timeout: Duration,
+    ) -> Result<Option<Vec<RowChange>>, ReadError> {
+        let mut conn = db::connect(addr, None, timeout)
+            .await
+            .map_err(|e| ReadError::Transient(format!("source {e}")))?;
+        let oldest = retention::read(&mut conn)
+            .await
+            .map_err(|e| sql_error("reading the source's binlog files", e))?
+            .oldest()
+            .to_string();
+        let _ = conn.disconnect().await;
+        let start = StartAt {
+            gtid: String::new(),
+            coord: BinlogCoord {
+                file: oldest,
+                pos: 4,
+            },
+        };
+        let mut reader = Reader::open(addr, &start, server_id, scope, timeout).await?;
+        let limit = until.commit_seq().unwrap_or(u64::MAX);
+        let read = async {
+            let mut rows: Option<Vec<RowChange>> = None;
+            loop {
+                for e in reader.next().await? {
+                    match e {
+                        SourceEvent::XaPrepare { xid: x } if x == xid => rows = Some(Vec::new()),
+                        SourceEvent::Rows(change) => {
+                            if let Some(r) = rows.as_mut() {
+                                r.push(change);
+                            }
+                        }
+                        SourceEvent::Commit { end, .. } => {
+                            if rows.is_some() {
+                                return Ok::<_, ReadError>(rows);
+                            }
+                            if end.commit_seq().is_some_and(|s| s >= limit) {
+                                return Ok(None);
+                            }
+                        }
+                        SourceEvent::Idle { .. } => return Ok(None),
+                        _ => {}
+                    }
+                }
+            }
+        };
+        let result = tokio::time::timeout(Duration::from_secs(300), read).await;
+        reader.close().await;
+        match result {
+            Ok(r) => r,
+            Err(_) => Ok(None),
+        }
+    }
+
     pub async fn close(self) {
         let _ = self.stream.close().await;
     }
