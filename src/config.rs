@@ -332,7 +332,7 @@ impl Default for VerifySettings {
         VerifySettings {
             chunk_rows: 10_000,
             rows_per_second: 100_000,
-            snapshot_secs: 30,
+            snapshot_secs: 5,
             wait_secs: 60,
         }
     }
