@@ -167,6 +167,8 @@ impl JobManager {
         self.metrics.set_job_status(&name, snapshot.status);
         let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
         let (requests_tx, requests_rx) = mpsc::channel(16);
+        // Set when the service stops or the lease goes elsewhere.
+        let (stop_tx, stop_rx) = watch::channel(*self.shutdown.borrow());
         let runner = Runner {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
@@ -176,9 +178,8 @@ impl JobManager {
             switches: self.switches.clone(),
             lost: Default::default(),
             holds: Default::default(),
+            stopping: stop_rx.clone(),
         };
-        // Set when the service stops or the lease goes elsewhere.
-        let (stop_tx, stop_rx) = watch::channel(*self.shutdown.borrow());
         let task = tokio::spawn(runner.run(requests_rx, stop_rx));
         registry.jobs.insert(
             name,

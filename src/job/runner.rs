@@ -128,6 +128,8 @@ pub(super) struct Runner {
     pub lost: AtomicBool,
     /// Where a verification asks the stream to stop for a moment.
     pub holds: Arc<Holds>,
+    /// Set when the service stops or the lease goes elsewhere.
+    pub stopping: watch::Receiver<bool>,
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -803,6 +805,12 @@ impl Runner {
                     return;
                 }
                 e => warn!(job = %name, error = %e, "saving the work's outcome failed; retrying"),
+            }
+            // Stopping with the store down: the work runs again at the
+            // next start, from the destination's checkpoints.
+            if *self.stopping.borrow() {
+                warn!(job = %name, "stopping: the work's outcome is not saved; the job resumes from its checkpoints at the next start");
+                return;
             }
             tokio::time::sleep(BACKOFF_FIRST).await;
         }
