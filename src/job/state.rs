@@ -278,6 +278,10 @@ pub struct Repair {
     /// The ranges being repaired (the verification's, when asked).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ranges: Vec<KeyRange>,
+    /// Where the range being copied goes on: the last key of its last page
+    /// copied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Vec<KeyPart>>,
 }
 
 /// Keys `first` to `last` (inclusive, in the key's order), holding `rows`

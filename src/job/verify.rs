@@ -661,7 +661,7 @@ impl Verify {
         let src_from = self.from(&self.spec.src.database, &table);
         let dest_from = self.from(&self.spec.dest.database, &dest_table);
         let mut next = repair.ranges_repaired as usize;
-        let mut after: Option<KeyValue> = None;
+        let mut after: Option<KeyValue> = repair.cursor.as_deref().and_then(key_bytes);
         while next < repair.ranges.len() {
             let mut dest = full_sync::connect_dest(&self.spec, self.connect_timeout).await?;
             let (mut src, _, held) = self.hold_at_source().await?;
@@ -695,11 +695,13 @@ impl Verify {
                     next += 1;
                 }
                 let done = next as u64;
+                let cursor = after.as_ref().map(key_parts);
                 self.progress.send_modify(|v| {
                     if let Some(r) = v.tables[i].repair.as_mut() {
                         r.ranges_repaired = done;
                         r.rows_deleted += deleted;
                         r.rows_written += written;
+                        r.cursor = cursor;
                     }
                 });
             }
