@@ -202,12 +202,7 @@ fn versioned(
                 let end = time(new, 1)?;
                 if current(&end) {
                     at_time(out, &time(new, 2)?);
-                    let sql = out.start();
-                    sql.extend_from_slice(format!("UPDATE {table} SET ").as_bytes());
-                    push_pairs(sql, dest, columns, new, b",", b"=");
-                    sql.extend_from_slice(b" WHERE ");
-                    row_match(sql, dest, columns, old)?;
-                    out.expect.push(expect_one);
+                    update(table, dest, columns, old, new, mode, out)?;
                 } else {
                     at_time(out, &end);
                     let sql = out.start();
@@ -295,18 +290,32 @@ fn plain(
                     insert(&table, dest, columns, &[after], mode, out);
                     continue;
                 }
-                let sql = out.start();
-                sql.extend_from_slice(format!("UPDATE {table} SET ").as_bytes());
-                push_pairs(sql, dest, columns, after, b",", b"=");
-                sql.extend_from_slice(b" WHERE ");
-                row_match(sql, dest, columns, before)?;
-                out.expect.push(match mode {
-                    Mode::Exact => Some(1),
-                    Mode::Idempotent => None,
-                });
+                update(&table, dest, columns, before, after, mode, out)?;
             }
         }
     }
+    Ok(())
+}
+
+/// `UPDATE … SET after WHERE before`, affecting one row (exact mode).
+fn update(
+    table: &str,
+    dest: &DestTable,
+    columns: &[Option<usize>],
+    before: &Image,
+    after: &Image,
+    mode: Mode,
+    out: &mut Statements,
+) -> Result<(), String> {
+    let sql = out.start();
+    sql.extend_from_slice(format!("UPDATE {table} SET ").as_bytes());
+    push_pairs(sql, dest, columns, after, b",", b"=");
+    sql.extend_from_slice(b" WHERE ");
+    row_match(sql, dest, columns, before)?;
+    out.expect.push(match mode {
+        Mode::Exact => Some(1),
+        Mode::Idempotent => None,
+    });
     Ok(())
 }
 

@@ -90,14 +90,19 @@ struct Found {
     truncated: bool,
 }
 
+/// Keeps `range` unless `MAX_RANGES` are kept already (then `truncated`).
+fn keep(ranges: &mut Vec<KeyRange>, truncated: &mut bool, range: KeyRange) {
+    if ranges.len() < MAX_RANGES {
+        ranges.push(range);
+    } else {
+        *truncated = true;
+    }
+}
+
 impl Found {
     fn push(&mut self, range: KeyRange) {
         self.rows_different += range.rows;
-        if self.ranges.len() < MAX_RANGES {
-            self.ranges.push(range);
-        } else {
-            self.truncated = true;
-        }
+        keep(&mut self.ranges, &mut self.truncated, range);
     }
 
     fn absorb(&mut self, other: Found) {
@@ -516,11 +521,7 @@ impl Verify {
                 t.rows_different += found.rows_different;
                 t.ranges_truncated |= found.truncated;
                 for r in found.ranges.drain(..) {
-                    if t.ranges.len() < MAX_RANGES {
-                        t.ranges.push(r);
-                    } else {
-                        t.ranges_truncated = true;
-                    }
+                    keep(&mut t.ranges, &mut t.ranges_truncated, r);
                 }
                 if keyless {
                     t.error = Some(

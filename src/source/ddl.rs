@@ -547,13 +547,9 @@ pub fn is_harmless(statement: &Statement) -> bool {
     }
 }
 
-/// Whether a statement names database `db` anywhere (as a word or a
-/// quoted name, outside strings and comments).
-pub fn mentions(sql: &str, dialect: Dialect, name: &str) -> bool {
-    mentions_as(sql, dialect, |w| w == name)
-}
-
-/// Whether a statement names something `is` accepts.
+/// Whether a statement names, anywhere (as a word or a quoted name,
+/// outside strings and comments), something `is` accepts (a name as
+/// written, or in any case).
 pub fn mentions_as(sql: &str, dialect: Dialect, is: impl Fn(&str) -> bool) -> bool {
     tokenize(sql, dialect).iter().any(|t| match &t.tok {
         Tok::Word(w) | Tok::Quoted(w) => is(w),
@@ -781,15 +777,15 @@ mod tests {
             assert_eq!(is_harmless(&parse(sql)), harmless, "{sql}: {:?}", parse(sql));
         }
         let d = Dialect::default();
-        assert!(mentions("GRANT ALL ON `shop`.* TO x", d, "shop"));
-        assert!(!mentions("SET @x = 'shop'", d, "shop"));
+        assert!(mentions_as("GRANT ALL ON `shop`.* TO x", d, |w| w == "shop"));
+        assert!(!mentions_as("SET @x = 'shop'", d, |w| w == "shop"));
         // The session's sql_mode decides what is a name and a string.
         let ansi = Dialect {
             ansi_quotes: true,
             no_backslash_escapes: false,
         };
-        assert!(!mentions(r#"SET @x = "shop""#, d, "shop"));
-        assert!(mentions(r#"SET @x = "shop""#, ansi, "shop"));
+        assert!(!mentions_as(r#"SET @x = "shop""#, d, |w| w == "shop"));
+        assert!(mentions_as(r#"SET @x = "shop""#, ansi, |w| w == "shop"));
         let s = parse_in(r#"CREATE TABLE "sh op"."t x" (a int)"#, ansi);
         assert_eq!(names(&s), ["sh op.t x"]);
         let raw = Dialect {
