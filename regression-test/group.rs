@@ -515,8 +515,8 @@ async fn admin_api_drains_transfers_and_switches() {
 /// in its transaction, and nothing of that transaction stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_destination_refuses_an_older_epoch() {
-    use ccr_syncer::applier::{self, checkpoint};
-    use ccr_syncer::position::BinlogCoord;
+    use ccr_syncer::dest::{self, checkpoint};
+    use ccr_syncer::position::Position;
     use mysql_async::prelude::*;
     let db = unique("grp_fence");
     dest().admin(&format!(
@@ -524,16 +524,12 @@ async fn the_destination_refuses_an_older_epoch() {
     ));
     let url = format!("mysql://root@127.0.0.1:{}/{db}", dest().port);
     let mut conn = mysql_async::Conn::from_url(url).await.unwrap();
-    applier::session_setup(&mut conn).await.unwrap();
+    dest::session_setup(&mut conn).await.unwrap();
     checkpoint::ensure_table(&mut conn, &db).await.unwrap();
     checkpoint::claim(&mut conn, &db, "j", 1).await.unwrap();
     let cp = |epoch| checkpoint::Checkpoint {
         run_id: 5,
-        gtid: "0-1-9".into(),
-        coord: BinlogCoord {
-            file: "b.000001".into(),
-            pos: 4,
-        },
+        position: Position::new("0-1-9", "b.000001", 4).unwrap(),
         commit_seq: Some(9),
         commit_ts: None,
         pending_ddl: None,
@@ -553,16 +549,16 @@ async fn the_destination_refuses_an_older_epoch() {
         .query_drop(checkpoint::upsert_sql(&db, "j", &cp(1)))
         .await
         .unwrap_err();
-    assert!(checkpoint::is_fenced(&e), "{e}");
+    assert!(ccr_syncer::error::is_fenced(&e), "{e}");
     conn.query_drop("ROLLBACK").await.unwrap();
     // Its chunk: fenced too; a claim at an older epoch as well.
     let e = conn
         .query_drop(checkpoint::fence_sql(&db, "j", 1))
         .await
         .unwrap_err();
-    assert!(checkpoint::is_fenced(&e), "{e}");
+    assert!(ccr_syncer::error::is_fenced(&e), "{e}");
     let e = checkpoint::claim(&mut conn, &db, "j", 1).await.unwrap_err();
-    assert!(checkpoint::is_fenced(&e), "{e}");
+    assert!(ccr_syncer::error::is_fenced(&e), "{e}");
     // The new holder writes on.
     conn.query_drop(checkpoint::fence_sql(&db, "j", 2))
         .await

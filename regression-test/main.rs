@@ -14,6 +14,7 @@ mod first_use;
 mod full_sync;
 mod group;
 mod incremental;
+mod layers;
 mod metrics_auth;
 mod openapi;
 mod outages;

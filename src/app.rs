@@ -63,6 +63,7 @@ pub async fn run(
         tls_minimum: config.tls.minimum_mode,
         stall_secs: config.stall_secs,
         verify: config.verify,
+        failpoint: config.failpoint,
     };
     let manager = JobManager::new(
         store.clone(),

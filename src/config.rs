@@ -311,6 +311,33 @@ pub struct Config {
     /// The key they were encrypted with before (key rotation).
     pub previous_secret_key_file: Option<PathBuf>,
     pub group: GroupConfig,
+    /// `CCR_SYNCER_FAILPOINT=before_checkpoint:N`, for tests only: the
+    /// process aborts at the Nth group of an incremental sync, after its
+    /// statements ran, before its checkpoint and COMMIT.
+    pub failpoint: Option<u64>,
+}
+
+/// The environment variable of [`Config::failpoint`].
+pub const FAILPOINT_ENV: &str = "CCR_SYNCER_FAILPOINT";
+
+/// mysql_async keeps up to 128 I/O buffers of up to 4 MiB each for reuse;
+/// a full sync's megabyte-sized INSERTs would keep hundreds of MB pooled.
+/// Buffers larger than this are freed instead (an operator's own setting of
+/// the variable wins).
+const MYSQL_BUFFER_SIZE_CAP: &str = "262144";
+
+/// Caps the driver's pooled I/O buffers (see [`MYSQL_BUFFER_SIZE_CAP`]).
+/// Call before any thread exists, so nothing reads the environment
+/// concurrently.
+pub fn cap_driver_buffers() {
+    if std::env::var_os("MYSQL_ASYNC_BUFFER_SIZE_CAP").is_none() {
+        std::env::set_var("MYSQL_ASYNC_BUFFER_SIZE_CAP", MYSQL_BUFFER_SIZE_CAP);
+    }
+}
+
+fn failpoint_from_env() -> Option<u64> {
+    let v = std::env::var(FAILPOINT_ENV).ok()?;
+    v.strip_prefix("before_checkpoint:")?.parse().ok()
 }
 
 /// How verifications (`/verify`) and repairs (`/repair`) read.
@@ -385,7 +412,9 @@ impl Config {
         };
         let file = read_file(&path, required)?;
         let token_env = std::env::var(AUTH_TOKEN_ENV).ok();
-        Self::merge(file, cli, token_env)
+        let mut config = Self::merge(file, cli, token_env)?;
+        config.failpoint = failpoint_from_env();
+        Ok(config)
     }
 
     /// Settings for tests and embedding: defaults with the given store.
@@ -408,6 +437,7 @@ impl Config {
             secret_key_file: None,
             previous_secret_key_file: None,
             group: GroupConfig::default(),
+            failpoint: None,
         }
     }
 
@@ -672,6 +702,7 @@ impl Config {
             secret_key_file,
             previous_secret_key_file,
             group,
+            failpoint: None,
         })
     }
 }

@@ -6,9 +6,11 @@
 //! and is secured as its [`TlsOptions`] say (see [`crate::tls`]). A TLS
 //! handshake that fails is a refusal that says why, not an outage to retry.
 
+use crate::hostmap::HostMapping;
 use crate::secret::Secret;
 use crate::tls::{self, TlsMode, TlsOptions};
 use mysql_async::{Conn, Opts, OptsBuilder};
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Where and as whom to connect, and how the connection is secured.
@@ -73,6 +75,16 @@ pub enum ConnectError {
     /// The server answered and refused (bad credentials, unknown database, …).
     #[error("{address} refused the connection: {reason}")]
     Refused { address: String, reason: String },
+}
+
+impl ConnectError {
+    /// Unreachable is transient (the network may come back), refused definite.
+    pub fn kind(&self) -> crate::error::Kind {
+        match self {
+            ConnectError::Unreachable { .. } => crate::error::Kind::Transient,
+            ConnectError::Refused { .. } => crate::error::Kind::Definite,
+        }
+    }
 }
 
 pub async fn connect(
@@ -221,6 +233,56 @@ pub fn server_code(e: &mysql_async::Error) -> Option<u16> {
     match e {
         mysql_async::Error::Server(s) => Some(s.code),
         _ => None,
+    }
+}
+
+/// One side of a job: a server, as whom, which database (and table), how
+/// the cluster's own addresses map to reachable ones, and how connections
+/// are secured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub database: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    #[serde(default)]
+    pub host_mapping: HostMapping,
+    /// How connections to this side are secured (a job stored before TLS
+    /// existed reads as `preferred`).
+    #[serde(default)]
+    pub tls: TlsOptions,
+}
+
+impl Endpoint {
+    /// `host:port`, as messages name a server.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Where and as whom to connect to this side.
+    pub fn server_addr(&self) -> ServerAddr<'_> {
+        ServerAddr {
+            host: &self.host,
+            port: self.port,
+            user: &self.user,
+            password: &self.password,
+            tls: &self.tls,
+        }
+    }
+
+    /// The scope on this side: `db` or `db.table`.
+    pub fn scope(&self) -> String {
+        match &self.table {
+            Some(t) => format!("{}.{}", self.database, t),
+            None => self.database.clone(),
+        }
     }
 }
 

@@ -3,11 +3,13 @@
 
 pub mod api;
 pub mod app;
-pub mod applier;
+pub mod change;
 pub mod client;
 pub mod config;
 pub mod ctl;
 pub mod db;
+pub mod dest;
+pub mod error;
 pub mod group;
 pub mod hostmap;
 pub mod job;
@@ -19,4 +21,5 @@ pub mod redact;
 pub mod secret;
 pub mod source;
 pub mod store;
+pub mod sync;
 pub mod tls;

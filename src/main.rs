@@ -10,17 +10,9 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// mysql_async keeps up to 128 I/O buffers of up to 4 MiB each for reuse;
-/// a full sync's megabyte-sized INSERTs would keep hundreds of MB pooled.
-/// Buffers larger than this are freed instead (an operator's own setting of
-/// the variable wins).
-const MYSQL_BUFFER_SIZE_CAP: &str = "262144";
-
 fn main() -> ExitCode {
-    // Before any thread exists, so nothing reads the environment concurrently.
-    if std::env::var_os("MYSQL_ASYNC_BUFFER_SIZE_CAP").is_none() {
-        std::env::set_var("MYSQL_ASYNC_BUFFER_SIZE_CAP", MYSQL_BUFFER_SIZE_CAP);
-    }
+    // Before any thread exists.
+    ccr_syncer::config::cap_driver_buffers();
     let mut cli = Cli::parse();
     if matches!(cli.command, Some(Command::Ctl(_))) {
         if let Some(Command::Ctl(args)) = cli.command.take() {

@@ -4,8 +4,8 @@
 //! metric name). Each service instance has its own registry, so several
 //! services in one process (the tests) do not mix their series.
 
+use crate::change::RowOp;
 use crate::job::state::{JobStatus, ProgressState, RunState};
-use crate::source::binlog::decode::RowOp;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,

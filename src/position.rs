@@ -7,13 +7,10 @@
 //! - MariaDB: one GTID per replication domain, `domain-server-seq`, comma
 //!   separated (`0-1-100,2-5-7`): the last transaction of each domain. A GTID
 //!   is *contained* in the position when its domain's seq is not greater.
-//! - MySQL: a GTID set, `uuid:1-100:105,uuid2:1-3`: every transaction ever
-//!   applied, as intervals of GNOs per source UUID.
 //!
 //! **Commit seq.** The sum over the GTID streams of how far each has got:
-//! MariaDB, the sum of each domain's `seq_no`; MySQL, the number of GNOs in
-//! the set. With one stream (one domain; one UUID whose GNOs have no gaps) it
-//! is exactly the GTID's sequence number. It never decreases while the source
+//! the sum of each domain's `seq_no`. With one domain it is exactly the
+//! GTID's sequence number. It never decreases while the source
 //! commits, since each stream only moves forward. Without GTIDs it is the
 //! binlog coordinate `file index × 2^32 + offset`, monotonic on one server.
 
@@ -130,127 +127,8 @@ impl fmt::Display for MariaGtidPos {
     }
 }
 
-/// A MySQL GTID set: per source UUID, sorted disjoint inclusive GNO intervals.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MysqlGtidSet(BTreeMap<String, Vec<(u64, u64)>>);
-
-impl MysqlGtidSet {
-    /// Parses `@@gtid_executed`-style text (new lines allowed after commas).
-    pub fn parse(text: &str) -> Result<Self, ParseError> {
-        let mut set = MysqlGtidSet::default();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let mut fields = part.split(':');
-            let uuid = fields
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
-            let valid_uuid = uuid.len() == 36
-                && uuid.chars().enumerate().all(|(i, c)| {
-                    if [8, 13, 18, 23].contains(&i) {
-                        c == '-'
-                    } else {
-                        c.is_ascii_hexdigit()
-                    }
-                });
-            if !valid_uuid {
-                return Err(parse_error(
-                    "MySQL GTID set",
-                    text,
-                    format!("{uuid:?} is not a UUID"),
-                ));
-            }
-            let mut any = false;
-            for interval in fields {
-                any = true;
-                let (start, end) = match interval.split_once('-') {
-                    Some((a, b)) => (a, b),
-                    None => (interval, interval),
-                };
-                let num = |s: &str| {
-                    s.trim()
-                        .parse::<u64>()
-                        .map_err(|e| parse_error("MySQL GTID set", text, e.to_string()))
-                };
-                let (start, end) = (num(start)?, num(end)?);
-                if start == 0 || end < start {
-                    return Err(parse_error(
-                        "MySQL GTID set",
-                        text,
-                        format!("bad interval {interval}"),
-                    ));
-                }
-                set.insert_interval(&uuid, start, end);
-            }
-            if !any {
-                return Err(parse_error(
-                    "MySQL GTID set",
-                    text,
-                    format!("{uuid} has no interval"),
-                ));
-            }
-        }
-        Ok(set)
-    }
-
-    fn insert_interval(&mut self, uuid: &str, start: u64, end: u64) {
-        let intervals = self.0.entry(uuid.to_string()).or_default();
-        intervals.push((start, end));
-        intervals.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(intervals.len());
-        for &(s, e) in intervals.iter() {
-            match merged.last_mut() {
-                Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
-            }
-        }
-        *intervals = merged;
-    }
-
-    /// Records that transaction `uuid:gno` has been applied.
-    pub fn add(&mut self, uuid: &str, gno: u64) {
-        self.insert_interval(&uuid.to_ascii_lowercase(), gno, gno);
-    }
-
-    pub fn contains(&self, uuid: &str, gno: u64) -> bool {
-        self.0
-            .get(&uuid.to_ascii_lowercase())
-            .is_some_and(|iv| iv.iter().any(|&(s, e)| s <= gno && gno <= e))
-    }
-
-    pub fn commit_seq(&self) -> u64 {
-        self.0
-            .values()
-            .flatten()
-            .fold(0u64, |sum, (s, e)| sum.saturating_add(e - s + 1))
-    }
-}
-
-impl fmt::Display for MysqlGtidSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self
-            .0
-            .iter()
-            .map(|(uuid, intervals)| {
-                let iv: Vec<String> = intervals
-                    .iter()
-                    .map(|&(s, e)| {
-                        if s == e {
-                            s.to_string()
-                        } else {
-                            format!("{s}-{e}")
-                        }
-                    })
-                    .collect();
-                format!("{uuid}:{}", iv.join(":"))
-            })
-            .collect();
-        f.write_str(&parts.join(","))
-    }
-}
-
 /// A binlog coordinate: file name and byte offset in it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BinlogCoord {
     pub file: String,
     pub pos: u64,
@@ -297,6 +175,96 @@ impl fmt::Display for BinlogCoord {
     }
 }
 
+/// A position in a source's history, the one shape every module uses: the
+/// GTID position (empty where the source logs no GTIDs) and the binlog
+/// coordinate just after the last transaction it holds. Stored and shown
+/// as `{"gtid", "binlog_file", "binlog_pos"}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "Stored", into = "Stored")]
+pub struct Position {
+    pub gtid: MariaGtidPos,
+    pub coord: BinlogCoord,
+}
+
+/// The stored and shown form of a [`Position`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    #[serde(default)]
+    gtid: String,
+    #[serde(default)]
+    binlog_file: String,
+    #[serde(default)]
+    binlog_pos: u64,
+}
+
+impl TryFrom<Stored> for Position {
+    type Error = ParseError;
+
+    fn try_from(s: Stored) -> Result<Self, ParseError> {
+        Position::new(&s.gtid, &s.binlog_file, s.binlog_pos)
+    }
+}
+
+impl From<Position> for Stored {
+    fn from(p: Position) -> Stored {
+        Stored {
+            gtid: p.gtid.to_string(),
+            binlog_file: p.coord.file,
+            binlog_pos: p.coord.pos,
+        }
+    }
+}
+
+impl Position {
+    /// From a GTID position's text (empty: none) and a coordinate.
+    pub fn new(gtid: &str, file: &str, pos: u64) -> Result<Self, ParseError> {
+        Ok(Position {
+            gtid: MariaGtidPos::parse(gtid)?,
+            coord: BinlogCoord {
+                file: file.to_string(),
+                pos,
+            },
+        })
+    }
+
+    /// Whether the transaction opened at `at` with `gtid` is in this
+    /// position: by GTID where both have one, else by coordinate.
+    pub fn holds(&self, gtid: Option<MariaGtid>, at: &BinlogCoord) -> bool {
+        match gtid {
+            Some(g) if !self.gtid.is_empty() => self.gtid.contains(&g),
+            _ => at.commit_seq() <= self.coord.commit_seq(),
+        }
+    }
+
+    /// Whether everything up to `other` is in this position.
+    pub fn reaches(&self, other: &Position) -> bool {
+        if !self.gtid.is_empty() && !other.gtid.is_empty() {
+            return other.gtid.iter().all(|g| self.gtid.contains(g));
+        }
+        other.coord.commit_seq() <= self.coord.commit_seq()
+    }
+
+    /// The commit seq the API shows (see the module doc).
+    pub fn commit_seq(&self) -> Option<u64> {
+        if self.gtid.is_empty() {
+            self.coord.commit_seq()
+        } else {
+            Some(self.gtid.commit_seq())
+        }
+    }
+}
+
+/// The GTID position where there is one, else `file:pos`.
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.gtid.is_empty() {
+            self.coord.fmt(f)
+        } else {
+            self.gtid.fmt(f)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,35 +301,6 @@ mod tests {
     }
 
     #[test]
-    fn mysql_sets() {
-        let u1 = "3E11FA47-71CA-11E1-9E33-C80AA9429562";
-        let u2 = "4e11fa47-71ca-11e1-9e33-c80aa9429562";
-        let set = MysqlGtidSet::parse(&format!("{u1}:1-5:7-9,\n{u2}:3")).unwrap();
-        assert_eq!(
-            set.to_string(),
-            format!("{}:1-5:7-9,{u2}:3", u1.to_ascii_lowercase())
-        );
-        assert_eq!(set.commit_seq(), 9);
-        assert!(set.contains(u1, 5) && set.contains(u1, 7) && !set.contains(u1, 6));
-        let mut set = set;
-        set.add(u1, 6);
-        assert_eq!(
-            set.to_string(),
-            format!("{}:1-9,{u2}:3", u1.to_ascii_lowercase())
-        );
-        for bad in [
-            "x:1-2",
-            u1,
-            &format!("{u1}:0-2"),
-            &format!("{u1}:5-2"),
-            &format!("{u1}:a"),
-        ] {
-            assert!(MysqlGtidSet::parse(bad).is_err(), "{bad}");
-        }
-        assert_eq!(MysqlGtidSet::parse("").unwrap().commit_seq(), 0);
-    }
-
-    #[test]
     fn binlog_coordinates() {
         let c = BinlogCoord::parse("binlog.000042:1234").unwrap();
         assert_eq!(c.to_string(), "binlog.000042:1234");
@@ -372,5 +311,53 @@ mod tests {
         for bad in ["binlog.000042", ":5", "f:x"] {
             assert!(BinlogCoord::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    fn at(gtid: &str, file: &str, pos: u64) -> Position {
+        Position::new(gtid, file, pos).unwrap()
+    }
+
+    #[test]
+    fn positions_hold_transactions() {
+        let p = at("0-1-10", "b.000002", 500);
+        let g = |seq| {
+            Some(MariaGtid {
+                domain: 0,
+                server: 1,
+                seq,
+            })
+        };
+        let c = |file: &str, pos| BinlogCoord {
+            file: file.into(),
+            pos,
+        };
+        assert!(p.holds(g(10), &c("b.000002", 400)));
+        assert!(!p.holds(g(11), &c("b.000002", 600)));
+        // Without GTIDs, by coordinate.
+        let n = at("", "b.000002", 500);
+        assert!(n.holds(None, &c("b.000001", 9000)));
+        assert!(n.holds(None, &c("b.000002", 500)));
+        assert!(!n.holds(None, &c("b.000002", 501)));
+        assert!(p.reaches(&at("0-1-9", "b.000001", 4)));
+        assert!(!p.reaches(&at("0-1-11", "b.000003", 4)));
+        assert_eq!(p.to_string(), "0-1-10");
+        assert_eq!(n.to_string(), "b.000002:500");
+        assert_eq!(p.commit_seq(), Some(10));
+    }
+
+    #[test]
+    fn positions_keep_their_stored_shape() {
+        let p = at("0-1-10", "b.000002", 500);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"gtid": "0-1-10", "binlog_file": "b.000002", "binlog_pos": 500})
+        );
+        assert_eq!(serde_json::from_value::<Position>(json).unwrap(), p);
+        assert!(serde_json::from_str::<Position>(r#"{"gtid":"x"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Position>("{}").unwrap(),
+            Position::default()
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! and the JSON views of a job. Passwords appear only as `******` (the spec's
 //! serializer masks them).
 
-use crate::job::spec::Endpoint;
+use crate::db::Endpoint;
 use crate::job::state::{
     CommandError, FullSyncProgress, IncrementalProgress, RunState, Verification,
 };

@@ -13,12 +13,13 @@
 //! their tasks to match. A task runs under its lease's [`Fence`]: a save or
 //! a destination commit made after the lease moved on is refused.
 
-use super::runner::{now_ms, Request, Runner, Switches, WorkSettings};
+use super::runner::{Request, Runner, Switches, WorkSettings};
 use super::spec::JobSpec;
 use super::state::{CommandError, JobCommand, JobStatus, Progress};
 use crate::metrics::Metrics;
 use crate::preflight::{self, PreflightError};
 use crate::store::{Fence, GroupStore, JobRecord, Lease, MetaStore, StoreError};
+use crate::sync::now_ms;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

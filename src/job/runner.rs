@@ -13,20 +13,22 @@
 //! retried inside the child with capped exponential backoff; a definite one
 //! pauses the job with the error shown, and `resume` tries again.
 
-use super::full_sync::{self, FullSync, HandOver, SyncError};
-use super::hold::Holds;
-use super::incremental::{self, Applied, Incremental};
 use super::manager::{JobError, JobSnapshot};
 use super::state::{
     transition, CheckState, CommandError, FailedTransaction, FullSyncProgress, JobCommand,
     Progress, ProgressState, RunState, TableSnapshot, Verification,
 };
-use super::verify::{self, Verify};
 use crate::config::{FullSyncSettings, VerifySettings};
+use crate::error::SyncError;
 use crate::hostmap::HostMapping;
 use crate::job::spec::{JobSpec, OnPurged, SyncType};
 use crate::metrics::Metrics;
 use crate::store::{Fence, MetaStore, StoreError};
+use crate::sync::full::{FullSync, HandOver};
+use crate::sync::hold::Holds;
+use crate::sync::incremental::{self, Applied, Incremental};
+use crate::sync::now_ms;
+use crate::sync::verify::{self, Verify};
 use crate::tls::TlsOptions;
 use mysql_async::prelude::*;
 use std::collections::BTreeMap;
@@ -66,6 +68,8 @@ pub struct WorkSettings {
     /// newer transactions is stalled (`[incremental] stall_secs`).
     pub stall_secs: u64,
     pub verify: VerifySettings,
+    /// The tests' failpoint (`Config::failpoint`).
+    pub failpoint: Option<u64>,
 }
 
 /// The group's switches for background tasks (`/config/set`), read by the
@@ -132,8 +136,17 @@ pub(super) struct Runner {
     pub stopping: watch::Receiver<bool>,
 }
 
-pub(super) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+/// The job as it is now, as the data path sees it.
+struct LiveJob(watch::Receiver<JobSnapshot>);
+
+impl crate::sync::Live for LiveJob {
+    fn source(&self) -> crate::db::Endpoint {
+        self.0.borrow().spec.src.clone()
+    }
+
+    fn partial(&self) -> Option<crate::sync::progress::PartialSync> {
+        self.0.borrow().progress.partial.clone()
+    }
 }
 
 /// How the work ended (transient errors never end it).
@@ -369,7 +382,7 @@ impl Runner {
         };
         let (progress_tx, progress_rx) = watch::channel(applied);
         let sync = Incremental {
-            spec: current.spec.clone(),
+            spec: Arc::new(current.spec.route()),
             run_id,
             snapshot: current.progress.snapshot.clone().unwrap_or_default(),
             tables: current.progress.tables.clone(),
@@ -379,16 +392,16 @@ impl Runner {
             metrics: self.metrics.clone(),
             progress: progress_tx,
             skip: current.progress.skip.as_ref().and_then(|s| s.gtid.clone()),
-            live: self.snapshot.subscribe(),
+            live: Arc::new(LiveJob(self.snapshot.subscribe())),
             full_sync: self.settings.full_sync,
             epoch: self.fence.epoch,
-            switches: self.switches.clone(),
             holds: self.holds.clone(),
+            failpoint: self.settings.failpoint,
         };
         info!(job = %current.spec.name, run_id, "incremental sync starting");
         Work {
             key: WorkKey::Incremental(run_id),
-            task: tokio::spawn(run_incremental(sync)),
+            task: tokio::spawn(run_incremental(sync, self.switches.clone())),
             progress: WorkProgress::Incremental(progress_rx),
         }
     }
@@ -427,7 +440,7 @@ impl Runner {
         let run_id = progress.run_id;
         let (progress_tx, progress_rx) = watch::channel(progress);
         let sync = FullSync {
-            spec: current.spec.clone(),
+            spec: Arc::new(current.spec.route()),
             run_id,
             rerun: current.progress.full_sync_reason.is_some(),
             settings: self.settings.full_sync,
@@ -466,7 +479,7 @@ impl Runner {
             .incremental
             .as_ref()
             .and_then(|i| i.source_node.clone());
-        let source = incremental::stream_source(&current.spec, node.as_deref());
+        let source = incremental::stream_source(&current.spec.src, node.as_deref());
         let key = wanted.as_ref().map(|w| (w.started_at, source.address()));
         match verifying {
             Some(v) if Some((v.started_at, v.source.clone())) == key => return Some(v),
@@ -478,7 +491,7 @@ impl Runner {
         let (progress, rx) = watch::channel(wanted);
         let address = source.address();
         let task = Verify {
-            spec: current.spec.clone(),
+            spec: Arc::new(current.spec.route()),
             source,
             settings: self.settings.verify,
             connect_timeout: self.settings.connect_timeout,
@@ -573,7 +586,7 @@ impl Runner {
             .incremental
             .as_ref()
             .and_then(|i| i.source_node.clone());
-        let source = incremental::stream_source(spec, node.as_deref());
+        let source = incremental::stream_source(&spec.src, node.as_deref());
         let present = verify::source_tables(&source, self.settings.connect_timeout)
             .await
             .map_err(|e| invalid(e.to_string()))?;
@@ -717,12 +730,8 @@ impl Runner {
                     SyncType::Table => ProgressState::TableIncrementalSync,
                     SyncType::Db => ProgressState::DBTablesIncrementalSync,
                 };
-                progress.commit_seq = full_sync::commit_seq(&h.position);
-                progress.position = Some(if h.position.gtid.is_empty() {
-                    format!("{}:{}", h.position.binlog_file, h.position.binlog_pos)
-                } else {
-                    h.position.gtid.clone()
-                });
+                progress.commit_seq = h.position.commit_seq();
+                progress.position = Some(h.position.to_string());
                 progress.last_error = None;
                 if let Some(f) = progress.full_sync.as_mut() {
                     f.finished_at = Some(now);
@@ -1126,7 +1135,7 @@ async fn run_with_retries(sync: FullSync) -> Outcome {
 /// Runs the incremental sync until it fails definitely; transient errors
 /// wait 1 s, 2 s, 4 s … up to 30 s and resume from the checkpoint (the
 /// backoff starts over once the sync has run a minute without error).
-async fn run_incremental(sync: Incremental) -> Outcome {
+async fn run_incremental(sync: Incremental, switches: Arc<Switches>) -> Outcome {
     let mut backoff = BACKOFF_FIRST;
     loop {
         let started = Instant::now();
@@ -1152,7 +1161,7 @@ async fn run_incremental(sync: Incremental) -> Outcome {
         });
         // A source gone for good may have been replaced by a promoted
         // replica: then the sync restarts on it at once.
-        let follow = sync.switches.follow_failover.load(Ordering::Relaxed);
+        let follow = switches.follow_failover.load(Ordering::Relaxed);
         if let Some(node) = if follow {
             sync.follow_primary().await
         } else {

@@ -4,10 +4,6 @@
 //! `JobSpec::validate` holds every rule that can be checked without a server;
 //! `preflight` checks the rest against the servers before a job is stored.
 
-use crate::db::ServerAddr;
-use crate::hostmap::HostMapping;
-use crate::secret::Secret;
-use crate::tls::TlsOptions;
 use serde::{Deserialize, Serialize};
 
 /// Longest job name accepted; it also bounds the meta store's key column.
@@ -15,52 +11,7 @@ pub const MAX_NAME_LEN: usize = 128;
 /// MySQL's and MariaDB's limit on database and table names.
 const MAX_IDENT_LEN: usize = 64;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Secret,
-    pub database: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub table: Option<String>,
-    #[serde(default)]
-    pub host_mapping: HostMapping,
-    /// How connections to this side are secured (a job stored before TLS
-    /// existed reads as `preferred`).
-    #[serde(default)]
-    pub tls: TlsOptions,
-}
-
-impl Endpoint {
-    /// `host:port`, as messages name a server.
-    pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    /// Where and as whom to connect to this side.
-    pub fn server_addr(&self) -> ServerAddr<'_> {
-        ServerAddr {
-            host: &self.host,
-            port: self.port,
-            user: &self.user,
-            password: &self.password,
-            tls: &self.tls,
-        }
-    }
-
-    /// The scope on this side: `db` or `db.table`.
-    pub fn scope(&self) -> String {
-        match &self.table {
-            Some(t) => format!("{}.{}", self.database, t),
-            None => self.database.clone(),
-        }
-    }
-}
+pub use crate::db::Endpoint;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncType {
@@ -95,6 +46,16 @@ pub enum OnPurged {
 }
 
 impl JobSpec {
+    /// What the data path copies and where.
+    pub fn route(&self) -> crate::sync::Route {
+        crate::sync::Route {
+            name: self.name.clone(),
+            src: self.src.clone(),
+            dest: self.dest.clone(),
+            allow_table_exists: self.allow_table_exists,
+        }
+    }
+
     pub fn sync_type(&self) -> SyncType {
         if self.src.table.is_some() {
             SyncType::Table
@@ -172,6 +133,9 @@ fn validate_ident(field: &str, value: &str) -> Result<(), String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::hostmap::HostMapping;
+    use crate::secret::Secret;
+    use crate::tls::TlsOptions;
 
     pub fn endpoint(db: &str, table: Option<&str>) -> Endpoint {
         Endpoint {

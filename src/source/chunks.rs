@@ -16,20 +16,11 @@
 //! though the session reads bytes (`SET NAMES binary`).
 
 use super::schema::{Column, TableInfo};
-use crate::applier::literal::{self, LiteralKind};
+use crate::change::literal::{self, LiteralKind};
+use crate::change::{ChunkBounds, KeyValue};
 use crate::db::quote_ident;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
-
-/// One key value: the text of each key column.
-pub type KeyValue = Vec<Vec<u8>>;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChunkBounds {
-    pub lower: Option<KeyValue>,
-    pub upper: Option<KeyValue>,
-    pub estimated_rows: u64,
-}
 
 /// Plans `table`'s chunks of about `chunk_rows` rows, on a snapshot connection.
 pub async fn plan(

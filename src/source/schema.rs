@@ -8,7 +8,7 @@
 //! its read with "Table definition has changed" (a transient error: the copy
 //! starts again from a new snapshot) rather than being copied wrongly.
 
-use crate::applier::literal::LiteralKind;
+use crate::change::literal::LiteralKind;
 use crate::db::quote_ident;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
@@ -97,7 +97,7 @@ pub async fn tables(
             .collect();
         let create_sql = show_create(conn, "TABLE", database, &name).await?;
         let period = (kind == "SYSTEM VERSIONED").then(|| {
-            crate::applier::tables::period_columns(&create_sql)
+            crate::change::period_columns(&create_sql)
                 .unwrap_or_else(|| ("ROW_START".into(), "ROW_END".into()))
         });
         out.push(TableInfo {

@@ -20,6 +20,7 @@
 //! - strings, BLOBs, MariaDB JSON (a LONGTEXT) as their bytes, whatever the
 //!   character set; MySQL binary JSON as its JSON text.
 
+pub use crate::change::{Cell, ColumnDesc, Image, RowChange, RowOp, TableMap};
 use chrono::DateTime;
 use mysql_async::binlog::events::{OptionalMetaExtractor, TableMapEvent};
 use mysql_async::consts::ColumnType;
@@ -28,103 +29,33 @@ use mysql_common::binlog::jsonb;
 use mysql_common::io::ParseBuf;
 use std::sync::Arc;
 
-/// One decoded value.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Cell {
-    Null,
-    /// A signed integer and the column's width in bits.
-    Int(i64, u8),
-    UInt(u64),
-    Float(f32),
-    Double(f64),
-    /// DECIMAL digits.
-    Decimal(String),
-    /// Bytes written as a quoted string: strings, BLOBs, dates and times.
-    Bytes(Vec<u8>),
-}
-
-/// A column as a table map event describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ColumnDesc {
-    pub ty: ColumnType,
-    pub meta: Vec<u8>,
-    /// Logged with `binlog_row_metadata=FULL`.
-    pub name: Option<String>,
-}
-
-/// A table as of one table map event: the schema its row events are
-/// decoded against.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TableMap {
-    pub database: String,
-    pub table: String,
-    pub columns: Vec<ColumnDesc>,
-}
-
-impl TableMap {
-    pub fn from_event(tme: &TableMapEvent<'_>) -> Result<Self, String> {
-        let database = tme.database_name().into_owned();
-        let table = tme.table_name().into_owned();
-        let what = || format!("table map of {database}.{table}");
-        let extractor = OptionalMetaExtractor::new(tme.iter_optional_meta())
-            .map_err(|e| format!("{}: optional metadata: {e}", what()))?;
-        let mut names = extractor.iter_column_name();
-        let mut columns = Vec::with_capacity(tme.columns_count() as usize);
-        for i in 0..tme.columns_count() as usize {
-            let ty = tme
-                .get_column_type(i)
-                .map_err(|e| format!("{}: column {i}: {e}", what()))?
-                .ok_or_else(|| format!("{}: column {i} has no type", what()))?;
-            let meta = tme.get_column_metadata(i).unwrap_or(&[]).to_vec();
-            let name = match names.next() {
-                Some(Ok(n)) => Some(n.name().into_owned()),
-                Some(Err(e)) => return Err(format!("{}: column names: {e}", what())),
-                None => None,
-            };
-            columns.push(ColumnDesc { ty, meta, name });
-        }
-        Ok(TableMap {
-            database,
-            table,
-            columns,
-        })
+/// The schema one table map event describes.
+pub fn table_map(tme: &TableMapEvent<'_>) -> Result<TableMap, String> {
+    let database = tme.database_name().into_owned();
+    let table = tme.table_name().into_owned();
+    let what = || format!("table map of {database}.{table}");
+    let extractor = OptionalMetaExtractor::new(tme.iter_optional_meta())
+        .map_err(|e| format!("{}: optional metadata: {e}", what()))?;
+    let mut names = extractor.iter_column_name();
+    let mut columns = Vec::with_capacity(tme.columns_count() as usize);
+    for i in 0..tme.columns_count() as usize {
+        let ty = tme
+            .get_column_type(i)
+            .map_err(|e| format!("{}: column {i}: {e}", what()))?
+            .ok_or_else(|| format!("{}: column {i} has no type", what()))?;
+        let meta = tme.get_column_metadata(i).unwrap_or(&[]).to_vec();
+        let name = match names.next() {
+            Some(Ok(n)) => Some(n.name().into_owned()),
+            Some(Err(e)) => return Err(format!("{}: column names: {e}", what())),
+            None => None,
+        };
+        columns.push(ColumnDesc { ty, meta, name });
     }
-
-    /// Whether the binlog names the columns (`binlog_row_metadata=FULL`).
-    pub fn has_names(&self) -> bool {
-        !self.columns.is_empty() && self.columns.iter().all(|c| c.name.is_some())
-    }
-}
-
-/// A row image: one entry per column of the table map, `None` for a column
-/// the image leaves out.
-pub type Image = Vec<Option<Cell>>;
-
-/// The kind of change a row event carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RowOp {
-    Insert,
-    Update,
-    Delete,
-}
-
-impl RowOp {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RowOp::Insert => "insert",
-            RowOp::Update => "update",
-            RowOp::Delete => "delete",
-        }
-    }
-}
-
-/// The rows of one row event: before images (update, delete) and after
-/// images (insert, update).
-#[derive(Clone, Debug)]
-pub struct RowChange {
-    pub table: Arc<TableMap>,
-    pub op: RowOp,
-    pub rows: Vec<(Option<Image>, Option<Image>)>,
+    Ok(TableMap {
+        database,
+        table,
+        columns,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -24,7 +24,8 @@ pub mod retention;
 pub mod status;
 
 use crate::db::{self, ConnectError, ServerAddr};
-use crate::position::{BinlogCoord, MariaGtid};
+use crate::error::Kind;
+use crate::position::{BinlogCoord, MariaGtid, Position};
 use crate::source::ddl::{self, Statement};
 use decode::{RowChange, RowOp, TableMap};
 use futures_util::StreamExt;
@@ -92,14 +93,6 @@ pub enum ReadError {
     Unavailable(String),
 }
 
-/// Where to start: after `gtid` (MariaDB GTID position) if it is not empty,
-/// else at `coord`.
-#[derive(Clone, Debug)]
-pub struct StartAt {
-    pub gtid: String,
-    pub coord: BinlogCoord,
-}
-
 /// Heartbeat period asked of the source, and the silence taken as a dead link.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(5);
@@ -131,10 +124,20 @@ pub struct Reader {
 
 fn sql_error(context: &str, e: mysql_async::Error) -> ReadError {
     let message = format!("{context}: {e}");
-    if crate::job::full_sync::is_transient(&e) {
-        ReadError::Transient(message)
-    } else {
-        ReadError::Definite(message)
+    match crate::error::kind_of(&e) {
+        Kind::Transient => ReadError::Transient(message),
+        _ => ReadError::Definite(message),
+    }
+}
+
+impl ReadError {
+    /// An unavailable position is purged or definite: the caller checks
+    /// which (`retention`); read as is, definite.
+    pub fn kind(&self) -> Kind {
+        match self {
+            ReadError::Transient(_) => Kind::Transient,
+            ReadError::Definite(_) | ReadError::Unavailable(_) => Kind::Definite,
+        }
     }
 }
 
@@ -151,7 +154,7 @@ pub fn server_id(job: &str) -> u32 {
 impl Reader {
     pub async fn open(
         addr: &ServerAddr<'_>,
-        start: &StartAt,
+        start: &Position,
         server_id: u32,
         scope: Scope,
         timeout: Duration,
@@ -183,7 +186,7 @@ impl Reader {
             conn.query_drop(format!(
                 "SET @slave_connect_state = '{}', @slave_gtid_strict_mode = 0, \
                  @slave_gtid_ignore_duplicates = 0",
-                start.gtid.replace(['\'', '\\'], "")
+                start.gtid
             ))
             .await
             .map_err(|e| sql_error("setting the GTID start position", e))?;
@@ -386,7 +389,7 @@ impl Reader {
                 let wanted = (self.scope)(&tme.database_name(), &tme.table_name());
                 let map = if wanted {
                     Some(Arc::new(
-                        TableMap::from_event(&tme).map_err(ReadError::Definite)?,
+                        decode::table_map(&tme).map_err(ReadError::Definite)?,
                     ))
                 } else {
                     None
@@ -578,8 +581,8 @@ impl Reader {
         scope: Scope,
         timeout: Duration,
     ) -> Result<Vec<RowChange>, ReadError> {
-        let start = StartAt {
-            gtid: String::new(),
+        let start = Position {
+            gtid: Default::default(),
             coord: at.clone(),
         };
         let mut reader = Reader::open(addr, &start, server_id, scope, timeout).await?;
@@ -628,8 +631,8 @@ impl Reader {
             .oldest()
             .to_string();
         let _ = conn.disconnect().await;
-        let start = StartAt {
-            gtid: String::new(),
+        let start = Position {
+            gtid: Default::default(),
             coord: BinlogCoord {
                 file: oldest,
                 pos: 4,

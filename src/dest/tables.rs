@@ -285,26 +285,6 @@ pub async fn create_sequence(
         .map_err(sql_err)
 }
 
-/// A system-versioned table's named period columns (`GENERATED ALWAYS AS
-/// ROW START` / `ROW END`), from its `SHOW CREATE TABLE`; `None` when its
-/// periods are implicit (`ROW_START`, `ROW_END`).
-pub fn period_columns(create_sql: &str) -> Option<(String, String)> {
-    let named = |marker: &str| {
-        create_sql
-            .lines()
-            .find(|l| l.contains(marker))
-            .and_then(|l| {
-                let l = l.trim_start().strip_prefix('`')?;
-                let end = l.find('`')?;
-                Some(l[..end].replace("``", "`"))
-            })
-    };
-    Some((
-        named("GENERATED ALWAYS AS ROW START")?,
-        named("GENERATED ALWAYS AS ROW END")?,
-    ))
-}
-
 /// `CREATE TABLE `src` (…` → `CREATE TABLE `db`.`dest` (…`.
 pub fn rewrite_create_table(
     sql: &str,
@@ -394,6 +374,7 @@ mod tests {
 
     #[test]
     fn period_columns_by_name() {
+        use crate::change::period_columns;
         let sql = "CREATE TABLE `sve` (\n  `id` int(11) NOT NULL,\n  `r s` timestamp(6) GENERATED ALWAYS AS ROW START,\n  `re` timestamp(6) GENERATED ALWAYS AS ROW END,\n  PERIOD FOR SYSTEM_TIME (`r s`, `re`)\n) WITH SYSTEM VERSIONING";
         assert_eq!(period_columns(sql), Some(("r s".into(), "re".into())));
         assert_eq!(

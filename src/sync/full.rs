@@ -25,22 +25,24 @@
 //! 256 KiB (or INSERTs of at most `statement_bytes` where the destination has
 //! local_infile off), with at most two in flight per connection.
 
-use crate::applier::checkpoint;
-use crate::applier::insert::InsertBuilder;
-use crate::applier::literal::LiteralKind;
-use crate::applier::plan::{self, ChunkDone, PlannedChunk};
-use crate::applier::tables::{self, Existing, TableError};
-use crate::applier::{self, load};
+use crate::change::literal::LiteralKind;
 use crate::config::FullSyncSettings;
-use crate::db::{self, quote_ident, ConnectError};
-use crate::job::spec::JobSpec;
-use crate::job::state::{FullSyncProgress, SnapshotPoint, TableSnapshot};
+use crate::db::{self, quote_ident};
+use crate::dest::checkpoint;
+use crate::dest::insert::InsertBuilder;
+use crate::dest::load;
+use crate::dest::plan::{self, ChunkDone, PlannedChunk};
+use crate::dest::tables::{self, Existing, TableError};
+use crate::error::{is_transient, SyncError};
 use crate::metrics::Metrics;
-use crate::position::{BinlogCoord, MariaGtidPos};
+use crate::position::BinlogCoord;
+use crate::position::Position;
 use crate::source::chunks::{self};
 use crate::source::ddl;
 use crate::source::schema::{self, TableInfo};
 use crate::source::snapshot::{self, SnapshotError};
+use crate::sync::progress::{FullSyncProgress, TableSnapshot};
+use crate::sync::Route;
 use futures_util::{StreamExt, TryStreamExt};
 use mysql_async::prelude::*;
 use mysql_async::Conn;
@@ -52,93 +54,18 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-/// Why a full sync attempt stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    /// Worth retrying as it is: a lost connection, a deadlock, a server restart.
-    #[error("{0}")]
-    Transient(String),
-    /// Needs an operator: the message says what to fix.
-    #[error("{0}")]
-    Definite(String),
-    /// The destination refused a source transaction (a duplicate key, a
-    /// missing row …): the job holds on it until an operator fixes the
-    /// destination and resumes, skips it, or resyncs.
-    /// The source no longer has the binlog at the job's position.
-    #[error("{0}")]
-    Purged(String),
-    #[error("{message}")]
-    Refused {
-        txn: Box<crate::job::state::FailedTransaction>,
-        message: String,
-    },
-    /// The destination's checkpoint holds a newer lease epoch: another
-    /// member runs the job now, and this one must stop.
-    #[error("{0}")]
-    Fenced(String),
-}
-
-impl SyncError {
-    pub(super) fn sql(context: impl std::fmt::Display, e: mysql_async::Error) -> Self {
-        let message = format!("{context}: {e}");
-        if checkpoint::is_fenced(&e) {
-            SyncError::Fenced(format!(
-                "{context}: refused, a member holding a newer lease of the job has claimed the destination"
-            ))
-        } else if is_transient(&e) {
-            SyncError::Transient(message)
-        } else {
-            SyncError::Definite(message)
-        }
-    }
-}
-
-/// Errors a retry can cure: the connection, the server's availability, or
-/// lock conflicts — not what the server says about the data or the schema.
-pub fn is_transient(e: &mysql_async::Error) -> bool {
-    match e {
-        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => true,
-        // Too many connections, shutdown in progress, lock wait timeout,
-        // deadlock, query interrupted, table definition changed (the snapshot
-        // predates a DDL), connection killed, net read/write errors.
-        mysql_async::Error::Server(s) => matches!(
-            s.code,
-            1040 | 1053
-                | 1158
-                | 1159
-                | 1160
-                | 1161
-                | 1205
-                | 1213
-                | 1317
-                | 1412
-                | 1927
-                | 2006
-                | 2013
-        ),
-        _ => false,
-    }
-}
-
-pub(super) fn connect_error(side: &str, e: ConnectError) -> SyncError {
-    match e {
-        ConnectError::Unreachable { .. } => SyncError::Transient(format!("{side} {e}")),
-        ConnectError::Refused { .. } => SyncError::Definite(format!("{side} {e}")),
-    }
-}
-
 /// Where the job goes from here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandOver {
     /// P: incremental sync starts after it.
-    pub position: SnapshotPoint,
+    pub position: Position,
     /// Each destination table's range of snapshot positions.
     pub tables: BTreeMap<String, TableSnapshot>,
 }
 
 /// One full sync of one job.
 pub struct FullSync {
-    pub spec: Arc<JobSpec>,
+    pub spec: Arc<Route>,
     pub run_id: i64,
     /// Whether an earlier full sync of this job ran (`force_fullsync` and
     /// the like): the destination tables are then the job's own to replace.
@@ -147,17 +74,17 @@ pub struct FullSync {
     pub connect_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub progress: watch::Sender<FullSyncProgress>,
-    /// The lease epoch every chunk commits under (see `applier::checkpoint`).
+    /// The lease epoch every chunk commits under (see `crate::dest::checkpoint`).
     pub epoch: i64,
 }
 
 /// What every copying connection shares.
 struct Shared {
-    spec: Arc<JobSpec>,
+    spec: Arc<Route>,
     tables: HashMap<String, TableInfo>,
     queue: Mutex<VecDeque<PlannedChunk>>,
     tally: Mutex<Tally>,
-    point: SnapshotPoint,
+    point: Position,
     coord: BinlogCoord,
     statement_bytes: usize,
     /// Load with LOAD DATA LOCAL INFILE (the destination allows it).
@@ -204,10 +131,9 @@ impl FullSync {
             other => other,
         }
         .map_err(snapshot_error)?;
-        let point = SnapshotPoint {
-            gtid: set.gtid.to_string(),
-            binlog_file: set.coord.file.clone(),
-            binlog_pos: set.coord.pos,
+        let point = Position {
+            gtid: set.gtid.clone(),
+            coord: set.coord.clone(),
         };
         let coord = set.coord.clone();
         let snapshot_point = point.clone();
@@ -383,8 +309,10 @@ impl FullSync {
         let statement_bytes = self
             .settings
             .statement_bytes
-            .min(applier::max_packet(&mut dest).await.map_err(dest_sql)? - 1024);
-        let load_data = applier::local_infile(&mut dest).await.map_err(dest_sql)?;
+            .min(crate::dest::max_packet(&mut dest).await.map_err(dest_sql)? - 1024);
+        let load_data = crate::dest::local_infile(&mut dest)
+            .await
+            .map_err(dest_sql)?;
 
         // Round-robin over tables (every table's first chunk, then every
         // second one, ...): connections then mostly write different tables
@@ -497,12 +425,12 @@ impl FullSync {
     }
 }
 
-/// A destination session set up for writing (see `applier::session_setup`).
-pub(super) async fn connect_dest(spec: &JobSpec, timeout: Duration) -> Result<Conn, SyncError> {
+/// A destination session set up for writing (see `crate::dest::session_setup`).
+pub(super) async fn connect_dest(spec: &Route, timeout: Duration) -> Result<Conn, SyncError> {
     let mut dest = db::connect(&spec.dest.server_addr(), None, timeout)
         .await
-        .map_err(|e| connect_error("destination", e))?;
-    applier::session_setup(&mut dest)
+        .map_err(|e| SyncError::connect("destination", e))?;
+    crate::dest::session_setup(&mut dest)
         .await
         .map_err(|e| SyncError::sql("destination session", e))?;
     Ok(dest)
@@ -510,7 +438,7 @@ pub(super) async fn connect_dest(spec: &JobSpec, timeout: Duration) -> Result<Co
 
 pub(super) fn snapshot_error(e: SnapshotError) -> SyncError {
     match e {
-        SnapshotError::Connect(c) => connect_error("source", c),
+        SnapshotError::Connect(c) => SyncError::connect("source", c),
         SnapshotError::Query(q) => SyncError::sql("starting source snapshots", q),
         SnapshotError::Inconsistent { .. } | SnapshotError::SlowStart(_) => {
             SyncError::Transient(format!("source {e}"))
@@ -564,13 +492,13 @@ async fn create_views(
 /// P is the lowest position any chunk was read at; each table gets the range
 /// of its own chunks' positions.
 fn hand_over(chunks: &[PlannedChunk]) -> Result<HandOver, SyncError> {
-    let point = |d: &ChunkDone| SnapshotPoint {
-        gtid: d.gtid.clone(),
-        binlog_file: d.coord.file.clone(),
-        binlog_pos: d.coord.pos,
-    };
+    let point = |d: &ChunkDone| d.at.clone();
     fn order(d: &&&ChunkDone) -> (Option<u64>, String, u64) {
-        (d.coord.file_index(), d.coord.file.clone(), d.coord.pos)
+        (
+            d.at.coord.file_index(),
+            d.at.coord.file.clone(),
+            d.at.coord.pos,
+        )
     }
     let mut tables = BTreeMap::new();
     let mut all = Vec::with_capacity(chunks.len());
@@ -831,8 +759,7 @@ async fn copy_chunk(
     };
     let ((rows, bytes), ()) = tokio::try_join!(reader, writer)?;
     let done = ChunkDone {
-        coord: shared.coord.clone(),
-        gtid: shared.point.gtid.clone(),
+        at: shared.point.clone(),
         rows,
         bytes,
     };
@@ -888,24 +815,10 @@ impl Sink {
     }
 }
 
-/// The commit seq of a position (see doc/operations.md).
-pub fn commit_seq(point: &SnapshotPoint) -> Option<u64> {
-    if point.gtid.is_empty() {
-        return BinlogCoord {
-            file: point.binlog_file.clone(),
-            pos: point.binlog_pos,
-        }
-        .commit_seq();
-    }
-    MariaGtidPos::parse(&point.gtid)
-        .ok()
-        .map(|p| p.commit_seq())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::chunks::ChunkBounds;
+    use crate::change::ChunkBounds;
 
     fn done(src: &str, dest: &str, chunk: u32, file: &str, pos: u64) -> PlannedChunk {
         PlannedChunk {
@@ -918,11 +831,7 @@ mod tests {
                 estimated_rows: 0,
             },
             done: Some(ChunkDone {
-                coord: BinlogCoord {
-                    file: file.into(),
-                    pos,
-                },
-                gtid: format!("0-1-{pos}"),
+                at: Position::new(&format!("0-1-{pos}"), file, pos).unwrap(),
                 rows: 1,
                 bytes: 1,
             }),
@@ -937,10 +846,10 @@ mod tests {
             done("c", "c", 0, "b.000002", 10),
         ];
         let h = hand_over(&chunks).unwrap();
-        assert_eq!(h.position.binlog_file, "b.000001");
-        assert_eq!(h.position.binlog_pos, 900);
+        assert_eq!(h.position.coord.file, "b.000001");
+        assert_eq!(h.position.coord.pos, 900);
         let a = &h.tables["a2"];
-        assert_eq!((a.from.binlog_pos, a.to.binlog_pos), (900, 10));
+        assert_eq!((a.from.coord.pos, a.to.coord.pos), (900, 10));
         assert_eq!(h.tables["c"].from, h.tables["c"].to);
         let mut unfinished = chunks.to_vec();
         unfinished[1].done = None;

@@ -37,13 +37,12 @@
 //! wait (a commit under way completes), and the coordinator returns the
 //! error: the caller restarts from the checkpoint.
 
-use super::full_sync::{is_transient, SyncError};
-use crate::applier::compact::{self, Change, TxnId};
-use crate::applier::rows::Statements;
-use crate::applier::target::DestTable;
+use crate::change::{Cell, Image};
 use crate::db;
-use crate::job::state::FailedTransaction;
-use crate::source::binlog::decode::{Cell, Image};
+use crate::dest::compact::{self, Change, TxnId};
+use crate::dest::rows::Statements;
+use crate::dest::target::DestTable;
+use crate::error::{is_transient, FailedTransaction, SyncError};
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 use parking_lot::Mutex;
@@ -55,7 +54,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 /// What a group carries to its worker, in order: rows, then the commit.
-pub(super) enum Chunk {
+pub enum Chunk {
     Rows(Vec<Change>),
     Commit {
         /// Statements of the group's own bookkeeping, before the checkpoint.
@@ -69,7 +68,7 @@ pub(super) enum Chunk {
     },
 }
 
-pub(super) struct Group {
+pub struct Group {
     pub id: u64,
     /// The group that must have committed before this one starts.
     pub after: u64,
@@ -125,7 +124,7 @@ impl Shared {
     }
 }
 
-pub(super) struct Pool {
+pub struct Pool {
     groups: Option<mpsc::Sender<Group>>,
     shared: Arc<Shared>,
     mark: watch::Receiver<Mark>,
@@ -516,7 +515,7 @@ async fn each(conn: &mut Conn, changes: &[Change], mut stmts: Statements) -> Res
 }
 
 /// The error that holds a job on `txn`.
-pub(super) fn refused(
+pub fn refused(
     txn: &TxnId,
     statement: Option<String>,
     error: String,
@@ -610,7 +609,7 @@ async fn wait_holding(
 }
 
 /// Why a round trip failed: statement `.0` of it.
-pub(super) enum Failed {
+pub enum Failed {
     Server(usize, mysql_async::Error),
     Mismatch {
         index: usize,
@@ -671,7 +670,7 @@ impl Failed {
 /// nothing after an error) — only reading it tells which, and an error not
 /// read surfaces on the connection's next query instead. So the last result
 /// is always read, and its error is that statement's.
-pub(super) async fn run(conn: &mut Conn, stmts: &Statements) -> Result<(), Failed> {
+pub async fn run(conn: &mut Conn, stmts: &Statements) -> Result<(), Failed> {
     let mut result = conn
         .query_iter(stmts.sql.as_slice())
         .await
@@ -718,7 +717,7 @@ pub(super) async fn run(conn: &mut Conn, stmts: &Statements) -> Result<(), Faile
 /// Long statements are shown by their head and tail.
 /// A statement as messages and logs quote it: passwords masked
 /// ([`crate::redact`]), long values elided.
-pub(super) fn elide(sql: &str) -> String {
+pub fn elide(sql: &str) -> String {
     const HEAD: usize = 300;
     const TAIL: usize = 60;
     let redacted = crate::redact::text(sql);
@@ -748,12 +747,7 @@ pub(super) fn elide(sql: &str) -> String {
 /// value of another unique index, conflict). A table without a key, or
 /// whose unique values compare under a collation (so different bytes can
 /// be the same value), conflicts as a whole.
-pub(super) fn row_hashes(
-    dest: &DestTable,
-    columns: &[Option<usize>],
-    image: &Image,
-    out: &mut Vec<u64>,
-) {
+pub fn row_hashes(dest: &DestTable, columns: &[Option<usize>], image: &Image, out: &mut Vec<u64>) {
     let whole = || {
         let mut h = DefaultHasher::new();
         dest.name.hash(&mut h);
@@ -801,7 +795,7 @@ fn hash_cell(cell: &Cell, h: &mut DefaultHasher) {
 /// Group numbers, and which group last wrote each row hash, to find what a
 /// new group waits for.
 #[derive(Default)]
-pub(super) struct Conflicts {
+pub struct Conflicts {
     /// The newest group number given out (groups count from 1).
     issued: u64,
     last: HashMap<u64, u64>,

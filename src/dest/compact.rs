@@ -22,8 +22,8 @@
 
 use super::rows::{push_cell, render, Mode, Statements};
 use super::target::DestTable;
+use crate::change::{Image, RowChange, RowOp};
 use crate::db::quote_ident;
-use crate::source::binlog::decode::{Image, RowChange, RowOp};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -285,7 +285,7 @@ impl<'a> TableNet<'a> {
 }
 
 fn image_bytes(image: &&Image) -> usize {
-    use crate::source::binlog::decode::Cell;
+    use crate::change::Cell;
     image
         .iter()
         .map(|c| match c {
@@ -425,8 +425,8 @@ pub fn render_net(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::applier::target::DestColumn;
-    use crate::source::binlog::decode::{Cell, ColumnDesc, TableMap};
+    use crate::change::{Cell, ColumnDesc, TableMap};
+    use crate::dest::target::DestColumn;
     use mysql_async::consts::ColumnType;
 
     fn table() -> Arc<DestTable> {

@@ -32,18 +32,22 @@
 //! whose changes after P apply to rows now as of P. Then it compares the
 //! repaired ranges again.
 
-use super::full_sync::{self, connect_error, SyncError};
-use super::hold::{HoldAt, Holds};
-use super::state::{CheckState, KeyPart, KeyRange, TableCheck, Verification, MAX_RANGES};
-use crate::applier::checkpoint;
-use crate::applier::insert::InsertBuilder;
+use super::full::{self as full_sync};
+use super::hold::Holds;
+use super::progress::{CheckState, KeyPart, KeyRange, TableCheck, Verification, MAX_RANGES};
+use crate::change::KeyValue;
 use crate::config::VerifySettings;
+use crate::db::Endpoint;
 use crate::db::{self, quote_ident};
-use crate::job::spec::{Endpoint, JobSpec};
+use crate::dest::checkpoint;
+use crate::dest::insert::InsertBuilder;
+use crate::error::SyncError;
 use crate::metrics::Metrics;
-use crate::source::chunks::{self, Cmp, KeyValue};
+use crate::position::Position;
+use crate::source::chunks::{self, Cmp};
 use crate::source::schema::{self, Column, TableInfo};
 use crate::source::snapshot;
+use crate::sync::Route;
 use futures_util::TryStreamExt;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
@@ -61,7 +65,7 @@ const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 pub struct Verify {
-    pub spec: Arc<JobSpec>,
+    pub spec: Arc<Route>,
     /// The node the job's stream reads.
     pub source: Endpoint,
     pub settings: VerifySettings,
@@ -299,7 +303,7 @@ impl Verify {
         }
         self.progress.send_modify(|v| {
             v.state = CheckState::Done;
-            v.finished_at = Some(super::runner::now_ms());
+            v.finished_at = Some(crate::sync::now_ms());
             v.last_error = None;
         });
         info!(job = %name, "verification done");
@@ -335,7 +339,7 @@ impl Verify {
 
     /// Freezes the stream, opens a source snapshot at P and holds the
     /// stream at exactly P. Returns the snapshot, P, and the hold.
-    async fn hold_at_source(&self) -> Result<(Conn, HoldAt, super::hold::Held), SyncError> {
+    async fn hold_at_source(&self) -> Result<(Conn, Position, super::hold::Held), SyncError> {
         let frozen = self
             .holds
             .freeze(FREEZE_WAIT)
@@ -344,7 +348,7 @@ impl Verify {
         let mut set = snapshot::open(&self.source.server_addr(), 1, self.connect_timeout)
             .await
             .map_err(full_sync::snapshot_error)?;
-        let at = HoldAt {
+        let at = Position {
             gtid: set.gtid.clone(),
             coord: set.coord.clone(),
         };
@@ -354,8 +358,8 @@ impl Verify {
             .map_err(|e| SyncError::Transient(e.to_string()))?;
         if !held.is_at(&at) {
             return Err(SyncError::Transient(format!(
-                "the stream stopped at {} {}, not at the source snapshot's {} {}; trying again",
-                held.gtid, held.coord, at.gtid, at.coord
+                "the stream stopped at {}, not at the source snapshot's {}; trying again",
+                held.at, at
             )));
         }
         let src = set
@@ -379,22 +383,18 @@ impl Verify {
         let cp = checkpoint::load(&mut dest, &self.spec.dest.database, &self.spec.name)
             .await
             .map_err(|e| SyncError::sql(context, e))?;
-        let (gtid, coord) = (held.gtid.clone(), held.coord.clone());
+        let held_at = held.at.clone();
         drop(held);
         match cp {
-            Some(cp) if cp.gtid == gtid && cp.coord == coord => {}
+            Some(cp) if cp.position == held_at => {}
             other => {
                 return Err(SyncError::Transient(format!(
-                    "the destination snapshot's checkpoint is {:?}, not the held position {gtid} {coord}; trying again",
-                    other.map(|c| (c.gtid, c.coord.to_string()))
+                    "the destination snapshot's checkpoint is {:?}, not the held position {held_at}; trying again",
+                    other.map(|c| c.position.to_string())
                 )))
             }
         }
-        let position = if at.gtid.is_empty() {
-            at.coord.to_string()
-        } else {
-            at.gtid.to_string()
-        };
+        let position = at.to_string();
         Ok(Pair {
             src,
             dest,
@@ -430,7 +430,7 @@ impl Verify {
     }
 
     fn finish_table(&self, i: usize, change: impl FnOnce(&mut TableCheck)) {
-        let now = super::runner::now_ms();
+        let now = crate::sync::now_ms();
         let mut done = TableCheck::default();
         self.progress.send_modify(|v| {
             let t = &mut v.tables[i];
@@ -726,7 +726,7 @@ impl Verify {
             pair = Some(p);
         }
         let position = pair.map(|p| p.position);
-        let now = super::runner::now_ms();
+        let now = crate::sync::now_ms();
         self.finish_table(i, |t| {
             t.rows_different = found.rows_different;
             t.ranges = found.ranges;
@@ -841,7 +841,7 @@ impl Verify {
 pub async fn source_tables(source: &Endpoint, timeout: Duration) -> Result<Vec<String>, SyncError> {
     let mut conn = db::connect(&source.server_addr(), None, timeout)
         .await
-        .map_err(|e| connect_error("source", e))?;
+        .map_err(|e| SyncError::connect("source", e))?;
     let names: Vec<String> = conn
         .exec(
             "SELECT TABLE_NAME FROM information_schema.TABLES \

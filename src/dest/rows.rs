@@ -20,10 +20,10 @@
 //!
 //! [`target`]: super::target
 
-use super::literal::{self, LiteralKind};
 use super::target::{DestColumn, DestTable};
+use crate::change::literal::{self, LiteralKind};
+use crate::change::{Cell, Image, RowChange, RowOp, TableMap};
 use crate::db::quote_ident;
-use crate::source::binlog::decode::{Cell, Image, RowChange, RowOp, TableMap};
 
 type RowPair = (Option<Image>, Option<Image>);
 
@@ -552,7 +552,7 @@ pub(super) fn push_cell(sql: &mut Vec<u8>, cell: &Cell, c: &DestColumn, key: boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::binlog::decode::ColumnDesc;
+    use crate::change::ColumnDesc;
     use mysql_async::consts::ColumnType;
     use std::sync::Arc;
 
@@ -729,8 +729,8 @@ mod tests {
         let mut out = Vec::new();
         push_cell(&mut out, &Cell::Bytes(vec![10, 0]), &c, false);
         assert_eq!(out, br"'\n\0\0\0'".to_vec());
-        assert_eq!(crate::applier::target::native_width("INET6"), Some(16));
-        assert_eq!(crate::applier::target::native_width("binary(16)"), None);
+        assert_eq!(crate::dest::target::native_width("INET6"), Some(16));
+        assert_eq!(crate::dest::target::native_width("binary(16)"), None);
     }
 
     #[test]

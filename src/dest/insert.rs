@@ -1,7 +1,7 @@
 //! Multi-row INSERT statements built from source rows, each as large as
 //! allowed but never larger than the destination accepts.
 
-use super::literal::{self, LiteralKind};
+use crate::change::literal::{self, LiteralKind};
 use crate::db::quote_ident;
 
 pub struct InsertBuilder {

@@ -8,7 +8,7 @@
 //! BIT columns go through a user variable, since LOAD DATA would otherwise
 //! read their bytes as digits.
 
-use super::literal::push_escaped;
+use crate::change::literal::push_escaped;
 use crate::db::quote_ident;
 
 /// Appends one field (None is NULL) in LOAD DATA's default escaping.

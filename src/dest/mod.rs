@@ -1,6 +1,8 @@
-//! The destination side: everything written to a destination server. It
-//! never reads the source; it receives tables, rows and positions from the
-//! job layer.
+//! The destination side: everything written to a destination server, and
+//! the pool that schedules destination transactions side by side (`pool`).
+//! It never reads the source and never imports `source`, `sync` or `job`:
+//! it receives tables, rows (`crate::change`) and positions from the data
+//! path.
 //!
 //! Every destination session is set up by [`session_setup`]: bytes verbatim
 //! (`SET NAMES binary`), timestamps in UTC, a strict SQL mode that keeps an
@@ -11,9 +13,9 @@
 pub mod checkpoint;
 pub mod compact;
 pub mod insert;
-pub mod literal;
 pub mod load;
 pub mod plan;
+pub mod pool;
 pub mod rows;
 pub mod tables;
 pub mod target;

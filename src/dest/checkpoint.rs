@@ -26,7 +26,7 @@
 //! checkpoint the new holder reads next.
 
 use crate::db::quote_ident;
-use crate::position::BinlogCoord;
+use crate::position::{BinlogCoord, Position};
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 
@@ -35,9 +35,8 @@ pub const TABLE: &str = "_ccr_syncer_checkpoint";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
     pub run_id: i64,
-    /// MariaDB GTID position (empty without GTIDs).
-    pub gtid: String,
-    pub coord: BinlogCoord,
+    /// Just after the last source transaction the destination holds.
+    pub position: Position,
     pub commit_seq: Option<u64>,
     /// Source commit time of the last applied transaction, unix seconds.
     pub commit_ts: Option<i64>,
@@ -142,14 +141,7 @@ pub fn xa_forget_sql(database: &str, job: &str, xid: &str) -> String {
 }
 
 /// The column whose NULL error says a write was fenced off.
-pub const EPOCH_COLUMN: &str = "owner_epoch";
-/// MySQL's "Column cannot be null".
-const ER_BAD_NULL: u16 = 1048;
-
-/// Whether a destination error is the fence refusing a stale holder.
-pub fn is_fenced(e: &mysql_async::Error) -> bool {
-    matches!(e, mysql_async::Error::Server(s) if s.code == ER_BAD_NULL && s.message.contains(EPOCH_COLUMN))
-}
+use crate::error::EPOCH_COLUMN;
 
 fn table(database: &str) -> String {
     format!("{}.{}", quote_ident(database), quote_ident(TABLE))
@@ -250,22 +242,29 @@ pub async fn load(
             (job,),
         )
         .await?;
-    Ok(row.map(
-        |(run_id, gtid, file, pos, commit_seq, commit_ts, pending_ddl)| Checkpoint {
-            run_id,
-            gtid,
-            coord: BinlogCoord { file, pos },
-            commit_seq,
-            commit_ts,
-            pending_ddl,
-            epoch: 0,
+    row.map(
+        |(run_id, gtid, file, pos, commit_seq, commit_ts, pending_ddl)| {
+            let position = Position::new(&gtid, &file, pos).map_err(|e| {
+                mysql_async::Error::Other(
+                    format!("{TABLE} holds an unreadable position: {e}").into(),
+                )
+            })?;
+            Ok(Checkpoint {
+                run_id,
+                position,
+                commit_seq,
+                commit_ts,
+                pending_ddl,
+                epoch: 0,
+            })
         },
-    ))
+    )
+    .transpose()
 }
 
 fn text(s: &str) -> String {
     let mut out = Vec::new();
-    super::literal::push_quoted(&mut out, s.as_bytes());
+    crate::change::literal::push_quoted(&mut out, s.as_bytes());
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -283,9 +282,9 @@ pub fn upsert_sql(database: &str, job: &str, cp: &Checkpoint) -> String {
          commit_seq = VALUES(commit_seq), commit_ts = VALUES(commit_ts), pending_ddl = VALUES(pending_ddl)",
         text(job),
         cp.run_id,
-        text(&cp.gtid),
-        text(&cp.coord.file),
-        cp.coord.pos,
+        text(&cp.position.gtid.to_string()),
+        text(&cp.position.coord.file),
+        cp.position.coord.pos,
         opt(&cp.commit_seq),
         opt(&cp.commit_ts),
         cp.pending_ddl.as_deref().map_or("NULL".into(), text),
@@ -303,11 +302,7 @@ mod tests {
     fn upsert_quotes_values() {
         let cp = Checkpoint {
             run_id: 7,
-            gtid: "0-1-5".into(),
-            coord: BinlogCoord {
-                file: "b.000001".into(),
-                pos: 42,
-            },
+            position: Position::new("0-1-5", "b.000001", 42).unwrap(),
             commit_seq: Some(5),
             commit_ts: None,
             pending_ddl: Some("0-1-6".into()),

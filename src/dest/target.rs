@@ -63,8 +63,8 @@ pub struct DestTable {
 
 impl DestTable {
     /// Whether applying `op` on this table changes other tables' rows.
-    pub fn cascades(&self, op: crate::source::binlog::decode::RowOp) -> bool {
-        use crate::source::binlog::decode::RowOp;
+    pub fn cascades(&self, op: crate::change::RowOp) -> bool {
+        use crate::change::RowOp;
         match op {
             RowOp::Insert => false,
             RowOp::Delete => self.cascade_delete,
@@ -175,7 +175,7 @@ pub async fn load(
             ))
             .await?;
         table.period = create
-            .and_then(|(_, sql)| super::tables::period_columns(&sql))
+            .and_then(|(_, sql)| crate::change::period_columns(&sql))
             .and_then(|(s, e)| Some((table.column(&s)?, table.column(&e)?)));
     }
     table.key = choose_key(&table, &nullable, &keys);

@@ -23,27 +23,26 @@
 //! to the destination's; see [`checkpoint`] for how a crash around a DDL is
 //! handled.
 
-use super::apply::{self, elide, Chunk, Conflicts, Group, Pool};
-use super::full_sync::{connect_error, FullSync, HandOver, SyncError};
-use super::hold::{Armed, HoldAt, Holds};
-use super::manager::JobSnapshot;
-use crate::applier::checkpoint::{self, Checkpoint};
-use crate::applier::compact::{Change, TxnId};
-use crate::applier::rows::{self, Mode, Statements};
-use crate::applier::target::{self, DestTable};
-use crate::applier::{self};
+use super::full::{FullSync, HandOver};
+use super::hold::{Armed, Holds};
+use super::Live;
+use crate::change::{Cell, RowChange, RowOp};
 use crate::config::FullSyncSettings;
+use crate::db::Endpoint;
 use crate::db::{self, quote_ident};
-use crate::job::spec::{Endpoint, JobSpec};
-use crate::job::state::{
-    FullSyncProgress, IncrementalProgress, PartialSync, SnapshotPoint, TableSnapshot,
-};
+use crate::dest::checkpoint::{self, Checkpoint};
+use crate::dest::compact::{Change, TxnId};
+use crate::dest::pool::{self as apply, elide, Chunk, Conflicts, Group, Pool};
+use crate::dest::rows::{self, Mode, Statements};
+use crate::dest::target::{self, DestTable};
+use crate::error::SyncError;
 use crate::metrics::Metrics;
-use crate::position::{BinlogCoord, MariaGtid, MariaGtidPos};
-use crate::source::binlog::decode::{Cell, RowChange, RowOp};
-use crate::source::binlog::{self, retention, ReadError, Reader, SourceEvent, StartAt};
+use crate::position::{BinlogCoord, MariaGtid, MariaGtidPos, Position};
+use crate::source::binlog::{self, retention, ReadError, Reader, SourceEvent};
 use crate::source::ddl::{self, DdlKind, Rename, Statement};
 use crate::source::topology;
+use crate::sync::progress::{FullSyncProgress, IncrementalProgress, PartialSync, TableSnapshot};
+use crate::sync::Route;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder};
 use parking_lot::Mutex;
@@ -88,10 +87,10 @@ pub struct Applied {
 }
 
 pub struct Incremental {
-    pub spec: Arc<JobSpec>,
+    pub spec: Arc<Route>,
     /// The full sync whose snapshot this continues.
     pub run_id: i64,
-    pub snapshot: SnapshotPoint,
+    pub snapshot: Position,
     pub tables: BTreeMap<String, TableSnapshot>,
     pub statement_bytes: usize,
     /// Destination connections applying groups side by side.
@@ -103,14 +102,15 @@ pub struct Incremental {
     pub skip: Option<String>,
     /// The job as it is now: host mapping updates take effect at the next
     /// connection; partial syncs asked for.
-    pub live: watch::Receiver<JobSnapshot>,
+    pub live: Arc<dyn Live>,
     /// How a partial sync copies its table.
     pub full_sync: FullSyncSettings,
-    /// The lease epoch every group commits under (see `applier::checkpoint`).
+    /// The lease epoch every group commits under (see `crate::dest::checkpoint`).
     pub epoch: i64,
-    pub switches: Arc<super::runner::Switches>,
     /// A verification's request to stop at a source position for a moment.
     pub holds: Arc<Holds>,
+    /// The tests' failpoint (`Config::failpoint`).
+    pub failpoint: Option<u64>,
 }
 
 /// A table being copied again while the stream goes on for the others.
@@ -119,7 +119,7 @@ struct Partial {
     dest_table: String,
     /// The copy's snapshot: the table's events up to here are in it; the
     /// stream does not go past it before the copy is in.
-    at: Point,
+    at: Position,
     task: tokio::task::JoinHandle<Result<HandOver, SyncError>>,
 }
 
@@ -130,67 +130,15 @@ fn read_error(e: ReadError) -> SyncError {
     }
 }
 
-/// A position in the source's history: GTIDs and coordinate.
-#[derive(Clone, Debug)]
-struct Point {
-    gtid: MariaGtidPos,
-    coord: BinlogCoord,
-}
-
-impl Point {
-    fn parse(p: &SnapshotPoint) -> Result<Self, SyncError> {
-        Ok(Point {
-            gtid: MariaGtidPos::parse(&p.gtid)
-                .map_err(|e| SyncError::Definite(format!("stored position: {e}")))?,
-            coord: BinlogCoord {
-                file: p.binlog_file.clone(),
-                pos: p.binlog_pos,
-            },
-        })
-    }
-
-    /// Whether the transaction opened at `at` with `gtid` is in this point.
-    fn holds(&self, gtid: Option<MariaGtid>, at: &BinlogCoord) -> bool {
-        match gtid {
-            Some(g) if !self.gtid.is_empty() => self.gtid.contains(&g),
-            _ => at.commit_seq() <= self.coord.commit_seq(),
-        }
-    }
-
-    /// Whether everything up to `other` is in this point.
-    fn reaches(&self, other: &Point) -> bool {
-        if !self.gtid.is_empty() && !other.gtid.is_empty() {
-            return other.gtid.iter().all(|g| self.gtid.contains(g));
-        }
-        other.coord.commit_seq() <= self.coord.commit_seq()
-    }
-
-    fn commit_seq(&self) -> Option<u64> {
-        if self.gtid.is_empty() {
-            self.coord.commit_seq()
-        } else {
-            Some(self.gtid.commit_seq())
-        }
-    }
-
-    fn text(&self) -> String {
-        if self.gtid.is_empty() {
-            self.coord.to_string()
-        } else {
-            self.gtid.to_string()
-        }
-    }
-}
-
 struct Window {
-    from: Point,
-    to: Point,
+    from: Position,
+    to: Position,
 }
 
 /// The source a job's stream reads: its spec's, or the node it followed
 /// after a failover (`node`, as the cluster reports it: mapped).
-pub fn stream_source(spec: &JobSpec, node: Option<&str>) -> Endpoint {
-    let mut ep = spec.src.clone();
+pub fn stream_source(src: &Endpoint, node: Option<&str>) -> Endpoint {
+    let mut ep = src.clone();
     if let Some((host, port)) = node.and_then(topology::split) {
         (ep.host, ep.port) = ep.host_mapping.translate(host, port);
     }
@@ -201,13 +149,9 @@ pub fn stream_source(spec: &JobSpec, node: Option<&str>) -> Endpoint {
 /// everything up to `at` and nothing after it: its position reaches `at`,
 /// or the next transaction is not in `at` (a transaction of a domain the
 /// position does not name yet, say).
-fn stops_at(pos: &Point, at: &HoldAt, next: Option<&SourceEvent>) -> bool {
-    let at = Point {
-        gtid: at.gtid.clone(),
-        coord: at.coord.clone(),
-    };
+fn stops_at(pos: &Position, at: &Position, next: Option<&SourceEvent>) -> bool {
     let same_file_past = pos.coord.file == at.coord.file && pos.coord.pos >= at.coord.pos;
-    pos.reaches(&at)
+    pos.reaches(at)
         || same_file_past
         || matches!(next, Some(SourceEvent::Begin { gtid, at: begin, .. }) if !at.holds(*gtid, begin))
 }
@@ -230,7 +174,7 @@ struct Txn {
 
 impl Txn {
     /// The transaction starting at `at` after position `pos`.
-    fn new(gtid: Option<MariaGtid>, at: BinlogCoord, pos: &Point, skip: Option<&str>) -> Txn {
+    fn new(gtid: Option<MariaGtid>, at: BinlogCoord, pos: &Position, skip: Option<&str>) -> Txn {
         let (label, commit_seq) = match gtid {
             Some(g) => {
                 let mut after = pos.gtid.clone();
@@ -289,7 +233,7 @@ struct Building {
 /// A dispatched group, until it commits.
 struct InFlight {
     id: u64,
-    pos: Point,
+    pos: Position,
     commit_ts: Option<i64>,
     txns: u64,
     rows: u64,
@@ -335,7 +279,7 @@ impl Building {
         conflicts: &mut Conflicts,
         mut commit: Chunk,
         fail_at: Option<u64>,
-        pos: &Point,
+        pos: &Position,
         commit_ts: Option<i64>,
     ) -> Result<InFlight, SyncError> {
         let b = std::mem::take(self);
@@ -409,15 +353,6 @@ struct ReadHead {
     timestamp: Option<i64>,
 }
 
-/// The failpoint tests use to kill the service between applying a batch and
-/// checkpointing it: `CCR_SYNCER_FAILPOINT=before_checkpoint:N` aborts the
-/// process at the Nth batch, after its statements ran, before its
-/// checkpoint and COMMIT.
-fn failpoint() -> Option<u64> {
-    let v = std::env::var("CCR_SYNCER_FAILPOINT").ok()?;
-    v.strip_prefix("before_checkpoint:")?.parse().ok()
-}
-
 impl Incremental {
     async fn connect_dest(&self) -> Result<Conn, SyncError> {
         let addr = self.spec.dest.server_addr();
@@ -426,8 +361,8 @@ impl Incremental {
         let opts = OptsBuilder::from_opts(db::opts(&addr, None)).client_found_rows(true);
         let mut conn = db::connect_with(&addr, opts.into(), self.connect_timeout)
             .await
-            .map_err(|e| connect_error("destination", e))?;
-        applier::session_setup(&mut conn)
+            .map_err(|e| SyncError::connect("destination", e))?;
+        crate::dest::session_setup(&mut conn)
             .await
             .map_err(|e| SyncError::sql("setting up the destination session", e))?;
         // Unlike a bulk copy, applied changes are checked against unique keys.
@@ -455,9 +390,8 @@ impl Incremental {
     /// The source to connect to now: the node followed after a failover
     /// (through the current host mapping), else the spec's.
     pub fn source(&self) -> Endpoint {
-        let spec = self.live.borrow().spec.clone();
         let node = self.progress.borrow().detail.source_node.clone();
-        stream_source(&spec, node.as_deref())
+        stream_source(&self.live.source(), node.as_deref())
     }
 
     /// The source's `lower_case_table_names`: how its statements' names
@@ -465,7 +399,7 @@ impl Incremental {
     async fn lower_case_table_names(&self) -> Result<u8, SyncError> {
         let mut conn = db::connect(&self.source().server_addr(), None, self.connect_timeout)
             .await
-            .map_err(|e| connect_error("source", e))?;
+            .map_err(|e| SyncError::connect("source", e))?;
         let v: Option<u8> = conn
             .query_first("SELECT @@lower_case_table_names")
             .await
@@ -494,14 +428,12 @@ impl Incremental {
             .ok()
             .flatten()
             .filter(|c| c.run_id == self.run_id)?;
-        let applied = MariaGtidPos::parse(&cp.gtid)
-            .ok()
-            .filter(|p| !p.is_empty())?;
+        let applied = Some(cp.position.gtid).filter(|p| !p.is_empty())?;
         let (topo, following) = {
             let p = self.progress.borrow();
             (p.detail.topology.clone(), p.detail.source_node.clone())
         };
-        let spec = self.live.borrow().spec.clone();
+        let src = self.live.source();
         for node in topo.candidates() {
             if following.as_ref() == Some(node) {
                 continue;
@@ -509,13 +441,13 @@ impl Incremental {
             let Some((host, port)) = topology::split(node) else {
                 continue;
             };
-            let (host, port) = spec.src.host_mapping.translate(host, port);
+            let (host, port) = src.host_mapping.translate(host, port);
             let addr = crate::db::ServerAddr {
                 host: &host,
                 port,
-                user: &spec.src.user,
-                password: &spec.src.password,
-                tls: &spec.src.tls,
+                user: &src.user,
+                password: &src.password,
+                tls: &src.tls,
             };
             let mut conn = match db::connect(&addr, None, self.connect_timeout).await {
                 Ok(c) => c,
@@ -543,7 +475,7 @@ impl Incremental {
 
     pub async fn run(&self) -> Result<Infallible, SyncError> {
         let mut conn = self.connect_dest().await?;
-        let max_packet = applier::max_packet(&mut conn)
+        let max_packet = crate::dest::max_packet(&mut conn)
             .await
             .map_err(|e| SyncError::sql("reading the destination's max_allowed_packet", e))?;
         let flush_bytes = self
@@ -561,7 +493,7 @@ impl Incremental {
         }
         let mut pool = Pool::start(workers, flush_bytes);
         let mut detail = self.progress.borrow().detail.clone();
-        detail.started_at = super::runner::now_ms();
+        detail.started_at = crate::sync::now_ms();
         let result = self
             .stream(&mut conn, &mut pool, flush_bytes, &mut detail)
             .await;
@@ -604,30 +536,22 @@ impl Incremental {
         let mut prepared = checkpoint::load_xa(conn, dest_db, name, self.run_id)
             .await
             .map_err(|e| SyncError::sql("reading the prepared XA transactions", e))?;
-        let snapshot = Point::parse(&self.snapshot)?;
+        let snapshot = self.snapshot.clone();
         let (mut pos, mut commit_ts, tolerate_ddl) = match &stored {
-            Some(cp) => (
-                Point {
-                    gtid: MariaGtidPos::parse(&cp.gtid)
-                        .map_err(|e| SyncError::Definite(format!("checkpoint: {e}")))?,
-                    coord: cp.coord.clone(),
-                },
-                cp.commit_ts,
-                cp.pending_ddl.clone(),
-            ),
+            Some(cp) => (cp.position.clone(), cp.commit_ts, cp.pending_ddl.clone()),
             None => (snapshot.clone(), None, None),
         };
         let mut windows: HashMap<String, Window> = HashMap::new();
         for (table, w) in &self.tables {
             let w = Window {
-                from: Point::parse(&w.from)?,
-                to: Point::parse(&w.to)?,
+                from: w.from.clone(),
+                to: w.to.clone(),
             };
             if !pos.reaches(&w.to) {
                 windows.insert(table.clone(), w);
             }
         }
-        info!(job = %name, position = %pos.text(), resumed = stored.is_some(),
+        info!(job = %name, position = %pos.to_string(), resumed = stored.is_some(),
               tables_in_snapshot = windows.len(), apply_connections = self.apply_connections,
               "incremental sync starting");
 
@@ -635,10 +559,7 @@ impl Incremental {
         let feed = Arc::new(Feed::default());
         let bytes_read = Arc::new(AtomicU64::new(0));
         let read_head = Arc::new(Mutex::new(ReadHead::default()));
-        let start = StartAt {
-            gtid: pos.gtid.to_string(),
-            coord: pos.coord.clone(),
-        };
+        let start = pos.clone();
         let src = self.source();
         let reader = AbortOnDrop(tokio::spawn(read_loop(
             src.clone(),
@@ -685,7 +606,7 @@ impl Incremental {
         let mut force_commit = false;
         let mut pending_ddl: Option<String> = None;
         let mut caught_up = false;
-        let fail_at = failpoint();
+        let fail_at = self.failpoint;
         // Closes the group being built (whole transactions only) with the
         // checkpoint at `pos` and hands it to the pool.
         macro_rules! close_group {
@@ -752,8 +673,8 @@ impl Incremental {
                     close_group!(pending_ddl.take());
                     force_commit = false;
                     pool.wait(conflicts.issued()).await?;
-                    debug!(job = %name, position = %pos.text(), "holding for a verification");
-                    let released = h.grant(pos.gtid.to_string(), pos.coord.clone());
+                    debug!(job = %name, position = %pos.to_string(), "holding for a verification");
+                    let released = h.grant(pos.clone());
                     let _ = released.await;
                 }
             }
@@ -923,7 +844,7 @@ impl Incremental {
                                 wanted = Some(PartialSync {
                                     table: change.table.table.clone(),
                                     reason,
-                                    requested_at: super::runner::now_ms(),
+                                    requested_at: crate::sync::now_ms(),
                                 });
                                 dropping = Some(dest_table);
                                 continue;
@@ -1028,7 +949,10 @@ impl Incremental {
                         );
                         let result = conn.query_drop(&run).await;
                         let reset = conn
-                            .query_drop(format!("{}, timestamp = DEFAULT", applier::SESSION_SETUP))
+                            .query_drop(format!(
+                                "{}, timestamp = DEFAULT",
+                                crate::dest::SESSION_SETUP
+                            ))
                             .await;
                         match result {
                             Ok(()) => {}
@@ -1161,10 +1085,7 @@ impl Incremental {
             if txn.is_none() && partial.is_none() {
                 let asked = self
                     .live
-                    .borrow()
-                    .progress
-                    .partial
-                    .clone()
+                    .partial()
                     .filter(|p| Some(p.requested_at) != done_request);
                 let by_itself = wanted.is_some();
                 if let Some(request) = wanted.take().or(asked) {
@@ -1175,7 +1096,7 @@ impl Incremental {
                     }
                     pool.wait(conflicts.issued()).await?;
                     let p = self.start_partial(request.clone()).await?;
-                    info!(job = %name, table = %p.dest_table, snapshot = %p.at.text(),
+                    info!(job = %name, table = %p.dest_table, snapshot = %p.at.to_string(),
                           reason = %request.reason, "partial sync: copying the table again");
                     if by_itself {
                         detail.partial_started = Some(request);
@@ -1213,7 +1134,7 @@ impl Incremental {
                 }
                 let now = Applied {
                     commit_seq: pos.commit_seq(),
-                    position: Some(pos.text()),
+                    position: Some(pos.to_string()),
                     commit_timestamp: *commit_ts,
                     detail: detail.clone(),
                 };
@@ -1233,7 +1154,7 @@ impl Incremental {
 
     /// The source cannot send the binlog from `start`: purged (the runner
     /// resyncs or stops, as the job says), or another reason (definite).
-    async fn unavailable(&self, message: String, start: &Point) -> SyncError {
+    async fn unavailable(&self, message: String, start: &Position) -> SyncError {
         let src = &self.source();
         let mut conn = match db::connect(&src.server_addr(), None, self.connect_timeout).await {
             Ok(c) => c,
@@ -1244,7 +1165,7 @@ impl Incremental {
                 "the source {} no longer has the binlog at the job's position {} \
                  (its oldest binlog is {}, which starts after it: purged) — {message}",
                 src.address(),
-                start.text(),
+                start.to_string(),
                 r.oldest()
             )),
             Ok(_) => SyncError::Definite(message),
@@ -1255,9 +1176,8 @@ impl Incremental {
     /// Starts copying `request`'s table again (a table job's one table, as
     /// in its spec) and returns once the copy's snapshot is open.
     async fn start_partial(&self, request: PartialSync) -> Result<Partial, SyncError> {
-        let mut spec = (*self.live.borrow().spec).clone();
-        let source = self.source();
-        (spec.src.host, spec.src.port) = (source.host, source.port);
+        let mut spec = (*self.spec).clone();
+        spec.src = self.source();
         let dest_table = spec
             .dest
             .table
@@ -1268,7 +1188,7 @@ impl Incremental {
         let (progress, mut copy) = watch::channel(FullSyncProgress::default());
         let sync = FullSync {
             spec: Arc::new(spec),
-            run_id: super::runner::now_ms(),
+            run_id: crate::sync::now_ms(),
             rerun: true,
             settings: self.full_sync,
             connect_timeout: self.connect_timeout,
@@ -1281,7 +1201,7 @@ impl Incremental {
             tokio::select! {
                 changed = copy.changed() => {
                     if let Some(s) = copy.borrow_and_update().snapshot.clone() {
-                        break Point::parse(&s)?;
+                        break s.clone();
                     }
                     if changed.is_err() {
                         // The copy ended before its snapshot: its error.
@@ -1324,7 +1244,7 @@ impl Incremental {
                 )))
             }
         };
-        info!(job = %self.spec.name, table = %p.dest_table, snapshot = %p.at.text(),
+        info!(job = %self.spec.name, table = %p.dest_table, snapshot = %p.at.to_string(),
               "partial sync: the copy is in; the table's stream goes on after its snapshot");
         windows.insert(
             p.dest_table.clone(),
@@ -1341,7 +1261,7 @@ impl Incremental {
     /// The end of a group: its checkpoint at `pos`.
     fn commit_chunk(
         &self,
-        pos: &Point,
+        pos: &Position,
         commit_ts: Option<i64>,
         pending_ddl: Option<String>,
     ) -> Chunk {
@@ -1349,21 +1269,20 @@ impl Incremental {
         Chunk::Commit {
             before: Vec::new(),
             checkpoint: checkpoint::upsert_sql(&self.spec.dest.database, &self.spec.name, &cp),
-            position: pos.text(),
+            position: pos.to_string(),
             abort: false,
         }
     }
 
     fn checkpoint(
         &self,
-        pos: &Point,
+        pos: &Position,
         commit_ts: Option<i64>,
         pending_ddl: Option<String>,
     ) -> Checkpoint {
         Checkpoint {
             run_id: self.run_id,
-            gtid: pos.gtid.to_string(),
-            coord: pos.coord.clone(),
+            position: pos.clone(),
             commit_seq: pos.commit_seq(),
             commit_ts,
             pending_ddl,
@@ -1524,7 +1443,7 @@ pub fn lag_secs(
     commit_timestamp.map_or(0, |ts| (now - ts).max(0))
 }
 
-fn scope(spec: &JobSpec) -> binlog::Scope {
+fn scope(spec: &Route) -> binlog::Scope {
     let db = spec.src.database.clone();
     let table = spec.src.table.clone();
     Box::new(move |d: &str, t: &str| {
@@ -1544,7 +1463,7 @@ impl<T> Drop for AbortOnDrop<T> {
 async fn read_loop(
     src: Endpoint,
     job: String,
-    start: StartAt,
+    start: Position,
     scope: binlog::Scope,
     timeout: Duration,
     feed: FeedWriter,
@@ -1764,41 +1683,6 @@ async fn poll_head(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn point(gtid: &str, file: &str, pos: u64) -> Point {
-        Point {
-            gtid: MariaGtidPos::parse(gtid).unwrap(),
-            coord: BinlogCoord {
-                file: file.into(),
-                pos,
-            },
-        }
-    }
-
-    #[test]
-    fn points_hold_transactions() {
-        let p = point("0-1-10", "b.000002", 500);
-        let g = |seq| {
-            Some(MariaGtid {
-                domain: 0,
-                server: 1,
-                seq,
-            })
-        };
-        let at = |file: &str, pos| BinlogCoord {
-            file: file.into(),
-            pos,
-        };
-        assert!(p.holds(g(10), &at("b.000002", 400)));
-        assert!(!p.holds(g(11), &at("b.000002", 600)));
-        // Without GTIDs, by coordinate.
-        let c = point("", "b.000002", 500);
-        assert!(c.holds(None, &at("b.000001", 9000)));
-        assert!(c.holds(None, &at("b.000002", 500)));
-        assert!(!c.holds(None, &at("b.000002", 501)));
-        assert!(p.reaches(&point("0-1-9", "b.000001", 4)));
-        assert!(!p.reaches(&point("0-1-11", "b.000003", 4)));
-    }
 
     #[test]
     fn lag() {

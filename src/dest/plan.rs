@@ -9,9 +9,9 @@
 //! marked chunks and nothing is duplicated or lost. The plan is keyed by job
 //! and by the full sync's `run_id`; a new full sync of the job replaces it.
 
+use crate::change::{ChunkBounds, KeyValue};
 use crate::db::quote_ident;
-use crate::position::BinlogCoord;
-use crate::source::chunks::{ChunkBounds, KeyValue};
+use crate::position::{BinlogCoord, MariaGtidPos, Position};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, TxOpts};
 
@@ -29,8 +29,8 @@ pub struct PlannedChunk {
 /// A copied chunk: where the snapshot it was read from stands, and its size.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkDone {
-    pub coord: BinlogCoord,
-    pub gtid: String,
+    /// The position of the snapshot it was read from.
+    pub at: Position,
     pub rows: u64,
     pub bytes: u64,
 }
@@ -98,8 +98,13 @@ pub async fn load(
             col::<Option<u64>>(&mut r, 9)?,
         ) {
             (1, Some(file), Some(pos)) => Some(ChunkDone {
-                coord: BinlogCoord { file, pos },
-                gtid: col::<Option<String>>(&mut r, 10)?.unwrap_or_default(),
+                at: Position {
+                    gtid: MariaGtidPos::parse(
+                        &col::<Option<String>>(&mut r, 10)?.unwrap_or_default(),
+                    )
+                    .map_err(|_| corrupt("a chunk's GTID position is not valid"))?,
+                    coord: BinlogCoord { file, pos },
+                },
                 rows: col(&mut r, 11)?,
                 bytes: col(&mut r, 12)?,
             }),
@@ -175,33 +180,24 @@ pub async fn store(
 
 /// Marks a chunk done; run inside the transaction that inserted its rows.
 pub fn mark_done_sql(database: &str, job: &str, chunk: &PlannedChunk, done: &ChunkDone) -> Vec<u8> {
-    use super::literal::push_quoted;
+    use crate::change::literal::push_quoted;
     let mut sql = format!(
         "UPDATE {} SET done = 1, binlog_pos = {}, rows_copied = {}, bytes_copied = {}, binlog_file = ",
         table(database),
-        done.coord.pos,
+        done.at.coord.pos,
         done.rows,
         done.bytes
     )
     .into_bytes();
-    push_quoted(&mut sql, done.coord.file.as_bytes());
+    push_quoted(&mut sql, done.at.coord.file.as_bytes());
     sql.extend_from_slice(b", gtid = ");
-    push_quoted(&mut sql, done.gtid.as_bytes());
+    push_quoted(&mut sql, done.at.gtid.to_string().as_bytes());
     sql.extend_from_slice(b" WHERE job = ");
     push_quoted(&mut sql, job.as_bytes());
     sql.extend_from_slice(b" AND src_table = ");
     push_quoted(&mut sql, chunk.src_table.as_bytes());
     sql.extend_from_slice(format!(" AND chunk = {} AND done = 0", chunk.chunk).as_bytes());
     sql
-}
-
-/// Drops the job's plan once its full sync has handed over.
-pub async fn clear(conn: &mut Conn, database: &str, job: &str) -> Result<(), mysql_async::Error> {
-    conn.exec_drop(
-        format!("DELETE FROM {} WHERE job = ?", table(database)),
-        (job,),
-    )
-    .await
 }
 
 /// A key value as text: each part hex-encoded, parts joined by commas.

@@ -24,25 +24,17 @@
 //! coordinator of the moment serves it, so a request survives the stream
 //! restarting after a transient error.
 
-use crate::position::{BinlogCoord, MariaGtidPos};
+use crate::position::Position;
 use parking_lot::Mutex;
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 
-/// Where the stream is asked to stop: a source snapshot's position.
-#[derive(Clone, Debug)]
-pub struct HoldAt {
-    pub gtid: MariaGtidPos,
-    pub coord: BinlogCoord,
-}
-
 /// The stream stopped at the position asked; it goes on when this is dropped.
 #[derive(Debug)]
 pub struct Held {
-    /// The position the destination's checkpoint row holds now (its `gtid`
-    /// and binlog coordinate, as the coordinator wrote them).
-    pub gtid: String,
-    pub coord: BinlogCoord,
+    /// The position the destination's checkpoint row holds now, as the
+    /// coordinator wrote it.
+    pub at: Position,
     _release: oneshot::Sender<()>,
 }
 
@@ -50,29 +42,28 @@ impl Held {
     /// Whether the stream holds exactly at `at`: the same coordinate (the
     /// stream reads the server the snapshot was taken on), or the same
     /// GTIDs.
-    pub fn is_at(&self, at: &HoldAt) -> bool {
-        if self.coord == at.coord {
+    pub fn is_at(&self, at: &Position) -> bool {
+        if self.at.coord == at.coord {
             return true;
         }
-        match MariaGtidPos::parse(&self.gtid) {
-            Ok(g) if !g.is_empty() && !at.gtid.is_empty() => {
-                g.iter().all(|x| at.gtid.contains(x)) && at.gtid.iter().all(|x| g.contains(x))
-            }
-            _ => false,
-        }
+        let g = &self.at.gtid;
+        !g.is_empty()
+            && !at.gtid.is_empty()
+            && g.iter().all(|x| at.gtid.contains(x))
+            && at.gtid.iter().all(|x| g.contains(x))
     }
 }
 
 /// A request posted for the coordinator.
 pub(super) struct Request {
     frozen: oneshot::Sender<()>,
-    at: oneshot::Receiver<HoldAt>,
+    at: oneshot::Receiver<Position>,
     reply: oneshot::Sender<Held>,
 }
 
 /// A request whose position is known: the coordinator goes on to it.
 pub(super) struct Armed {
-    pub at: HoldAt,
+    pub at: Position,
     reply: oneshot::Sender<Held>,
 }
 
@@ -98,13 +89,12 @@ impl Armed {
         !self.reply.is_closed()
     }
 
-    /// Grants the hold at the checkpoint `gtid`, `coord`; returns what
-    /// resolves when the holder lets go (at once if it stopped waiting).
-    pub fn grant(self, gtid: String, coord: BinlogCoord) -> oneshot::Receiver<()> {
+    /// Grants the hold at the checkpoint `at`; returns what resolves when
+    /// the holder lets go (at once if it stopped waiting).
+    pub fn grant(self, at: Position) -> oneshot::Receiver<()> {
         let (release, released) = oneshot::channel();
         let _ = self.reply.send(Held {
-            gtid,
-            coord,
+            at,
             _release: release,
         });
         released
@@ -125,18 +115,14 @@ pub enum HoldError {
 
 /// The stream is frozen between two transactions; give it a position.
 pub struct Frozen {
-    at: oneshot::Sender<HoldAt>,
+    at: oneshot::Sender<Position>,
     granted: oneshot::Receiver<Held>,
 }
 
 impl Frozen {
     /// Lets the stream go on to `at` and stop there; waits up to `wait`.
-    pub async fn hold_at(self, at: HoldAt, wait: Duration) -> Result<Held, HoldError> {
-        let text = if at.gtid.is_empty() {
-            at.coord.to_string()
-        } else {
-            at.gtid.to_string()
-        };
+    pub async fn hold_at(self, at: Position, wait: Duration) -> Result<Held, HoldError> {
+        let text = at.to_string();
         if self.at.send(at).is_err() {
             return Err(HoldError::NotFrozen(wait));
         }
@@ -190,24 +176,14 @@ impl Holds {
 mod tests {
     use super::*;
 
-    fn at(gtid: &str, file: &str, pos: u64) -> HoldAt {
-        HoldAt {
-            gtid: MariaGtidPos::parse(gtid).unwrap(),
-            coord: BinlogCoord {
-                file: file.into(),
-                pos,
-            },
-        }
+    fn at(gtid: &str, file: &str, pos: u64) -> Position {
+        Position::new(gtid, file, pos).unwrap()
     }
 
     fn held(gtid: &str, file: &str, pos: u64) -> Held {
         let (release, _) = oneshot::channel();
         Held {
-            gtid: gtid.into(),
-            coord: BinlogCoord {
-                file: file.into(),
-                pos,
-            },
+            at: at(gtid, file, pos),
             _release: release,
         }
     }
@@ -239,7 +215,7 @@ mod tests {
                 let armed = holds.take().unwrap().frozen().await.unwrap();
                 assert_eq!(armed.at.coord.pos, 900);
                 assert!(armed.wanted());
-                let released = armed.grant("0-1-10".into(), armed_coord());
+                let released = armed.grant(at("0-1-10", "b.000002", 900));
                 released.await.ok();
             })
         };
@@ -251,12 +227,5 @@ mod tests {
         assert!(h.is_at(&at("0-1-10", "b.000002", 900)));
         drop(h);
         coordinator.await.unwrap();
-    }
-
-    fn armed_coord() -> BinlogCoord {
-        BinlogCoord {
-            file: "b.000002".into(),
-            pos: 900,
-        }
     }
 }

@@ -1,0 +1,262 @@
+//! The map kept true: the layer rules of `doc/ARCHITECTURE.md`, read from
+//! the paths `src/` names (`crate::…`), every file of `src/` placed in the
+//! codemap, and no file over 800 lines. No server needed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const MAX_LINES: usize = 800;
+
+/// For each layer (the top module a file is in), the top modules it must
+/// never name. The foundation (`change`, `position`, `error`, `db`, `tls`,
+/// `secret`, `redact`, `hostmap`) names none of the layers above it.
+const RULES: &[(&str, &[&str])] = &[
+    ("change", ABOVE_FOUNDATION),
+    ("position", ABOVE_FOUNDATION),
+    ("error", ABOVE_FOUNDATION),
+    ("db", ABOVE_FOUNDATION),
+    ("tls", ABOVE_FOUNDATION),
+    ("secret", ABOVE_FOUNDATION),
+    ("redact", ABOVE_FOUNDATION),
+    ("hostmap", ABOVE_FOUNDATION),
+    // The source side never writes to, or knows of, the destination.
+    (
+        "source",
+        &[
+            "dest",
+            "sync",
+            "job",
+            "api",
+            "store",
+            "group",
+            "app",
+            "preflight",
+        ],
+    ),
+    // The destination side never reads the source.
+    (
+        "dest",
+        &[
+            "source",
+            "sync",
+            "job",
+            "api",
+            "store",
+            "group",
+            "app",
+            "preflight",
+        ],
+    ),
+    // The data path is a library: no control plane, store or HTTP.
+    (
+        "sync",
+        &["job", "api", "store", "group", "app", "preflight"],
+    ),
+    // The control plane knows no HTTP.
+    ("job", &["api", "app"]),
+    ("store", &["api", "app", "sync", "source", "dest"]),
+    ("group", &["api", "app", "sync", "source", "dest"]),
+];
+
+const ABOVE_FOUNDATION: &[&str] = &[
+    "source",
+    "dest",
+    "sync",
+    "job",
+    "api",
+    "store",
+    "group",
+    "app",
+    "preflight",
+    "ctl",
+];
+
+fn src_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every `src/` file, by its path under `src/` (`sync/full.rs`).
+fn files() -> BTreeMap<String, String> {
+    let mut paths = Vec::new();
+    rust_files(&src_dir(), &mut paths);
+    paths
+        .into_iter()
+        .map(|p| {
+            let rel = p
+                .strip_prefix(src_dir())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (rel, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect()
+}
+
+/// The code of a file without its comments (doc comments name other
+/// modules in links).
+fn code(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let t = l.trim_start();
+            if t.starts_with("//") {
+                ""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The top modules a file names: `crate::x`, and `super::…` resolved from
+/// its place.
+fn named(rel: &str, text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let code = code(text);
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        out.push(rest[..end].to_string());
+    }
+    // `super::…` resolved from the file's own module path.
+    let mut module: Vec<&str> = rel.trim_end_matches(".rs").split('/').collect();
+    if module.last() == Some(&"mod") {
+        module.pop();
+    }
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("super::") {
+        // Only a path's start: not the `super::` of `super::super::`.
+        let before = &code[code.len() - rest.len()..][..i];
+        rest = &rest[i..];
+        if before.ends_with("::") {
+            rest = &rest["super::".len()..];
+            continue;
+        }
+        let mut ups = 0;
+        while let Some(r) = rest.strip_prefix("super::") {
+            ups += 1;
+            rest = r;
+        }
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let base = &module[..module.len().saturating_sub(ups)];
+        out.push(match base.first() {
+            Some(top) => top.to_string(),
+            None => rest[..end].to_string(),
+        });
+    }
+    out
+}
+
+fn layer(rel: &str) -> &str {
+    let first = rel.split('/').next().unwrap();
+    first.strip_suffix(".rs").unwrap_or(first)
+}
+
+#[test]
+fn layer_rules_hold() {
+    let mut broken = Vec::new();
+    for (rel, text) in files() {
+        let Some((_, forbidden)) = RULES.iter().find(|(l, _)| *l == layer(&rel)) else {
+            continue;
+        };
+        for m in named(&rel, &text) {
+            if forbidden.contains(&m.as_str()) {
+                broken.push(format!("src/{rel} names crate::{m}"));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "layer rules of doc/ARCHITECTURE.md broken:\n{}",
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn the_environment_is_read_only_in_config() {
+    let offenders: Vec<String> = files()
+        .into_iter()
+        .filter(|(rel, text)| rel != "config.rs" && code(text).contains("env::"))
+        .map(|(rel, _)| format!("src/{rel}"))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "the environment is read outside src/config.rs: {offenders:?}"
+    );
+}
+
+#[test]
+fn no_file_is_over_800_lines() {
+    let long: Vec<String> = files()
+        .into_iter()
+        .filter(|(_, text)| text.lines().count() > MAX_LINES)
+        .map(|(rel, text)| format!("src/{rel}: {} lines", text.lines().count()))
+        .collect();
+    assert!(long.is_empty(), "files over {MAX_LINES} lines: {long:?}");
+}
+
+/// A file `src/a/b/c.rs` is placed when a bullet of the codemap names
+/// `src/a/` and `b/c.rs` (or, for `mod.rs`, `b/`), or names
+/// `src/a/b/c.rs` whole; a top-level `src/x.rs` by `src/x.rs`.
+#[test]
+fn every_file_is_in_the_codemap() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/ARCHITECTURE.md"))
+            .unwrap();
+    let codemap = doc
+        .split("## Codemap")
+        .nth(1)
+        .expect("doc/ARCHITECTURE.md has a Codemap section");
+    let codemap = codemap.split("\n## ").next().unwrap();
+    let mut bullets: Vec<String> = Vec::new();
+    for line in codemap.lines() {
+        if line.starts_with("- ") {
+            bullets.push(line.to_string());
+        } else if let Some(last) = bullets.last_mut() {
+            last.push(' ');
+            last.push_str(line.trim());
+        }
+    }
+    let mut missing = Vec::new();
+    for rel in files().keys() {
+        let whole = format!("src/{rel}");
+        let placed = match rel.split_once('/') {
+            None => bullets.iter().any(|b| b.contains(&format!("`{whole}`"))),
+            Some((top, inner)) => {
+                let folder = format!("`src/{top}/`");
+                let inner_name = match inner.strip_suffix("mod.rs") {
+                    Some("") => "mod.rs".to_string(),
+                    Some(dir) => dir.to_string(),
+                    None => inner.to_string(),
+                };
+                bullets.iter().any(|b| {
+                    b.contains(&format!("`{whole}`"))
+                        || b.contains(&folder) && b.contains(&format!("`{inner_name}`"))
+                })
+            }
+        };
+        if !placed {
+            missing.push(whole);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "files missing from the codemap of doc/ARCHITECTURE.md: {missing:?}"
+    );
+}
