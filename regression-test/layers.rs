@@ -213,7 +213,8 @@ fn no_file_is_over_800_lines() {
 
 /// A file `src/a/b/c.rs` is placed when a bullet of the codemap names
 /// `src/a/` and `b/c.rs` (or, for `mod.rs`, `b/`), or names
-/// `src/a/b/c.rs` whole; a top-level `src/x.rs` by `src/x.rs`.
+/// `src/a/b/c.rs` whole; a top-level `src/x.rs` by `src/x.rs` (and its
+/// child `src/x/y.rs` by `src/x.rs` with `x/y.rs`).
 #[test]
 fn every_file_is_in_the_codemap() {
     let doc =
@@ -245,9 +246,14 @@ fn every_file_is_in_the_codemap() {
                     Some(dir) => dir.to_string(),
                     None => inner.to_string(),
                 };
+                // A file module's own folder (`src/config.rs` and
+                // `config/tests.rs`).
+                let file_module = format!("`src/{top}.rs`");
+                let nested = format!("`{top}/{inner}`");
                 bullets.iter().any(|b| {
                     b.contains(&format!("`{whole}`"))
                         || b.contains(&folder) && b.contains(&format!("`{inner_name}`"))
+                        || b.contains(&file_module) && b.contains(&nested)
                 })
             }
         };

@@ -22,6 +22,7 @@ mod positions;
 mod recovery;
 mod restart;
 mod secrets;
+mod shutdown;
 mod snapshot;
 mod stores;
 mod tls;

@@ -99,7 +99,7 @@ ccr_copy() { # label dest-db tls-json
     curl -sf -X POST "http://127.0.0.1:$api_port/create_ccr" -d "{\"name\": \"bench\",
       \"src\": {\"host\": \"127.0.0.1\", \"port\": $SRC_PORT, \"user\": \"root\", \"password\": \"\", \"database\": \"sbtest\", \"tls\": $3},
       \"dest\": {\"host\": \"127.0.0.1\", \"port\": $DEST_PORT, \"user\": \"root\", \"password\": \"\", \"database\": \"$2\", \"tls\": $3}}" >/dev/null
-    until curl -sf -X POST "http://127.0.0.1:$api_port/job_status" -d '{"name": "bench"}' | grep -q DBTablesIncrementalSync; do
+    until curl -sf -X POST "http://127.0.0.1:$api_port/job_status" -d '{"name": "bench"}' | grep -qE "DB(Tables)?IncrementalSync"; do
         if curl -sf -X POST "http://127.0.0.1:$api_port/job_status" -d '{"name": "bench"}' | grep -q paused; then
             curl -s -X POST "http://127.0.0.1:$api_port/job_progress" -d '{"name": "bench"}' >&2; exit 1
         fi

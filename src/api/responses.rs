@@ -141,6 +141,9 @@ pub fn status(job: &JobSnapshot) -> Value {
     if let Some(e) = &p.last_error {
         status["last_error"] = json!(e);
     }
+    if let Some(c) = &p.last_error_code {
+        status["last_error_code"] = json!(c);
+    }
     // Retrying after a transient error (lost connection, server restart,
     // deadlock …): the job resumes by itself.
     let running = job.status.run_state == RunState::Running;
@@ -215,6 +218,7 @@ pub fn progress(job: &JobSnapshot) -> Value {
         "skip": p.skip,
         "partial": p.partial,
         "last_error": p.last_error,
+        "last_error_code": p.last_error_code,
         "full_sync_reason": p.full_sync_reason,
         "full_sync": p.full_sync.as_ref().map(|f| full_sync(f, Utc::now().timestamp_millis())),
         "snapshot": p.snapshot,

@@ -4,6 +4,7 @@
 
 pub mod lag;
 pub mod manager;
+pub mod rules;
 mod runner;
 pub mod spec;
 pub mod state;

@@ -14,17 +14,18 @@
 //! pauses the job with the error shown, and `resume` tries again.
 
 use super::manager::{JobError, JobSnapshot};
+use super::rules::{self, Note, Outcome};
 use super::state::{
-    transition, CheckState, CommandError, FailedTransaction, FullSyncProgress, JobCommand,
-    Progress, ProgressState, RunState, TableSnapshot, Verification,
+    transition, CheckState, CommandError, FullSyncProgress, JobCommand, Progress, ProgressState,
+    RunState, Verification,
 };
 use crate::config::{FullSyncSettings, VerifySettings};
 use crate::error::SyncError;
 use crate::hostmap::HostMapping;
-use crate::job::spec::{JobSpec, OnPurged, SyncType};
+use crate::job::spec::JobSpec;
 use crate::metrics::Metrics;
 use crate::store::{Fence, MetaStore, StoreError};
-use crate::sync::full::{FullSync, HandOver};
+use crate::sync::full::FullSync;
 use crate::sync::hold::Holds;
 use crate::sync::incremental::{self, Applied, Incremental};
 use crate::sync::now_ms;
@@ -37,7 +38,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+
+mod verifying;
+mod work;
+
+use work::*;
+pub use work::{Switches, WorkSettings};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, JobError>>;
 
@@ -56,68 +64,6 @@ pub(super) enum Request {
     },
 }
 
-/// Settings the job's work needs.
-#[derive(Clone, Copy, Debug)]
-pub struct WorkSettings {
-    pub connect_timeout: Duration,
-    pub full_sync: FullSyncSettings,
-    pub apply_connections: usize,
-    /// The weakest TLS mode a job may connect with (`[tls] minimum_mode`).
-    pub tls_minimum: crate::tls::TlsMode,
-    /// A running job that applies nothing this long while its source has
-    /// newer transactions is stalled (`[incremental] stall_secs`).
-    pub stall_secs: u64,
-    pub verify: VerifySettings,
-    /// The tests' failpoint (`Config::failpoint`).
-    pub failpoint: Option<u64>,
-}
-
-/// The group's switches for background tasks (`/config/set`), read by the
-/// work as it goes; every one is on by default.
-#[derive(Debug)]
-pub struct Switches {
-    /// A job whose binlog position was purged copies its tables again
-    /// (when its `on_binlog_purged` says so).
-    pub auto_resync: AtomicBool,
-    /// An incremental sync whose source is gone follows the replica that
-    /// took over.
-    pub follow_failover: AtomicBool,
-    /// The leader spreads jobs evenly across members.
-    pub balance: AtomicBool,
-}
-
-impl Default for Switches {
-    fn default() -> Self {
-        Switches {
-            auto_resync: AtomicBool::new(true),
-            follow_failover: AtomicBool::new(true),
-            balance: AtomicBool::new(true),
-        }
-    }
-}
-
-impl Switches {
-    /// The switches' keys in `/config/get` and `/config/set`.
-    pub const KEYS: [&'static str; 3] = ["auto_resync", "follow_failover", "balance"];
-
-    /// Every switch: its key and its flag.
-    pub fn all(&self) -> [(&'static str, &AtomicBool); 3] {
-        let [resync, failover, balance] = Self::KEYS;
-        [
-            (resync, &self.auto_resync),
-            (failover, &self.follow_failover),
-            (balance, &self.balance),
-        ]
-    }
-
-    pub fn get(&self, key: &str) -> Option<&AtomicBool> {
-        self.all()
-            .into_iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, f)| f)
-    }
-}
-
 pub(super) struct Runner {
     pub store: Arc<dyn MetaStore>,
     pub metrics: Arc<Metrics>,
@@ -134,73 +80,6 @@ pub(super) struct Runner {
     pub holds: Arc<Holds>,
     /// Set when the service stops or the lease goes elsewhere.
     pub stopping: watch::Receiver<bool>,
-}
-
-/// The job as it is now, as the data path sees it.
-struct LiveJob(watch::Receiver<JobSnapshot>);
-
-impl crate::sync::Live for LiveJob {
-    fn source(&self) -> crate::db::Endpoint {
-        self.0.borrow().spec.src.clone()
-    }
-
-    fn partial(&self) -> Option<crate::sync::progress::PartialSync> {
-        self.0.borrow().progress.partial.clone()
-    }
-}
-
-/// How the work ended (transient errors never end it).
-enum Outcome {
-    HandedOver(HandOver),
-    Failed(String),
-    /// The destination refused a source transaction: the job holds on it.
-    Refused(Box<FailedTransaction>, String),
-    /// The source purged the binlog at the job's position.
-    Purged(String),
-    /// The destination refused a commit: another member holds the job.
-    Fenced(String),
-}
-
-/// Which work runs: the full sync of a run, or the incremental sync after it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum WorkKey {
-    FullSync(i64),
-    Incremental(i64),
-}
-
-enum WorkProgress {
-    Full(watch::Receiver<FullSyncProgress>),
-    Incremental(watch::Receiver<Applied>),
-}
-
-/// The running work.
-struct Work {
-    key: WorkKey,
-    task: JoinHandle<Outcome>,
-    progress: WorkProgress,
-}
-
-impl Work {
-    async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-}
-
-/// The running verification (beside the incremental sync it holds).
-struct VerifyWork {
-    /// Which verification (its start time), on which source node.
-    started_at: i64,
-    source: String,
-    task: JoinHandle<Result<(), SyncError>>,
-    progress: watch::Receiver<Verification>,
-}
-
-impl VerifyWork {
-    async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
 }
 
 /// Progress is saved to the meta store at most this often while a full
@@ -397,12 +276,15 @@ impl Runner {
             epoch: self.fence.epoch,
             holds: self.holds.clone(),
             failpoint: self.settings.failpoint,
+            stop: CancellationToken::new(),
         };
+        let stop = sync.stop.clone();
         info!(job = %current.spec.name, run_id, "incremental sync starting");
         Work {
             key: WorkKey::Incremental(run_id),
             task: tokio::spawn(run_incremental(sync, self.switches.clone())),
             progress: WorkProgress::Incremental(progress_rx),
+            stop,
         }
     }
 
@@ -450,92 +332,13 @@ impl Runner {
             epoch: self.fence.epoch,
         };
         info!(job = %current.spec.name, run_id, "full sync starting");
+        let stop = CancellationToken::new();
         Some(Work {
             key: WorkKey::FullSync(run_id),
-            task: tokio::spawn(run_with_retries(sync)),
+            task: tokio::spawn(run_with_retries(sync, stop.clone())),
             progress: WorkProgress::Full(progress_rx),
+            stop,
         })
-    }
-
-    /// Starts or stops the verification so that it runs exactly while one
-    /// is asked for and the incremental sync runs.
-    async fn reconcile_verify(
-        &self,
-        verifying: Option<VerifyWork>,
-        work: &Option<Work>,
-    ) -> Option<VerifyWork> {
-        let current = self.snapshot.borrow().clone();
-        let streaming = work
-            .as_ref()
-            .is_some_and(|w| matches!(w.key, WorkKey::Incremental(_)));
-        let wanted = current
-            .progress
-            .verify
-            .clone()
-            .filter(|v| v.state != CheckState::Done && streaming);
-        // It reads the node the stream reads: after a failover, the new one.
-        let node = current
-            .progress
-            .incremental
-            .as_ref()
-            .and_then(|i| i.source_node.clone());
-        let source = incremental::stream_source(&current.spec.src, node.as_deref());
-        let key = wanted.as_ref().map(|w| (w.started_at, source.address()));
-        match verifying {
-            Some(v) if Some((v.started_at, v.source.clone())) == key => return Some(v),
-            Some(v) => v.stop().await,
-            None => {}
-        }
-        let wanted = wanted?;
-        let started_at = wanted.started_at;
-        let (progress, rx) = watch::channel(wanted);
-        let address = source.address();
-        let task = Verify {
-            spec: Arc::new(current.spec.route()),
-            source,
-            settings: self.settings.verify,
-            connect_timeout: self.settings.connect_timeout,
-            statement_bytes: self.settings.full_sync.statement_bytes,
-            epoch: self.fence.epoch,
-            holds: self.holds.clone(),
-            metrics: self.metrics.clone(),
-            progress,
-        };
-        info!(job = %current.spec.name, "verification starting");
-        Some(VerifyWork {
-            started_at,
-            source: address,
-            task: tokio::spawn(task.run()),
-            progress: rx,
-        })
-    }
-
-    /// Folds a verification's progress into the job; saves it when asked,
-    /// or when a table or the whole finished. Returns whether it saved.
-    async fn update_verify(&self, v: Verification, save: bool) -> bool {
-        let current = self.snapshot.borrow().clone();
-        let Some(known) = current.progress.verify.as_ref() else {
-            return false;
-        };
-        // A report of a verification replaced meanwhile (a new full sync).
-        if known.started_at != v.started_at {
-            return false;
-        }
-        let states = |v: &Verification| {
-            (
-                v.state,
-                v.tables
-                    .iter()
-                    .map(|t| (t.state, t.repair.as_ref().map(|r| r.state)))
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let save = save || states(known) != states(&v);
-        let mut next = current.progress.clone();
-        next.verify = Some(v);
-        self.save_and_publish(&current, next, save, "the verification")
-            .await;
-        save
     }
 
     /// Stores the job's new progress (when `save`; a failure is logged as
@@ -564,54 +367,6 @@ impl Runner {
         });
     }
 
-    /// The source tables a verification compares: those asked (each must
-    /// be in the job's scope), or all of them.
-    async fn verify_tables(
-        &self,
-        current: &JobSnapshot,
-        asked: Vec<String>,
-    ) -> Result<Vec<String>, JobError> {
-        let spec = &current.spec;
-        let invalid = |m: String| JobError::Invalid(m);
-        if let Some(t) = &spec.src.table {
-            if let Some(other) = asked.iter().find(|a| *a != t) {
-                return Err(invalid(format!(
-                    "this table job copies {t}; tables may name only it, not {other}"
-                )));
-            }
-            return Ok(vec![t.clone()]);
-        }
-        let node = current
-            .progress
-            .incremental
-            .as_ref()
-            .and_then(|i| i.source_node.clone());
-        let source = incremental::stream_source(&spec.src, node.as_deref());
-        let present = verify::source_tables(&source, self.settings.connect_timeout)
-            .await
-            .map_err(|e| invalid(e.to_string()))?;
-        if asked.is_empty() {
-            return Ok(present);
-        }
-        let missing: Vec<&str> = asked
-            .iter()
-            .filter(|a| !present.contains(a))
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            return Err(invalid(format!(
-                "source {} has no table {} in database {}",
-                source.address(),
-                missing.join(", "),
-                spec.src.database
-            )));
-        }
-        let mut tables = asked;
-        tables.sort();
-        tables.dedup();
-        Ok(tables)
-    }
-
     fn publish(&self, change: impl FnOnce(&mut JobSnapshot)) {
         self.snapshot.send_modify(change);
     }
@@ -621,6 +376,7 @@ impl Runner {
         let mut next = current.progress.clone();
         if progress.last_error.is_some() {
             next.last_error = progress.last_error.clone();
+            next.last_error_code = Some(crate::error::Kind::Transient.code().into());
         }
         next.full_sync = Some(progress);
         self.save_and_publish(&current, next, save, "full sync progress")
@@ -629,74 +385,9 @@ impl Runner {
 
     async fn update_incremental(&self, applied: Applied, save: bool) {
         let current = self.snapshot.borrow().clone();
-        let mut status = current.status;
-        let mut next = current.progress.clone();
-        next.commit_seq = applied.commit_seq;
-        next.position = applied.position;
-        next.commit_timestamp = applied.commit_timestamp;
-        next.incremental = Some(applied.detail);
-        let mut save = save;
-        // A skipped transaction is behind the job once its group commits.
-        let passed = next.skip.as_ref().is_some_and(|s| {
-            s.gtid.is_some()
-                && s.gtid
-                    == next
-                        .incremental
-                        .as_ref()
-                        .and_then(|i| i.last_skipped.clone())
-        });
-        if passed {
-            next.skip = None;
-            save = true;
-        }
-        // Partial syncs: one the stream started by itself is recorded; a
-        // finished one leaves its table a snapshot window, which the stream
-        // skips up to, as after a full sync.
-        let sync_type = current.spec.sync_type();
-        let detail = next.incremental.clone().unwrap_or_default();
-        if let Some(started) = &detail.partial_started {
-            let finished = detail.partial_done.as_ref().map(|(p, _)| p.requested_at);
-            if next.partial.is_none() && finished != Some(started.requested_at) {
-                warn!(job = %current.spec.name, table = %started.table, reason = %started.reason,
-                      "partial sync started by the stream");
-                next.partial = Some(started.clone());
-                status.progress_state = ProgressState::partial_sync(sync_type);
-                save = true;
-            }
-        }
-        if let Some((done, at)) = &detail.partial_done {
-            if next.partial.as_ref().map(|p| p.requested_at) == Some(done.requested_at) {
-                let dest_table = current
-                    .spec
-                    .dest
-                    .table
-                    .clone()
-                    .unwrap_or_else(|| done.table.clone());
-                next.tables.insert(
-                    dest_table,
-                    TableSnapshot {
-                        from: at.clone(),
-                        to: at.clone(),
-                    },
-                );
-                next.partial = None;
-                status.progress_state = match sync_type {
-                    SyncType::Db => ProgressState::DBTablesIncrementalSync,
-                    SyncType::Table => ProgressState::TableIncrementalSync,
-                };
-                info!(job = %current.spec.name, table = %done.table, "partial sync done");
-                save = true;
-            }
-        }
-        let tables_done = next
-            .incremental
-            .as_ref()
-            .is_some_and(|i| i.tables_in_snapshot == 0);
-        if status.progress_state == ProgressState::DBTablesIncrementalSync && tables_done {
-            status.progress_state = ProgressState::DBIncrementalSync;
-            save = true;
-            info!(job = %current.spec.name, "every table is past its snapshot: DBIncrementalSync");
-        }
+        let fold = rules::fold_report(&current.spec, current.status, &current.progress, applied);
+        self.log_notes(&current.spec.name, &fold.notes);
+        let (status, next, save) = (fold.status, fold.progress, save || fold.save);
         let now = now_ms();
         if save {
             if let Err(e) = self
@@ -718,88 +409,61 @@ impl Runner {
         });
     }
 
-    async fn finish(&self, outcome: Outcome) {
-        let current = self.snapshot.borrow().clone();
-        let name = current.spec.name.clone();
-        let mut status = current.status;
-        let mut progress = current.progress.clone();
-        let now = now_ms();
-        match outcome {
-            Outcome::HandedOver(h) => {
-                status.progress_state = match current.spec.sync_type() {
-                    SyncType::Table => ProgressState::TableIncrementalSync,
-                    SyncType::Db => ProgressState::DBTablesIncrementalSync,
-                };
-                progress.commit_seq = h.position.commit_seq();
-                progress.position = Some(h.position.to_string());
-                progress.last_error = None;
-                if let Some(f) = progress.full_sync.as_mut() {
-                    f.finished_at = Some(now);
+    /// Logs (and counts) what a fold says.
+    fn log_notes(&self, name: &str, notes: &[Note]) {
+        for note in notes {
+            match note {
+                Note::HandedOver(position) => {
+                    info!(job = %name, position = ?position, "full sync done; handing over to incremental sync")
                 }
-                info!(job = %name, position = ?progress.position, "full sync done; handing over to incremental sync");
-                progress.snapshot = Some(h.position);
-                progress.tables = if current.spec.sync_type() == SyncType::Db {
-                    h.tables
-                } else {
-                    BTreeMap::new()
-                };
-            }
-            Outcome::Failed(message) => {
-                error!(job = %name, error = %message, "job stopped; fix the cause and resume the job");
-                self.metrics.count_error(&name, "definite");
-                status.run_state = RunState::Paused;
-                progress.last_error = Some(message);
-            }
-            Outcome::Refused(txn, message) => {
-                error!(job = %name, error = %message, commit_seq = ?txn.commit_seq, gtid = ?txn.gtid,
-                       "the destination refused a source transaction; the job holds on it: \
-                        fix the destination and resume, skip it (job_skip_binlog) or resync");
-                self.metrics.count_error(&name, "refused");
-                status.run_state = RunState::Paused;
-                progress.failed_commit_seq = txn.commit_seq;
-                progress.failed_transaction = Some(*txn);
-                progress.last_error = Some(message);
-            }
-            Outcome::Fenced(message) => {
-                // Nothing may be saved: the job is another member's now.
-                error!(job = %name, error = %message, "the destination refused a commit: another member holds the job");
-                self.lost.store(true, Ordering::Relaxed);
-                return;
-            }
-            Outcome::Purged(message) => {
-                self.metrics.count_error(&name, "binlog_purged");
-                let automatic = self.switches.auto_resync.load(Ordering::Relaxed);
-                match current.spec.on_binlog_purged {
-                    OnPurged::Fullsync if !automatic => {
-                        let message = format!(
-                            "{message}; automatic re-sync of purged binlogs is disabled in this \
-                             group (config key auto_resync): run force_fullsync to copy the \
-                             tables again, or enable it with /config/set"
-                        );
-                        error!(job = %name, error = %message, "job stopped");
-                        status.run_state = RunState::Paused;
-                        progress.last_error = Some(message);
-                    }
-                    OnPurged::Stop => {
-                        let message = format!(
-                            "{message}; the job is set to stop (on_binlog_purged \"stop\"): \
-                             run force_fullsync to copy the tables again"
-                        );
-                        error!(job = %name, error = %message, "job stopped");
-                        status.run_state = RunState::Paused;
-                        progress.last_error = Some(message);
-                    }
-                    OnPurged::Fullsync => {
-                        warn!(job = %name, reason = %message, "copying the tables again (full sync)");
-                        status.progress_state = ProgressState::full_sync(current.spec.sync_type());
-                        progress = Progress {
-                            full_sync_reason: Some(message),
-                            ..Progress::default()
-                        };
-                    }
+                Note::Stopped { class, error } => {
+                    self.metrics.count_error(name, class);
+                    error!(job = %name, error = %error, "job stopped; fix the cause and resume the job");
+                }
+                Note::Refused { class, error } => {
+                    self.metrics.count_error(name, class);
+                    error!(job = %name, error = %error,
+                           "the destination refused a source transaction; the job holds on it: \
+                            fix the destination and resume, skip it (job_skip_binlog) or resync");
+                }
+                Note::Resync(reason) => {
+                    self.metrics.count_error(name, "binlog_purged");
+                    warn!(job = %name, reason = %reason, "copying the tables again (full sync)");
+                }
+                Note::PartialStarted { table, reason } => {
+                    warn!(job = %name, table = %table, reason = %reason, "partial sync started by the stream")
+                }
+                Note::PartialDone(table) => info!(job = %name, table = %table, "partial sync done"),
+                Note::TablesDone => {
+                    info!(job = %name, "every table is past its snapshot: DBIncrementalSync")
                 }
             }
         }
+    }
+
+    async fn finish(&self, outcome: Outcome) {
+        let current = self.snapshot.borrow().clone();
+        let name = current.spec.name.clone();
+        let now = now_ms();
+        if let Outcome::Fenced(message) = &outcome {
+            // Nothing may be saved: the job is another member's now.
+            error!(job = %name, error = %message, "the destination refused a commit: another member holds the job");
+            self.lost.store(true, Ordering::Relaxed);
+            return;
+        }
+        let automatic = self.switches.auto_resync.load(Ordering::Relaxed);
+        let Some(fold) = rules::fold_outcome(
+            &current.spec,
+            current.status,
+            &current.progress,
+            outcome,
+            now,
+            automatic,
+        ) else {
+            return;
+        };
+        self.log_notes(&name, &fold.notes);
+        let (status, progress) = (fold.status, fold.progress);
         // The outcome must be stored before it is shown; keep trying, unless
         // the job is another member's now or is gone.
         while let Err(e) = self
@@ -1030,150 +694,5 @@ impl Runner {
         info!(job = %snapshot.spec.name, src = ?snapshot.spec.src.host_mapping,
               dest = ?snapshot.spec.dest.host_mapping, "host mapping updated");
         Ok(snapshot)
-    }
-}
-
-enum VerifyEvent {
-    Progress(Verification),
-    Finished(Verification, Result<(), SyncError>),
-}
-
-/// The verification's next report or its end; never resolves without one.
-async fn next_verify(verifying: &mut Option<VerifyWork>) -> VerifyEvent {
-    let Some(v) = verifying else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        biased;
-        changed = v.progress.changed() => match changed {
-            Ok(()) => VerifyEvent::Progress(v.progress.borrow_and_update().clone()),
-            Err(_) => {
-                let result = (&mut v.task).await;
-                VerifyEvent::Finished(v.progress.borrow().clone(), ended(result))
-            }
-        },
-        result = &mut v.task => VerifyEvent::Finished(v.progress.borrow().clone(), ended(result)),
-    }
-}
-
-fn ended(result: Result<Result<(), SyncError>, tokio::task::JoinError>) -> Result<(), SyncError> {
-    result.unwrap_or_else(|e| {
-        Err(SyncError::Transient(format!(
-            "the verification ended abnormally: {e}"
-        )))
-    })
-}
-
-enum WorkEvent {
-    Progress(FullSyncProgress),
-    Applied(Box<Applied>),
-    Finished(Outcome),
-}
-
-/// The work's next progress report or its end; never resolves without work.
-async fn next_event(work: &mut Option<Work>) -> WorkEvent {
-    let Some(w) = work else {
-        return std::future::pending().await;
-    };
-    match &mut w.progress {
-        WorkProgress::Full(rx) => tokio::select! {
-            biased;
-            changed = rx.changed() => match changed {
-                Ok(()) => WorkEvent::Progress(rx.borrow_and_update().clone()),
-                // The sender went with the task: its outcome is next.
-                Err(_) => WorkEvent::Finished(outcome(&mut w.task).await),
-            },
-            outcome = outcome(&mut w.task) => WorkEvent::Finished(outcome),
-        },
-        WorkProgress::Incremental(rx) => tokio::select! {
-            biased;
-            changed = rx.changed() => match changed {
-                Ok(()) => WorkEvent::Applied(Box::new(rx.borrow_and_update().clone())),
-                Err(_) => WorkEvent::Finished(outcome(&mut w.task).await),
-            },
-            outcome = outcome(&mut w.task) => WorkEvent::Finished(outcome),
-        },
-    }
-}
-
-async fn outcome(task: &mut JoinHandle<Outcome>) -> Outcome {
-    match task.await {
-        Ok(outcome) => outcome,
-        Err(e) => Outcome::Failed(format!("the job's work ended abnormally: {e}")),
-    }
-}
-
-/// Runs attempts until one hands over or fails definitely; transient errors
-/// wait 1 s, 2 s, 4 s … up to 30 s and resume from the checkpoints.
-async fn run_with_retries(sync: FullSync) -> Outcome {
-    let mut backoff = BACKOFF_FIRST;
-    loop {
-        match sync.run().await {
-            Ok(h) => return Outcome::HandedOver(h),
-            Err(SyncError::Fenced(message)) => return Outcome::Fenced(message),
-            Err(
-                SyncError::Definite(message)
-                | SyncError::Refused { message, .. }
-                | SyncError::Purged(message),
-            ) => return Outcome::Failed(message),
-            Err(SyncError::Transient(message)) => {
-                warn!(job = %sync.spec.name, error = %message, retry_in_secs = backoff.as_secs(),
-                      "full sync interrupted; resuming after a pause");
-                sync.metrics.count_retry(&sync.spec.name);
-                sync.metrics.count_error(&sync.spec.name, "transient");
-                sync.progress.send_modify(|p| {
-                    p.retries += 1;
-                    p.last_error = Some(message);
-                });
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-        }
-    }
-}
-
-/// Runs the incremental sync until it fails definitely; transient errors
-/// wait 1 s, 2 s, 4 s … up to 30 s and resume from the checkpoint (the
-/// backoff starts over once the sync has run a minute without error).
-async fn run_incremental(sync: Incremental, switches: Arc<Switches>) -> Outcome {
-    let mut backoff = BACKOFF_FIRST;
-    loop {
-        let started = Instant::now();
-        let message = match sync.run().await {
-            Err(SyncError::Definite(message)) => return Outcome::Failed(message),
-            Err(SyncError::Refused { txn, message }) => return Outcome::Refused(txn, message),
-            Err(SyncError::Purged(message)) => return Outcome::Purged(message),
-            Err(SyncError::Fenced(message)) => return Outcome::Fenced(message),
-            Err(SyncError::Transient(message)) => message,
-            Ok(never) => match never {},
-        };
-        if started.elapsed() > Duration::from_secs(60) {
-            backoff = BACKOFF_FIRST;
-        }
-        warn!(job = %sync.spec.name, error = %message, retry_in_secs = backoff.as_secs(),
-              "incremental sync interrupted; resuming from the checkpoint after a pause");
-        sync.metrics.count_retry(&sync.spec.name);
-        sync.metrics.count_error(&sync.spec.name, "transient");
-        sync.progress.send_modify(|p| {
-            p.detail.retries += 1;
-            p.detail.retrying = true;
-            p.detail.last_error = Some(message.clone());
-        });
-        // A source gone for good may have been replaced by a promoted
-        // replica: then the sync restarts on it at once.
-        let follow = switches.follow_failover.load(Ordering::Relaxed);
-        if let Some(node) = if follow {
-            sync.follow_primary().await
-        } else {
-            None
-        } {
-            sync.progress.send_modify(|p| {
-                p.detail.last_error = Some(format!("{message}; now following {node}"));
-            });
-            backoff = BACKOFF_FIRST;
-            continue;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }

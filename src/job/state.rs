@@ -151,6 +151,10 @@ pub struct Progress {
     pub partial: Option<PartialSync>,
     /// The last error that stopped or held the job.
     pub last_error: Option<String>,
+    /// Its kind's stable code (`crate::error::Kind::code`): `definite`,
+    /// `refused`, `purged`, or `transient` for one a retry may cure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error_code: Option<String>,
     /// Why the current full sync runs, when it was asked for rather than the first one.
     pub full_sync_reason: Option<String>,
     /// The current or last full sync.
@@ -352,6 +356,7 @@ pub fn transition(
                 next.progress.skip = Some(held);
                 next.progress.failed_commit_seq = None;
                 next.progress.last_error = None;
+                next.progress.last_error_code = None;
                 next.status.run_state = RunState::Running;
             }
         },

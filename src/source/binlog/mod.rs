@@ -102,6 +102,8 @@ pub type Scope = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
 pub struct Reader {
     stream: BinlogStream,
+    /// The replica connection's thread on the source.
+    thread: u32,
     file: String,
     scope: Scope,
     /// Table maps by table id: `None` for tables out of scope.
@@ -191,12 +193,14 @@ impl Reader {
             .await
             .map_err(|e| sql_error("setting the GTID start position", e))?;
         }
+        let thread = conn.id();
         let stream = conn
             .get_binlog_stream(request)
             .await
             .map_err(|e| sql_error("requesting the binlog", e))?;
         Ok(Reader {
             stream,
+            thread,
             file: start.coord.file.clone(),
             scope,
             tables: HashMap::new(),
@@ -599,7 +603,7 @@ impl Reader {
             }
         };
         let result = tokio::time::timeout(Duration::from_secs(60), read).await;
-        reader.close().await;
+        reader.close(addr, timeout).await;
         match result {
             Ok(Ok(())) => Ok(rows),
             Ok(Err(e)) => Err(e),
@@ -666,15 +670,25 @@ impl Reader {
             }
         };
         let result = tokio::time::timeout(Duration::from_secs(300), read).await;
-        reader.close().await;
+        reader.close(addr, timeout).await;
         match result {
             Ok(r) => r,
             Err(_) => Ok(None),
         }
     }
 
-    pub async fn close(self) {
-        let _ = self.stream.close().await;
+    /// Closes the replica connection and ends its thread on the source
+    /// (`KILL`, allowed on one's own threads): a source notices a closed
+    /// replica connection only at its next write, and until then refuses
+    /// another with the same server id (error 4052).
+    pub async fn close(self, addr: &ServerAddr<'_>, timeout: Duration) {
+        let thread = self.thread;
+        let _ = tokio::time::timeout(timeout, self.stream.close()).await;
+        if let Ok(mut conn) = db::connect(addr, None, timeout).await {
+            // 1094: the thread is gone already.
+            let _ = conn.query_drop(format!("KILL CONNECTION {thread}")).await;
+            let _ = conn.disconnect().await;
+        }
     }
 }
 
