@@ -445,6 +445,7 @@ async fn existing_tables_are_reused_when_equal_and_refused_when_not() {
         error.contains(&format!("{other}.t")) && error.contains("different definition"),
         "{error}"
     );
+    assert_eq!(progress["last_error_code"], "definite", "{progress:#}");
     assert_eq!(progress["progress_state"], "TableFullSync");
     service.stop().await;
 }

@@ -56,6 +56,7 @@ async fn a_refused_transaction_holds_the_job_until_skipped() {
     // Held on the refused transaction, never skipped by itself.
     let status = wait_paused(&service, "skip").await;
     assert_eq!(status["failed_commit_seq"], seq, "{status:#}");
+    assert_eq!(status["last_error_code"], "refused", "{status:#}");
     let held = &status["failed_transaction"];
     assert_eq!(held["gtid"], gtid.as_str(), "{status:#}");
     assert_eq!(held["commit_seq"], seq);

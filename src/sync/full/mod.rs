@@ -35,7 +35,6 @@ use crate::dest::plan::{self, ChunkDone, PlannedChunk};
 use crate::dest::tables::{self, Existing, TableError};
 use crate::error::{is_transient, SyncError};
 use crate::metrics::Metrics;
-use crate::position::BinlogCoord;
 use crate::position::Position;
 use crate::source::chunks::{self};
 use crate::source::ddl;
@@ -88,7 +87,6 @@ struct Shared {
     queue: Mutex<VecDeque<PlannedChunk>>,
     tally: Mutex<Tally>,
     point: Position,
-    coord: BinlogCoord,
     statement_bytes: usize,
     /// Load with LOAD DATA LOCAL INFILE (the destination allows it).
     load_data: bool,
@@ -105,31 +103,77 @@ struct Tally {
     estimated_left: u64,
 }
 
+/// A snapshot opened on the source: its connections and position.
+struct Opened {
+    conns: Vec<Conn>,
+    point: Position,
+    lock_held_ms: Option<u64>,
+}
+
+/// What the source holds to be copied, read in the snapshot.
+struct Definitions {
+    infos: Vec<TableInfo>,
+    views: Vec<schema::ViewInfo>,
+    sequences: Vec<schema::SequenceInfo>,
+}
+
+/// The plan's chunks by source table.
+type ByTable<'a> = BTreeMap<&'a str, Vec<&'a PlannedChunk>>;
+
 impl FullSync {
     /// One attempt: resumes the job's plan if it has one for this run.
     pub async fn run(&self) -> Result<HandOver, SyncError> {
-        let spec = &self.spec;
-        let job = spec.name.as_str();
-        let src_db = spec.src.database.as_str();
-        let dest_db = spec.dest.database.as_str();
-
         // The control session: schema, plan, views and the final read of the
         // checkpoints; each copying connection has its own.
-        let mut dest = connect_dest(spec, self.connect_timeout).await?;
+        let mut dest = connect_dest(&self.spec, self.connect_timeout).await?;
+        let Opened {
+            mut conns,
+            point,
+            lock_held_ms,
+        } = self.open_snapshot().await?;
+        let defs = self.read_definitions(&mut conns[0], &mut dest).await?;
+        let (planned, resumed) = self.plan(&mut dest, &mut conns[0], &defs.infos).await?;
+        let mut by_table: ByTable = BTreeMap::new();
+        for c in &planned {
+            by_table.entry(c.src_table.as_str()).or_default().push(c);
+        }
+        self.prepare_tables(&mut dest, &defs, &by_table, resumed)
+            .await?;
+        let shared = self
+            .shared(&mut dest, defs.infos, &planned, &by_table, point.clone())
+            .await?;
+        {
+            let mut p = self.progress.borrow().clone();
+            p.connections = conns.len() as u64;
+            p.lock_held_ms = lock_held_ms;
+            self.progress.send_replace(p);
+        }
+        info!(job = %self.spec.name, chunks = planned.len(),
+              pending = shared.queue.lock().len(), resumed, "full sync copying");
+        let mut workers = JoinSet::new();
+        for conn in conns {
+            workers.spawn(copy_chunks(shared.clone(), conn));
+        }
+        while let Some(result) = workers.join_next().await {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(SyncError::Definite(format!("copy task failed: {e}"))),
+            }
+        }
+        self.finish(dest, &defs.views, &by_table, &shared, point)
+            .await
+    }
 
-        let set = match snapshot::open(
-            &spec.src.server_addr(),
-            self.settings.connections,
-            self.connect_timeout,
-        )
-        .await
+    /// Opens the snapshot (one connection when the source user lacks RELOAD).
+    async fn open_snapshot(&self) -> Result<Opened, SyncError> {
+        let src = self.spec.src.server_addr();
+        let set = match snapshot::open(&src, self.settings.connections, self.connect_timeout).await
         {
             Err(SnapshotError::NeedsReload { count }) => {
-                warn!(
-                    job,
-                    count, "source user lacks RELOAD: copying with one connection"
-                );
-                snapshot::open(&spec.src.server_addr(), 1, self.connect_timeout).await
+                warn!(job = %self.spec.name, count,
+                      "source user lacks RELOAD: copying with one connection");
+                snapshot::open(&src, 1, self.connect_timeout).await
             }
             other => other,
         }
@@ -138,16 +182,27 @@ impl FullSync {
             gtid: set.gtid.clone(),
             coord: set.coord.clone(),
         };
-        let coord = set.coord.clone();
-        let snapshot_point = point.clone();
-        let lock_held_ms = set.lock_held.map(|d| d.as_millis() as u64);
-        let mut conns = set.conns;
-        let connections = conns.len();
-        info!(job, connections, position = %coord, gtid = %point.gtid, "full sync snapshot started");
+        info!(job = %self.spec.name, connections = set.conns.len(), position = %point.coord,
+              gtid = %point.gtid, "full sync snapshot started");
         self.progress
             .send_modify(|p| p.snapshot = Some(point.clone()));
+        Ok(Opened {
+            conns: set.conns,
+            point,
+            lock_held_ms: set.lock_held.map(|d| d.as_millis() as u64),
+        })
+    }
 
-        let src = &mut conns[0];
+    /// Reads the tables, views and sequences to copy in the snapshot, and
+    /// makes the destination database (as the source's) the job's: a member
+    /// with an older lease can no longer commit a chunk.
+    async fn read_definitions(
+        &self,
+        src: &mut Conn,
+        dest: &mut Conn,
+    ) -> Result<Definitions, SyncError> {
+        let spec = &self.spec;
+        let (src_db, dest_db) = (spec.src.database.as_str(), spec.dest.database.as_str());
         let read = |e| SyncError::sql("reading the source's definitions", e);
         let mut infos = schema::tables(src, src_db, spec.src.table.as_deref())
             .await
@@ -180,61 +235,84 @@ impl FullSync {
             }
         }
         let db_options = schema::database_options(src, src_db).await.map_err(read)?;
-
         let dest_sql = |e| SyncError::sql(format!("destination database {dest_db}"), e);
-        tables::ensure_database(&mut dest, dest_db, db_options.as_ref())
+        tables::ensure_database(dest, dest_db, db_options.as_ref())
             .await
             .map_err(dest_sql)?;
-        plan::ensure_table(&mut dest, dest_db)
+        plan::ensure_table(dest, dest_db).await.map_err(dest_sql)?;
+        checkpoint::ensure_table(dest, dest_db)
             .await
             .map_err(dest_sql)?;
-        // The job's destination is this holder's from here on: a member
-        // with an older lease can no longer commit a chunk.
-        checkpoint::ensure_table(&mut dest, dest_db)
-            .await
-            .map_err(dest_sql)?;
-        checkpoint::claim(&mut dest, dest_db, job, self.epoch)
+        checkpoint::claim(dest, dest_db, &spec.name, self.epoch)
             .await
             .map_err(|e| SyncError::sql("claiming the job's destination", e))?;
-        let dest_name = |src_table: &str| -> String {
-            spec.dest
+        Ok(Definitions {
+            infos,
+            views,
+            sequences,
+        })
+    }
+
+    /// The run's plan: the stored one when resuming, else new chunks of
+    /// every table, stored before any is copied. Whether it was resumed.
+    async fn plan(
+        &self,
+        dest: &mut Conn,
+        src: &mut Conn,
+        infos: &[TableInfo],
+    ) -> Result<(Vec<PlannedChunk>, bool), SyncError> {
+        let spec = &self.spec;
+        let (src_db, dest_db) = (spec.src.database.as_str(), spec.dest.database.as_str());
+        let dest_sql = |e| SyncError::sql(format!("destination database {dest_db}"), e);
+        if let Some(p) = plan::load(dest, dest_db, &spec.name, self.run_id)
+            .await
+            .map_err(dest_sql)?
+        {
+            return Ok((p, true));
+        }
+        let mut planned = Vec::new();
+        for table in infos {
+            let bounds = chunks::plan(src, src_db, table, self.settings.chunk_rows)
+                .await
+                .map_err(|e| {
+                    SyncError::sql(format!("planning chunks of {src_db}.{}", table.name), e)
+                })?;
+            let dest_table = spec
+                .dest
                 .table
                 .clone()
-                .unwrap_or_else(|| src_table.to_string())
-        };
-
-        let stored = plan::load(&mut dest, dest_db, job, self.run_id)
+                .unwrap_or_else(|| table.name.clone());
+            planned.extend(
+                bounds
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, bounds)| PlannedChunk {
+                        src_table: table.name.clone(),
+                        dest_table: dest_table.clone(),
+                        chunk: i as u32,
+                        bounds,
+                        done: None,
+                    }),
+            );
+        }
+        plan::store(dest, dest_db, &spec.name, self.run_id, &planned)
             .await
             .map_err(dest_sql)?;
-        let resumed = stored.is_some();
-        let planned = match stored {
-            Some(p) => p,
-            None => {
-                let mut planned = Vec::new();
-                for table in &infos {
-                    let bounds = chunks::plan(src, src_db, table, self.settings.chunk_rows)
-                        .await
-                        .map_err(|e| {
-                            SyncError::sql(format!("planning chunks of {src_db}.{}", table.name), e)
-                        })?;
-                    planned.extend(bounds.into_iter().enumerate().map(|(i, bounds)| {
-                        PlannedChunk {
-                            src_table: table.name.clone(),
-                            dest_table: dest_name(&table.name),
-                            chunk: i as u32,
-                            bounds,
-                            done: None,
-                        }
-                    }));
-                }
-                plan::store(&mut dest, dest_db, job, self.run_id, &planned)
-                    .await
-                    .map_err(dest_sql)?;
-                planned
-            }
-        };
+        Ok((planned, false))
+    }
 
-        // Tables: those with no chunk done yet start empty.
+    /// Sequences, then tables: those with no chunk done yet start empty;
+    /// the others must still be there.
+    async fn prepare_tables(
+        &self,
+        dest: &mut Conn,
+        defs: &Definitions,
+        by_table: &ByTable<'_>,
+        resumed: bool,
+    ) -> Result<(), SyncError> {
+        let spec = &self.spec;
+        let job = spec.name.as_str();
+        let (src_db, dest_db) = (spec.src.database.as_str(), spec.dest.database.as_str());
         let existing = if resumed || self.rerun {
             Existing::Replace
         } else if spec.allow_table_exists {
@@ -243,9 +321,9 @@ impl FullSync {
             Existing::Refuse
         };
         // Sequences first: a table's default may take its values from one.
-        for seq in &sequences {
+        for seq in &defs.sequences {
             tables::create_sequence(
-                &mut dest,
+                dest,
                 dest_db,
                 &seq.name,
                 &seq.create_sql,
@@ -255,23 +333,23 @@ impl FullSync {
             .await
             .map_err(table_error)?;
         }
-        if !sequences.is_empty() {
+        if !defs.sequences.is_empty() {
             info!(
                 job,
-                sequences = sequences.len(),
+                sequences = defs.sequences.len(),
                 "destination sequences ready"
             );
         }
-        let mut by_table: BTreeMap<&str, Vec<&PlannedChunk>> = BTreeMap::new();
-        for c in &planned {
-            by_table.entry(c.src_table.as_str()).or_default().push(c);
-        }
-        for (src_table, chunks) in &by_table {
-            let info = infos.iter().find(|t| t.name == *src_table).ok_or_else(|| {
-                SyncError::Definite(format!(
-                    "source table {src_db}.{src_table} was dropped while the full sync ran; run force_fullsync"
-                ))
-            })?;
+        for (src_table, chunks) in by_table {
+            let info = defs
+                .infos
+                .iter()
+                .find(|t| t.name == *src_table)
+                .ok_or_else(|| {
+                    SyncError::Definite(format!(
+                        "source table {src_db}.{src_table} was dropped while the full sync ran; run force_fullsync"
+                    ))
+                })?;
             let dest_table = &chunks[0].dest_table;
             if chunks.iter().all(|c| c.done.is_none()) {
                 // A table is replaced only while this holder's claim stands.
@@ -279,7 +357,7 @@ impl FullSync {
                     .await
                     .map_err(|e| SyncError::sql("checking the job's lease", e))?;
                 let prepared = tables::prepare_table(
-                    &mut dest,
+                    dest,
                     dest_db,
                     dest_table,
                     src_table,
@@ -289,16 +367,17 @@ impl FullSync {
                 .await
                 .map_err(table_error)?;
                 info!(job, table = %dest_table, ?prepared, "destination table ready");
-            } else if !tables::exists(&mut dest, dest_db, dest_table)
+            } else if !tables::exists(dest, dest_db, dest_table)
                 .await
-                .map_err(dest_sql)?
+                .map_err(|e| SyncError::sql(format!("destination database {dest_db}"), e))?
             {
                 return Err(SyncError::Definite(format!(
                     "destination table {dest_db}.{dest_table} was dropped while the full sync ran; run force_fullsync"
                 )));
             }
         }
-        if infos
+        if defs
+            .infos
             .iter()
             .any(|t| !by_table.contains_key(t.name.as_str()))
         {
@@ -308,15 +387,27 @@ impl FullSync {
                 "a table appeared in {src_db} while the full sync ran; run force_fullsync"
             )));
         }
+        Ok(())
+    }
 
+    /// What every copying connection shares: the chunks left (round-robin
+    /// over tables), the tally, the destination's limits; the progress
+    /// counted from the chunks already done.
+    async fn shared(
+        &self,
+        dest: &mut Conn,
+        infos: Vec<TableInfo>,
+        planned: &[PlannedChunk],
+        by_table: &ByTable<'_>,
+        point: Position,
+    ) -> Result<Arc<Shared>, SyncError> {
+        let dest_db = self.spec.dest.database.as_str();
+        let dest_sql = |e| SyncError::sql(format!("destination database {dest_db}"), e);
         let statement_bytes = self
             .settings
             .statement_bytes
-            .min(crate::dest::max_packet(&mut dest).await.map_err(dest_sql)? - 1024);
-        let load_data = crate::dest::local_infile(&mut dest)
-            .await
-            .map_err(dest_sql)?;
-
+            .min(crate::dest::max_packet(dest).await.map_err(dest_sql)? - 1024);
+        let load_data = crate::dest::local_infile(dest).await.map_err(dest_sql)?;
         // Round-robin over tables (every table's first chunk, then every
         // second one, ...): connections then mostly write different tables
         // instead of contending for one table's index pages.
@@ -326,19 +417,16 @@ impl FullSync {
             .cloned()
             .collect();
         pending.sort_by_key(|c| c.chunk);
-        let pending = VecDeque::from(pending);
         let mut progress = FullSyncProgress {
             run_id: self.run_id,
             tables_total: by_table.len() as u64,
-            connections: connections as u64,
             method: if load_data { "load_data" } else { "insert" }.to_string(),
-            lock_held_ms,
+            rows_copied: 0,
+            bytes_copied: 0,
             ..self.progress.borrow().clone()
         };
         let mut left: HashMap<String, usize> = HashMap::new();
-        progress.rows_copied = 0;
-        progress.bytes_copied = 0;
-        for c in &planned {
+        for c in planned {
             match &c.done {
                 Some(d) => {
                     progress.rows_copied += d.rows;
@@ -351,47 +439,38 @@ impl FullSync {
         progress.rows_estimated = progress.rows_copied + estimated_left;
         progress.tables_done = (by_table.len() - left.len()) as u64;
         self.progress.send_replace(progress);
-        info!(
-            job,
-            chunks = planned.len(),
-            pending = pending.len(),
-            resumed,
-            "full sync copying"
-        );
-
-        let shared = Arc::new(Shared {
-            spec: spec.clone(),
+        Ok(Arc::new(Shared {
+            spec: self.spec.clone(),
             tables: infos.into_iter().map(|t| (t.name.clone(), t)).collect(),
-            queue: Mutex::new(pending),
+            queue: Mutex::new(VecDeque::from(pending)),
             tally: Mutex::new(Tally {
                 left,
                 estimated_left,
             }),
             point,
-            coord,
             statement_bytes,
             load_data,
             connect_timeout: self.connect_timeout,
             metrics: self.metrics.clone(),
             progress: self.progress.clone(),
             epoch: self.epoch,
-        });
-        let mut workers = JoinSet::new();
-        for conn in conns {
-            workers.spawn(copy_chunks(shared.clone(), conn));
-        }
-        while let Some(result) = workers.join_next().await {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(SyncError::Definite(format!("copy task failed: {e}"))),
-            }
-        }
+        }))
+    }
 
-        // Views last: they may name any of the tables.
-        create_views(&mut dest, src_db, dest_db, &views).await?;
-        // A run interrupted between a table's last chunk and its keys.
-        for (src_table, chunks) in &by_table {
+    /// Views last (they may name any of the tables), the keys of a table a
+    /// run left between its last chunk and its keys, then the hand-over.
+    async fn finish(
+        &self,
+        mut dest: Conn,
+        views: &[schema::ViewInfo],
+        by_table: &ByTable<'_>,
+        shared: &Shared,
+        point: Position,
+    ) -> Result<HandOver, SyncError> {
+        let spec = &self.spec;
+        let (src_db, dest_db) = (spec.src.database.as_str(), spec.dest.database.as_str());
+        create_views(&mut dest, src_db, dest_db, views).await?;
+        for (src_table, chunks) in by_table {
             if let Some(info) = shared.tables.get(*src_table) {
                 tables::add_deferred_keys(
                     &mut dest,
@@ -403,20 +482,20 @@ impl FullSync {
                 .map_err(table_error)?;
             }
         }
-        if planned.is_empty() {
+        if by_table.is_empty() {
             // A database with no base tables yet (empty, or views only): there
             // is nothing to copy, and the stream starts at the snapshot, so
             // every table created from now on arrives through it.
             let _ = dest.disconnect().await;
-            info!(job, position = %shared.coord, "full sync: no tables to copy");
+            info!(job = %spec.name, position = %point.coord, "full sync: no tables to copy");
             return Ok(HandOver {
-                position: snapshot_point,
+                position: point,
                 tables: BTreeMap::new(),
             });
         }
-        let done = plan::load(&mut dest, dest_db, job, self.run_id)
+        let done = plan::load(&mut dest, dest_db, &spec.name, self.run_id)
             .await
-            .map_err(dest_sql)?
+            .map_err(|e| SyncError::sql(format!("destination database {dest_db}"), e))?
             .ok_or_else(|| {
                 SyncError::Definite(format!(
                     "the full sync plan in {dest_db}.{} vanished",
