@@ -56,6 +56,21 @@ const RULES: &[(&str, &[&str])] = &[
     ("job", &["api", "app"]),
     ("store", &["api", "app", "sync", "source", "dest"]),
     ("group", &["api", "app", "sync", "source", "dest"]),
+    // The Galera minder is a program of its own beside the CCR service.
+    (
+        "minder",
+        &[
+            "job",
+            "sync",
+            "source",
+            "dest",
+            "api",
+            "store",
+            "group",
+            "app",
+            "preflight",
+        ],
+    ),
 ];
 
 const ABOVE_FOUNDATION: &[&str] = &[

@@ -102,6 +102,9 @@ pub enum Command {
     /// A command-line client of a running service: create, list, status,
     /// progress, pause, resume, skip, resync, verify, repair, delete, watch, stat.
     Ctl(Box<crate::ctl::CtlArgs>),
+    /// The Galera minder: dbserver, arbitrator, notify, command, config
+    /// (see doc/minder.md).
+    Minder(Box<crate::minder::MinderArgs>),
     /// Manage the key file that encrypts the store's passwords.
     SecretKey {
         #[command(subcommand)]
@@ -333,6 +336,15 @@ pub fn cap_driver_buffers() {
     if std::env::var_os("MYSQL_ASYNC_BUFFER_SIZE_CAP").is_none() {
         std::env::set_var("MYSQL_ASYNC_BUFFER_SIZE_CAP", MYSQL_BUFFER_SIZE_CAP);
     }
+}
+
+/// The environment variable with the password of the minder's dbserver
+/// account for its node.
+pub const MINDER_MYSQL_PASSWORD_ENV: &str = "MINDER_MYSQL_PASSWORD";
+
+/// The minder dbserver's password for its node (empty when unset).
+pub fn minder_mysql_password() -> Secret {
+    Secret::new(std::env::var(MINDER_MYSQL_PASSWORD_ENV).unwrap_or_default())
 }
 
 fn failpoint_from_env() -> Option<u64> {

@@ -15,6 +15,7 @@ pub mod hostmap;
 pub mod job;
 pub mod logging;
 pub mod metrics;
+pub mod minder;
 pub mod position;
 pub mod preflight;
 pub mod redact;

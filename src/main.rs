@@ -14,6 +14,10 @@ fn main() -> ExitCode {
     // Before any thread exists.
     ccr_syncer::config::cap_driver_buffers();
     let mut cli = Cli::parse();
+    if let Some(Command::Minder(args)) = cli.command.take_if(|c| matches!(c, Command::Minder(_))) {
+        let _ = ccr_syncer::logging::init("info", None);
+        return ccr_syncer::minder::main(*args);
+    }
     if matches!(cli.command, Some(Command::Ctl(_))) {
         if let Some(Command::Ctl(args)) = cli.command.take() {
             return ccr_syncer::ctl::main(*args);

@@ -1,0 +1,348 @@
+//! `minder dbserver --serial N`: beside one Galera node. Reads the node's
+//! wsrep state and whether `mariadbd` runs, reports it to the arbitrators
+//! and every dbclient each report interval and at once on a change (or a
+//! notification from Galera), and runs `pc.bootstrap=YES` when the
+//! arbitrator says `set_primary` — only while the node is still
+//! non-Primary.
+
+use super::message::{next_id, Kind, Message, Party, Refused, Verb};
+use super::net::{self, Handler};
+use super::rule::NodeReport;
+use super::site::Site;
+use super::Common;
+use crate::db::{self, ConnectError, ServerAddr};
+use crate::secret::Secret;
+use crate::tls::TlsOptions;
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+pub struct Dbserver {
+    serial: u32,
+    user: String,
+    password: Secret,
+    site: Mutex<Site>,
+    /// The latest report read from the node.
+    report: Mutex<NodeReport>,
+    /// A notification or a request arrived: report now.
+    wake: Notify,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+}
+
+impl Dbserver {
+    fn node(&self) -> super::site::Dbserver {
+        self.site
+            .lock()
+            .dbserver(self.serial)
+            .cloned()
+            .expect("checked at start")
+    }
+
+    /// Reads the node's state; a node that refuses connections is not
+    /// running.
+    async fn read(&self) -> NodeReport {
+        let node = self.node();
+        let mut conn = self.conn.lock().await;
+        if conn.is_none() {
+            let (host, port) = node.mysql.rsplit_once(':').expect("checked by Site");
+            let tls = TlsOptions::default();
+            let addr = ServerAddr {
+                host,
+                port: port.parse().unwrap_or(3306),
+                user: &self.user,
+                password: &self.password,
+                tls: &tls,
+            };
+            match db::connect(&addr, None, Duration::from_secs(2)).await {
+                Ok(c) => *conn = Some(c),
+                Err(e) => {
+                    let running = !matches!(&e, ConnectError::Unreachable { reason, .. } if reason.contains("refused"));
+                    return NodeReport {
+                        running,
+                        cluster_status: "Disconnected".into(),
+                        local_state: format!("unreadable: {e}"),
+                        at: chrono::Utc::now().timestamp_millis(),
+                        ..NodeReport::default()
+                    };
+                }
+            }
+        }
+        let c = conn.as_mut().expect("set above");
+        let rows: Result<Vec<(String, String)>, _> = c
+            .query(
+                "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_status', \
+                    'wsrep_local_state_comment', 'wsrep_cluster_size', 'wsrep_cluster_state_uuid', \
+                    'wsrep_cluster_conf_id', 'wsrep_last_committed', 'wsrep_incoming_addresses')",
+            )
+            .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                *conn = None;
+                return NodeReport {
+                    running: true,
+                    cluster_status: "Disconnected".into(),
+                    local_state: format!("unreadable: {e}"),
+                    at: chrono::Utc::now().timestamp_millis(),
+                    ..NodeReport::default()
+                };
+            }
+        };
+        let get = |k: &str| {
+            rows.iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let site = self.site.lock().clone();
+        // Members by name: each incoming address is a node's client address.
+        let mut members: Vec<String> = get("wsrep_incoming_addresses")
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && *a != "AUTO")
+            .map(|a| site.node_at(a).map_or(a.to_string(), |d| d.name.clone()))
+            .collect();
+        if !members.contains(&node.name) {
+            members.push(node.name.clone());
+        }
+        members.sort();
+        members.dedup();
+        NodeReport {
+            running: true,
+            cluster_status: get("wsrep_cluster_status"),
+            local_state: get("wsrep_local_state_comment"),
+            cluster_size: get("wsrep_cluster_size").parse().unwrap_or(0),
+            state_uuid: get("wsrep_cluster_state_uuid"),
+            conf_id: get("wsrep_cluster_conf_id").parse().unwrap_or(-1),
+            last_committed: get("wsrep_last_committed").parse().unwrap_or(-1),
+            members,
+            at: chrono::Utc::now().timestamp_millis(),
+        }
+    }
+
+    fn report_message(&self, to: Party, report: &NodeReport) -> Message {
+        Message {
+            sender: self.me(),
+            receiver: to,
+            verb: Verb::DbStatusReport,
+            params: serde_json::json!({"node": self.node().name, "report": report}),
+            msg_id: next_id(),
+        }
+    }
+
+    /// Sends the report to every arbitrator and dbclient, side by side (an
+    /// unreachable one delays none of the others).
+    fn send_report(self: &Arc<Self>, report: &NodeReport) {
+        let site = self.site.lock().clone();
+        let to: Vec<(Party, String)> = site
+            .arbitrators
+            .iter()
+            .map(|a| {
+                (
+                    Party {
+                        kind: Kind::Arbitrator,
+                        serial: a.serial,
+                    },
+                    a.address.clone(),
+                )
+            })
+            .chain(site.dbclients.iter().map(|c| {
+                (
+                    Party {
+                        kind: Kind::Dbclient,
+                        serial: c.serial,
+                    },
+                    c.address.clone(),
+                )
+            }))
+            .collect();
+        let timeout = Duration::from_secs(site.resend_s);
+        for (party, address) in to {
+            let m = self.report_message(party, report);
+            tokio::spawn(async move {
+                if let Err(e) = net::send(&address, &m, timeout).await {
+                    tracing::debug!(error = %e, "status report not delivered");
+                }
+            });
+        }
+    }
+
+    /// `pc.bootstrap=YES` on the node, if it is still non-Primary.
+    async fn bootstrap(&self) -> Result<String, String> {
+        let now = self.read().await;
+        *self.report.lock() = now.clone();
+        if now.is_primary() {
+            return Ok("the node is Primary already: nothing done".into());
+        }
+        if !now.running {
+            return Err("mariadbd does not run on this node".into());
+        }
+        let mut conn = self.conn.lock().await;
+        let c = conn.as_mut().ok_or("the node cannot be read")?;
+        c.query_drop("SET GLOBAL wsrep_provider_options='pc.bootstrap=YES'")
+            .await
+            .map_err(|e| format!("pc.bootstrap: {e}"))?;
+        Ok("pc.bootstrap=YES run".into())
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for Dbserver {
+    fn me(&self) -> Party {
+        Party {
+            kind: Kind::Dbserver,
+            serial: self.serial,
+        }
+    }
+
+    fn admit(&self, m: &Message, peer: SocketAddr) -> Result<(), Refused> {
+        let site = self.site.lock();
+        match (m.sender.kind, m.verb) {
+            (Kind::Arbitrator, Verb::SetPrimary | Verb::RequestStatus | Verb::StatusSummary) => {
+                if site.arbitrators.iter().any(|a| a.serial == m.sender.serial) {
+                    Ok(())
+                } else {
+                    Err(Refused(format!(
+                        "{} is not in the site's configuration",
+                        m.sender
+                    )))
+                }
+            }
+            (Kind::Dbclient, Verb::RequestStatus) => {
+                if site.dbclients.iter().any(|c| c.serial == m.sender.serial) {
+                    Ok(())
+                } else {
+                    Err(Refused(format!(
+                        "{} is not in the site's configuration",
+                        m.sender
+                    )))
+                }
+            }
+            // Galera's notification comes from this machine only.
+            (Kind::Notify, Verb::Notify) => {
+                let own = site
+                    .dbserver(self.serial)
+                    .and_then(|d| d.address.rsplit_once(':').map(|(h, _)| h.to_string()));
+                if peer.ip().is_loopback() || own.as_deref() == Some(peer.ip().to_string().as_str())
+                {
+                    Ok(())
+                } else {
+                    Err(Refused(format!(
+                        "a notification from {peer}: only this machine's Galera notifies"
+                    )))
+                }
+            }
+            (_, verb) => Err(Refused(format!(
+                "{} does not take {} from {}",
+                self.me(),
+                verb.as_str(),
+                m.sender
+            ))),
+        }
+    }
+
+    async fn handle(&self, m: Message, _peer: SocketAddr) -> Result<Message, Refused> {
+        match m.verb {
+            Verb::SetPrimary => {
+                let result = self.bootstrap().await;
+                match &result {
+                    Ok(what) => {
+                        info!(node = %self.node().name, epoch = %m.params["epoch"], "set_primary: {what}")
+                    }
+                    Err(e) => warn!(node = %self.node().name, error = %e, "set_primary failed"),
+                }
+                let mut ack = m.ack(self.me());
+                ack.params["done"] = serde_json::json!(result.is_ok());
+                ack.params["result"] = serde_json::json!(result.unwrap_or_else(|e| e));
+                self.wake.notify_one();
+                Ok(ack)
+            }
+            Verb::RequestStatus => {
+                let report = self.read().await;
+                *self.report.lock() = report.clone();
+                Ok(self.report_message(m.sender, &report))
+            }
+            Verb::Notify => {
+                self.wake.notify_one();
+                Ok(m.ack(self.me()))
+            }
+            // A summary sent to every party: nothing to do with it here.
+            _ => Ok(m.ack(self.me())),
+        }
+    }
+}
+
+pub async fn run(serial: u32, user: String, common: Common) -> Result<(), String> {
+    let site = common.site().await?;
+    let node = site.dbserver(serial).cloned().ok_or_else(|| {
+        format!("the site's configuration has no [[dbserver]] with serial {serial}")
+    })?;
+    let listen: SocketAddr = common.listen_address(&node.address).await?;
+    let me = Arc::new(Dbserver {
+        serial,
+        user,
+        password: crate::config::minder_mysql_password(),
+        site: Mutex::new(site),
+        report: Mutex::new(NodeReport::default()),
+        wake: Notify::new(),
+        conn: tokio::sync::Mutex::new(None),
+    });
+    info!(node = %node.name, address = %node.address, mysql = %node.mysql, "dbserver minding its node");
+    let server = net::serve(listen, me.clone(), super::shutdown());
+    // The configuration, picked up within one report interval (beside the
+    // reports: a database out of reach delays none).
+    let refresh = me.clone();
+    tokio::spawn(async move {
+        loop {
+            let interval = Duration::from_secs(refresh.site.lock().report_interval_s);
+            tokio::time::sleep(interval).await;
+            if let Ok(site) = common.site().await {
+                if site.dbserver(serial).is_some() {
+                    *refresh.site.lock() = site;
+                }
+            }
+        }
+    });
+    let reports = async {
+        loop {
+            let report = me.read().await;
+            let changed = {
+                let mut r = me.report.lock();
+                let changed = (
+                    r.cluster_status.as_str(),
+                    r.local_state.as_str(),
+                    &r.members,
+                    r.running,
+                ) != (
+                    report.cluster_status.as_str(),
+                    report.local_state.as_str(),
+                    &report.members,
+                    report.running,
+                );
+                *r = report.clone();
+                changed
+            };
+            if changed {
+                info!(node = %node.name, status = %report.cluster_status, state = %report.local_state,
+                  members = ?report.members, running = report.running, "node state");
+            }
+            me.send_report(&report);
+            let interval = Duration::from_secs(me.site.lock().report_interval_s);
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = me.wake.notified() => {}
+                () = super::shutdown() => break,
+            }
+        }
+        Ok::<(), String>(())
+    };
+    tokio::select! {
+        r = server => r,
+        r = reports => r,
+    }
+}

@@ -1,0 +1,328 @@
+//! The Galera minder (seed 004): `ccr-syncer minder ROLE`. An arbitrator
+//! that picks the Primary component of a Galera cluster split between data
+//! centres from the nodes' state reports alone (`rule` argues why two
+//! Primaries never exist), a dbserver beside each node, Galera's notify
+//! command, a person's commands and the site's configuration kept in the
+//! cluster. See `doc/minder.md`.
+//!
+//! Not built yet: the dbclient (HAProxy runtime API) and a CCR job following
+//! a minded cluster; `minder dbclient` says so and exits non-zero.
+
+pub mod arbitrator;
+pub mod dbserver;
+pub mod message;
+pub mod net;
+pub mod rule;
+pub mod site;
+pub mod store;
+
+use message::{next_id, Kind, Message, Party, Verb};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `ccr-syncer minder ROLE`.
+#[derive(Debug, clap::Args)]
+pub struct MinderArgs {
+    #[command(subcommand)]
+    pub role: Role,
+}
+
+/// What every long-running party starts with.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Common {
+    /// Where the site's configuration is: DSN[,DSN...], each
+    /// mysql://USER[:PASSWORD]@HOST:PORT/DATABASE, tried in order.
+    #[arg(long)]
+    pub config_db: String,
+    /// This party's own files: the local copy of the configuration, and the
+    /// arbitrator's decisions.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Role {
+    /// Beside one Galera node: reports its state, runs set_primary.
+    Dbserver {
+        #[arg(long)]
+        serial: u32,
+        /// The account it reads its node with (password from
+        /// MINDER_MYSQL_PASSWORD).
+        #[arg(long)]
+        mysql_user: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The only party that promotes.
+    Arbitrator {
+        #[arg(long)]
+        serial: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Minds one HAProxy (not built yet).
+    Dbclient {
+        #[arg(long)]
+        serial: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Galera's wsrep_notify_cmd: hands Galera's arguments to the local
+    /// dbserver at once, and returns fast whatever happens.
+    Notify {
+        /// The local dbserver's address (host:port).
+        #[arg(long)]
+        dbserver: String,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        uuid: Option<String>,
+        #[arg(long)]
+        primary: Option<String>,
+        #[arg(long)]
+        members: Option<String>,
+        #[arg(long)]
+        index: Option<String>,
+    },
+    /// A person's command to the arbitrator: status_summary, drain NODE,
+    /// undrain NODE, set_writer NODE, force_primary NODE.
+    Command {
+        verb: String,
+        node: Option<String>,
+        /// The arbitrator's address (host:port).
+        #[arg(long)]
+        arbitrator: String,
+    },
+    /// Stores or shows the site's configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigAction {
+    /// Checks FILE and stores it in the cluster.
+    Load {
+        file: PathBuf,
+        #[arg(long)]
+        config_db: String,
+    },
+    /// Prints the stored configuration.
+    Show {
+        #[arg(long)]
+        config_db: String,
+    },
+}
+
+impl Common {
+    /// The site now (from the cluster, else the local copy).
+    pub async fn site(&self) -> Result<site::Site, String> {
+        let dsns = store::Dsn::parse_list(&self.config_db)?;
+        store::current(&dsns, &self.state_dir).await
+    }
+
+    /// The socket address to listen on for a configured `host:port`.
+    pub async fn listen_address(&self, address: &str) -> Result<SocketAddr, String> {
+        tokio::net::lookup_host(address)
+            .await
+            .map_err(|e| format!("{address}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{address} names no address"))
+    }
+}
+
+static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> = std::sync::OnceLock::new();
+
+/// Resolves once SIGTERM or SIGINT has arrived.
+pub async fn shutdown() {
+    let tx = SHUTDOWN.get_or_init(|| {
+        let (tx, _) = tokio::sync::watch::channel(false);
+        let signals = tx.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            let _ = signals.send(true);
+        });
+        tx
+    });
+    let mut rx = tx.subscribe();
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Runs a role; the exit status: 0 done, 1 failed, 2 refused.
+pub fn main(args: MinderArgs) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("minder: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("minder: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: MinderArgs) -> Result<(), String> {
+    match args.role {
+        Role::Dbserver {
+            serial,
+            mysql_user,
+            common,
+        } => {
+            prepare(&common)?;
+            dbserver::run(serial, mysql_user, common).await
+        }
+        Role::Arbitrator { serial, common } => {
+            prepare(&common)?;
+            arbitrator::run(serial, common).await
+        }
+        Role::Dbclient { serial, .. } => Err(format!(
+            "minder dbclient (serial {serial}) is not built yet: this version minds no HAProxy; \
+             route by `minder command status_summary` (its writer and nodes) meanwhile"
+        )),
+        Role::Notify {
+            dbserver,
+            status,
+            uuid,
+            primary,
+            members,
+            index,
+        } => {
+            notify(&dbserver, json_args(status, uuid, primary, members, index)).await;
+            Ok(())
+        }
+        Role::Command {
+            verb,
+            node,
+            arbitrator,
+        } => command(&verb, node, &arbitrator).await,
+        Role::Config { action } => config(action).await,
+    }
+}
+
+fn prepare(common: &Common) -> Result<(), String> {
+    std::fs::create_dir_all(&common.state_dir)
+        .map_err(|e| format!("--state-dir {}: {e}", common.state_dir.display()))?;
+    Ok(())
+}
+
+fn json_args(
+    status: Option<String>,
+    uuid: Option<String>,
+    primary: Option<String>,
+    members: Option<String>,
+    index: Option<String>,
+) -> serde_json::Value {
+    serde_json::json!({"status": status, "uuid": uuid, "primary": primary,
+                       "members": members, "index": index})
+}
+
+/// Hands Galera's notification to the local dbserver: one attempt, at most
+/// a second; never fails (Galera must not wait on it).
+async fn notify(dbserver: &str, params: serde_json::Value) {
+    let m = Message {
+        sender: Party {
+            kind: Kind::Notify,
+            serial: 0,
+        },
+        receiver: Party {
+            kind: Kind::Dbserver,
+            serial: 0,
+        },
+        verb: Verb::Notify,
+        params,
+        msg_id: next_id(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        net::send(dbserver, &m, Duration::from_secs(1)),
+    )
+    .await;
+}
+
+/// A person's command: prints the summary, or `ok` once acknowledged.
+async fn command(verb: &str, node: Option<String>, arbitrator: &str) -> Result<(), String> {
+    let verb = match verb {
+        "status_summary" => Verb::StatusSummary,
+        "drain" => Verb::Drain,
+        "undrain" => Verb::Undrain,
+        "set_writer" => Verb::SetWriter,
+        "force_primary" => Verb::ForcePrimary,
+        other => {
+            return Err(format!(
+                "unknown command {other:?}: status_summary, drain NODE, undrain NODE, set_writer NODE, force_primary NODE"
+            ))
+        }
+    };
+    let params = match (verb, node) {
+        (Verb::StatusSummary, None) => serde_json::json!({}),
+        (Verb::StatusSummary, Some(n)) => {
+            return Err(format!("status_summary takes no node ({n})"))
+        }
+        (_, Some(n)) => serde_json::json!({"node": n}),
+        (v, None) => return Err(format!("{} needs a NODE", v.as_str())),
+    };
+    let m = Message {
+        sender: Party {
+            kind: Kind::Command,
+            serial: 0,
+        },
+        receiver: Party {
+            kind: Kind::Arbitrator,
+            serial: 0,
+        },
+        verb,
+        params,
+        msg_id: next_id(),
+    };
+    let answer = net::send_until_answered(arbitrator, &m, Duration::from_secs(3), 3).await?;
+    match answer.verb {
+        Verb::StatusSummary => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&answer.params).expect("json")
+            );
+        }
+        _ => println!("ok: {} acknowledged by {}", verb.as_str(), answer.sender),
+    }
+    Ok(())
+}
+
+async fn config(action: ConfigAction) -> Result<(), String> {
+    match action {
+        ConfigAction::Load { file, config_db } => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let site = site::Site::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            let dsns = store::Dsn::parse_list(&config_db)?;
+            let at = store::load(&dsns, &site).await?;
+            println!(
+                "stored the configuration of {} dbservers, {} arbitrators and {} dbclients in {at}",
+                site.dbservers.len(),
+                site.arbitrators.len(),
+                site.dbclients.len()
+            );
+            Ok(())
+        }
+        ConfigAction::Show { config_db } => {
+            let dsns = store::Dsn::parse_list(&config_db)?;
+            print!("{}", store::fetch(&dsns).await?);
+            Ok(())
+        }
+    }
+}

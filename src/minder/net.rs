@@ -1,0 +1,164 @@
+//! Sending and receiving minder messages over HTTP: `POST /minder` with the
+//! message as JSON; the answer is the acknowledgement or the reply. A bad
+//! message gets a 4xx with a plain-text reason and changes nothing.
+
+use super::message::{Message, Party, Refused};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use warp::Filter;
+
+/// The largest message accepted.
+const BODY_LIMIT: u64 = 256 << 10;
+
+/// Sends `m` to `address` (`host:port`) and returns the answer.
+pub async fn send(address: &str, m: &Message, timeout: Duration) -> Result<Message, String> {
+    let body = Bytes::from(serde_json::to_vec(m).expect("a message serializes"));
+    let answer = crate::client::request(
+        &format!("http://{address}"),
+        None,
+        "POST",
+        "/minder",
+        &[("content-type", "application/json")],
+        body,
+        timeout,
+    )
+    .await
+    .map_err(|e| format!("{} to {} at {address}: {e}", m.verb.as_str(), m.receiver))?;
+    if answer.status != 200 {
+        return Err(format!(
+            "{} to {} at {address}: refused ({}): {}",
+            m.verb.as_str(),
+            m.receiver,
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        ));
+    }
+    Message::parse(&answer.body).map_err(|e| format!("{address} answered: {e}"))
+}
+
+/// Sends `m` again every `every` until it is answered, or `attempts` fail.
+pub async fn send_until_answered(
+    address: &str,
+    m: &Message,
+    every: Duration,
+    attempts: u32,
+) -> Result<Message, String> {
+    let mut last = String::new();
+    for attempt in 0..attempts.max(1) {
+        if attempt > 0 {
+            tokio::time::sleep(every).await;
+        }
+        match send(address, m, every).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// What a party does with the messages it receives.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Who this party is.
+    fn me(&self) -> Party;
+    /// Checks the sender and the verb (a party not in the configuration, a
+    /// verb this party does not take): refused before anything changes.
+    fn admit(&self, m: &Message, peer: SocketAddr) -> Result<(), Refused>;
+    /// Takes a message (already known newer than the sender's last) and
+    /// returns the answer.
+    async fn handle(&self, m: Message, peer: SocketAddr) -> Result<Message, Refused>;
+    /// The text of `GET /metrics`, where the party has metrics.
+    fn metrics(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Serves `handler` at `address` until `stop` resolves.
+pub async fn serve(
+    address: SocketAddr,
+    handler: Arc<dyn Handler>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let seen = Arc::new(tokio::sync::Mutex::new(super::message::Seen::default()));
+    let h = handler.clone();
+    let minder = warp::post()
+        .and(warp::path("minder"))
+        .and(warp::path::end())
+        .and(warp::body::content_length_limit(BODY_LIMIT))
+        .and(warp::body::bytes())
+        .and(warp::addr::remote())
+        .then(move |body: Bytes, peer: Option<SocketAddr>| {
+            let (h, seen) = (h.clone(), seen.clone());
+            let reply: std::pin::Pin<
+                Box<dyn std::future::Future<Output = warp::reply::WithStatus<String>> + Send>,
+            > = Box::pin(async move {
+                let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                match answer(h, seen, body, peer).await {
+                    Ok(m) => warp::reply::with_status(
+                        serde_json::to_string(&m).expect("a message serializes"),
+                        warp::http::StatusCode::OK,
+                    ),
+                    Err((status, e)) => warp::reply::with_status(e.0, status),
+                }
+            });
+            reply
+        });
+    let h = handler.clone();
+    let metrics = warp::get()
+        .and(warp::path("metrics"))
+        .and(warp::path::end())
+        .map(move || match h.metrics() {
+            Some(text) => warp::reply::with_status(text, warp::http::StatusCode::OK),
+            None => warp::reply::with_status(
+                "this party has no metrics".to_string(),
+                warp::http::StatusCode::NOT_FOUND,
+            ),
+        });
+    let routes = minder
+        .or(metrics)
+        .unify()
+        .or(warp::any().map(|| {
+            warp::reply::with_status(
+                "the minder takes POST /minder (and GET /metrics on the arbitrator)".to_string(),
+                warp::http::StatusCode::NOT_FOUND,
+            )
+        }))
+        .unify();
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(stop)
+        .run()
+        .await;
+    Ok(())
+}
+
+async fn answer(
+    h: Arc<dyn Handler>,
+    seen: Arc<tokio::sync::Mutex<super::message::Seen>>,
+    body: Bytes,
+    peer: SocketAddr,
+) -> Result<Message, (warp::http::StatusCode, Refused)> {
+    use warp::http::StatusCode;
+    let m = Message::parse(&body).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    let me = h.me();
+    if m.receiver.kind != me.kind || (m.receiver.serial != me.serial && m.receiver.serial != 0) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            Refused(format!("this is {me}, not {}", m.receiver)),
+        ));
+    }
+    h.admit(&m, peer).map_err(|e| (StatusCode::FORBIDDEN, e))?;
+    // Older than the last from this sender, or the same one again: taken
+    // already; acknowledged so that the sender stops resending.
+    if !seen.lock().await.take(&m) {
+        return Ok(m.ack(me));
+    }
+    h.handle(m, peer)
+        .await
+        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))
+}
