@@ -16,6 +16,7 @@ mod group;
 mod incremental;
 mod layers;
 mod metrics_auth;
+mod minder;
 mod openapi;
 mod outages;
 mod positions;

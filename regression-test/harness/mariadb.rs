@@ -100,10 +100,10 @@ fn server_command(dir: &Path, port: u16, id: u32, options: &ServerOptions) -> Co
 }
 
 /// Servers still running, killed at process exit.
-static RUNNING: Mutex<Vec<(u32, PathBuf)>> = Mutex::new(Vec::new());
+pub(crate) static RUNNING: Mutex<Vec<(u32, PathBuf)>> = Mutex::new(Vec::new());
 static SERVER_ID: AtomicU32 = AtomicU32::new(1);
 
-fn work_root() -> &'static Path {
+pub(crate) fn work_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("ccr-syncer-test-{}", std::process::id()));
@@ -123,7 +123,7 @@ fn work_root() -> &'static Path {
     })
 }
 
-fn find_program(name: &str) -> PathBuf {
+pub(crate) fn find_program(name: &str) -> PathBuf {
     for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
         let p = Path::new(dir).join(name);
         if p.exists() {
@@ -137,7 +137,7 @@ fn find_program(name: &str) -> PathBuf {
 }
 
 /// The initialised datadir every server starts from.
-fn template() -> &'static Path {
+pub(crate) fn template() -> &'static Path {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
         let dir = work_root().join("template");
@@ -170,7 +170,7 @@ fn free_port() -> u16 {
 
 /// Spawns from a thread that lives as long as the process, so that the
 /// parent-death signal fires when the process dies, not when a test thread ends.
-fn spawn_tied_to_process(mut command: Command) -> std::io::Result<Child> {
+pub(crate) fn spawn_tied_to_process(mut command: Command) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
     unsafe {
         command.pre_exec(|| {

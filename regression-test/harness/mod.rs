@@ -2,6 +2,7 @@
 //! in-process ([`service`]) and builders for job specs.
 
 pub mod certs;
+pub mod galera;
 pub mod mariadb;
 pub mod proxy;
 pub mod service;

@@ -190,16 +190,24 @@ pub fn next_id() -> u64 {
 pub struct Seen(std::collections::HashMap<Party, u64>);
 
 impl Seen {
-    /// Whether `m` is newer than every message taken from its sender (and
-    /// so is taken now).
+    /// Whether `m` is newer than every message taken from its sender.
+    pub fn is_newer(&self, m: &Message) -> bool {
+        self.0.get(&m.sender).is_none_or(|last| m.msg_id > *last)
+    }
+
+    /// Records message `id` of `sender` as taken.
+    pub fn taken(&mut self, sender: Party, id: u64) {
+        let last = self.0.entry(sender).or_insert(0);
+        *last = (*last).max(id);
+    }
+
+    /// Takes `m` if it is newer: whether it was.
     pub fn take(&mut self, m: &Message) -> bool {
-        let last = self.0.entry(m.sender).or_insert(0);
-        if m.msg_id > *last {
-            *last = m.msg_id;
-            true
-        } else {
-            false
+        let newer = self.is_newer(m);
+        if newer {
+            self.taken(m.sender, m.msg_id);
         }
+        newer
     }
 }
 

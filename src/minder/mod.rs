@@ -290,7 +290,9 @@ async fn command(verb: &str, node: Option<String>, arbitrator: &str) -> Result<(
         params,
         msg_id: next_id(),
     };
-    let answer = net::send_until_answered(arbitrator, &m, Duration::from_secs(3), 3).await?;
+    let answer = net::send_until_answered(arbitrator, &m, Duration::from_secs(3), 3)
+        .await
+        .map_err(|e| e.to_string())?;
     match answer.verb {
         Verb::StatusSummary => {
             println!(

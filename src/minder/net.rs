@@ -12,8 +12,19 @@ use warp::Filter;
 /// The largest message accepted.
 const BODY_LIMIT: u64 = 256 << 10;
 
+/// Why a message got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Nobody answered: worth sending again.
+    #[error("{0}")]
+    Unanswered(String),
+    /// The receiver refused it: sending it again changes nothing.
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// Sends `m` to `address` (`host:port`) and returns the answer.
-pub async fn send(address: &str, m: &Message, timeout: Duration) -> Result<Message, String> {
+pub async fn send(address: &str, m: &Message, timeout: Duration) -> Result<Message, SendError> {
     let body = Bytes::from(serde_json::to_vec(m).expect("a message serializes"));
     let answer = crate::client::request(
         &format!("http://{address}"),
@@ -25,33 +36,41 @@ pub async fn send(address: &str, m: &Message, timeout: Duration) -> Result<Messa
         timeout,
     )
     .await
-    .map_err(|e| format!("{} to {} at {address}: {e}", m.verb.as_str(), m.receiver))?;
+    .map_err(|e| {
+        SendError::Unanswered(format!(
+            "{} to {} at {address}: {e}",
+            m.verb.as_str(),
+            m.receiver
+        ))
+    })?;
     if answer.status != 200 {
-        return Err(format!(
+        return Err(SendError::Refused(format!(
             "{} to {} at {address}: refused ({}): {}",
             m.verb.as_str(),
             m.receiver,
             answer.status,
             String::from_utf8_lossy(&answer.body)
-        ));
+        )));
     }
-    Message::parse(&answer.body).map_err(|e| format!("{address} answered: {e}"))
+    Message::parse(&answer.body).map_err(|e| SendError::Refused(format!("{address} answered: {e}")))
 }
 
-/// Sends `m` again every `every` until it is answered, or `attempts` fail.
+/// Sends `m` again every `every` until it is answered (or refused), or
+/// `attempts` go unanswered.
 pub async fn send_until_answered(
     address: &str,
     m: &Message,
     every: Duration,
     attempts: u32,
-) -> Result<Message, String> {
-    let mut last = String::new();
+) -> Result<Message, SendError> {
+    let mut last = SendError::Unanswered(format!("{address}: not sent"));
     for attempt in 0..attempts.max(1) {
         if attempt > 0 {
             tokio::time::sleep(every).await;
         }
         match send(address, m, every).await {
             Ok(answer) => return Ok(answer),
+            Err(e @ SendError::Refused(_)) => return Err(e),
             Err(e) => last = e,
         }
     }
@@ -153,12 +172,17 @@ async fn answer(
         ));
     }
     h.admit(&m, peer).map_err(|e| (StatusCode::FORBIDDEN, e))?;
-    // Older than the last from this sender, or the same one again: taken
-    // already; acknowledged so that the sender stops resending.
-    if !seen.lock().await.take(&m) {
+    // Older than the last taken from this sender, or the same one again:
+    // taken already; acknowledged so that the sender stops resending.
+    if !seen.lock().await.is_newer(&m) {
         return Ok(m.ack(me));
     }
-    h.handle(m, peer)
+    let (sender, id) = (m.sender, m.msg_id);
+    let answer = h
+        .handle(m, peer)
         .await
-        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))
+        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    // Taken: a refused message is not (its sender may correct it).
+    seen.lock().await.taken(sender, id);
+    Ok(answer)
 }

@@ -1,0 +1,248 @@
+//! Real Galera clusters for the minder's tests: `mariadbd` nodes with the
+//! Galera 4 provider Debian ships, each on a loopback address of its own
+//! (127.0.0.x stands for a machine), with small buffers and short failure
+//! timeouts. The first node bootstraps and is shut down cleanly; the others
+//! start on copies of its datadir and join without a state transfer.
+
+use super::mariadb::{find_program, spawn_tied_to_process, template, work_root, RUNNING};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const PROVIDER: &str = "/usr/lib/galera/libgalera_smm.so";
+
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+pub struct Node {
+    pub name: String,
+    pub ip: String,
+    pub port: u16,
+    dir: PathBuf,
+    pid: Option<u32>,
+    cluster: String,
+}
+
+/// A free port on `ip`.
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Node {
+    fn command(&self, new_cluster: bool) -> Command {
+        let mut cmd = Command::new(find_program("mariadbd"));
+        let gcomm = format!("{}:4567", self.ip);
+        // As the mysql user: a joiner's rsync SST daemon drops to nobody
+        // when run as root and cannot write the datadir.
+        cmd.arg("--no-defaults")
+            .arg("--user=mysql")
+            .arg(format!("--datadir={}", self.dir.display()))
+            .arg(format!(
+                "--socket={}",
+                self.dir.join("mysqld.sock").display()
+            ))
+            .arg(format!(
+                "--pid-file={}",
+                self.dir.join("mysqld.pid").display()
+            ))
+            .arg(format!(
+                "--log-error={}",
+                self.dir.join("error.log").display()
+            ))
+            .arg(format!("--tmpdir={}", self.dir.display()))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--bind-address={}", self.ip))
+            .args([
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-log-file-size=16M",
+                "--innodb-flush-log-at-trx-commit=2",
+                "--skip-name-resolve",
+                "--binlog-format=ROW",
+                "--innodb-autoinc-lock-mode=2",
+                "--wsrep-on=ON",
+                "--wsrep-sst-method=rsync",
+            ])
+            .arg(format!("--wsrep-provider={PROVIDER}"))
+            .arg(format!("--wsrep-cluster-address=gcomm://{}", self.cluster))
+            .arg(format!("--wsrep-node-address={gcomm}"))
+            .arg(format!("--wsrep-node-name={}", self.name))
+            .arg(format!(
+                "--wsrep-node-incoming-address={}:{}",
+                self.ip, self.port
+            ))
+            .arg(format!(
+                "--wsrep-provider-options=gmcast.listen_addr=tcp://{gcomm};ist.recv_addr={}:4568;\
+                 evs.suspect_timeout=PT2S;evs.inactive_timeout=PT3S;evs.keepalive_period=PT0.5S;\
+                 evs.inactive_check_period=PT0.5S;evs.install_timeout=PT3S;gcache.size=32M",
+                self.ip
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if new_cluster {
+            cmd.arg("--wsrep-new-cluster");
+        }
+        cmd
+    }
+
+    /// Starts the node; returns once it answers SQL and is Synced.
+    pub fn start(&mut self, new_cluster: bool) {
+        let mut child = spawn_tied_to_process(self.command(new_cluster)).expect("start mariadbd");
+        self.pid = Some(child.id());
+        RUNNING.lock().push((child.id(), self.dir.clone()));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+                panic!("{} exited with {status}:\n{log}", self.name);
+            }
+            if self
+                .try_sql("SHOW STATUS LIKE 'wsrep_local_state_comment'")
+                .is_ok_and(|s| s.contains("Synced"))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} is not Synced after 90 s",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::mem::forget(child);
+    }
+
+    /// SIGKILL, as a crash; returns once it is gone.
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+            RUNNING.lock().retain(|(p, _)| *p != pid);
+        }
+    }
+
+    /// A clean shutdown; returns once it is gone.
+    pub fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+            RUNNING.lock().retain(|(p, _)| *p != pid);
+        }
+    }
+
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new(find_program("mariadb"))
+            .arg("--no-defaults")
+            .arg(format!(
+                "--socket={}",
+                self.dir.join("mysqld.sock").display()
+            ))
+            .args(["-uroot", "--batch", "--skip-column-names", "-e", sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        self.try_sql(sql)
+            .unwrap_or_else(|e| panic!("{}: {sql}: {e}", self.name))
+    }
+
+    /// A wsrep status variable (`cluster_status` for `wsrep_cluster_status`).
+    pub fn wsrep(&self, name: &str) -> String {
+        self.try_sql(&format!("SHOW STATUS LIKE 'wsrep_{name}'"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn chown(dir: &std::path::Path) {
+    let status = Command::new("chown")
+        .args(["-R", "mysql:mysql"])
+        .arg(dir)
+        .status()
+        .expect("chown");
+    assert!(status.success(), "chown -R mysql {}", dir.display());
+}
+
+/// A cluster of `nodes` (name, loopback address), every node Synced.
+pub fn cluster(nodes: &[(&str, &str)]) -> Vec<Node> {
+    assert!(
+        std::path::Path::new(PROVIDER).exists(),
+        "{PROVIDER} not found: the minder's tests need Galera 4 (Debian's galera-4, with mariadb-server)"
+    );
+    let run = NEXT.fetch_add(1, Ordering::Relaxed);
+    let members: Vec<String> = nodes.iter().map(|(_, ip)| format!("{ip}:4567")).collect();
+    let mut out: Vec<Node> = nodes
+        .iter()
+        .map(|(name, ip)| Node {
+            name: name.to_string(),
+            ip: ip.to_string(),
+            port: free_port(ip),
+            dir: work_root().join(format!("galera-{run}-{name}")),
+            pid: None,
+            cluster: members.join(","),
+        })
+        .collect();
+    // The first node bootstraps a new cluster on the template, and is shut
+    // down cleanly: its datadir is then every node's start.
+    let copy = |to: &PathBuf| {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(template())
+            .arg(to)
+            .status()
+            .expect("cp");
+        assert!(status.success());
+    };
+    copy(&out[0].dir);
+    chown(&out[0].dir);
+    out[0].start(true);
+    out[0].sql("CREATE USER IF NOT EXISTS 'root'@'%'; GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION");
+    out[0].stop();
+    for n in &out[1..] {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&out[0].dir)
+            .arg(&n.dir)
+            .status()
+            .expect("cp");
+        assert!(status.success());
+        let _ = std::fs::remove_file(n.dir.join("gvwstate.dat"));
+        chown(&n.dir);
+    }
+    out[0].start(true);
+    for n in out.iter_mut().skip(1) {
+        n.start(false);
+    }
+    let size = nodes.len().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.iter().any(|n| n.wsrep("cluster_size") != size) {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not reach {size} nodes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    out
+}

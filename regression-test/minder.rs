@@ -1,0 +1,305 @@
+//! The Galera minder against a real two-node Galera cluster on loopback
+//! addresses (127.0.0.41 and .42 as two machines, the arbitrator on .40):
+//! the configuration stored in the cluster and shown, the summary of a
+//! healthy cluster, a node killed so that the other loses quorum and the
+//! arbitrator makes it Primary (it holds half of the last Primary view and
+//! the other is known down), bad messages refused, operator commands, and a
+//! restarted arbitrator that remembers its decision.
+//!
+//! Still to come (see doc/minder.md): the data-centre partitions in
+//! network namespaces, HAProxy and the dbclient, the CCR job as a client.
+
+use crate::harness::galera::{self, Node};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ARBITRATOR_IP: &str = "127.0.0.40";
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_ccr-syncer")
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// A minder process, killed when dropped.
+struct Party(Child);
+
+impl Drop for Party {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str], log: &Path) -> Party {
+    let file = std::fs::File::create(log).unwrap();
+    Party(
+        Command::new(binary())
+            .arg("minder")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .arg("minder")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn site(nodes: &[Node], arbitrator: &str, dbservers: &[String]) -> String {
+    let mut s = format!(
+        "[site]\nprimary_dc = \"dc1\"\nhold_s = 5\nwrite_backend = \"w\"\nread_backend = \"r\"\n\n\
+         [[arbitrator]]\nserial = 1\naddress = \"{arbitrator}\"\n"
+    );
+    for (i, (n, at)) in nodes.iter().zip(dbservers).enumerate() {
+        s.push_str(&format!(
+            "\n[[dbserver]]\nserial = {}\nname = \"{}\"\ndc = \"dc{}\"\naddress = \"{at}\"\nmysql = \"{}\"\n",
+            i + 1,
+            n.name,
+            i + 1,
+            n.address()
+        ));
+    }
+    s
+}
+
+fn summary(arbitrator: &str) -> Option<Value> {
+    let (ok, out, _) = run(&["command", "status_summary", "--arbitrator", arbitrator]);
+    ok.then(|| serde_json::from_str(&out).unwrap())
+}
+
+fn wait_summary(arbitrator: &str, secs: u64, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = Value::Null;
+    loop {
+        if let Some(s) = summary(arbitrator) {
+            if ready(&s) {
+                return s;
+            }
+            last = s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {secs} s: {last:#}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn post(address: &str, body: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "--data-binary",
+            body,
+        ])
+        .arg(format!("http://{address}/minder"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
+    let mut nodes = galera::cluster(&[("n1", "127.0.0.41"), ("n2", "127.0.0.42")]);
+    let dir = tempfile::tempdir().unwrap();
+    let arbitrator = format!("{ARBITRATOR_IP}:{}", free_port(ARBITRATOR_IP));
+    let dbservers: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{}:{}", n.ip, free_port(&n.ip)))
+        .collect();
+    let config_db = nodes
+        .iter()
+        .map(|n| format!("mysql://root@{}/minder_site", n.address()))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    // The configuration: refused with its line when wrong, stored when right.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        site(&nodes, &arbitrator, &dbservers)
+            .replace("primary_dc = \"dc1\"", "primary_dc = \"dc7\""),
+    )
+    .unwrap();
+    let (ok, _, err) = run(&[
+        "config",
+        "load",
+        bad.to_str().unwrap(),
+        "--config-db",
+        &config_db,
+    ]);
+    assert!(
+        !ok && err.contains("line 2") && err.contains("dc7"),
+        "{err}"
+    );
+    let file = dir.path().join("site.toml");
+    let text = site(&nodes, &arbitrator, &dbservers);
+    std::fs::write(&file, &text).unwrap();
+    let (ok, out, err) = run(&[
+        "config",
+        "load",
+        file.to_str().unwrap(),
+        "--config-db",
+        &config_db,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("2 dbservers"), "{out}");
+    // Galera replicated it: the second node shows it.
+    let second = format!("mysql://root@{}/minder_site", nodes[1].address());
+    let (ok, shown, err) = run(&["config", "show", "--config-db", &second]);
+    assert!(ok, "{err}");
+    assert_eq!(shown, text);
+
+    let state = |name: &str| -> PathBuf { dir.path().join(name) };
+    let arb_args = |state_dir: &Path| {
+        vec![
+            "arbitrator".to_string(),
+            "--serial".into(),
+            "1".into(),
+            "--config-db".into(),
+            config_db.clone(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+        ]
+    };
+    let args = arb_args(&state("arbitrator"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut arb = spawn(&args, &dir.path().join("arbitrator.log"));
+    let mut servers = Vec::new();
+    for (i, _) in nodes.iter().enumerate() {
+        let serial = (i + 1).to_string();
+        let sd = state(&format!("dbserver{serial}"));
+        servers.push(spawn(
+            &[
+                "dbserver",
+                "--serial",
+                &serial,
+                "--mysql-user",
+                "root",
+                "--config-db",
+                &config_db,
+                "--state-dir",
+                sd.to_str().unwrap(),
+            ],
+            &dir.path().join(format!("dbserver{serial}.log")),
+        ));
+    }
+
+    // Healthy: one Primary component of both, the writer in the primary DC.
+    let s = wait_summary(&arbitrator, 30, "both nodes Primary and Synced", |s| {
+        s["primary"]["members"] == json!(["n1", "n2"])
+            && ["n1", "n2"]
+                .iter()
+                .all(|n| s["nodes"][n]["local_state"] == "Synced")
+            && s["writer"] == "n1"
+    });
+    assert_eq!(s["epoch"], 0, "{s:#}");
+    assert_eq!(s["last_primary_view"], json!(["n1", "n2"]));
+
+    // Bad messages: a clear 4xx, nothing changed.
+    let (code, body) = post(&arbitrator, "{not json");
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = post(
+        &arbitrator,
+        r#"{"sender":"dbserver:9","receiver":"arbitrator:1","verb":"db_status_report","params":{},"msg_id":1}"#,
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("dbserver:9"), "{body}");
+    let (code, body) = post(
+        &arbitrator,
+        r#"{"sender":"dbserver:1","receiver":"arbitrator:1","verb":"set_primary","params":{},"msg_id":1}"#,
+    );
+    assert_eq!(code, 403, "{body}");
+    let (ok, _, err) = run(&["command", "drain", "n9", "--arbitrator", &arbitrator]);
+    assert!(!ok && err.contains("n9"), "{err}");
+
+    // Drain and undrain: the writer hands over, and stays (no failback).
+    let (ok, _, err) = run(&["command", "drain", "n1", "--arbitrator", &arbitrator]);
+    assert!(ok, "{err}");
+    wait_summary(&arbitrator, 10, "n2 the writer once n1 is drained", |s| {
+        s["writer"] == "n2" && s["nodes"]["n1"]["drained"] == true
+    });
+    let (ok, _, err) = run(&["command", "undrain", "n1", "--arbitrator", &arbitrator]);
+    assert!(ok, "{err}");
+    wait_summary(&arbitrator, 10, "n1 undrained, n2 still the writer", |s| {
+        s["writer"] == "n2" && s["nodes"]["n1"]["drained"] == false
+    });
+
+    // n2 dies: n1 alone is non-Primary (one of two is no majority). It holds
+    // half of the last Primary view and n2 is known down: promoted.
+    nodes[1].kill();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while nodes[0].wsrep("cluster_status") != "Primary" || nodes[0].wsrep("cluster_size") != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "n1 was not made Primary: {:#}",
+            summary(&arbitrator).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    nodes[0].sql("CREATE DATABASE IF NOT EXISTS after_split; CREATE TABLE IF NOT EXISTS after_split.t (id INT PRIMARY KEY); INSERT INTO after_split.t VALUES (1)");
+    let s = wait_summary(&arbitrator, 20, "the promotion recorded", |s| {
+        s["epoch"] == 1 && s["primary"]["members"] == json!(["n1"])
+    });
+    let decision = &s["decisions"][0];
+    assert_eq!(decision["node"], "n1", "{s:#}");
+    assert!(
+        decision["reason"]
+            .as_str()
+            .unwrap()
+            .contains("members of the last Primary view"),
+        "{s:#}"
+    );
+    assert_eq!(s["nodes"]["n2"]["running"], false, "{s:#}");
+    assert_eq!(s["writer"], "n1", "{s:#}");
+
+    // The arbitrator killed and started again: it remembers the decision.
+    let _ = arb.0.kill();
+    let _ = arb.0.wait();
+    arb = spawn(&args, &dir.path().join("arbitrator2.log"));
+    let s = wait_summary(&arbitrator, 20, "the restarted arbitrator's summary", |s| {
+        s["primary"]["members"] == json!(["n1"])
+    });
+    assert_eq!(s["epoch"], 1, "{s:#}");
+    assert_eq!(s["decisions"][0]["node"], "n1");
+    // Its metrics.
+    let metrics = Command::new("curl")
+        .args(["-s", &format!("http://{arbitrator}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(metrics.contains("minder_epoch 1"), "{metrics}");
+    assert!(
+        metrics.contains("minder_node_primary{node=\"n1\"} 1"),
+        "{metrics}"
+    );
+    drop(arb);
+    drop(servers);
+}
