@@ -104,6 +104,14 @@ fn wait_summary(arbitrator: &str, secs: u64, what: &str, ready: impl Fn(&Value) 
     }
 }
 
+/// With `MINDER_DOC_OUT=DIR`, the answers doc/minder.md shows are written
+/// there as they come.
+fn record(name: &str, text: &str) {
+    if let Ok(dir) = std::env::var("MINDER_DOC_OUT") {
+        std::fs::write(Path::new(&dir).join(name), text).unwrap();
+    }
+}
+
 fn post(address: &str, body: &str) -> (u16, String) {
     let out = Command::new("curl")
         .args([
@@ -171,6 +179,8 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("2 dbservers"), "{out}");
+    record("site.toml", &text);
+    record("load.txt", &out);
     // Galera replicated it: the second node shows it.
     let second = format!("mysql://root@{}/minder_site", nodes[1].address());
     let (ok, shown, err) = run(&["config", "show", "--config-db", &second]);
@@ -222,6 +232,7 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     });
     assert_eq!(s["epoch"], 0, "{s:#}");
     assert_eq!(s["last_primary_view"], json!(["n1", "n2"]));
+    record("healthy.json", &format!("{s:#}"));
 
     // Bad messages: a clear 4xx, nothing changed.
     let (code, body) = post(&arbitrator, "{not json");
@@ -232,6 +243,7 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     );
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("dbserver:9"), "{body}");
+    record("refused.txt", &format!("{code} {body}"));
     let (code, body) = post(
         &arbitrator,
         r#"{"sender":"dbserver:1","receiver":"arbitrator:1","verb":"set_primary","params":{},"msg_id":1}"#,
@@ -268,6 +280,7 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     let s = wait_summary(&arbitrator, 20, "the promotion recorded", |s| {
         s["epoch"] == 1 && s["primary"]["members"] == json!(["n1"])
     });
+    record("promoted.json", &format!("{s:#}"));
     let decision = &s["decisions"][0];
     assert_eq!(decision["node"], "n1", "{s:#}");
     assert!(

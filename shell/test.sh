@@ -10,7 +10,8 @@
 # for the failover test), openssl (the TLS tests' certificates), chromium
 # (the status page, loaded in a real headless browser), prometheus (a real
 # server evaluating the alert rules), schemathesis (from PyPI, in a virtual
-# environment of its own: the API fuzzed against doc/openapi.yaml).
+# environment of its own: the API fuzzed against doc/openapi.yaml), Galera 4
+# and rsync (the minder's real Galera cluster and its state transfers), curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,9 @@ command -v sysbench >/dev/null || missing+=(sysbench)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -e /usr/lib/galera/libgalera_smm.so ] || missing+=(galera-4)
+command -v rsync >/dev/null || missing+=(rsync)
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     # One name once, in the order found.
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | awk '!seen[$0]++')
