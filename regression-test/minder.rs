@@ -64,10 +64,18 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn site(nodes: &[Node], arbitrator: &str, dbservers: &[String]) -> String {
+fn site(
+    nodes: &[Node],
+    arbitrator: &str,
+    dbservers: &[String],
+    dbclient: &str,
+    socket: &Path,
+) -> String {
     let mut s = format!(
         "[site]\nprimary_dc = \"dc1\"\nhold_s = 5\nwrite_backend = \"w\"\nread_backend = \"r\"\n\n\
-         [[arbitrator]]\nserial = 1\naddress = \"{arbitrator}\"\n"
+         [[arbitrator]]\nserial = 1\naddress = \"{arbitrator}\"\n\n\
+         [[dbclient]]\nserial = 1\naddress = \"{dbclient}\"\nhaproxy_socket = \"{}\"\n",
+        socket.display()
     );
     for (i, (n, at)) in nodes.iter().zip(dbservers).enumerate() {
         s.push_str(&format!(
@@ -112,6 +120,81 @@ fn record(name: &str, text: &str) {
     }
 }
 
+/// HAProxy with a write and a read backend over `nodes`, every server in
+/// maintenance at first; killed when dropped.
+fn haproxy(dir: &Path, socket: &Path, write_port: u16, read_port: u16, nodes: &[Node]) -> Party {
+    let servers = |backend: &str| {
+        nodes
+            .iter()
+            .map(|n| format!("    server {} {} disabled\n", n.name, n.address()))
+            .collect::<String>()
+            + &format!("# {backend}\n")
+    };
+    let cfg = format!(
+        "global\n    stats socket {} level admin\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    \
+         timeout client 30s\n    timeout server 30s\n\nfrontend write_in\n    bind {ARBITRATOR_IP}:{write_port}\n    \
+         default_backend w\n\nbackend w\n{}\nfrontend read_in\n    bind {ARBITRATOR_IP}:{read_port}\n    \
+         default_backend r\n\nbackend r\n    balance roundrobin\n{}",
+        socket.display(),
+        servers("w"),
+        servers("r")
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let haproxy = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("haproxy not found: shell/test.sh installs it (apt-get install haproxy)");
+    let child = Command::new(haproxy)
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "HAProxy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Party(child)
+}
+
+/// The node a new connection through `port` reaches.
+fn through(port: u16) -> Option<String> {
+    let out = Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "-h",
+            ARBITRATOR_IP,
+            "-P",
+            &port.to_string(),
+            "-uroot",
+            "--connect-timeout=2",
+            "-N",
+            "-e",
+        ])
+        .arg("SELECT @@wsrep_node_name")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn wait_through(port: u16, node: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Several connections: every one must reach `node`.
+        let reached: Vec<Option<String>> = (0..4).map(|_| through(port)).collect();
+        if reached.iter().all(|r| r.as_deref() == Some(node)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {reached:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn post(address: &str, body: &str) -> (u16, String) {
     let out = Command::new("curl")
         .args([
@@ -142,6 +225,9 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
         .iter()
         .map(|n| format!("{}:{}", n.ip, free_port(&n.ip)))
         .collect();
+    let dbclient = format!("{ARBITRATOR_IP}:{}", free_port(ARBITRATOR_IP));
+    let socket = dir.path().join("haproxy.sock");
+    let (write_port, read_port) = (free_port(ARBITRATOR_IP), free_port(ARBITRATOR_IP));
     let config_db = nodes
         .iter()
         .map(|n| format!("mysql://root@{}/minder_site", n.address()))
@@ -152,7 +238,7 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        site(&nodes, &arbitrator, &dbservers)
+        site(&nodes, &arbitrator, &dbservers, &dbclient, &socket)
             .replace("primary_dc = \"dc1\"", "primary_dc = \"dc7\""),
     )
     .unwrap();
@@ -168,7 +254,7 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
         "{err}"
     );
     let file = dir.path().join("site.toml");
-    let text = site(&nodes, &arbitrator, &dbservers);
+    let text = site(&nodes, &arbitrator, &dbservers, &dbclient, &socket);
     std::fs::write(&file, &text).unwrap();
     let (ok, out, err) = run(&[
         "config",
@@ -178,7 +264,10 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
         &config_db,
     ]);
     assert!(ok, "{err}");
-    assert!(out.contains("2 dbservers"), "{out}");
+    assert!(
+        out.contains("2 dbservers") && out.contains("1 dbclients"),
+        "{out}"
+    );
     record("site.toml", &text);
     record("load.txt", &out);
     // Galera replicated it: the second node shows it.
@@ -222,6 +311,22 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
         ));
     }
 
+    // HAProxy, every server in maintenance until the dbclient routes.
+    let _haproxy = haproxy(dir.path(), &socket, write_port, read_port, &nodes);
+    let sd = state("dbclient");
+    let _client = spawn(
+        &[
+            "dbclient",
+            "--serial",
+            "1",
+            "--config-db",
+            &config_db,
+            "--state-dir",
+            sd.to_str().unwrap(),
+        ],
+        &dir.path().join("dbclient.log"),
+    );
+
     // Healthy: one Primary component of both, the writer in the primary DC.
     let s = wait_summary(&arbitrator, 30, "both nodes Primary and Synced", |s| {
         s["primary"]["members"] == json!(["n1", "n2"])
@@ -233,6 +338,15 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     assert_eq!(s["epoch"], 0, "{s:#}");
     assert_eq!(s["last_primary_view"], json!(["n1", "n2"]));
     record("healthy.json", &format!("{s:#}"));
+    // Through HAProxy: writes reach the writer only, reads both nodes.
+    wait_through(write_port, "n1", "the write port reaching n1");
+    let read_by: std::collections::BTreeSet<String> =
+        (0..8).filter_map(|_| through(read_port)).collect();
+    assert_eq!(
+        read_by.len(),
+        2,
+        "reads reach every Synced node: {read_by:?}"
+    );
 
     // Bad messages: a clear 4xx, nothing changed.
     let (code, body) = post(&arbitrator, "{not json");
@@ -258,6 +372,11 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     wait_summary(&arbitrator, 10, "n2 the writer once n1 is drained", |s| {
         s["writer"] == "n2" && s["nodes"]["n1"]["drained"] == true
     });
+    wait_through(
+        write_port,
+        "n2",
+        "the write port following the writer to n2",
+    );
     let (ok, _, err) = run(&["command", "undrain", "n1", "--arbitrator", &arbitrator]);
     assert!(ok, "{err}");
     wait_summary(&arbitrator, 10, "n1 undrained, n2 still the writer", |s| {
@@ -292,6 +411,11 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     );
     assert_eq!(s["nodes"]["n2"]["running"], false, "{s:#}");
     assert_eq!(s["writer"], "n1", "{s:#}");
+    wait_through(
+        write_port,
+        "n1",
+        "the write port back on n1 after the promotion",
+    );
 
     // The arbitrator killed and started again: it remembers the decision.
     let _ = arb.0.kill();

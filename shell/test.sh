@@ -11,7 +11,8 @@
 # (the status page, loaded in a real headless browser), prometheus (a real
 # server evaluating the alert rules), schemathesis (from PyPI, in a virtual
 # environment of its own: the API fuzzed against doc/openapi.yaml), Galera 4
-# and rsync (the minder's real Galera cluster and its state transfers), curl.
+# and rsync (the minder's real Galera cluster and its state transfers),
+# HAProxy (the minder's dbclient routes a real one), curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -e /usr/lib/galera/libgalera_smm.so ] || missing+=(galera-4)
 command -v rsync >/dev/null || missing+=(rsync)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     # One name once, in the order found.

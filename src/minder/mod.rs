@@ -5,10 +5,10 @@
 //! command, a person's commands and the site's configuration kept in the
 //! cluster. See `doc/minder.md`.
 //!
-//! Not built yet: the dbclient (HAProxy runtime API) and a CCR job following
-//! a minded cluster; `minder dbclient` says so and exits non-zero.
+//! Not built yet: a CCR job following a minded cluster.
 
 pub mod arbitrator;
+pub mod dbclient;
 pub mod dbserver;
 pub mod message;
 pub mod net;
@@ -61,7 +61,7 @@ pub enum Role {
         #[command(flatten)]
         common: Common,
     },
-    /// Minds one HAProxy (not built yet).
+    /// Minds one HAProxy through its runtime API.
     Dbclient {
         #[arg(long)]
         serial: u32,
@@ -191,10 +191,10 @@ async fn run(args: MinderArgs) -> Result<(), String> {
             prepare(&common)?;
             arbitrator::run(serial, common).await
         }
-        Role::Dbclient { serial, .. } => Err(format!(
-            "minder dbclient (serial {serial}) is not built yet: this version minds no HAProxy; \
-             route by `minder command status_summary` (its writer and nodes) meanwhile"
-        )),
+        Role::Dbclient { serial, common } => {
+            prepare(&common)?;
+            dbclient::run(serial, common).await
+        }
         Role::Notify {
             dbserver,
             status,
