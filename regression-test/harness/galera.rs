@@ -18,6 +18,8 @@ pub struct Node {
     pub name: String,
     pub ip: String,
     pub port: u16,
+    /// The network namespace it runs in (a data centre), if any.
+    pub netns: Option<String>,
     dir: PathBuf,
     pid: Option<u32>,
     cluster: String,
@@ -33,7 +35,14 @@ fn free_port(ip: &str) -> u16 {
 
 impl Node {
     fn command(&self, new_cluster: bool) -> Command {
-        let mut cmd = Command::new(find_program("mariadbd"));
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(find_program("mariadbd"));
+                c
+            }
+            None => Command::new(find_program("mariadbd")),
+        };
         let gcomm = format!("{}:4567", self.ip);
         // As the mysql user: a joiner's rsync SST daemon drops to nobody
         // when run as root and cannot write the datadir.
@@ -187,18 +196,30 @@ fn chown(dir: &std::path::Path) {
 
 /// A cluster of `nodes` (name, loopback address), every node Synced.
 pub fn cluster(nodes: &[(&str, &str)]) -> Vec<Node> {
+    let spec: Vec<(&str, &str, Option<&str>)> =
+        nodes.iter().map(|(n, ip)| (*n, *ip, None)).collect();
+    cluster_in(&spec)
+}
+
+/// A cluster of `nodes` (name, address, network namespace: a node in a
+/// namespace listens on port 3306 of its address), every node Synced.
+pub fn cluster_in(nodes: &[(&str, &str, Option<&str>)]) -> Vec<Node> {
     assert!(
         std::path::Path::new(PROVIDER).exists(),
         "{PROVIDER} not found: the minder's tests need Galera 4 (Debian's galera-4, with mariadb-server)"
     );
     let run = NEXT.fetch_add(1, Ordering::Relaxed);
-    let members: Vec<String> = nodes.iter().map(|(_, ip)| format!("{ip}:4567")).collect();
+    let members: Vec<String> = nodes
+        .iter()
+        .map(|(_, ip, _)| format!("{ip}:4567"))
+        .collect();
     let mut out: Vec<Node> = nodes
         .iter()
-        .map(|(name, ip)| Node {
+        .map(|(name, ip, ns)| Node {
             name: name.to_string(),
             ip: ip.to_string(),
-            port: free_port(ip),
+            port: if ns.is_some() { 3306 } else { free_port(ip) },
+            netns: ns.map(str::to_string),
             dir: work_root().join(format!("galera-{run}-{name}")),
             pid: None,
             cluster: members.join(","),
@@ -245,4 +266,123 @@ pub fn cluster(nodes: &[(&str, &str)]) -> Vec<Node> {
         std::thread::sleep(Duration::from_millis(200));
     }
     out
+}
+
+/// Two data centres as network namespaces, each joined to the root
+/// namespace (the third site) by a veth pair; the root namespace routes
+/// between them. Addresses from the documentation ranges only. Removed when
+/// dropped.
+pub struct Sites {
+    pub dcs: Vec<Dc>,
+    /// The third site's address, on the root namespace's `lo`.
+    pub third: String,
+}
+
+pub struct Dc {
+    pub netns: String,
+    /// The subnet, and the addresses of its nodes.
+    pub subnet: String,
+    pub nodes: Vec<String>,
+    veth: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip_ns(ns: &str, args: &[&str]) {
+    let mut all = vec!["netns", "exec", ns, "ip"];
+    all.extend_from_slice(args);
+    ip(&all);
+}
+
+impl Sites {
+    /// dc1 (198.51.100.0/26) and dc2 (198.51.100.64/26), `per_dc` nodes
+    /// each (the subnet's .11, .12 …), and the third site at 203.0.113.1.
+    /// (192.0.2.0/24 is this machine's own network, so both data centres
+    /// share the second documentation range.)
+    pub fn new(per_dc: usize) -> Sites {
+        let third = "203.0.113.1".to_string();
+        let specs = [("mdc1", 0u8, "mv1"), ("mdc2", 64u8, "mv2")];
+        // What a crashed earlier run may have left.
+        for (ns, _, veth) in specs {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            let _ = Command::new("ip").args(["link", "del", veth]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{third}/32"), "dev", "lo"])
+            .output();
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .expect("enable forwarding between the sites");
+        ip(&["addr", "add", &format!("{third}/32"), "dev", "lo"]);
+        let mut dcs = Vec::new();
+        for (ns, base, veth) in specs {
+            let peer = format!("{veth}n");
+            let at = |host: u8| format!("198.51.100.{}", base + host);
+            ip(&["netns", "add", ns]);
+            ip(&["link", "add", veth, "type", "veth", "peer", "name", &peer]);
+            ip(&["link", "set", &peer, "netns", ns]);
+            ip(&["addr", "add", &format!("{}/26", at(1)), "dev", veth]);
+            ip(&["link", "set", veth, "up"]);
+            ip_ns(ns, &["link", "set", "lo", "up"]);
+            let mut nodes = Vec::new();
+            for i in 0..per_dc {
+                let a = at(11 + i as u8);
+                ip_ns(ns, &["addr", "add", &format!("{a}/26"), "dev", &peer]);
+                nodes.push(a);
+            }
+            ip_ns(ns, &["link", "set", &peer, "up"]);
+            ip_ns(ns, &["route", "add", "default", "via", &at(1)]);
+            dcs.push(Dc {
+                netns: ns.to_string(),
+                subnet: format!("{}/26", at(0)),
+                nodes,
+                veth: veth.to_string(),
+            });
+        }
+        Sites { dcs, third }
+    }
+
+    /// Cuts the link between the two data centres (a blackhole route in
+    /// each for the other's subnet); `false` heals it.
+    pub fn cut_between(&self, cut: bool) {
+        let verb = if cut { "add" } else { "del" };
+        ip_ns(
+            &self.dcs[0].netns,
+            &["route", verb, "blackhole", &self.dcs[1].subnet],
+        );
+        ip_ns(
+            &self.dcs[1].netns,
+            &["route", verb, "blackhole", &self.dcs[0].subnet],
+        );
+    }
+
+    /// Cuts data centre `dc` from the third site; `false` heals it.
+    pub fn cut_third(&self, dc: usize, cut: bool) {
+        let verb = if cut { "add" } else { "del" };
+        ip_ns(
+            &self.dcs[dc].netns,
+            &["route", verb, "blackhole", &format!("{}/32", self.third)],
+        );
+    }
+}
+
+impl Drop for Sites {
+    fn drop(&mut self) {
+        for dc in &self.dcs {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &dc.netns])
+                .output();
+            let _ = Command::new("ip").args(["link", "del", &dc.veth]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.third), "dev", "lo"])
+            .output();
+    }
 }

@@ -372,10 +372,12 @@ fn eligible(
     ))
 }
 
-/// The writer: the current one while it is Synced in the Primary component
-/// and not drained; else a Synced, undrained member of the Primary
-/// component, preferring the primary DC (then the lowest name, so every
-/// party picks the same).
+/// The writer: the current one while it is a member of the Primary
+/// component, running, not drained and not a donor (its own report may lag
+/// the view for a moment, as right after a promotion: that is no reason to
+/// move writes); else a Synced, undrained member of the Primary component,
+/// preferring the primary DC (then the lowest name, so every party picks the
+/// same).
 pub fn writer(
     settings: &Settings,
     current: Option<&str>,
@@ -398,7 +400,16 @@ pub fn writer(
                 .and_then(Seen::report)
                 .is_some_and(|r| r.is_primary() && r.local_state == "Synced")
     };
-    if let Some(c) = current.filter(|c| fit(c)) {
+    let keep = |n: &str| {
+        primary.contains(n)
+            && !drained.contains(n)
+            && nodes.get(n).and_then(Seen::report).is_some_and(|r| {
+                r.running
+                    && !r.local_state.starts_with("Donor")
+                    && !r.local_state.contains("Desynced")
+            })
+    };
+    if let Some(c) = current.filter(|c| keep(c)) {
         return Some(c.to_string());
     }
     let mut fits: Vec<&String> = primary.iter().filter(|n| fit(n)).collect();

@@ -344,6 +344,24 @@ fn the_writer_stays_while_healthy() {
         writer(&s, Some("n3"), &healthy, &drained).as_deref(),
         Some("n1")
     );
+    // Right after a promotion the writer's own report may lag the view:
+    // it stays the writer.
+    let lagging = nodes([
+        report("non-Primary", &["n1", "n2"], 5),
+        report("Primary", &["n1", "n2"], 5),
+        Seen::Unreachable,
+        Seen::Unreachable,
+    ]);
+    assert_eq!(
+        writer(&s, Some("n1"), &lagging, &none).as_deref(),
+        Some("n1")
+    );
+    // A donor hands over.
+    let mut donor = healthy.clone();
+    if let Some(Seen::Reported(r)) = donor.get_mut("n3") {
+        r.local_state = "Donor/Desynced".into();
+    }
+    assert_eq!(writer(&s, Some("n3"), &donor, &none).as_deref(), Some("n1"));
     // No Primary component: no writer.
     assert_eq!(writer(&s, Some("n1"), &split([1, 1, 1, 1]), &none), None);
 }
