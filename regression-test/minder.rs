@@ -6,8 +6,8 @@
 //! the other is known down), bad messages refused, operator commands, and a
 //! restarted arbitrator that remembers its decision.
 //!
-//! Still to come (see doc/minder.md): the data-centre partitions in
-//! network namespaces, HAProxy and the dbclient, the CCR job as a client.
+//! The same with two data centres in network namespaces follows; what is
+//! still to come is in doc/minder.md.
 
 use crate::harness::galera::{self, Node};
 use serde_json::{json, Value};

@@ -4,7 +4,9 @@
 //! timeouts. The first node bootstraps and is shut down cleanly; the others
 //! start on copies of its datadir and join without a state transfer.
 
-use super::mariadb::{find_program, spawn_tied_to_process, template, work_root, RUNNING};
+use super::mariadb::{
+    find_program, spawn_tied_to_process, sql_on_socket, template, work_root, RUNNING,
+};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -142,20 +144,7 @@ impl Node {
     }
 
     pub fn try_sql(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new(find_program("mariadb"))
-            .arg("--no-defaults")
-            .arg(format!(
-                "--socket={}",
-                self.dir.join("mysqld.sock").display()
-            ))
-            .args(["-uroot", "--batch", "--skip-column-names", "-e", sql])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        sql_on_socket(&self.dir.join("mysqld.sock"), sql)
     }
 
     pub fn sql(&self, sql: &str) -> String {

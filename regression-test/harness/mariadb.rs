@@ -268,23 +268,28 @@ impl MariaDb {
     }
 
     fn run_sql(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new(find_program("mariadb"))
-            .arg("--no-defaults")
-            .arg(format!("--socket={}", self.socket().display()))
-            .args(["-uroot", "--batch", "--skip-column-names", "-e", sql])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        sql_on_socket(&self.socket(), sql)
     }
 
     /// Runs SQL as root; panics with the server's message if it fails.
     pub fn admin(&self, sql: &str) -> String {
         self.run_sql(sql)
             .unwrap_or_else(|e| panic!("SQL failed on port {}: {sql}\n{e}", self.port))
+    }
+}
+
+/// Runs SQL as root through a server's socket: its output, or its error.
+pub(crate) fn sql_on_socket(socket: &Path, sql: &str) -> Result<String, String> {
+    let out = Command::new(find_program("mariadb"))
+        .arg("--no-defaults")
+        .arg(format!("--socket={}", socket.display()))
+        .args(["-uroot", "--batch", "--skip-column-names", "-e", sql])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 

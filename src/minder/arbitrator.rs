@@ -95,7 +95,7 @@ impl Metrics {
 pub struct Arbitrator {
     serial: u32,
     state_file: PathBuf,
-    site: Mutex<Site>,
+    site: Arc<Mutex<Site>>,
     reports: Mutex<BTreeMap<String, (NodeReport, Instant)>>,
     kept: Mutex<Kept>,
     /// An operator's `force_primary`, until the next round takes it.
@@ -528,7 +528,7 @@ pub async fn run(serial: u32, common: Common) -> Result<(), String> {
     let arb = Arc::new(Arbitrator {
         serial,
         state_file,
-        site: Mutex::new(site),
+        site: Arc::new(Mutex::new(site)),
         reports: Mutex::new(BTreeMap::new()),
         metrics: Metrics::new(),
         kept: Mutex::new(kept),
@@ -539,29 +539,15 @@ pub async fn run(serial: u32, common: Common) -> Result<(), String> {
     arb.metrics.epoch.set(arb.kept.lock().memory.epoch() as i64);
     info!(address = %me.address, epoch = arb.kept.lock().memory.epoch(), "arbitrator started");
     let server = net::serve(listen, arb.clone(), super::shutdown());
+    super::refresh_site(common, arb.site.clone(), |_| true);
     let rounds = async {
         // The first reports arrive within an interval: decide only after them.
         let interval = Duration::from_secs(arb.site.lock().report_interval_s);
         tokio::time::sleep(interval).await;
-        // The configuration, picked up within one report interval (beside the
-        // rounds: a database out of reach delays no decision).
-        let refresh = arb.clone();
-        tokio::spawn(async move {
-            loop {
-                let interval = Duration::from_secs(refresh.site.lock().report_interval_s);
-                tokio::time::sleep(interval).await;
-                if let Ok(site) = common.site().await {
-                    *refresh.site.lock() = site;
-                }
-            }
-        });
         loop {
             arb.round();
-            let interval = Duration::from_secs(arb.site.lock().report_interval_s);
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                () = arb.wake.notified() => {}
-                () = super::shutdown() => break,
+            if !super::pause(&arb.site, &arb.wake).await {
+                break;
             }
         }
         Ok::<(), String>(())

@@ -167,7 +167,7 @@ pub async fn haproxy(socket: &str, command: &str) -> Result<String, String> {
 
 pub struct Dbclient {
     serial: u32,
-    site: Mutex<Site>,
+    site: Arc<Mutex<Site>>,
     summary: Mutex<Option<(Value, Instant)>>,
     reports: Mutex<BTreeMap<String, (NodeReport, Instant)>>,
     last_writer: Mutex<Option<String>>,
@@ -328,7 +328,7 @@ pub async fn run(serial: u32, common: Common) -> Result<(), String> {
     let listen = common.listen_address(&me.address).await?;
     let client = Arc::new(Dbclient {
         serial,
-        site: Mutex::new(site),
+        site: Arc::new(Mutex::new(site)),
         summary: Mutex::new(None),
         reports: Mutex::new(BTreeMap::new()),
         last_writer: Mutex::new(None),
@@ -336,26 +336,14 @@ pub async fn run(serial: u32, common: Common) -> Result<(), String> {
     });
     info!(address = %me.address, haproxy = %me.haproxy_socket, "dbclient minding HAProxy");
     let server = net::serve(listen, client.clone(), super::shutdown());
-    let refresh = client.clone();
-    tokio::spawn(async move {
-        loop {
-            let interval = Duration::from_secs(refresh.site.lock().report_interval_s);
-            tokio::time::sleep(interval).await;
-            if let Ok(site) = common.site().await {
-                *refresh.site.lock() = site;
-            }
-        }
-    });
+    super::refresh_site(common, client.site.clone(), |_| true);
     let rounds = async {
         loop {
             if let Err(e) = client.apply().await {
                 warn!(error = %e, "routing failed; trying again");
             }
-            let interval = Duration::from_secs(client.site.lock().report_interval_s);
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                () = client.wake.notified() => {}
-                () = super::shutdown() => break,
+            if !super::pause(&client.site, &client.wake).await {
+                break;
             }
         }
         Ok::<(), String>(())

@@ -26,7 +26,7 @@ pub struct Dbserver {
     serial: u32,
     user: String,
     password: Secret,
-    site: Mutex<Site>,
+    site: Arc<Mutex<Site>>,
     /// The latest report read from the node.
     report: Mutex<NodeReport>,
     /// A notification or a request arrived: report now.
@@ -287,26 +287,15 @@ pub async fn run(serial: u32, user: String, common: Common) -> Result<(), String
         serial,
         user,
         password: crate::config::minder_mysql_password(),
-        site: Mutex::new(site),
+        site: Arc::new(Mutex::new(site)),
         report: Mutex::new(NodeReport::default()),
         wake: Notify::new(),
         conn: tokio::sync::Mutex::new(None),
     });
     info!(node = %node.name, address = %node.address, mysql = %node.mysql, "dbserver minding its node");
     let server = net::serve(listen, me.clone(), super::shutdown());
-    // The configuration, picked up within one report interval (beside the
-    // reports: a database out of reach delays none).
-    let refresh = me.clone();
-    tokio::spawn(async move {
-        loop {
-            let interval = Duration::from_secs(refresh.site.lock().report_interval_s);
-            tokio::time::sleep(interval).await;
-            if let Ok(site) = common.site().await {
-                if site.dbserver(serial).is_some() {
-                    *refresh.site.lock() = site;
-                }
-            }
-        }
+    super::refresh_site(common, me.site.clone(), move |s| {
+        s.dbserver(serial).is_some()
     });
     let reports = async {
         loop {
@@ -332,11 +321,8 @@ pub async fn run(serial: u32, user: String, common: Common) -> Result<(), String
                   members = ?report.members, running = report.running, "node state");
             }
             me.send_report(&report);
-            let interval = Duration::from_secs(me.site.lock().report_interval_s);
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                () = me.wake.notified() => {}
-                () = super::shutdown() => break,
+            if !super::pause(&me.site, &me.wake).await {
+                break;
             }
         }
         Ok::<(), String>(())

@@ -133,6 +133,38 @@ impl Common {
     }
 }
 
+/// Keeps `site` current: fetched again every report interval beside the
+/// party's own work (a database out of reach delays none of it), taken only
+/// when `keep` says it still has this party.
+pub fn refresh_site(
+    common: Common,
+    site: std::sync::Arc<parking_lot::Mutex<site::Site>>,
+    keep: impl Fn(&site::Site) -> bool + Send + 'static,
+) {
+    tokio::spawn(async move {
+        loop {
+            let interval = Duration::from_secs(site.lock().report_interval_s);
+            tokio::time::sleep(interval).await;
+            if let Ok(next) = common.site().await {
+                if keep(&next) {
+                    *site.lock() = next;
+                }
+            }
+        }
+    });
+}
+
+/// Waits one report interval, or less when `wake` is notified; `false` once
+/// the party is to stop.
+pub async fn pause(site: &parking_lot::Mutex<site::Site>, wake: &tokio::sync::Notify) -> bool {
+    let interval = Duration::from_secs(site.lock().report_interval_s);
+    tokio::select! {
+        () = tokio::time::sleep(interval) => true,
+        () = wake.notified() => true,
+        () = shutdown() => false,
+    }
+}
+
 static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> = std::sync::OnceLock::new();
 
 /// Resolves once SIGTERM or SIGINT has arrived.
