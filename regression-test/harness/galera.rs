@@ -247,10 +247,16 @@ pub fn cluster_in(nodes: &[(&str, &str, Option<&str>)]) -> Vec<Node> {
     }
     let size = nodes.len().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while out.iter().any(|n| n.wsrep("cluster_size") != size) {
+    // Every node Synced, not only counted: a joiner's IST leaves its donor
+    // `Donor/Desynced` for a moment, and a minder started then would pick
+    // its writer among the others.
+    while out
+        .iter()
+        .any(|n| n.wsrep("cluster_size") != size || n.wsrep("local_state_comment") != "Synced")
+    {
         assert!(
             Instant::now() < deadline,
-            "the cluster did not reach {size} nodes"
+            "the cluster did not reach {size} Synced nodes"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

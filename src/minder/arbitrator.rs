@@ -104,6 +104,7 @@ pub struct Arbitrator {
     pending: Mutex<Option<String>>,
     wake: Notify,
     metrics: Metrics,
+    started: Instant,
 }
 
 impl Arbitrator {
@@ -119,9 +120,13 @@ impl Arbitrator {
 
     /// Reports older than three intervals (at least 3 s) are stale: the node
     /// is unreachable, not down.
+    fn stale(&self) -> Duration {
+        Duration::from_secs((3 * self.site.lock().report_interval_s).max(3))
+    }
+
     fn seen(&self) -> BTreeMap<String, Seen> {
+        let stale = self.stale();
         let site = self.site.lock().clone();
-        let stale = Duration::from_secs((3 * site.report_interval_s).max(3));
         let reports = self.reports.lock();
         site.dbservers
             .iter()
@@ -176,7 +181,20 @@ impl Arbitrator {
                 let keep_from = kept.memory.promotions.len().saturating_sub(100);
                 kept.memory.promotions.drain(..keep_from);
             }
-            let writer = rule::writer(&settings, kept.writer.as_deref(), &seen, &kept.drained);
+            // A first writer waits until every member of the Primary
+            // component has reported (or a stale period has passed since
+            // start): the first report alone would pick whoever came first,
+            // and a writer stays where it is.
+            let settled = kept.writer.is_some()
+                || self.started.elapsed() > self.stale()
+                || rule::primary_members(&seen)
+                    .iter()
+                    .all(|n| seen.get(n).and_then(Seen::report).is_some());
+            let writer = if settled {
+                rule::writer(&settings, kept.writer.as_deref(), &seen, &kept.drained)
+            } else {
+                None
+            };
             let writer_changed = writer.is_some() && writer != kept.writer;
             if writer_changed {
                 info!(writer = ?writer, was = ?kept.writer, "writer");
@@ -535,6 +553,7 @@ pub async fn run(serial: u32, common: Common) -> Result<(), String> {
         forced: Mutex::new(None),
         pending: Mutex::new(None),
         wake: Notify::new(),
+        started: Instant::now(),
     });
     arb.metrics.epoch.set(arb.kept.lock().memory.epoch() as i64);
     info!(address = %me.address, epoch = arb.kept.lock().memory.epoch(), "arbitrator started");

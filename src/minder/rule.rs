@@ -82,7 +82,7 @@ pub enum Seen {
 }
 
 impl Seen {
-    fn report(&self) -> Option<&NodeReport> {
+    pub fn report(&self) -> Option<&NodeReport> {
         match self {
             Seen::Reported(r) => Some(r),
             Seen::Unreachable => None,
@@ -378,20 +378,26 @@ fn eligible(
 /// move writes); else a Synced, undrained member of the Primary component,
 /// preferring the primary DC (then the lowest name, so every party picks the
 /// same).
+/// The members of the Primary component, as a node in it reports them.
+pub fn primary_members(nodes: &BTreeMap<String, Seen>) -> BTreeSet<String> {
+    nodes
+        .values()
+        .filter_map(Seen::report)
+        .find(|r| r.is_primary())
+        .map(|r| r.members.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
 pub fn writer(
     settings: &Settings,
     current: Option<&str>,
     nodes: &BTreeMap<String, Seen>,
     drained: &BTreeSet<String>,
 ) -> Option<String> {
-    let primary: BTreeSet<String> = match nodes
-        .values()
-        .filter_map(Seen::report)
-        .find(|r| r.is_primary())
-    {
-        Some(r) => r.members.iter().cloned().collect(),
-        None => return None,
-    };
+    let primary = primary_members(nodes);
+    if primary.is_empty() {
+        return None;
+    }
     let fit = |n: &str| {
         primary.contains(n)
             && !drained.contains(n)
