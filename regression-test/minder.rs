@@ -348,6 +348,10 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
         "reads reach every Synced node: {read_by:?}"
     );
 
+    // A CCR job from the cluster, reading n1, following through the minder.
+    let mut follower = crate::minder_ccr::Follower::start(&nodes[0], &arbitrator);
+    follower.wait_reading(&nodes[0], &nodes[0]);
+
     // Bad messages: a clear 4xx, nothing changed.
     let (code, body) = post(&arbitrator, "{not json");
     assert_eq!(code, 400, "{body}");
@@ -377,6 +381,9 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
         "n2",
         "the write port following the writer to n2",
     );
+    // The job left the drained n1 for n2, at its GTID: still equal.
+    let status = follower.wait_reading(&nodes[1], &nodes[1]);
+    record("ccr_status.json", &format!("{status:#}"));
     let (ok, _, err) = run(&["command", "undrain", "n1", "--arbitrator", &arbitrator]);
     assert!(ok, "{err}");
     wait_summary(&arbitrator, 10, "n1 undrained, n2 still the writer", |s| {
@@ -410,6 +417,9 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
         "{s:#}"
     );
     assert_eq!(s["nodes"]["n2"]["running"], false, "{s:#}");
+    // The job's node died: it moved back to n1 once n1 was Primary.
+    follower.wait_reading(&nodes[0], &nodes[0]);
+    drop(follower);
     assert_eq!(s["writer"], "n1", "{s:#}");
     wait_through(
         write_port,

@@ -18,6 +18,7 @@ fn record(name: &str) -> JobRecord {
         table: None,
         host_mapping: HostMapping::default(),
         tls: Default::default(),
+        minder: None,
     };
     JobRecord {
         spec: JobSpec {

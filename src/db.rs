@@ -254,6 +254,11 @@ pub struct Endpoint {
     /// existed reads as `preferred`).
     #[serde(default)]
     pub tls: TlsOptions,
+    /// The minder's arbitrator (`host:port`) when this side is a minded
+    /// Galera cluster: the job reads from a Synced node of the Primary
+    /// component and moves when that node is drained, leaves it or dies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minder: Option<String>,
 }
 
 impl Endpoint {

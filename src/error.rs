@@ -58,6 +58,10 @@ pub fn is_transient(e: &mysql_async::Error) -> bool {
         // Too many connections, shutdown in progress, lock wait timeout,
         // deadlock, query interrupted, table definition changed (the snapshot
         // predates a DDL), connection killed, net read/write errors.
+        // A Galera node outside the Primary component ("WSREP has not yet
+        // prepared node for application use": 1047 with SQLSTATE 08S01)
+        // serves again once it is back in one.
+        mysql_async::Error::Server(s) if s.code == 1047 && s.state == "08S01" => true,
         mysql_async::Error::Server(s) => matches!(
             s.code,
             1040 | 1053

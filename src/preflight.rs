@@ -117,6 +117,65 @@ async fn connect(side: Side, ep: &Endpoint, timeout: Duration) -> Result<Conn, P
         })
 }
 
+/// A minded source (`src.minder`): a Galera node writing the cluster's
+/// GTIDs into its binlog, known to an arbitrator that answers.
+async fn minded_problems(
+    conn: &mut Conn,
+    ep: &Endpoint,
+    arbitrator: &str,
+) -> Result<Vec<String>, mysql_async::Error> {
+    let mut problems = Vec::new();
+    let (wsrep_on, gtid_mode, slave_updates): (i64, i64, i64) = conn
+        .query_first(
+            "SELECT @@global.wsrep_on, @@global.wsrep_gtid_mode, @@global.log_slave_updates",
+        )
+        .await?
+        .unwrap_or_default();
+    if wsrep_on == 0 {
+        problems.push("is not a Galera node (wsrep_on=OFF), but src.minder is set".to_string());
+    } else {
+        if gtid_mode == 0 {
+            problems.push(
+                "has wsrep_gtid_mode=OFF; a minded source needs wsrep_gtid_mode=ON (the same \
+                 wsrep_gtid_domain_id on every node) so that every node writes the same GTIDs"
+                    .to_string(),
+            );
+        }
+        if slave_updates == 0 {
+            problems.push(
+                "has log_slave_updates=OFF; a minded source needs it ON so that every node's \
+                 binlog holds every write of the cluster"
+                    .to_string(),
+            );
+        }
+    }
+    match crate::minder::status_summary(arbitrator).await {
+        Ok(summary) => {
+            let known: Vec<String> = summary["nodes"]
+                .as_object()
+                .map(|nodes| {
+                    nodes
+                        .iter()
+                        .map(|(n, v)| format!("{n} at {}", v["mysql"].as_str().unwrap_or("?")))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let address = ep.address();
+            if !known.iter().any(|k| k.ends_with(&format!(" at {address}"))) {
+                problems.push(format!(
+                    "is not a node the minder's arbitrator at {arbitrator} knows (it knows {}); \
+                     give the source as its [[dbserver]] mysql address",
+                    known.join(", ")
+                ));
+            }
+        }
+        Err(e) => problems.push(format!(
+            "is minded by an arbitrator that does not answer at src.minder {arbitrator}: {e}"
+        )),
+    }
+    Ok(problems)
+}
+
 fn query_error(side: Side, ep: &Endpoint) -> impl Fn(mysql_async::Error) -> PreflightError + '_ {
     move |e| PreflightError::Query {
         side,
@@ -151,6 +210,9 @@ async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, Pre
         problems.push(format!(
             "has binlog_row_image={row_image}; set binlog_row_image=FULL"
         ));
+    }
+    if let Some(arbitrator) = &ep.minder {
+        problems.extend(minded_problems(conn, ep, arbitrator).await.map_err(&err)?);
     }
 
     let global = global_privileges(conn).await.map_err(&err)?;

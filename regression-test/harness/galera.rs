@@ -75,6 +75,15 @@ impl Node {
                 "--innodb-autoinc-lock-mode=2",
                 "--wsrep-on=ON",
                 "--wsrep-sst-method=rsync",
+                // Every node writes the cluster's GTIDs into its binlog: a
+                // CCR job can read from any node and move between them.
+                "--log-bin=binlog",
+                "--log-slave-updates=ON",
+                "--binlog-row-image=FULL",
+                "--server-id=1",
+                "--wsrep-gtid-mode=ON",
+                "--wsrep-gtid-domain-id=7",
+                "--gtid-domain-id=0",
             ])
             .arg(format!("--wsrep-provider={PROVIDER}"))
             .arg(format!("--wsrep-cluster-address=gcomm://{}", self.cluster))

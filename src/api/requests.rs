@@ -85,6 +85,10 @@ pub struct EndpointRequest {
     /// `tls.default_mode`.
     #[serde(default)]
     pub tls: Option<TlsRequest>,
+    /// `src` only: the minder's arbitrator (`host:port`) of a minded Galera
+    /// source.
+    #[serde(default)]
+    pub minder: Option<String>,
 }
 
 /// A side's `tls` as requests give it: without `mode`, `verify_ca` when a
@@ -148,6 +152,23 @@ impl EndpointRequest {
             .tls
             .unwrap_or_default()
             .into_options(&format!("{side}.tls"), policy)?;
+        let minder = match self.minder.map(|m| m.trim().to_string()) {
+            None => None,
+            Some(m) if side != "src" => {
+                return Err(ApiError::BadRequest(format!(
+                    "{side}.minder ({m}): only a source is followed through a minder"
+                )))
+            }
+            Some(m)
+                if crate::source::topology::split(&m)
+                    .is_none_or(|(h, p)| h.is_empty() || p == 0) =>
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "src.minder ({m:?}): the arbitrator's address as host:port"
+                )))
+            }
+            Some(m) => Some(m),
+        };
         Ok(Endpoint {
             host: self.host.trim().to_string(),
             port: self.port,
@@ -157,6 +178,7 @@ impl EndpointRequest {
             table: self.table.filter(|t| !t.is_empty()),
             host_mapping,
             tls,
+            minder,
         })
     }
 }

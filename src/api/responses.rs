@@ -159,6 +159,15 @@ pub fn status(job: &JobSnapshot) -> Value {
         }
         _ => {}
     }
+    // The node read: the spec's source, the one followed after a failover,
+    // or (a minded source) the node the arbitrator's summary names.
+    let inc = p.incremental.as_ref();
+    status["source_node"] = json!({
+        "address": inc
+            .and_then(|i| i.source_node.clone())
+            .unwrap_or_else(|| job.spec.src.address()),
+        "name": inc.and_then(|i| i.minder_node.clone()),
+    });
     if let Some(t) = &p.failed_transaction {
         status["failed_commit_seq"] = json!(p.failed_commit_seq);
         status["failed_transaction"] = json!(t);
@@ -184,6 +193,7 @@ pub fn detail(job: &JobSnapshot) -> Value {
     };
     json!({
         "source": source,
+        "source_node_name": inc.minder_node,
         "src_topology": {
             "primary": inc.topology.primary.as_deref().map(|n| node(mapping, n)),
             "replicas": inc.topology.replicas.iter().map(|n| node(mapping, n)).collect::<Vec<_>>(),

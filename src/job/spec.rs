@@ -147,6 +147,7 @@ pub(crate) mod tests {
             table: table.map(str::to_string),
             host_mapping: HostMapping::default(),
             tls: TlsOptions::default(),
+            minder: None,
         }
     }
 

@@ -326,6 +326,7 @@ impl Arbitrator {
                 let reachable = matches!(seen.get(&d.name), Some(Seen::Reported(_)));
                 let v = json!({
                     "dc": d.dc,
+                    "mysql": d.mysql,
                     "reachable": reachable,
                     "running": r.map(|(r, _)| r.running),
                     "cluster_status": r.map(|(r, _)| r.cluster_status.clone()),

@@ -309,6 +309,27 @@ async fn command(verb: &str, node: Option<String>, arbitrator: &str) -> Result<(
         (_, Some(n)) => serde_json::json!({"node": n}),
         (v, None) => return Err(format!("{} needs a NODE", v.as_str())),
     };
+    let answer = ask(arbitrator, verb, params, 3).await?;
+    match answer.verb {
+        Verb::StatusSummary => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&answer.params).expect("json")
+            );
+        }
+        _ => println!("ok: {} acknowledged by {}", verb.as_str(), answer.sender),
+    }
+    Ok(())
+}
+
+/// Sends `verb` to the arbitrator as `command:0` (what a person's command
+/// and a CCR job following a minded source are), up to `tries` times.
+async fn ask(
+    arbitrator: &str,
+    verb: Verb,
+    params: serde_json::Value,
+    tries: u32,
+) -> Result<Message, String> {
     let m = Message {
         sender: Party {
             kind: Kind::Command,
@@ -322,19 +343,22 @@ async fn command(verb: &str, node: Option<String>, arbitrator: &str) -> Result<(
         params,
         msg_id: next_id(),
     };
-    let answer = net::send_until_answered(arbitrator, &m, Duration::from_secs(3), 3)
+    net::send_until_answered(arbitrator, &m, Duration::from_secs(3), tries)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// The arbitrator's `status_summary` (one try): what a CCR job whose source
+/// is a minded cluster follows.
+pub async fn status_summary(arbitrator: &str) -> Result<serde_json::Value, String> {
+    let answer = ask(arbitrator, Verb::StatusSummary, serde_json::json!({}), 1).await?;
     match answer.verb {
-        Verb::StatusSummary => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&answer.params).expect("json")
-            );
-        }
-        _ => println!("ok: {} acknowledged by {}", verb.as_str(), answer.sender),
+        Verb::StatusSummary => Ok(answer.params),
+        other => Err(format!(
+            "the arbitrator at {arbitrator} answered {} to status_summary",
+            other.as_str()
+        )),
     }
-    Ok(())
 }
 
 async fn config(action: ConfigAction) -> Result<(), String> {

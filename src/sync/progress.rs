@@ -205,6 +205,9 @@ pub struct IncrementalProgress {
     /// cluster reports it (`host:port`, mapped before connecting); `None`:
     /// the spec's source.
     pub source_node: Option<String>,
+    /// With a minded source (`src.minder`): the Galera node name of the node
+    /// read, as the arbitrator names it.
+    pub minder_node: Option<String>,
     /// What that node last reported of its primary and replicas (at the
     /// sync's start, then every 30 s): where to look for a new primary.
     pub topology: crate::source::topology::Topology,

@@ -277,12 +277,14 @@ pub(super) async fn run_incremental(sync: Incremental, switches: Arc<Switches>) 
         });
         // A source gone for good may have been replaced by a promoted
         // replica: then the sync restarts on it at once.
+        // A minded source: the arbitrator names a fit node.
         let follow = switches.follow_failover.load(Ordering::Relaxed);
-        if let Some(node) = if follow {
-            sync.follow_primary().await
-        } else {
-            None
-        } {
+        let moved = match sync.follow_minder().await {
+            Some(node) => Some(node),
+            None if follow => sync.follow_primary().await,
+            None => None,
+        };
+        if let Some(node) = moved {
             sync.progress.send_modify(|p| {
                 p.detail.last_error = Some(format!("{message}; now following {node}"));
             });

@@ -39,6 +39,8 @@ pub(super) struct Shared {
     pub applied_coord: Arc<Mutex<(BinlogCoord, Option<i64>)>>,
     pub misconfigured: Arc<Mutex<Option<String>>>,
     pub topology_now: Arc<Mutex<Option<topology::Topology>>>,
+    /// A minded source's follower: the node to move to.
+    pub moving: Arc<super::minded::Moving>,
 }
 
 /// Whether the loop goes on with this round's bookkeeping after an event.
@@ -91,6 +93,7 @@ pub(super) struct Coordinator<'a> {
     pub hold: Option<Armed>,
     pub reader: Option<Stoppable>,
     pub poller: Option<Stoppable>,
+    pub follower: Option<Stoppable>,
 }
 
 impl<'a> Coordinator<'a> {
@@ -165,6 +168,7 @@ impl<'a> Coordinator<'a> {
                 applied_coord: Arc::new(Mutex::new((pos.coord.clone(), commit_ts))),
                 misconfigured: Arc::new(Mutex::new(None)),
                 topology_now: Arc::new(Mutex::new(None)),
+                moving: Arc::new(super::minded::Moving::default()),
             },
             prepared,
             start: pos.clone(),
@@ -190,6 +194,7 @@ impl<'a> Coordinator<'a> {
             hold: None,
             reader: None,
             poller: None,
+            follower: None,
         };
         c.start_tasks();
         Ok(c)
@@ -222,12 +227,28 @@ impl<'a> Coordinator<'a> {
             job: sync.spec.name.clone(),
             progress: sync.progress.clone(),
         };
+        if let Some(arbitrator) = sync.live.source().minder.clone() {
+            let reading = sync
+                .progress
+                .borrow()
+                .detail
+                .source_node
+                .clone()
+                .unwrap_or_else(|| sync.live.source().address());
+            let (job, moving) = (sync.spec.name.clone(), self.shared.moving.clone());
+            self.follower = Some(Stoppable::spawn(stop.child_token(), |s| {
+                super::minded::follow(job, arbitrator, reading, moving, s)
+            }));
+        }
         self.poller = Some(Stoppable::spawn(stop, |s| poll_head(poll, s)));
     }
 
     /// Stops the reader (which closes the replica connection) and the poller.
     pub async fn close(&mut self) {
         let (reader, poller) = (self.reader.take(), self.poller.take());
+        if let Some(f) = self.follower.take() {
+            f.stop().await;
+        }
         let stops = async {
             if let Some(r) = reader {
                 r.stop().await;
@@ -263,6 +284,7 @@ impl<'a> Coordinator<'a> {
             }
             self.partial_step().await?;
             self.report(absorbed);
+            self.move_step()?;
         }
     }
 
@@ -291,9 +313,35 @@ impl<'a> Coordinator<'a> {
             r = self.pool.changed() => r?,
             _ = self.sync.holds.posted() => {}
             _ = std::future::ready(()), if hold_due => {}
+            _ = self.shared.moving.wake.notified() => {}
             _ = self.sync.stop.cancelled() => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// A minded source's node became unfit: the run ends (a transient
+    /// error) and the next one starts from the checkpoint on the node named.
+    fn move_step(&mut self) -> Result<(), SyncError> {
+        let name = self.shared.moving.reading.lock().clone();
+        if name.is_some() && self.detail.minder_node != name {
+            self.detail.minder_node = name.clone();
+            self.sync
+                .progress
+                .send_modify(|a| a.detail.minder_node = name);
+        }
+        let Some(m) = self.shared.moving.to.lock().take() else {
+            return Ok(());
+        };
+        self.detail.source_node = Some(m.mysql.clone());
+        self.detail.minder_node = Some(m.node.clone());
+        self.sync.progress.send_modify(|a| {
+            a.detail.source_node = Some(m.mysql.clone());
+            a.detail.minder_node = Some(m.node.clone());
+        });
+        Err(SyncError::Transient(format!(
+            "the minded source: {} (from the checkpoint, at its GTID)",
+            m.reason
+        )))
     }
 
     /// Between transactions, and no table being copied again.

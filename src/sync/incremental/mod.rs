@@ -28,6 +28,7 @@ mod ddl;
 mod failover;
 mod feed;
 mod group;
+pub mod minded;
 mod partial;
 mod poller;
 mod report;
