@@ -18,6 +18,7 @@ mod layers;
 mod metrics_auth;
 mod minder;
 mod minder_ccr;
+mod minder_dcs;
 mod openapi;
 mod outages;
 mod positions;

@@ -109,7 +109,35 @@ impl Node {
 
     /// Starts the node; returns once it answers SQL and is Synced.
     pub fn start(&mut self, new_cluster: bool) {
-        let mut child = spawn_tied_to_process(self.command(new_cluster)).expect("start mariadbd");
+        self.start_with(self.command(new_cluster));
+    }
+
+    /// After a crash: starts the node at the position `mariadbd
+    /// --wsrep-recover` prints (as Debian's `galera_recovery` does), so that
+    /// it rejoins by IST rather than a full state transfer.
+    pub fn start_recovered(&mut self) {
+        let log = self.dir.join("error.log");
+        let _ = std::fs::remove_file(&log);
+        let status = self
+            .command(false)
+            .arg("--wsrep-recover")
+            .status()
+            .expect("mariadbd --wsrep-recover");
+        assert!(status.success(), "{}: --wsrep-recover failed", self.name);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let position = text
+            .lines()
+            .rev()
+            .find_map(|l| l.split("Recovered position: ").nth(1))
+            .map(|p| p.trim().to_string())
+            .unwrap_or_else(|| panic!("{}: no recovered position in\n{text}", self.name));
+        let mut cmd = self.command(false);
+        cmd.arg(format!("--wsrep-start-position={position}"));
+        self.start_with(cmd);
+    }
+
+    fn start_with(&mut self, cmd: Command) {
+        let mut child = spawn_tied_to_process(cmd).expect("start mariadbd");
         self.pid = Some(child.id());
         RUNNING.lock().push((child.id(), self.dir.clone()));
         let deadline = Instant::now() + Duration::from_secs(90);
