@@ -372,6 +372,13 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
         r#"{"sender":"dbserver:1","receiver":"arbitrator:1","verb":"set_primary","params":{},"msg_id":1}"#,
     );
     assert_eq!(code, 403, "{body}");
+    // A repeated (older) report is acknowledged and changes nothing.
+    let old = r#"{"sender":"dbserver:2","receiver":"arbitrator:1","verb":"db_status_report","params":{"node":"n2","report":{"running":false,"cluster_status":"non-Primary","local_state":"Joining","cluster_size":1,"state_uuid":"x","conf_id":1,"last_committed":0,"members":["n2"],"at":1}},"msg_id":1}"#;
+    let (code, body) = post(&arbitrator, old);
+    assert!(code == 200 && body.contains("\"ack\""), "{code} {body}");
+    let s = summary(&arbitrator).unwrap();
+    assert_eq!(s["nodes"]["n2"]["running"], true, "{s:#}");
+    assert_eq!(s["nodes"]["n2"]["cluster_status"], "Primary", "{s:#}");
     let (ok, _, err) = run(&["command", "drain", "n9", "--arbitrator", &arbitrator]);
     assert!(!ok && err.contains("n9"), "{err}");
 
@@ -452,6 +459,20 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
         metrics.contains("minder_node_primary{node=\"n1\"} 1"),
         "{metrics}"
     );
+    // A changed configuration is picked up within a report interval.
+    let changed = text.replace("read_backend = \"r\"", "read_backend = \"r2\"");
+    std::fs::write(&file, &changed).unwrap();
+    let (ok, _, err) = run(&[
+        "config",
+        "load",
+        file.to_str().unwrap(),
+        "--config-db",
+        &config_db,
+    ]);
+    assert!(ok, "{err}");
+    wait_summary(&arbitrator, 5, "the new read backend", |s| {
+        s["read_backend"] == "r2"
+    });
     drop(arb);
     drop(servers);
 }
