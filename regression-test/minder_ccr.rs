@@ -48,10 +48,9 @@ impl Follower {
                 .await
                 .fails(400, "src.minder");
             let silent = format!("{}:1", source.ip);
-            service
-                .post("create_ccr", create(src(&silent)))
-                .await
-                .fails(400, "does not answer");
+            let refused = service.post("create_ccr", create(src(&silent))).await;
+            refused.fails(400, "does not answer");
+            crate::minder::record("ccr_refused.txt", refused.error_msg());
             let mut minded_dest = dest_endpoint(dest(), &dest_db, None);
             minded_dest["minder"] = json!(arbitrator);
             service
@@ -94,6 +93,7 @@ impl Follower {
             if status["source_node"]["name"] == reading.name.as_str()
                 && status["source_node"]["address"] == reading.address()
                 && got == want
+                && status["retrying"] == false
             {
                 return status;
             }
