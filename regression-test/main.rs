@@ -17,6 +17,7 @@ mod incremental;
 mod layers;
 mod metrics_auth;
 mod minder;
+mod minder_bench;
 mod minder_ccr;
 mod minder_dcs;
 mod openapi;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ARBITRATOR_IP: &str = "127.0.0.40";
+pub(crate) const ARBITRATOR_IP: &str = "127.0.0.40";
 
 pub(crate) fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_ccr-syncer")
@@ -127,7 +127,7 @@ pub(crate) fn record(name: &str, text: &str) {
 
 /// HAProxy with a write and a read backend over `nodes`, every server in
 /// maintenance at first; killed when dropped.
-fn haproxy(dir: &Path, socket: &Path, write_port: u16, read_port: u16, nodes: &[Node]) -> Party {
+pub(crate) fn haproxy(dir: &Path, socket: &Path, write_port: u16, read_port: u16, nodes: &[Node]) -> Party {
     let servers = |backend: &str| {
         nodes
             .iter()

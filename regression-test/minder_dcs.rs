@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A minder process in network namespace `ns` (a data centre).
-fn spawn_in(ns: &str, args: &[&str], log: &Path) -> Party {
+pub(crate) fn spawn_in(ns: &str, args: &[&str], log: &Path) -> Party {
     let file = std::fs::File::create(log).unwrap();
     Party(
         Command::new("ip")
