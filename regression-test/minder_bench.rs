@@ -6,12 +6,15 @@
 //!
 //! Measured per run: the time from the cut to the end of the longest write
 //! gap after it (the first write accepted again), the longest gap, and the
-//! bytes the third site's processes move (read + written, `/proc/PID/io`:
-//! the arbitrator and the dbclient, or garbd) per second over 10 s of the
-//! same write load before the cut.
+//! bytes that cross the third site's link (both ways) per second over 10 s
+//! of the same write load before the cut. The third site's arbitrating
+//! parties (the minder's arbitrator and dbclient, or garbd) run in a network
+//! namespace of their own, `mthird` (203.0.113.10, a veth to the root
+//! namespace), so that its veth counts exactly their traffic; HAProxy and the
+//! write load stay in the root namespace and are not counted.
 
 use crate::harness::galera::{self, Node, Sites};
-use crate::minder::{haproxy, spawn, wait_summary, Party, ARBITRATOR_IP};
+use crate::minder::{haproxy, wait_summary, Party, ARBITRATOR_IP};
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
@@ -24,13 +27,62 @@ fn free_port() -> u16 {
     crate::minder::free_port(ARBITRATOR_IP)
 }
 
-/// `rchar + wchar` of a process.
-fn io_bytes(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
+const THIRD_NS: &str = "mthird";
+const THIRD_VETH: &str = "mv3";
+const THIRD: &str = "203.0.113.10";
+
+/// The third site's own namespace; removed when dropped.
+struct ThirdSite;
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl ThirdSite {
+    fn new() -> ThirdSite {
+        ThirdSite::remove();
+        sh(&["ip", "netns", "add", THIRD_NS]);
+        sh(&["ip", "link", "add", THIRD_VETH, "type", "veth", "peer", "name", "mv3n"]);
+        sh(&["ip", "link", "set", "mv3n", "netns", THIRD_NS]);
+        sh(&["ip", "addr", "add", "203.0.113.9/30", "dev", THIRD_VETH]);
+        sh(&["ip", "link", "set", THIRD_VETH, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["ip", "netns", "exec", THIRD_NS];
+            all.extend_from_slice(args);
+            sh(&all);
+        };
+        inside(&["ip", "link", "set", "lo", "up"]);
+        inside(&["ip", "addr", "add", &format!("{THIRD}/30"), "dev", "mv3n"]);
+        inside(&["ip", "link", "set", "mv3n", "up"]);
+        inside(&["ip", "route", "add", "default", "via", "203.0.113.9"]);
+        ThirdSite
+    }
+
+    fn remove() {
+        let _ = Command::new("ip").args(["link", "del", THIRD_VETH]).output();
+        let _ = Command::new("ip").args(["netns", "del", THIRD_NS]).output();
+    }
+
+    /// Bytes across the third site's link so far, both ways.
+    fn bytes(&self) -> u64 {
+        ["rx_bytes", "tx_bytes"]
+            .iter()
+            .map(|c| {
+                std::fs::read_to_string(format!("/sys/class/net/{THIRD_VETH}/statistics/{c}"))
+                    .unwrap()
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum()
+    }
+}
+
+impl Drop for ThirdSite {
+    fn drop(&mut self) {
+        ThirdSite::remove();
+    }
 }
 
 /// Writes through `port` every 20 ms until `stop`; the instants of the
@@ -93,13 +145,13 @@ fn wait(what: &str, secs: u64, ready: impl Fn() -> bool) {
 }
 
 /// One cut under load with `pids` at the third site; healed after.
-fn measure(sites: &Sites, nodes: &[Node], write_port: u16, pids: &[u32], size: &str) -> Run {
+fn measure(sites: &Sites, third: &ThirdSite, nodes: &[Node], write_port: u16, size: &str) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let load = write_load(write_port, stop.clone());
     std::thread::sleep(Duration::from_secs(2));
-    let before: u64 = pids.iter().map(|p| io_bytes(*p)).sum();
+    let before = third.bytes();
     std::thread::sleep(Duration::from_secs(10));
-    let after: u64 = pids.iter().map(|p| io_bytes(*p)).sum();
+    let after = third.bytes();
     let cut = Instant::now();
     sites.cut_between(true);
     std::thread::sleep(Duration::from_secs(20));
@@ -135,6 +187,7 @@ fn minder_against_garbd() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
     let sites = Sites::new(2);
+    let third = ThirdSite::new();
     let (dc1, dc2) = (&sites.dcs[0], &sites.dcs[1]);
     let nodes = galera::cluster_in(&[
         ("n1", &dc1.nodes[0], Some(&dc1.netns)),
@@ -147,8 +200,8 @@ fn minder_against_garbd() {
     let socket = dir.path().join("haproxy.sock");
     let (write_port, read_port) = (free_port(), free_port());
     let _haproxy = haproxy(dir.path(), &socket, write_port, read_port, &nodes);
-    let arbitrator = format!("{}:4600", sites.third);
-    let dbclient = format!("{}:4602", sites.third);
+    let arbitrator = format!("{THIRD}:4600");
+    let dbclient = format!("{THIRD}:4602");
     let mut text = format!(
         "[site]\nprimary_dc = \"dc1\"\nhold_s = 10\nwrite_backend = \"w\"\nread_backend = \"r\"\n\n\
          [[arbitrator]]\nserial = 1\naddress = \"{arbitrator}\"\n\n\
@@ -201,12 +254,14 @@ fn minder_against_garbd() {
     for round in 0..runs {
         // The minder: a fresh arbitrator (its own hold_s) and the dbclient.
         let sd = dir.path().join(format!("arbitrator{round}"));
-        let arb = spawn(
+        let arb = crate::minder_dcs::spawn_in(
+            THIRD_NS,
             &["arbitrator", "--serial", "1", "--config-db", &config_db, "--state-dir", sd.to_str().unwrap()],
             &dir.path().join(format!("arbitrator{round}.log")),
         );
         let cd = dir.path().join(format!("dbclient{round}"));
-        let client = spawn(
+        let client = crate::minder_dcs::spawn_in(
+            THIRD_NS,
             &["dbclient", "--serial", "1", "--config-db", &config_db, "--state-dir", cd.to_str().unwrap()],
             &dir.path().join(format!("dbclient{round}.log")),
         );
@@ -214,8 +269,7 @@ fn minder_against_garbd() {
             s["primary"]["members"] == json!(["n1", "n2", "n3", "n4"]) && s["writer"] == "n1"
         });
         std::thread::sleep(Duration::from_secs(2));
-        let pids = [arb.0.id(), client.0.id()];
-        let run = measure(&sites, &nodes, write_port, &pids, "4");
+        let run = measure(&sites, &third, &nodes, write_port, "4");
         eprintln!(
             "minder run {round}: failover {:?}, gap {:?}, {:.0} B/s",
             run.failover, run.gap, run.bytes_per_s
@@ -226,13 +280,14 @@ fn minder_against_garbd() {
 
         // garbd at the third site, same timeouts.
         let garbd = Party(
-            Command::new("garbd")
+            Command::new("ip")
+                .args(["netns", "exec", THIRD_NS, "garbd"])
                 .args(["-a", &format!("gcomm://{}", members.join(","))])
                 .args(["-g", "my_wsrep_cluster", "-n", "garbd"])
                 .args(["-o", &format!(
                     "gmcast.listen_addr=tcp://{}:4567;evs.suspect_timeout=PT2S;evs.inactive_timeout=PT3S;\
                      evs.keepalive_period=PT0.5S;evs.inactive_check_period=PT0.5S;evs.install_timeout=PT3S",
-                    sites.third
+                    THIRD
                 )])
                 .args(["-l", dir.path().join(format!("garbd{round}.log")).to_str().unwrap()])
                 .stdout(Stdio::null())
@@ -243,7 +298,7 @@ fn minder_against_garbd() {
         wait("garbd joined", 60, || all_synced(&nodes, "5"));
         haproxy_ready(&socket, "n1");
         std::thread::sleep(Duration::from_secs(2));
-        let run = measure(&sites, &nodes, write_port, &[garbd.0.id()], "5");
+        let run = measure(&sites, &third, &nodes, write_port, "5");
         eprintln!(
             "garbd run {round}: failover {:?}, gap {:?}, {:.0} B/s",
             run.failover, run.gap, run.bytes_per_s

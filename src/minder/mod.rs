@@ -141,14 +141,27 @@ pub fn refresh_site(
     site: std::sync::Arc<parking_lot::Mutex<site::Site>>,
     keep: impl Fn(&site::Site) -> bool + Send + 'static,
 ) {
+    let Ok(dsns) = store::Dsn::parse_list(&common.config_db) else {
+        return;
+    };
     tokio::spawn(async move {
+        let mut watcher = store::Watcher::new(dsns);
         loop {
             let interval = Duration::from_secs(site.lock().report_interval_s);
             tokio::time::sleep(interval).await;
-            if let Ok(next) = common.site().await {
-                if keep(&next) {
-                    *site.lock() = next;
+            let Some(text) = watcher.poll().await else {
+                continue;
+            };
+            match site::Site::parse(&text) {
+                Ok(next) => {
+                    if let Err(e) = store::keep_copy(&common.state_dir, &text) {
+                        tracing::warn!(error = %e, "cannot keep the configuration's local copy");
+                    }
+                    if keep(&next) {
+                        *site.lock() = next;
+                    }
                 }
+                Err(e) => tracing::warn!(error = %e, "the stored configuration does not parse; keeping the one in use"),
             }
         }
     });

@@ -169,6 +169,77 @@ pub async fn fetch(dsns: &[Dsn]) -> Result<String, String> {
     ))
 }
 
+/// Watches the stored configuration over one kept connection: every poll
+/// reads the document's digest (a few bytes across the WAN) and the
+/// document only when the digest changed. A connection that fails is
+/// dropped and the next poll tries the DSNs again in order.
+pub struct Watcher {
+    dsns: Vec<Dsn>,
+    conn: Option<(usize, mysql_async::Conn)>,
+    digest: Option<String>,
+}
+
+impl Watcher {
+    pub fn new(dsns: Vec<Dsn>) -> Watcher {
+        Watcher {
+            dsns,
+            conn: None,
+            digest: None,
+        }
+    }
+
+    /// The stored document when it changed since the last poll (the first
+    /// poll always returns it); `None` when unchanged or when no DSN
+    /// answers (the party goes on with what it has).
+    pub async fn poll(&mut self) -> Option<String> {
+        if self.conn.is_none() {
+            for (i, dsn) in self.dsns.iter().enumerate() {
+                if let Ok(c) = connect(dsn).await {
+                    self.conn = Some((i, c));
+                    break;
+                }
+            }
+        }
+        let (i, conn) = self.conn.as_mut()?;
+        let db = db::quote_ident(&self.dsns[*i].database);
+        let read = async {
+            let digest: Option<String> = conn
+                .query_first(format!("SELECT MD5(document) FROM {db}.{TABLE} WHERE id = 1"))
+                .await?;
+            if digest.is_none() || digest == self.digest {
+                return Ok::<_, mysql_async::Error>(None);
+            }
+            let text: Option<String> = conn
+                .query_first(format!("SELECT document FROM {db}.{TABLE} WHERE id = 1"))
+                .await?;
+            Ok(text.map(|t| (digest, t)))
+        };
+        match tokio::time::timeout(TIMEOUT, read).await {
+            Ok(Ok(Some((digest, text)))) => {
+                self.digest = digest;
+                Some(text)
+            }
+            Ok(Ok(None)) => None,
+            _ => {
+                self.conn = None;
+                None
+            }
+        }
+    }
+}
+
+/// Keeps the local copy in `state_dir` equal to `text`.
+pub fn keep_copy(state_dir: &Path, text: &str) -> Result<(), String> {
+    let copy = state_dir.join("site.toml");
+    if std::fs::read_to_string(&copy).ok().as_deref() != Some(text) {
+        let tmp = state_dir.join("site.toml.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &copy))
+            .map_err(|e| format!("writing {}: {e}", copy.display()))?;
+    }
+    Ok(())
+}
+
 /// The site now: from the cluster (and then kept as the local copy), or the
 /// local copy when no DSN answers.
 pub async fn current(dsns: &[Dsn], state_dir: &Path) -> Result<Site, String> {
@@ -176,12 +247,7 @@ pub async fn current(dsns: &[Dsn], state_dir: &Path) -> Result<Site, String> {
     match fetch(dsns).await {
         Ok(text) => {
             let site = Site::parse(&text).map_err(|e| format!("the stored configuration: {e}"))?;
-            if std::fs::read_to_string(&copy).ok().as_deref() != Some(text.as_str()) {
-                let tmp = state_dir.join("site.toml.tmp");
-                std::fs::write(&tmp, &text)
-                    .and_then(|()| std::fs::rename(&tmp, &copy))
-                    .map_err(|e| format!("writing {}: {e}", copy.display()))?;
-            }
+            keep_copy(state_dir, &text)?;
             Ok(site)
         }
         Err(e) => {
