@@ -127,7 +127,13 @@ pub(crate) fn record(name: &str, text: &str) {
 
 /// HAProxy with a write and a read backend over `nodes`, every server in
 /// maintenance at first; killed when dropped.
-pub(crate) fn haproxy(dir: &Path, socket: &Path, write_port: u16, read_port: u16, nodes: &[Node]) -> Party {
+pub(crate) fn haproxy(
+    dir: &Path,
+    socket: &Path,
+    write_port: u16,
+    read_port: u16,
+    nodes: &[Node],
+) -> Party {
     let servers = |backend: &str| {
         nodes
             .iter()

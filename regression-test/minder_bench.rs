@@ -36,14 +36,20 @@ struct ThirdSite;
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl ThirdSite {
     fn new() -> ThirdSite {
         ThirdSite::remove();
         sh(&["ip", "netns", "add", THIRD_NS]);
-        sh(&["ip", "link", "add", THIRD_VETH, "type", "veth", "peer", "name", "mv3n"]);
+        sh(&[
+            "ip", "link", "add", THIRD_VETH, "type", "veth", "peer", "name", "mv3n",
+        ]);
         sh(&["ip", "link", "set", "mv3n", "netns", THIRD_NS]);
         sh(&["ip", "addr", "add", "203.0.113.9/30", "dev", THIRD_VETH]);
         sh(&["ip", "link", "set", THIRD_VETH, "up"]);
@@ -60,7 +66,9 @@ impl ThirdSite {
     }
 
     fn remove() {
-        let _ = Command::new("ip").args(["link", "del", THIRD_VETH]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", THIRD_VETH])
+            .output();
         let _ = Command::new("ip").args(["netns", "del", THIRD_NS]).output();
     }
 
@@ -94,7 +102,13 @@ fn write_load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<I
         while !stop.load(Ordering::Relaxed) {
             id += 1;
             let ok = Command::new("timeout")
-                .args(["5", "mariadb", "--no-defaults", "-uroot", "--connect-timeout=2"])
+                .args([
+                    "5",
+                    "mariadb",
+                    "--no-defaults",
+                    "-uroot",
+                    "--connect-timeout=2",
+                ])
                 .args(["-h", ARBITRATOR_IP, "-P", &port.to_string()])
                 .args(["-e", &format!("INSERT INTO bench.t (v) VALUES ({id})")])
                 .stdout(Stdio::null())
@@ -242,8 +256,15 @@ fn minder_against_garbd() {
         servers.push(crate::minder_dcs::spawn_in(
             n.netns.as_deref().unwrap(),
             &[
-                "dbserver", "--serial", &serial, "--mysql-user", "root", "--config-db",
-                &config_db, "--state-dir", sd.to_str().unwrap(),
+                "dbserver",
+                "--serial",
+                &serial,
+                "--mysql-user",
+                "root",
+                "--config-db",
+                &config_db,
+                "--state-dir",
+                sd.to_str().unwrap(),
             ],
             &dir.path().join(format!("dbserver{serial}.log")),
         ));
@@ -256,13 +277,29 @@ fn minder_against_garbd() {
         let sd = dir.path().join(format!("arbitrator{round}"));
         let arb = crate::minder_dcs::spawn_in(
             THIRD_NS,
-            &["arbitrator", "--serial", "1", "--config-db", &config_db, "--state-dir", sd.to_str().unwrap()],
+            &[
+                "arbitrator",
+                "--serial",
+                "1",
+                "--config-db",
+                &config_db,
+                "--state-dir",
+                sd.to_str().unwrap(),
+            ],
             &dir.path().join(format!("arbitrator{round}.log")),
         );
         let cd = dir.path().join(format!("dbclient{round}"));
         let client = crate::minder_dcs::spawn_in(
             THIRD_NS,
-            &["dbclient", "--serial", "1", "--config-db", &config_db, "--state-dir", cd.to_str().unwrap()],
+            &[
+                "dbclient",
+                "--serial",
+                "1",
+                "--config-db",
+                &config_db,
+                "--state-dir",
+                cd.to_str().unwrap(),
+            ],
             &dir.path().join(format!("dbclient{round}.log")),
         );
         wait_summary(&arbitrator, 60, "four Primary, n1 the writer", |s| {

@@ -79,6 +79,87 @@ pub async fn request(
         }
     }
     .map_err(|e| exchange(e.to_string()))?;
+    send(&mut sender, authority, method, path, headers, body, timeout).await
+}
+
+/// Plain HTTP over a connection kept open for the next request to the same
+/// `authority` (`host:port`): what the minder's parties send every second.
+/// A kept connection the server has closed meanwhile is replaced once; the
+/// request must be safe to deliver twice (the minder's are: each states a
+/// state and carries its id).
+pub async fn request_kept(
+    authority: &str,
+    path: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    static KEPT: std::sync::OnceLock<
+        parking_lot::Mutex<std::collections::HashMap<String, Vec<Sender>>>,
+    > = std::sync::OnceLock::new();
+    let kept = KEPT.get_or_init(Default::default);
+    let reused = {
+        let mut pool = kept.lock();
+        let list = pool.entry(authority.to_string()).or_default();
+        list.retain(|s| !s.is_closed());
+        list.pop()
+    };
+    let fresh = || async {
+        let stream = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(authority),
+        )
+        .await
+        .map_err(|_| ClientError::Connect(format!("connecting to {authority} timed out")))?
+        .map_err(|e| ClientError::Connect(format!("{authority}: {e}")))?;
+        handshake(stream)
+            .await
+            .map_err(|e| ClientError::Exchange(e.to_string()))
+    };
+    let (mut sender, was_kept) = match reused {
+        Some(s) => (s, true),
+        None => (fresh().await?, false),
+    };
+    let started = std::time::Instant::now();
+    let mut answer = send(
+        &mut sender,
+        authority,
+        "POST",
+        path,
+        &[],
+        body.clone(),
+        timeout,
+    )
+    .await;
+    // A kept connection the server closed fails at once; one that timed out
+    // (a peer cut off) is not tried again here: the caller resends.
+    if answer.is_err() && was_kept && started.elapsed() < Duration::from_secs(1) {
+        sender = fresh().await?;
+        answer = send(&mut sender, authority, "POST", path, &[], body, timeout).await;
+    }
+    if answer.is_ok() && !sender.is_closed() {
+        let mut pool = kept.lock();
+        let list = pool.entry(authority.to_string()).or_default();
+        if list.len() < 4 {
+            list.push(sender);
+        }
+    }
+    answer
+}
+
+async fn send(
+    sender: &mut Sender,
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    let exchange = |e: String| ClientError::Exchange(e);
+    tokio::time::timeout(timeout, sender.ready())
+        .await
+        .map_err(|_| exchange(format!("no answer within {} s", timeout.as_secs())))?
+        .map_err(|e| exchange(e.to_string()))?;
     let mut builder = hyper::Request::builder()
         .method(method)
         .uri(path)

@@ -161,7 +161,9 @@ pub fn refresh_site(
                         *site.lock() = next;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "the stored configuration does not parse; keeping the one in use"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the stored configuration does not parse; keeping the one in use")
+                }
             }
         }
     });

@@ -26,23 +26,15 @@ pub enum SendError {
 /// Sends `m` to `address` (`host:port`) and returns the answer.
 pub async fn send(address: &str, m: &Message, timeout: Duration) -> Result<Message, SendError> {
     let body = Bytes::from(serde_json::to_vec(m).expect("a message serializes"));
-    let answer = crate::client::request(
-        &format!("http://{address}"),
-        None,
-        "POST",
-        "/minder",
-        &[("content-type", "application/json")],
-        body,
-        timeout,
-    )
-    .await
-    .map_err(|e| {
-        SendError::Unanswered(format!(
-            "{} to {} at {address}: {e}",
-            m.verb.as_str(),
-            m.receiver
-        ))
-    })?;
+    let answer = crate::client::request_kept(address, "/minder", body, timeout)
+        .await
+        .map_err(|e| {
+            SendError::Unanswered(format!(
+                "{} to {} at {address}: {e}",
+                m.verb.as_str(),
+                m.receiver
+            ))
+        })?;
     if answer.status != 200 {
         return Err(SendError::Refused(format!(
             "{} to {} at {address}: refused ({}): {}",

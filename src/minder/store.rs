@@ -204,7 +204,9 @@ impl Watcher {
         let db = db::quote_ident(&self.dsns[*i].database);
         let read = async {
             let digest: Option<String> = conn
-                .query_first(format!("SELECT MD5(document) FROM {db}.{TABLE} WHERE id = 1"))
+                .query_first(format!(
+                    "SELECT MD5(document) FROM {db}.{TABLE} WHERE id = 1"
+                ))
                 .await?;
             if digest.is_none() || digest == self.digest {
                 return Ok::<_, mysql_async::Error>(None);
