@@ -89,6 +89,35 @@ fn site(
     s
 }
 
+/// A dbserver beside each node (serials 1, 2 … in order; in the node's
+/// namespace where it has one), state and log in `dir`.
+pub(crate) fn dbservers(nodes: &[Node], config_db: &str, dir: &Path) -> Vec<Party> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let serial = (i + 1).to_string();
+            let sd = dir.join(format!("dbserver{serial}"));
+            let args = [
+                "dbserver",
+                "--serial",
+                &serial,
+                "--mysql-user",
+                "root",
+                "--config-db",
+                config_db,
+                "--state-dir",
+                sd.to_str().unwrap(),
+            ];
+            let log = dir.join(format!("dbserver{serial}.log"));
+            match n.netns.as_deref() {
+                Some(ns) => crate::minder_dcs::spawn_in(ns, &args, &log),
+                None => spawn(&args, &log),
+            }
+        })
+        .collect()
+}
+
 pub(crate) fn summary(arbitrator: &str) -> Option<Value> {
     let (ok, out, _) = run(&["command", "status_summary", "--arbitrator", arbitrator]);
     ok.then(|| serde_json::from_str(&out).unwrap())
@@ -302,25 +331,7 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     let args = arb_args(&state("arbitrator"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut arb = spawn(&args, &dir.path().join("arbitrator.log"));
-    let mut servers = Vec::new();
-    for (i, _) in nodes.iter().enumerate() {
-        let serial = (i + 1).to_string();
-        let sd = state(&format!("dbserver{serial}"));
-        servers.push(spawn(
-            &[
-                "dbserver",
-                "--serial",
-                &serial,
-                "--mysql-user",
-                "root",
-                "--config-db",
-                &config_db,
-                "--state-dir",
-                sd.to_str().unwrap(),
-            ],
-            &dir.path().join(format!("dbserver{serial}.log")),
-        ));
-    }
+    let servers = self::dbservers(&nodes, &config_db, dir.path());
 
     // HAProxy, every server in maintenance until the dbclient routes.
     let _haproxy = haproxy(dir.path(), &socket, write_port, read_port, &nodes);

@@ -249,26 +249,7 @@ fn minder_against_garbd() {
     assert!(ok, "{err}");
     // The dbservers run throughout (they are beside the nodes, not at the
     // third site); the arbitrator and dbclient only in the minder's runs.
-    let mut servers = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        let serial = (i + 1).to_string();
-        let sd = dir.path().join(format!("dbserver{serial}"));
-        servers.push(crate::minder_dcs::spawn_in(
-            n.netns.as_deref().unwrap(),
-            &[
-                "dbserver",
-                "--serial",
-                &serial,
-                "--mysql-user",
-                "root",
-                "--config-db",
-                &config_db,
-                "--state-dir",
-                sd.to_str().unwrap(),
-            ],
-            &dir.path().join(format!("dbserver{serial}.log")),
-        ));
-    }
+    let servers = crate::minder::dbservers(&nodes, &config_db, dir.path());
     let members: Vec<String> = nodes.iter().map(|n| format!("{}:4567", n.ip)).collect();
     let mut minder_runs = Vec::new();
     let mut garbd_runs = Vec::new();

@@ -87,26 +87,7 @@ fn a_cut_between_the_data_centres_promotes_the_primary_dc_only() {
         sd.to_str().unwrap(),
     ];
     let mut arb = spawn(&arb_args, &dir.path().join("arbitrator.log"));
-    let mut servers = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        let serial = (i + 1).to_string();
-        let sd = dir.path().join(format!("dbserver{serial}"));
-        servers.push(spawn_in(
-            n.netns.as_deref().unwrap(),
-            &[
-                "dbserver",
-                "--serial",
-                &serial,
-                "--mysql-user",
-                "root",
-                "--config-db",
-                &config_db,
-                "--state-dir",
-                sd.to_str().unwrap(),
-            ],
-            &dir.path().join(format!("dbserver{serial}.log")),
-        ));
-    }
+    let servers = crate::minder::dbservers(&nodes, &config_db, dir.path());
     wait_summary(&arbitrator, 40, "four nodes Primary and Synced", |s| {
         s["primary"]["members"] == json!(["n1", "n2", "n3", "n4"])
             && ["n1", "n2", "n3", "n4"]
@@ -303,7 +284,8 @@ fn a_cut_between_the_data_centres_promotes_the_primary_dc_only() {
         "all four Primary, the writer unmoved",
         |s| s["primary"]["members"] == json!(["n1", "n2", "n3", "n4"]),
     );
-    assert_eq!(s["writer"], "n1", "{s:#}");
+    // In dc1 still (n1, or n2 while n1 was an IST donor for dc2).
+    assert!(s["writer"] == "n1" || s["writer"] == "n2", "{s:#}");
 
     // The arbitrator cut from dc1 only: the cluster is whole, dc2 reports
     // Primary: no decision.
@@ -396,7 +378,12 @@ fn a_cut_between_the_data_centres_promotes_the_primary_dc_only() {
                 .iter()
                 .all(|n| s["nodes"][n]["local_state"] == "Synced")
     });
-    assert_eq!(s["writer"], writer_now, "the writer stayed: {s:#}");
+    // No failback: the writer stays in dc2 (it may have moved between n3
+    // and n4 while one of them was an IST donor, Desynced for a moment).
+    assert!(
+        s["writer"] == "n3" || s["writer"] == "n4",
+        "the writer stayed in dc2 (it was {writer_now}): {s:#}"
+    );
     assert_eq!(s["epoch"], 2, "{s:#}");
     let counts: Vec<String> = nodes
         .iter()

@@ -54,13 +54,7 @@ pub async fn request(
             )))
         }
     };
-    let stream = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(authority),
-    )
-    .await
-    .map_err(|_| ClientError::Connect(format!("connecting to {authority} timed out")))?
-    .map_err(|e| ClientError::Connect(format!("{authority}: {e}")))?;
+    let stream = connect(authority).await?;
     let mut sender = match tls {
         None => handshake(stream).await,
         Some(tls) => {
@@ -104,14 +98,7 @@ pub async fn request_kept(
         list.pop()
     };
     let fresh = || async {
-        let stream = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::TcpStream::connect(authority),
-        )
-        .await
-        .map_err(|_| ClientError::Connect(format!("connecting to {authority} timed out")))?
-        .map_err(|e| ClientError::Connect(format!("{authority}: {e}")))?;
-        handshake(stream)
+        handshake(connect(authority).await?)
             .await
             .map_err(|e| ClientError::Exchange(e.to_string()))
     };
@@ -144,6 +131,17 @@ pub async fn request_kept(
         }
     }
     answer
+}
+
+/// A TCP connection to `authority`, in at most 5 s.
+async fn connect(authority: &str) -> Result<tokio::net::TcpStream, ClientError> {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(authority),
+    )
+    .await
+    .map_err(|_| ClientError::Connect(format!("connecting to {authority} timed out")))?
+    .map_err(|e| ClientError::Connect(format!("{authority}: {e}")))
 }
 
 async fn send(
