@@ -418,9 +418,17 @@ pub fn writer(
     if let Some(c) = current.filter(|c| keep(c)) {
         return Some(c.to_string());
     }
+    // A writer handing over while it is only busy (an IST donor, Desynced
+    // for a moment) hands over within its own DC: no failback to the
+    // primary DC by way of a state transfer. A drained writer, or one that
+    // left, hands over to the primary DC first.
+    let home = current
+        .filter(|c| primary.contains(*c) && !drained.contains(*c))
+        .and_then(|c| settings.dcs.get(c));
     let mut fits: Vec<&String> = primary.iter().filter(|n| fit(n)).collect();
     fits.sort_by_key(|n| {
         (
+            home.is_some_and(|h| settings.dcs.get(*n) != Some(h)),
             settings.dcs.get(*n) != Some(&settings.primary_dc),
             n.to_string(),
         )

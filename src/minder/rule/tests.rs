@@ -356,10 +356,15 @@ fn the_writer_stays_while_healthy() {
         writer(&s, Some("n1"), &lagging, &none).as_deref(),
         Some("n1")
     );
-    // A donor hands over.
+    // A donor hands over within its own DC (no failback by way of a state
+    // transfer); to the primary DC when its DC has no other fit node.
     let mut donor = healthy.clone();
     if let Some(Seen::Reported(r)) = donor.get_mut("n3") {
         r.local_state = "Donor/Desynced".into();
+    }
+    assert_eq!(writer(&s, Some("n3"), &donor, &none).as_deref(), Some("n4"));
+    if let Some(Seen::Reported(r)) = donor.get_mut("n4") {
+        r.local_state = "Joining".into();
     }
     assert_eq!(writer(&s, Some("n3"), &donor, &none).as_deref(), Some("n1"));
     // No Primary component: no writer.
