@@ -410,6 +410,8 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
         "n2",
         "the write port following the writer to n2",
     );
+    // The drained n1 takes no new reads either.
+    wait_through(read_port, "n2", "the read port leaving the drained n1");
     // The job left the drained n1 for n2, at its GTID: still equal.
     let status = follower.wait_reading(&nodes[1], &nodes[1]);
     record("ccr_status.json", &format!("{status:#}"));
@@ -418,6 +420,20 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     wait_summary(&arbitrator, 10, "n1 undrained, n2 still the writer", |s| {
         s["writer"] == "n2" && s["nodes"]["n1"]["drained"] == false
     });
+    // Undrained: reads reach both nodes again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let read_by: std::collections::BTreeSet<String> =
+            (0..8).filter_map(|_| through(read_port)).collect();
+        if read_by.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reads reach both undrained nodes: {read_by:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // n2 dies: n1 alone is non-Primary (one of two is no majority). It holds
     // half of the last Primary view and n2 is known down: promoted.
