@@ -439,7 +439,13 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     // half of the last Primary view and n2 is known down: promoted.
     nodes[1].kill();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while nodes[0].wsrep("cluster_status") != "Primary" || nodes[0].wsrep("cluster_size") != "1" {
+    // Primary, alone, and ready for SQL (a just-bootstrapped node reports
+    // Primary a moment before it is Synced and takes statements).
+    while nodes[0].wsrep("cluster_status") != "Primary"
+        || nodes[0].wsrep("cluster_size") != "1"
+        || nodes[0].wsrep("ready") != "ON"
+        || nodes[0].wsrep("local_state_comment") != "Synced"
+    {
         assert!(
             Instant::now() < deadline,
             "n1 was not made Primary: {:#}",

@@ -344,6 +344,7 @@ fn a_cut_between_the_data_centres_promotes_the_primary_dc_only() {
     );
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 10, "{} writes acknowledged", acked.len());
+    nodes[2].wait_ready(20);
     let ids = acked
         .iter()
         .map(|i| i.to_string())

@@ -199,6 +199,19 @@ impl Node {
             .to_string()
     }
 
+    /// Waits until the node is Primary, Synced and takes statements (a
+    /// just-bootstrapped node reports Primary a moment before).
+    pub fn wait_ready(&self, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.wsrep("cluster_status") != "Primary"
+            || self.wsrep("ready") != "ON"
+            || self.wsrep("local_state_comment") != "Synced"
+        {
+            assert!(Instant::now() < deadline, "{} not ready for SQL", self.name);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn address(&self) -> String {
         format!("{}:{}", self.ip, self.port)
     }
