@@ -487,12 +487,19 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     });
     assert_eq!(s["epoch"], 1, "{s:#}");
     assert_eq!(s["decisions"][0]["node"], "n1");
-    // Its metrics.
-    let metrics = Command::new("curl")
-        .args(["-s", &format!("http://{arbitrator}/metrics")])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    // Its metrics (the node gauges once its first round has run).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://{arbitrator}/metrics")])
+            .output()
+            .unwrap();
+        let metrics = String::from_utf8_lossy(&out.stdout).to_string();
+        if metrics.contains("minder_node_primary{node=\"n1\"} 1") || Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
     assert!(metrics.contains("minder_epoch 1"), "{metrics}");
     assert!(
         metrics.contains("minder_node_primary{node=\"n1\"} 1"),
