@@ -88,9 +88,20 @@ impl Service {
             _store_dir: None,
             child: None,
         };
-        // The store opens before the API answers; wait until it does.
+        // The store opens before the API answers; wait until it does. A
+        // service that stopped (its store did not open) says why.
+        let mut service = service;
         for _ in 0..200 {
-            if service.get("version").await.status == 200 {
+            if service.task.as_ref().is_some_and(|t| t.is_finished()) {
+                let ended = service.task.take().unwrap().await;
+                panic!("the service stopped as it started: {ended:?}");
+            }
+            let mut request = service.http.get(format!("http://{}/version", service.addr));
+            if let Some(t) = &service.token {
+                request = request.bearer_auth(t);
+            }
+            let answered = request.send().await.is_ok_and(|r| r.status() == 200);
+            if answered {
                 return service;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
