@@ -322,6 +322,14 @@ impl<'a> Coordinator<'a> {
     /// A minded source's node became unfit: the run ends (a transient
     /// error) and the next one starts from the checkpoint on the node named.
     fn move_step(&mut self) -> Result<(), SyncError> {
+        if !self
+            .shared
+            .moving
+            .changed
+            .swap(false, std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
         let name = self.shared.moving.reading.lock().clone();
         if name.is_some() && self.detail.minder_node != name {
             self.detail.minder_node = name.clone();

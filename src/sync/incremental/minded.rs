@@ -99,6 +99,9 @@ pub struct Moving {
     pub to: Mutex<Option<Move>>,
     /// The name of the node read, once the arbitrator has named it.
     pub reading: Mutex<Option<String>>,
+    /// Set when `to` or `reading` changed: the coordinator looks at them
+    /// only then (one atomic load per event on its loop, no lock).
+    pub changed: std::sync::atomic::AtomicBool,
     pub wake: Notify,
 }
 
@@ -116,13 +119,22 @@ pub async fn follow(
         let problem = match crate::minder::status_summary(&arbitrator).await {
             Ok(summary) => match choose(&summary, &reading) {
                 Choice::Stay(name) => {
-                    *moving.reading.lock() = name;
+                    let mut reading = moving.reading.lock();
+                    if *reading != name {
+                        *reading = name;
+                        moving
+                            .changed
+                            .store(true, std::sync::atomic::Ordering::Release);
+                    }
                     None
                 }
                 Choice::Move(m) => {
                     info!(job = %job, node = %m.node, address = %m.mysql, reason = %m.reason,
                           "the minded source's node is unfit; moving");
                     *moving.to.lock() = Some(m);
+                    moving
+                        .changed
+                        .store(true, std::sync::atomic::Ordering::Release);
                     moving.wake.notify_one();
                     return;
                 }
