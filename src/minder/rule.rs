@@ -32,6 +32,16 @@
 //! 4. **Nothing newer elsewhere.** A component whose last committed seqno is
 //!    below another reachable component's is not promoted (it would lose
 //!    what the other committed).
+//! 5. **A settled membership.** Every running node that reports has reported
+//!    the same component (members and cluster status) for `confirm_s`.
+//!    While a cut heals, Galera's own reconfiguration passes through short
+//!    memberships (a node alone, non-Primary, for a second or more) that
+//!    would pass (2) for a node of the last Primary view's half; promoting
+//!    one would be needless (Galera is about to form a Primary of its own),
+//!    so the rule waits until the memberships stop moving. This check only
+//!    ever delays a promotion, so it cannot weaken (1)–(4). The times are
+//!    not kept across a restart: a restarted arbitrator waits `confirm_s`
+//!    from its first reports.
 //!
 //! With two data centres of two nodes and the link between them cut, both
 //! halves hold exactly half of the last Primary view, so both pass (2); the
@@ -118,6 +128,32 @@ pub struct Memory {
     pub primary_seen_at: Option<i64>,
     /// Every promotion, oldest first.
     pub promotions: Vec<Promotion>,
+    /// Each reporting node's component as it last reported it, and when that
+    /// last changed (unix ms): not kept across a restart.
+    #[serde(skip)]
+    pub membership: BTreeMap<String, (Membership, i64)>,
+}
+
+/// What a node reports of its component: its cluster status and members.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub cluster_status: String,
+    pub members: Vec<String>,
+}
+
+impl Membership {
+    fn of(r: &NodeReport) -> Membership {
+        let mut members = r.members.clone();
+        members.sort();
+        Membership {
+            cluster_status: if r.running {
+                r.cluster_status.clone()
+            } else {
+                "not running".into()
+            },
+            members,
+        }
+    }
 }
 
 impl Memory {
@@ -154,6 +190,14 @@ pub enum Decision {
 /// Reads the reports into `memory` (the last Primary view, when a node was
 /// last Primary): call before [`decide`] on every round.
 pub fn observe(memory: &mut Memory, nodes: &BTreeMap<String, Seen>, now: i64) {
+    for (name, seen) in nodes {
+        if let Some(r) = seen.report() {
+            let m = Membership::of(r);
+            if memory.membership.get(name).map(|(was, _)| was) != Some(&m) {
+                memory.membership.insert(name.clone(), (m, now));
+            }
+        }
+    }
     // The largest membership a Primary node reports (the halves' reports
     // arrive at different moments; a Primary node reports its whole view).
     let primary = nodes
@@ -254,6 +298,23 @@ pub fn decide(
     }
     if comps.is_empty() {
         return Decision::Wait("no running node reports a component".into());
+    }
+    // 5. The memberships have settled.
+    let moving: Vec<String> = nodes
+        .iter()
+        .filter(|(_, seen)| seen.report().is_some_and(|r| r.running))
+        .filter_map(|(name, _)| match memory.membership.get(name) {
+            Some((_, since)) if now - since >= settings.confirm_ms => None,
+            Some((_, since)) => Some(format!("{name} ({} ms ago)", now - since)),
+            None => Some(format!("{name} (not yet observed)")),
+        })
+        .collect();
+    if !moving.is_empty() {
+        return Decision::Wait(format!(
+            "the membership changed lately on {}: confirming for {} ms",
+            moving.join(", "),
+            settings.confirm_ms
+        ));
     }
     let view: BTreeSet<&String> = memory.last_primary_view.iter().collect();
     let mut why_not = Vec::new();

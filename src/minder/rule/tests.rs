@@ -65,6 +65,7 @@ fn memory(seen: i64) -> Memory {
         last_primary_view: N.iter().map(|n| n.to_string()).collect(),
         primary_seen_at: Some(seen),
         promotions: Vec::new(),
+        membership: BTreeMap::new(),
     }
 }
 
@@ -79,6 +80,18 @@ fn promoted(component: &[&str], at: i64) -> Memory {
         forced: false,
     });
     m
+}
+
+/// `memory` with every reported node's membership unchanged since `at`.
+fn settled(mut memory: Memory, nodes: &BTreeMap<String, Seen>, at: i64) -> Memory {
+    for (name, seen) in nodes {
+        if let Some(r) = seen.report() {
+            memory
+                .membership
+                .insert(name.clone(), (Membership::of(r), at));
+        }
+    }
+    memory
 }
 
 fn promotes(d: &Decision) -> Option<(&str, Vec<&str>)> {
@@ -225,6 +238,7 @@ fn scenarios() {
         ),
     ];
     for (what, memory, nodes, want) in cases {
+        let memory = settled(memory, &nodes, 0);
         let d = decide(&s, &memory, &nodes, now, None);
         assert_eq!(promotes(&d), want, "{what}: {d:?}");
     }
@@ -284,7 +298,7 @@ fn never_two_primaries() {
                 report("non-Primary", &["n3", "n4"], 40),
                 report("non-Primary", &["n3", "n4"], 40),
             ]);
-            let m = promoted(&["n1", "n2"], 0);
+            let m = settled(promoted(&["n1", "n2"], 0), &seen, 0);
             let d = decide(&s, &m, &seen, 1_000_000, None);
             let both_down = a == down() && b == down();
             if let Some((_, component)) = promotes(&d) {
@@ -307,6 +321,7 @@ fn force_primary_overrides_all_but_a_primary() {
         report("non-Primary", &["n3", "n4"], 20),
         report("non-Primary", &["n3", "n4"], 20),
     ]);
+    // Even a membership that just changed: the operator overrides.
     let d = decide(&s, &m, &seen, 1_000_000, Some("n4"));
     assert_eq!(promotes(&d), Some(("n4", vec!["n3", "n4"])));
     let healthy = nodes([
@@ -369,4 +384,54 @@ fn the_writer_stays_while_healthy() {
     assert_eq!(writer(&s, Some("n3"), &donor, &none).as_deref(), Some("n1"));
     // No Primary component: no writer.
     assert_eq!(writer(&s, Some("n1"), &split([1, 1, 1, 1]), &none), None);
+}
+
+/// While a cut heals, Galera's reconfiguration passes through short
+/// memberships: a lone node of the last Primary view's half (which holds
+/// half of that view) is not promoted until the memberships have stayed
+/// the same for `confirm_s`.
+#[test]
+fn a_moving_membership_is_not_promoted() {
+    let s = settings();
+    // dc1 was promoted long ago and is the last Primary view.
+    let mut m = promoted(&["n1", "n2"], 0);
+    m.last_primary_view = vec!["n1".into(), "n2".into()];
+    m.primary_seen_at = Some(10_000);
+    let healing = nodes([
+        report("non-Primary", &["n1"], 50),
+        report("non-Primary", &["n2", "n3", "n4"], 50),
+        report("non-Primary", &["n2", "n3", "n4"], 50),
+        report("non-Primary", &["n2", "n3", "n4"], 50),
+    ]);
+    let mut now = 100_000;
+    observe(&mut m, &healing, now);
+    now += 500;
+    observe(&mut m, &healing, now);
+    let d = decide(&s, &m, &healing, now, None);
+    assert!(
+        matches!(&d, Decision::Wait(why) if why.contains("membership changed lately")),
+        "{d:?}"
+    );
+    // It moves again before confirm_s: still no promotion.
+    let moved = nodes([
+        report("non-Primary", &["n1", "n2"], 50),
+        report("non-Primary", &["n1", "n2"], 50),
+        report("non-Primary", &["n3", "n4"], 50),
+        report("non-Primary", &["n3", "n4"], 50),
+    ]);
+    now += 800;
+    observe(&mut m, &moved, now);
+    now += 800;
+    observe(&mut m, &moved, now);
+    assert_eq!(promotes(&decide(&s, &m, &moved, now, None)), None);
+    // Settled for confirm_s: the primary DC's half is promoted.
+    now += 300;
+    observe(&mut m, &moved, now);
+    assert_eq!(
+        promotes(&decide(&s, &m, &moved, now, None)),
+        Some(("n1", vec!["n1", "n2"]))
+    );
+    // A node never observed (a restarted arbitrator's first round) waits.
+    let fresh = memory(0);
+    assert_eq!(promotes(&decide(&s, &fresh, &moved, now, None)), None);
 }
