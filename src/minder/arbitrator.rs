@@ -8,7 +8,8 @@
 
 use super::message::{next_id, Kind, Message, Party, Refused, Verb};
 use super::net::{self, Handler};
-use super::rule::{self, Decision, Memory, NodeReport, Promotion, Seen, Settings};
+use super::reports::{self, Reports, Taken};
+use super::rule::{self, Decision, Memory, Promotion, Seen, Settings};
 use super::site::Site;
 use super::Common;
 use parking_lot::Mutex;
@@ -96,7 +97,8 @@ pub struct Arbitrator {
     serial: u32,
     state_file: PathBuf,
     site: Arc<Mutex<Site>>,
-    reports: Mutex<BTreeMap<String, (NodeReport, Instant)>>,
+    reports: Mutex<Reports>,
+    config: Arc<super::ConfigHint>,
     kept: Mutex<Kept>,
     /// An operator's `force_primary`, until the next round takes it.
     forced: Mutex<Option<String>>,
@@ -444,27 +446,12 @@ impl Handler for Arbitrator {
                     .dbserver(m.sender.serial)
                     .map(|d| d.name.clone())
                     .expect("admitted");
-                let report: NodeReport = serde_json::from_value(m.params["report"].clone())
-                    .map_err(|e| Refused(format!("params.report: {e}")))?;
-                let mut reports = self.reports.lock();
-                // A report read before the one kept is older news.
-                let older = reports.get(&node).is_some_and(|(r, _)| r.at > report.at);
-                if !older {
-                    let changed = reports.get(&node).is_none_or(|(r, _)| {
-                        (r.running, &r.cluster_status, &r.local_state, &r.members)
-                            != (
-                                report.running,
-                                &report.cluster_status,
-                                &report.local_state,
-                                &report.members,
-                            )
-                    });
-                    reports.insert(node, (report, Instant::now()));
-                    if changed {
-                        self.wake.notify_one();
-                    }
+                let taken = self.reports.lock().take(&node, &m)?;
+                if taken == (Taken::Kept { changed: true }) {
+                    self.wake.notify_one();
                 }
-                Ok(m.ack(me))
+                self.config.heard(reports::config_digest(&m));
+                Ok(reports::answer(&m, me, &taken))
             }
             Verb::StatusSummary => Ok(Message {
                 sender: me,
@@ -548,7 +535,8 @@ pub async fn run(serial: u32, common: Common) -> Result<(), String> {
         serial,
         state_file,
         site: Arc::new(Mutex::new(site)),
-        reports: Mutex::new(BTreeMap::new()),
+        reports: Mutex::new(Reports::default()),
+        config: Arc::new(super::ConfigHint::default()),
         metrics: Metrics::new(),
         kept: Mutex::new(kept),
         forced: Mutex::new(None),
@@ -559,7 +547,13 @@ pub async fn run(serial: u32, common: Common) -> Result<(), String> {
     arb.metrics.epoch.set(arb.kept.lock().memory.epoch() as i64);
     info!(address = %me.address, epoch = arb.kept.lock().memory.epoch(), "arbitrator started");
     let server = net::serve(listen, arb.clone(), super::shutdown());
-    super::refresh_site(common, arb.site.clone(), |_| true);
+    super::refresh_site(
+        common,
+        arb.site.clone(),
+        arb.config.clone(),
+        super::Poll::WhenHinted,
+        |_| true,
+    );
     let rounds = async {
         // The first reports arrive within an interval: decide only after them.
         let interval = Duration::from_secs(arb.site.lock().report_interval_s);

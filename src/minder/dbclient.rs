@@ -10,6 +10,7 @@
 
 use super::message::{Kind, Message, Party, Refused, Verb};
 use super::net::{self, Handler};
+use super::reports::{self, Reports};
 use super::rule::NodeReport;
 use super::site::Site;
 use super::Common;
@@ -169,7 +170,8 @@ pub struct Dbclient {
     serial: u32,
     site: Arc<Mutex<Site>>,
     summary: Mutex<Option<(Value, Instant)>>,
-    reports: Mutex<BTreeMap<String, (NodeReport, Instant)>>,
+    reports: Mutex<Reports>,
+    config: Arc<super::ConfigHint>,
     last_writer: Mutex<Option<String>>,
     wake: Notify,
 }
@@ -293,12 +295,9 @@ impl Handler for Dbclient {
                     .dbserver(m.sender.serial)
                     .map(|d| d.name.clone())
                     .expect("admitted");
-                let report: NodeReport = serde_json::from_value(m.params["report"].clone())
-                    .map_err(|e| Refused(format!("params.report: {e}")))?;
-                let mut reports = self.reports.lock();
-                if reports.get(&node).is_none_or(|(r, _)| r.at <= report.at) {
-                    reports.insert(node, (report, Instant::now()));
-                }
+                let taken = self.reports.lock().take(&node, &m)?;
+                self.config.heard(reports::config_digest(&m));
+                return Ok(reports::answer(&m, self.me(), &taken));
             }
             _ => {}
         }
@@ -330,13 +329,20 @@ pub async fn run(serial: u32, common: Common) -> Result<(), String> {
         serial,
         site: Arc::new(Mutex::new(site)),
         summary: Mutex::new(None),
-        reports: Mutex::new(BTreeMap::new()),
+        reports: Mutex::new(Reports::default()),
+        config: Arc::new(super::ConfigHint::default()),
         last_writer: Mutex::new(None),
         wake: Notify::new(),
     });
     info!(address = %me.address, haproxy = %me.haproxy_socket, "dbclient minding HAProxy");
     let server = net::serve(listen, client.clone(), super::shutdown());
-    super::refresh_site(common, client.site.clone(), |_| true);
+    super::refresh_site(
+        common,
+        client.site.clone(),
+        client.config.clone(),
+        super::Poll::WhenHinted,
+        |_| true,
+    );
     let rounds = async {
         loop {
             if let Err(e) = client.apply().await {

@@ -5,8 +5,9 @@
 //! arbitrator says `set_primary` — only while the node is still
 //! non-Primary.
 
-use super::message::{next_id, Kind, Message, Party, Refused, Verb};
+use super::message::{Kind, Message, Party, Refused, Verb};
 use super::net::{self, Handler};
+use super::reports::Bases;
 use super::rule::NodeReport;
 use super::site::Site;
 use super::Common;
@@ -32,6 +33,11 @@ pub struct Dbserver {
     /// A notification or a request arrived: report now.
     wake: Notify,
     conn: tokio::sync::Mutex<Option<Conn>>,
+    /// The whole report each receiver acknowledged (reports are compact
+    /// while the node's state stays the same).
+    bases: Mutex<Bases>,
+    /// The configuration's digest, carried in every report.
+    config: Arc<super::ConfigHint>,
 }
 
 impl Dbserver {
@@ -125,14 +131,14 @@ impl Dbserver {
         }
     }
 
-    fn report_message(&self, to: Party, report: &NodeReport) -> Message {
-        Message {
-            sender: self.me(),
-            receiver: to,
-            verb: Verb::DbStatusReport,
-            params: serde_json::json!({"node": self.node().name, "report": report}),
-            msg_id: next_id(),
-        }
+    /// The report for `to`: compact when `to` holds a whole one of the same
+    /// state (`whole` forces the whole report).
+    fn report_message(&self, to: Party, report: &NodeReport, whole: bool) -> Message {
+        let config = self.config.holds.lock().clone();
+        let fresh = Bases::default();
+        let bases = self.bases.lock();
+        let bases = if whole { &fresh } else { &*bases };
+        bases.message(self.me(), to, &self.node().name, report, config.as_deref())
     }
 
     /// Sends the report to every arbitrator and dbclient, side by side (an
@@ -163,10 +169,23 @@ impl Dbserver {
             .collect();
         let timeout = Duration::from_secs(site.resend_s);
         for (party, address) in to {
-            let m = self.report_message(party, report);
+            let me = self.clone();
+            let report = report.clone();
             tokio::spawn(async move {
-                if let Err(e) = net::send(&address, &m, timeout).await {
-                    tracing::debug!(error = %e, "status report not delivered");
+                // At most twice: compact, then whole when the receiver asks.
+                for _ in 0..2 {
+                    let m = me.report_message(party, &report, false);
+                    match net::send(&address, &m, timeout).await {
+                        Ok(answer) => {
+                            if !me.bases.lock().answered(&m, &report, &answer) {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "status report not delivered");
+                            break;
+                        }
+                    }
                 }
             });
         }
@@ -265,7 +284,7 @@ impl Handler for Dbserver {
             Verb::RequestStatus => {
                 let report = self.read().await;
                 *self.report.lock() = report.clone();
-                Ok(self.report_message(m.sender, &report))
+                Ok(self.report_message(m.sender, &report, true))
             }
             Verb::Notify => {
                 self.wake.notify_one();
@@ -291,12 +310,24 @@ pub async fn run(serial: u32, user: String, common: Common) -> Result<(), String
         report: Mutex::new(NodeReport::default()),
         wake: Notify::new(),
         conn: tokio::sync::Mutex::new(None),
+        bases: Mutex::new(Bases::default()),
+        config: Arc::new(super::ConfigHint::default()),
     });
     info!(node = %node.name, address = %node.address, mysql = %node.mysql, "dbserver minding its node");
     let server = net::serve(listen, me.clone(), super::shutdown());
-    super::refresh_site(common, me.site.clone(), move |s| {
-        s.dbserver(serial).is_some()
-    });
+    // The dbserver reads the configuration from its own node every
+    // interval (no WAN in between) and tells the others its digest.
+    let waker = me.clone();
+    super::refresh_site(
+        common,
+        me.site.clone(),
+        me.config.clone(),
+        super::Poll::EveryInterval,
+        move |s| {
+            waker.wake.notify_one();
+            s.dbserver(serial).is_some()
+        },
+    );
     let reports = async {
         loop {
             let report = me.read().await;

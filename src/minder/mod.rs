@@ -12,6 +12,7 @@ pub mod dbclient;
 pub mod dbserver;
 pub mod message;
 pub mod net;
+pub mod reports;
 pub mod rule;
 pub mod site;
 pub mod store;
@@ -133,12 +134,45 @@ impl Common {
     }
 }
 
-/// Keeps `site` current: fetched again every report interval beside the
-/// party's own work (a database out of reach delays none of it), taken only
-/// when `keep` says it still has this party.
+/// The configuration digests a party knows: the one it runs from (as its
+/// watcher last read it) and the newest one a dbserver's report named.
+#[derive(Debug, Default)]
+pub struct ConfigHint {
+    pub holds: parking_lot::Mutex<Option<String>>,
+    pub heard: parking_lot::Mutex<Option<String>>,
+}
+
+impl ConfigHint {
+    /// A report named `digest`.
+    pub fn heard(&self, digest: Option<&str>) {
+        if let Some(d) = digest {
+            let mut heard = self.heard.lock();
+            if heard.as_deref() != Some(d) {
+                *heard = Some(d.to_string());
+            }
+        }
+    }
+}
+
+/// How often a party reads the stored configuration's digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Every report interval: a dbserver, beside the node it reads.
+    EveryInterval,
+    /// When a dbserver's report names another digest than the one in use,
+    /// at most once an interval, and every ten intervals regardless: a
+    /// party across the WAN from the cluster (the arbitrator, a dbclient).
+    WhenHinted,
+}
+
+/// Keeps `site` current: fetched again beside the party's own work (a
+/// database out of reach delays none of it) as `poll` says, taken only when
+/// `keep` says it still has this party. `hint.holds` follows the digest read.
 pub fn refresh_site(
     common: Common,
     site: std::sync::Arc<parking_lot::Mutex<site::Site>>,
+    hint: std::sync::Arc<ConfigHint>,
+    poll: Poll,
     keep: impl Fn(&site::Site) -> bool + Send + 'static,
 ) {
     let Ok(dsns) = store::Dsn::parse_list(&common.config_db) else {
@@ -146,10 +180,24 @@ pub fn refresh_site(
     };
     tokio::spawn(async move {
         let mut watcher = store::Watcher::new(dsns);
+        let mut last_read: Option<std::time::Instant> = None;
         loop {
             let interval = Duration::from_secs(site.lock().report_interval_s);
             tokio::time::sleep(interval).await;
-            let Some(text) = watcher.poll().await else {
+            let due = poll == Poll::EveryInterval
+                || last_read.is_none_or(|t| t.elapsed() >= interval * 10)
+                || hint
+                    .heard
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|h| watcher.digest() != Some(h));
+            if !due {
+                continue;
+            }
+            last_read = Some(std::time::Instant::now());
+            let read = watcher.poll().await;
+            *hint.holds.lock() = watcher.digest().cloned();
+            let Some(text) = read else {
                 continue;
             };
             match site::Site::parse(&text) {

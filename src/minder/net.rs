@@ -86,6 +86,13 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// A reply of `text` with no headers but the ones HTTP needs.
+fn plain(status: warp::http::StatusCode, text: String) -> warp::http::Response<String> {
+    let mut reply = warp::http::Response::new(text);
+    *reply.status_mut() = status;
+    reply
+}
+
 /// Serves `handler` at `address` until `stop` resolves.
 pub async fn serve(
     address: SocketAddr,
@@ -103,16 +110,19 @@ pub async fn serve(
         .then(move |body: Bytes, peer: Option<SocketAddr>| {
             let (h, seen) = (h.clone(), seen.clone());
             let reply: std::pin::Pin<
-                Box<dyn std::future::Future<Output = warp::reply::WithStatus<String>> + Send>,
+                Box<dyn std::future::Future<Output = warp::http::Response<String>> + Send>,
             > = Box::pin(async move {
                 let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                match answer(h, seen, body, peer).await {
-                    Ok(m) => warp::reply::with_status(
-                        serde_json::to_string(&m).expect("a message serializes"),
+                // The answer goes without a content-type header: every byte
+                // of a report's answer crosses the WAN each interval.
+                let (status, text) = match answer(h, seen, body, peer).await {
+                    Ok(m) => (
                         warp::http::StatusCode::OK,
+                        serde_json::to_string(&m).expect("a message serializes"),
                     ),
-                    Err((status, e)) => warp::reply::with_status(e.0, status),
-                }
+                    Err((status, e)) => (status, e.0),
+                };
+                plain(status, text)
             });
             reply
         });
@@ -121,19 +131,19 @@ pub async fn serve(
         .and(warp::path("metrics"))
         .and(warp::path::end())
         .map(move || match h.metrics() {
-            Some(text) => warp::reply::with_status(text, warp::http::StatusCode::OK),
-            None => warp::reply::with_status(
-                "this party has no metrics".to_string(),
+            Some(text) => plain(warp::http::StatusCode::OK, text),
+            None => plain(
                 warp::http::StatusCode::NOT_FOUND,
+                "this party has no metrics".to_string(),
             ),
         });
     let routes = minder
         .or(metrics)
         .unify()
         .or(warp::any().map(|| {
-            warp::reply::with_status(
-                "the minder takes POST /minder (and GET /metrics on the arbitrator)".to_string(),
+            plain(
                 warp::http::StatusCode::NOT_FOUND,
+                "the minder takes POST /minder (and GET /metrics on the arbitrator)".to_string(),
             )
         }))
         .unify();

@@ -188,6 +188,11 @@ impl Watcher {
         }
     }
 
+    /// The digest of the document last read.
+    pub fn digest(&self) -> Option<&String> {
+        self.digest.as_ref()
+    }
+
     /// The stored document when it changed since the last poll (the first
     /// poll always returns it); `None` when unchanged or when no DSN
     /// answers (the party goes on with what it has).
