@@ -57,6 +57,13 @@ const RULES: &[(&str, &[&str])] = &[
     ("store", &["api", "app", "sync", "source", "dest"]),
     ("group", &["api", "app", "sync", "source", "dest"]),
     // The Galera minder is a program of its own beside the CCR service.
+    ("cluster", &["job", "api", "app", "minder", "agent", "ctl"]),
+    (
+        "agent",
+        &[
+            "job", "api", "app", "minder", "cluster", "group", "store", "ctl",
+        ],
+    ),
     (
         "minder",
         &[

@@ -7,6 +7,7 @@ mod alerts;
 mod api_lifecycle;
 mod api_validation;
 mod binary;
+mod cluster;
 mod create_checks;
 mod ctl;
 mod failover;

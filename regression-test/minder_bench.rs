@@ -308,6 +308,8 @@ fn minder_against_garbd() {
                     THIRD
                 )])
                 .args(["-l", dir.path().join(format!("garbd{round}.log")).to_str().unwrap()])
+                // garbd writes its gvwstate.dat in its working directory.
+                .current_dir(dir.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -74,12 +74,16 @@ pub async fn run(
     let address = listener.local_addr().map_err(AppError::Listener)?;
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     let group_settings = group_settings(&config, address, scheme)?;
+    let cluster_store = store.clone();
     let group = Group::join(store, manager.clone(), metrics.clone(), group_settings).await?;
     let (group_stop, group_stopped) = tokio::sync::watch::channel(false);
+    let cluster = crate::cluster::Manager::new(cluster_store, group.clone(), metrics.registry());
+    let cluster_loop = tokio::spawn(cluster.clone().run(group_stopped.clone()));
     let group_loop = tokio::spawn(group.clone().run(group_stopped));
     let state = Arc::new(ApiState {
         manager: manager.clone(),
         group: group.clone(),
+        cluster,
         peer_tls,
         metrics,
         auth_token: config.auth_token.clone(),
@@ -121,6 +125,7 @@ pub async fn run(
     info!("API stopped; stopping jobs");
     group_stop.send_replace(true);
     let _ = group_loop.await;
+    let _ = cluster_loop.await;
     manager.shutdown().await;
     group.leave().await;
     info!("ccr-syncer stopped");

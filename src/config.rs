@@ -105,6 +105,9 @@ pub enum Command {
     /// The Galera minder: dbserver, arbitrator, notify, command, config
     /// (see doc/minder.md).
     Minder(Box<crate::minder::MinderArgs>),
+    /// The node agent of one machine, driven by the cluster manager
+    /// (`POST /`, seed 000; token from CCR_AGENT_TOKEN).
+    Agent(Box<crate::agent::AgentArgs>),
     /// Manage the key file that encrypts the store's passwords.
     SecretKey {
         #[command(subcommand)]
@@ -341,6 +344,26 @@ pub fn cap_driver_buffers() {
 /// The environment variable with the password of the minder's dbserver
 /// account for its node.
 pub const MINDER_MYSQL_PASSWORD_ENV: &str = "MINDER_MYSQL_PASSWORD";
+/// The token the cluster manager and its node agents share.
+pub const AGENT_TOKEN_ENV: &str = "CCR_AGENT_TOKEN";
+
+/// Where the cluster manager aborts (tests of its crash safety):
+/// `before:STEP` or `after:STEP`.
+pub const CLUSTER_FAILPOINT_ENV: &str = "CCR_SYNCER_CM_FAILPOINT";
+
+pub fn cluster_failpoint() -> Option<String> {
+    std::env::var(CLUSTER_FAILPOINT_ENV)
+        .ok()
+        .filter(|f| !f.is_empty())
+}
+
+/// The agents' token, when set (and not empty).
+pub fn agent_token() -> Option<Secret> {
+    std::env::var(AGENT_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(Secret::new)
+}
 
 /// The minder dbserver's password for its node (empty when unset).
 pub fn minder_mysql_password() -> Secret {

@@ -1,10 +1,12 @@
 //! ccr-syncer: cross-cluster replication for MySQL-protocol databases, driven
 //! over HTTP like the Doris CCR syncer. `doc/ARCHITECTURE.md` is the map.
 
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod change;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod db;

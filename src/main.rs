@@ -18,6 +18,10 @@ fn main() -> ExitCode {
         let _ = ccr_syncer::logging::init("info", None);
         return ccr_syncer::minder::main(*args);
     }
+    if let Some(Command::Agent(args)) = cli.command.take_if(|c| matches!(c, Command::Agent(_))) {
+        let _ = ccr_syncer::logging::init("info", None);
+        return ccr_syncer::agent::main(*args);
+    }
     if matches!(cli.command, Some(Command::Ctl(_))) {
         if let Some(Command::Ctl(args)) = cli.command.take() {
             return ccr_syncer::ctl::main(*args);

@@ -487,6 +487,11 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every series.
+    /// The registry, for another module's metrics (the cluster manager's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail on I/O; a failure would be a bug in a

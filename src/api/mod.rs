@@ -35,7 +35,8 @@ use warp::{Filter, Reply};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Every operation, as metrics label it.
-const OPERATIONS: [&str; 28] = [
+const OPERATIONS: [&str; 29] = [
+    "HttpService/Emit",
     "version",
     "metrics",
     "create_ccr",
@@ -90,6 +91,8 @@ const JOB_OPERATIONS: [&str; 16] = [
 pub struct ApiState {
     pub manager: Arc<JobManager>,
     pub group: Arc<crate::group::Group>,
+    /// The cluster manager: `POST /HttpService/Emit`.
+    pub cluster: Arc<crate::cluster::Manager>,
     /// Trusts the other members' HTTPS, when this one serves HTTPS or has
     /// `[group] peer_ca`.
     pub peer_tls: Option<tokio_rustls::TlsConnector>,
@@ -185,6 +188,16 @@ where
         if page {
             return view_page(state, operation, &method);
         }
+        if operation == "HttpService/Emit" {
+            if method != Method::POST {
+                return Err(ApiError::MethodNotAllowed {
+                    operation: operation.into(),
+                    allowed: "POST",
+                });
+            }
+            let answer = state.cluster.emit(&body).await;
+            return Ok(warp::reply::json(&answer).into_response());
+        }
         if let Some(response) = admin_operation(state, operation, &method, query, &body).await {
             return response;
         }
@@ -223,16 +236,11 @@ where
 fn authorize(token: Option<&Secret>, header: Option<&str>) -> Result<(), ApiError> {
     let Some(token) = token else { return Ok(()) };
     let given = header.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+    if crate::secret::constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
     }
-}
-
-/// Compares without stopping at the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// An oversized body up to this size is read (and dropped) before the 413

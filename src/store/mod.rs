@@ -334,6 +334,50 @@ pub(crate) const MIGRATIONS: &[&[&str]] = &[
             updated_at BIGINT NOT NULL
         )",
     ],
+    // 3: the cluster manager: its jobs, machines and instances.
+    &[
+        "CREATE TABLE cm_jobs (
+            job_id VARCHAR(128) NOT NULL PRIMARY KEY,
+            seq BIGINT NOT NULL UNIQUE,
+            job_type VARCHAR(64) NOT NULL,
+            digest VARCHAR(64) NOT NULL,
+            paras MEDIUMTEXT NOT NULL,
+            user_name VARCHAR(255) NOT NULL,
+            status VARCHAR(16) NOT NULL,
+            plan MEDIUMTEXT NOT NULL,
+            attachment MEDIUMTEXT NOT NULL,
+            error_code VARCHAR(16) NOT NULL,
+            error_info MEDIUMTEXT NOT NULL,
+            resource VARCHAR(255) NOT NULL,
+            cancel_requested INT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )",
+        "CREATE TABLE cm_machines (
+            hostaddr VARCHAR(255) NOT NULL PRIMARY KEY,
+            machine_type VARCHAR(32) NOT NULL,
+            port_range VARCHAR(32) NOT NULL,
+            rack_id VARCHAR(64) NOT NULL,
+            datadir VARCHAR(1024) NOT NULL,
+            logdir VARCHAR(1024) NOT NULL,
+            wal_log_dir VARCHAR(1024) NOT NULL,
+            comp_datadir VARCHAR(1024) NOT NULL,
+            total_mem BIGINT NOT NULL,
+            total_cpu_cores BIGINT NOT NULL,
+            node_stats VARCHAR(16) NOT NULL,
+            agent_port BIGINT NOT NULL,
+            last_seen_at BIGINT NOT NULL,
+            created_at BIGINT NOT NULL
+        )",
+        "CREATE TABLE cm_instances (
+            hostaddr VARCHAR(255) NOT NULL,
+            port BIGINT NOT NULL,
+            cluster_id VARCHAR(64) NOT NULL,
+            shard_id VARCHAR(64) NOT NULL,
+            role VARCHAR(16) NOT NULL,
+            PRIMARY KEY (hostaddr, port)
+        )",
+    ],
 ];
 
 pub(crate) const VERSION_TABLE: &str =

@@ -1,0 +1,620 @@
+//! The cluster manager's Emit API and the node agent, with real processes:
+//! three agents on 127.0.0.11–13 (each a "machine"), the real service
+//! binary, a real `mariadbd` installed, killed and pulled up by an agent.
+
+use crate::harness::service::Service;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "agent-token-for-tests";
+
+struct Agent {
+    host: &'static str,
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    fn start(host: &'static str, port: u16, dir: &Path) -> Agent {
+        let mut a = Agent {
+            host,
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join(format!("agent-{}.log", self.host))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ccr-syncer"))
+            .args([
+                "agent",
+                "--host",
+                self.host,
+                "--port",
+                &self.port.to_string(),
+            ])
+            .arg("--state-dir")
+            .arg(self.dir.join(format!("state-{}", self.host)))
+            .env("CCR_AGENT_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect((self.host, self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "agent {} did not listen",
+                self.host
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn ask(&self, body: Value, token: Option<&str>) -> (u16, Value) {
+        let mut r = reqwest::Client::new()
+            .post(format!("http://{}:{}/", self.host, self.port))
+            .json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let answer = r.send().await.expect("the agent answers");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn op(&self, body: Value) -> Value {
+        let (status, v) = self.ask(body, Some(TOKEN)).await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port(host: &str) -> u16 {
+    std::net::TcpListener::bind((host, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn emit(s: &Service, job_type: &str, job_id: &str, paras: Value) -> Value {
+    let r = s
+        .post(
+            "HttpService/Emit",
+            json!({"version": "1.0", "job_id": job_id, "job_type": job_type,
+                   "timestamp": "1435749309", "user_name": "kunlun_test", "paras": paras}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body
+}
+
+/// Polls get_status until the job ends.
+async fn wait_job(s: &Service, job_id: &str, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = emit(s, "get_status", job_id, json!({})).await;
+        if v["status"] == "done" || v["status"] == "failed" {
+            return v;
+        }
+        assert_eq!(v["status"], "ongoing", "{v}");
+        assert!(Instant::now() < deadline, "job {job_id} still {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn machine(host: &str, agent_port: Option<u16>, dir: &Path) -> Value {
+    let mut m = json!({"hostaddr": host, "machine_type": "storage", "port_range": "46000-46100",
+        "rack_id": "1", "datadir": dir.join(format!("data-{host}")),
+        "logdir": dir.join(format!("data-{host}")), "wal_log_dir": dir.join(format!("data-{host}")),
+        "comp_datadir": dir.join(format!("data-{host}")), "total_mem": "8192", "total_cpu_cores": "8"});
+    if let Some(p) = agent_port {
+        m["agent_port"] = json!(p.to_string());
+    }
+    m
+}
+
+async fn jobs(s: &Service) -> usize {
+    let v = emit(s, "list_jobs", "", json!({})).await;
+    v["attachment"]["list_jobs"].as_array().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_jobs_machines_and_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Machine 1's agent on the seed's default port; the others on free ones.
+    let mut agents = [
+        Agent::start("127.0.0.11", 9998, d),
+        Agent::start("127.0.0.12", free_port("127.0.0.12"), d),
+        Agent::start("127.0.0.13", free_port("127.0.0.13"), d),
+    ];
+    let env = [("CCR_AGENT_TOKEN", TOKEN)];
+    let s = Service::process_with_env(d, "", &env).await;
+
+    // Bad requests: failed, a specific reason, nothing created.
+    for (job_type, paras, needle) in [
+        ("explode", json!({}), "unknown job_type"),
+        ("create_machine", json!({}), "paras.hostaddr is missing"),
+        (
+            "create_machine",
+            json!({"hostaddr": "127.0.0.11", "machine_type": "storage", "port_range": "9-1", "datadir": "/x"}),
+            "port range",
+        ),
+        (
+            "create_machine",
+            json!({"hostaddr": "127.0.0.11", "machine_type": "fridge", "port_range": "1-2", "datadir": "/x"}),
+            "machine_type",
+        ),
+        (
+            "create_machine",
+            json!({"hostaddr": "127.0.0.11", "machine_type": "storage", "port_range": "1-2", "datadir": "rel"}),
+            "absolute",
+        ),
+        (
+            "create_machine",
+            json!({"hostaddr": ["127.0.0.11"]}),
+            "expected a string",
+        ),
+        (
+            "create_machine",
+            json!({"hostaddr": "127.0.0.11", "machine_type": "storage", "port_range": "1-2", "datadir": "/x", "total_mem": "lots"}),
+            "not a whole number",
+        ),
+        (
+            "delete_machine",
+            json!({"hostaddr": "127.0.0.11"}),
+            "no machine",
+        ),
+        (
+            "set_machine",
+            json!({"hostaddr": "127.0.0.11", "node_stats": "running"}),
+            "no machine",
+        ),
+        ("raft_mission", json!({"task_type": "elect"}), "task_type"),
+        ("create_cluster", json!({"ha_mode": "rbr"}), "not built"),
+        ("get_status", json!({"job_id": "404"}), "no job 404"),
+        ("cancel_job", json!({}), "paras.job_id is missing"),
+    ] {
+        let v = emit(&s, job_type, "", paras).await;
+        assert_eq!(v["status"], "failed", "{job_type}: {v}");
+        assert_ne!(v["error_code"], "0", "{v}");
+        assert!(
+            v["error_info"].as_str().unwrap().contains(needle),
+            "{job_type}: {v}"
+        );
+    }
+    let r = s.post_raw("HttpService/Emit", "{not json").await;
+    assert_eq!(r.body["status"], "failed", "{}", r.text);
+    assert_eq!(jobs(&s).await, 0);
+
+    // A dry run answers the plan and creates nothing.
+    let mut m1 = machine("127.0.0.11", None, d);
+    m1["dry_run"] = json!("1");
+    let v = emit(&s, "create_machine", "", m1.clone()).await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(
+        v["attachment"]["steps"],
+        json!(["reach_agent", "register_machine"])
+    );
+    assert_eq!(jobs(&s).await, 0);
+
+    // Three machines, the first by a client-chosen job_id.
+    m1.as_object_mut().unwrap().remove("dry_run");
+    let v = emit(&s, "create_machine", "m1", m1.clone()).await;
+    assert_eq!(v["status"], "accept", "{v}");
+    assert_eq!(v["job_id"], "m1");
+    let mut ids = vec!["m1".to_string()];
+    for a in &agents[1..] {
+        let v = emit(&s, "create_machine", "", machine(a.host, Some(a.port), d)).await;
+        assert_eq!(v["status"], "accept", "{v}");
+        ids.push(v["job_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let v = wait_job(&s, id, 30).await;
+        assert_eq!(v["status"], "done", "{v}");
+        assert_eq!(v["error_info"], "create machine successfully");
+    }
+    // The same job_id and body: the same job; another body: refused.
+    let v = emit(&s, "create_machine", "m1", m1.clone()).await;
+    assert_eq!(
+        (v["status"].as_str(), v["job_id"].as_str()),
+        (Some("accept"), Some("m1")),
+        "{v}"
+    );
+    let v = emit(&s, "create_machine", "m1", machine("127.0.0.14", None, d)).await;
+    assert_eq!(v["status"], "failed");
+    assert!(
+        v["error_info"]
+            .as_str()
+            .unwrap()
+            .contains("another request"),
+        "{v}"
+    );
+    assert_eq!(jobs(&s).await, 3);
+    // A machine registered twice: refused.
+    let v = emit(
+        &s,
+        "create_machine",
+        "",
+        machine("127.0.0.12", Some(agents[1].port), d),
+    )
+    .await;
+    assert!(
+        v["error_info"].as_str().unwrap().contains("exists already"),
+        "{v}"
+    );
+
+    // An unreachable agent fails the job naming the address.
+    let v = emit(&s, "create_machine", "", machine("127.0.0.14", None, d)).await;
+    let v = wait_job(&s, v["job_id"].as_str().unwrap(), 30).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["error_info"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.14:9998"),
+        "{v}"
+    );
+
+    // Online from the heartbeats; a killed agent goes offline.
+    let summary = || async {
+        let v = emit(&s, "get_machine_summary", "", json!({})).await;
+        v["attachment"]["list_machine"].as_array().unwrap().clone()
+    };
+    let list = summary().await;
+    assert_eq!(list.len(), 3, "{list:?}");
+    assert!(list.iter().all(|m| m["status"] == "online"), "{list:?}");
+    agents[2].kill();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let list = summary().await;
+        let m3 = list
+            .iter()
+            .find(|m| m["hostaddr"] == "127.0.0.13")
+            .unwrap()
+            .clone();
+        if m3["status"] == "offline" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m3}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // set_machine, delete_machine, list_jobs filters, metrics.
+    let v = emit(
+        &s,
+        "set_machine",
+        "",
+        json!({"hostaddr": "127.0.0.13", "node_stats": "dead"}),
+    )
+    .await;
+    assert_eq!(
+        wait_job(&s, v["job_id"].as_str().unwrap(), 30).await["status"],
+        "done"
+    );
+    let m3 = summary()
+        .await
+        .into_iter()
+        .find(|m| m["hostaddr"] == "127.0.0.13")
+        .unwrap();
+    assert_eq!(m3["node_stats"], "dead");
+    let v = emit(
+        &s,
+        "delete_machine",
+        "",
+        json!({"hostaddr": "127.0.0.13", "machine_type": "storage"}),
+    )
+    .await;
+    let v = wait_job(&s, v["job_id"].as_str().unwrap(), 30).await;
+    assert_eq!(v["error_info"], "delete machine successfully", "{v}");
+    assert_eq!(summary().await.len(), 2);
+    let v = emit(&s, "list_jobs", "", json!({"status": "failed"})).await;
+    assert_eq!(
+        v["attachment"]["list_jobs"].as_array().unwrap().len(),
+        1,
+        "{v}"
+    );
+    let metrics = s.get("metrics").await.text;
+    assert!(
+        metrics.contains("ccr_cluster_jobs{job_type=\"create_machine\",status=\"done\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ccr_cluster_step_seconds"), "{metrics}");
+
+    // raft_mission on a group of one (SQLite): refused with the reason.
+    let v = emit(
+        &s,
+        "raft_mission",
+        "",
+        json!({"task_type": "add_peer", "peer": "127.0.0.1:25001"}),
+    )
+    .await;
+    let v = wait_job(&s, v["job_id"].as_str().unwrap(), 30).await;
+    assert!(
+        v["error_info"].as_str().unwrap().contains("group of one"),
+        "{v}"
+    );
+
+    // The manager killed right after a step, restarted: the job resumes and
+    // ends done, the machine registered once.
+    s.kill();
+    agents[2].spawn();
+    let env2 = [
+        ("CCR_AGENT_TOKEN", TOKEN),
+        ("CCR_SYNCER_CM_FAILPOINT", "after:reach_agent"),
+    ];
+    let mut s = Service::process_with_env(d, "", &env2).await;
+    let v = emit(
+        &s,
+        "create_machine",
+        "crash",
+        machine("127.0.0.13", Some(agents[2].port), d),
+    )
+    .await;
+    assert_eq!(v["status"], "accept", "{v}");
+    assert!(
+        s.wait_exit(Duration::from_secs(30)).await,
+        "the failpoint aborts the manager"
+    );
+    let s = Service::process_with_env(d, "", &env).await;
+    let v = wait_job(&s, "crash", 30).await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(summary_count(&s, "127.0.0.13").await, 1, "registered once");
+
+    agent_scenarios(&agents[0], d).await;
+    interrupted(&mut agents[1], d).await;
+    s.kill();
+}
+
+/// An agent killed during an operation reports it `interrupted` after its
+/// restart; the next attempt of the same step completes.
+async fn interrupted(a: &mut Agent, d: &Path) {
+    let port = free_port(a.host);
+    let base = d.join("instances-b");
+    let install = |attempt: u64| {
+        json!({"ver": "0.1", "job_type": "install_mysql", "job_id": "k1", "step": "install",
+               "attempt": attempt, "port": port, "datadir": base, "server_id": 12,
+               "innodb_size": 32})
+    };
+    let body = install(1);
+    let (host, agent_port) = (a.host, a.port);
+    let send = tokio::spawn(async move {
+        let _ = reqwest::Client::new()
+            .post(format!("http://{host}:{agent_port}/"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.kill();
+    let _ = send.await;
+    // Whatever the killed agent had started has ended before the retry.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    a.spawn();
+    let v = a
+        .op(json!({"ver": "0.1", "job_type": "get_status", "job_id": "k1"}))
+        .await;
+    assert_eq!(v["status"], "interrupted", "{v}");
+    let v = a.op(install(2)).await;
+    assert_eq!(v["status"], "done", "{v}");
+    let v = a
+        .op(json!({"ver": "0.1", "job_type": "uninstall_mysql", "job_id": "k2", "port": port}))
+        .await;
+    assert_eq!(v["status"], "done", "{v}");
+}
+
+async fn summary_count(s: &Service, host: &str) -> usize {
+    let v = emit(s, "get_machine_summary", "", json!({})).await;
+    v["attachment"]["list_machine"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["hostaddr"] == host)
+        .count()
+}
+
+/// The agent alone: token, typed operations, keyed operations, an
+/// instance installed, killed and pulled up.
+async fn agent_scenarios(a: &Agent, d: &Path) {
+    let (status, v) = a
+        .ask(json!({"ver": "0.1", "job_type": "get_info"}), None)
+        .await;
+    assert_eq!(status, 401, "{v}");
+    let (status, v) = a
+        .ask(json!({"ver": "0.1", "job_type": "get_info"}), Some("wrong"))
+        .await;
+    assert_eq!(status, 401, "{v}");
+    let v = a.op(json!({"ver": "0.1", "job_type": "get_info"})).await;
+    assert!(
+        v["cores"].as_u64().unwrap() >= 1 && v["total_mem_mb"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    for (body, needle) in [
+        (
+            json!({"ver": "0.1", "job_type": "mysql_cmd", "cmd": "rm -rf /"}),
+            "./startmysql.sh PORT",
+        ),
+        (
+            json!({"ver": "0.1", "job_type": "mysql_cmd", "cmd": "./startmysql.sh 1; id"}),
+            "no shell",
+        ),
+        (
+            json!({"ver": "0.1", "job_type": "cluster_cmd", "cmd": "bash -x bin/cluster_mgr_safe"}),
+            "no shell",
+        ),
+        (
+            json!({"ver": "0.1", "job_type": "reboot"}),
+            "unknown job_type",
+        ),
+    ] {
+        let (status, v) = a.ask(body.clone(), Some(TOKEN)).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(
+            v["error_info"].as_str().unwrap().contains(needle),
+            "{body}: {v}"
+        );
+    }
+
+    let port = free_port(a.host);
+    let base = d.join("instances");
+    let install = json!({"ver": "0.1", "job_type": "install_mysql", "job_id": "j1", "step": "install",
+        "attempt": 1, "port": port, "datadir": base, "server_id": 11, "innodb_size": "32",
+        "max_connections": "50", "admin_user": "clustmgr", "admin_password": "s3cret-admin"});
+    let v = a.op(install.clone()).await;
+    assert_eq!(v["status"], "done", "{v}");
+    let started = v.clone();
+    // The same key again: that operation's state, not a second install.
+    let v = a.op(install.clone()).await;
+    assert_eq!(v, started);
+    let sql = |q: &str| {
+        let out = Command::new("mariadb")
+            .args([
+                "-h",
+                a.host,
+                "-P",
+                &port.to_string(),
+                "-u",
+                "clustmgr",
+                "-ps3cret-admin",
+                "-N",
+                "-e",
+                q,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(sql("SELECT @@server_id, @@max_connections"), "11\t50");
+    let nodes = a.op(json!({"ver": "0.1", "job_type": "get_node"})).await;
+    assert_eq!(nodes["nodes"][0]["state"], "running", "{nodes}");
+    assert!(!nodes.to_string().contains("s3cret-admin"));
+
+    // SIGKILLed: pulled up within seconds.
+    let pid = || -> i32 {
+        std::fs::read_to_string(base.join(port.to_string()).join("mysqld.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let up = |secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if std::net::TcpStream::connect((a.host, port)).is_ok() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    unsafe { libc::kill(pid(), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(up(20), "pulled up after SIGKILL");
+    assert_eq!(sql("SELECT 1"), "1");
+    // minutes -1: stays down.
+    a.op(json!({"ver": "0.1", "job_type": "auto_pullup", "minutes": -1, "port": port}))
+        .await;
+    unsafe { libc::kill(pid(), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(
+        std::net::TcpStream::connect((a.host, port)).is_err(),
+        "kept down"
+    );
+    // minutes 1: back after the window.
+    let paused = Instant::now();
+    a.op(json!({"ver": "0.1", "job_type": "auto_pullup", "minutes": "1"}))
+        .await;
+    assert!(up(90), "pulled up after the window");
+    assert!(
+        paused.elapsed() >= Duration::from_secs(55),
+        "{:?}",
+        paused.elapsed()
+    );
+
+    // The seed's start/stop scripts: a deliberate stop stays stopped.
+    let v = a
+        .op(json!({"ver": "0.1", "job_type": "mysql_cmd", "cmd": format!("./stopmysql.sh {port}")}))
+        .await;
+    assert_eq!(v["status"], "done", "{v}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        std::net::TcpStream::connect((a.host, port)).is_err(),
+        "a stop is kept"
+    );
+    let v = a.op(json!({"ver": "0.1", "job_type": "mysql_cmd", "cmd": format!("./startmysql.sh {port}")})).await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(sql("SELECT 2"), "2");
+
+    // delete: a table, the binary logs.
+    sql("CREATE DATABASE d1; CREATE TABLE d1.t1 (id INT PRIMARY KEY)");
+    let v = a
+        .op(
+            json!({"ver": "0.1", "job_id": "j2", "job_type": "delete", "file_type": "table",
+        "s_ip": a.host, "s_port": port, "s_user": "clustmgr", "s_pwd": "s3cret-admin",
+        "s_dbname": "d1", "s_table_name": "t1"}),
+        )
+        .await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(
+        sql("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'd1'"),
+        "0"
+    );
+    let v = a
+        .op(
+            json!({"ver": "0.1", "job_id": "j3", "job_type": "delete", "file_type": "binlog",
+        "s_ip": a.host, "s_port": port, "s_user": "clustmgr", "s_pwd": "s3cret-admin"}),
+        )
+        .await;
+    assert_eq!(v["status"], "done", "{v}");
+    let v = a
+        .op(json!({"ver": "0.1", "job_type": "get_status", "job_id": "j3"}))
+        .await;
+    assert_eq!(v["status"], "done", "{v}");
+
+    // Uninstalled: nothing left.
+    let v = a
+        .op(json!({"ver": "0.1", "job_type": "uninstall_mysql", "job_id": "j4", "port": port}))
+        .await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert!(!base.join(port.to_string()).exists());
+    let nodes = a.op(json!({"ver": "0.1", "job_type": "get_node"})).await;
+    assert_eq!(nodes["nodes"], json!([]), "{nodes}");
+    let state =
+        std::fs::read_to_string(d.join("state-127.0.0.11").join("operations.json")).unwrap();
+    assert!(
+        !state.contains("s3cret-admin"),
+        "no password in the agent's files"
+    );
+}

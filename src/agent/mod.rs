@@ -1,0 +1,420 @@
+//! `ccr-syncer agent --host ADDR --port 9998 --state-dir DIR`: the node
+//! agent of seed 000, one per machine, driven by the cluster manager.
+//!
+//! It serves the seed's protocol at `POST /`: a JSON object with `ver` and
+//! `job_type` and the job type's fields (numbers may come as strings). It
+//! runs **typed operations only**: no request runs a shell or a command it
+//! names. The seed's `mysql_cmd` is taken only as `./startmysql.sh PORT` or
+//! `./stopmysql.sh PORT` (start or stop the managed instance on PORT);
+//! anything else is refused naming what is accepted. Every request carries
+//! `Authorization: Bearer <token>` (`CCR_AGENT_TOKEN`, the manager's too):
+//! the agent is reached only by the manager.
+//!
+//! Long operations (installing, starting, stopping, uninstalling an
+//! instance, `mysql_cmd`, `delete`) are keyed (`job_id`, `step`, `attempt`)
+//! in [`ops`]: the same request sent again answers that operation's state.
+//! The answer waits for the operation up to [`WAIT`]; after that it says
+//! `ongoing` and `get_status` follows it.
+
+mod instance;
+mod ops;
+mod request;
+
+use crate::secret::Secret;
+use bytes::Bytes;
+use instance::{Instance, Registry};
+use ops::{Key, Operations};
+use parking_lot::Mutex;
+use request::{Refusal, Request};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+use warp::Filter;
+
+/// How long an answer waits for its operation before saying `ongoing`.
+const WAIT: Duration = Duration::from_secs(30);
+/// Bodies larger than this are refused.
+const BODY_LIMIT: u64 = 1 << 20;
+
+/// `ccr-syncer agent`.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The address it listens on (the machine's `hostaddr`); its instances
+    /// bind there too.
+    #[arg(long)]
+    pub host: String,
+    #[arg(long, default_value_t = 9998)]
+    pub port: u16,
+    /// Its instance list and operations.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+}
+
+pub struct Agent {
+    host: String,
+    state_dir: PathBuf,
+    token: Secret,
+    registry: Registry,
+    ops: Operations,
+    /// One instance operation at a time (auto pullup included).
+    busy: tokio::sync::Mutex<()>,
+    /// Instances being worked on right now (auto pullup leaves them).
+    working: Mutex<Vec<u16>>,
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn main(args: AgentArgs) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: AgentArgs) -> Result<(), String> {
+    let token = crate::config::agent_token().ok_or(
+        "the agent serves only the cluster manager: set CCR_AGENT_TOKEN (the same token the manager has)",
+    )?;
+    std::fs::create_dir_all(&args.state_dir)
+        .map_err(|e| format!("--state-dir {}: {e}", args.state_dir.display()))?;
+    let registry = Registry::new(&args.state_dir);
+    registry.load()?;
+    let agent = Arc::new(Agent {
+        host: args.host.clone(),
+        state_dir: args.state_dir.clone(),
+        token,
+        registry,
+        ops: Operations::open(&args.state_dir)?,
+        busy: tokio::sync::Mutex::new(()),
+        working: Mutex::new(Vec::new()),
+    });
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+    info!(host = %args.host, port = args.port, state_dir = %args.state_dir.display(), "agent serving");
+    tokio::spawn(pullup(agent.clone()));
+    let a = agent.clone();
+    let routes = warp::post()
+        .and(warp::path::end())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::body::content_length_limit(BODY_LIMIT))
+        .and(warp::body::bytes())
+        .then(move |auth: Option<String>, body: Bytes| {
+            let a = a.clone();
+            async move {
+                let (status, answer) = a.answer(auth.as_deref(), &body).await;
+                warp::reply::with_status(warp::reply::json(&answer), status)
+            }
+        })
+        .or(warp::any().map(|| {
+            warp::reply::with_status(
+                warp::reply::json(&json!({"ver": "0.1", "status": "failed", "error_code": "1",
+                    "error_info": "the agent takes POST / with a JSON body of at most 1 MiB"})),
+                warp::http::StatusCode::BAD_REQUEST,
+            )
+        }));
+    let stop = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(stop)
+        .run()
+        .await;
+    Ok(())
+}
+
+fn failed(code: &str, info: impl Into<String>) -> Value {
+    json!({"ver": "0.1", "status": "failed", "error_code": code, "error_info": info.into()})
+}
+
+impl Agent {
+    async fn answer(
+        self: &Arc<Self>,
+        auth: Option<&str>,
+        body: &[u8],
+    ) -> (warp::http::StatusCode, Value) {
+        use warp::http::StatusCode;
+        let given = auth.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+        if !crate::secret::constant_time_eq(given.as_bytes(), self.token.expose().as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                failed("401", "the agent is reached only by the cluster manager: Authorization: Bearer <CCR_AGENT_TOKEN>"),
+            );
+        }
+        match Request::parse(body) {
+            Err(Refusal(why)) => {
+                info!(error = %why, "request refused");
+                (StatusCode::BAD_REQUEST, failed("400", why))
+            }
+            Ok(request) => match self.serve(request).await {
+                Ok(v) => (StatusCode::OK, v),
+                Err(e) => (StatusCode::OK, failed("500", e)),
+            },
+        }
+    }
+
+    async fn serve(self: &Arc<Self>, request: Request) -> Result<Value, String> {
+        match request {
+            Request::GetInfo => Ok(self.info()),
+            Request::GetNode | Request::UpdateNode => {
+                let list = self.registry.load()?;
+                Ok(
+                    json!({"ver": "0.1", "status": "done", "error_code": "0", "error_info": "",
+                          "nodes": list.iter().map(node_json).collect::<Vec<_>>()}),
+                )
+            }
+            Request::GetStatus { job_id } => match self.ops.latest(&job_id) {
+                Some(op) => Ok(op_json(&op)),
+                None => Ok(failed(
+                    "404",
+                    format!("no operation of job {job_id} on this agent"),
+                )),
+            },
+            Request::AutoPullup { minutes, port } => {
+                let until = match minutes {
+                    -1 => i64::MAX,
+                    0 => 0,
+                    m => chrono::Utc::now().timestamp_millis() + m * 60_000,
+                };
+                let touched = self.registry.update(|list| {
+                    let mut n = 0;
+                    for i in list.iter_mut().filter(|i| port.is_none_or(|p| p == i.port)) {
+                        i.pullup_paused_until = until;
+                        n += 1;
+                    }
+                    n
+                })?;
+                if let (Some(p), 0) = (port, touched) {
+                    return Ok(failed("404", format!("no managed instance on port {p}")));
+                }
+                info!(minutes, port = ?port, instances = touched, "auto pullup");
+                Ok(
+                    json!({"ver": "0.1", "status": "done", "error_code": "0", "error_info": "",
+                          "instances": touched}),
+                )
+            }
+            Request::Operation { key, job_type, op } => self.operation(key, job_type, op).await,
+        }
+    }
+
+    fn info(&self) -> Value {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem = |field: &str| {
+            meminfo
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .map_or(0, |kb| kb / 1024)
+        };
+        let mut dirs: Vec<PathBuf> = vec![self.state_dir.clone()];
+        for i in self.registry.load().unwrap_or_default() {
+            if let Some(base) = i.dir.parent() {
+                if !dirs.iter().any(|d| d == base) {
+                    dirs.push(base.to_path_buf());
+                }
+            }
+        }
+        json!({
+            "ver": "0.1", "status": "done", "error_code": "0", "error_info": "",
+            "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "total_mem_mb": mem("MemTotal:"),
+            "available_mem_mb": mem("MemAvailable:"),
+            "dirs": dirs.iter().map(|d| json!({"path": d, "free_mb": instance::free_mb(d)})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Starts (or finds) the operation under `key` and answers its state,
+    /// waiting for it up to [`WAIT`].
+    async fn operation(
+        self: &Arc<Self>,
+        key: Key,
+        job_type: &'static str,
+        op: request::Op,
+    ) -> Result<Value, String> {
+        if self.ops.begin(&key, job_type)? {
+            info!(job = %key.job_id, step = %key.step, attempt = key.attempt, job_type, "operation");
+            let me = self.clone();
+            let k = key.clone();
+            tokio::spawn(async move {
+                let outcome = me.execute(op).await;
+                if let Err(e) = &outcome {
+                    warn!(job = %k.job_id, step = %k.step, job_type, error = %e, "operation failed");
+                }
+                me.ops.finish(&k, outcome);
+            });
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let op = self.ops.get(&key).ok_or("operation lost")?;
+            if op.status != "ongoing" || tokio::time::Instant::now() >= deadline {
+                return Ok(op_json(&op));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn find(&self, port: u16) -> Result<Instance, String> {
+        self.registry
+            .load()?
+            .into_iter()
+            .find(|i| i.port == port)
+            .ok_or_else(|| format!("no managed instance on port {port}"))
+    }
+
+    async fn execute(&self, op: request::Op) -> Result<Value, String> {
+        use request::Op;
+        let _busy = self.busy.lock().await;
+        let port = op.port();
+        if let Some(p) = port {
+            self.working.lock().push(p);
+        }
+        let outcome = async {
+            match op {
+                Op::Install { spec, admin } => {
+                    if let Some(other) = self.registry.load()?.into_iter().find(|i| {
+                        i.port == spec.port && i.dir != spec.base.join(spec.port.to_string())
+                    }) {
+                        return Err(format!(
+                            "port {} is taken by the instance in {}",
+                            spec.port,
+                            other.dir.display()
+                        ));
+                    }
+                    let instance = Instance::install(&spec, &self.host).await?;
+                    self.registry.update(|list| {
+                        if !list.iter().any(|i| i.port == instance.port) {
+                            list.push(instance.clone());
+                        }
+                    })?;
+                    instance.start().await?;
+                    if let Some((user, password)) = &admin {
+                        request::create_admin(&instance, user, password).await?;
+                    }
+                    self.set_wanted(instance.port, true)?;
+                    Ok(node_json(&self.find(instance.port)?))
+                }
+                Op::Start { port } => {
+                    let i = self.find(port)?;
+                    i.start().await?;
+                    self.set_wanted(port, true)?;
+                    Ok(node_json(&self.find(port)?))
+                }
+                Op::Stop { port } => {
+                    let i = self.find(port)?;
+                    self.set_wanted(port, false)?;
+                    i.stop().await?;
+                    Ok(node_json(&self.find(port)?))
+                }
+                Op::Uninstall { port } => {
+                    let Ok(i) = self.find(port) else {
+                        return Ok(json!({"port": port, "state": "absent"}));
+                    };
+                    self.set_wanted(port, false)?;
+                    i.uninstall().await?;
+                    self.registry
+                        .update(|list| list.retain(|x| x.port != port))?;
+                    Ok(json!({"port": port, "state": "absent"}))
+                }
+                Op::Delete(d) => d.run().await,
+            }
+        }
+        .await;
+        if let Some(p) = port {
+            self.working.lock().retain(|x| *x != p);
+        }
+        outcome
+    }
+
+    fn set_wanted(&self, port: u16, wanted: bool) -> Result<(), String> {
+        self.registry.update(|list| {
+            for i in list.iter_mut().filter(|i| i.port == port) {
+                i.wanted_running = wanted;
+            }
+        })
+    }
+}
+
+/// Starts again, every 2 s, a managed instance that should run and does
+/// not (killed, crashed), unless its auto pullup is paused.
+async fn pullup(agent: Arc<Agent>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = chrono::Utc::now().timestamp_millis();
+        let Ok(list) = agent.registry.load() else {
+            continue;
+        };
+        for i in list {
+            if !i.wanted_running || i.pullup_paused_until > now || i.is_running() {
+                continue;
+            }
+            let Ok(_busy) = agent.busy.try_lock() else {
+                continue;
+            };
+            if agent.working.lock().contains(&i.port) {
+                continue;
+            }
+            warn!(
+                port = i.port,
+                "managed instance is down: auto pullup starts it"
+            );
+            match i.start().await {
+                Ok(()) => info!(port = i.port, "auto pullup: instance up"),
+                Err(e) => warn!(port = i.port, error = %e, "auto pullup failed"),
+            }
+        }
+    }
+}
+
+fn node_json(i: &Instance) -> Value {
+    let paused = match i.pullup_paused_until {
+        0 => json!(0),
+        i64::MAX => json!(-1),
+        until => json!(until),
+    };
+    json!({
+        "port": i.port,
+        "datadir": i.dir,
+        "server_id": i.server_id,
+        "innodb_size_mb": i.innodb_size_mb,
+        "max_connections": i.max_connections,
+        "state": if i.is_running() { "running" } else { "stopped" },
+        "wanted_running": i.wanted_running,
+        "pullup_paused_until": paused,
+    })
+}
+
+fn op_json(op: &ops::Operation) -> Value {
+    json!({
+        "ver": "0.1",
+        "job_id": op.key.job_id,
+        "step": op.key.step,
+        "attempt": op.key.attempt,
+        "job_type": op.job_type,
+        "status": op.status,
+        "error_code": if op.status == "failed" || op.status == "interrupted" { "1" } else { "0" },
+        "error_info": op.error_info,
+        "result": op.result,
+    })
+}

@@ -1,0 +1,178 @@
+//! The agent's long operations, keyed by (job, step, attempt) and kept in
+//! `operations.json` in its state directory. The same request sent again
+//! returns that operation's state instead of starting a second one; an
+//! operation that was running when the agent died is reported
+//! `interrupted` after its restart (its "make sure X holds" steps make a
+//! new attempt safe).
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// An operation's key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Key {
+    pub job_id: String,
+    pub step: String,
+    pub attempt: u64,
+}
+
+impl Key {
+    fn text(&self) -> String {
+        format!("{}/{}/{}", self.job_id, self.step, self.attempt)
+    }
+}
+
+/// An operation's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Operation {
+    pub key: Key,
+    pub job_type: String,
+    /// `ongoing`, `done`, `failed`, `interrupted`.
+    pub status: String,
+    pub error_info: String,
+    pub result: Value,
+    pub started_at: i64,
+    pub updated_at: i64,
+}
+
+pub struct Operations {
+    file: PathBuf,
+    ops: Mutex<BTreeMap<String, Operation>>,
+}
+
+/// Operations kept: the newest this many.
+const KEEP: usize = 1000;
+
+impl Operations {
+    /// Loads the kept operations; one still `ongoing` was cut off by the
+    /// agent's death and is `interrupted` from now on.
+    pub fn open(state_dir: &Path) -> Result<Operations, String> {
+        let file = state_dir.join("operations.json");
+        let mut ops: BTreeMap<String, Operation> = match std::fs::read(&file) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        };
+        for op in ops.values_mut() {
+            if op.status == "ongoing" {
+                op.status = "interrupted".into();
+                op.error_info =
+                    "the agent stopped while this operation ran; send it again with the next attempt"
+                        .into();
+            }
+        }
+        let me = Operations {
+            file,
+            ops: Mutex::new(ops),
+        };
+        me.save(&me.ops.lock())?;
+        Ok(me)
+    }
+
+    fn save(&self, ops: &BTreeMap<String, Operation>) -> Result<(), String> {
+        let tmp = self.file.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(ops).expect("serializes"))
+            .and_then(|()| std::fs::rename(&tmp, &self.file))
+            .map_err(|e| format!("{}: {e}", self.file.display()))
+    }
+
+    /// The operation under `key`, if one was started.
+    pub fn get(&self, key: &Key) -> Option<Operation> {
+        self.ops.lock().get(&key.text()).cloned()
+    }
+
+    /// The newest operation of `job_id`.
+    pub fn latest(&self, job_id: &str) -> Option<Operation> {
+        self.ops
+            .lock()
+            .values()
+            .filter(|o| o.key.job_id == job_id)
+            .max_by_key(|o| (o.started_at, o.key.attempt))
+            .cloned()
+    }
+
+    /// Starts an operation under `key`: false when one exists already.
+    pub fn begin(&self, key: &Key, job_type: &str) -> Result<bool, String> {
+        let mut ops = self.ops.lock();
+        if ops.contains_key(&key.text()) {
+            return Ok(false);
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        ops.insert(
+            key.text(),
+            Operation {
+                key: key.clone(),
+                job_type: job_type.into(),
+                status: "ongoing".into(),
+                error_info: String::new(),
+                result: Value::Null,
+                started_at: now,
+                updated_at: now,
+            },
+        );
+        while ops.len() > KEEP {
+            let oldest = ops
+                .iter()
+                .min_by_key(|(_, o)| o.updated_at)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => ops.remove(&k),
+                None => break,
+            };
+        }
+        self.save(&ops)?;
+        Ok(true)
+    }
+
+    /// Records how the operation under `key` ended.
+    pub fn finish(&self, key: &Key, outcome: Result<Value, String>) {
+        let mut ops = self.ops.lock();
+        if let Some(op) = ops.get_mut(&key.text()) {
+            op.updated_at = chrono::Utc::now().timestamp_millis();
+            match outcome {
+                Ok(result) => {
+                    op.status = "done".into();
+                    op.result = result;
+                }
+                Err(e) => {
+                    op.status = "failed".into();
+                    op.error_info = e;
+                }
+            }
+        }
+        if let Err(e) = self.save(&ops) {
+            tracing::error!(error = %e, "cannot keep the agent's operations");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_runs_once_and_a_lost_operation_is_interrupted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let key = Key {
+            job_id: "7".into(),
+            step: "install".into(),
+            attempt: 1,
+        };
+        let ops = Operations::open(&dir).unwrap();
+        assert!(ops.begin(&key, "install_mysql").unwrap());
+        assert!(!ops.begin(&key, "install_mysql").unwrap());
+        assert_eq!(ops.get(&key).unwrap().status, "ongoing");
+        drop(ops);
+        let ops = Operations::open(&dir).unwrap();
+        let op = ops.get(&key).unwrap();
+        assert_eq!(op.status, "interrupted");
+        let next = Key { attempt: 2, ..key };
+        assert!(ops.begin(&next, "install_mysql").unwrap());
+        ops.finish(&next, Ok(serde_json::json!({"port": 6001})));
+        assert_eq!(ops.latest("7").unwrap().status, "done");
+    }
+}

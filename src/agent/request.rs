@@ -1,0 +1,419 @@
+//! The agent's requests (seed 000), read into typed operations. A number
+//! may come as a JSON number or a string; a missing or wrongly typed field,
+//! a value out of range or a job type outside the list is refused saying
+//! which, and nothing runs.
+
+use super::instance::{InstallSpec, Instance};
+use super::ops::Key;
+use crate::db::{self, ServerAddr};
+use crate::secret::Secret;
+use crate::tls::TlsOptions;
+use mysql_async::prelude::*;
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why a request is refused.
+#[derive(Debug)]
+pub struct Refusal(pub String);
+
+/// The job types this agent takes.
+pub const ACCEPTED: &str = "get_info, get_node, update_node, get_status, auto_pullup, mysql_cmd \
+(./startmysql.sh PORT or ./stopmysql.sh PORT), delete (file_type table or binlog), \
+install_mysql, start_mysql, stop_mysql, uninstall_mysql";
+
+pub enum Request {
+    GetInfo,
+    GetNode,
+    UpdateNode,
+    GetStatus {
+        job_id: String,
+    },
+    AutoPullup {
+        minutes: i64,
+        port: Option<u16>,
+    },
+    Operation {
+        key: Key,
+        job_type: &'static str,
+        op: Op,
+    },
+}
+
+pub enum Op {
+    Install {
+        spec: InstallSpec,
+        admin: Option<(String, Secret)>,
+    },
+    Start {
+        port: u16,
+    },
+    Stop {
+        port: u16,
+    },
+    Uninstall {
+        port: u16,
+    },
+    Delete(Delete),
+}
+
+impl Op {
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Op::Install { spec, .. } => Some(spec.port),
+            Op::Start { port } | Op::Stop { port } | Op::Uninstall { port } => Some(*port),
+            Op::Delete(_) => None,
+        }
+    }
+}
+
+/// `delete`: a table (`DROP TABLE`) or the binary logs (`PURGE BINARY
+/// LOGS`) of an instance.
+pub struct Delete {
+    host: String,
+    port: u16,
+    user: String,
+    password: Secret,
+    table: Option<(String, String)>,
+}
+
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn text(&self, key: &str) -> Result<Option<String>, Refusal> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(other) => Err(Refusal(format!(
+                "{key}: expected a string, got {}",
+                kind(other)
+            ))),
+        }
+    }
+
+    fn need(&self, key: &str) -> Result<String, Refusal> {
+        self.text(key)?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Refusal(format!("{key} is missing")))
+    }
+
+    fn int(&self, key: &str, min: i64, max: i64) -> Result<Option<i64>, Refusal> {
+        let Some(text) = self.text(key)? else {
+            return Ok(None);
+        };
+        let n: i64 = text
+            .trim()
+            .parse()
+            .map_err(|_| Refusal(format!("{key}: {text:?} is not a whole number")))?;
+        if n < min || n > max {
+            return Err(Refusal(format!(
+                "{key}: {n} is out of range ({min} to {max})"
+            )));
+        }
+        Ok(Some(n))
+    }
+
+    fn need_int(&self, key: &str, min: i64, max: i64) -> Result<i64, Refusal> {
+        self.int(key, min, max)?
+            .ok_or_else(|| Refusal(format!("{key} is missing")))
+    }
+
+    fn port(&self, key: &str) -> Result<u16, Refusal> {
+        Ok(self.need_int(key, 1, 65535)? as u16)
+    }
+
+    fn key(&self) -> Result<Key, Refusal> {
+        Ok(Key {
+            job_id: self.need("job_id")?,
+            step: self.text("step")?.unwrap_or_default(),
+            attempt: self.int("attempt", 0, i64::MAX)?.unwrap_or(0) as u64,
+        })
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl Request {
+    pub fn parse(body: &[u8]) -> Result<Request, Refusal> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| Refusal(format!("the body is not JSON: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(Refusal("the body is not a JSON object".into()));
+        };
+        let f = Fields(&map);
+        let job_type = f.need("job_type")?;
+        let operation = |job_type: &'static str, op: Op| -> Result<Request, Refusal> {
+            Ok(Request::Operation {
+                key: f.key()?,
+                job_type,
+                op,
+            })
+        };
+        match job_type.as_str() {
+            "get_info" => Ok(Request::GetInfo),
+            "get_node" => Ok(Request::GetNode),
+            "update_node" => Ok(Request::UpdateNode),
+            "get_status" => Ok(Request::GetStatus {
+                job_id: f.need("job_id")?,
+            }),
+            "auto_pullup" => Ok(Request::AutoPullup {
+                minutes: f.need_int("minutes", -1, 525_600)?,
+                port: f.int("port", 1, 65535)?.map(|p| p as u16),
+            }),
+            "mysql_cmd" => {
+                let cmd = f.need("cmd")?;
+                let refuse = || {
+                    Refusal(format!(
+                        "mysql_cmd {cmd:?} is refused: this agent runs no shell; it accepts only \
+                         \"./startmysql.sh PORT\" and \"./stopmysql.sh PORT\" for a managed instance"
+                    ))
+                };
+                let mut words = cmd.split(' ');
+                let (script, port) = (words.next(), words.next());
+                if words.next().is_some() {
+                    return Err(refuse());
+                }
+                let port: u16 = port
+                    .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|p| p.parse().ok())
+                    .filter(|p| *p > 0)
+                    .ok_or_else(refuse)?;
+                // The seed's requests carry no job_id: keyed by the command.
+                let key = Key {
+                    job_id: f
+                        .text("job_id")?
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| {
+                            format!("mysql_cmd-{}", chrono::Utc::now().timestamp_millis())
+                        }),
+                    step: f.text("step")?.unwrap_or_default(),
+                    attempt: f.int("attempt", 0, i64::MAX)?.unwrap_or(0) as u64,
+                };
+                let op = match script {
+                    Some("./startmysql.sh") => Op::Start { port },
+                    Some("./stopmysql.sh") => Op::Stop { port },
+                    _ => return Err(refuse()),
+                };
+                Ok(Request::Operation {
+                    key,
+                    job_type: "mysql_cmd",
+                    op,
+                })
+            }
+            "pgsql_cmd" | "cluster_cmd" => Err(Refusal(format!(
+                "{job_type} is refused: this agent runs no shell commands and manages MariaDB \
+                 instances only; it accepts {ACCEPTED}"
+            ))),
+            "install_mysql" => {
+                let base = PathBuf::from(f.need("datadir")?);
+                if !base.is_absolute() || base.components().any(|c| c.as_os_str() == "..") {
+                    return Err(Refusal(format!(
+                        "datadir {:?} must be an absolute path without ..",
+                        base.display()
+                    )));
+                }
+                let admin = match (f.text("admin_user")?, f.text("admin_password")?) {
+                    (Some(u), Some(p)) if !u.is_empty() => Some((u, Secret::new(p))),
+                    (None, None) => None,
+                    _ => {
+                        return Err(Refusal(
+                            "admin_user and admin_password come together".into(),
+                        ))
+                    }
+                };
+                let spec = InstallSpec {
+                    port: f.port("port")?,
+                    base,
+                    innodb_size_mb: f.int("innodb_size", 16, 1 << 20)?.unwrap_or(128) as u64,
+                    max_connections: f.int("max_connections", 10, 100_000)?.unwrap_or(1000) as u64,
+                    server_id: f.need_int("server_id", 1, u32::MAX as i64)? as u64,
+                };
+                operation("install_mysql", Op::Install { spec, admin })
+            }
+            "start_mysql" => operation(
+                "start_mysql",
+                Op::Start {
+                    port: f.port("port")?,
+                },
+            ),
+            "stop_mysql" => operation(
+                "stop_mysql",
+                Op::Stop {
+                    port: f.port("port")?,
+                },
+            ),
+            "uninstall_mysql" => operation(
+                "uninstall_mysql",
+                Op::Uninstall {
+                    port: f.port("port")?,
+                },
+            ),
+            "delete" => {
+                let table = match f.need("file_type")?.as_str() {
+                    "table" => Some((f.need("s_dbname")?, f.need("s_table_name")?)),
+                    "binlog" => None,
+                    other => {
+                        return Err(Refusal(format!(
+                            "file_type {other:?}: delete takes \"table\" or \"binlog\""
+                        )))
+                    }
+                };
+                let d = Delete {
+                    host: f.need("s_ip")?,
+                    port: f.port("s_port")?,
+                    user: f.need("s_user")?,
+                    password: Secret::new(f.text("s_pwd")?.unwrap_or_default()),
+                    table,
+                };
+                operation("delete", Op::Delete(d))
+            }
+            "send" | "coldbackup" | "coldrestore" => Err(Refusal(format!(
+                "{job_type} is not built in this version of the agent (it comes with node \
+                 rebuild and backups); it accepts {ACCEPTED}"
+            ))),
+            other => Err(Refusal(format!(
+                "unknown job_type {other:?}: this agent accepts {ACCEPTED}"
+            ))),
+        }
+    }
+}
+
+impl Delete {
+    pub async fn run(self) -> Result<Value, String> {
+        let tls = TlsOptions::default();
+        let addr = ServerAddr {
+            host: &self.host,
+            port: self.port,
+            user: &self.user,
+            password: &self.password,
+            tls: &tls,
+        };
+        let mut conn = db::connect(&addr, None, Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("{}:{}: {e}", self.host, self.port))?;
+        let sql = match &self.table {
+            Some((db_name, table)) => format!(
+                "DROP TABLE IF EXISTS {}.{}",
+                db::quote_ident(db_name),
+                db::quote_ident(table)
+            ),
+            None => "PURGE BINARY LOGS BEFORE NOW()".to_string(),
+        };
+        conn.query_drop(&sql)
+            .await
+            .map_err(|e| format!("{sql}: {e}"))?;
+        let _ = conn.disconnect().await;
+        Ok(json!({"done": sql}))
+    }
+}
+
+/// Makes sure the administrative account exists with this password, with
+/// every privilege (through the instance's socket, as root).
+pub async fn create_admin(
+    instance: &Instance,
+    user: &str,
+    password: &Secret,
+) -> Result<(), String> {
+    let opts = mysql_async::OptsBuilder::default()
+        .socket(Some(instance.socket().to_string_lossy().to_string()))
+        .user(Some("root"));
+    let mut conn = tokio::time::timeout(Duration::from_secs(10), mysql_async::Conn::new(opts))
+        .await
+        .map_err(|_| "connecting to the new instance's socket timed out".to_string())?
+        .map_err(|e| format!("the new instance's socket: {e}"))?;
+    let account = format!("{}@'%'", quote_string(user));
+    for sql in [
+        format!(
+            "CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {}",
+            quote_string(password.expose())
+        ),
+        format!(
+            "ALTER USER {account} IDENTIFIED BY {}",
+            quote_string(password.expose())
+        ),
+        format!("GRANT ALL PRIVILEGES ON *.* TO {account} WITH GRANT OPTION"),
+    ] {
+        // The statement holds the password: errors name the step only.
+        conn.query_drop(&sql).await.map_err(|e| {
+            format!(
+                "creating the administrative account {user:?}: {}",
+                crate::redact::text(&e.to_string())
+            )
+        })?;
+    }
+    let _ = conn.disconnect().await;
+    Ok(())
+}
+
+fn quote_string(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(body: &str) -> String {
+        match Request::parse(body.as_bytes()) {
+            Err(Refusal(why)) => why,
+            Ok(_) => panic!("{body} was taken"),
+        }
+    }
+
+    #[test]
+    fn only_typed_operations_are_taken() {
+        assert!(
+            refused(r#"{"ver":"0.1","job_type":"mysql_cmd","cmd":"rm -rf /"}"#)
+                .contains("accepts only")
+        );
+        assert!(
+            refused(r#"{"job_type":"mysql_cmd","cmd":"./startmysql.sh 6001; reboot"}"#)
+                .contains("accepts only")
+        );
+        assert!(
+            refused(r#"{"job_type":"mysql_cmd","cmd":"./startmysql.sh 6001 x"}"#)
+                .contains("accepts only")
+        );
+        assert!(
+            refused(r#"{"job_type":"cluster_cmd","cmd":"bash -x bin/cluster_mgr_safe"}"#)
+                .contains("no shell")
+        );
+        assert!(refused(r#"{"job_type":"format_disk"}"#).contains("unknown job_type"));
+        assert!(refused(r#"{"job_type":"auto_pullup","minutes":"soon"}"#).contains("minutes"));
+        assert!(refused(r#"{"job_type":"auto_pullup","minutes":-2}"#).contains("out of range"));
+        assert!(refused(
+            r#"{"job_type":"install_mysql","job_id":"1","port":6001,"datadir":"rel","server_id":1}"#
+        )
+        .contains("absolute"));
+        assert!(
+            refused(r#"{"job_type":"delete","job_id":"1","file_type":"disk"}"#)
+                .contains("file_type")
+        );
+        assert!(refused("[1]").contains("object"));
+        assert!(refused("{").contains("not JSON"));
+        assert!(matches!(
+            Request::parse(br#"{"ver":"0.1","job_type":"mysql_cmd","cmd":"./stopmysql.sh 6007"}"#),
+            Ok(Request::Operation {
+                op: Op::Stop { port: 6007 },
+                ..
+            })
+        ));
+        assert!(matches!(
+            Request::parse(br#"{"ver":"0.1","job_type":"auto_pullup","minutes":"10","port":6001}"#),
+            Ok(Request::AutoPullup {
+                minutes: 10,
+                port: Some(6001)
+            })
+        ));
+    }
+}

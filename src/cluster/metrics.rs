@@ -1,0 +1,83 @@
+//! The cluster manager's metrics, in the service's registry: jobs by type
+//! and status, step durations, failed steps, agents up.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use std::time::Duration;
+
+pub struct ClusterMetrics {
+    jobs: IntGaugeVec,
+    steps: HistogramVec,
+    step_failures: IntCounterVec,
+    agents_up: IntGauge,
+}
+
+impl ClusterMetrics {
+    pub fn new(registry: &Registry) -> ClusterMetrics {
+        let jobs = IntGaugeVec::new(
+            Opts::new(
+                "ccr_cluster_jobs",
+                "Cluster-manager jobs (the newest 1000), by type and status.",
+            ),
+            &["job_type", "status"],
+        )
+        .expect("valid metric");
+        let steps = HistogramVec::new(
+            HistogramOpts::new(
+                "ccr_cluster_step_seconds",
+                "How long the steps of cluster-manager jobs took.",
+            )
+            .buckets(vec![0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
+            &["job_type", "step"],
+        )
+        .expect("valid metric");
+        let step_failures = IntCounterVec::new(
+            Opts::new(
+                "ccr_cluster_step_failures_total",
+                "Steps of cluster-manager jobs that failed.",
+            ),
+            &["job_type", "step"],
+        )
+        .expect("valid metric");
+        let agents_up = IntGauge::new(
+            "ccr_cluster_agents_up",
+            "Machines whose node agent answered its last heartbeat.",
+        )
+        .expect("valid metric");
+        // Registered once per service; a second manager on one registry
+        // (tests) keeps its own unregistered copies.
+        let _ = registry.register(Box::new(jobs.clone()));
+        let _ = registry.register(Box::new(steps.clone()));
+        let _ = registry.register(Box::new(step_failures.clone()));
+        let _ = registry.register(Box::new(agents_up.clone()));
+        ClusterMetrics {
+            jobs,
+            steps,
+            step_failures,
+            agents_up,
+        }
+    }
+
+    pub fn step_done(&self, job_type: &str, step: &str, took: Duration, ok: bool) {
+        self.steps
+            .with_label_values(&[job_type, step])
+            .observe(took.as_secs_f64());
+        if !ok {
+            self.step_failures
+                .with_label_values(&[job_type, step])
+                .inc();
+        }
+    }
+
+    pub fn jobs(&self, counts: &[((String, String), i64)]) {
+        self.jobs.reset();
+        for ((t, s), n) in counts {
+            self.jobs.with_label_values(&[t, s]).set(*n);
+        }
+    }
+
+    pub fn agents_up(&self, n: i64) {
+        self.agents_up.set(n);
+    }
+}
