@@ -99,6 +99,7 @@ fn free_port(host: &str) -> u16 {
         .port()
 }
 
+/// The answer; a refused request's HTTP status is its error code.
 async fn emit(s: &Service, job_type: &str, job_id: &str, paras: Value) -> Value {
     let r = s
         .post(
@@ -107,7 +108,10 @@ async fn emit(s: &Service, job_type: &str, job_id: &str, paras: Value) -> Value 
                    "timestamp": "1435749309", "user_name": "kunlun_test", "paras": paras}),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    if r.status != 200 {
+        assert_eq!(r.body["status"], "failed", "{}", r.text);
+        assert_eq!(r.body["error_code"], r.status.to_string(), "{}", r.text);
+    }
     r.body
 }
 
@@ -207,7 +211,12 @@ async fn emit_jobs_machines_and_agents() {
         );
     }
     let r = s.post_raw("HttpService/Emit", "{not json").await;
-    assert_eq!(r.body["status"], "failed", "{}", r.text);
+    assert_eq!(
+        (r.status, &r.body["status"]),
+        (400, &json!("failed")),
+        "{}",
+        r.text
+    );
     assert_eq!(jobs(&s).await, 0);
 
     // A dry run answers the plan and creates nothing.
@@ -383,6 +392,47 @@ async fn emit_jobs_machines_and_agents() {
     let v = wait_job(&s, "crash", 30).await;
     assert_eq!(v["status"], "done", "{v}");
     assert_eq!(summary_count(&s, "127.0.0.13").await, 1, "registered once");
+    // Killed while a step ran (saved as running): run again on resume,
+    // counted as a retry.
+    let v = emit(
+        &s,
+        "set_machine",
+        "",
+        json!({"hostaddr": "127.0.0.13", "node_stats": "running"}),
+    )
+    .await;
+    assert_eq!(
+        wait_job(&s, v["job_id"].as_str().unwrap(), 30).await["status"],
+        "done"
+    );
+    s.kill();
+    let env3 = [
+        ("CCR_AGENT_TOKEN", TOKEN),
+        ("CCR_SYNCER_CM_FAILPOINT", "during:set_node_stats"),
+    ];
+    let mut s = Service::process_with_env(d, "", &env3).await;
+    let v = emit(
+        &s,
+        "set_machine",
+        "mid",
+        json!({"hostaddr": "127.0.0.13", "node_stats": "dead"}),
+    )
+    .await;
+    assert_eq!(v["status"], "accept", "{v}");
+    assert!(
+        s.wait_exit(Duration::from_secs(30)).await,
+        "the failpoint aborts the manager"
+    );
+    let s = Service::process_with_env(d, "", &env).await;
+    let v = wait_job(&s, "mid", 30).await;
+    assert_eq!(v["status"], "done", "{v}");
+    let metrics = s.get("metrics").await.text;
+    assert!(
+        metrics.contains(
+            "ccr_cluster_step_retries_total{job_type=\"set_machine\",step=\"set_node_stats\"} 1"
+        ),
+        "{metrics}"
+    );
 
     agent_scenarios(&agents[0], d).await;
     interrupted(&mut agents[1], d).await;

@@ -77,7 +77,12 @@ pub async fn run(
     let cluster_store = store.clone();
     let group = Group::join(store, manager.clone(), metrics.clone(), group_settings).await?;
     let (group_stop, group_stopped) = tokio::sync::watch::channel(false);
-    let cluster = crate::cluster::Manager::new(cluster_store, group.clone(), metrics.registry());
+    let cluster = crate::cluster::Manager::new(
+        cluster_store,
+        group.clone(),
+        metrics.registry(),
+        config.cluster_agent_port,
+    );
     let cluster_loop = tokio::spawn(cluster.clone().run(group_stopped.clone()));
     let group_loop = tokio::spawn(group.clone().run(group_stopped));
     let state = Arc::new(ApiState {

@@ -149,6 +149,14 @@ struct FileConfig {
     verify: FileVerify,
     #[serde(default)]
     group: FileGroup,
+    #[serde(default)]
+    cluster: FileCluster,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    agent_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -317,6 +325,9 @@ pub struct Config {
     /// The key they were encrypted with before (key rotation).
     pub previous_secret_key_file: Option<PathBuf>,
     pub group: GroupConfig,
+    /// The port the cluster manager reaches a machine's node agent on,
+    /// unless `create_machine` names another (`[cluster] agent_port`).
+    pub cluster_agent_port: u16,
     /// `CCR_SYNCER_FAILPOINT=before_checkpoint:N`, for tests only: the
     /// process aborts at the Nth group of an incremental sync, after its
     /// statements ran, before its checkpoint and COMMIT.
@@ -348,7 +359,7 @@ pub const MINDER_MYSQL_PASSWORD_ENV: &str = "MINDER_MYSQL_PASSWORD";
 pub const AGENT_TOKEN_ENV: &str = "CCR_AGENT_TOKEN";
 
 /// Where the cluster manager aborts (tests of its crash safety):
-/// `before:STEP` or `after:STEP`.
+/// `before:STEP`, `during:STEP` or `after:STEP`.
 pub const CLUSTER_FAILPOINT_ENV: &str = "CCR_SYNCER_CM_FAILPOINT";
 
 pub fn cluster_failpoint() -> Option<String> {
@@ -472,6 +483,7 @@ impl Config {
             secret_key_file: None,
             previous_secret_key_file: None,
             group: GroupConfig::default(),
+            cluster_agent_port: 9998,
             failpoint: None,
         }
     }
@@ -737,6 +749,15 @@ impl Config {
             secret_key_file,
             previous_secret_key_file,
             group,
+            cluster_agent_port: match file.cluster.agent_port {
+                Some(0) => {
+                    return Err(ConfigError::Invalid(
+                        "cluster.agent_port must be between 1 and 65535".into(),
+                    ))
+                }
+                Some(p) => p,
+                None => 9998,
+            },
             failpoint: None,
         })
     }

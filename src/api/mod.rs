@@ -195,8 +195,9 @@ where
                     allowed: "POST",
                 });
             }
-            let answer = state.cluster.emit(&body).await;
-            return Ok(warp::reply::json(&answer).into_response());
+            let (status, answer) = state.cluster.emit(&body).await;
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            return Ok(warp::reply::with_status(warp::reply::json(&answer), status).into_response());
         }
         if let Some(response) = admin_operation(state, operation, &method, query, &body).await {
             return response;

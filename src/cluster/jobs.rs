@@ -258,7 +258,8 @@ pub trait Steps: Send + Sync {
     fn done_info(&self, job: &Job) -> String;
 }
 
-/// Where a crash can be asked for (tests): `before:STEP` or `after:STEP`.
+/// Where a crash can be asked for (tests): `before:STEP`, `during:STEP`
+/// (saved as running, not run) or `after:STEP`.
 pub type Failpoint = Option<String>;
 
 /// Runs `job` from where it is to its end, saving before and after every
@@ -312,8 +313,14 @@ pub async fn drive(
             return cancel(jobs, steps, job, "cancelled by cancel_job").await;
         }
         crash_if(failpoint, "before", &name);
+        if job.plan.steps[i].state == "running" {
+            // The manager stopped while this step ran: "make sure" again.
+            tracing::info!(job = %job.job_id, step = %name, "resuming a step that was running");
+            metrics.step_retried(&job.job_type, &name);
+        }
         job.plan.steps[i].state = "running".into();
         jobs.save(&job).await?;
+        crash_if(failpoint, "during", &name);
         let started = std::time::Instant::now();
         let outcome = steps.run(&job, &name).await;
         metrics.step_done(&job.job_type, &name, started.elapsed(), outcome.is_ok());

@@ -11,8 +11,6 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The agent's port unless a request names another (seed 000).
-pub const AGENT_PORT: u16 = 9998;
 /// A machine whose agent answered within this is online.
 pub const ONLINE_MS: i64 = 15_000;
 
@@ -69,6 +67,9 @@ fn decode(r: &[SqlValue]) -> Machine {
 pub struct Machines {
     pub store: Arc<dyn MetaStore>,
     pub token: Option<Secret>,
+    /// The agents' port unless a request names another (9998 as in seed
+    /// 000, or `[cluster] agent_port`).
+    pub agent_port: u16,
 }
 
 impl Machines {
@@ -236,7 +237,7 @@ pub async fn plan(machines: &Machines, e: &Envelope) -> Result<(Plan, String), R
                 "comp_datadir": dir("comp_datadir")?,
                 "total_mem": p.int("total_mem", 1, 1 << 40)?.unwrap_or(0),
                 "total_cpu_cores": p.int("total_cpu_cores", 1, 1 << 20)?.unwrap_or(0),
-                "agent_port": p.int("agent_port", 1, 65535)?.unwrap_or(AGENT_PORT as i64),
+                "agent_port": p.int("agent_port", 1, 65535)?.unwrap_or(machines.agent_port as i64),
             });
             Plan {
                 steps: vec![Step::new("reach_agent"), Step::new("register_machine")],
@@ -293,7 +294,9 @@ pub async fn run_step(machines: &Machines, job: &Job, step: &str) -> Result<Valu
     let host = d["hostaddr"].as_str().unwrap_or_default().to_string();
     match step {
         "reach_agent" => {
-            let port = d["agent_port"].as_i64().unwrap_or(AGENT_PORT as i64);
+            let port = d["agent_port"]
+                .as_i64()
+                .unwrap_or(machines.agent_port as i64);
             let info = machines
                 .ask_agent(&host, port, json!({"ver": "0.1", "job_type": "get_info"}))
                 .await?;

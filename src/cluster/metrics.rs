@@ -10,6 +10,7 @@ pub struct ClusterMetrics {
     jobs: IntGaugeVec,
     steps: HistogramVec,
     step_failures: IntCounterVec,
+    step_retries: IntCounterVec,
     agents_up: IntGauge,
 }
 
@@ -40,6 +41,14 @@ impl ClusterMetrics {
             &["job_type", "step"],
         )
         .expect("valid metric");
+        let step_retries = IntCounterVec::new(
+            Opts::new(
+                "ccr_cluster_step_retries_total",
+                "Steps run again because the manager stopped while they ran (found running on resume).",
+            ),
+            &["job_type", "step"],
+        )
+        .expect("valid metric");
         let agents_up = IntGauge::new(
             "ccr_cluster_agents_up",
             "Machines whose node agent answered its last heartbeat.",
@@ -50,11 +59,13 @@ impl ClusterMetrics {
         let _ = registry.register(Box::new(jobs.clone()));
         let _ = registry.register(Box::new(steps.clone()));
         let _ = registry.register(Box::new(step_failures.clone()));
+        let _ = registry.register(Box::new(step_retries.clone()));
         let _ = registry.register(Box::new(agents_up.clone()));
         ClusterMetrics {
             jobs,
             steps,
             step_failures,
+            step_retries,
             agents_up,
         }
     }
@@ -68,6 +79,10 @@ impl ClusterMetrics {
                 .with_label_values(&[job_type, step])
                 .inc();
         }
+    }
+
+    pub fn step_retried(&self, job_type: &str, step: &str) {
+        self.step_retries.with_label_values(&[job_type, step]).inc();
     }
 
     pub fn jobs(&self, counts: &[((String, String), i64)]) {

@@ -85,6 +85,7 @@ impl Manager {
         store: Arc<dyn MetaStore>,
         group: Arc<Group>,
         registry: &prometheus::Registry,
+        agent_port: u16,
     ) -> Arc<Manager> {
         Arc::new(Manager {
             jobs: Jobs {
@@ -93,6 +94,7 @@ impl Manager {
             machines: Machines {
                 store,
                 token: crate::config::agent_token(),
+                agent_port,
             },
             group,
             metrics: ClusterMetrics::new(registry),
@@ -101,17 +103,19 @@ impl Manager {
         })
     }
 
-    /// Answers one Emit body.
-    pub async fn emit(self: &Arc<Self>, body: &[u8]) -> Value {
+    /// Answers one Emit body: the HTTP status and the answer. A refused
+    /// request has the status of its error code (400, 404, 409, 500, 501);
+    /// everything else, a failed job's `get_status` included, 200.
+    pub async fn emit(self: &Arc<Self>, body: &[u8]) -> (u16, Value) {
         let e = match Envelope::parse(body) {
             Ok(e) => e,
-            Err(r) => return emit::failed("1.0", "", &r),
+            Err(r) => return (http_status(&r), emit::failed("1.0", "", &r)),
         };
         match self.answer(&e).await {
-            Ok(v) => v,
+            Ok(v) => (200, v),
             Err(r) => {
                 info!(job_type = %e.job_type, error = %r.info, "Emit refused");
-                emit::failed(&e.version, &e.job_id, &r)
+                (http_status(&r), emit::failed(&e.version, &e.job_id, &r))
             }
         }
     }
@@ -513,6 +517,14 @@ fn status_answer(v: &str, job: &Job) -> Value {
     json!({"version": v, "error_code": job.error_code, "error_info": job.error_info,
            "status": status, "job_id": job.job_id, "job_type": job.job_type,
            "attachment": attachment})
+}
+
+fn http_status(r: &Refused) -> u16 {
+    r.code
+        .parse()
+        .ok()
+        .filter(|c| (400..600).contains(c))
+        .unwrap_or(400)
 }
 
 fn unknown_job(id: &str) -> Refused {
