@@ -91,6 +91,26 @@ impl Drop for Agent {
     }
 }
 
+/// Kills, when the test ends however it ends, every process started under
+/// its directory (the agents' `mariadbd`s run in process groups of their
+/// own and outlive the agents by design).
+struct Reaper(std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let needle = self.0.to_string_lossy().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 fn free_port(host: &str) -> u16 {
     std::net::TcpListener::bind((host, 0))
         .unwrap()
@@ -149,6 +169,7 @@ async fn jobs(s: &Service) -> usize {
 async fn emit_jobs_machines_and_agents() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let _reaper = Reaper(d.to_path_buf());
     // Machine 1's agent on the seed's default port; the others on free ones.
     let mut agents = [
         Agent::start("127.0.0.11", 9998, d),
@@ -198,7 +219,16 @@ async fn emit_jobs_machines_and_agents() {
             "no machine",
         ),
         ("raft_mission", json!({"task_type": "elect"}), "task_type"),
-        ("create_cluster", json!({"ha_mode": "rbr"}), "not built"),
+        (
+            "create_cluster",
+            json!({"ha_mode": "rbr"}),
+            "paras.shards is missing",
+        ),
+        (
+            "add_shards",
+            json!({"cluster_id": "1", "shards": "1"}),
+            "not built",
+        ),
         ("get_status", json!({"job_id": "404"}), "no job 404"),
         ("cancel_job", json!({}), "paras.job_id is missing"),
     ] {
@@ -667,4 +697,280 @@ async fn agent_scenarios(a: &Agent, d: &Path) {
         !state.contains("s3cret-admin"),
         "no password in the agent's files"
     );
+}
+
+fn sql_as(host: &str, port: &str, q: &str) -> String {
+    let out = Command::new("mariadb")
+        .args([
+            "-h",
+            host,
+            "-P",
+            port,
+            "-u",
+            "clustmgr",
+            "-pcluster-admin-pw",
+            "-N",
+            "-e",
+            q,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{host}:{port} {q}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn cluster_paras(shards: u32, nodes: u32) -> Value {
+    json!({"nick_name": "orders", "ha_mode": "rbr", "shards": shards.to_string(),
+           "nodes": nodes.to_string(), "comps": "0", "max_storage_size": "20",
+           "max_connections": "60", "cpu_cores": "2", "innodb_size": "32",
+           "fullsync_level": "1", "admin_user": "clustmgr", "admin_password": "cluster-admin-pw"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_two_shards_on_three_machines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _reaper = Reaper(d.to_path_buf());
+    let hosts = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
+    let agents: Vec<Agent> = hosts
+        .iter()
+        .map(|h| Agent::start(h, free_port(h), d))
+        .collect();
+    let env = [("CCR_AGENT_TOKEN", TOKEN)];
+    let s = Service::process_with_env(d, "", &env).await;
+    for a in &agents {
+        let mut m = machine(a.host, Some(a.port), d);
+        m["port_range"] = json!("47000-47100");
+        let v = emit(&s, "create_machine", "", m).await;
+        assert_eq!(
+            wait_job(&s, v["job_id"].as_str().unwrap(), 30).await["status"],
+            "done"
+        );
+    }
+
+    // Refused: nothing created.
+    for (change, needle) in [
+        (json!({"ha_mode": "mgr"}), "mgr"),
+        (json!({"comps": "1"}), "comps"),
+        (json!({"fullsync_level": "3"}), "fullsync_level"),
+        (json!({"admin_password": null}), "admin_password is missing"),
+        (
+            json!({"storage_iplists": ["10.9.9.9"]}),
+            "no machine 10.9.9.9",
+        ),
+        (json!({"shards": "0"}), "out of range"),
+    ] {
+        let mut p = cluster_paras(2, 3);
+        for (k, v) in change.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        let v = emit(&s, "create_cluster", "", p).await;
+        assert_eq!(v["status"], "failed", "{v}");
+        assert!(
+            v["error_info"].as_str().unwrap().contains(needle),
+            "{needle}: {v}"
+        );
+    }
+    let mut p = cluster_paras(2, 3);
+    p["dry_run"] = json!("1");
+    let v = emit(&s, "create_cluster", "", p).await;
+    assert_eq!(v["status"], "done", "{v}");
+    let placements = v["attachment"]["plan"]["placements"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(placements.len(), 6, "{v}");
+    assert!(
+        !v.to_string().contains("cluster-admin-pw")
+            && v["attachment"]["plan"]
+                .get("admin_password_sealed")
+                .is_none()
+    );
+    let v = emit(&s, "get_cluster_summary", "", json!({})).await;
+    assert_eq!(v["attachment"]["list_cluster"], json!([]), "{v}");
+
+    // Created through a crash of the manager after the second node's install.
+    s.kill();
+    let crash = [
+        ("CCR_AGENT_TOKEN", TOKEN),
+        ("CCR_SYNCER_CM_FAILPOINT", "after:install:1:2"),
+    ];
+    let mut s = Service::process_with_env(d, "", &crash).await;
+    let v = emit(&s, "create_cluster", "c1", cluster_paras(2, 3)).await;
+    assert_eq!(v["status"], "accept", "{v}");
+    if !s.wait_exit(Duration::from_secs(120)).await {
+        let v = emit(&s, "get_status", "c1", json!({})).await;
+        panic!("the failpoint did not abort the manager: {v}");
+    }
+    let s = Service::process_with_env(d, "", &env).await;
+    let v = wait_job(&s, "c1", 300).await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(v["attachment"]["shards"], "2", "{v}");
+    let name = v["attachment"]["cluster_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cluster_id = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
+
+    // One primary per shard, on distinct machines, replicas read-only and
+    // replicating, ports inside the range.
+    let v = emit(&s, "get_cluster_detail", "", json!({"cluster_name": name})).await;
+    let shards = v["attachment"]["list_shard"].as_array().unwrap().clone();
+    assert_eq!(shards.len(), 2, "{v}");
+    for (i, shard) in shards.iter().enumerate() {
+        let nodes = shard["list_node"].as_array().unwrap();
+        assert_eq!(nodes.len(), 3, "{v}");
+        assert_eq!(
+            nodes.iter().filter(|n| n["master"] == "true").count(),
+            1,
+            "{v}"
+        );
+        let mut machines: Vec<&str> = nodes
+            .iter()
+            .map(|n| n["hostaddr"].as_str().unwrap())
+            .collect();
+        machines.sort();
+        machines.dedup();
+        assert_eq!(
+            machines.len(),
+            3,
+            "a shard's nodes on distinct machines: {v}"
+        );
+        let primary = nodes.iter().find(|n| n["master"] == "true").unwrap();
+        for n in nodes {
+            assert_eq!(n["status"], "online", "{v}");
+            let port: u16 = n["port"].as_str().unwrap().parse().unwrap();
+            assert!((47000..=47100).contains(&port), "{v}");
+            assert_eq!(n["read_only"], json!(n["master"] == "false"), "{v}");
+        }
+        let (ph, pp) = (
+            primary["hostaddr"].as_str().unwrap(),
+            primary["port"].as_str().unwrap(),
+        );
+        sql_as(ph, pp, &format!("CREATE DATABASE app{i}; CREATE TABLE app{i}.t (id INT PRIMARY KEY); INSERT INTO app{i}.t VALUES ({i})"));
+        for n in nodes.iter().filter(|n| n["master"] == "false") {
+            let (h, p) = (n["hostaddr"].as_str().unwrap(), n["port"].as_str().unwrap());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let out = Command::new("mariadb")
+                    .args([
+                        "-h",
+                        h,
+                        "-P",
+                        p,
+                        "-u",
+                        "clustmgr",
+                        "-pcluster-admin-pw",
+                        "-N",
+                        "-e",
+                    ])
+                    .arg(format!("SELECT id FROM app{i}.t"))
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&out.stdout).trim() == i.to_string() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the row on {h}:{p}");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            assert_eq!(
+                sql_as(h, p, "SELECT @@read_only, @@rpl_semi_sync_slave_enabled"),
+                "1\t1"
+            );
+        }
+        assert_eq!(sql_as(ph, pp, "SELECT @@rpl_semi_sync_master_enabled"), "1");
+        let v = emit(
+            &s,
+            "get_variable",
+            "",
+            json!({"hostaddr": ph, "port": pp, "variable": "innodb_buffer_pool_size"}),
+        )
+        .await;
+        assert_eq!(v["attachment"]["value"], "33554432", "{v}");
+    }
+    let v = emit(&s, "get_cluster_summary", "", json!({})).await;
+    assert_eq!(
+        v["attachment"]["list_cluster"][0]["name"],
+        json!(name),
+        "{v}"
+    );
+    // A machine with instances is not deleted.
+    let v = emit(&s, "delete_machine", "", json!({"hostaddr": hosts[0]})).await;
+    assert!(
+        v["error_info"]
+            .as_str()
+            .unwrap()
+            .contains("still has instances"),
+        "{v}"
+    );
+    // Two jobs do not interleave; a cancel mid-creation removes what was made.
+    let v = emit(&s, "create_cluster", "c2", cluster_paras(1, 2)).await;
+    assert_eq!(v["status"], "accept", "{v}");
+    // Once its first instance is installed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = emit(&s, "get_status", "c2", json!({})).await;
+        let done = v["attachment"]["steps_done"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if done.contains(&json!("install:1:1")) {
+            break;
+        }
+        assert!(v["status"] != "done" && Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v = emit(&s, "cancel_job", "", json!({"job_id": "c2"})).await;
+    assert_eq!(v["status"], "done", "{v}");
+    let v = wait_job(&s, "c2", 120).await;
+    assert_eq!(
+        (v["status"].as_str(), v["error_code"].as_str()),
+        (Some("failed"), Some("499")),
+        "{v}"
+    );
+    let why = v["error_info"].as_str().unwrap();
+    assert!(
+        why.contains("undone:") && why.contains("install:1:1") && why.contains("reserve"),
+        "{v}"
+    );
+    let count = || async {
+        let mut n = 0;
+        for a in &agents {
+            n += a.op(json!({"ver": "0.1", "job_type": "get_node"})).await["nodes"]
+                .as_array()
+                .unwrap()
+                .len();
+        }
+        n
+    };
+    assert_eq!(count().await, 6, "the cancelled cluster left nothing");
+
+    // delete_cluster leaves no process, datadir or reserved port.
+    let v = emit(&s, "delete_cluster", "", json!({"cluster_id": cluster_id})).await;
+    let v = wait_job(&s, v["job_id"].as_str().unwrap(), 120).await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(
+        v["attachment"]["shard_step"][0]["storage_state"], "done",
+        "{v}"
+    );
+    assert_eq!(count().await, 0);
+    for h in hosts {
+        let data = d.join(format!("data-{h}"));
+        let left: Vec<_> = std::fs::read_dir(&data)
+            .map(|r| r.collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{data:?}: {left:?}");
+    }
+    let v = emit(&s, "get_cluster_summary", "", json!({})).await;
+    assert_eq!(v["attachment"]["list_cluster"], json!([]), "{v}");
+    let v = emit(&s, "delete_machine", "", json!({"hostaddr": hosts[0]})).await;
+    assert_eq!(
+        wait_job(&s, v["job_id"].as_str().unwrap(), 30).await["status"],
+        "done"
+    );
+    s.kill();
 }

@@ -25,6 +25,13 @@ pub struct Instance {
     /// Auto pullup paused until this unix ms (`i64::MAX`: until resumed).
     #[serde(default)]
     pub pullup_paused_until: i64,
+    /// A replica: `read_only` in its `my.cnf`, so it stays so after any
+    /// restart.
+    #[serde(default)]
+    pub read_only: bool,
+    /// MariaDB semi-synchronous replication: `master`, `slave` or none.
+    #[serde(default)]
+    pub semi_sync: String,
 }
 
 /// What an install asks for.
@@ -35,6 +42,8 @@ pub struct InstallSpec {
     pub innodb_size_mb: u64,
     pub max_connections: u64,
     pub server_id: u64,
+    pub read_only: bool,
+    pub semi_sync: String,
 }
 
 impl Instance {
@@ -91,6 +100,14 @@ impl Instance {
              character-set-server=utf8mb4\n",
             self.port, self.server_id, self.innodb_size_mb, self.max_connections
         );
+        if self.read_only {
+            text.push_str("read-only=ON\n");
+        }
+        match self.semi_sync.as_str() {
+            "master" => text.push_str("rpl-semi-sync-master-enabled=ON\n"),
+            "slave" => text.push_str("rpl-semi-sync-slave-enabled=ON\n"),
+            _ => {}
+        }
         if is_root() {
             text.push_str("user=root\n");
         }
@@ -109,6 +126,8 @@ impl Instance {
             server_id: spec.server_id,
             wanted_running: false,
             pullup_paused_until: 0,
+            read_only: spec.read_only,
+            semi_sync: spec.semi_sync.clone(),
         };
         let data = instance.dir.join("data");
         if data.join("mysql").is_dir() && instance.cnf().is_file() {

@@ -400,6 +400,8 @@ fn node_json(i: &Instance) -> Value {
         "innodb_size_mb": i.innodb_size_mb,
         "max_connections": i.max_connections,
         "state": if i.is_running() { "running" } else { "stopped" },
+        "read_only": i.read_only,
+        "semi_sync": i.semi_sync,
         "wanted_running": i.wanted_running,
         "pullup_paused_until": paused,
     })

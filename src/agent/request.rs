@@ -237,6 +237,16 @@ impl Request {
                     innodb_size_mb: f.int("innodb_size", 16, 1 << 20)?.unwrap_or(128) as u64,
                     max_connections: f.int("max_connections", 10, 100_000)?.unwrap_or(1000) as u64,
                     server_id: f.need_int("server_id", 1, u32::MAX as i64)? as u64,
+                    read_only: f.int("read_only", 0, 1)?.unwrap_or(0) == 1,
+                    semi_sync: match f.text("semi_sync")?.unwrap_or_default().as_str() {
+                        "" => String::new(),
+                        s @ ("master" | "slave") => s.to_string(),
+                        other => {
+                            return Err(Refusal(format!(
+                                "semi_sync {other:?}: \"master\", \"slave\" or none"
+                            )))
+                        }
+                    },
                 };
                 operation("install_mysql", Op::Install { spec, admin })
             }
@@ -332,6 +342,11 @@ pub async fn create_admin(
         .map_err(|_| "connecting to the new instance's socket timed out".to_string())?
         .map_err(|e| format!("the new instance's socket: {e}"))?;
     let account = format!("{}@'%'", quote_string(user));
+    // Each instance's own account: not written to its binary log, so a
+    // replica does not replay its primary's.
+    conn.query_drop("SET SESSION sql_log_bin = 0")
+        .await
+        .map_err(|e| format!("the new instance: {e}"))?;
     for sql in [
         format!(
             "CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {}",

@@ -29,6 +29,9 @@ pub struct Step {
     /// failure after it.
     #[serde(default)]
     pub no_return: bool,
+    /// How many times the step was started (the agent's operation key).
+    #[serde(default)]
+    pub attempts: u64,
 }
 
 impl Step {
@@ -38,6 +41,7 @@ impl Step {
             state: "pending".into(),
             result: Value::Null,
             no_return: false,
+            attempts: 0,
         }
     }
 }
@@ -319,6 +323,7 @@ pub async fn drive(
             metrics.step_retried(&job.job_type, &name);
         }
         job.plan.steps[i].state = "running".into();
+        job.plan.steps[i].attempts += 1;
         jobs.save(&job).await?;
         crash_if(failpoint, "during", &name);
         let started = std::time::Instant::now();

@@ -12,6 +12,7 @@
 //! It names no module of the CCR control plane (`job`, `api`): the API
 //! hands it bodies, it hands back answers.
 
+mod clusters;
 pub mod emit;
 mod jobs;
 mod machines;
@@ -34,6 +35,8 @@ const ASYNC: &[&str] = &[
     "create_machine",
     "delete_machine",
     "set_machine",
+    "create_cluster",
+    "delete_cluster",
     "raft_mission",
 ];
 /// Synchronous ones.
@@ -50,7 +53,6 @@ const SYNC: &[&str] = &[
 ];
 /// Seed job types not built in this version: refused saying so.
 const NOT_BUILT: &[&str] = &[
-    "create_cluster",
     "add_shards",
     "delete_shard",
     "delete_shards",
@@ -60,7 +62,6 @@ const NOT_BUILT: &[&str] = &[
     "delete_node",
     "delete_nodes",
     "rebuild_node",
-    "delete_cluster",
     "update_instance_cgroup",
     "manual_backup_cluster",
     "cluster_restore",
@@ -78,6 +79,8 @@ pub struct Manager {
     metrics: ClusterMetrics,
     failpoint: jobs::Failpoint,
     wake: Notify,
+    /// Plans that pick ports are made one at a time.
+    planning: tokio::sync::Mutex<()>,
 }
 
 impl Manager {
@@ -100,6 +103,7 @@ impl Manager {
             metrics: ClusterMetrics::new(registry),
             failpoint: crate::config::cluster_failpoint(),
             wake: Notify::new(),
+            planning: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -129,9 +133,10 @@ impl Manager {
             return Err(Refused {
                 code: codes::NOT_BUILT,
                 info: format!(
-                    "{t} is not built in this version: machines, the node agent, the group \
-                     (raft_mission) and the job engine are; clusters, shards and nodes come \
-                     next (see doc/cluster.md)"
+                    "{t} is not built in this version: machines, clusters (create_cluster, \
+                     delete_cluster), the node agent, the group (raft_mission) and the job \
+                     engine are; shards, nodes, backups and table moves come next (see \
+                     doc/cluster.md)"
                 ),
             });
         }
@@ -147,17 +152,34 @@ impl Manager {
         if let Some(answer) = self.repeated(e).await? {
             return Ok(answer);
         }
+        let _planning = self.planning.lock().await;
         let (plan, resource) = match t {
             "raft_mission" => raft_plan(e)?,
+            "create_cluster" => {
+                let (mut ports, mut ids) = (Vec::new(), Vec::new());
+                for j in self.jobs.unfinished().await.map_err(store)? {
+                    if j.job_type == "create_cluster" {
+                        let (p, id) = clusters::held_by(&j.plan);
+                        ports.extend(p);
+                        ids.extend(id);
+                    }
+                }
+                clusters::plan_create(&self.machines, e, &ports, &ids).await?
+            }
+            "delete_cluster" => clusters::plan_delete(&self.machines, e).await?,
             _ => machines::plan(&self.machines, e).await?,
         };
         if e.dry_run()? {
+            let mut shown = plan.details.clone();
+            if let Some(d) = shown.as_object_mut() {
+                d.remove("admin_password_sealed");
+            }
             return Ok(emit::done(
                 &e.version,
                 "dry run: nothing was done",
                 json!({"dry_run": true, "job_type": t, "resource": resource,
                        "steps": plan.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-                       "plan": plan.details}),
+                       "plan": shown}),
             ));
         }
         self.accept(e, plan, resource).await
@@ -284,23 +306,21 @@ impl Manager {
                 "",
                 self.machines.summary().await.map_err(store)?,
             )),
-            "get_cluster_summary" => Ok(emit::done(v, "", json!({"list_cluster": []}))),
-            "get_cluster_detail" => {
-                let name = p.need("cluster_name")?;
-                Err(Refused {
-                    code: codes::NOT_FOUND,
-                    info: format!("no cluster {name:?}: this manager runs no clusters yet"),
-                })
-            }
-            "get_variable" => {
-                let host = p.need("hostaddr")?;
-                let port = p.need_int("port", 1, 65535)?;
-                p.need("variable")?;
-                Err(Refused {
-                    code: codes::NOT_FOUND,
-                    info: format!("no instance {host}:{port} in a cluster this manager runs"),
-                })
-            }
+            "get_cluster_summary" => Ok(emit::done(
+                v,
+                "",
+                clusters::summary(&self.machines).await.map_err(store)?,
+            )),
+            "get_cluster_detail" => Ok(emit::done(
+                v,
+                "",
+                clusters::detail(&self.machines, &p.need("cluster_name")?).await?,
+            )),
+            "get_variable" => Ok(emit::done(
+                v,
+                "",
+                clusters::variable(&self.machines, e).await?,
+            )),
             "get_meta_mode" => Ok(emit::done(
                 v,
                 "",
@@ -422,8 +442,17 @@ struct Runner {
 #[async_trait::async_trait]
 impl Steps for Runner {
     async fn run(&self, job: &Job, step: &str) -> Result<Value, String> {
+        let attempt = job
+            .plan
+            .steps
+            .iter()
+            .find(|s| s.name == step)
+            .map_or(1, |s| s.attempts);
         match job.job_type.as_str() {
             "raft_mission" => self.raft(job).await,
+            "create_cluster" | "delete_cluster" => {
+                clusters::run_step(&self.manager.machines, job, step, attempt).await
+            }
             _ => machines::run_step(&self.manager.machines, job, step).await,
         }
     }
@@ -431,6 +460,9 @@ impl Steps for Runner {
     async fn undo(&self, job: &Job, step: &str) -> Result<(), String> {
         match job.job_type.as_str() {
             "raft_mission" => Ok(()),
+            "create_cluster" | "delete_cluster" => {
+                clusters::undo_step(&self.manager.machines, job, step).await
+            }
             _ => machines::undo_step(&self.manager.machines, job, step).await,
         }
     }
@@ -438,6 +470,7 @@ impl Steps for Runner {
     fn attachment(&self, job: &Job) -> Value {
         match job.job_type.as_str() {
             "raft_mission" => job.plan.steps[0].result.clone(),
+            "create_cluster" | "delete_cluster" => clusters::attachment(job),
             _ => json!({}),
         }
     }
@@ -445,6 +478,8 @@ impl Steps for Runner {
     fn done_info(&self, job: &Job) -> String {
         match job.job_type.as_str() {
             "raft_mission" => "raft mission done".into(),
+            "create_cluster" => "create cluster successfully".into(),
+            "delete_cluster" => "delete cluster successfully".into(),
             _ => machines::done_info(job),
         }
     }
@@ -543,8 +578,9 @@ fn store(e: StoreError) -> Refused {
 
 /// A request's identity: its type and paras, as canonical JSON (keys
 /// sorted by serde_json's map), digested.
+/// Passwords are masked first: no hash of one is stored.
 fn digest(job_type: &str, paras: &Map<String, Value>) -> String {
-    let text = format!("{job_type}\n{}", Value::Object(paras.clone()));
+    let text = format!("{job_type}\n{}", mask(paras));
     let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

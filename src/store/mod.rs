@@ -143,6 +143,11 @@ pub trait MetaStore: Send + Sync {
     /// Runs one of [`group`]'s statements; the number of rows it matched.
     /// A duplicate key is [`StoreError::Duplicate`] (with no name).
     async fn execute(&self, sql: &'static str, params: Vec<SqlValue>) -> Result<u64, StoreError>;
+    /// The stored form of a password that is not a job's (the cluster
+    /// manager's accounts), sealed like a job's under `name`/`side`.
+    fn seal_secret(&self, name: &str, side: &str, plain: &Secret) -> Result<String, StoreError>;
+    /// The clear text of what [`MetaStore::seal_secret`] stored.
+    fn open_secret(&self, name: &str, side: &str, stored: &str) -> Result<Secret, StoreError>;
     /// Runs one of [`group`]'s queries.
     async fn select(
         &self,
@@ -374,8 +379,22 @@ pub(crate) const MIGRATIONS: &[&[&str]] = &[
             port BIGINT NOT NULL,
             cluster_id VARCHAR(64) NOT NULL,
             shard_id VARCHAR(64) NOT NULL,
+            node_index BIGINT NOT NULL,
             role VARCHAR(16) NOT NULL,
+            state VARCHAR(16) NOT NULL,
             PRIMARY KEY (hostaddr, port)
+        )",
+        "CREATE TABLE cm_clusters (
+            cluster_id VARCHAR(64) NOT NULL PRIMARY KEY,
+            name VARCHAR(255) NOT NULL UNIQUE,
+            nick_name VARCHAR(255) NOT NULL,
+            ha_mode VARCHAR(16) NOT NULL,
+            shards BIGINT NOT NULL,
+            nodes BIGINT NOT NULL,
+            admin_user VARCHAR(255) NOT NULL,
+            admin_password MEDIUMTEXT NOT NULL,
+            status VARCHAR(16) NOT NULL,
+            created_at BIGINT NOT NULL
         )",
     ],
 ];

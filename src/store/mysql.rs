@@ -13,6 +13,7 @@ use crate::config::StoreConfig;
 use crate::db::{self, quote_ident, server_code, ServerAddr};
 use crate::job::spec::JobSpec;
 use crate::job::state::{JobStatus, Progress};
+use crate::secret::Secret;
 use async_trait::async_trait;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Pool};
@@ -195,6 +196,14 @@ async fn run_migrations(conn: &mut Conn) -> Result<(), StoreError> {
 
 #[async_trait]
 impl MetaStore for MysqlStore {
+    fn seal_secret(&self, name: &str, side: &str, plain: &Secret) -> Result<String, StoreError> {
+        self.sealer.seal(name, side, plain)
+    }
+
+    fn open_secret(&self, name: &str, side: &str, stored: &str) -> Result<Secret, StoreError> {
+        self.sealer.open(name, side, stored)
+    }
+
     async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
         let row = encode(job, &self.sealer)?;
         let mut conn = self.conn().await?;

@@ -11,6 +11,7 @@ use super::{
 };
 use crate::job::spec::JobSpec;
 use crate::job::state::{JobStatus, Progress};
+use crate::secret::Secret;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
@@ -244,6 +245,14 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 #[async_trait]
 impl MetaStore for SqliteStore {
+    fn seal_secret(&self, name: &str, side: &str, plain: &Secret) -> Result<String, StoreError> {
+        self.sealer.seal(name, side, plain)
+    }
+
+    fn open_secret(&self, name: &str, side: &str, stored: &str) -> Result<Secret, StoreError> {
+        self.sealer.open(name, side, stored)
+    }
+
     async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
         let row = encode(job, &self.sealer)?;
         self.with_conn(move |conn| {
