@@ -227,8 +227,10 @@ async fn emit_jobs_machines_and_agents() {
         (
             "add_shards",
             json!({"cluster_id": "1", "shards": "1"}),
-            "not built",
+            "no cluster 1",
         ),
+        ("add_nodes", json!({"cluster_id": "1"}), "not built"),
+        ("delete_cluster", json!({"cluster_id": "9"}), "no cluster 9"),
         ("get_status", json!({"job_id": "404"}), "no job 404"),
         ("cancel_job", json!({}), "paras.job_id is missing"),
     ] {
@@ -898,6 +900,55 @@ async fn a_cluster_of_two_shards_on_three_machines() {
         json!(name),
         "{v}"
     );
+    // A shard added like the others, then removed; a shard with user
+    // tables is not removed unless forced.
+    let v = emit(
+        &s,
+        "add_shards",
+        "",
+        json!({"cluster_id": cluster_id, "shards": "1", "nodes": "2"}),
+    )
+    .await;
+    let v = wait_job(&s, v["job_id"].as_str().unwrap(), 120).await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(v["attachment"]["list_shard"][0]["shard_id"], "3", "{v}");
+    assert_eq!(v["attachment"]["shards"], "3", "{v}");
+    let v = emit(&s, "get_cluster_detail", "", json!({"cluster_name": name})).await;
+    let third = v["attachment"]["list_shard"][2].clone();
+    assert_eq!(third["list_node"].as_array().unwrap().len(), 2, "{v}");
+    assert!(
+        third["list_node"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["status"] == "online"),
+        "{v}"
+    );
+    let v = emit(
+        &s,
+        "delete_shard",
+        "",
+        json!({"cluster_id": cluster_id, "shard_id": "1"}),
+    )
+    .await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(v["error_info"].as_str().unwrap().contains("app0.t"), "{v}");
+    let v = emit(
+        &s,
+        "delete_shard",
+        "",
+        json!({"cluster_id": cluster_id, "shard_id": "3"}),
+    )
+    .await;
+    let v = wait_job(&s, v["job_id"].as_str().unwrap(), 120).await;
+    assert_eq!(v["status"], "done", "{v}");
+    let v = emit(&s, "get_cluster_detail", "", json!({"cluster_name": name})).await;
+    assert_eq!(
+        v["attachment"]["list_shard"].as_array().unwrap().len(),
+        2,
+        "{v}"
+    );
+    assert_eq!(v["attachment"]["shards"], "2", "{v}");
     // A machine with instances is not deleted.
     let v = emit(&s, "delete_machine", "", json!({"hostaddr": hosts[0]})).await;
     assert!(

@@ -17,6 +17,8 @@ pub mod emit;
 mod jobs;
 mod machines;
 mod metrics;
+mod steps;
+mod views;
 
 use crate::group::Group;
 use crate::store::{MetaStore, StoreError};
@@ -36,6 +38,9 @@ const ASYNC: &[&str] = &[
     "delete_machine",
     "set_machine",
     "create_cluster",
+    "add_shards",
+    "delete_shard",
+    "delete_shards",
     "delete_cluster",
     "raft_mission",
 ];
@@ -53,9 +58,6 @@ const SYNC: &[&str] = &[
 ];
 /// Seed job types not built in this version: refused saying so.
 const NOT_BUILT: &[&str] = &[
-    "add_shards",
-    "delete_shard",
-    "delete_shards",
     "add_comps",
     "delete_comp",
     "add_nodes",
@@ -156,17 +158,16 @@ impl Manager {
         let (plan, resource) = match t {
             "raft_mission" => raft_plan(e)?,
             "create_cluster" => {
-                let (mut ports, mut ids) = (Vec::new(), Vec::new());
-                for j in self.jobs.unfinished().await.map_err(store)? {
-                    if j.job_type == "create_cluster" {
-                        let (p, id) = clusters::held_by(&j.plan);
-                        ports.extend(p);
-                        ids.extend(id);
-                    }
-                }
+                let (ports, ids) = self.held().await?;
                 clusters::plan_create(&self.machines, e, &ports, &ids).await?
             }
-            "delete_cluster" => clusters::plan_delete(&self.machines, e).await?,
+            "add_shards" => {
+                let held = self.held().await?.0;
+                clusters::plan_add_shards(&self.machines, e, &held).await?
+            }
+            "delete_cluster" | "delete_shard" | "delete_shards" => {
+                clusters::plan_delete(&self.machines, e).await?
+            }
             _ => machines::plan(&self.machines, e).await?,
         };
         if e.dry_run()? {
@@ -183,6 +184,21 @@ impl Manager {
             ));
         }
         self.accept(e, plan, resource).await
+    }
+
+    /// The ports and cluster ids unfinished jobs' plans hold.
+    async fn held(&self) -> Result<(Vec<(String, i64)>, Vec<i64>), Refused> {
+        let (mut ports, mut ids) = (Vec::new(), Vec::new());
+        for j in self.jobs.unfinished().await.map_err(store)? {
+            if j.job_type == "create_cluster" || j.job_type == "add_shards" {
+                let (p, id) = clusters::held_by(&j.plan);
+                ports.extend(p);
+                if j.job_type == "create_cluster" {
+                    ids.extend(id);
+                }
+            }
+        }
+        Ok((ports, ids))
     }
 
     /// Stores the job (or finds the one this `job_id` made) and answers
@@ -309,18 +325,14 @@ impl Manager {
             "get_cluster_summary" => Ok(emit::done(
                 v,
                 "",
-                clusters::summary(&self.machines).await.map_err(store)?,
+                views::summary(&self.machines).await.map_err(store)?,
             )),
             "get_cluster_detail" => Ok(emit::done(
                 v,
                 "",
-                clusters::detail(&self.machines, &p.need("cluster_name")?).await?,
+                views::detail(&self.machines, &p.need("cluster_name")?).await?,
             )),
-            "get_variable" => Ok(emit::done(
-                v,
-                "",
-                clusters::variable(&self.machines, e).await?,
-            )),
+            "get_variable" => Ok(emit::done(v, "", views::variable(&self.machines, e).await?)),
             "get_meta_mode" => Ok(emit::done(
                 v,
                 "",
@@ -450,9 +462,8 @@ impl Steps for Runner {
             .map_or(1, |s| s.attempts);
         match job.job_type.as_str() {
             "raft_mission" => self.raft(job).await,
-            "create_cluster" | "delete_cluster" => {
-                clusters::run_step(&self.manager.machines, job, step, attempt).await
-            }
+            "create_cluster" | "add_shards" | "delete_shard" | "delete_shards"
+            | "delete_cluster" => steps::run_step(&self.manager.machines, job, step, attempt).await,
             _ => machines::run_step(&self.manager.machines, job, step).await,
         }
     }
@@ -460,9 +471,8 @@ impl Steps for Runner {
     async fn undo(&self, job: &Job, step: &str) -> Result<(), String> {
         match job.job_type.as_str() {
             "raft_mission" => Ok(()),
-            "create_cluster" | "delete_cluster" => {
-                clusters::undo_step(&self.manager.machines, job, step).await
-            }
+            "create_cluster" | "add_shards" | "delete_shard" | "delete_shards"
+            | "delete_cluster" => steps::undo_step(&self.manager.machines, job, step).await,
             _ => machines::undo_step(&self.manager.machines, job, step).await,
         }
     }
@@ -470,7 +480,8 @@ impl Steps for Runner {
     fn attachment(&self, job: &Job) -> Value {
         match job.job_type.as_str() {
             "raft_mission" => job.plan.steps[0].result.clone(),
-            "create_cluster" | "delete_cluster" => clusters::attachment(job),
+            "create_cluster" | "add_shards" | "delete_shard" | "delete_shards"
+            | "delete_cluster" => steps::attachment(job),
             _ => json!({}),
         }
     }
@@ -480,6 +491,8 @@ impl Steps for Runner {
             "raft_mission" => "raft mission done".into(),
             "create_cluster" => "create cluster successfully".into(),
             "delete_cluster" => "delete cluster successfully".into(),
+            "add_shards" => "add shards successfully".into(),
+            "delete_shard" | "delete_shards" => "delete shard successfully".into(),
             _ => machines::done_info(job),
         }
     }

@@ -394,6 +394,7 @@ pub(crate) const MIGRATIONS: &[&[&str]] = &[
             admin_user VARCHAR(255) NOT NULL,
             admin_password MEDIUMTEXT NOT NULL,
             status VARCHAR(16) NOT NULL,
+            settings MEDIUMTEXT NOT NULL,
             created_at BIGINT NOT NULL
         )",
     ],

@@ -1,0 +1,123 @@
+//! The cluster manager's synchronous views of its clusters:
+//! `get_cluster_summary`, `get_cluster_detail` (each node's status read
+//! from the instance itself) and `get_variable`.
+
+use super::clusters::*;
+use super::emit::{codes, Envelope, Refused};
+use super::machines::Machines;
+use super::steps::{connect, password};
+use crate::store::StoreError;
+use mysql_async::prelude::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// `get_cluster_summary`.
+pub async fn summary(m: &Machines) -> Result<Value, StoreError> {
+    let list: Vec<Value> = clusters(m)
+        .await?
+        .iter()
+        .map(|c| {
+            json!({"cluster_id": c.cluster_id,
+        "name": c.name, "nick_name": c.nick_name, "shards": c.shards.to_string(), "comps": "0",
+        "nodes": c.nodes.to_string(),
+        "ha_mode": c.ha_mode, "status": c.status})
+        })
+        .collect();
+    Ok(json!({"list_cluster": list}))
+}
+
+/// `get_cluster_detail`: each node's address, port, role and status, read
+/// from the instance itself.
+pub async fn detail(m: &Machines, name: &str) -> Result<Value, Refused> {
+    let c = clusters(m)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .find(|c| c.name == name || c.cluster_id == name)
+        .ok_or_else(|| Refused {
+            code: codes::NOT_FOUND,
+            info: format!("no cluster {name:?} (get_cluster_summary lists them)"),
+        })?;
+    let (user, pw) = password(m, &c.cluster_id).await.map_err(|e| Refused {
+        code: codes::STEP_FAILED,
+        info: e,
+    })?;
+    let all = instances(m).await.map_err(store_err)?;
+    let mut shards = Vec::new();
+    let ids: std::collections::BTreeSet<i64> = all
+        .iter()
+        .filter(|i| i.cluster_id == c.cluster_id)
+        .map(|i| i.shard)
+        .collect();
+    for s in ids {
+        let mut nodes = Vec::new();
+        for i in all
+            .iter()
+            .filter(|i| i.cluster_id == c.cluster_id && i.shard == s)
+        {
+            let live = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut conn = connect(&i.hostaddr, i.port, &user, &pw).await?;
+                let ro: Option<i64> = conn
+                    .query_first("SELECT @@read_only")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = conn.disconnect().await;
+                Ok::<_, String>(ro.unwrap_or(0))
+            })
+            .await;
+            let (status, ro) = match live {
+                Ok(Ok(ro)) => ("online", json!(ro == 1)),
+                _ => ("offline", Value::Null),
+            };
+            nodes.push(json!({"hostaddr": i.hostaddr, "port": i.port.to_string(),
+                "node": i.node.to_string(), "state": i.state,
+                "master": (i.role == "primary").to_string(), "status": status, "read_only": ro}));
+        }
+        shards.push(json!({"shard_id": s.to_string(), "shard_name": format!("shard_{s}"), "nodes": nodes.len().to_string(), "list_node": nodes}));
+    }
+    Ok(
+        json!({"cluster_name": c.name, "nick_name": c.nick_name, "shards": c.shards.to_string(),
+              "comps": "0", "list_comp": [], "list_shard": shards}),
+    )
+}
+
+/// `get_variable`: one global variable of a cluster's instance.
+pub async fn variable(m: &Machines, e: &Envelope) -> Result<Value, Refused> {
+    let p = e.paras();
+    let host = p.need("hostaddr")?;
+    let port = p.need_int("port", 1, 65535)?;
+    let var = p.need("variable")?;
+    if var.len() > 64 || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(Refused::bad(format!(
+            "paras.variable: {var:?} is not a variable name"
+        )));
+    }
+    let i = instances(m)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .find(|i| i.hostaddr == host && i.port == port)
+        .ok_or_else(|| Refused {
+            code: codes::NOT_FOUND,
+            info: format!("no instance {host}:{port} in a cluster this manager runs"),
+        })?;
+    let (user, pw) = password(m, &i.cluster_id).await.map_err(|e| Refused {
+        code: codes::STEP_FAILED,
+        info: e,
+    })?;
+    let unreachable = |e: String| Refused {
+        code: codes::UNREACHABLE,
+        info: e,
+    };
+    let mut conn = connect(&host, port, &user, &pw)
+        .await
+        .map_err(unreachable)?;
+    let value: Result<Option<String>, _> = conn
+        .query_first(format!("SELECT CAST(@@GLOBAL.{var} AS CHAR)"))
+        .await;
+    let _ = conn.disconnect().await;
+    match value {
+        Ok(v) => Ok(json!({"result": "true", "value": v.unwrap_or_default()})),
+        Err(e) => Err(Refused::bad(format!("paras.variable {var}: {e}"))),
+    }
+}
