@@ -1025,3 +1025,93 @@ async fn a_cluster_of_two_shards_on_three_machines() {
     );
     s.kill();
 }
+
+/// The manager aborted before, during and after every step of a
+/// `create_cluster`, then restarted: every job ends done, never stuck,
+/// never a duplicate instance, the reserved ports those that run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_cluster_survives_a_crash_at_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _reaper = Reaper(d.to_path_buf());
+    let hosts = ["127.0.0.31", "127.0.0.32"];
+    let agents: Vec<Agent> = hosts
+        .iter()
+        .map(|h| Agent::start(h, free_port(h), d))
+        .collect();
+    let env = [("CCR_AGENT_TOKEN", TOKEN)];
+    let mut s = Service::process_with_env(d, "", &env).await;
+    for a in &agents {
+        let mut m = machine(a.host, Some(a.port), d);
+        m["port_range"] = json!("47200-47300");
+        let v = emit(&s, "create_machine", "", m).await;
+        assert_eq!(
+            wait_job(&s, v["job_id"].as_str().unwrap(), 30).await["status"],
+            "done"
+        );
+    }
+    let running = || async {
+        let mut n = 0;
+        for a in &agents {
+            let nodes = a.op(json!({"ver": "0.1", "job_type": "get_node"})).await;
+            n += nodes["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["state"] == "running")
+                .count();
+        }
+        n
+    };
+    let steps = [
+        "reserve",
+        "install:1:1",
+        "install:1:2",
+        "replicate:1",
+        "register",
+    ];
+    let mut round = 0;
+    for step in steps {
+        for when in ["before", "during", "after"] {
+            round += 1;
+            s.kill();
+            let point = format!("{when}:{step}");
+            let crash = [
+                ("CCR_AGENT_TOKEN", TOKEN),
+                ("CCR_SYNCER_CM_FAILPOINT", point.as_str()),
+            ];
+            s = Service::process_with_env(d, "", &crash).await;
+            let id = format!("k{round}");
+            let v = emit(&s, "create_cluster", &id, cluster_paras(1, 2)).await;
+            assert_eq!(v["status"], "accept", "{point}: {v}");
+            if !s.wait_exit(Duration::from_secs(90)).await {
+                let v = emit(&s, "get_status", &id, json!({})).await;
+                panic!("{point}: the failpoint did not abort the manager: {v}");
+            }
+            s = Service::process_with_env(d, "", &env).await;
+            let v = wait_job(&s, &id, 120).await;
+            assert_eq!(v["status"], "done", "{point}: {v}");
+            let cluster = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
+            let name = v["attachment"]["cluster_name"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let detail = emit(&s, "get_cluster_detail", "", json!({"cluster_name": name})).await;
+            let nodes = detail["attachment"]["list_shard"][0]["list_node"]
+                .as_array()
+                .unwrap()
+                .clone();
+            assert_eq!(nodes.len(), 2, "{point}: {detail}");
+            assert!(
+                nodes.iter().all(|n| n["status"] == "online"),
+                "{point}: {detail}"
+            );
+            assert_eq!(running().await, 2, "{point}: one instance per reservation");
+            let v = emit(&s, "delete_cluster", "", json!({"cluster_id": cluster})).await;
+            let v = wait_job(&s, v["job_id"].as_str().unwrap(), 120).await;
+            assert_eq!(v["status"], "done", "{point}: {v}");
+            assert_eq!(running().await, 0, "{point}: nothing left");
+        }
+    }
+    s.kill();
+}
