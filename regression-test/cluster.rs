@@ -660,7 +660,54 @@ async fn agent_scenarios(a: &Agent, d: &Path) {
     assert_eq!(sql("SELECT 2"), "2");
 
     // delete: a table, the binary logs.
-    sql("CREATE DATABASE d1; CREATE TABLE d1.t1 (id INT PRIMARY KEY)");
+    sql("CREATE DATABASE d1; CREATE TABLE d1.t1 (id INT PRIMARY KEY); INSERT INTO d1.t1 VALUES (1), (2), (3)");
+    // send: the table to another database through the full-sync path.
+    let v = a
+        .op(
+            json!({"ver": "0.1", "job_id": "j5", "job_type": "send", "file_type": "table",
+            "s_ip": a.host, "s_port": port, "s_user": "clustmgr", "s_pwd": "s3cret-admin",
+            "s_dbname": "d1", "s_table_name": "t1",
+            "d_ip": a.host, "d_port": port, "d_user": "clustmgr", "d_pwd": "s3cret-admin",
+            "d_dbname": "d2", "d_table_name": "t9"}),
+        )
+        .await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(sql("SELECT COUNT(*), SUM(id) FROM d2.t9"), "3\t6");
+    // coldbackup, then coldrestore: the instance as it was at the backup.
+    let v = a
+        .op(
+            json!({"ver": "0.1", "job_id": "j6", "job_type": "coldbackup", "s_ip": a.host,
+            "s_port": port, "s_user": "clustmgr", "s_pwd": "s3cret-admin"}),
+        )
+        .await;
+    assert_eq!(v["status"], "done", "{v}");
+    let file = v["result"]["file"].as_str().unwrap().to_string();
+    assert!(file.ends_with(".tgz") && Path::new(&file).is_file(), "{v}");
+    sql("DROP DATABASE d2");
+    let (status, v) = a
+        .ask(
+            json!({"ver": "0.1", "job_id": "j7", "job_type": "coldrestore", "s_ip": a.host,
+            "s_port": port, "file": "/etc/passwd"}),
+            Some(TOKEN),
+        )
+        .await;
+    assert!(
+        status == 200
+            && v["status"] == "failed"
+            && v["error_info"]
+                .as_str()
+                .unwrap()
+                .contains("backup directory"),
+        "{v}"
+    );
+    let v = a
+        .op(
+            json!({"ver": "0.1", "job_id": "j8", "job_type": "coldrestore", "s_ip": a.host,
+            "s_port": port, "file": file}),
+        )
+        .await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(sql("SELECT COUNT(*), SUM(id) FROM d2.t9"), "3\t6");
     let v = a
         .op(
             json!({"ver": "0.1", "job_id": "j2", "job_type": "delete", "file_type": "table",

@@ -12,7 +12,8 @@
 # server evaluating the alert rules), schemathesis (from PyPI, in a virtual
 # environment of its own: the API fuzzed against doc/openapi.yaml), Galera 4
 # and rsync (the minder's real Galera cluster and its state transfers),
-# HAProxy (the minder's dbclient routes a real one), curl.
+# HAProxy (the minder's dbclient routes a real one), curl, mariadb-backup (the
+# node agent's coldbackup and coldrestore).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v rsync >/dev/null || missing+=(rsync)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v curl >/dev/null || missing+=(curl)
+command -v mariadb-backup >/dev/null || missing+=(mariadb-backup)
 if [ ${#missing[@]} -gt 0 ]; then
     # One name once, in the order found.
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | awk '!seen[$0]++')

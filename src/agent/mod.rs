@@ -16,6 +16,7 @@
 //! The answer waits for the operation up to [`WAIT`]; after that it says
 //! `ongoing` and `get_status` follows it.
 
+mod backup;
 mod instance;
 mod ops;
 mod request;
@@ -50,11 +51,16 @@ pub struct AgentArgs {
     /// Its instance list and operations.
     #[arg(long)]
     pub state_dir: PathBuf,
+    /// Where `coldbackup` writes and `coldrestore` reads (the seed's HDFS;
+    /// default: STATE_DIR/backups).
+    #[arg(long)]
+    pub backup_dir: Option<PathBuf>,
 }
 
 pub struct Agent {
     host: String,
     state_dir: PathBuf,
+    backup_dir: PathBuf,
     token: Secret,
     registry: Registry,
     ops: Operations,
@@ -97,6 +103,10 @@ async fn run(args: AgentArgs) -> Result<(), String> {
     let agent = Arc::new(Agent {
         host: args.host.clone(),
         state_dir: args.state_dir.clone(),
+        backup_dir: args
+            .backup_dir
+            .clone()
+            .unwrap_or_else(|| args.state_dir.join("backups")),
         token,
         registry,
         ops: Operations::open(&args.state_dir)?,
@@ -338,6 +348,25 @@ impl Agent {
                     Ok(json!({"port": port, "state": "absent"}))
                 }
                 Op::Delete(d) => d.run().await,
+                Op::Send(s) => s.run().await,
+                Op::ColdBackup {
+                    ip,
+                    port,
+                    user,
+                    password,
+                } => {
+                    self.here(&ip)?;
+                    let i = self.find(port)?;
+                    backup::backup(&i, &self.backup_dir, &self.state_dir, &user, &password).await
+                }
+                Op::ColdRestore { ip, port, file } => {
+                    self.here(&ip)?;
+                    let i = self.find(port)?;
+                    let file = backup::backup_file(&self.backup_dir, &file)?;
+                    let restored = backup::restore(&i, &file).await?;
+                    self.set_wanted(port, true)?;
+                    Ok(restored)
+                }
             }
         }
         .await;
@@ -345,6 +374,18 @@ impl Agent {
             self.working.lock().retain(|x| *x != p);
         }
         outcome
+    }
+
+    /// A cold backup or restore runs on the instance's own machine.
+    fn here(&self, ip: &str) -> Result<(), String> {
+        if ip == self.host || ip == "127.0.0.1" || ip == "localhost" {
+            Ok(())
+        } else {
+            Err(format!(
+                "s_ip {ip} is not this agent's machine ({}): send it to the agent of {ip}",
+                self.host
+            ))
+        }
     }
 
     fn set_wanted(&self, port: u16, wanted: bool) -> Result<(), String> {

@@ -5,7 +5,7 @@
 
 use super::instance::{InstallSpec, Instance};
 use super::ops::Key;
-use crate::db::{self, ServerAddr};
+use crate::db::{self, Endpoint, ServerAddr};
 use crate::secret::Secret;
 use crate::tls::TlsOptions;
 use mysql_async::prelude::*;
@@ -19,8 +19,9 @@ pub struct Refusal(pub String);
 
 /// The job types this agent takes.
 pub const ACCEPTED: &str = "get_info, get_node, update_node, get_status, auto_pullup, mysql_cmd \
-(./startmysql.sh PORT or ./stopmysql.sh PORT), delete (file_type table or binlog), \
-install_mysql, start_mysql, stop_mysql, uninstall_mysql";
+(./startmysql.sh PORT or ./stopmysql.sh PORT), delete (file_type table or binlog), send \
+(file_type table), coldbackup, coldrestore, install_mysql, start_mysql, stop_mysql, \
+uninstall_mysql";
 
 pub enum Request {
     GetInfo,
@@ -55,6 +56,18 @@ pub enum Op {
         port: u16,
     },
     Delete(Delete),
+    Send(Box<Send>),
+    ColdBackup {
+        ip: String,
+        port: u16,
+        user: String,
+        password: Secret,
+    },
+    ColdRestore {
+        ip: String,
+        port: u16,
+        file: String,
+    },
 }
 
 impl Op {
@@ -62,7 +75,8 @@ impl Op {
         match self {
             Op::Install { spec, .. } => Some(spec.port),
             Op::Start { port } | Op::Stop { port } | Op::Uninstall { port } => Some(*port),
-            Op::Delete(_) => None,
+            Op::ColdBackup { port, .. } | Op::ColdRestore { port, .. } => Some(*port),
+            Op::Delete(_) | Op::Send(_) => None,
         }
     }
 }
@@ -287,14 +301,88 @@ impl Request {
                 };
                 operation("delete", Op::Delete(d))
             }
-            "send" | "coldbackup" | "coldrestore" => Err(Refusal(format!(
-                "{job_type} is not built in this version of the agent (it comes with node \
-                 rebuild and backups); it accepts {ACCEPTED}"
-            ))),
+            "send" => {
+                if f.need("file_type")? != "table" {
+                    return Err(Refusal("file_type: send takes \"table\"".into()));
+                }
+                let side = |p: &str, dbname: String, table: String| -> Result<Endpoint, Refusal> {
+                    Ok(Endpoint {
+                        host: f.need(&format!("{p}_ip"))?,
+                        port: f.port(&format!("{p}_port"))?,
+                        user: f.need(&format!("{p}_user"))?,
+                        password: Secret::new(f.text(&format!("{p}_pwd"))?.unwrap_or_default()),
+                        database: dbname,
+                        table: Some(table),
+                        host_mapping: Default::default(),
+                        tls: TlsOptions::default(),
+                        minder: None,
+                    })
+                };
+                let src = side("s", f.need("s_dbname")?, f.need("s_table_name")?)?;
+                let dest = side("d", f.need("d_dbname")?, f.need("d_table_name")?)?;
+                let key = f.key()?;
+                let name = format!("send-{}", key.job_id);
+                Ok(Request::Operation {
+                    key,
+                    job_type: "send",
+                    op: Op::Send(Box::new(Send { name, src, dest })),
+                })
+            }
+            "coldbackup" => operation(
+                "coldbackup",
+                Op::ColdBackup {
+                    ip: f.need("s_ip")?,
+                    port: f.port("s_port")?,
+                    user: f.need("s_user")?,
+                    password: Secret::new(f.text("s_pwd")?.unwrap_or_default()),
+                },
+            ),
+            "coldrestore" => operation(
+                "coldrestore",
+                Op::ColdRestore {
+                    ip: f.need("s_ip")?,
+                    port: f.port("s_port")?,
+                    file: f.need("file")?,
+                },
+            ),
             other => Err(Refusal(format!(
                 "unknown job_type {other:?}: this agent accepts {ACCEPTED}"
             ))),
         }
+    }
+}
+
+/// `send`: one table to another instance, through the service's own full
+/// sync (a consistent snapshot copied in parallel chunks, resumable); the
+/// destination table must not exist yet.
+pub struct Send {
+    name: String,
+    src: Endpoint,
+    dest: Endpoint,
+}
+
+impl Send {
+    pub async fn run(self) -> Result<Value, String> {
+        let route = crate::sync::Route {
+            name: self.name,
+            src: self.src,
+            dest: self.dest,
+            allow_table_exists: false,
+        };
+        let (progress, watch) = tokio::sync::watch::channel(Default::default());
+        let sync = crate::sync::full::FullSync {
+            spec: std::sync::Arc::new(route),
+            run_id: 1,
+            rerun: false,
+            settings: crate::config::FullSyncSettings::default(),
+            connect_timeout: Duration::from_secs(10),
+            metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+            progress,
+            epoch: 1,
+        };
+        let handover = sync.run().await.map_err(|e| e.to_string())?;
+        let copied = watch.borrow().clone();
+        Ok(json!({"position": handover.position.to_string(), "progress": copied}))
     }
 }
 

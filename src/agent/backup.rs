@@ -1,0 +1,152 @@
+//! `coldbackup` and `coldrestore` of a managed instance with
+//! `mariadb-backup`, to and from the agent's backup directory (standing in
+//! for the seed's HDFS): a backup is taken, prepared and packed as
+//! `<backup-dir>/<port>/coldback_<UTC time>.tgz`; a restore stops the
+//! instance, sets its datadir aside (`data.before-restore-<time>`), copies
+//! the backup back and starts it. The account's password goes to
+//! `mariadb-backup` in a `0600` option file that is removed after, never on
+//! a command line (where any user of the machine could read it).
+
+use super::instance::{program, Instance};
+use crate::secret::Secret;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs `cmd`; its error output when it fails.
+async fn run(mut cmd: Command, what: &str) -> Result<(), String> {
+    let what = what.to_string();
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| format!("{what}: {e}"))?
+        .map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(5).collect();
+        Err(format!(
+            "{what} failed: {}",
+            crate::redact::text(&tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+        ))
+    }
+}
+
+/// An option file with the account, readable by its owner only.
+struct Credentials(PathBuf);
+
+impl Credentials {
+    fn write(dir: &Path, user: &str, password: &Secret) -> Result<Credentials, String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join(format!("backup-{}.cnf", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        writeln!(f, "[client]\nuser={user}\npassword={}", password.expose())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Credentials(path))
+    }
+}
+
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn stamp() -> String {
+    chrono::Utc::now().format("%Y%m%d_%H%M%S").to_string()
+}
+
+/// Takes a backup of `instance`; the packed file.
+pub async fn backup(
+    instance: &Instance,
+    backup_dir: &Path,
+    state_dir: &Path,
+    user: &str,
+    password: &Secret,
+) -> Result<Value, String> {
+    let tool = program("mariadb-backup")?;
+    let dir = backup_dir.join(instance.port.to_string());
+    let name = format!("coldback_{}", stamp());
+    let target = dir.join(&name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _ = std::fs::remove_dir_all(&target);
+    let creds = Credentials::write(state_dir, user, password)?;
+    let mut cmd = Command::new(&tool);
+    cmd.arg(format!("--defaults-extra-file={}", creds.0.display()))
+        .arg("--backup")
+        .arg(format!("--socket={}", instance.socket().display()))
+        .arg(format!("--datadir={}", instance.dir.join("data").display()))
+        .arg(format!("--target-dir={}", target.display()));
+    run(cmd, "mariadb-backup --backup").await?;
+    let mut cmd = Command::new(&tool);
+    cmd.arg("--prepare")
+        .arg(format!("--target-dir={}", target.display()));
+    run(cmd, "mariadb-backup --prepare").await?;
+    let file = dir.join(format!("{name}.tgz"));
+    let mut cmd = Command::new("tar");
+    cmd.arg("-czf").arg(&file).arg("-C").arg(&dir).arg(&name);
+    run(cmd, "packing the backup").await?;
+    let _ = std::fs::remove_dir_all(&target);
+    Ok(json!({"file": file, "port": instance.port}))
+}
+
+/// The backup file named by a request, which must lie in the backup
+/// directory.
+pub fn backup_file(backup_dir: &Path, file: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(file);
+    let inside = path.is_absolute()
+        && path.starts_with(backup_dir)
+        && !path.components().any(|c| c.as_os_str() == "..");
+    if !inside || !file.ends_with(".tgz") {
+        return Err(format!(
+            "file {file:?} is not a .tgz in the agent's backup directory {}",
+            backup_dir.display()
+        ));
+    }
+    if !path.is_file() {
+        return Err(format!("no backup file {file}"));
+    }
+    Ok(path)
+}
+
+/// Restores `instance` from `file` (stopped, datadir set aside, copied
+/// back, started).
+pub async fn restore(instance: &Instance, file: &Path) -> Result<Value, String> {
+    let tool = program("mariadb-backup")?;
+    let work = instance.dir.join("restore");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let mut cmd = Command::new("tar");
+    cmd.arg("-xzf").arg(file).arg("-C").arg(&work);
+    run(cmd, "unpacking the backup").await?;
+    let unpacked = std::fs::read_dir(&work)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .ok_or("the backup file holds no backup directory")?;
+    instance.stop().await?;
+    let data = instance.dir.join("data");
+    let aside = instance
+        .dir
+        .join(format!("data.before-restore-{}", stamp()));
+    if data.exists() {
+        std::fs::rename(&data, &aside).map_err(|e| format!("{}: {e}", data.display()))?;
+    }
+    std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+    let mut cmd = Command::new(&tool);
+    cmd.arg("--copy-back")
+        .arg(format!("--target-dir={}", unpacked.display()))
+        .arg(format!("--datadir={}", data.display()));
+    run(cmd, "mariadb-backup --copy-back").await?;
+    let _ = std::fs::remove_dir_all(&work);
+    instance.start().await?;
+    Ok(json!({"restored_from": file, "port": instance.port, "previous_datadir": aside}))
+}
