@@ -312,8 +312,17 @@ fn the_arbitrator_promotes_the_half_left_when_the_other_is_down() {
     record("load.txt", &out);
     // Galera replicated it: the second node shows it.
     let second = format!("mysql://root@{}/minder_site", nodes[1].address());
-    let (ok, shown, err) = run(&["config", "show", "--config-db", &second]);
-    assert!(ok, "{err}");
+    // (Galera applies a write set on the other node a moment after the
+    // commit: a read there right away may not see it yet.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let shown = loop {
+        let (ok, shown, err) = run(&["config", "show", "--config-db", &second]);
+        if ok {
+            break shown;
+        }
+        assert!(std::time::Instant::now() < deadline, "{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(shown, text);
 
     let state = |name: &str| -> PathBuf { dir.path().join(name) };
