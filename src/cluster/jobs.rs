@@ -333,6 +333,14 @@ pub async fn drive(
             Ok(result) => {
                 job.plan.steps[i].state = "done".into();
                 job.plan.steps[i].result = result;
+                // A secret the plan carried for this step (the sealed
+                // administrative password `reserve` stores with the
+                // cluster) is kept no longer than the step needs it.
+                if name == "reserve" {
+                    if let Some(d) = job.plan.details.as_object_mut() {
+                        d.remove("admin_password_sealed");
+                    }
+                }
                 jobs.save(&job).await?;
                 crash_if(failpoint, "after", &name);
             }

@@ -289,8 +289,29 @@ impl Sealer {
         }
         Ok(out)
     }
+
+    /// The cluster manager's administrative passwords (`cm_clusters`: id,
+    /// stored form) to write again with the current key.
+    pub(crate) fn reseal_clusters(
+        &self,
+        rows: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for (id, stored) in rows {
+            let name = format!("cm_clusters/{id}");
+            let (plain, again) = self.open_stored(&name, "admin", stored)?;
+            if again {
+                out.push((id.clone(), self.seal(&name, "admin", &Secret::new(plain))?));
+            }
+        }
+        Ok(out)
+    }
 }
 
+pub(crate) const SELECT_CLUSTER_PASSWORDS: &str =
+    "SELECT cluster_id, admin_password FROM cm_clusters ORDER BY cluster_id";
+pub(crate) const UPDATE_CLUSTER_PASSWORD: &str =
+    "UPDATE cm_clusters SET admin_password = ? WHERE cluster_id = ?";
 pub(crate) const SELECT_PASSWORDS: &str =
     "SELECT name, src_password, dest_password FROM ccr_jobs ORDER BY name";
 pub(crate) const UPDATE_PASSWORDS: &str =
@@ -575,6 +596,22 @@ mod tests {
                 .expose(),
             "dpw1"
         );
+        // A cluster's administrative password follows the same key.
+        let clusters = vec![("3".to_string(), "admin-pw-1".to_string())];
+        let sealed = with(Some(&a), None).reseal_clusters(&clusters).unwrap();
+        assert!(is_sealed(&sealed[0].1) && !sealed[0].1.contains("admin-pw-1"));
+        let rotated = with(Some(&b), Some(&a)).reseal_clusters(&sealed).unwrap();
+        assert_eq!(
+            with(Some(&b), None)
+                .open("cm_clusters/3", "admin", &rotated[0].1)
+                .unwrap()
+                .expose(),
+            "admin-pw-1"
+        );
+        assert!(with(Some(&b), None)
+            .reseal_clusters(&rotated)
+            .unwrap()
+            .is_empty());
         // A sealed password does not open as another job's.
         assert!(with(Some(&a), None).open("k", "src", s).is_err());
         // A clear password that looks sealed stays a clear password.

@@ -7,7 +7,8 @@
 use super::{
     decode, encode, encode_progress, pending_migrations, spec_columns, unsaved, Fence, JobRecord,
     JobRow, MetaStore, Sealer, SqlValue, StoreError, DELETE_JOB, INSERT_JOB, JOB_EXISTS,
-    SELECT_JOBS, SELECT_PASSWORDS, UPDATE_PASSWORDS, UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
+    SELECT_CLUSTER_PASSWORDS, SELECT_JOBS, SELECT_PASSWORDS, UPDATE_CLUSTER_PASSWORD,
+    UPDATE_PASSWORDS, UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
 };
 use crate::config::StoreConfig;
 use crate::db::{self, quote_ident, server_code, ServerAddr};
@@ -126,8 +127,13 @@ async fn pool_opts(addr: &ServerAddr<'_>, database: &str) -> Result<mysql_async:
 async fn reseal(conn: &mut Conn, sealer: &Sealer) -> Result<(), StoreError> {
     let rows: Vec<(String, String, String)> =
         conn.query(SELECT_PASSWORDS).await.map_err(backend)?;
+    let clusters: Vec<(String, String)> = conn
+        .query(SELECT_CLUSTER_PASSWORDS)
+        .await
+        .map_err(backend)?;
     let again = sealer.reseal(&rows)?;
-    if again.is_empty() {
+    let clusters_again = sealer.reseal_clusters(&clusters)?;
+    if again.is_empty() && clusters_again.is_empty() {
         return Ok(());
     }
     let mut tx = conn
@@ -139,9 +145,15 @@ async fn reseal(conn: &mut Conn, sealer: &Sealer) -> Result<(), StoreError> {
             .await
             .map_err(backend)?;
     }
+    for (id, stored) in &clusters_again {
+        tx.exec_drop(UPDATE_CLUSTER_PASSWORD, (stored, id))
+            .await
+            .map_err(backend)?;
+    }
     tx.commit().await.map_err(backend)?;
     tracing::info!(
         jobs = again.len(),
+        clusters = clusters_again.len(),
         "store passwords encrypted with the current key"
     );
     Ok(())

@@ -7,7 +7,8 @@
 use super::{
     decode, encode, encode_progress, pending_migrations, spec_columns, unsaved, Fence, JobRecord,
     JobRow, MetaStore, Sealer, SqlValue, StoreError, DELETE_JOB, INSERT_JOB, JOB_EXISTS,
-    SELECT_JOBS, SELECT_PASSWORDS, UPDATE_PASSWORDS, UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
+    SELECT_CLUSTER_PASSWORDS, SELECT_JOBS, SELECT_PASSWORDS, UPDATE_CLUSTER_PASSWORD,
+    UPDATE_PASSWORDS, UPDATE_SPEC, UPDATE_STATUS, VERSION_TABLE,
 };
 use crate::job::spec::JobSpec;
 use crate::job::state::{JobStatus, Progress};
@@ -187,13 +188,25 @@ fn reseal(conn: &mut Connection, sealer: &Sealer) -> Result<(), StoreError> {
             .map_err(backend)?;
         rows.collect::<Result<_, _>>().map_err(backend)?
     };
+    let clusters: Vec<(String, String)> = {
+        let mut stmt = conn.prepare(SELECT_CLUSTER_PASSWORDS).map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)?
+    };
     let again = sealer.reseal(&rows)?;
-    if again.is_empty() {
+    let clusters_again = sealer.reseal_clusters(&clusters)?;
+    if again.is_empty() && clusters_again.is_empty() {
         return Ok(());
     }
     let tx = conn.transaction().map_err(backend)?;
     for (name, src, dest) in &again {
         tx.execute(UPDATE_PASSWORDS, params![src, dest, name])
+            .map_err(backend)?;
+    }
+    for (id, stored) in &clusters_again {
+        tx.execute(UPDATE_CLUSTER_PASSWORD, params![stored, id])
             .map_err(backend)?;
     }
     tx.commit().map_err(backend)?;
@@ -210,6 +223,7 @@ fn reseal(conn: &mut Connection, sealer: &Sealer) -> Result<(), StoreError> {
     }
     tracing::info!(
         jobs = again.len(),
+        clusters = clusters_again.len(),
         "store passwords encrypted with the current key"
     );
     Ok(())
