@@ -573,29 +573,8 @@ async fn agent_scenarios(a: &Agent, d: &Path) {
     // The same key again: that operation's state, not a second install.
     let v = a.op(install.clone()).await;
     assert_eq!(v, started);
-    let sql = |q: &str| {
-        let out = Command::new("mariadb")
-            .args([
-                "-h",
-                a.host,
-                "-P",
-                &port.to_string(),
-                "-u",
-                "clustmgr",
-                "-ps3cret-admin",
-                "-N",
-                "-e",
-                q,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let port_text = port.to_string();
+    let sql = |q: &str| sql_with(a.host, &port_text, "s3cret-admin", q);
     assert_eq!(sql("SELECT @@server_id, @@max_connections"), "11\t50");
     let nodes = a.op(json!({"ver": "0.1", "job_type": "get_node"})).await;
     assert_eq!(nodes["nodes"][0]["state"], "running", "{nodes}");
@@ -748,28 +727,28 @@ async fn agent_scenarios(a: &Agent, d: &Path) {
     );
 }
 
-fn sql_as(host: &str, port: &str, q: &str) -> String {
+/// The mysql client's output lines, as the account `clustmgr` with
+/// `password`; its error output when it fails.
+fn query(host: &str, port: &str, password: &str, q: &str) -> Result<String, String> {
     let out = Command::new("mariadb")
-        .args([
-            "-h",
-            host,
-            "-P",
-            port,
-            "-u",
-            "clustmgr",
-            "-pcluster-admin-pw",
-            "-N",
-            "-e",
-            q,
-        ])
+        .args(["-h", host, "-P", port, "-u", "clustmgr"])
+        .arg(format!("-p{password}"))
+        .args(["-N", "-e", q])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{host}:{port} {q}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+fn sql_with(host: &str, port: &str, password: &str, q: &str) -> String {
+    query(host, port, password, q).unwrap_or_else(|e| panic!("{host}:{port} {q}: {e}"))
+}
+
+fn sql_as(host: &str, port: &str, q: &str) -> String {
+    sql_with(host, port, "cluster-admin-pw", q)
 }
 
 fn cluster_paras(shards: u32, nodes: u32) -> Value {
@@ -905,22 +884,13 @@ async fn a_cluster_of_two_shards_on_three_machines() {
             let (h, p) = (n["hostaddr"].as_str().unwrap(), n["port"].as_str().unwrap());
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
-                let out = Command::new("mariadb")
-                    .args([
-                        "-h",
-                        h,
-                        "-P",
-                        p,
-                        "-u",
-                        "clustmgr",
-                        "-pcluster-admin-pw",
-                        "-N",
-                        "-e",
-                    ])
-                    .arg(format!("SELECT id FROM app{i}.t"))
-                    .output()
-                    .unwrap();
-                if String::from_utf8_lossy(&out.stdout).trim() == i.to_string() {
+                let seen = query(
+                    h,
+                    p,
+                    "cluster-admin-pw",
+                    &format!("SELECT id FROM app{i}.t"),
+                );
+                if seen.is_ok_and(|v| v == i.to_string()) {
                     break;
                 }
                 assert!(Instant::now() < deadline, "the row on {h}:{p}");

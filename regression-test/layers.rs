@@ -19,6 +19,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("secret", ABOVE_FOUNDATION),
     ("redact", ABOVE_FOUNDATION),
     ("hostmap", ABOVE_FOUNDATION),
+    ("fields", ABOVE_FOUNDATION),
     // The source side never writes to, or knows of, the destination.
     (
         "source",

@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod db;
 pub mod dest;
 pub mod error;
+pub mod fields;
 pub mod group;
 pub mod hostmap;
 pub mod job;

@@ -9,7 +9,7 @@ use crate::db::{self, Endpoint, ServerAddr};
 use crate::secret::Secret;
 use crate::tls::TlsOptions;
 use mysql_async::prelude::*;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -91,46 +91,24 @@ pub struct Delete {
     table: Option<(String, String)>,
 }
 
-struct Fields<'a>(&'a Map<String, Value>);
+/// The request's fields ([`crate::fields`]), refused as [`Refusal`]s.
+struct Fields<'a>(crate::fields::Fields<'a>);
 
 impl Fields<'_> {
     fn text(&self, key: &str) -> Result<Option<String>, Refusal> {
-        match self.0.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
-            Some(other) => Err(Refusal(format!(
-                "{key}: expected a string, got {}",
-                kind(other)
-            ))),
-        }
+        self.0.text(key).map_err(Refusal)
     }
 
     fn need(&self, key: &str) -> Result<String, Refusal> {
-        self.text(key)?
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| Refusal(format!("{key} is missing")))
+        self.0.need(key).map_err(Refusal)
     }
 
     fn int(&self, key: &str, min: i64, max: i64) -> Result<Option<i64>, Refusal> {
-        let Some(text) = self.text(key)? else {
-            return Ok(None);
-        };
-        let n: i64 = text
-            .trim()
-            .parse()
-            .map_err(|_| Refusal(format!("{key}: {text:?} is not a whole number")))?;
-        if n < min || n > max {
-            return Err(Refusal(format!(
-                "{key}: {n} is out of range ({min} to {max})"
-            )));
-        }
-        Ok(Some(n))
+        self.0.int(key, min, max).map_err(Refusal)
     }
 
     fn need_int(&self, key: &str, min: i64, max: i64) -> Result<i64, Refusal> {
-        self.int(key, min, max)?
-            .ok_or_else(|| Refusal(format!("{key} is missing")))
+        self.0.need_int(key, min, max).map_err(Refusal)
     }
 
     fn port(&self, key: &str) -> Result<u16, Refusal> {
@@ -146,17 +124,6 @@ impl Fields<'_> {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 impl Request {
     pub fn parse(body: &[u8]) -> Result<Request, Refusal> {
         let value: Value = serde_json::from_slice(body)
@@ -164,7 +131,7 @@ impl Request {
         let Value::Object(map) = value else {
             return Err(Refusal("the body is not a JSON object".into()));
         };
-        let f = Fields(&map);
+        let f = Fields(crate::fields::Fields::new(&map, ""));
         let job_type = f.need("job_type")?;
         let operation = |job_type: &'static str, op: Op| -> Result<Request, Refusal> {
             Ok(Request::Operation {

@@ -4,6 +4,7 @@
 //! are accepted too. A refused request names what was wrong and creates
 //! nothing.
 
+use crate::fields::{kind, Fields};
 use serde_json::{json, Map, Value};
 
 /// A refused request: its error code and what to do.
@@ -54,8 +55,8 @@ impl Envelope {
         let Value::Object(map) = v else {
             return Err(Refused::bad("the body is not a JSON object"));
         };
-        let f = Paras(&map);
-        let job_type = f.need("job_type")?;
+        let f = Fields::new(&map, "");
+        let job_type = f.need("job_type").map_err(Refused::bad)?;
         let paras = match map.get("paras") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(p)) => p.clone(),
@@ -67,16 +68,22 @@ impl Envelope {
             }
         };
         Ok(Envelope {
-            version: f.text("version")?.unwrap_or_else(|| "1.0".into()),
-            job_id: f.text("job_id")?.unwrap_or_default(),
+            version: f
+                .text("version")
+                .map_err(Refused::bad)?
+                .unwrap_or_else(|| "1.0".into()),
+            job_id: f.text("job_id").map_err(Refused::bad)?.unwrap_or_default(),
             job_type,
-            user_name: f.text("user_name")?.unwrap_or_default(),
+            user_name: f
+                .text("user_name")
+                .map_err(Refused::bad)?
+                .unwrap_or_default(),
             paras,
         })
     }
 
     pub fn paras(&self) -> Paras<'_> {
-        Paras(&self.paras)
+        Paras(Fields::new(&self.paras, "paras."))
     }
 
     /// `paras.dry_run: "1"`.
@@ -85,98 +92,33 @@ impl Envelope {
     }
 }
 
-/// Typed reads of a JSON object's fields (strings, or numbers as strings).
-pub struct Paras<'a>(pub &'a Map<String, Value>);
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+/// Typed reads of a request's `paras` ([`crate::fields`]), refused as bad
+/// requests.
+pub struct Paras<'a>(Fields<'a>);
 
 impl Paras<'_> {
     pub fn text(&self, key: &str) -> Result<Option<String>, Refused> {
-        match self.0.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
-            Some(other) => Err(Refused::bad(format!(
-                "paras.{key}: expected a string, got {}",
-                kind(other)
-            ))),
-        }
+        self.0.text(key).map_err(Refused::bad)
     }
 
     pub fn need(&self, key: &str) -> Result<String, Refused> {
-        self.text(key)?.filter(|s| !s.is_empty()).ok_or_else(|| {
-            Refused::bad(if key == "job_type" {
-                "job_type is missing".to_string()
-            } else {
-                format!("paras.{key} is missing")
-            })
-        })
+        self.0.need(key).map_err(Refused::bad)
     }
 
     pub fn int(&self, key: &str, min: i64, max: i64) -> Result<Option<i64>, Refused> {
-        let Some(t) = self.text(key)? else {
-            return Ok(None);
-        };
-        if t.is_empty() {
-            return Ok(None);
-        }
-        let n: i64 = t
-            .parse()
-            .map_err(|_| Refused::bad(format!("paras.{key}: {t:?} is not a whole number")))?;
-        if n < min || n > max {
-            return Err(Refused::bad(format!(
-                "paras.{key}: {n} is out of range ({min} to {max})"
-            )));
-        }
-        Ok(Some(n))
+        self.0.int(key, min, max).map_err(Refused::bad)
     }
 
     pub fn need_int(&self, key: &str, min: i64, max: i64) -> Result<i64, Refused> {
-        self.int(key, min, max)?
-            .ok_or_else(|| Refused::bad(format!("paras.{key} is missing")))
+        self.0.need_int(key, min, max).map_err(Refused::bad)
     }
 
-    /// One of `allowed`.
     pub fn choice(&self, key: &str, allowed: &[&str]) -> Result<String, Refused> {
-        let v = self.need(key)?;
-        if allowed.contains(&v.as_str()) {
-            Ok(v)
-        } else {
-            Err(Refused::bad(format!(
-                "paras.{key}: {v:?} is not one of {}",
-                allowed.join(", ")
-            )))
-        }
+        self.0.choice(key, allowed).map_err(Refused::bad)
     }
 
-    /// A list of strings (absent: empty).
     pub fn list(&self, key: &str) -> Result<Vec<String>, Refused> {
-        match self.0.get(key) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|i| match i {
-                    Value::String(s) => Ok(s.trim().to_string()),
-                    other => Err(Refused::bad(format!(
-                        "paras.{key}: expected strings, got {}",
-                        kind(other)
-                    ))),
-                })
-                .collect(),
-            Some(other) => Err(Refused::bad(format!(
-                "paras.{key}: expected a JSON array, got {}",
-                kind(other)
-            ))),
-        }
+        self.0.list(key).map_err(Refused::bad)
     }
 }
 

@@ -110,7 +110,8 @@ impl Manager {
     }
 
     /// Answers one Emit body: the HTTP status and the answer. A refused
-    /// request has the status of its error code (400, 404, 409, 500, 501);
+    /// request has the status of its error code (400, 404, 409, 500, 501,
+    /// 502);
     /// everything else, a failed job's `get_status` included, 200.
     pub async fn emit(self: &Arc<Self>, body: &[u8]) -> (u16, Value) {
         let e = match Envelope::parse(body) {
