@@ -301,167 +301,183 @@ pub fn parse_in(sql: &str, dialect: Dialect) -> Statement {
     let toks = tokenize(sql, dialect);
     let mut c = Cursor { toks: &toks, at: 0 };
     let first = c.peek_word().unwrap_or_default();
-    let ddl = |kind, names, refs, temporary| Statement::Ddl {
+    match first.as_str() {
+        "BEGIN" => Statement::Begin,
+        "COMMIT" => Statement::Commit,
+        "ROLLBACK" if toks.len() == 1 => Statement::Rollback,
+        "START" if c.eat_all(&["START", "TRANSACTION"]) => Statement::Begin,
+        "XA" => Statement::Other("XA".into()),
+        "CREATE" => parse_create(&mut c, &toks),
+        "ALTER" => parse_alter(&mut c, &toks),
+        "DROP" => parse_drop(&mut c, &toks),
+        "RENAME" => parse_rename(&mut c, &toks),
+        "TRUNCATE" => {
+            c.eat("TRUNCATE");
+            c.eat("TABLE");
+            match c.name() {
+                Some(name) => ddl(DdlKind::TruncateTable, vec![name], vec![], false),
+                None => Statement::Other(first),
+            }
+        }
+        _ => Statement::Other(first),
+    }
+}
+
+fn ddl(kind: DdlKind, names: Vec<Name>, refs: Vec<Name>, temporary: bool) -> Statement {
+    Statement::Ddl {
         kind,
         names,
         refs,
         temporary,
-    };
-    match first.as_str() {
-        "BEGIN" => return Statement::Begin,
-        "COMMIT" => return Statement::Commit,
-        "ROLLBACK" if toks.len() == 1 => return Statement::Rollback,
-        "START" if c.eat_all(&["START", "TRANSACTION"]) => return Statement::Begin,
-        "XA" => return Statement::Other("XA".into()),
-        "CREATE" => {
-            c.eat("CREATE");
-            c.eat_all(&["OR", "REPLACE"]);
-            let temporary = c.eat("TEMPORARY");
-            if c.eat("SEQUENCE") {
-                c.eat_all(&["IF", "NOT", "EXISTS"]);
-                if let Some(name) = c.name() {
-                    return ddl(DdlKind::CreateSequence, vec![name], vec![], temporary);
-                }
-                return Statement::Other("CREATE SEQUENCE".into());
-            }
-            if c.eat("TABLE") {
-                c.eat_all(&["IF", "NOT", "EXISTS"]);
-                let Some(name) = c.name() else {
-                    return Statement::Other("CREATE TABLE".into());
-                };
-                let mut refs = Vec::new();
-                if c.eat("LIKE") || (c.punct(b'(') && c.eat("LIKE")) {
-                    refs.extend(c.name());
-                }
-                return ddl(DdlKind::CreateTable, vec![name], refs, temporary);
-            }
-            for w in ["UNIQUE", "FULLTEXT", "SPATIAL"] {
-                c.eat(w);
-            }
-            if c.eat("INDEX") || c.eat("KEY") {
-                if c.skip_to("ON") {
-                    if let Some(name) = c.name() {
-                        return ddl(DdlKind::CreateIndex, vec![name], vec![], false);
-                    }
-                }
-                return Statement::Other("CREATE INDEX".into());
-            }
-            if c.skip_to("VIEW") {
-                c.eat_all(&["IF", "NOT", "EXISTS"]);
-                if let Some(name) = c.name() {
-                    return ddl(DdlKind::CreateView, vec![name], vec![], false);
-                }
-            }
-            return Statement::Other(format!("CREATE {}", object_word(&toks)));
-        }
-        "ALTER" => {
-            c.eat("ALTER");
-            c.eat("ONLINE");
-            c.eat("IGNORE");
-            if c.eat("SEQUENCE") {
-                c.eat_all(&["IF", "EXISTS"]);
-                if let Some(name) = c.name() {
-                    return ddl(DdlKind::AlterSequence, vec![name], vec![], false);
-                }
-                return Statement::Other("ALTER SEQUENCE".into());
-            }
-            if c.eat("TABLE") {
-                c.eat_all(&["IF", "EXISTS"]);
-                let Some(name) = c.name() else {
-                    return Statement::Other("ALTER TABLE".into());
-                };
-                let mut names = vec![name];
-                // `ALTER TABLE t … RENAME [TO|AS] u` renames the table itself.
-                while c.skip_to("RENAME") {
-                    if matches!(c.peek_word().as_deref(), Some("COLUMN" | "INDEX" | "KEY")) {
-                        continue;
-                    }
-                    // `RENAME TO u`, `RENAME AS u` or `RENAME u`.
-                    let _ = c.eat("TO") || c.eat("AS");
-                    if let Some(to) = c.name() {
-                        names.push(to);
-                    }
-                }
-                // `EXCHANGE PARTITION p WITH TABLE u` moves rows from u:
-                // both must be in scope.
-                let mut x = Cursor { toks: &toks, at: 0 };
-                if x.skip_to("EXCHANGE") && x.skip_to("WITH") && x.eat("TABLE") {
-                    names.extend(x.name());
-                }
-                return ddl(DdlKind::AlterTable, names, vec![], false);
-            }
-            if c.skip_to("VIEW") {
-                if let Some(name) = c.name() {
-                    return ddl(DdlKind::CreateView, vec![name], vec![], false);
-                }
-            }
-            return Statement::Other(format!("ALTER {}", object_word(&toks)));
-        }
-        "DROP" => {
-            c.eat("DROP");
-            let temporary = c.eat("TEMPORARY");
-            let kind = if c.eat("TABLE") || c.eat("TABLES") {
-                DdlKind::DropTable
-            } else if c.eat("VIEW") {
-                DdlKind::DropView
-            } else if c.eat("SEQUENCE") {
-                DdlKind::DropSequence
-            } else if c.eat("INDEX") || c.eat("KEY") {
-                c.eat_all(&["IF", "EXISTS"]);
-                if c.skip_to("ON") {
-                    if let Some(name) = c.name() {
-                        return ddl(DdlKind::DropIndex, vec![name], vec![], false);
-                    }
-                }
-                return Statement::Other("DROP INDEX".into());
-            } else {
-                return Statement::Other(format!("DROP {}", object_word(&toks)));
-            };
-            c.eat_all(&["IF", "EXISTS"]);
-            let mut names = Vec::new();
-            while let Some(n) = c.name() {
-                names.push(n);
-                if !c.punct(b',') {
-                    break;
-                }
-            }
-            return ddl(kind, names, vec![], temporary);
-        }
-        "RENAME" => {
-            c.eat("RENAME");
-            if !(c.eat("TABLE") || c.eat("TABLES")) {
-                return Statement::Other(format!("RENAME {}", second_word(&toks)));
-            }
-            c.eat_all(&["IF", "EXISTS"]);
-            let mut names = Vec::new();
-            while let Some(from) = c.name() {
-                // `WAIT n` or `NOWAIT`: how long to wait for locks.
-                if c.eat("WAIT") {
-                    c.ident();
-                }
-                c.eat("NOWAIT");
-                if !c.eat("TO") {
-                    break;
-                }
-                let Some(to) = c.name() else { break };
-                names.push(from);
-                names.push(to);
-                if !c.punct(b',') {
-                    break;
-                }
-            }
-            return ddl(DdlKind::RenameTable, names, vec![], false);
-        }
-        "TRUNCATE" => {
-            c.eat("TRUNCATE");
-            c.eat("TABLE");
-            if let Some(name) = c.name() {
-                return ddl(DdlKind::TruncateTable, vec![name], vec![], false);
-            }
-        }
-        _ => {}
     }
-    Statement::Other(first)
+}
+
+/// `CREATE …`: tables, sequences, indexes and views by name.
+fn parse_create(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
+    c.eat("CREATE");
+    c.eat_all(&["OR", "REPLACE"]);
+    let temporary = c.eat("TEMPORARY");
+    if c.eat("SEQUENCE") {
+        c.eat_all(&["IF", "NOT", "EXISTS"]);
+        if let Some(name) = c.name() {
+            return ddl(DdlKind::CreateSequence, vec![name], vec![], temporary);
+        }
+        return Statement::Other("CREATE SEQUENCE".into());
+    }
+    if c.eat("TABLE") {
+        c.eat_all(&["IF", "NOT", "EXISTS"]);
+        let Some(name) = c.name() else {
+            return Statement::Other("CREATE TABLE".into());
+        };
+        let mut refs = Vec::new();
+        if c.eat("LIKE") || (c.punct(b'(') && c.eat("LIKE")) {
+            refs.extend(c.name());
+        }
+        return ddl(DdlKind::CreateTable, vec![name], refs, temporary);
+    }
+    for w in ["UNIQUE", "FULLTEXT", "SPATIAL"] {
+        c.eat(w);
+    }
+    if c.eat("INDEX") || c.eat("KEY") {
+        if c.skip_to("ON") {
+            if let Some(name) = c.name() {
+                return ddl(DdlKind::CreateIndex, vec![name], vec![], false);
+            }
+        }
+        return Statement::Other("CREATE INDEX".into());
+    }
+    if c.skip_to("VIEW") {
+        c.eat_all(&["IF", "NOT", "EXISTS"]);
+        if let Some(name) = c.name() {
+            return ddl(DdlKind::CreateView, vec![name], vec![], false);
+        }
+    }
+    Statement::Other(format!("CREATE {}", object_word(toks)))
+}
+
+/// `ALTER …`: a table (with the names it renames to or exchanges with), a
+/// sequence or a view.
+fn parse_alter(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
+    c.eat("ALTER");
+    c.eat("ONLINE");
+    c.eat("IGNORE");
+    if c.eat("SEQUENCE") {
+        c.eat_all(&["IF", "EXISTS"]);
+        if let Some(name) = c.name() {
+            return ddl(DdlKind::AlterSequence, vec![name], vec![], false);
+        }
+        return Statement::Other("ALTER SEQUENCE".into());
+    }
+    if c.eat("TABLE") {
+        c.eat_all(&["IF", "EXISTS"]);
+        let Some(name) = c.name() else {
+            return Statement::Other("ALTER TABLE".into());
+        };
+        let mut names = vec![name];
+        // `ALTER TABLE t … RENAME [TO|AS] u` renames the table itself.
+        while c.skip_to("RENAME") {
+            if matches!(c.peek_word().as_deref(), Some("COLUMN" | "INDEX" | "KEY")) {
+                continue;
+            }
+            // `RENAME TO u`, `RENAME AS u` or `RENAME u`.
+            let _ = c.eat("TO") || c.eat("AS");
+            if let Some(to) = c.name() {
+                names.push(to);
+            }
+        }
+        // `EXCHANGE PARTITION p WITH TABLE u` moves rows from u:
+        // both must be in scope.
+        let mut x = Cursor { toks, at: 0 };
+        if x.skip_to("EXCHANGE") && x.skip_to("WITH") && x.eat("TABLE") {
+            names.extend(x.name());
+        }
+        return ddl(DdlKind::AlterTable, names, vec![], false);
+    }
+    if c.skip_to("VIEW") {
+        if let Some(name) = c.name() {
+            return ddl(DdlKind::CreateView, vec![name], vec![], false);
+        }
+    }
+    Statement::Other(format!("ALTER {}", object_word(toks)))
+}
+
+/// `DROP …` of tables, views, sequences or an index.
+fn parse_drop(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
+    c.eat("DROP");
+    let temporary = c.eat("TEMPORARY");
+    let kind = if c.eat("TABLE") || c.eat("TABLES") {
+        DdlKind::DropTable
+    } else if c.eat("VIEW") {
+        DdlKind::DropView
+    } else if c.eat("SEQUENCE") {
+        DdlKind::DropSequence
+    } else if c.eat("INDEX") || c.eat("KEY") {
+        c.eat_all(&["IF", "EXISTS"]);
+        if c.skip_to("ON") {
+            if let Some(name) = c.name() {
+                return ddl(DdlKind::DropIndex, vec![name], vec![], false);
+            }
+        }
+        return Statement::Other("DROP INDEX".into());
+    } else {
+        return Statement::Other(format!("DROP {}", object_word(toks)));
+    };
+    c.eat_all(&["IF", "EXISTS"]);
+    let mut names = Vec::new();
+    while let Some(n) = c.name() {
+        names.push(n);
+        if !c.punct(b',') {
+            break;
+        }
+    }
+    ddl(kind, names, vec![], temporary)
+}
+
+/// `RENAME TABLE a TO b, …`.
+fn parse_rename(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
+    c.eat("RENAME");
+    if !(c.eat("TABLE") || c.eat("TABLES")) {
+        return Statement::Other(format!("RENAME {}", second_word(toks)));
+    }
+    c.eat_all(&["IF", "EXISTS"]);
+    let mut names = Vec::new();
+    while let Some(from) = c.name() {
+        // `WAIT n` or `NOWAIT`: how long to wait for locks.
+        if c.eat("WAIT") {
+            c.ident();
+        }
+        c.eat("NOWAIT");
+        if !c.eat("TO") {
+            break;
+        }
+        let Some(to) = c.name() else { break };
+        names.push(from);
+        names.push(to);
+        if !c.punct(b',') {
+            break;
+        }
+    }
+    ddl(DdlKind::RenameTable, names, vec![], false)
 }
 
 /// The kind of object a CREATE, ALTER or DROP that is not about tables

@@ -216,133 +216,167 @@ impl Reader {
 
     /// The next events (often one, none for events that carry nothing).
     pub async fn next(&mut self) -> Result<Vec<SourceEvent>, ReadError> {
-        let event = match tokio::time::timeout(SILENCE_LIMIT, self.stream.next()).await {
-            Err(_) => {
-                return Err(ReadError::Transient(format!(
-                    "no binlog event or heartbeat from the source for {} s",
-                    SILENCE_LIMIT.as_secs()
-                )))
-            }
-            Ok(None) => {
-                return Err(ReadError::Transient(
-                    "the source closed the binlog stream".into(),
-                ))
-            }
-            Ok(Some(Err(e))) => {
-                // 1236: the server cannot send from there (purged binlog, …).
-                return Err(match db::server_code(&e) {
-                    Some(1236) => ReadError::Unavailable(format!(
-                        "the source cannot send the binlog from the job's position: {e}"
-                    )),
-                    // 4052: the job's previous binlog connection (before a
-                    // restart) is still registered; it goes away by itself.
-                    Some(4052) => ReadError::Transient(format!("reading the binlog: {e}")),
-                    _ => sql_error("reading the binlog", e),
-                });
-            }
-            Ok(Some(Ok(event))) => event,
-        };
+        let event = self.receive().await?;
         let header = event.header();
         self.bytes_read += u64::from(header.event_size());
-        let here = || BinlogCoord {
-            file: self.file.clone(),
-            pos: u64::from(header.log_pos()),
-        };
-        let kind = header.event_type_raw();
-        let malformed = |e: mariadb::Malformed| ReadError::Definite(e.to_string());
-        match kind {
-            mariadb::GTID => {
-                let g = mariadb::gtid(event.data(), header.server_id()).map_err(malformed)?;
-                self.standalone = g.standalone;
-                self.in_group = true;
-                // A two-phase ALTER is logged at its start and at its end;
-                // the rows between are of the table before it, so it is
-                // applied once, at its commit, and not at all if rolled back.
-                self.skip_statement = matches!(
-                    g.alter,
-                    Some(mariadb::AlterPhase::Start | mariadb::AlterPhase::Rollback)
-                );
-                let mut out = vec![SourceEvent::Begin {
-                    gtid: Some(g.gtid),
-                    at: here(),
-                    timestamp: header.timestamp(),
-                }];
-                if let Some(xa) = g.xa.as_ref().filter(|x| x.prepared) {
-                    out.push(SourceEvent::XaPrepare {
-                        xid: xa.xid.clone(),
-                    });
-                }
-                self.xa = g.xa;
-                return Ok(out);
-            }
-            mariadb::GTID_LIST => {
-                mariadb::gtid_list(event.data()).map_err(malformed)?;
-                return Ok(vec![]);
-            }
-            mariadb::BINLOG_CHECKPOINT => {
-                mariadb::binlog_checkpoint(event.data()).map_err(malformed)?;
-                return Ok(vec![]);
-            }
-            mariadb::ANNOTATE_ROWS => {
-                return Ok(vec![SourceEvent::Annotate(mariadb::annotate_rows(
-                    event.data(),
-                ))])
-            }
-            // XA_PREPARE_LOG_EVENT: the end of an XA transaction's
-            // prepared part.
-            mariadb::XA_PREPARE => {
-                return Ok(if self.in_group {
-                    self.end_group(here(), header.timestamp())
-                } else {
-                    vec![]
-                });
-            }
-            compressed::QUERY_COMPRESSED => {
-                let q = compressed::query(event.data())
-                    .map_err(|e| ReadError::Definite(format!("{e} (at {})", here())))?;
-                return Ok(self.query(
-                    q.schema,
-                    q.sql,
-                    status::read(&q.status_vars).at(header.timestamp()),
-                    here(),
-                    header.timestamp(),
-                ));
-            }
-            k if compressed::is_rows(k) => {
-                let r = compressed::rows(k, event.data())
-                    .map_err(|e| ReadError::Definite(format!("{e} (at {})", here())))?;
-                return self.rows(
-                    r.op,
-                    r.table_id,
-                    r.before.as_deref(),
-                    r.after.as_deref(),
-                    &r.data,
-                    here(),
-                );
-            }
-            164..=191 => {
-                return Err(ReadError::Definite(format!(
-                    "the binlog holds a {} at {}, which this version cannot apply; \
-                     turn the feature off on the source and resync",
-                    mariadb::event_name(kind),
-                    here()
-                )))
-            }
-            _ => {}
+        if let Some(events) = self.mariadb_event(&event)? {
+            return Ok(events);
         }
+        let pos = u64::from(header.log_pos());
+        let kind = header.event_type_raw();
         let data = event.read_data().map_err(|e| {
             ReadError::Definite(format!(
                 "cannot decode binlog event type {kind} at {}: {e}",
-                here()
+                self.at(pos)
             ))
         })?;
         let Some(data) = data else {
             return Err(ReadError::Definite(format!(
                 "the binlog holds an {} at {}, which this version cannot interpret",
                 mariadb::event_name(kind),
-                here()
+                self.at(pos)
             )));
         };
+        self.decoded(data, pos, header.timestamp())
+    }
+
+    /// Where the reader is: `pos` in the binlog file it reads.
+    fn at(&self, pos: u64) -> BinlogCoord {
+        BinlogCoord {
+            file: self.file.clone(),
+            pos,
+        }
+    }
+
+    /// The next event of the stream, or why there is none.
+    async fn receive(&mut self) -> Result<mysql_async::binlog::events::Event, ReadError> {
+        match tokio::time::timeout(SILENCE_LIMIT, self.stream.next()).await {
+            Err(_) => Err(ReadError::Transient(format!(
+                "no binlog event or heartbeat from the source for {} s",
+                SILENCE_LIMIT.as_secs()
+            ))),
+            Ok(None) => Err(ReadError::Transient(
+                "the source closed the binlog stream".into(),
+            )),
+            // 1236: the server cannot send from there (purged binlog, …).
+            Ok(Some(Err(e))) => Err(match db::server_code(&e) {
+                Some(1236) => ReadError::Unavailable(format!(
+                    "the source cannot send the binlog from the job's position: {e}"
+                )),
+                // 4052: the job's previous binlog connection (before a
+                // restart) is still registered; it goes away by itself.
+                Some(4052) => ReadError::Transient(format!("reading the binlog: {e}")),
+                _ => sql_error("reading the binlog", e),
+            }),
+            Ok(Some(Ok(event))) => Ok(event),
+        }
+    }
+
+    /// The events MariaDB adds to the binlog format, read from their raw
+    /// bytes; `None` for an event the decoder reads.
+    fn mariadb_event(
+        &mut self,
+        event: &mysql_async::binlog::events::Event,
+    ) -> Result<Option<Vec<SourceEvent>>, ReadError> {
+        let header = event.header();
+        let pos = u64::from(header.log_pos());
+        let kind = header.event_type_raw();
+        let malformed = |e: mariadb::Malformed| ReadError::Definite(e.to_string());
+        Ok(Some(match kind {
+            mariadb::GTID => {
+                let g = mariadb::gtid(event.data(), header.server_id()).map_err(malformed)?;
+                self.begin_mariadb(g, self.at(pos), header.timestamp())
+            }
+            mariadb::GTID_LIST => {
+                mariadb::gtid_list(event.data()).map_err(malformed)?;
+                vec![]
+            }
+            mariadb::BINLOG_CHECKPOINT => {
+                mariadb::binlog_checkpoint(event.data()).map_err(malformed)?;
+                vec![]
+            }
+            mariadb::ANNOTATE_ROWS => {
+                vec![SourceEvent::Annotate(mariadb::annotate_rows(event.data()))]
+            }
+            // XA_PREPARE_LOG_EVENT: the end of an XA transaction's
+            // prepared part.
+            mariadb::XA_PREPARE if self.in_group => {
+                self.end_group(self.at(pos), header.timestamp())
+            }
+            mariadb::XA_PREPARE => vec![],
+            compressed::QUERY_COMPRESSED => {
+                let q = compressed::query(event.data())
+                    .map_err(|e| ReadError::Definite(format!("{e} (at {})", self.at(pos))))?;
+                self.query(
+                    q.schema,
+                    q.sql,
+                    status::read(&q.status_vars).at(header.timestamp()),
+                    self.at(pos),
+                    header.timestamp(),
+                )
+            }
+            k if compressed::is_rows(k) => {
+                let r = compressed::rows(k, event.data())
+                    .map_err(|e| ReadError::Definite(format!("{e} (at {})", self.at(pos))))?;
+                self.rows(
+                    r.op,
+                    r.table_id,
+                    r.before.as_deref(),
+                    r.after.as_deref(),
+                    &r.data,
+                    self.at(pos),
+                )?
+            }
+            164..=191 => {
+                return Err(ReadError::Definite(format!(
+                    "the binlog holds a {} at {}, which this version cannot apply; \
+                     turn the feature off on the source and resync",
+                    mariadb::event_name(kind),
+                    self.at(pos)
+                )))
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    /// A MariaDB GTID event: a transaction starts (an XA one may be
+    /// prepared here).
+    fn begin_mariadb(
+        &mut self,
+        g: mariadb::GtidEvent,
+        at: BinlogCoord,
+        timestamp: u32,
+    ) -> Vec<SourceEvent> {
+        self.standalone = g.standalone;
+        self.in_group = true;
+        // A two-phase ALTER is logged at its start and at its end; the rows
+        // between are of the table before it, so it is applied once, at its
+        // commit, and not at all if rolled back.
+        self.skip_statement = matches!(
+            g.alter,
+            Some(mariadb::AlterPhase::Start | mariadb::AlterPhase::Rollback)
+        );
+        let mut out = vec![SourceEvent::Begin {
+            gtid: Some(g.gtid),
+            at,
+            timestamp,
+        }];
+        if let Some(xa) = g.xa.as_ref().filter(|x| x.prepared) {
+            out.push(SourceEvent::XaPrepare {
+                xid: xa.xid.clone(),
+            });
+        }
+        self.xa = g.xa;
+        out
+    }
+
+    /// An event the decoder read.
+    fn decoded(
+        &mut self,
+        data: EventData<'_>,
+        pos: u64,
+        timestamp: u32,
+    ) -> Result<Vec<SourceEvent>, ReadError> {
         Ok(match data {
             EventData::RotateEvent(r) => {
                 // The rotate event that opens the stream comes before any
@@ -366,7 +400,7 @@ impl Reader {
             | EventData::IntvarEvent(_)
             | EventData::RandEvent(_)
             | EventData::UserVarEvent(_) => vec![],
-            EventData::HeartbeatEvent => vec![SourceEvent::Idle { at: here() }],
+            EventData::HeartbeatEvent => vec![SourceEvent::Idle { at: self.at(pos) }],
             EventData::GtidEvent(_) | EventData::AnonymousGtidEvent(_) => {
                 // MySQL flags nothing: a group whose first statement is not
                 // BEGIN is a DDL standing alone.
@@ -374,20 +408,20 @@ impl Reader {
                 self.standalone = true;
                 vec![SourceEvent::Begin {
                     gtid: None,
-                    at: here(),
-                    timestamp: header.timestamp(),
+                    at: self.at(pos),
+                    timestamp,
                 }]
             }
             EventData::RowsQueryEvent(q) => {
                 vec![SourceEvent::Annotate(q.query().into_owned())]
             }
-            EventData::XidEvent(_) => self.end_group(here(), header.timestamp()),
+            EventData::XidEvent(_) => self.end_group(self.at(pos), timestamp),
             EventData::QueryEvent(q) => self.query(
                 q.schema().into_owned(),
                 q.query_raw().to_vec(),
-                status::read(q.status_vars_raw()).at(header.timestamp()),
-                here(),
-                header.timestamp(),
+                status::read(q.status_vars_raw()).at(timestamp),
+                self.at(pos),
+                timestamp,
             ),
             EventData::TableMapEvent(tme) => {
                 let wanted = (self.scope)(&tme.database_name(), &tme.table_name());
@@ -401,56 +435,61 @@ impl Reader {
                 self.tables.insert(tme.table_id(), map);
                 vec![]
             }
-            EventData::RowsEvent(rows) => {
-                let op = match &rows {
-                    RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => {
-                        RowOp::Insert
-                    }
-                    RowsEventData::UpdateRowsEventV1(_) | RowsEventData::UpdateRowsEvent(_) => {
-                        RowOp::Update
-                    }
-                    RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => {
-                        RowOp::Delete
-                    }
-                    RowsEventData::PartialUpdateRowsEvent(_) => {
-                        return Err(ReadError::Definite(format!(
-                            "the binlog holds a partial JSON update at {}; set \
-                             binlog_row_value_options='' on the source and resync",
-                            here()
-                        )))
-                    }
-                };
-                let n = rows.num_columns() as usize;
-                let before = rows
-                    .columns_before_image()
-                    .map(|b| b.iter().by_vals().take(n).collect::<Vec<bool>>());
-                let after = rows
-                    .columns_after_image()
-                    .map(|b| b.iter().by_vals().take(n).collect::<Vec<bool>>());
-                self.rows(
-                    op,
-                    rows.table_id(),
-                    before.as_deref(),
-                    after.as_deref(),
-                    rows.rows_data(),
-                    here(),
-                )?
-            }
+            EventData::RowsEvent(rows) => self.rows_event(&rows, pos)?,
             EventData::IncidentEvent(i) => {
                 return Err(ReadError::Definite(format!(
                 "the source logged an incident at {} ({}): events may be missing; resync the job",
-                here(),
+                self.at(pos),
                 i.message()
             )))
             }
             other => {
                 return Err(ReadError::Definite(format!(
                     "the binlog holds an event this version cannot apply at {}: {:?}",
-                    here(),
+                    self.at(pos),
                     std::mem::discriminant(&other)
                 )))
             }
         })
+    }
+
+    /// A rows event the decoder read.
+    fn rows_event(
+        &mut self,
+        rows: &RowsEventData<'_>,
+        pos: u64,
+    ) -> Result<Vec<SourceEvent>, ReadError> {
+        let op = match rows {
+            RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => RowOp::Insert,
+            RowsEventData::UpdateRowsEventV1(_) | RowsEventData::UpdateRowsEvent(_) => {
+                RowOp::Update
+            }
+            RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => {
+                RowOp::Delete
+            }
+            RowsEventData::PartialUpdateRowsEvent(_) => {
+                return Err(ReadError::Definite(format!(
+                    "the binlog holds a partial JSON update at {}; set \
+                     binlog_row_value_options='' on the source and resync",
+                    self.at(pos)
+                )))
+            }
+        };
+        let n = rows.num_columns() as usize;
+        let before = rows
+            .columns_before_image()
+            .map(|b| b.iter().by_vals().take(n).collect::<Vec<bool>>());
+        let after = rows
+            .columns_after_image()
+            .map(|b| b.iter().by_vals().take(n).collect::<Vec<bool>>());
+        self.rows(
+            op,
+            rows.table_id(),
+            before.as_deref(),
+            after.as_deref(),
+            rows.rows_data(),
+            self.at(pos),
+        )
     }
 
     /// A statement logged as text: BEGIN, COMMIT or ROLLBACK of a group,
