@@ -125,23 +125,8 @@ fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token> {
                 i = (i + 2).min(b.len());
             }
             b'`' | b'"' if c == b'`' || dialect.ansi_quotes => {
-                let mut name = String::new();
-                i += 1;
-                let mut from = i;
-                while i < b.len() {
-                    if b[i] == c {
-                        if b.get(i + 1) == Some(&c) {
-                            name.push_str(&sql[from..=i]);
-                            i += 2;
-                            from = i;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                name.push_str(&sql[from..i.min(b.len())]);
-                i = (i + 1).min(b.len());
+                let name;
+                (name, i) = quoted_name(sql, i);
                 out.push(Token {
                     tok: Tok::Quoted(name),
                     start,
@@ -149,22 +134,7 @@ fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token> {
                 });
             }
             b'\'' | b'"' => {
-                i += 1;
-                while i < b.len() {
-                    if b[i] == b'\\' && !dialect.no_backslash_escapes {
-                        i += 2;
-                        continue;
-                    }
-                    if b[i] == c {
-                        if b.get(i + 1) == Some(&c) {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i = (i + 1).min(b.len());
+                i = string_end(b, i, dialect);
                 out.push(Token {
                     tok: Tok::Str,
                     start,
@@ -288,6 +258,51 @@ impl Cursor<'_> {
         }
         false
     }
+}
+
+/// The name quoted from `sql[at]` (its quote doubled inside it stands for
+/// itself), and where the token ends.
+fn quoted_name(sql: &str, at: usize) -> (String, usize) {
+    let b = sql.as_bytes();
+    let quote = b[at];
+    let mut name = String::new();
+    let mut i = at + 1;
+    let mut from = i;
+    while i < b.len() {
+        if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                name.push_str(&sql[from..=i]);
+                i += 2;
+                from = i;
+                continue;
+            }
+            break;
+        }
+        i += 1;
+    }
+    name.push_str(&sql[from..i.min(b.len())]);
+    (name, (i + 1).min(b.len()))
+}
+
+/// Where the string literal opened at `b[at]` ends.
+fn string_end(b: &[u8], at: usize, dialect: Dialect) -> usize {
+    let quote = b[at];
+    let mut i = at + 1;
+    while i < b.len() {
+        if b[i] == b'\\' && !dialect.no_backslash_escapes {
+            i += 2;
+            continue;
+        }
+        if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            break;
+        }
+        i += 1;
+    }
+    (i + 1).min(b.len())
 }
 
 /// Classifies one statement of a QUERY event (of a session with the
