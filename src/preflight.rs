@@ -186,69 +186,13 @@ fn query_error(side: Side, ep: &Endpoint) -> impl Fn(mysql_async::Error) -> Pref
 
 async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, PreflightError> {
     let err = query_error(Side::Source, ep);
-    let (version, log_bin, format, row_image): (String, i64, String, String) = conn
-        .query_first(
-            "SELECT @@version, @@log_bin, @@global.binlog_format, @@global.binlog_row_image",
-        )
-        .await
-        .map_err(&err)?
-        .ok_or_else(|| err(mysql_async::Error::Other("no row".into())))?;
-    let mut problems = Vec::new();
-    if let Some(p) = version_problem(&version) {
-        problems.push(p);
-    }
-    if log_bin == 0 {
-        problems.push(
-            "has the binary log off; start it with log_bin (e.g. --log-bin) and server_id set"
-                .into(),
-        );
-    }
-    if !format.eq_ignore_ascii_case("ROW") {
-        problems.push(format!("has binlog_format={format}; set binlog_format=ROW"));
-    }
-    if !row_image.eq_ignore_ascii_case("FULL") {
-        problems.push(format!(
-            "has binlog_row_image={row_image}; set binlog_row_image=FULL"
-        ));
-    }
-    if let Some(arbitrator) = &ep.minder {
-        problems.extend(minded_problems(conn, ep, arbitrator).await.map_err(&err)?);
-    }
-
+    let mut problems = server_problems(conn, ep).await.map_err(&err)?;
     let global = global_privileges(conn).await.map_err(&err)?;
-    let mut missing = Vec::new();
-    if !global.contains("REPLICATION SLAVE") {
-        missing.push("REPLICATION SLAVE");
-    }
-    if !global.contains("REPLICATION CLIENT") && !global.contains("BINLOG MONITOR") {
-        missing.push("REPLICATION CLIENT");
-    }
-    let mut can_select = global.contains("SELECT")
-        || schema_privileges(conn, &ep.database)
+    problems.extend(
+        source_privilege_problems(conn, ep, &global)
             .await
-            .map_err(&err)?
-            .contains("SELECT");
-    if !can_select {
-        if let Some(table) = &ep.table {
-            can_select = table_privileges(conn, &ep.database, table)
-                .await
-                .map_err(&err)?
-                .contains("SELECT");
-        }
-    }
-    if !can_select {
-        missing.push("SELECT");
-    }
-    if !missing.is_empty() {
-        problems.push(format!(
-            "user {:?} lacks {}; GRANT {} ON *.* TO the user (SELECT may be granted on {} only)",
-            ep.user,
-            missing.join(", "),
-            missing.join(", "),
-            db::quote_ident(&ep.database),
-        ));
-    }
-
+            .map_err(&err)?,
+    );
     let exists = schema_exists(conn, &ep.database).await.map_err(&err)?;
     let views = if exists && ep.table.is_none() {
         views(conn, &ep.database).await.map_err(&err)?
@@ -272,7 +216,7 @@ async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, Pre
     }
     let tables = if exists {
         let all = base_tables(conn, &ep.database).await.map_err(&err)?;
-        match &ep.table {
+        let tables = match &ep.table {
             Some(t) if all.contains(t) => vec![t.clone()],
             Some(t) => {
                 problems.push(format!(
@@ -282,7 +226,10 @@ async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, Pre
                 Vec::new()
             }
             None => all,
-        }
+        };
+        // Not copied yet, and never silently left out.
+        problems.extend(versioned_problems(conn, ep).await.map_err(&err)?);
+        tables
     } else {
         problems.push(format!(
             "has no database {} (or the user cannot see it); create it or fix src.database",
@@ -290,49 +237,6 @@ async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, Pre
         ));
         Vec::new()
     };
-    // Not copied yet, and never silently left out.
-    if exists {
-        let versioned: Vec<String> = conn
-            .exec(
-                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? \
-                 AND TABLE_TYPE = 'SYSTEM VERSIONED' AND (? IS NULL OR TABLE_NAME = ?) \
-                 ORDER BY TABLE_NAME",
-                (&ep.database, &ep.table, &ep.table),
-            )
-            .await
-            .map_err(&err)?;
-        // Versioned by time (implicit or named periods) they replicate;
-        // versioned by transaction id (BIGINT periods) not yet.
-        let mut explicit = Vec::new();
-        for t in versioned {
-            let create: Option<(String, String)> = conn
-                .query_first(format!(
-                    "SHOW CREATE TABLE {}.{}",
-                    db::quote_ident(&ep.database),
-                    db::quote_ident(&t)
-                ))
-                .await
-                .map_err(&err)?;
-            let by_transaction = create.is_some_and(|(_, sql)| {
-                sql.lines().any(|l| {
-                    l.contains("AS ROW START") && l.to_ascii_lowercase().contains("bigint")
-                })
-            });
-            if by_transaction {
-                explicit.push(t);
-            }
-        }
-        if !explicit.is_empty() {
-            problems.push(format!(
-                "has tables versioned by transaction id in the job's scope ({}), which this \
-                 version does not replicate yet (their history would be lost); version them by \
-                 time (TIMESTAMP periods, or WITH SYSTEM VERSIONING alone), or move them to \
-                 another database",
-                explicit.join(", ")
-            ));
-        }
-    }
-
     if !problems.is_empty() {
         return Err(PreflightError::Unfit {
             side: Side::Source,
@@ -345,6 +249,124 @@ async fn check_source(conn: &mut Conn, ep: &Endpoint) -> Result<SourceFacts, Pre
         views,
         identity: identity(conn).await.map_err(&err)?,
     })
+}
+
+/// What keeps the source server from serving a job: its version, its
+/// binary log's settings, and (for a minded source) its cluster's.
+async fn server_problems(
+    conn: &mut Conn,
+    ep: &Endpoint,
+) -> Result<Vec<String>, mysql_async::Error> {
+    let (version, log_bin, format, row_image): (String, i64, String, String) = conn
+        .query_first(
+            "SELECT @@version, @@log_bin, @@global.binlog_format, @@global.binlog_row_image",
+        )
+        .await?
+        .ok_or_else(|| mysql_async::Error::Other("no row".into()))?;
+    let mut problems = Vec::new();
+    if let Some(p) = version_problem(&version) {
+        problems.push(p);
+    }
+    if log_bin == 0 {
+        problems.push(
+            "has the binary log off; start it with log_bin (e.g. --log-bin) and server_id set"
+                .into(),
+        );
+    }
+    if !format.eq_ignore_ascii_case("ROW") {
+        problems.push(format!("has binlog_format={format}; set binlog_format=ROW"));
+    }
+    if !row_image.eq_ignore_ascii_case("FULL") {
+        problems.push(format!(
+            "has binlog_row_image={row_image}; set binlog_row_image=FULL"
+        ));
+    }
+    if let Some(arbitrator) = &ep.minder {
+        problems.extend(minded_problems(conn, ep, arbitrator).await?);
+    }
+    Ok(problems)
+}
+
+/// The privileges the source user lacks to read the binlog and the tables.
+async fn source_privilege_problems(
+    conn: &mut Conn,
+    ep: &Endpoint,
+    global: &BTreeSet<String>,
+) -> Result<Vec<String>, mysql_async::Error> {
+    let mut missing = Vec::new();
+    if !global.contains("REPLICATION SLAVE") {
+        missing.push("REPLICATION SLAVE");
+    }
+    if !global.contains("REPLICATION CLIENT") && !global.contains("BINLOG MONITOR") {
+        missing.push("REPLICATION CLIENT");
+    }
+    let mut can_select = global.contains("SELECT")
+        || schema_privileges(conn, &ep.database)
+            .await?
+            .contains("SELECT");
+    if !can_select {
+        if let Some(table) = &ep.table {
+            can_select = table_privileges(conn, &ep.database, table)
+                .await?
+                .contains("SELECT");
+        }
+    }
+    if !can_select {
+        missing.push("SELECT");
+    }
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![format!(
+        "user {:?} lacks {}; GRANT {} ON *.* TO the user (SELECT may be granted on {} only)",
+        ep.user,
+        missing.join(", "),
+        missing.join(", "),
+        db::quote_ident(&ep.database),
+    )])
+}
+
+/// Tables in the job's scope versioned by transaction id: not replicated
+/// yet. (Versioned by time, implicit or named periods, they replicate.)
+async fn versioned_problems(
+    conn: &mut Conn,
+    ep: &Endpoint,
+) -> Result<Vec<String>, mysql_async::Error> {
+    let versioned: Vec<String> = conn
+        .exec(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? \
+             AND TABLE_TYPE = 'SYSTEM VERSIONED' AND (? IS NULL OR TABLE_NAME = ?) \
+             ORDER BY TABLE_NAME",
+            (&ep.database, &ep.table, &ep.table),
+        )
+        .await?;
+    let mut explicit = Vec::new();
+    for t in versioned {
+        let create: Option<(String, String)> = conn
+            .query_first(format!(
+                "SHOW CREATE TABLE {}.{}",
+                db::quote_ident(&ep.database),
+                db::quote_ident(&t)
+            ))
+            .await?;
+        let by_transaction = create.is_some_and(|(_, sql)| {
+            sql.lines()
+                .any(|l| l.contains("AS ROW START") && l.to_ascii_lowercase().contains("bigint"))
+        });
+        if by_transaction {
+            explicit.push(t);
+        }
+    }
+    if explicit.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![format!(
+        "has tables versioned by transaction id in the job's scope ({}), which this \
+         version does not replicate yet (their history would be lost); version them by \
+         time (TIMESTAMP periods, or WITH SYSTEM VERSIONING alone), or move them to \
+         another database",
+        explicit.join(", ")
+    )])
 }
 
 /// What the destination user must be able to do in the destination database.
