@@ -68,140 +68,36 @@ pub(super) async fn connect(
 pub async fn run_step(m: &Machines, job: &Job, step: &str, attempt: u64) -> Result<Value, String> {
     let d = &job.plan.details;
     let id = d["cluster_id"].as_str().unwrap_or_default().to_string();
-    if step == "reserve" && job.job_type == "create_cluster" {
-        let sealed = d["admin_password_sealed"].as_str().unwrap_or_default();
-        let settings = json!({"fullsync_level": d["fullsync_level"], "innodb_size": d["innodb_size"],
-                              "max_connections": d["max_connections"]});
-        let row = vec![
-            SqlValue::from(id.as_str()),
-            d["cluster_name"].as_str().unwrap_or_default().into(),
-            d["nick_name"].as_str().unwrap_or_default().into(),
-            d["ha_mode"].as_str().unwrap_or_default().into(),
-            d["shards"].as_i64().unwrap_or(0).into(),
-            d["nodes"].as_i64().unwrap_or(0).into(),
-            d["admin_user"].as_str().unwrap_or_default().into(),
-            sealed.into(),
-            "creating".into(),
-            settings.to_string().as_str().into(),
-            chrono::Utc::now().timestamp_millis().into(),
-        ];
-        match m.store.execute(INSERT_CLUSTER, row).await {
-            Ok(_) | Err(StoreError::Duplicate(_)) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
     if step == "reserve" {
-        for p in d["placements"].as_array().into_iter().flatten() {
-            let row = vec![
-                SqlValue::from(p["hostaddr"].as_str().unwrap_or_default()),
-                p["port"].as_i64().unwrap_or(0).into(),
-                id.as_str().into(),
-                p["shard"].as_i64().unwrap_or(0).to_string().as_str().into(),
-                p["node"].as_i64().unwrap_or(0).into(),
-                p["role"].as_str().unwrap_or_default().into(),
-                "reserved".into(),
-            ];
-            match m.store.execute(INSERT_INSTANCE, row).await {
-                Ok(_) | Err(StoreError::Duplicate(_)) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        return Ok(Value::Null);
+        return reserve(m, job, &id).await;
     }
     if let Some(rest) = step.strip_prefix("install:") {
         let p = placement(job, step).ok_or_else(|| format!("no placement for {rest}"))?;
-        let (user, pw) = password(m, &id).await?;
-        let replica = p["role"] == "replica";
-        let semi = match (d["fullsync_level"].as_i64().unwrap_or(0) > 0, replica) {
-            (false, _) => "",
-            (true, false) => "master",
-            (true, true) => "slave",
-        };
-        let cluster: i64 = id.parse().unwrap_or(0);
-        let server_id = (cluster % 100_000) * 1000
-            + p["shard"].as_i64().unwrap_or(0) * 10
-            + p["node"].as_i64().unwrap_or(0);
-        let body = json!({"ver": "0.1", "job_type": "install_mysql", "job_id": job.job_id, "step": step,
-            "attempt": attempt, "port": p["port"], "datadir": p["datadir"], "server_id": server_id,
-            "innodb_size": d["innodb_size"], "max_connections": d["max_connections"],
-            "read_only": if replica { "1" } else { "0" }, "semi_sync": semi,
-            "admin_user": user, "admin_password": pw.expose()});
-        let host = p["hostaddr"].as_str().unwrap_or_default();
-        let agent_port = p["agent_port"].as_i64().unwrap_or(m.agent_port as i64);
-        return agent_op(m, host, agent_port, body).await;
+        return install(m, job, step, attempt, &id, p).await;
     }
     if let Some(shard) = step.strip_prefix("replicate:") {
-        let (user, pw) = password(m, &id).await?;
-        let in_shard: Vec<&Value> = d["placements"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["shard"].as_i64() == shard.parse().ok())
-            .collect();
-        let primary = in_shard
-            .iter()
-            .find(|p| p["role"] == "primary")
-            .ok_or("the shard has no primary")?;
-        let (ph, pp) = (
-            primary["hostaddr"].as_str().unwrap_or_default(),
-            primary["port"].as_i64().unwrap_or(0),
-        );
-        for r in in_shard.iter().filter(|p| p["role"] == "replica") {
-            let (rh, rp) = (
-                r["hostaddr"].as_str().unwrap_or_default(),
-                r["port"].as_i64().unwrap_or(0),
-            );
-            let mut conn = connect(rh, rp, &user, &pw).await?;
-            let change = format!(
-                "CHANGE MASTER TO MASTER_HOST = '{ph}', MASTER_PORT = {pp}, MASTER_USER = '{user}', \
-                 MASTER_PASSWORD = '{}', MASTER_USE_GTID = slave_pos",
-                pw.expose().replace('\\', "\\\\").replace('\'', "\\'")
-            );
-            for sql in ["STOP SLAVE", change.as_str(), "START SLAVE"] {
-                conn.query_drop(sql)
-                    .await
-                    .map_err(|e| format!("{rh}:{rp}: {}", crate::redact::text(&e.to_string())))?;
-            }
-            wait_replicating(&mut conn, rh, rp).await?;
-            let _ = conn.disconnect().await;
-        }
-        return Ok(json!({"primary": format!("{ph}:{pp}")}));
+        return replicate(m, d, &id, shard).await;
     }
+    let store = |sql: &'static str, row: Vec<SqlValue>| async move {
+        m.store.execute(sql, row).await.map_err(|e| e.to_string())
+    };
     match step {
         "register" => {
             let count = d["shards_after"].as_i64().unwrap_or(0);
-            m.store
-                .execute(SET_SHARDS, vec![count.into(), id.as_str().into()])
-                .await
-                .map_err(|e| e.to_string())?;
-            m.store
-                .execute(SET_CLUSTER, vec!["running".into(), id.as_str().into()])
-                .await
-                .map_err(|e| e.to_string())?;
-            m.store
-                .execute(SET_INSTANCES, vec!["running".into(), id.as_str().into()])
-                .await
-                .map_err(|e| e.to_string())?;
+            store(SET_SHARDS, vec![count.into(), id.as_str().into()]).await?;
+            store(SET_CLUSTER, vec!["running".into(), id.as_str().into()]).await?;
+            store(SET_INSTANCES, vec!["running".into(), id.as_str().into()]).await?;
             Ok(Value::Null)
         }
         "unregister" if job.job_type == "delete_cluster" => {
-            m.store
-                .execute(DELETE_INSTANCES, vec![id.as_str().into()])
-                .await
-                .map_err(|e| e.to_string())?;
-            m.store
-                .execute(DELETE_CLUSTER, vec![id.as_str().into()])
-                .await
-                .map_err(|e| e.to_string())?;
+            store(DELETE_INSTANCES, vec![id.as_str().into()]).await?;
+            store(DELETE_CLUSTER, vec![id.as_str().into()]).await?;
             Ok(Value::Null)
         }
         // delete_shard: the shard's rows went with its instances.
         "unregister" => {
             let count = d["shards_after"].as_i64().unwrap_or(0);
-            m.store
-                .execute(SET_SHARDS, vec![count.into(), id.as_str().into()])
-                .await
-                .map_err(|e| e.to_string())?;
+            store(SET_SHARDS, vec![count.into(), id.as_str().into()]).await?;
             Ok(Value::Null)
         }
         s if s.starts_with("uninstall:") => {
@@ -218,14 +114,125 @@ pub async fn run_step(m: &Machines, job: &Job, step: &str, attempt: u64) -> Resu
                 port,
             )
             .await?;
-            m.store
-                .execute(DELETE_INSTANCE, vec![host.into(), port.into()])
-                .await
-                .map_err(|e| e.to_string())?;
+            store(DELETE_INSTANCE, vec![host.into(), port.into()]).await?;
             Ok(json!({"storage_hosts": format!("{host}_{port}"), "storage_state": "done"}))
         }
         other => Err(format!("{} has no step {other}", job.job_type)),
     }
+}
+
+/// `reserve`: the cluster's row (for `create_cluster`) and one row per
+/// placement, each written once however often the step runs.
+async fn reserve(m: &Machines, job: &Job, id: &str) -> Result<Value, String> {
+    let d = &job.plan.details;
+    if job.job_type == "create_cluster" {
+        let sealed = d["admin_password_sealed"].as_str().unwrap_or_default();
+        let settings = json!({"fullsync_level": d["fullsync_level"], "innodb_size": d["innodb_size"],
+                              "max_connections": d["max_connections"]});
+        let row = vec![
+            SqlValue::from(id),
+            d["cluster_name"].as_str().unwrap_or_default().into(),
+            d["nick_name"].as_str().unwrap_or_default().into(),
+            d["ha_mode"].as_str().unwrap_or_default().into(),
+            d["shards"].as_i64().unwrap_or(0).into(),
+            d["nodes"].as_i64().unwrap_or(0).into(),
+            d["admin_user"].as_str().unwrap_or_default().into(),
+            sealed.into(),
+            "creating".into(),
+            settings.to_string().as_str().into(),
+            chrono::Utc::now().timestamp_millis().into(),
+        ];
+        match m.store.execute(INSERT_CLUSTER, row).await {
+            Ok(_) | Err(StoreError::Duplicate(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    for p in d["placements"].as_array().into_iter().flatten() {
+        let row = vec![
+            SqlValue::from(p["hostaddr"].as_str().unwrap_or_default()),
+            p["port"].as_i64().unwrap_or(0).into(),
+            id.into(),
+            p["shard"].as_i64().unwrap_or(0).to_string().as_str().into(),
+            p["node"].as_i64().unwrap_or(0).into(),
+            p["role"].as_str().unwrap_or_default().into(),
+            "reserved".into(),
+        ];
+        match m.store.execute(INSERT_INSTANCE, row).await {
+            Ok(_) | Err(StoreError::Duplicate(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(Value::Null)
+}
+
+/// `install:HOST_PORT`: the placement's instance, by its machine's agent.
+async fn install(
+    m: &Machines,
+    job: &Job,
+    step: &str,
+    attempt: u64,
+    id: &str,
+    p: &Value,
+) -> Result<Value, String> {
+    let d = &job.plan.details;
+    let (user, pw) = password(m, id).await?;
+    let replica = p["role"] == "replica";
+    let semi = match (d["fullsync_level"].as_i64().unwrap_or(0) > 0, replica) {
+        (false, _) => "",
+        (true, false) => "master",
+        (true, true) => "slave",
+    };
+    let cluster: i64 = id.parse().unwrap_or(0);
+    let server_id = (cluster % 100_000) * 1000
+        + p["shard"].as_i64().unwrap_or(0) * 10
+        + p["node"].as_i64().unwrap_or(0);
+    let body = json!({"ver": "0.1", "job_type": "install_mysql", "job_id": job.job_id, "step": step,
+        "attempt": attempt, "port": p["port"], "datadir": p["datadir"], "server_id": server_id,
+        "innodb_size": d["innodb_size"], "max_connections": d["max_connections"],
+        "read_only": if replica { "1" } else { "0" }, "semi_sync": semi,
+        "admin_user": user, "admin_password": pw.expose()});
+    let host = p["hostaddr"].as_str().unwrap_or_default();
+    let agent_port = p["agent_port"].as_i64().unwrap_or(m.agent_port as i64);
+    agent_op(m, host, agent_port, body).await
+}
+
+/// `replicate:SHARD`: the shard's replicas follow its primary by GTID.
+async fn replicate(m: &Machines, d: &Value, id: &str, shard: &str) -> Result<Value, String> {
+    let (user, pw) = password(m, id).await?;
+    let in_shard: Vec<&Value> = d["placements"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["shard"].as_i64() == shard.parse().ok())
+        .collect();
+    let primary = in_shard
+        .iter()
+        .find(|p| p["role"] == "primary")
+        .ok_or("the shard has no primary")?;
+    let (ph, pp) = (
+        primary["hostaddr"].as_str().unwrap_or_default(),
+        primary["port"].as_i64().unwrap_or(0),
+    );
+    for r in in_shard.iter().filter(|p| p["role"] == "replica") {
+        let (rh, rp) = (
+            r["hostaddr"].as_str().unwrap_or_default(),
+            r["port"].as_i64().unwrap_or(0),
+        );
+        let mut conn = connect(rh, rp, &user, &pw).await?;
+        let change = format!(
+            "CHANGE MASTER TO MASTER_HOST = '{ph}', MASTER_PORT = {pp}, MASTER_USER = '{user}', \
+             MASTER_PASSWORD = '{}', MASTER_USE_GTID = slave_pos",
+            pw.expose().replace('\\', "\\\\").replace('\'', "\\'")
+        );
+        for sql in ["STOP SLAVE", change.as_str(), "START SLAVE"] {
+            conn.query_drop(sql)
+                .await
+                .map_err(|e| format!("{rh}:{rp}: {}", crate::redact::text(&e.to_string())))?;
+        }
+        wait_replicating(&mut conn, rh, rp).await?;
+        let _ = conn.disconnect().await;
+    }
+    Ok(json!({"primary": format!("{ph}:{pp}")}))
 }
 
 async fn uninstall(
