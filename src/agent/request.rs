@@ -151,86 +151,12 @@ impl Request {
                 minutes: f.need_int("minutes", -1, 525_600)?,
                 port: f.int("port", 1, 65535)?.map(|p| p as u16),
             }),
-            "mysql_cmd" => {
-                let cmd = f.need("cmd")?;
-                let refuse = || {
-                    Refusal(format!(
-                        "mysql_cmd {cmd:?} is refused: this agent runs no shell; it accepts only \
-                         \"./startmysql.sh PORT\" and \"./stopmysql.sh PORT\" for a managed instance"
-                    ))
-                };
-                let mut words = cmd.split(' ');
-                let (script, port) = (words.next(), words.next());
-                if words.next().is_some() {
-                    return Err(refuse());
-                }
-                let port: u16 = port
-                    .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|p| p.parse().ok())
-                    .filter(|p| *p > 0)
-                    .ok_or_else(refuse)?;
-                // The seed's requests carry no job_id: keyed by the command.
-                let key = Key {
-                    job_id: f
-                        .text("job_id")?
-                        .filter(|s| !s.is_empty())
-                        .unwrap_or_else(|| {
-                            format!("mysql_cmd-{}", chrono::Utc::now().timestamp_millis())
-                        }),
-                    step: f.text("step")?.unwrap_or_default(),
-                    attempt: f.int("attempt", 0, i64::MAX)?.unwrap_or(0) as u64,
-                };
-                let op = match script {
-                    Some("./startmysql.sh") => Op::Start { port },
-                    Some("./stopmysql.sh") => Op::Stop { port },
-                    _ => return Err(refuse()),
-                };
-                Ok(Request::Operation {
-                    key,
-                    job_type: "mysql_cmd",
-                    op,
-                })
-            }
+            "mysql_cmd" => mysql_cmd(&f),
             "pgsql_cmd" | "cluster_cmd" => Err(Refusal(format!(
                 "{job_type} is refused: this agent runs no shell commands and manages MariaDB \
                  instances only; it accepts {ACCEPTED}"
             ))),
-            "install_mysql" => {
-                let base = PathBuf::from(f.need("datadir")?);
-                if !base.is_absolute() || base.components().any(|c| c.as_os_str() == "..") {
-                    return Err(Refusal(format!(
-                        "datadir {:?} must be an absolute path without ..",
-                        base.display()
-                    )));
-                }
-                let admin = match (f.text("admin_user")?, f.text("admin_password")?) {
-                    (Some(u), Some(p)) if !u.is_empty() => Some((u, Secret::new(p))),
-                    (None, None) => None,
-                    _ => {
-                        return Err(Refusal(
-                            "admin_user and admin_password come together".into(),
-                        ))
-                    }
-                };
-                let spec = InstallSpec {
-                    port: f.port("port")?,
-                    base,
-                    innodb_size_mb: f.int("innodb_size", 16, 1 << 20)?.unwrap_or(128) as u64,
-                    max_connections: f.int("max_connections", 10, 100_000)?.unwrap_or(1000) as u64,
-                    server_id: f.need_int("server_id", 1, u32::MAX as i64)? as u64,
-                    read_only: f.int("read_only", 0, 1)?.unwrap_or(0) == 1,
-                    semi_sync: match f.text("semi_sync")?.unwrap_or_default().as_str() {
-                        "" => String::new(),
-                        s @ ("master" | "slave") => s.to_string(),
-                        other => {
-                            return Err(Refusal(format!(
-                                "semi_sync {other:?}: \"master\", \"slave\" or none"
-                            )))
-                        }
-                    },
-                };
-                operation("install_mysql", Op::Install { spec, admin })
-            }
+            "install_mysql" => operation("install_mysql", install(&f)?),
             "start_mysql" => operation(
                 "start_mysql",
                 Op::Start {
@@ -249,52 +175,8 @@ impl Request {
                     port: f.port("port")?,
                 },
             ),
-            "delete" => {
-                let table = match f.need("file_type")?.as_str() {
-                    "table" => Some((f.need("s_dbname")?, f.need("s_table_name")?)),
-                    "binlog" => None,
-                    other => {
-                        return Err(Refusal(format!(
-                            "file_type {other:?}: delete takes \"table\" or \"binlog\""
-                        )))
-                    }
-                };
-                let d = Delete {
-                    host: f.need("s_ip")?,
-                    port: f.port("s_port")?,
-                    user: f.need("s_user")?,
-                    password: Secret::new(f.text("s_pwd")?.unwrap_or_default()),
-                    table,
-                };
-                operation("delete", Op::Delete(d))
-            }
-            "send" => {
-                if f.need("file_type")? != "table" {
-                    return Err(Refusal("file_type: send takes \"table\"".into()));
-                }
-                let side = |p: &str, dbname: String, table: String| -> Result<Endpoint, Refusal> {
-                    Ok(Endpoint {
-                        host: f.need(&format!("{p}_ip"))?,
-                        port: f.port(&format!("{p}_port"))?,
-                        user: f.need(&format!("{p}_user"))?,
-                        password: Secret::new(f.text(&format!("{p}_pwd"))?.unwrap_or_default()),
-                        database: dbname,
-                        table: Some(table),
-                        host_mapping: Default::default(),
-                        tls: TlsOptions::default(),
-                        minder: None,
-                    })
-                };
-                let src = side("s", f.need("s_dbname")?, f.need("s_table_name")?)?;
-                let dest = side("d", f.need("d_dbname")?, f.need("d_table_name")?)?;
-                let key = f.key()?;
-                let name = format!("send-{}", key.job_id);
-                Ok(Request::Operation {
-                    key,
-                    job_type: "send",
-                    op: Op::Send(Box::new(Send { name, src, dest })),
-                })
-            }
+            "delete" => operation("delete", delete(&f)?),
+            "send" => send(&f),
             "coldbackup" => operation(
                 "coldbackup",
                 Op::ColdBackup {
@@ -317,6 +199,134 @@ impl Request {
             ))),
         }
     }
+}
+
+/// `mysql_cmd`: only `./startmysql.sh PORT` and `./stopmysql.sh PORT`.
+fn mysql_cmd(f: &Fields<'_>) -> Result<Request, Refusal> {
+    let cmd = f.need("cmd")?;
+    let refuse = || {
+        Refusal(format!(
+            "mysql_cmd {cmd:?} is refused: this agent runs no shell; it accepts only \
+             \"./startmysql.sh PORT\" and \"./stopmysql.sh PORT\" for a managed instance"
+        ))
+    };
+    let mut words = cmd.split(' ');
+    let (script, port) = (words.next(), words.next());
+    if words.next().is_some() {
+        return Err(refuse());
+    }
+    let port: u16 = port
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(refuse)?;
+    // The seed's requests carry no job_id: keyed by the command.
+    let key = Key {
+        job_id: f
+            .text("job_id")?
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("mysql_cmd-{}", chrono::Utc::now().timestamp_millis())),
+        step: f.text("step")?.unwrap_or_default(),
+        attempt: f.int("attempt", 0, i64::MAX)?.unwrap_or(0) as u64,
+    };
+    let op = match script {
+        Some("./startmysql.sh") => Op::Start { port },
+        Some("./stopmysql.sh") => Op::Stop { port },
+        _ => return Err(refuse()),
+    };
+    Ok(Request::Operation {
+        key,
+        job_type: "mysql_cmd",
+        op,
+    })
+}
+
+/// `install_mysql`'s instance.
+fn install(f: &Fields<'_>) -> Result<Op, Refusal> {
+    let base = PathBuf::from(f.need("datadir")?);
+    if !base.is_absolute() || base.components().any(|c| c.as_os_str() == "..") {
+        return Err(Refusal(format!(
+            "datadir {:?} must be an absolute path without ..",
+            base.display()
+        )));
+    }
+    let admin = match (f.text("admin_user")?, f.text("admin_password")?) {
+        (Some(u), Some(p)) if !u.is_empty() => Some((u, Secret::new(p))),
+        (None, None) => None,
+        _ => {
+            return Err(Refusal(
+                "admin_user and admin_password come together".into(),
+            ))
+        }
+    };
+    let spec = InstallSpec {
+        port: f.port("port")?,
+        base,
+        innodb_size_mb: f.int("innodb_size", 16, 1 << 20)?.unwrap_or(128) as u64,
+        max_connections: f.int("max_connections", 10, 100_000)?.unwrap_or(1000) as u64,
+        server_id: f.need_int("server_id", 1, u32::MAX as i64)? as u64,
+        read_only: f.int("read_only", 0, 1)?.unwrap_or(0) == 1,
+        semi_sync: match f.text("semi_sync")?.unwrap_or_default().as_str() {
+            "" => String::new(),
+            s @ ("master" | "slave") => s.to_string(),
+            other => {
+                return Err(Refusal(format!(
+                    "semi_sync {other:?}: \"master\", \"slave\" or none"
+                )))
+            }
+        },
+    };
+    Ok(Op::Install { spec, admin })
+}
+
+/// `delete`: a table, or the binlogs, of an instance.
+fn delete(f: &Fields<'_>) -> Result<Op, Refusal> {
+    let table = match f.need("file_type")?.as_str() {
+        "table" => Some((f.need("s_dbname")?, f.need("s_table_name")?)),
+        "binlog" => None,
+        other => {
+            return Err(Refusal(format!(
+                "file_type {other:?}: delete takes \"table\" or \"binlog\""
+            )))
+        }
+    };
+    let d = Delete {
+        host: f.need("s_ip")?,
+        port: f.port("s_port")?,
+        user: f.need("s_user")?,
+        password: Secret::new(f.text("s_pwd")?.unwrap_or_default()),
+        table,
+    };
+    Ok(Op::Delete(d))
+}
+
+/// `send`: a table to another instance.
+fn send(f: &Fields<'_>) -> Result<Request, Refusal> {
+    if f.need("file_type")? != "table" {
+        return Err(Refusal("file_type: send takes \"table\"".into()));
+    }
+    let side = |p: &str, dbname: String, table: String| -> Result<Endpoint, Refusal> {
+        Ok(Endpoint {
+            host: f.need(&format!("{p}_ip"))?,
+            port: f.port(&format!("{p}_port"))?,
+            user: f.need(&format!("{p}_user"))?,
+            password: Secret::new(f.text(&format!("{p}_pwd"))?.unwrap_or_default()),
+            database: dbname,
+            table: Some(table),
+            host_mapping: Default::default(),
+            tls: TlsOptions::default(),
+            minder: None,
+        })
+    };
+    let src = side("s", f.need("s_dbname")?, f.need("s_table_name")?)?;
+    let dest = side("d", f.need("d_dbname")?, f.need("d_table_name")?)?;
+    let key = f.key()?;
+    let name = format!("send-{}", key.job_id);
+    Ok(Request::Operation {
+        key,
+        job_type: "send",
+        op: Op::Send(Box::new(Send { name, src, dest })),
+    })
 }
 
 /// `send`: one table to another instance, through the service's own full
