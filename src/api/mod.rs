@@ -531,34 +531,7 @@ async fn dispatch(
 ) -> Result<Response, ApiError> {
     let manager = &state.manager;
     match operation {
-        "version" | "metrics" => {
-            if method != Method::GET && method != Method::POST {
-                return Err(ApiError::MethodNotAllowed {
-                    operation: operation.to_string(),
-                    allowed: "GET and POST",
-                });
-            }
-            if operation == "version" {
-                return Ok(json_reply(success(
-                    json!({"version": env!("CARGO_PKG_VERSION")}),
-                )));
-            }
-            // The lag as of this scrape, for every job: a paused or
-            // retrying job's lag grows although nothing reports it.
-            for name in manager.list() {
-                if let Ok(job) = manager.snapshot(&name) {
-                    let lag = job.lag();
-                    state.metrics.set_lag(&name, lag.secs);
-                    state.metrics.set_stalled(&name, lag.stalled());
-                }
-            }
-            return Ok(warp::reply::with_header(
-                state.metrics.render(),
-                "content-type",
-                "text/plain; version=0.0.4; charset=utf-8",
-            )
-            .into_response());
-        }
+        "version" | "metrics" => return read_only(state, operation, method),
         op if !OPERATIONS.contains(&op) || op == "unknown" => {
             return Err(ApiError::UnknownOperation(operation.to_string()))
         }
@@ -622,23 +595,7 @@ async fn dispatch(
                 .await?;
             success(json!({}))
         }
-        "update_tls" => {
-            let request: UpdateTlsRequest = parse(body)?;
-            let name = non_empty_name(request.name)?;
-            if request.src.is_none() && request.dest.is_none() {
-                return Err(ApiError::BadRequest("give src, dest or both".into()));
-            }
-            let src = request
-                .src
-                .map(|t| t.into_options("src", &state.tls))
-                .transpose()?;
-            let dest = request
-                .dest
-                .map(|t| t.into_options("dest", &state.tls))
-                .transpose()?;
-            manager.update_tls(&name, src, dest).await?;
-            success(json!({}))
-        }
+        "update_tls" => update_tls(state, body).await?,
         "partial_sync" => {
             let request: PartialRequest = parse(body)?;
             let name = non_empty_name(request.name)?;
@@ -659,84 +616,142 @@ async fn dispatch(
                 .await?;
             success(json!({}))
         }
-        "verify" => {
-            let request: VerifyRequest = parse(body)?;
-            let name = non_empty_name(request.name)?;
-            let tables: Vec<String> = request
-                .tables
-                .unwrap_or_default()
-                .into_iter()
-                .map(|t| t.trim().to_string())
-                .collect();
-            if tables.iter().any(String::is_empty) {
-                return Err(ApiError::BadRequest(
-                    "tables has an empty name: name source tables of the job, or leave tables out to compare them all".into(),
-                ));
-            }
-            let job = manager
-                .command(&name, JobCommand::Verify { tables })
-                .await?;
-            let tables: Vec<&str> = job
-                .progress
-                .verify
-                .iter()
-                .flat_map(|v| v.tables.iter().map(|t| t.table.as_str()))
-                .collect();
-            success(json!({"verify": {"state": "running", "tables": tables}}))
-        }
-        "repair" => {
-            let request: RepairRequest = parse(body)?;
-            let name = non_empty_name(request.name)?;
-            let table = request.table.trim().to_string();
-            if table.is_empty() {
-                return Err(ApiError::BadRequest(
-                    "table is empty: name the source table whose differing ranges to copy again"
-                        .into(),
-                ));
-            }
-            let job = manager
-                .command(
-                    &name,
-                    JobCommand::Repair {
-                        table: table.clone(),
-                    },
-                )
-                .await?;
-            let ranges = job
-                .progress
-                .verify
-                .iter()
-                .flat_map(|v| v.tables.iter())
-                .find(|t| t.table == table)
-                .and_then(|t| t.repair.as_ref())
-                .map_or(0, |r| r.ranges_total);
-            success(json!({"repair": {"table": table, "state": "running", "ranges": ranges}}))
-        }
-        "job_skip_binlog" => {
-            let request: SkipRequest = parse(body)?;
-            let name = non_empty_name(request.name)?;
-            let command = match (request.skip_by.as_str(), request.skip_commit_seq) {
-                ("silence", Some(commit_seq)) => JobCommand::SkipTransaction { commit_seq },
-                ("silence", None) => {
-                    return Err(ApiError::BadRequest(
-                        "skip_by \"silence\" needs skip_commit_seq: the commit seq of the transaction to skip".into(),
-                    ))
-                }
-                ("fullsync", _) => JobCommand::FullSync {
-                    reason: "job_skip_binlog with skip_by fullsync".into(),
-                },
-                (other, _) => {
-                    return Err(ApiError::BadRequest(format!(
-                        "skip_by {other:?} is not \"silence\" or \"fullsync\""
-                    )))
-                }
-            };
-            manager.command(&name, command).await?;
-            success(json!({}))
-        }
+        "verify" => verify(manager, body).await?,
+        "repair" => repair(manager, body).await?,
+        "job_skip_binlog" => skip_binlog(manager, body).await?,
         _ => return Err(ApiError::UnknownOperation(operation.to_string())),
     };
     Ok(json_reply(reply))
+}
+
+/// `version` and `metrics`, which take GET as well as POST.
+fn read_only(state: &ApiState, operation: &str, method: &Method) -> Result<Response, ApiError> {
+    let manager = &state.manager;
+    if method != Method::GET && method != Method::POST {
+        return Err(ApiError::MethodNotAllowed {
+            operation: operation.to_string(),
+            allowed: "GET and POST",
+        });
+    }
+    if operation == "version" {
+        return Ok(json_reply(success(
+            json!({"version": env!("CARGO_PKG_VERSION")}),
+        )));
+    }
+    // The lag as of this scrape, for every job: a paused or
+    // retrying job's lag grows although nothing reports it.
+    for name in manager.list() {
+        if let Ok(job) = manager.snapshot(&name) {
+            let lag = job.lag();
+            state.metrics.set_lag(&name, lag.secs);
+            state.metrics.set_stalled(&name, lag.stalled());
+        }
+    }
+    Ok(warp::reply::with_header(
+        state.metrics.render(),
+        "content-type",
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+    .into_response())
+}
+
+async fn update_tls(state: &ApiState, body: &[u8]) -> Result<Value, ApiError> {
+    let manager = &state.manager;
+    let request: UpdateTlsRequest = parse(body)?;
+    let name = non_empty_name(request.name)?;
+    if request.src.is_none() && request.dest.is_none() {
+        return Err(ApiError::BadRequest("give src, dest or both".into()));
+    }
+    let src = request
+        .src
+        .map(|t| t.into_options("src", &state.tls))
+        .transpose()?;
+    let dest = request
+        .dest
+        .map(|t| t.into_options("dest", &state.tls))
+        .transpose()?;
+    manager.update_tls(&name, src, dest).await?;
+    Ok(success(json!({})))
+}
+
+async fn verify(manager: &JobManager, body: &[u8]) -> Result<Value, ApiError> {
+    let request: VerifyRequest = parse(body)?;
+    let name = non_empty_name(request.name)?;
+    let tables: Vec<String> = request
+        .tables
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.trim().to_string())
+        .collect();
+    if tables.iter().any(String::is_empty) {
+        return Err(ApiError::BadRequest(
+            "tables has an empty name: name source tables of the job, or leave tables out to compare them all".into(),
+        ));
+    }
+    let job = manager
+        .command(&name, JobCommand::Verify { tables })
+        .await?;
+    let tables: Vec<&str> = job
+        .progress
+        .verify
+        .iter()
+        .flat_map(|v| v.tables.iter().map(|t| t.table.as_str()))
+        .collect();
+    Ok(success(
+        json!({"verify": {"state": "running", "tables": tables}}),
+    ))
+}
+
+async fn repair(manager: &JobManager, body: &[u8]) -> Result<Value, ApiError> {
+    let request: RepairRequest = parse(body)?;
+    let name = non_empty_name(request.name)?;
+    let table = request.table.trim().to_string();
+    if table.is_empty() {
+        return Err(ApiError::BadRequest(
+            "table is empty: name the source table whose differing ranges to copy again".into(),
+        ));
+    }
+    let job = manager
+        .command(
+            &name,
+            JobCommand::Repair {
+                table: table.clone(),
+            },
+        )
+        .await?;
+    let ranges = job
+        .progress
+        .verify
+        .iter()
+        .flat_map(|v| v.tables.iter())
+        .find(|t| t.table == table)
+        .and_then(|t| t.repair.as_ref())
+        .map_or(0, |r| r.ranges_total);
+    Ok(success(
+        json!({"repair": {"table": table, "state": "running", "ranges": ranges}}),
+    ))
+}
+
+async fn skip_binlog(manager: &JobManager, body: &[u8]) -> Result<Value, ApiError> {
+    let request: SkipRequest = parse(body)?;
+    let name = non_empty_name(request.name)?;
+    let command = match (request.skip_by.as_str(), request.skip_commit_seq) {
+        ("silence", Some(commit_seq)) => JobCommand::SkipTransaction { commit_seq },
+        ("silence", None) => return Err(ApiError::BadRequest(
+            "skip_by \"silence\" needs skip_commit_seq: the commit seq of the transaction to skip"
+                .into(),
+        )),
+        ("fullsync", _) => JobCommand::FullSync {
+            reason: "job_skip_binlog with skip_by fullsync".into(),
+        },
+        (other, _) => {
+            return Err(ApiError::BadRequest(format!(
+                "skip_by {other:?} is not \"silence\" or \"fullsync\""
+            )))
+        }
+    };
+    manager.command(&name, command).await?;
+    Ok(success(json!({})))
 }
 
 #[cfg(test)]
