@@ -1,0 +1,289 @@
+//! How the config file and the flags make one validated [`Config`]: the
+//! flag wins over the file, the file over the default, and every value out
+//! of range is refused by name.
+
+use super::*;
+
+impl Config {
+    pub(super) fn merge(
+        file: FileConfig,
+        cli: &Cli,
+        token_env: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let minimum_mode = match &file.tls.minimum_mode {
+            Some(m) => mode_setting("tls.minimum_mode", m)?,
+            None => TlsMode::Disabled,
+        };
+        let store = store(&file.store, cli, minimum_mode)?;
+        let log_level = cli
+            .log_level
+            .clone()
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
+        if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "log_level {log_level:?} is not one of trace, debug, info, warn, error"
+            )));
+        }
+        let connect_timeout_secs = file.connect_timeout_secs.unwrap_or(5);
+        if connect_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "connect_timeout_secs must be at least 1".into(),
+            ));
+        }
+        let full_sync = full_sync(&file.full_sync)?;
+        let (apply_connections, stall_secs) = incremental(&file.incremental)?;
+        let verify = verify(&file.verify)?;
+        let tls = TlsPolicy {
+            // Unset: preferred, or the minimum when that is stricter.
+            default_mode: match &file.tls.default_mode {
+                Some(m) => mode_setting("tls.default_mode", m)?,
+                None => TlsMode::Preferred.max(minimum_mode),
+            },
+            minimum_mode,
+        };
+        tls.check("tls.default_mode", tls.default_mode)
+            .map_err(ConfigError::Invalid)?;
+        let api_tls = match (
+            cli.tls_cert.clone().or(file.tls_cert),
+            cli.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(ApiTls { cert, key }),
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid(
+                "tls_cert (--tls-cert) and tls_key (--tls-key) go together: give both or neither"
+                    .into(),
+            )),
+        };
+        let secret_key_file = cli.secret_key_file.clone().or(file.secret_key_file);
+        let previous_secret_key_file = cli
+            .previous_secret_key_file
+            .clone()
+            .or(file.previous_secret_key_file);
+        if previous_secret_key_file.is_some() && secret_key_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "previous_secret_key_file needs secret_key_file: the key to encrypt with from now on"
+                    .into(),
+            ));
+        }
+        let group = group(file.group, cli)?;
+        let auth_token = token_env
+            .or(file.auth_token)
+            .filter(|t| !t.is_empty())
+            .map(Secret::new);
+        Ok(Config {
+            host: cli
+                .host
+                .clone()
+                .or(file.host)
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            port: cli.port.or(file.port).unwrap_or(9190),
+            auth_token,
+            log_level,
+            log_dir: cli.log_dir.clone().or(file.log_dir),
+            pid_file: cli.pid_file.clone().or(file.pid_file),
+            connect_timeout: Duration::from_secs(connect_timeout_secs),
+            store,
+            full_sync,
+            apply_connections,
+            stall_secs,
+            verify,
+            api_tls,
+            tls,
+            secret_key_file,
+            previous_secret_key_file,
+            group,
+            cluster_agent_port: match file.cluster.agent_port {
+                Some(0) => {
+                    return Err(ConfigError::Invalid(
+                        "cluster.agent_port must be between 1 and 65535".into(),
+                    ))
+                }
+                Some(p) => p,
+                None => 9998,
+            },
+            failpoint: None,
+        })
+    }
+}
+
+/// `[store]` and the `--db-*` flags.
+fn store(file: &FileStore, cli: &Cli, minimum_mode: TlsMode) -> Result<StoreConfig, ConfigError> {
+    let kind = cli
+        .db_type
+        .clone()
+        .or(file.kind.clone())
+        .unwrap_or_else(|| "sqlite".into());
+    let pick = |flag: &Option<String>, set: &Option<String>, default: &str| {
+        flag.clone()
+            .or(set.clone())
+            .unwrap_or_else(|| default.into())
+    };
+    match kind.as_str() {
+        "sqlite" => Ok(StoreConfig::Sqlite {
+            dir: cli
+                .db_dir
+                .clone()
+                .or(file.dir.clone())
+                .unwrap_or_else(|| "db".into()),
+        }),
+        "mysql" => Ok(StoreConfig::Mysql {
+            host: pick(&cli.db_host, &file.host, "127.0.0.1"),
+            port: cli.db_port.or(file.port).unwrap_or(3306),
+            user: pick(&cli.db_user, &file.user, "root"),
+            password: Secret::new(pick(&cli.db_password, &file.password, "")),
+            database: pick(&cli.db_name, &file.database, "ccr"),
+            tls: store_tls(file, cli, minimum_mode)?,
+        }),
+        other => Err(ConfigError::Invalid(format!(
+            "store type {other:?} is not supported; use \"sqlite\" or \"mysql\""
+        ))),
+    }
+}
+
+fn store_tls(
+    file: &FileStore,
+    cli: &Cli,
+    minimum_mode: TlsMode,
+) -> Result<TlsOptions, ConfigError> {
+    let mode = match cli.db_tls_mode.clone().or(file.tls_mode.clone()) {
+        Some(m) => mode_setting("store.tls_mode (--db-tls-mode)", &m)?,
+        // Unset: preferred, or the minimum when stricter.
+        None => TlsMode::Preferred.max(minimum_mode),
+    };
+    if mode < minimum_mode {
+        return Err(ConfigError::Invalid(format!(
+            "store.tls_mode (--db-tls-mode) {mode} is below tls.minimum_mode {minimum_mode}"
+        )));
+    }
+    let tls = TlsOptions {
+        mode,
+        ca: cli.db_tls_ca.clone().or(file.tls_ca.clone()),
+        ..TlsOptions::default()
+    };
+    tls.validate("store.tls").map_err(ConfigError::Invalid)?;
+    Ok(tls)
+}
+
+/// `[full_sync]`.
+fn full_sync(file: &FileFullSync) -> Result<FullSyncSettings, ConfigError> {
+    let defaults = FullSyncSettings::default();
+    let full_sync = FullSyncSettings {
+        connections: file.connections.unwrap_or(defaults.connections),
+        chunk_rows: file.chunk_rows.unwrap_or(defaults.chunk_rows),
+        statement_bytes: file.statement_bytes.unwrap_or(defaults.statement_bytes),
+    };
+    if !(1..=64).contains(&full_sync.connections) {
+        return Err(ConfigError::Invalid(
+            "full_sync.connections must be between 1 and 64".into(),
+        ));
+    }
+    if full_sync.chunk_rows == 0 {
+        return Err(ConfigError::Invalid(
+            "full_sync.chunk_rows must be at least 1".into(),
+        ));
+    }
+    if full_sync.statement_bytes < 4096 {
+        return Err(ConfigError::Invalid(
+            "full_sync.statement_bytes must be at least 4096".into(),
+        ));
+    }
+    Ok(full_sync)
+}
+
+/// `[incremental]`: the apply connections and the stall threshold.
+fn incremental(file: &FileIncremental) -> Result<(usize, u64), ConfigError> {
+    let apply_connections = file.apply_connections.unwrap_or(APPLY_CONNECTIONS);
+    if !(1..=64).contains(&apply_connections) {
+        return Err(ConfigError::Invalid(
+            "incremental.apply_connections must be between 1 and 64".into(),
+        ));
+    }
+    let stall_secs = file.stall_secs.unwrap_or(60);
+    if !(1..=86_400).contains(&stall_secs) {
+        return Err(ConfigError::Invalid(
+            "incremental.stall_secs must be between 1 and 86400".into(),
+        ));
+    }
+    Ok((apply_connections, stall_secs))
+}
+
+/// `[verify]`.
+fn verify(v: &FileVerify) -> Result<VerifySettings, ConfigError> {
+    let d = VerifySettings::default();
+    let verify = VerifySettings {
+        chunk_rows: v.chunk_rows.unwrap_or(d.chunk_rows),
+        rows_per_second: v.rows_per_second.unwrap_or(d.rows_per_second),
+        snapshot_secs: v.snapshot_secs.unwrap_or(d.snapshot_secs),
+        wait_secs: v.wait_secs.unwrap_or(d.wait_secs),
+    };
+    for (key, value, range) in [
+        ("chunk_rows", verify.chunk_rows, 10..=1_000_000),
+        ("snapshot_secs", verify.snapshot_secs, 1..=3600),
+        ("wait_secs", verify.wait_secs, 1..=3600),
+    ] {
+        if !range.contains(&value) {
+            return Err(ConfigError::Invalid(format!(
+                "verify.{key} must be between {} and {}",
+                range.start(),
+                range.end()
+            )));
+        }
+    }
+    Ok(verify)
+}
+
+/// `[group]` and the member flags.
+fn group(file: FileGroup, cli: &Cli) -> Result<GroupConfig, ConfigError> {
+    let defaults = GroupConfig::default();
+    let lease_secs = file.lease_secs.unwrap_or(defaults.lease.as_secs());
+    if !(2..=300).contains(&lease_secs) {
+        return Err(ConfigError::Invalid(
+            "group.lease_secs must be between 2 and 300".into(),
+        ));
+    }
+    let heartbeat_ms = file
+        .heartbeat_ms
+        .unwrap_or(defaults.heartbeat.as_millis() as u64);
+    if heartbeat_ms < 100 || heartbeat_ms * 3 > lease_secs * 1000 {
+        return Err(ConfigError::Invalid(format!(
+            "group.heartbeat_ms must be at least 100 and at most a third of the lease \
+             ({} ms)",
+            lease_secs * 1000 / 3
+        )));
+    }
+    let member_type = match cli.member_type.clone().or(file.member_type).as_deref() {
+        None | Some("normal") => 2,
+        Some("learner") => 1,
+        Some(other) => {
+            return Err(ConfigError::Invalid(format!(
+                "group.member_type {other:?} is not \"normal\" or \"learner\""
+            )))
+        }
+    };
+    let member_id = cli.member_id.clone().or(file.member_id);
+    if member_id
+        .as_deref()
+        .is_some_and(|m| m.trim().is_empty() || m.len() > 255)
+    {
+        return Err(ConfigError::Invalid(
+            "group.member_id (--member-id) must be 1 to 255 characters".into(),
+        ));
+    }
+    Ok(GroupConfig {
+        member_id,
+        advertise_address: cli.advertise_address.clone().or(file.advertise_address),
+        member_type,
+        lease: Duration::from_secs(lease_secs),
+        heartbeat: Duration::from_millis(heartbeat_ms),
+        peer_ca: file.peer_ca,
+    })
+}
+
+fn mode_setting(field: &str, text: &str) -> Result<TlsMode, ConfigError> {
+    TlsMode::parse(text).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "{field} {text:?} is not one of disabled, preferred, required, verify_ca, verify_identity"
+        ))
+    })
+}
