@@ -1,11 +1,17 @@
 //! The map kept true: the layer rules of `doc/ARCHITECTURE.md`, read from
 //! the paths `src/` names (`crate::…`), every file of `src/` placed in the
-//! codemap, and no file over 800 lines. No server needed.
+//! codemap, no file over 800 lines and no function of the data path over
+//! 110. No server needed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const MAX_LINES: usize = 800;
+
+/// The longest a function of the data path (`change`, `source`, `dest`,
+/// `sync`) may be, its tests aside.
+const MAX_FN_LINES: usize = 110;
+const DATA_PATH: &[&str] = &["change", "source", "dest", "sync"];
 
 /// For each layer (the top module a file is in), the top modules it must
 /// never name. The foundation (`change`, `position`, `error`, `db`, `tls`,
@@ -232,6 +238,82 @@ fn no_file_is_over_800_lines() {
         .map(|(rel, text)| format!("src/{rel}: {} lines", text.lines().count()))
         .collect();
     assert!(long.is_empty(), "files over {MAX_LINES} lines: {long:?}");
+}
+
+/// The functions of a file's code before its tests, as (name, first line,
+/// lines): a `fn` line at some indentation up to the `}` at the same one.
+fn functions(text: &str) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with("#[cfg(test)]"))
+        .collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        let indent = line.len() - t.len();
+        let rest = [
+            "pub(crate) ",
+            "pub(super) ",
+            "pub ",
+            "async ",
+            "const ",
+            "unsafe ",
+        ]
+        .iter()
+        .fold(t, |r, p| r.strip_prefix(p).unwrap_or(r));
+        let rest = rest.strip_prefix("async ").unwrap_or(rest);
+        let Some(sig) = rest.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = sig
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        // A declaration without a body (in a trait) ends with `;`.
+        let Some(open) = (i..lines.len()).find(|&j| {
+            let l = lines[j].trim_end();
+            l.ends_with('{') || l.ends_with(';')
+        }) else {
+            continue;
+        };
+        if lines[open].trim_end().ends_with(';') {
+            continue;
+        }
+        let close = (open + 1..lines.len()).find(|&j| {
+            let l = lines[j];
+            l.len() > indent && l[..indent].trim().is_empty() && l[indent..].starts_with('}')
+        });
+        if let Some(close) = close {
+            out.push((name, i + 1, close - i + 1));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_data_path_function_is_over_the_limit() {
+    let mut long = Vec::new();
+    for (rel, text) in files() {
+        if !DATA_PATH.contains(&layer(&rel)) || rel.ends_with("tests.rs") {
+            continue;
+        }
+        for (name, line, n) in functions(&text) {
+            if n > MAX_FN_LINES {
+                long.push(format!("src/{rel}:{line} fn {name}: {n} lines"));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "data path functions over {MAX_FN_LINES} lines (split them by what they do):\n{}",
+        long.join("\n")
+    );
+    // The measure itself: this test's own longest function is found.
+    let own = functions(include_str!("layers.rs"));
+    assert!(
+        own.iter().any(|(n, _, l)| n == "functions" && *l > 20),
+        "{own:?}"
+    );
 }
 
 /// A file `src/a/b/c.rs` is placed when a bullet of the codemap names
