@@ -322,10 +322,10 @@ pub fn parse_in(sql: &str, dialect: Dialect) -> Statement {
         "ROLLBACK" if toks.len() == 1 => Statement::Rollback,
         "START" if c.eat_all(&["START", "TRANSACTION"]) => Statement::Begin,
         "XA" => Statement::Other("XA".into()),
-        "CREATE" => parse_create(&mut c, &toks),
-        "ALTER" => parse_alter(&mut c, &toks),
-        "DROP" => parse_drop(&mut c, &toks),
-        "RENAME" => parse_rename(&mut c, &toks),
+        "CREATE" => parse_create(&mut c),
+        "ALTER" => parse_alter(&mut c),
+        "DROP" => parse_drop(&mut c),
+        "RENAME" => parse_rename(&mut c),
         "TRUNCATE" => {
             c.eat("TRUNCATE");
             c.eat("TABLE");
@@ -348,7 +348,7 @@ fn ddl(kind: DdlKind, names: Vec<Name>, refs: Vec<Name>, temporary: bool) -> Sta
 }
 
 /// `CREATE …`: tables, sequences, indexes and views by name.
-fn parse_create(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
+fn parse_create(c: &mut Cursor<'_>) -> Statement {
     c.eat("CREATE");
     c.eat_all(&["OR", "REPLACE"]);
     let temporary = c.eat("TEMPORARY");
@@ -387,12 +387,12 @@ fn parse_create(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
             return ddl(DdlKind::CreateView, vec![name], vec![], false);
         }
     }
-    Statement::Other(format!("CREATE {}", object_word(toks)))
+    Statement::Other(format!("CREATE {}", object_word(c.toks)))
 }
 
 /// `ALTER …`: a table (with the names it renames to or exchanges with), a
 /// sequence or a view.
-fn parse_alter(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
+fn parse_alter(c: &mut Cursor<'_>) -> Statement {
     c.eat("ALTER");
     c.eat("ONLINE");
     c.eat("IGNORE");
@@ -422,7 +422,10 @@ fn parse_alter(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
         }
         // `EXCHANGE PARTITION p WITH TABLE u` moves rows from u:
         // both must be in scope.
-        let mut x = Cursor { toks, at: 0 };
+        let mut x = Cursor {
+            toks: c.toks,
+            at: 0,
+        };
         if x.skip_to("EXCHANGE") && x.skip_to("WITH") && x.eat("TABLE") {
             names.extend(x.name());
         }
@@ -433,11 +436,11 @@ fn parse_alter(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
             return ddl(DdlKind::CreateView, vec![name], vec![], false);
         }
     }
-    Statement::Other(format!("ALTER {}", object_word(toks)))
+    Statement::Other(format!("ALTER {}", object_word(c.toks)))
 }
 
 /// `DROP …` of tables, views, sequences or an index.
-fn parse_drop(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
+fn parse_drop(c: &mut Cursor<'_>) -> Statement {
     c.eat("DROP");
     let temporary = c.eat("TEMPORARY");
     let kind = if c.eat("TABLE") || c.eat("TABLES") {
@@ -455,7 +458,7 @@ fn parse_drop(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
         }
         return Statement::Other("DROP INDEX".into());
     } else {
-        return Statement::Other(format!("DROP {}", object_word(toks)));
+        return Statement::Other(format!("DROP {}", object_word(c.toks)));
     };
     c.eat_all(&["IF", "EXISTS"]);
     let mut names = Vec::new();
@@ -469,10 +472,10 @@ fn parse_drop(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
 }
 
 /// `RENAME TABLE a TO b, …`.
-fn parse_rename(c: &mut Cursor<'_>, toks: &[Token]) -> Statement {
+fn parse_rename(c: &mut Cursor<'_>) -> Statement {
     c.eat("RENAME");
     if !(c.eat("TABLE") || c.eat("TABLES")) {
-        return Statement::Other(format!("RENAME {}", second_word(toks)));
+        return Statement::Other(format!("RENAME {}", second_word(c.toks)));
     }
     c.eat_all(&["IF", "EXISTS"]);
     let mut names = Vec::new();
