@@ -785,7 +785,8 @@ async fn a_cluster_of_two_shards_on_three_machines() {
         (json!({"ha_mode": "mgr"}), "mgr"),
         (json!({"comps": "1"}), "comps"),
         (json!({"fullsync_level": "3"}), "fullsync_level"),
-        (json!({"admin_password": null}), "admin_password is missing"),
+        (json!({"admin_password": "short"}), "at least 8"),
+        (json!({"cpu_limit_mode": "turbo"}), "cpu_limit_mode"),
         (
             json!({"storage_iplists": ["10.9.9.9"]}),
             "no machine 10.9.9.9",

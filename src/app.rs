@@ -81,7 +81,7 @@ pub async fn run(
         cluster_store,
         group.clone(),
         metrics.registry(),
-        config.cluster_agent_port,
+        config.cluster.clone(),
     );
     let cluster_loop = tokio::spawn(cluster.clone().run(group_stopped.clone()));
     let group_loop = tokio::spawn(group.clone().run(group_stopped));

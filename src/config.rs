@@ -157,6 +157,39 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileCluster {
     agent_port: Option<u16>,
+    step_retry_s: Option<u64>,
+    stall_s: Option<u64>,
+}
+
+/// The cluster manager's settings (`[cluster]`), and what the environment
+/// gives it once at start.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// The port the manager reaches a machine's node agent on, unless
+    /// `create_machine` names another.
+    pub agent_port: u16,
+    /// How long a step that fails transiently (an agent or instance that
+    /// does not answer) is retried before the job fails and undoes.
+    pub step_retry: Duration,
+    /// An agent operation that reports no progress this long fails.
+    pub stall: Duration,
+    /// The agents' token (`CCR_AGENT_TOKEN`).
+    pub agent_token: Option<Secret>,
+    /// Tests only (`CCR_SYNCER_CM_FAILPOINT`): `before:STEP`,
+    /// `during:STEP` or `after:STEP`, where the manager aborts.
+    pub failpoint: Option<String>,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            agent_port: 9998,
+            step_retry: Duration::from_secs(300),
+            stall: Duration::from_secs(600),
+            agent_token: None,
+            failpoint: None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -325,9 +358,8 @@ pub struct Config {
     /// The key they were encrypted with before (key rotation).
     pub previous_secret_key_file: Option<PathBuf>,
     pub group: GroupConfig,
-    /// The port the cluster manager reaches a machine's node agent on,
-    /// unless `create_machine` names another (`[cluster] agent_port`).
-    pub cluster_agent_port: u16,
+    /// The cluster manager's (`[cluster]`).
+    pub cluster: ClusterSettings,
     /// `CCR_SYNCER_FAILPOINT=before_checkpoint:N`, for tests only: the
     /// process aborts at the Nth group of an incremental sync, after its
     /// statements ran, before its checkpoint and COMMIT.
@@ -366,6 +398,18 @@ pub fn cluster_failpoint() -> Option<String> {
     std::env::var(CLUSTER_FAILPOINT_ENV)
         .ok()
         .filter(|f| !f.is_empty())
+}
+
+/// The environment variable of the agent's failpoint (tests only).
+pub const AGENT_FAILPOINT_ENV: &str = "CCR_AGENT_FAILPOINT";
+
+/// `CCR_AGENT_FAILPOINT=hold_ms:N`: how long each agent operation holds
+/// its instance before it ends (tests only; zero without it).
+pub fn agent_hold() -> Duration {
+    std::env::var(AGENT_FAILPOINT_ENV)
+        .ok()
+        .and_then(|v| v.strip_prefix("hold_ms:")?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_millis)
 }
 
 /// The agents' token, when set (and not empty).
@@ -460,6 +504,8 @@ impl Config {
         let token_env = std::env::var(AUTH_TOKEN_ENV).ok();
         let mut config = Self::merge(file, cli, token_env)?;
         config.failpoint = failpoint_from_env();
+        config.cluster.agent_token = agent_token();
+        config.cluster.failpoint = cluster_failpoint();
         Ok(config)
     }
 
@@ -483,7 +529,7 @@ impl Config {
             secret_key_file: None,
             previous_secret_key_file: None,
             group: GroupConfig::default(),
-            cluster_agent_port: 9998,
+            cluster: ClusterSettings::default(),
             failpoint: None,
         }
     }

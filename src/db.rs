@@ -228,6 +228,14 @@ pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
+/// A string literal for a statement (backslash and quote escaped, as the
+/// server reads them without `NO_BACKSLASH_ESCAPES`): the one helper for
+/// values that cannot be bound, such as a password in `CREATE USER` or
+/// `CHANGE MASTER TO`.
+pub fn quote_string(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 /// The MySQL error code of a server error, if it is one.
 pub fn server_code(e: &mysql_async::Error) -> Option<u16> {
     match e {

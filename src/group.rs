@@ -231,6 +231,37 @@ impl Group {
         Ok(group)
     }
 
+    /// A group of one on `store`, for the cluster manager's own tests.
+    #[cfg(test)]
+    pub async fn alone(store: Arc<dyn MetaStore>) -> Arc<Group> {
+        let metrics = Arc::new(Metrics::new());
+        let settings = crate::job::WorkSettings {
+            connect_timeout: Duration::from_secs(5),
+            full_sync: Default::default(),
+            apply_connections: 1,
+            tls_minimum: Default::default(),
+            stall_secs: 60,
+            verify: Default::default(),
+            failpoint: None,
+        };
+        let manager = JobManager::new(
+            store.clone(),
+            metrics.clone(),
+            settings,
+            Arc::new(crate::job::Switches::default()),
+        );
+        let group_settings = GroupSettings {
+            member_id: "127.0.0.1:1".into(),
+            address: "http://127.0.0.1:1".into(),
+            member_type: crate::store::group::NORMAL,
+            lease: Duration::from_secs(9),
+            heartbeat: Duration::from_secs(3),
+        };
+        Group::join(store, manager, metrics, group_settings)
+            .await
+            .expect("a group of one joins")
+    }
+
     pub fn settings(&self) -> &GroupSettings {
         &self.settings
     }
@@ -245,6 +276,19 @@ impl Group {
 
     pub fn shared(&self) -> bool {
         self.store.shared()
+    }
+
+    /// Whether this member holds the leadership now, read from the store
+    /// (not from the loop's last view, which a frozen member still
+    /// believes): what the cluster manager checks before each step. A
+    /// group of one always leads.
+    pub async fn leads_now(&self) -> Result<bool, StoreError> {
+        if !self.shared() || self.removed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(!self.shared());
+        }
+        let leader = self.store.leader().await?;
+        let now = self.store.now_ms().await?;
+        Ok(leader.holder == self.settings.member_id && leader.expires_at >= now)
     }
 
     /// Runs the loop until `shutdown`, then lets go of every job held here

@@ -12,13 +12,20 @@
 //!
 //! Long operations (installing, starting, stopping, uninstalling an
 //! instance, `mysql_cmd`, `delete`) are keyed (`job_id`, `step`, `attempt`)
-//! in [`ops`]: the same request sent again answers that operation's state.
-//! The answer waits for the operation up to [`WAIT`]; after that it says
-//! `ongoing` and `get_status` follows it.
+//! in [`ops`]: the same request sent again answers that operation's state,
+//! with its progress. The answer waits for the operation up to [`WAIT`];
+//! after that it says `ongoing` and the manager asks again.
+//!
+//! Operations lock the one instance they act on, not the machine: a long
+//! backup of one instance never holds up another's, and auto pullup of an
+//! instance waits only for an operation on that same instance. Every loop
+//! (the server, auto pullup) stops on shutdown. The types on the wire are
+//! in [`protocol`], which the cluster manager compiles too.
 
 mod backup;
 mod instance;
 mod ops;
+pub mod protocol;
 mod request;
 
 use crate::secret::Secret;
@@ -28,14 +35,16 @@ use ops::{Key, Operations};
 use parking_lot::Mutex;
 use request::{Refusal, Request};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warp::Filter;
 
 /// How long an answer waits for its operation before saying `ongoing`.
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(10);
 /// Bodies larger than this are refused.
 const BODY_LIMIT: u64 = 1 << 20;
 
@@ -57,17 +66,49 @@ pub struct AgentArgs {
     pub backup_dir: Option<PathBuf>,
 }
 
+/// What an agent runs with: its flags, and what the environment gave once
+/// at start (the token, the tests' failpoint).
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub host: String,
+    pub state_dir: PathBuf,
+    pub backup_dir: PathBuf,
+    pub token: Secret,
+    /// Tests only (`CCR_AGENT_FAILPOINT=hold_ms:N`): every instance
+    /// operation holds its instance this long before it ends, standing in
+    /// for a long backup.
+    pub hold: Duration,
+}
+
+impl AgentConfig {
+    pub fn from_args(args: &AgentArgs) -> Result<AgentConfig, String> {
+        let token = crate::config::agent_token().ok_or(
+            "the agent serves only the cluster manager: set CCR_AGENT_TOKEN (the same token the manager has)",
+        )?;
+        Ok(AgentConfig {
+            host: args.host.clone(),
+            state_dir: args.state_dir.clone(),
+            backup_dir: args
+                .backup_dir
+                .clone()
+                .unwrap_or_else(|| args.state_dir.join("backups")),
+            token,
+            hold: crate::config::agent_hold(),
+        })
+    }
+}
+
 pub struct Agent {
     host: String,
     state_dir: PathBuf,
     backup_dir: PathBuf,
     token: Secret,
+    hold: Duration,
     registry: Registry,
     ops: Operations,
-    /// One instance operation at a time (auto pullup included).
-    busy: tokio::sync::Mutex<()>,
-    /// Instances being worked on right now (auto pullup leaves them).
-    working: Mutex<Vec<u16>>,
+    /// One lock per instance (by port): an operation on an instance, and
+    /// its auto pullup, hold it.
+    locks: Mutex<HashMap<u16, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -93,31 +134,46 @@ pub fn main(args: AgentArgs) -> std::process::ExitCode {
 }
 
 async fn run(args: AgentArgs) -> Result<(), String> {
-    let token = crate::config::agent_token().ok_or(
-        "the agent serves only the cluster manager: set CCR_AGENT_TOKEN (the same token the manager has)",
-    )?;
-    std::fs::create_dir_all(&args.state_dir)
-        .map_err(|e| format!("--state-dir {}: {e}", args.state_dir.display()))?;
-    let registry = Registry::new(&args.state_dir);
-    registry.load()?;
-    let agent = Arc::new(Agent {
-        host: args.host.clone(),
-        state_dir: args.state_dir.clone(),
-        backup_dir: args
-            .backup_dir
-            .clone()
-            .unwrap_or_else(|| args.state_dir.join("backups")),
-        token,
-        registry,
-        ops: Operations::open(&args.state_dir)?,
-        busy: tokio::sync::Mutex::new(()),
-        working: Mutex::new(Vec::new()),
-    });
+    let config = AgentConfig::from_args(&args)?;
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
-    info!(host = %args.host, port = args.port, state_dir = %args.state_dir.display(), "agent serving");
-    tokio::spawn(pullup(agent.clone()));
+    let stop = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    serve(config, listener, stop).await
+}
+
+/// Serves the agent on `listener` until `stop` resolves, then stops its
+/// loops: what the binary runs, and what tests run in-process.
+pub async fn serve(
+    config: AgentConfig,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| format!("--state-dir {}: {e}", config.state_dir.display()))?;
+    let registry = Registry::new(&config.state_dir);
+    registry.load()?;
+    let agent = Arc::new(Agent {
+        host: config.host.clone(),
+        state_dir: config.state_dir.clone(),
+        backup_dir: config.backup_dir.clone(),
+        token: config.token.clone(),
+        hold: config.hold,
+        registry,
+        ops: Operations::open(&config.state_dir)?,
+        locks: Mutex::new(HashMap::new()),
+    });
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    info!(address = %address, state_dir = %config.state_dir.display(), "agent serving");
+    let shutdown = CancellationToken::new();
+    let pullup_loop = tokio::spawn(pullup(agent.clone(), shutdown.clone()));
     let a = agent.clone();
     let routes = warp::post()
         .and(warp::path::end())
@@ -138,19 +194,13 @@ async fn run(args: AgentArgs) -> Result<(), String> {
                 warp::http::StatusCode::BAD_REQUEST,
             )
         }));
-    let stop = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
     warp::serve(routes)
         .incoming(listener)
         .graceful(stop)
         .run()
         .await;
+    shutdown.cancel();
+    let _ = pullup_loop.await;
     Ok(())
 }
 
@@ -268,7 +318,7 @@ impl Agent {
             let me = self.clone();
             let k = key.clone();
             tokio::spawn(async move {
-                let outcome = me.execute(op).await;
+                let outcome = me.execute(&k, op).await;
                 if let Err(e) = &outcome {
                     warn!(job = %k.job_id, step = %k.step, job_type, error = %e, "operation failed");
                 }
@@ -278,7 +328,7 @@ impl Agent {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let op = self.ops.get(&key).ok_or("operation lost")?;
-            if op.status != "ongoing" || tokio::time::Instant::now() >= deadline {
+            if op.status != protocol::OpStatus::Ongoing || tokio::time::Instant::now() >= deadline {
                 return Ok(op_json(&op));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -293,13 +343,28 @@ impl Agent {
             .ok_or_else(|| format!("no managed instance on port {port}"))
     }
 
-    async fn execute(&self, op: request::Op) -> Result<Value, String> {
+    /// The lock of the instance on `port`.
+    fn lock_of(&self, port: u16) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().entry(port).or_default().clone()
+    }
+
+    async fn execute(&self, key: &Key, op: request::Op) -> Result<Value, String> {
         use request::Op;
-        let _busy = self.busy.lock().await;
-        let port = op.port();
-        if let Some(p) = port {
-            self.working.lock().push(p);
-        }
+        let lock = op.port().map(|p| self.lock_of(p));
+        let _held = match &lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        let phase = |p: &str| {
+            self.ops.progress(
+                key,
+                protocol::Progress {
+                    phase: p.into(),
+                    ..Default::default()
+                },
+            )
+        };
+        phase("running");
         let outcome = async {
             match op {
                 Op::Install { spec, admin } => {
@@ -370,8 +435,9 @@ impl Agent {
             }
         }
         .await;
-        if let Some(p) = port {
-            self.working.lock().retain(|x| *x != p);
+        if !self.hold.is_zero() {
+            phase("held (failpoint)");
+            tokio::time::sleep(self.hold).await;
         }
         outcome
     }
@@ -398,10 +464,14 @@ impl Agent {
 }
 
 /// Starts again, every 2 s, a managed instance that should run and does
-/// not (killed, crashed), unless its auto pullup is paused.
-async fn pullup(agent: Arc<Agent>) {
+/// not (killed, crashed), unless its auto pullup is paused or an operation
+/// holds that instance; until `shutdown`.
+async fn pullup(agent: Arc<Agent>, shutdown: CancellationToken) {
     loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
         let now = chrono::Utc::now().timestamp_millis();
         let Ok(list) = agent.registry.load() else {
             continue;
@@ -410,12 +480,10 @@ async fn pullup(agent: Arc<Agent>) {
             if !i.wanted_running || i.pullup_paused_until > now || i.is_running() {
                 continue;
             }
-            let Ok(_busy) = agent.busy.try_lock() else {
+            let lock = agent.lock_of(i.port);
+            let Ok(_held) = lock.try_lock() else {
                 continue;
             };
-            if agent.working.lock().contains(&i.port) {
-                continue;
-            }
             warn!(
                 port = i.port,
                 "managed instance is down: auto pullup starts it"
@@ -449,15 +517,5 @@ fn node_json(i: &Instance) -> Value {
 }
 
 fn op_json(op: &ops::Operation) -> Value {
-    json!({
-        "ver": "0.1",
-        "job_id": op.key.job_id,
-        "step": op.key.step,
-        "attempt": op.key.attempt,
-        "job_type": op.job_type,
-        "status": op.status,
-        "error_code": if op.status == "failed" || op.status == "interrupted" { "1" } else { "0" },
-        "error_info": op.error_info,
-        "result": op.result,
-    })
+    serde_json::to_value(op.answer()).expect("an answer serializes")
 }

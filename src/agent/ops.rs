@@ -5,24 +5,16 @@
 //! `interrupted` after its restart (its "make sure X holds" steps make a
 //! new attempt safe).
 
+pub use super::protocol::Key;
+use super::protocol::{OpAnswer, OpStatus, Progress, VER};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// An operation's key.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Key {
-    pub job_id: String,
-    pub step: String,
-    pub attempt: u64,
-}
-
-impl Key {
-    fn text(&self) -> String {
-        format!("{}/{}/{}", self.job_id, self.step, self.attempt)
-    }
+fn text(key: &Key) -> String {
+    format!("{}/{}/{}", key.job_id, key.step, key.attempt)
 }
 
 /// An operation's state.
@@ -30,12 +22,32 @@ impl Key {
 pub struct Operation {
     pub key: Key,
     pub job_type: String,
-    /// `ongoing`, `done`, `failed`, `interrupted`.
-    pub status: String,
+    pub status: OpStatus,
     pub error_info: String,
     pub result: Value,
+    #[serde(default)]
+    pub progress: Progress,
     pub started_at: i64,
     pub updated_at: i64,
+}
+
+impl Operation {
+    /// The protocol's answer about it.
+    pub fn answer(&self) -> OpAnswer {
+        let failed = matches!(self.status, OpStatus::Failed | OpStatus::Interrupted);
+        OpAnswer {
+            ver: VER.into(),
+            job_id: self.key.job_id.clone(),
+            step: self.key.step.clone(),
+            attempt: self.key.attempt,
+            job_type: self.job_type.clone(),
+            status: self.status,
+            error_code: if failed { "1" } else { "0" }.into(),
+            error_info: self.error_info.clone(),
+            result: self.result.clone(),
+            progress: self.progress.clone(),
+        }
+    }
 }
 
 pub struct Operations {
@@ -57,8 +69,8 @@ impl Operations {
             Err(e) => return Err(format!("{}: {e}", file.display())),
         };
         for op in ops.values_mut() {
-            if op.status == "ongoing" {
-                op.status = "interrupted".into();
+            if op.status == OpStatus::Ongoing {
+                op.status = OpStatus::Interrupted;
                 op.error_info =
                     "the agent stopped while this operation ran; send it again with the next attempt"
                         .into();
@@ -81,7 +93,7 @@ impl Operations {
 
     /// The operation under `key`, if one was started.
     pub fn get(&self, key: &Key) -> Option<Operation> {
-        self.ops.lock().get(&key.text()).cloned()
+        self.ops.lock().get(&text(key)).cloned()
     }
 
     /// The newest operation of `job_id`.
@@ -97,18 +109,19 @@ impl Operations {
     /// Starts an operation under `key`: false when one exists already.
     pub fn begin(&self, key: &Key, job_type: &str) -> Result<bool, String> {
         let mut ops = self.ops.lock();
-        if ops.contains_key(&key.text()) {
+        if ops.contains_key(&text(key)) {
             return Ok(false);
         }
         let now = chrono::Utc::now().timestamp_millis();
         ops.insert(
-            key.text(),
+            text(key),
             Operation {
                 key: key.clone(),
                 job_type: job_type.into(),
-                status: "ongoing".into(),
+                status: OpStatus::Ongoing,
                 error_info: String::new(),
                 result: Value::Null,
+                progress: Progress::default(),
                 started_at: now,
                 updated_at: now,
             },
@@ -127,18 +140,27 @@ impl Operations {
         Ok(true)
     }
 
+    /// Records how far the operation under `key` got (kept in memory: a
+    /// restarted agent reports the operation interrupted anyway).
+    pub fn progress(&self, key: &Key, progress: Progress) {
+        if let Some(op) = self.ops.lock().get_mut(&text(key)) {
+            op.progress = progress;
+            op.updated_at = chrono::Utc::now().timestamp_millis();
+        }
+    }
+
     /// Records how the operation under `key` ended.
     pub fn finish(&self, key: &Key, outcome: Result<Value, String>) {
         let mut ops = self.ops.lock();
-        if let Some(op) = ops.get_mut(&key.text()) {
+        if let Some(op) = ops.get_mut(&text(key)) {
             op.updated_at = chrono::Utc::now().timestamp_millis();
             match outcome {
                 Ok(result) => {
-                    op.status = "done".into();
+                    op.status = OpStatus::Done;
                     op.result = result;
                 }
                 Err(e) => {
-                    op.status = "failed".into();
+                    op.status = OpStatus::Failed;
                     op.error_info = e;
                 }
             }
@@ -165,14 +187,14 @@ mod tests {
         let ops = Operations::open(&dir).unwrap();
         assert!(ops.begin(&key, "install_mysql").unwrap());
         assert!(!ops.begin(&key, "install_mysql").unwrap());
-        assert_eq!(ops.get(&key).unwrap().status, "ongoing");
+        assert_eq!(ops.get(&key).unwrap().status, OpStatus::Ongoing);
         drop(ops);
         let ops = Operations::open(&dir).unwrap();
         let op = ops.get(&key).unwrap();
-        assert_eq!(op.status, "interrupted");
+        assert_eq!(op.status, OpStatus::Interrupted);
         let next = Key { attempt: 2, ..key };
         assert!(ops.begin(&next, "install_mysql").unwrap());
         ops.finish(&next, Ok(serde_json::json!({"port": 6001})));
-        assert_eq!(ops.latest("7").unwrap().status, "done");
+        assert_eq!(ops.latest("7").unwrap().status, OpStatus::Done);
     }
 }

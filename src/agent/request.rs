@@ -4,13 +4,12 @@
 //! which, and nothing runs.
 
 use super::instance::{InstallSpec, Instance};
-use super::ops::Key;
+use super::protocol::{InstallMysql, Key};
 use crate::db::{self, Endpoint, ServerAddr};
 use crate::secret::Secret;
 use crate::tls::TlsOptions;
 use mysql_async::prelude::*;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Why a request is refused.
@@ -116,11 +115,7 @@ impl Fields<'_> {
     }
 
     fn key(&self) -> Result<Key, Refusal> {
-        Ok(Key {
-            job_id: self.need("job_id")?,
-            step: self.text("step")?.unwrap_or_default(),
-            attempt: self.int("attempt", 0, i64::MAX)?.unwrap_or(0) as u64,
-        })
+        Key::parse(&self.0).map_err(Refusal)
     }
 }
 
@@ -241,42 +236,22 @@ fn mysql_cmd(f: &Fields<'_>) -> Result<Request, Refusal> {
     })
 }
 
-/// `install_mysql`'s instance.
+/// `install_mysql`'s instance ([`InstallMysql`], the protocol's type).
 fn install(f: &Fields<'_>) -> Result<Op, Refusal> {
-    let base = PathBuf::from(f.need("datadir")?);
-    if !base.is_absolute() || base.components().any(|c| c.as_os_str() == "..") {
-        return Err(Refusal(format!(
-            "datadir {:?} must be an absolute path without ..",
-            base.display()
-        )));
-    }
-    let admin = match (f.text("admin_user")?, f.text("admin_password")?) {
-        (Some(u), Some(p)) if !u.is_empty() => Some((u, Secret::new(p))),
-        (None, None) => None,
-        _ => {
-            return Err(Refusal(
-                "admin_user and admin_password come together".into(),
-            ))
-        }
-    };
+    let i = InstallMysql::parse(&f.0).map_err(Refusal)?;
     let spec = InstallSpec {
-        port: f.port("port")?,
-        base,
-        innodb_size_mb: f.int("innodb_size", 16, 1 << 20)?.unwrap_or(128) as u64,
-        max_connections: f.int("max_connections", 10, 100_000)?.unwrap_or(1000) as u64,
-        server_id: f.need_int("server_id", 1, u32::MAX as i64)? as u64,
-        read_only: f.int("read_only", 0, 1)?.unwrap_or(0) == 1,
-        semi_sync: match f.text("semi_sync")?.unwrap_or_default().as_str() {
-            "" => String::new(),
-            s @ ("master" | "slave") => s.to_string(),
-            other => {
-                return Err(Refusal(format!(
-                    "semi_sync {other:?}: \"master\", \"slave\" or none"
-                )))
-            }
-        },
+        port: i.port,
+        base: i.datadir,
+        innodb_size_mb: i.innodb_size_mb,
+        max_connections: i.max_connections,
+        server_id: i.server_id,
+        read_only: i.read_only,
+        semi_sync: i.semi_sync.as_str().to_string(),
     };
-    Ok(Op::Install { spec, admin })
+    Ok(Op::Install {
+        spec,
+        admin: i.admin,
+    })
 }
 
 /// `delete`: a table, or the binlogs, of an instance.
@@ -406,7 +381,7 @@ pub async fn create_admin(
         .await
         .map_err(|_| "connecting to the new instance's socket timed out".to_string())?
         .map_err(|e| format!("the new instance's socket: {e}"))?;
-    let account = format!("{}@'%'", quote_string(user));
+    let account = format!("{}@'%'", db::quote_string(user));
     // Each instance's own account: not written to its binary log, so a
     // replica does not replay its primary's.
     conn.query_drop("SET SESSION sql_log_bin = 0")
@@ -415,11 +390,11 @@ pub async fn create_admin(
     for sql in [
         format!(
             "CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {}",
-            quote_string(password.expose())
+            db::quote_string(password.expose())
         ),
         format!(
             "ALTER USER {account} IDENTIFIED BY {}",
-            quote_string(password.expose())
+            db::quote_string(password.expose())
         ),
         format!("GRANT ALL PRIVILEGES ON *.* TO {account} WITH GRANT OPTION"),
     ] {
@@ -433,10 +408,6 @@ pub async fn create_admin(
     }
     let _ = conn.disconnect().await;
     Ok(())
-}
-
-fn quote_string(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 #[cfg(test)]

@@ -69,8 +69,10 @@ impl ClusterMetrics {
             agents_up,
         }
     }
+}
 
-    pub fn step_done(&self, job_type: &str, step: &str, took: Duration, ok: bool) {
+impl super::engine::Observer for ClusterMetrics {
+    fn step_done(&self, job_type: &str, step: &str, took: Duration, ok: bool) {
         self.steps
             .with_label_values(&[job_type, step])
             .observe(took.as_secs_f64());
@@ -81,10 +83,12 @@ impl ClusterMetrics {
         }
     }
 
-    pub fn step_retried(&self, job_type: &str, step: &str) {
+    fn step_retried(&self, job_type: &str, step: &str) {
         self.step_retries.with_label_values(&[job_type, step]).inc();
     }
+}
 
+impl ClusterMetrics {
     pub fn jobs(&self, counts: &[((String, String), i64)]) {
         self.jobs.reset();
         for ((t, s), n) in counts {

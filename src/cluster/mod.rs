@@ -1,61 +1,83 @@
 //! The cluster manager of seed 001: `POST /HttpService/Emit` on the
-//! service's API port. Asynchronous job types are stored as jobs
-//! ([`jobs`]) and answered `accept`; `get_status` follows them. Synchronous
-//! ones answer `done` with their attachment at once. A refused request is
-//! answered `failed` with a specific `error_info` and creates nothing.
+//! service's API port. Asynchronous job types ([`kinds`], one file each)
+//! are planned, stored with what they claim and answered `accept`;
+//! `get_status` follows them. Synchronous ones answer `done` with their
+//! attachment at once. A refused request is answered `failed` with a
+//! specific `error_info` and creates nothing.
 //!
 //! Jobs run on one member of a group: the leader (any member of a group of
-//! one), one job at a time in the order they were accepted, so jobs on one
-//! machine or cluster never interleave. A manager that starts (or becomes
-//! the leader) resumes every unfinished job at its step.
+//! one), which claims each job in the store before it drives it
+//! ([`engine`]: fenced saves). Jobs whose resources do not overlap run side
+//! by side; one whose resources an older unfinished job holds waits, and
+//! `get_status` says for what ([`resource`]). A manager that starts (or
+//! becomes the leader) resumes every unfinished job at its step.
 //!
 //! It names no module of the CCR control plane (`job`, `api`): the API
 //! hands it bodies, it hands back answers.
 
-mod clusters;
+mod agents;
 pub mod emit;
-mod jobs;
-mod machines;
+mod engine;
+mod kind;
+mod kinds;
 mod metrics;
-mod steps;
+mod nodes;
+mod resource;
 mod views;
 
+use crate::config::ClusterSettings;
 use crate::group::Group;
+use crate::store::cluster::{ClusterStore, JobRow};
 use crate::store::{MetaStore, StoreError};
 use emit::{codes, Envelope, Refused};
-use jobs::{Job, Jobs, Plan, Step, Steps};
-use machines::Machines;
+use engine::{Failpoint, Job, StepRecord, StepState, StoredPlan};
+use kind::AnyKind;
 use metrics::ClusterMetrics;
+use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-/// Asynchronous job types built so far.
-const ASYNC: &[&str] = &[
-    "create_machine",
-    "delete_machine",
-    "set_machine",
-    "create_cluster",
-    "add_shards",
-    "delete_shard",
-    "delete_shards",
-    "delete_cluster",
-    "raft_mission",
+/// What job types work with: the store, the agents, the group, the
+/// settings.
+pub struct Env {
+    pub store: ClusterStore,
+    pub agents: agents::Agents,
+    pub group: Arc<Group>,
+    pub settings: ClusterSettings,
+}
+
+/// The synchronous job types.
+#[derive(Clone, Copy, Debug)]
+enum View {
+    Status,
+    ListJobs,
+    Cancel,
+    MachineSummary,
+    ClusterSummary,
+    ClusterDetail,
+    Variable,
+    MetaMode,
+    BackupStorage,
+}
+
+const VIEWS: &[(&str, View)] = &[
+    ("get_status", View::Status),
+    ("list_jobs", View::ListJobs),
+    ("cancel_job", View::Cancel),
+    ("get_machine_summary", View::MachineSummary),
+    ("get_cluster_summary", View::ClusterSummary),
+    ("get_cluster_detail", View::ClusterDetail),
+    ("get_variable", View::Variable),
+    ("get_meta_mode", View::MetaMode),
+    // The seed's section title names it so; the same answer.
+    ("get_meta_summary", View::MetaMode),
+    ("get_backup_storage", View::BackupStorage),
 ];
-/// Synchronous ones.
-const SYNC: &[&str] = &[
-    "get_status",
-    "list_jobs",
-    "cancel_job",
-    "get_machine_summary",
-    "get_cluster_summary",
-    "get_cluster_detail",
-    "get_variable",
-    "get_meta_mode",
-    "get_backup_storage",
-];
+
 /// Seed job types not built in this version: refused saying so.
 const NOT_BUILT: &[&str] = &[
     "add_comps",
@@ -75,14 +97,13 @@ const NOT_BUILT: &[&str] = &[
 ];
 
 pub struct Manager {
-    jobs: Jobs,
-    machines: Machines,
-    group: Arc<Group>,
-    metrics: ClusterMetrics,
-    failpoint: jobs::Failpoint,
+    env: Arc<Env>,
+    kinds: Vec<Arc<dyn AnyKind>>,
+    metrics: Arc<ClusterMetrics>,
+    failpoint: Failpoint,
     wake: Notify,
-    /// Plans that pick ports are made one at a time.
-    planning: tokio::sync::Mutex<()>,
+    /// The jobs this member drives now.
+    running: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 impl Manager {
@@ -90,29 +111,55 @@ impl Manager {
         store: Arc<dyn MetaStore>,
         group: Arc<Group>,
         registry: &prometheus::Registry,
-        agent_port: u16,
+        settings: ClusterSettings,
+    ) -> Arc<Manager> {
+        let failpoint = Failpoint {
+            point: settings.failpoint.clone(),
+            abort: true,
+        };
+        Manager::with_kinds(
+            store,
+            group,
+            registry,
+            settings,
+            kinds::registry(),
+            failpoint,
+        )
+    }
+
+    fn with_kinds(
+        store: Arc<dyn MetaStore>,
+        group: Arc<Group>,
+        registry: &prometheus::Registry,
+        settings: ClusterSettings,
+        kinds: Vec<Arc<dyn AnyKind>>,
+        failpoint: Failpoint,
     ) -> Arc<Manager> {
         Arc::new(Manager {
-            jobs: Jobs {
-                store: store.clone(),
-            },
-            machines: Machines {
-                store,
-                token: crate::config::agent_token(),
-                agent_port,
-            },
-            group,
-            metrics: ClusterMetrics::new(registry),
-            failpoint: crate::config::cluster_failpoint(),
+            env: Arc::new(Env {
+                store: ClusterStore::new(store),
+                agents: agents::Agents {
+                    token: settings.agent_token.clone(),
+                    default_port: settings.agent_port,
+                },
+                group,
+                settings,
+            }),
+            kinds,
+            metrics: Arc::new(ClusterMetrics::new(registry)),
+            failpoint,
             wake: Notify::new(),
-            planning: tokio::sync::Mutex::new(()),
+            running: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn kind(&self, job_type: &str) -> Option<Arc<dyn AnyKind>> {
+        self.kinds.iter().find(|k| k.name() == job_type).cloned()
     }
 
     /// Answers one Emit body: the HTTP status and the answer. A refused
     /// request has the status of its error code (400, 404, 409, 500, 501,
-    /// 502);
-    /// everything else, a failed job's `get_status` included, 200.
+    /// 502); everything else, a failed job's `get_status` included, 200.
     pub async fn emit(self: &Arc<Self>, body: &[u8]) -> (u16, Value) {
         let e = match Envelope::parse(body) {
             Ok(e) => e,
@@ -129,123 +176,118 @@ impl Manager {
 
     async fn answer(self: &Arc<Self>, e: &Envelope) -> Result<Value, Refused> {
         let t = e.job_type.as_str();
-        if SYNC.contains(&t) {
-            return self.sync(e).await;
+        if let Some((_, view)) = VIEWS.iter().find(|(name, _)| *name == t) {
+            return self.view(*view, e).await;
         }
         if NOT_BUILT.contains(&t) {
             return Err(Refused {
                 code: codes::NOT_BUILT,
                 info: format!(
                     "{t} is not built in this version: machines, clusters (create_cluster, \
-                     delete_cluster), the node agent, the group (raft_mission) and the job \
-                     engine are; shards, nodes, backups and table moves come next (see \
-                     doc/cluster.md)"
+                     add_shards, delete_shard, delete_cluster), the node agent, the group \
+                     (raft_mission) and the job engine are; nodes, failover, backups and table \
+                     moves come next (see doc/cluster.md)"
                 ),
             });
         }
-        if !ASYNC.contains(&t) {
+        let Some(kind) = self.kind(t) else {
             return Err(Refused::bad(format!(
                 "unknown job_type {t:?}: asynchronous: {}; synchronous: {}",
-                ASYNC.join(", "),
-                SYNC.join(", ")
+                self.kinds
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                VIEWS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
             )));
-        }
-        // A job_id seen before: that job (same request) or a refusal,
-        // before the checks that its own work changed the answer of.
-        if let Some(answer) = self.repeated(e).await? {
-            return Ok(answer);
-        }
-        let _planning = self.planning.lock().await;
-        let (plan, resource) = match t {
-            "raft_mission" => raft_plan(e)?,
-            "create_cluster" => {
-                let (ports, ids) = self.held().await?;
-                clusters::plan_create(&self.machines, e, &ports, &ids).await?
-            }
-            "add_shards" => {
-                let held = self.held().await?.0;
-                clusters::plan_add_shards(&self.machines, e, &held).await?
-            }
-            "delete_cluster" | "delete_shard" | "delete_shards" => {
-                clusters::plan_delete(&self.machines, e).await?
-            }
-            _ => machines::plan(&self.machines, e).await?,
         };
-        if e.dry_run()? {
-            let mut shown = plan.details.clone();
-            if let Some(d) = shown.as_object_mut() {
-                d.remove("admin_password_sealed");
-            }
-            return Ok(emit::done(
-                &e.version,
-                "dry run: nothing was done",
-                json!({"dry_run": true, "job_type": t, "resource": resource,
-                       "steps": plan.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-                       "plan": shown}),
-            ));
-        }
-        self.accept(e, plan, resource).await
+        self.accept(e, kind.as_ref()).await
     }
 
-    /// The ports and cluster ids unfinished jobs' plans hold.
-    async fn held(&self) -> Result<(Vec<(String, i64)>, Vec<i64>), Refused> {
-        let (mut ports, mut ids) = (Vec::new(), Vec::new());
-        for j in self.jobs.unfinished().await.map_err(store)? {
-            if j.job_type == "create_cluster" || j.job_type == "add_shards" {
-                let (p, id) = clusters::held_by(&j.plan);
-                ports.extend(p);
-                if j.job_type == "create_cluster" {
-                    ids.extend(id);
-                }
+    /// Plans the request and stores the job with its claims; a claim taken
+    /// meanwhile (another member accepting at once) plans it again.
+    async fn accept(self: &Arc<Self>, e: &Envelope, kind: &dyn AnyKind) -> Result<Value, Refused> {
+        let dry_run = e.dry_run()?;
+        for _ in 0..20 {
+            // A job_id seen before: that job (same request) or a refusal,
+            // before the checks that its own work changed the answer of.
+            if let Some(answer) = self.repeated(e).await? {
+                return Ok(answer);
             }
-        }
-        Ok((ports, ids))
-    }
-
-    /// Stores the job (or finds the one this `job_id` made) and answers
-    /// `accept`.
-    async fn accept(
-        self: &Arc<Self>,
-        e: &Envelope,
-        plan: Plan,
-        resource: String,
-    ) -> Result<Value, Refused> {
-        if let Some(answer) = self.repeated(e).await? {
-            return Ok(answer);
-        }
-        let digest = digest(&e.job_type, &e.paras);
-        let now = chrono::Utc::now().timestamp_millis();
-        let job = Job {
-            job_id: e.job_id.clone(),
-            seq: 0,
-            job_type: e.job_type.clone(),
-            digest,
-            paras: mask(&e.paras),
-            user_name: e.user_name.clone(),
-            status: "accept".into(),
-            plan,
-            attachment: Value::Null,
-            error_code: codes::OK.into(),
-            error_info: String::new(),
-            resource,
-            cancel_requested: false,
-            created_at: now,
-            updated_at: now,
-        };
-        let job = match self.jobs.insert(job).await {
-            Ok(j) => j,
-            // The same job_id raced in: answer as for a repeat.
-            Err(StoreError::Duplicate(_)) => {
-                return Err(Refused {
-                    code: codes::CONFLICT,
-                    info: format!("job_id {} was taken by another request just now", e.job_id),
+            let planned = kind.plan(&self.env, e).await?;
+            let steps = planned
+                .steps
+                .iter()
+                .map(|s| {
+                    Ok(StepRecord {
+                        name: kind.label(&s.step).map_err(Refused::bad)?,
+                        state: StepState::Pending,
+                        step: s.step.clone(),
+                        result: Value::Null,
+                        no_return: s.no_return,
+                        attempts: 0,
+                        retries: 0,
+                        last_error: String::new(),
+                        failing_since: None,
+                        started_at: None,
+                        progress: None,
+                    })
                 })
+                .collect::<Result<Vec<_>, Refused>>()?;
+            let resource = resource::encode(&planned.resources);
+            if dry_run {
+                return Ok(emit::done(
+                    &e.version,
+                    "dry run: nothing was done",
+                    json!({"dry_run": true, "job_type": e.job_type, "resource": resource,
+                           "steps": steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+                           "plan": kind.shown(&planned.plan)}),
+                ));
             }
-            Err(err) => return Err(store(err)),
-        };
-        info!(job = %job.job_id, job_type = %job.job_type, resource = %job.resource, "job accepted");
-        self.wake.notify_one();
-        Ok(emit::accepted(&e.version, &job.job_id))
+            let plan = StoredPlan {
+                steps,
+                details: planned.plan,
+            };
+            let now = chrono::Utc::now().timestamp_millis();
+            let row = JobRow {
+                job_id: e.job_id.clone(),
+                seq: 0,
+                job_type: e.job_type.clone(),
+                digest: digest(&e.job_type, &e.paras),
+                paras: mask(&e.paras).to_string(),
+                user_name: e.user_name.clone(),
+                status: engine::Status::Accept.as_str().into(),
+                plan: serde_json::to_string(&plan).expect("a plan serializes"),
+                attachment: Value::Null.to_string(),
+                error_code: codes::OK.into(),
+                error_info: String::new(),
+                resource,
+                cancel_requested: false,
+                owner: String::new(),
+                owner_epoch: 0,
+                created_at: now,
+                updated_at: now,
+            };
+            match self.env.store.accept(row, &planned.claims).await {
+                Ok(row) => {
+                    info!(job = %row.job_id, job_type = %row.job_type, resource = %row.resource, "job accepted");
+                    self.wake.notify_one();
+                    let mut answer = emit::accepted(&e.version, &row.job_id);
+                    answer["error_info"] = json!(planned.note);
+                    return Ok(answer);
+                }
+                // A port, an id, the job's sequence number or its job_id
+                // was taken just now: plan again from what is taken.
+                Err(StoreError::Duplicate(_)) => continue,
+                Err(err) => return Err(store(err)),
+            }
+        }
+        Err(Refused {
+            code: codes::CONFLICT,
+            info:
+                "the ports and ids this job needs kept being taken by other requests: send it again"
+                    .into(),
+        })
     }
 
     /// The answer to a request whose client-chosen `job_id` names a job:
@@ -254,7 +296,7 @@ impl Manager {
         if e.job_id.is_empty() {
             return Ok(None);
         }
-        let Some(existing) = self.jobs.get(&e.job_id).await.map_err(store)? else {
+        let Some(existing) = self.env.store.job(&e.job_id).await.map_err(store)? else {
             return Ok(None);
         };
         if existing.digest == digest(&e.job_type, &e.paras) {
@@ -270,11 +312,11 @@ impl Manager {
         })
     }
 
-    async fn sync(self: &Arc<Self>, e: &Envelope) -> Result<Value, Refused> {
+    async fn view(self: &Arc<Self>, view: View, e: &Envelope) -> Result<Value, Refused> {
         let p = e.paras();
         let v = &e.version;
-        match e.job_type.as_str() {
-            "get_status" => {
+        match view {
+            View::Status => {
                 let id = p
                     .text("job_id")?
                     .filter(|s| !s.is_empty())
@@ -282,97 +324,171 @@ impl Manager {
                 if id.is_empty() {
                     return Err(Refused::bad("get_status needs the job_id to follow"));
                 }
-                let job = self
-                    .jobs
-                    .get(&id)
-                    .await
-                    .map_err(store)?
-                    .ok_or_else(|| unknown_job(&id))?;
-                Ok(status_answer(v, &job))
+                self.status(v, &id).await
             }
-            "list_jobs" => {
-                let want_type = p.text("job_type")?.filter(|s| !s.is_empty());
-                let want_status = p.text("status")?.filter(|s| !s.is_empty());
-                if let Some(s) = &want_status {
-                    if !["accept", "ongoing", "done", "failed"].contains(&s.as_str()) {
-                        return Err(Refused::bad(format!(
-                            "paras.status: {s:?} is not one of accept, ongoing, done, failed"
-                        )));
-                    }
-                }
-                let list: Vec<Value> = self
-                    .jobs
-                    .recent()
-                    .await
-                    .map_err(store)?
-                    .iter()
-                    .filter(|j| want_type.as_ref().is_none_or(|t| *t == j.job_type))
-                    .filter(|j| want_status.as_ref().is_none_or(|s| *s == j.status))
-                    .map(|j| {
-                        json!({"job_id": j.job_id, "job_type": j.job_type, "status": j.status,
-                                    "step": j.current().map(|(_, s)| s.name.clone()),
-                                    "user_name": j.user_name, "error_info": j.error_info,
-                                    "created_at": j.created_at, "updated_at": j.updated_at})
-                    })
-                    .collect();
-                Ok(emit::done(v, "", json!({"list_jobs": list})))
-            }
-            "cancel_job" => self.cancel(v, &p.need("job_id")?).await,
-            "get_machine_summary" => Ok(emit::done(
+            View::ListJobs => self.list(v, e).await,
+            View::Cancel => self.cancel(v, &p.need("job_id")?).await,
+            View::MachineSummary => Ok(emit::done(
                 v,
                 "",
-                self.machines.summary().await.map_err(store)?,
+                views::machine_summary(&self.env).await.map_err(store)?,
             )),
-            "get_cluster_summary" => Ok(emit::done(
+            View::ClusterSummary => Ok(emit::done(
                 v,
                 "",
-                views::summary(&self.machines).await.map_err(store)?,
+                views::summary(&self.env).await.map_err(store)?,
             )),
-            "get_cluster_detail" => Ok(emit::done(
+            View::ClusterDetail => Ok(emit::done(
                 v,
                 "",
-                views::detail(&self.machines, &p.need("cluster_name")?).await?,
+                views::detail(&self.env, &p.need("cluster_name")?).await?,
             )),
-            "get_variable" => Ok(emit::done(v, "", views::variable(&self.machines, e).await?)),
-            "get_meta_mode" => Ok(emit::done(
+            View::Variable => Ok(emit::done(v, "", views::variable(&self.env, e).await?)),
+            View::MetaMode => Ok(emit::done(
                 v,
                 "",
                 json!({"mode": "no_rep",
-                       "store": if self.jobs.store.shared() { "mysql" } else { "sqlite" }}),
+                       "store": if self.env.store.meta().shared() { "mysql" } else { "sqlite" }}),
             )),
-            "get_backup_storage" => Ok(emit::done(v, "", json!({"list_backup_storage": []}))),
-            other => unreachable!("{other} is synchronous"),
+            View::BackupStorage => Ok(emit::done(v, "", json!({"list_backup_storage": []}))),
         }
     }
 
-    async fn cancel(&self, v: &str, id: &str) -> Result<Value, Refused> {
-        let job = self
-            .jobs
-            .get(id)
+    async fn job(&self, id: &str) -> Result<JobRow, Refused> {
+        self.env
+            .store
+            .job(id)
             .await
             .map_err(store)?
-            .ok_or_else(|| unknown_job(id))?;
-        if job.status == "done" || job.status == "failed" {
-            return Err(Refused {
-                code: codes::CONFLICT,
-                info: format!("job {id} has ended ({}): nothing to cancel", job.status),
-            });
+            .ok_or_else(|| unknown_job(id))
+    }
+
+    async fn status(&self, v: &str, id: &str) -> Result<Value, Refused> {
+        let row = self.job(id).await?;
+        let mut job = match Job::decode(row.clone()) {
+            Ok(job) => job,
+            Err(why) => {
+                return Ok(json!({"version": v, "error_code": codes::UNKNOWN_STATE,
+                    "error_info": why, "status": row.status, "job_id": row.job_id,
+                    "job_type": row.job_type, "attachment": null}))
+            }
+        };
+        let waiting = if job.status.ended() {
+            None
+        } else {
+            self.waiting_for(id).await.map_err(store)?
+        };
+        if job.status == engine::Status::Done {
+            self.hand_over_password(&mut job).await?;
         }
-        if let Some(s) = job
-            .plan
-            .steps
+        Ok(status_answer(v, &job, waiting.as_ref()))
+    }
+
+    /// A generated administrative password is in the attachment of the
+    /// done `create_cluster` (sealed) until one `get_status` takes it out:
+    /// that answer, and no other, shows it.
+    async fn hand_over_password(&self, job: &mut Job) -> Result<(), Refused> {
+        let Some(sealed) = job.attachment["admin_password_sealed"]
+            .as_str()
+            .map(str::to_string)
+        else {
+            return Ok(());
+        };
+        let seen = job.attachment.to_string();
+        if let Some(a) = job.attachment.as_object_mut() {
+            a.remove("admin_password_sealed");
+        }
+        let taken = self
+            .env
+            .store
+            .swap_attachment(&job.row.job_id, &seen, &job.attachment.to_string())
+            .await
+            .map_err(store)?;
+        if taken {
+            let id = job.attachment["cluster_id"].as_str().unwrap_or_default();
+            let pw = self
+                .env
+                .store
+                .meta()
+                .open_secret(&format!("cm_clusters/{id}"), "admin", &sealed)
+                .map_err(store)?;
+            job.attachment["admin_password"] = json!(pw.expose());
+            job.attachment["admin_password_note"] =
+                json!("generated for this cluster: shown in this answer only, keep it now");
+        }
+        Ok(())
+    }
+
+    /// What an unfinished job waits for, if anything.
+    async fn waiting_for(&self, id: &str) -> Result<Option<resource::Waiting>, StoreError> {
+        let unfinished = self.env.store.unfinished().await?;
+        let list: Vec<_> = unfinished
             .iter()
-            .find(|s| s.no_return && s.state == "done")
-        {
+            .map(|r| (r.job_id.clone(), resource::decode(&r.resource)))
+            .collect();
+        Ok(resource::schedule(&list)
+            .into_iter()
+            .find(|(j, _)| j == id)
+            .and_then(|(_, w)| w))
+    }
+
+    async fn list(&self, v: &str, e: &Envelope) -> Result<Value, Refused> {
+        let p = e.paras();
+        let want_type = p.text("job_type")?.filter(|s| !s.is_empty());
+        let want_status = p.text("status")?.filter(|s| !s.is_empty());
+        if let Some(s) = &want_status {
+            if engine::Status::parse(s).is_none() {
+                return Err(Refused::bad(format!(
+                    "paras.status: {s:?} is not one of accept, ongoing, done, failed"
+                )));
+            }
+        }
+        let list: Vec<Value> = self
+            .env
+            .store
+            .recent()
+            .await
+            .map_err(store)?
+            .into_iter()
+            .filter(|j| want_type.as_ref().is_none_or(|t| *t == j.job_type))
+            .filter(|j| want_status.as_ref().is_none_or(|s| *s == j.status))
+            .map(|j| {
+                let step = Job::decode(j.clone())
+                    .ok()
+                    .and_then(|job| job.current().map(|(_, s)| s.name.clone()));
+                json!({"job_id": j.job_id, "job_type": j.job_type, "status": j.status,
+                       "step": step, "user_name": j.user_name, "error_info": j.error_info,
+                       "created_at": j.created_at, "updated_at": j.updated_at})
+            })
+            .collect();
+        Ok(emit::done(v, "", json!({"list_jobs": list})))
+    }
+
+    async fn cancel(&self, v: &str, id: &str) -> Result<Value, Refused> {
+        let row = self.job(id).await?;
+        if row.status == "done" || row.status == "failed" {
             return Err(Refused {
                 code: codes::CONFLICT,
-                info: format!(
-                    "job {id} is past its point of no return (step {} is done): it runs to its end",
-                    s.name
-                ),
+                info: format!("job {id} has ended ({}): nothing to cancel", row.status),
             });
         }
-        self.jobs.request_cancel(id).await.map_err(store)?;
+        if let Ok(job) = Job::decode(row) {
+            if let Some(s) = job
+                .plan
+                .steps
+                .iter()
+                .find(|s| s.no_return && s.state == StepState::Done)
+            {
+                return Err(Refused {
+                    code: codes::CONFLICT,
+                    info: format!(
+                        "job {id} is past its point of no return (step {} is done): it runs to its end",
+                        s.name
+                    ),
+                });
+            }
+        }
+        self.env.store.request_cancel(id).await.map_err(store)?;
         self.wake.notify_one();
         Ok(emit::done(
             v,
@@ -382,62 +498,105 @@ impl Manager {
     }
 
     /// Runs the jobs (on the leader) and the agents' heartbeats until
-    /// `shutdown`.
+    /// `shutdown`; then stops the jobs it drives (each is saved before and
+    /// after every step, so the next leader resumes them as after a crash).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut beat = tokio::time::interval(Duration::from_secs(3));
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let beat_now = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.wait_for(|s| *s) => break,
                 _ = beat.tick() => true,
                 () = self.wake.notified() => false,
             };
-            if beat_now && self.leads() {
-                match self.machines.heartbeat().await {
+            if !self.leads() {
+                continue;
+            }
+            if beat_now {
+                match self.env.agents.heartbeat(&self.env.store).await {
                     Ok(up) => self.metrics.agents_up(up),
                     Err(e) => warn!(error = %e, "agents' heartbeat"),
                 }
             }
-            if !self.leads() {
-                continue;
-            }
-            let next = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => None,
-                r = self.run_pending() => Some(r),
-            };
-            let Some(next) = next else {
-                return;
-            };
-            if let Err(e) = next {
+            if let Err(e) = self.schedule().await {
                 warn!(error = %e, "cluster jobs: the store");
             }
+        }
+        for (_, task) in self.running.lock().drain() {
+            task.abort();
         }
     }
 
     /// Whether this member runs the jobs: the group's leader.
     fn leads(&self) -> bool {
-        let view = self.group.view();
-        !self.group.shared() || view.leader() == Some(self.group.member_id())
+        let group = &self.env.group;
+        !group.shared() || group.view().leader() == Some(group.member_id())
     }
 
-    async fn run_pending(self: &Arc<Self>) -> Result<(), StoreError> {
-        loop {
-            let pending = self.jobs.unfinished().await?;
-            self.count().await;
-            let Some(job) = pending.into_iter().next() else {
-                return Ok(());
+    /// Starts every unfinished job that holds no resource an older one
+    /// holds and that this member does not drive yet, claiming it first.
+    async fn schedule(self: &Arc<Self>) -> Result<(), StoreError> {
+        let rows = self.env.store.unfinished().await?;
+        self.count().await;
+        let list: Vec<_> = rows
+            .iter()
+            .map(|r| (r.job_id.clone(), resource::decode(&r.resource)))
+            .collect();
+        let member = self.env.group.member_id().to_string();
+        for ((id, waiting), row) in resource::schedule(&list).into_iter().zip(rows) {
+            if waiting.is_some() || self.running.lock().contains_key(&id) {
+                continue;
+            }
+            let Some(fence) = self.env.store.claim(&id, &member, row.owner_epoch).await? else {
+                continue;
             };
-            let steps = Runner {
-                manager: self.clone(),
+            let job = match Job::decode(row.clone()) {
+                Ok(job) => job,
+                Err(why) => {
+                    engine::fail_unreadable(&self.env.store, row, &fence, why).await?;
+                    continue;
+                }
             };
-            let job = jobs::drive(&self.jobs, &steps, job, &self.failpoint, &self.metrics).await?;
-            info!(job = %job.job_id, job_type = %job.job_type, status = %job.status,
-                  error = %job.error_info, "job ended");
+            let Some(kind) = self.kind(&job.row.job_type) else {
+                let why = format!(
+                    "job {id} is of type {}, which this version does not run: it is failed \
+                     rather than guessed at",
+                    job.row.job_type
+                );
+                engine::fail_unreadable(&self.env.store, row, &fence, why).await?;
+                continue;
+            };
+            let me = self.clone();
+            let task_id = id.clone();
+            let mut running = self.running.lock();
+            running.insert(
+                id,
+                tokio::spawn(async move {
+                    let outcome = engine::drive(
+                        &me.env,
+                        kind.as_ref(),
+                        job,
+                        fence,
+                        &me.failpoint,
+                        me.metrics.as_ref(),
+                    )
+                    .await;
+                    match outcome {
+                        Ok(job) => info!(job = %job.row.job_id, job_type = %job.row.job_type,
+                                         status = job.status.as_str(), error = %job.row.error_info,
+                                         "job ended"),
+                        Err(e) => warn!(job = %task_id, error = %e, "job stopped here"),
+                    }
+                    me.running.lock().remove(&task_id);
+                    me.wake.notify_one();
+                }),
+            );
         }
+        Ok(())
     }
 
     async fn count(&self) {
-        let Ok(recent) = self.jobs.recent().await else {
+        let Ok(recent) = self.env.store.recent().await else {
             return;
         };
         let mut counts: std::collections::BTreeMap<(String, String), i64> = Default::default();
@@ -448,124 +607,63 @@ impl Manager {
     }
 }
 
-struct Runner {
-    manager: Arc<Manager>,
-}
-
-#[async_trait::async_trait]
-impl Steps for Runner {
-    async fn run(&self, job: &Job, step: &str) -> Result<Value, String> {
-        let attempt = job
-            .plan
-            .steps
-            .iter()
-            .find(|s| s.name == step)
-            .map_or(1, |s| s.attempts);
-        match job.job_type.as_str() {
-            "raft_mission" => self.raft(job).await,
-            "create_cluster" | "add_shards" | "delete_shard" | "delete_shards"
-            | "delete_cluster" => steps::run_step(&self.manager.machines, job, step, attempt).await,
-            _ => machines::run_step(&self.manager.machines, job, step).await,
-        }
-    }
-
-    async fn undo(&self, job: &Job, step: &str) -> Result<(), String> {
-        match job.job_type.as_str() {
-            "raft_mission" => Ok(()),
-            "create_cluster" | "add_shards" | "delete_shard" | "delete_shards"
-            | "delete_cluster" => steps::undo_step(&self.manager.machines, job, step).await,
-            _ => machines::undo_step(&self.manager.machines, job, step).await,
-        }
-    }
-
-    fn attachment(&self, job: &Job) -> Value {
-        match job.job_type.as_str() {
-            "raft_mission" => job.plan.steps[0].result.clone(),
-            "create_cluster" | "add_shards" | "delete_shard" | "delete_shards"
-            | "delete_cluster" => steps::attachment(job),
-            _ => json!({}),
-        }
-    }
-
-    fn done_info(&self, job: &Job) -> String {
-        match job.job_type.as_str() {
-            "raft_mission" => "raft mission done".into(),
-            "create_cluster" => "create cluster successfully".into(),
-            "delete_cluster" => "delete cluster successfully".into(),
-            "add_shards" => "add shards successfully".into(),
-            "delete_shard" | "delete_shards" => "delete shard successfully".into(),
-            _ => machines::done_info(job),
-        }
-    }
-}
-
-impl Runner {
-    async fn raft(&self, job: &Job) -> Result<Value, String> {
-        let d = &job.plan.details;
-        let peer = d["peer"].as_str().unwrap_or_default();
-        let group = &self.manager.group;
-        match d["task_type"].as_str() {
-            Some("transfer_leader") => group
-                .transfer_leadership(peer)
-                .await
-                .map(|term| json!({"leader": peer, "term": term}))
-                .map_err(|e| e.to_string()),
-            Some("add_peer") => group
-                .add_member(peer, peer, crate::store::group::NORMAL)
-                .await
-                .map(|()| json!({"added": peer}))
-                .map_err(|e| e.to_string()),
-            Some("remove_peer") => group
-                .remove_member(peer)
-                .await
-                .map(|jobs| json!({"removing": peer, "jobs_to_move": jobs}))
-                .map_err(|e| e.to_string()),
-            other => Err(format!("unknown task_type {other:?}")),
-        }
-    }
-}
-
-fn raft_plan(e: &Envelope) -> Result<(Plan, String), Refused> {
-    let p = e.paras();
-    let task = p.choice("task_type", &["transfer_leader", "add_peer", "remove_peer"])?;
-    let peer = if task == "transfer_leader" {
-        p.need("target_leader")?
-    } else {
-        p.need("peer")?
-    };
-    Ok((
-        Plan {
-            steps: vec![Step::new(&task)],
-            details: json!({"task_type": task, "peer": peer}),
-        },
-        "group".into(),
-    ))
-}
-
-fn status_answer(v: &str, job: &Job) -> Value {
-    let total = job.plan.steps.len();
-    let attachment = match job.status.as_str() {
-        "done" => job.attachment.clone(),
-        "accept" | "ongoing" => {
+fn status_answer(v: &str, job: &Job, waiting: Option<&resource::Waiting>) -> Value {
+    let steps = &job.plan.steps;
+    let total = steps.len();
+    let attachment = match job.status {
+        engine::Status::Done => job.attachment.clone(),
+        engine::Status::Accept | engine::Status::Ongoing => {
             let (i, name) = job
                 .current()
                 .map_or((total, String::new()), |(i, s)| (i, s.name.clone()));
-            json!({"step": name, "step_index": i + 1, "steps": total,
+            let mut a = json!({"step": name, "step_index": i + 1, "steps": total,
                    "progress": format!("{i}/{total} steps done"),
-                   "steps_done": job.plan.steps.iter().filter(|s| s.state == "done").map(|s| s.name.clone()).collect::<Vec<_>>()})
+                   "steps_done": steps.iter().filter(|s| s.state == StepState::Done)
+                       .map(|s| s.name.clone()).collect::<Vec<_>>()});
+            if let Some(w) = waiting {
+                a["waiting_for"] = json!({"resource": w.resource.to_string(), "job_id": w.holder});
+            }
+            if let Some(s) = steps.get(i) {
+                if s.retries > 0 {
+                    a["retries"] = json!(s.retries);
+                    a["last_error"] = json!(s.last_error);
+                }
+                if let Some(p) = &s.progress {
+                    a["step_progress"] = step_progress(p, s.started_at);
+                }
+            }
+            a
         }
-        _ => {
-            json!({"steps": job.plan.steps.iter().map(|s| json!({"step": s.name, "state": s.state})).collect::<Vec<_>>()})
+        engine::Status::Failed => {
+            json!({"steps": steps.iter().map(|s| json!({"step": s.name, "state": match s.state {
+                StepState::Pending => "pending", StepState::Running => "running", StepState::Done => "done",
+            }})).collect::<Vec<_>>()})
         }
     };
-    let status = if job.status == "accept" {
-        "ongoing"
-    } else {
-        job.status.as_str()
+    let status = match job.status {
+        engine::Status::Accept => "ongoing",
+        s => s.as_str(),
     };
-    json!({"version": v, "error_code": job.error_code, "error_info": job.error_info,
-           "status": status, "job_id": job.job_id, "job_type": job.job_type,
+    json!({"version": v, "error_code": job.row.error_code, "error_info": job.row.error_info,
+           "status": status, "job_id": job.row.job_id, "job_type": job.row.job_type,
            "attachment": attachment})
+}
+
+/// A long step's progress: done, total, rate and the time left where the
+/// total is known.
+fn step_progress(p: &crate::agent::protocol::Progress, started_at: Option<i64>) -> Value {
+    let mut v = json!({"done": p.done, "total": p.total, "phase": p.phase});
+    let secs = started_at
+        .map(|t| (chrono::Utc::now().timestamp_millis() - t) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    if secs > 0.0 && p.done > 0 {
+        let rate = p.done as f64 / secs;
+        v["rate_per_s"] = json!(rate.round() as u64);
+        if let Some(total) = p.total {
+            v["eta_s"] = json!((total.saturating_sub(p.done) as f64 / rate).ceil() as u64);
+        }
+    }
+    v
 }
 
 fn http_status(r: &Refused) -> u16 {

@@ -2,18 +2,19 @@
 //! `get_cluster_summary`, `get_cluster_detail` (each node's status read
 //! from the instance itself) and `get_variable`.
 
-use super::clusters::*;
 use super::emit::{codes, Envelope, Refused};
-use super::machines::Machines;
-use super::steps::{connect, password};
+use super::nodes::{connect, password, store_err};
+use super::Env;
 use crate::store::StoreError;
 use mysql_async::prelude::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 /// `get_cluster_summary`.
-pub async fn summary(m: &Machines) -> Result<Value, StoreError> {
-    let list: Vec<Value> = clusters(m)
+pub async fn summary(env: &Env) -> Result<Value, StoreError> {
+    let list: Vec<Value> = env
+        .store
+        .clusters()
         .await?
         .iter()
         .map(|c| {
@@ -28,8 +29,10 @@ pub async fn summary(m: &Machines) -> Result<Value, StoreError> {
 
 /// `get_cluster_detail`: each node's address, port, role and status, read
 /// from the instance itself.
-pub async fn detail(m: &Machines, name: &str) -> Result<Value, Refused> {
-    let c = clusters(m)
+pub async fn detail(env: &Env, name: &str) -> Result<Value, Refused> {
+    let c = env
+        .store
+        .clusters()
         .await
         .map_err(store_err)?
         .into_iter()
@@ -38,11 +41,11 @@ pub async fn detail(m: &Machines, name: &str) -> Result<Value, Refused> {
             code: codes::NOT_FOUND,
             info: format!("no cluster {name:?} (get_cluster_summary lists them)"),
         })?;
-    let (user, pw) = password(m, &c.cluster_id).await.map_err(|e| Refused {
+    let (user, pw) = password(env, &c.cluster_id).await.map_err(|e| Refused {
         code: codes::STEP_FAILED,
-        info: e,
+        info: e.to_string(),
     })?;
-    let all = instances(m).await.map_err(store_err)?;
+    let all = env.store.instances().await.map_err(store_err)?;
     let mut shards = Vec::new();
     let ids: std::collections::BTreeSet<i64> = all
         .iter()
@@ -56,7 +59,9 @@ pub async fn detail(m: &Machines, name: &str) -> Result<Value, Refused> {
             .filter(|i| i.cluster_id == c.cluster_id && i.shard == s)
         {
             let live = tokio::time::timeout(Duration::from_secs(5), async {
-                let mut conn = connect(&i.hostaddr, i.port, &user, &pw).await?;
+                let mut conn = connect(&i.hostaddr, i.port, &user, &pw)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let ro: Option<i64> = conn
                     .query_first("SELECT @@read_only")
                     .await
@@ -82,7 +87,7 @@ pub async fn detail(m: &Machines, name: &str) -> Result<Value, Refused> {
 }
 
 /// `get_variable`: one global variable of a cluster's instance.
-pub async fn variable(m: &Machines, e: &Envelope) -> Result<Value, Refused> {
+pub async fn variable(env: &Env, e: &Envelope) -> Result<Value, Refused> {
     let p = e.paras();
     let host = p.need("hostaddr")?;
     let port = p.need_int("port", 1, 65535)?;
@@ -92,7 +97,9 @@ pub async fn variable(m: &Machines, e: &Envelope) -> Result<Value, Refused> {
             "paras.variable: {var:?} is not a variable name"
         )));
     }
-    let i = instances(m)
+    let i = env
+        .store
+        .instances()
         .await
         .map_err(store_err)?
         .into_iter()
@@ -101,9 +108,9 @@ pub async fn variable(m: &Machines, e: &Envelope) -> Result<Value, Refused> {
             code: codes::NOT_FOUND,
             info: format!("no instance {host}:{port} in a cluster this manager runs"),
         })?;
-    let (user, pw) = password(m, &i.cluster_id).await.map_err(|e| Refused {
+    let (user, pw) = password(env, &i.cluster_id).await.map_err(|e| Refused {
         code: codes::STEP_FAILED,
-        info: e,
+        info: e.to_string(),
     })?;
     let unreachable = |e: String| Refused {
         code: codes::UNREACHABLE,
@@ -111,7 +118,7 @@ pub async fn variable(m: &Machines, e: &Envelope) -> Result<Value, Refused> {
     };
     let mut conn = connect(&host, port, &user, &pw)
         .await
-        .map_err(unreachable)?;
+        .map_err(|e| unreachable(e.to_string()))?;
     let value: Result<Option<String>, _> = conn
         .query_first(format!("SELECT CAST(@@GLOBAL.{var} AS CHAR)"))
         .await;
@@ -120,4 +127,34 @@ pub async fn variable(m: &Machines, e: &Envelope) -> Result<Value, Refused> {
         Ok(v) => Ok(json!({"result": "true", "value": v.unwrap_or_default()})),
         Err(e) => Err(Refused::bad(format!("paras.variable {var}: {e}"))),
     }
+}
+
+/// `get_machine_summary`: every machine, online when its agent answered a
+/// heartbeat within [`super::agents::ONLINE_MS`].
+pub async fn machine_summary(env: &Env) -> Result<Value, StoreError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let list: Vec<Value> = env
+        .store
+        .machines()
+        .await?
+        .iter()
+        .map(|m| {
+            let online = now - m.last_seen_at <= super::agents::ONLINE_MS;
+            json!({"hostaddr": m.hostaddr,
+                   "status": if online { "online" } else { "offline" },
+                   "node_stats": m.node_stats,
+                   "machine_type": m.machine_type,
+                   "port_range": m.port_range,
+                   "rack_id": m.rack_id,
+                   "datadir": m.datadir,
+                   "logdir": m.logdir,
+                   "wal_log_dir": m.wal_log_dir,
+                   "comp_datadir": m.comp_datadir,
+                   "total_mem": m.total_mem.to_string(),
+                   "total_cpu_cores": m.total_cpu_cores.to_string(),
+                   "agent_port": m.agent_port.to_string(),
+                   "last_seen_ms_ago": if m.last_seen_at == 0 { Value::Null } else { json!(now - m.last_seen_at) }})
+        })
+        .collect();
+    Ok(json!({ "list_machine": list }))
 }

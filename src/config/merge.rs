@@ -93,15 +93,7 @@ impl Config {
             secret_key_file,
             previous_secret_key_file,
             group,
-            cluster_agent_port: match file.cluster.agent_port {
-                Some(0) => {
-                    return Err(ConfigError::Invalid(
-                        "cluster.agent_port must be between 1 and 65535".into(),
-                    ))
-                }
-                Some(p) => p,
-                None => 9998,
-            },
+            cluster: cluster(&file.cluster)?,
             failpoint: None,
         })
     }
@@ -285,5 +277,31 @@ fn mode_setting(field: &str, text: &str) -> Result<TlsMode, ConfigError> {
         ConfigError::Invalid(format!(
             "{field} {text:?} is not one of disabled, preferred, required, verify_ca, verify_identity"
         ))
+    })
+}
+
+/// `[cluster]`.
+fn cluster(f: &super::FileCluster) -> Result<super::ClusterSettings, ConfigError> {
+    let d = super::ClusterSettings::default();
+    let secs = |key: &str, v: Option<u64>, default: Duration, max: u64| match v {
+        None => Ok(default),
+        Some(s) if (1..=max).contains(&s) => Ok(Duration::from_secs(s)),
+        Some(s) => Err(ConfigError::Invalid(format!(
+            "cluster.{key} = {s}: must be between 1 and {max}"
+        ))),
+    };
+    Ok(super::ClusterSettings {
+        agent_port: match f.agent_port {
+            Some(0) => {
+                return Err(ConfigError::Invalid(
+                    "cluster.agent_port must be between 1 and 65535".into(),
+                ))
+            }
+            Some(p) => p,
+            None => d.agent_port,
+        },
+        step_retry: secs("step_retry_s", f.step_retry_s, d.step_retry, 86_400)?,
+        stall: secs("stall_s", f.stall_s, d.stall, 86_400)?,
+        ..d
     })
 }

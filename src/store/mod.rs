@@ -15,6 +15,7 @@
 //! How far a job has *applied* lives on the destination, in its checkpoint
 //! table; this store holds what the job is and what state it is in.
 
+pub mod cluster;
 pub mod group;
 mod mysql;
 mod sqlite;
@@ -148,12 +149,44 @@ pub trait MetaStore: Send + Sync {
     fn seal_secret(&self, name: &str, side: &str, plain: &Secret) -> Result<String, StoreError>;
     /// The clear text of what [`MetaStore::seal_secret`] stored.
     fn open_secret(&self, name: &str, side: &str, stored: &str) -> Result<Secret, StoreError>;
+    /// Runs `stmts` in one transaction, in order: all of them or none. A
+    /// statement marked `must_match` that matches no row rolls the whole
+    /// transaction back (`Ok(false)`); a duplicate key rolls it back as
+    /// [`StoreError::Duplicate`].
+    async fn transaction(&self, stmts: Vec<Stmt>) -> Result<bool, StoreError>;
     /// Runs one of [`group`]'s queries.
     async fn select(
         &self,
         sql: &'static str,
         params: Vec<SqlValue>,
     ) -> Result<Vec<Vec<SqlValue>>, StoreError>;
+}
+
+/// One statement of a [`MetaStore::transaction`].
+#[derive(Clone, Debug)]
+pub struct Stmt {
+    pub sql: &'static str,
+    pub params: Vec<SqlValue>,
+    /// When it matches no row, nothing of the transaction is kept.
+    pub must_match: bool,
+}
+
+impl Stmt {
+    pub fn new(sql: &'static str, params: Vec<SqlValue>) -> Stmt {
+        Stmt {
+            sql,
+            params,
+            must_match: false,
+        }
+    }
+
+    pub fn must_match(sql: &'static str, params: Vec<SqlValue>) -> Stmt {
+        Stmt {
+            sql,
+            params,
+            must_match: true,
+        }
+    }
 }
 
 /// Why a fenced save matched no row: the job is gone, or another lease holds it.
@@ -417,6 +450,26 @@ pub(crate) const MIGRATIONS: &[&[&str]] = &[
             status VARCHAR(16) NOT NULL,
             settings MEDIUMTEXT NOT NULL,
             created_at BIGINT NOT NULL
+        )",
+    ],
+    // 4: cluster jobs fenced by their owner's epoch; ports and ids handed
+    // out by the store (a key per reserved port, per cluster id, per shard
+    // id), so that members accepting at once never hand out one twice.
+    &[
+        "ALTER TABLE cm_jobs ADD COLUMN owner VARCHAR(255) NOT NULL DEFAULT ''",
+        "ALTER TABLE cm_jobs ADD COLUMN owner_epoch BIGINT NOT NULL DEFAULT 0",
+        "CREATE TABLE cm_reservations (
+            hostaddr VARCHAR(255) NOT NULL,
+            port BIGINT NOT NULL,
+            job_id VARCHAR(128) NOT NULL,
+            PRIMARY KEY (hostaddr, port)
+        )",
+        "CREATE TABLE cm_ids (
+            kind VARCHAR(16) NOT NULL,
+            scope VARCHAR(64) NOT NULL,
+            id BIGINT NOT NULL,
+            job_id VARCHAR(128) NOT NULL,
+            PRIMARY KEY (kind, scope, id)
         )",
     ],
 ];

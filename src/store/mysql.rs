@@ -364,6 +364,31 @@ impl MetaStore for MysqlStore {
         }
     }
 
+    async fn transaction(&self, stmts: Vec<super::Stmt>) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn
+            .start_transaction(mysql_async::TxOpts::default())
+            .await
+            .map_err(backend)?;
+        for st in stmts {
+            let params: Vec<mysql_async::Value> = st.params.into_iter().map(to_value).collect();
+            match tx.exec_drop(st.sql, params).await {
+                Ok(()) if st.must_match && tx.affected_rows() == 0 => {
+                    tx.rollback().await.map_err(backend)?;
+                    return Ok(false);
+                }
+                Ok(()) => {}
+                Err(e) if server_code(&e) == Some(ER_DUP_ENTRY) => {
+                    let _ = tx.rollback().await;
+                    return Err(StoreError::Duplicate(String::new()));
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
     async fn select(
         &self,
         sql: &'static str,

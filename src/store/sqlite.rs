@@ -412,6 +412,30 @@ impl MetaStore for SqliteStore {
         .await
     }
 
+    async fn transaction(&self, stmts: Vec<super::Stmt>) -> Result<bool, StoreError> {
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            for st in stmts {
+                let params = rusqlite::params_from_iter(st.params.into_iter().map(to_sql));
+                match tx.execute(st.sql, params) {
+                    Ok(0) if st.must_match => return Ok(false),
+                    Ok(_) => {}
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == ErrorCode::ConstraintViolation =>
+                    {
+                        return Err(StoreError::Duplicate(String::new()))
+                    }
+                    Err(e) => return Err(backend(e)),
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn select(
         &self,
         sql: &'static str,

@@ -1,0 +1,30 @@
+//! The job types of the cluster manager, one file each, and the one
+//! registry that lists them. Adding a job type: a file here implementing
+//! [`super::kind::Kind`], and one line in [`registry`].
+
+mod add_shards;
+mod create_cluster;
+mod create_machine;
+mod delete_cluster;
+mod delete_machine;
+mod delete_shard;
+mod raft_mission;
+mod set_machine;
+
+use super::kind::{erased, AnyKind};
+use std::sync::Arc;
+
+/// Every asynchronous job type this version runs.
+pub fn registry() -> Vec<Arc<dyn AnyKind>> {
+    vec![
+        erased(create_machine::CreateMachine),
+        erased(delete_machine::DeleteMachine),
+        erased(set_machine::SetMachine),
+        erased(create_cluster::CreateCluster),
+        erased(add_shards::AddShards),
+        erased(delete_shard::DeleteShard("delete_shard")),
+        erased(delete_shard::DeleteShard("delete_shards")),
+        erased(delete_cluster::DeleteCluster),
+        erased(raft_mission::RaftMission),
+    ]
+}

@@ -1,0 +1,482 @@
+//! The building blocks of the job types that make and remove a cluster's
+//! instances (`create_cluster`, `add_shards`, `delete_shard`,
+//! `delete_cluster`): where new nodes go, the steps that make a shard
+//! (reserve, install, replicate, register) and the steps that remove
+//! instances (uninstall, unregister), each "make sure X holds" so that
+//! running one again after a crash is safe. Instances are installed and
+//! removed through the machines' agents with operations keyed by the job,
+//! the step and its attempt; replication is set on the instances
+//! themselves with the cluster's administrative account.
+//!
+//! New nodes go round-robin over the running storage machines (a shard's
+//! nodes on distinct machines when there are enough), each on the lowest
+//! port of its machine's `port_range` that no instance and no unfinished
+//! job holds; the store refuses a port taken meanwhile and the request is
+//! planned again.
+
+use super::emit::{codes, Refused};
+use super::kind::{StepCtx, StepError};
+use super::resource::Resource;
+use super::Env;
+use crate::agent::protocol::{InstallMysql, Request, SemiSync};
+use crate::db::{self, ServerAddr};
+use crate::secret::Secret;
+use crate::store::cluster::{ClusterRow, InstanceRow};
+use crate::store::StoreError;
+use crate::tls::TlsOptions;
+use mysql_async::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Where a new node goes, fixed at accept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub shard: i64,
+    pub node: i64,
+    pub hostaddr: String,
+    pub port: i64,
+    pub agent_port: i64,
+    pub datadir: String,
+    /// `primary` or `replica`.
+    pub role: String,
+}
+
+/// An instance to remove, fixed at accept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub hostaddr: String,
+    pub port: i64,
+    pub agent_port: i64,
+    pub shard: i64,
+}
+
+/// What every node of a cluster is made with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSettings {
+    pub fullsync_level: i64,
+    pub innodb_size: i64,
+    pub max_connections: i64,
+}
+
+impl NodeSettings {
+    /// A cluster's, from its row (defaults for what an older row lacks).
+    pub fn of(c: &ClusterRow) -> NodeSettings {
+        let v: Value = serde_json::from_str(&c.settings).unwrap_or(Value::Null);
+        NodeSettings {
+            fullsync_level: v["fullsync_level"].as_i64().unwrap_or(0),
+            innodb_size: v["innodb_size"].as_i64().unwrap_or(128),
+            max_connections: v["max_connections"].as_i64().unwrap_or(1000),
+        }
+    }
+}
+
+/// The steps that make shards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub enum MakeStep {
+    /// The cluster's row (a new cluster) and one row per placement.
+    Reserve,
+    Install {
+        shard: i64,
+        node: i64,
+    },
+    /// The shard's replicas follow its primary by GTID.
+    Replicate {
+        shard: i64,
+    },
+    /// The cluster and its instances marked running, its shard count set.
+    Register,
+}
+
+impl MakeStep {
+    pub fn label(&self) -> String {
+        match self {
+            MakeStep::Reserve => "reserve".into(),
+            MakeStep::Install { shard, node } => format!("install:{shard}:{node}"),
+            MakeStep::Replicate { shard } => format!("replicate:{shard}"),
+            MakeStep::Register => "register".into(),
+        }
+    }
+
+    /// Reserve, install each placement, replicate each shard (when it has
+    /// replicas), register.
+    pub fn plan(placements: &[Placement], replicate: bool) -> Vec<MakeStep> {
+        let mut steps = vec![MakeStep::Reserve];
+        steps.extend(placements.iter().map(|p| MakeStep::Install {
+            shard: p.shard,
+            node: p.node,
+        }));
+        if replicate {
+            let mut shards: Vec<i64> = placements.iter().map(|p| p.shard).collect();
+            shards.dedup();
+            steps.extend(
+                shards
+                    .into_iter()
+                    .map(|shard| MakeStep::Replicate { shard }),
+            );
+        }
+        steps.push(MakeStep::Register);
+        steps
+    }
+}
+
+/// The steps that remove instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub enum RemoveStep {
+    Uninstall { hostaddr: String, port: i64 },
+    Unregister,
+}
+
+impl RemoveStep {
+    pub fn label(&self) -> String {
+        match self {
+            RemoveStep::Uninstall { hostaddr, port } => format!("uninstall:{hostaddr}:{port}"),
+            RemoveStep::Unregister => "unregister".into(),
+        }
+    }
+}
+
+pub fn store_err(e: StoreError) -> Refused {
+    Refused {
+        code: codes::STEP_FAILED,
+        info: format!("the manager's store: {e}"),
+    }
+}
+
+pub async fn cluster(env: &Env, id: &str) -> Result<ClusterRow, Refused> {
+    env.store
+        .clusters()
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .find(|c| c.cluster_id == id)
+        .ok_or_else(|| Refused {
+            code: codes::NOT_FOUND,
+            info: format!("no cluster {id} (get_cluster_summary lists them)"),
+        })
+}
+
+/// Where new nodes go: shards `first..first + shards`, `nodes` each,
+/// round-robin over the running storage machines (`wanted` when named), on
+/// the lowest port of each machine's range that nothing holds.
+pub async fn place(
+    env: &Env,
+    wanted: &[String],
+    first: i64,
+    shards: i64,
+    nodes: i64,
+) -> Result<Vec<Placement>, Refused> {
+    let all = env.store.machines().await.map_err(store_err)?;
+    for w in wanted {
+        if !all.iter().any(|x| &x.hostaddr == w) {
+            return Err(Refused {
+                code: codes::NOT_FOUND,
+                info: format!("paras.storage_iplists: no machine {w}: create_machine registers it"),
+            });
+        }
+    }
+    let machines: Vec<_> = all
+        .into_iter()
+        .filter(|x| x.machine_type == "storage" && x.node_stats == "running")
+        .filter(|x| wanted.is_empty() || wanted.contains(&x.hostaddr))
+        .collect();
+    if machines.is_empty() {
+        return Err(Refused::bad(
+            "no running storage machine to place the nodes on (create_machine, set_machine node_stats running)",
+        ));
+    }
+    let taken = env.store.taken_ports().await.map_err(store_err)?;
+    let mut picked: Vec<(String, i64)> = Vec::new();
+    let mut placements = Vec::new();
+    for s in first..first + shards {
+        for n in 0..nodes {
+            let machine = &machines[((s + n) as usize) % machines.len()];
+            let (lo, hi) = super::emit::port_range("port_range", &machine.port_range)?;
+            let port = (lo as i64..=hi as i64)
+                .find(|p| {
+                    let k = (machine.hostaddr.clone(), *p);
+                    !taken.contains(&k) && !picked.contains(&k)
+                })
+                .ok_or_else(|| Refused {
+                    code: codes::CONFLICT,
+                    info: format!(
+                        "machine {} has no free port left in {}",
+                        machine.hostaddr, machine.port_range
+                    ),
+                })?;
+            picked.push((machine.hostaddr.clone(), port));
+            placements.push(Placement {
+                shard: s,
+                node: n + 1,
+                hostaddr: machine.hostaddr.clone(),
+                port,
+                agent_port: machine.agent_port,
+                datadir: machine.datadir.clone(),
+                role: if n == 0 { "primary" } else { "replica" }.into(),
+            });
+        }
+    }
+    Ok(placements)
+}
+
+/// The resources a set of new nodes holds: each instance.
+pub fn instance_resources(placements: &[Placement]) -> Vec<Resource> {
+    placements
+        .iter()
+        .map(|p| Resource::Instance(p.hostaddr.clone(), p.port))
+        .collect()
+}
+
+/// The cluster's administrative account, its password opened from the
+/// store.
+pub async fn password(env: &Env, id: &str) -> Result<(String, Secret), StepError> {
+    let c = env
+        .store
+        .clusters()
+        .await?
+        .into_iter()
+        .find(|c| c.cluster_id == id)
+        .ok_or_else(|| StepError::definite(format!("cluster {id} has no row")))?;
+    let pw = env
+        .store
+        .meta()
+        .open_secret(&format!("cm_clusters/{id}"), "admin", &c.admin_password)
+        .map_err(|e| StepError::definite(e.to_string()))?;
+    Ok((c.admin_user, pw))
+}
+
+/// A connection to an instance with the administrative account; not
+/// reaching it is transient.
+pub async fn connect(
+    host: &str,
+    port: i64,
+    user: &str,
+    pw: &Secret,
+) -> Result<mysql_async::Conn, StepError> {
+    let tls = TlsOptions::default();
+    let addr = ServerAddr {
+        host,
+        port: port as u16,
+        user,
+        password: pw,
+        tls: &tls,
+    };
+    db::connect(&addr, None, Duration::from_secs(10))
+        .await
+        .map_err(|e| StepError::transient(format!("{host}:{port}: {e}")))
+}
+
+/// `reserve`: one row per placement, each written once however often the
+/// step runs.
+pub async fn reserve_instances(
+    env: &Env,
+    cluster_id: &str,
+    placements: &[Placement],
+) -> Result<(), StepError> {
+    for p in placements {
+        env.store
+            .insert_instance(&InstanceRow {
+                hostaddr: p.hostaddr.clone(),
+                port: p.port,
+                cluster_id: cluster_id.into(),
+                shard: p.shard,
+                node: p.node,
+                role: p.role.clone(),
+                state: "reserved".into(),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Undoes [`reserve_instances`].
+pub async fn unreserve_instances(env: &Env, placements: &[Placement]) -> Result<(), StepError> {
+    for p in placements {
+        env.store.delete_instance(&p.hostaddr, p.port).await?;
+    }
+    Ok(())
+}
+
+/// The placement of `install:SHARD:NODE`.
+pub fn placement(placements: &[Placement], shard: i64, node: i64) -> Result<&Placement, StepError> {
+    placements
+        .iter()
+        .find(|p| p.shard == shard && p.node == node)
+        .ok_or_else(|| StepError::definite(format!("no placement for shard {shard} node {node}")))
+}
+
+/// `install:S:N`: the placement's instance, by its machine's agent.
+pub async fn install(
+    ctx: &StepCtx<'_>,
+    cluster_id: &str,
+    settings: &NodeSettings,
+    p: &Placement,
+) -> Result<Value, StepError> {
+    let (user, pw) = password(ctx.env, cluster_id).await?;
+    let replica = p.role == "replica";
+    let semi_sync = match (settings.fullsync_level > 0, replica) {
+        (false, _) => SemiSync::None,
+        (true, false) => SemiSync::Master,
+        (true, true) => SemiSync::Slave,
+    };
+    let cluster: i64 = cluster_id.parse().unwrap_or(0);
+    let server_id = (cluster % 100_000) * 1000 + p.shard * 10 + p.node;
+    let request = Request::InstallMysql(Box::new(InstallMysql {
+        key: super::agents::Agents::key(ctx, ""),
+        port: p.port as u16,
+        datadir: p.datadir.clone().into(),
+        server_id: server_id as u64,
+        innodb_size_mb: settings.innodb_size as u64,
+        max_connections: settings.max_connections as u64,
+        read_only: replica,
+        semi_sync,
+        admin: Some((user, pw)),
+    }));
+    ctx.env
+        .agents
+        .operate(ctx, &p.hostaddr, p.agent_port, request)
+        .await
+}
+
+/// Removes an instance through its agent (`prefix` tells an undo's
+/// operation from the step's own).
+pub async fn uninstall(
+    ctx: &StepCtx<'_>,
+    host: &str,
+    agent_port: i64,
+    port: i64,
+    prefix: &str,
+) -> Result<Value, StepError> {
+    let request = Request::UninstallMysql {
+        key: super::agents::Agents::key(ctx, prefix),
+        port: port as u16,
+    };
+    ctx.env.agents.operate(ctx, host, agent_port, request).await
+}
+
+/// `replicate:SHARD`: the shard's replicas follow its primary by GTID.
+pub async fn replicate(
+    ctx: &StepCtx<'_>,
+    cluster_id: &str,
+    placements: &[Placement],
+    shard: i64,
+) -> Result<Value, StepError> {
+    let (user, pw) = password(ctx.env, cluster_id).await?;
+    let in_shard: Vec<&Placement> = placements.iter().filter(|p| p.shard == shard).collect();
+    let primary = in_shard
+        .iter()
+        .find(|p| p.role == "primary")
+        .ok_or_else(|| StepError::definite("the shard has no primary"))?;
+    let (ph, pp) = (&primary.hostaddr, primary.port);
+    for r in in_shard.iter().filter(|p| p.role == "replica") {
+        let (rh, rp) = (&r.hostaddr, r.port);
+        let mut conn = connect(rh, rp, &user, &pw).await?;
+        let change = format!(
+            "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {pp}, MASTER_USER = {}, \
+             MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos",
+            db::quote_string(ph),
+            db::quote_string(&user),
+            db::quote_string(pw.expose())
+        );
+        for sql in ["STOP SLAVE", change.as_str(), "START SLAVE"] {
+            conn.query_drop(sql)
+                .await
+                .map_err(|e| sql_error(&format!("{rh}:{rp}"), &e))?;
+        }
+        wait_replicating(&mut conn, rh, rp).await?;
+        let _ = conn.disconnect().await;
+        ctx.progress.touch();
+    }
+    Ok(json!({"primary": format!("{ph}:{pp}")}))
+}
+
+/// A server error is definite; a lost connection transient. Passwords
+/// quoted by the server are masked.
+pub fn sql_error(at: &str, e: &mysql_async::Error) -> StepError {
+    let text = format!("{at}: {}", crate::redact::text(&e.to_string()));
+    match e {
+        mysql_async::Error::Server(_) => StepError::Definite(text),
+        _ => StepError::Transient(text),
+    }
+}
+
+async fn wait_replicating(
+    conn: &mut mysql_async::Conn,
+    host: &str,
+    port: i64,
+) -> Result<(), StepError> {
+    for _ in 0..60 {
+        let row: Option<mysql_async::Row> = conn
+            .query_first("SHOW SLAVE STATUS")
+            .await
+            .map_err(|e| sql_error(&format!("{host}:{port}"), &e))?;
+        if let Some(row) = row {
+            let get = |k: &str| {
+                row.get_opt::<String, _>(k)
+                    .and_then(|r| r.ok())
+                    .unwrap_or_default()
+            };
+            if get("Slave_IO_Running") == "Yes" && get("Slave_SQL_Running") == "Yes" {
+                return Ok(());
+            }
+            let err = get("Last_IO_Error") + &get("Last_SQL_Error");
+            if !err.is_empty() && get("Slave_SQL_Running") == "No" {
+                return Err(StepError::definite(format!(
+                    "{host}:{port} does not replicate: {err}"
+                )));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(StepError::transient(format!(
+        "{host}:{port} did not start replicating within 30 s"
+    )))
+}
+
+/// Refuses to delete a shard whose primary holds user tables, naming them.
+pub async fn refuse_user_tables(
+    env: &Env,
+    id: &str,
+    shard: &[&InstanceRow],
+) -> Result<(), Refused> {
+    let primary = shard
+        .iter()
+        .find(|i| i.role == "primary")
+        .or(shard.first())
+        .ok_or_else(|| Refused::bad("the shard has no instance"))?;
+    let (user, pw) = password(env, id).await.map_err(|e| Refused {
+        code: codes::STEP_FAILED,
+        info: e.to_string(),
+    })?;
+    let unreachable = |e: String| Refused {
+        code: codes::UNREACHABLE,
+        info: format!(
+            "cannot check the shard for user tables: {e} (force: \"1\" deletes it unchecked)"
+        ),
+    };
+    let mut conn = connect(&primary.hostaddr, primary.port, &user, &pw)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let tables: Vec<String> = conn
+        .query(
+            "SELECT CONCAT(table_schema, '.', table_name) FROM information_schema.tables \
+             WHERE table_schema NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
+             ORDER BY 1 LIMIT 20",
+        )
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let _ = conn.disconnect().await;
+    if tables.is_empty() {
+        return Ok(());
+    }
+    Err(Refused {
+        code: codes::CONFLICT,
+        info: format!(
+            "shard {} holds user tables ({}): move them first, or send force: \"1\" to delete them with it",
+            primary.shard,
+            tables.join(", ")
+        ),
+    })
+}
