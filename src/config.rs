@@ -3,8 +3,9 @@
 //! command-line flags on top. Nothing else reads the environment or the file.
 
 use crate::secret::Secret;
+pub use crate::sync::full::FullSyncSettings;
+pub use crate::sync::verify::VerifySettings;
 use crate::tls::{TlsMode, TlsOptions};
-use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,13 +16,10 @@ pub const DB_PASSWORD_ENV: &str = "CCR_SYNCER_DB_PASSWORD";
 /// Environment variable for the API bearer token.
 pub const AUTH_TOKEN_ENV: &str = "CCR_SYNCER_AUTH_TOKEN";
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "ccr-syncer",
-    version,
-    about = "Cross-cluster replication for MySQL-protocol databases"
-)]
-pub struct Cli {
+/// The service's own flags (`ccr-syncer [FLAGS]`); the other roles'
+/// command lines live with them (`main.rs` lists them).
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
     /// Config file; a missing file is an error unless it is the default one.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -93,32 +91,6 @@ pub struct Cli {
     /// this member joins a group for the first time.
     #[arg(long, value_parser = ["normal", "learner"])]
     pub member_type: Option<String>,
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// A command-line client of a running service: create, list, status,
-    /// progress, pause, resume, skip, resync, verify, repair, delete, watch, stat.
-    Ctl(Box<crate::ctl::CtlArgs>),
-    /// The Galera minder: dbserver, arbitrator, notify, command, config
-    /// (see doc/minder.md).
-    Minder(Box<crate::minder::MinderArgs>),
-    /// The node agent of one machine, driven by the cluster manager
-    /// (`POST /`, seed 000; token from CCR_AGENT_TOKEN).
-    Agent(Box<crate::agent::AgentArgs>),
-    /// Manage the key file that encrypts the store's passwords.
-    SecretKey {
-        #[command(subcommand)]
-        action: SecretKeyAction,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum SecretKeyAction {
-    /// Writes 32 random bytes to PATH (mode 0600); refuses to overwrite a file.
-    Generate { path: PathBuf },
 }
 
 /// The config file's shape. Every field is optional; unknown keys are errors,
@@ -430,55 +402,8 @@ fn failpoint_from_env() -> Option<u64> {
     v.strip_prefix("before_checkpoint:")?.parse().ok()
 }
 
-/// How verifications (`/verify`) and repairs (`/repair`) read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VerifySettings {
-    /// Source rows per compared chunk (and per page of a narrowed chunk).
-    pub chunk_rows: u64,
-    /// At most this many source rows compared per second; 0: no limit.
-    pub rows_per_second: u64,
-    /// A pair of snapshots is used this long, then a new one is taken.
-    pub snapshot_secs: u64,
-    /// How long a try waits for the stream to reach the source snapshot's
-    /// position before trying again.
-    pub wait_secs: u64,
-}
-
-impl Default for VerifySettings {
-    fn default() -> Self {
-        VerifySettings {
-            chunk_rows: 10_000,
-            rows_per_second: 100_000,
-            snapshot_secs: 5,
-            wait_secs: 60,
-        }
-    }
-}
-
 /// Default of `[incremental] apply_connections`.
 pub const APPLY_CONNECTIONS: usize = 4;
-
-/// How full syncs copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FullSyncSettings {
-    /// Snapshot connections (and destination connections) copying at once.
-    pub connections: usize,
-    /// Rows per chunk: the unit of parallel work and of resumption.
-    pub chunk_rows: u64,
-    /// Largest INSERT statement sent, in bytes (also capped by the
-    /// destination's max_allowed_packet).
-    pub statement_bytes: usize,
-}
-
-impl Default for FullSyncSettings {
-    fn default() -> Self {
-        FullSyncSettings {
-            connections: 4,
-            chunk_rows: 50_000,
-            statement_bytes: 1 << 20,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -495,7 +420,7 @@ pub enum ConfigError {
 
 impl Config {
     /// Defaults, then the config file, then the flags.
-    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+    pub fn load(cli: &ServiceArgs) -> Result<Config, ConfigError> {
         let (path, required) = match &cli.config {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod minder;
 pub mod position;
 pub mod preflight;
+pub mod protocol;
 pub mod redact;
 pub mod secret;
 pub mod source;

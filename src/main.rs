@@ -3,12 +3,51 @@
 //! `ccr-syncer secret-key generate PATH`, which writes a new key file; or
 //! `ccr-syncer ctl …`, the command-line client.
 
-use ccr_syncer::config::{Cli, Command, Config, SecretKeyAction};
+use ccr_syncer::config::{Config, ServiceArgs};
 use ccr_syncer::{app, logging};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ccr-syncer",
+    version,
+    about = "Cross-cluster replication for MySQL-protocol databases"
+)]
+struct Cli {
+    #[command(flatten)]
+    service: ServiceArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The other roles, each with its own command line.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A command-line client of a running service: create, list, status,
+    /// progress, pause, resume, skip, resync, verify, repair, delete, watch, stat.
+    Ctl(Box<ccr_syncer::ctl::CtlArgs>),
+    /// The Galera minder: dbserver, arbitrator, notify, command, config
+    /// (see doc/minder.md).
+    Minder(Box<ccr_syncer::minder::MinderArgs>),
+    /// The node agent of one machine, driven by the cluster manager
+    /// (`POST /`, seed 000; token from CCR_AGENT_TOKEN).
+    Agent(Box<ccr_syncer::agent::AgentArgs>),
+    /// Manage the key file that encrypts the store's passwords.
+    SecretKey {
+        #[command(subcommand)]
+        action: SecretKeyAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretKeyAction {
+    /// Writes 32 random bytes to PATH (mode 0600); refuses to overwrite a file.
+    Generate { path: PathBuf },
+}
 
 fn main() -> ExitCode {
     // Before any thread exists.
@@ -42,7 +81,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match Config::load(&cli) {
+    let config = match Config::load(&cli.service) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("ccr-syncer: {e}");

@@ -536,3 +536,41 @@ mod tests {
         assert!(!m.render().contains("j1"));
     }
 }
+
+/// The data path counts through its own interface; these are the metrics
+/// it lands in.
+impl crate::sync::Meter for Metrics {
+    fn count_chunk(&self, job: &str, rows: u64, bytes: u64) {
+        Metrics::count_chunk(self, job, rows, bytes)
+    }
+    fn count_applied(&self, job: &str, transactions: u64, rows: &HashMap<RowOp, u64>) {
+        Metrics::count_applied(self, job, transactions, rows)
+    }
+    fn observe_batch(&self, job: &str, secs: f64) {
+        Metrics::observe_batch(self, job, secs)
+    }
+    fn count_binlog_bytes(&self, job: &str, bytes: u64) {
+        Metrics::count_binlog_bytes(self, job, bytes)
+    }
+    fn set_lag(&self, job: &str, secs: i64) {
+        Metrics::set_lag(self, job, secs)
+    }
+    fn count_ddl(&self, job: &str) {
+        Metrics::count_ddl(self, job)
+    }
+    fn set_retention_headroom(&self, job: &str, bytes: u64) {
+        Metrics::set_retention_headroom(self, job, bytes)
+    }
+    fn set_retention_headroom_secs(&self, job: &str, secs: i64) {
+        Metrics::set_retention_headroom_secs(self, job, secs)
+    }
+    fn set_verified(&self, job: &str, table: &str, at_secs: i64, rows_different: u64) {
+        Metrics::set_verified(self, job, table, at_secs, rows_different)
+    }
+    fn count_retry(&self, job: &str) {
+        Metrics::count_retry(self, job)
+    }
+    fn count_error(&self, job: &str, kind: &str) {
+        Metrics::count_error(self, job, kind)
+    }
+}

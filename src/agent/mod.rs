@@ -20,12 +20,11 @@
 //! backup of one instance never holds up another's, and auto pullup of an
 //! instance waits only for an operation on that same instance. Every loop
 //! (the server, auto pullup) stops on shutdown. The types on the wire are
-//! in [`protocol`], which the cluster manager compiles too.
+//! in [`crate::protocol`], which the cluster manager compiles too.
 
 mod backup;
 mod instance;
 mod ops;
-pub mod protocol;
 mod request;
 
 use crate::secret::Secret;
@@ -328,7 +327,9 @@ impl Agent {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let op = self.ops.get(&key).ok_or("operation lost")?;
-            if op.status != protocol::OpStatus::Ongoing || tokio::time::Instant::now() >= deadline {
+            if op.status != crate::protocol::OpStatus::Ongoing
+                || tokio::time::Instant::now() >= deadline
+            {
                 return Ok(op_json(&op));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -358,7 +359,7 @@ impl Agent {
         let phase = |p: &str| {
             self.ops.progress(
                 key,
-                protocol::Progress {
+                crate::protocol::Progress {
                     phase: p.into(),
                     ..Default::default()
                 },

@@ -5,8 +5,8 @@
 //! `interrupted` after its restart (its "make sure X holds" steps make a
 //! new attempt safe).
 
-pub use super::protocol::Key;
-use super::protocol::{OpAnswer, OpStatus, Progress, VER};
+pub use crate::protocol::Key;
+use crate::protocol::{OpAnswer, OpStatus, Progress, VER};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -4,8 +4,8 @@
 //! which, and nothing runs.
 
 use super::instance::{InstallSpec, Instance};
-use super::protocol::{InstallMysql, Key};
 use crate::db::{self, Endpoint, ServerAddr};
+use crate::protocol::{InstallMysql, Key};
 use crate::secret::Secret;
 use crate::tls::TlsOptions;
 use mysql_async::prelude::*;
@@ -328,7 +328,7 @@ impl Send {
             rerun: false,
             settings: crate::config::FullSyncSettings::default(),
             connect_timeout: Duration::from_secs(10),
-            metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+            metrics: std::sync::Arc::new(crate::sync::NoMeter),
             progress,
             epoch: 1,
         };

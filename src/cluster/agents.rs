@@ -1,7 +1,7 @@
 //! The manager's side of the node agents: one request to an agent, a keyed
 //! operation followed to its end (its progress passed on to the step), and
 //! the heartbeat that says which machines are online. Requests and answers
-//! are the types of [`crate::agent::protocol`].
+//! are the types of [`crate::protocol`].
 //!
 //! What counts as transient: an agent that cannot be reached, does not
 //! answer in time or answers 5xx, and an operation the agent reports
@@ -9,7 +9,7 @@
 //! refuses the request (4xx) or reports the operation failed is definite.
 
 use super::kind::{StepCtx, StepError};
-use crate::agent::protocol::{Info, Key, OpAnswer, OpStatus, Request};
+use crate::protocol::{Info, Key, OpAnswer, OpStatus, Request};
 use crate::secret::Secret;
 use crate::store::cluster::ClusterStore;
 use crate::store::StoreError;

@@ -28,7 +28,7 @@
 use super::emit::codes;
 use super::kind::{AnyKind, ProgressCell, StepCtx, StepError};
 use super::Env;
-use crate::agent::protocol::Progress;
+use crate::protocol::Progress;
 use crate::store::cluster::{ClusterStore, JobRow};
 use crate::store::{Fence, StoreError};
 use serde::{Deserialize, Serialize};

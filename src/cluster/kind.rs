@@ -11,7 +11,7 @@
 use super::emit::{Envelope, Refused};
 use super::resource::Resource;
 use super::Env;
-use crate::agent::protocol::Progress;
+use crate::protocol::Progress;
 use crate::store::cluster::Claims;
 use serde::de::DeserializeOwned;
 use serde::Serialize;

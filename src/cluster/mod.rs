@@ -651,7 +651,7 @@ fn status_answer(v: &str, job: &Job, waiting: Option<&resource::Waiting>) -> Val
 
 /// A long step's progress: done, total, rate and the time left where the
 /// total is known.
-fn step_progress(p: &crate::agent::protocol::Progress, started_at: Option<i64>) -> Value {
+fn step_progress(p: &crate::protocol::Progress, started_at: Option<i64>) -> Value {
     let mut v = json!({"done": p.done, "total": p.total, "phase": p.phase});
     let secs = started_at
         .map(|t| (chrono::Utc::now().timestamp_millis() - t) as f64 / 1000.0)

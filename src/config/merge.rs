@@ -7,7 +7,7 @@ use super::*;
 impl Config {
     pub(super) fn merge(
         file: FileConfig,
-        cli: &Cli,
+        cli: &ServiceArgs,
         token_env: Option<String>,
     ) -> Result<Config, ConfigError> {
         let minimum_mode = match &file.tls.minimum_mode {
@@ -100,7 +100,11 @@ impl Config {
 }
 
 /// `[store]` and the `--db-*` flags.
-fn store(file: &FileStore, cli: &Cli, minimum_mode: TlsMode) -> Result<StoreConfig, ConfigError> {
+fn store(
+    file: &FileStore,
+    cli: &ServiceArgs,
+    minimum_mode: TlsMode,
+) -> Result<StoreConfig, ConfigError> {
     let kind = cli
         .db_type
         .clone()
@@ -135,7 +139,7 @@ fn store(file: &FileStore, cli: &Cli, minimum_mode: TlsMode) -> Result<StoreConf
 
 fn store_tls(
     file: &FileStore,
-    cli: &Cli,
+    cli: &ServiceArgs,
     minimum_mode: TlsMode,
 ) -> Result<TlsOptions, ConfigError> {
     let mode = match cli.db_tls_mode.clone().or(file.tls_mode.clone()) {
@@ -226,7 +230,7 @@ fn verify(v: &FileVerify) -> Result<VerifySettings, ConfigError> {
 }
 
 /// `[group]` and the member flags.
-fn group(file: FileGroup, cli: &Cli) -> Result<GroupConfig, ConfigError> {
+fn group(file: FileGroup, cli: &ServiceArgs) -> Result<GroupConfig, ConfigError> {
     let defaults = GroupConfig::default();
     let lease_secs = file.lease_secs.unwrap_or(defaults.lease.as_secs());
     if !(2..=300).contains(&lease_secs) {

@@ -1,7 +1,16 @@
 use super::*;
 
-fn cli(args: &[&str]) -> Cli {
-    Cli::try_parse_from(std::iter::once("ccr-syncer").chain(args.iter().copied())).unwrap()
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+fn cli(args: &[&str]) -> ServiceArgs {
+    use clap::Parser;
+    Cli::try_parse_from(std::iter::once("ccr-syncer").chain(args.iter().copied()))
+        .unwrap()
+        .service
 }
 
 #[test]

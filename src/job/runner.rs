@@ -6,9 +6,10 @@
 //!
 //! Beside requests it runs the job's work — the full sync, then the
 //! incremental sync — as a child task that it starts when the job is running
-//! in the matching state, stops (aborting it: an open destination
-//! transaction rolls back, and the destination's checkpoints say where to
-//! resume) on pause, desync, delete, a new full sync or shutdown, and whose
+//! in the matching state, stops cooperatively (its stop signal: the work
+//! closes its connections, an open destination transaction rolls back, and
+//! the destination's checkpoints say where to resume; abandoned only after
+//! 10 s) on pause, desync, delete, a new full sync or shutdown, and whose
 //! progress and outcome it folds into the job's state. Transient errors are
 //! retried inside the child with capped exponential backoff; a definite one
 //! pauses the job with the error shown, and `resume` tries again.

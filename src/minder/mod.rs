@@ -3,9 +3,8 @@
 //! centres from the nodes' state reports alone (`rule` argues why two
 //! Primaries never exist), a dbserver beside each node, Galera's notify
 //! command, a person's commands and the site's configuration kept in the
-//! cluster. See `doc/minder.md`.
-//!
-//! Not built yet: a CCR job following a minded cluster.
+//! cluster. See `doc/minder.md`. A CCR job follows a minded cluster
+//! through [`status_summary`] (`sync::incremental::minded`).
 
 pub mod arbitrator;
 pub mod dbclient;

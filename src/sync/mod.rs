@@ -39,6 +39,52 @@ pub trait Live: Send + Sync {
     fn partial(&self) -> Option<PartialSync>;
 }
 
+/// What the data path counts as it goes: its own small interface, so that
+/// it names nothing of the service (the service's `Metrics` implements it;
+/// a caller that keeps no metrics passes [`NoMeter`]).
+pub trait Meter: Send + Sync {
+    fn count_chunk(&self, job: &str, rows: u64, bytes: u64);
+    fn count_applied(
+        &self,
+        job: &str,
+        transactions: u64,
+        rows: &std::collections::HashMap<crate::change::RowOp, u64>,
+    );
+    fn observe_batch(&self, job: &str, secs: f64);
+    fn count_binlog_bytes(&self, job: &str, bytes: u64);
+    fn set_lag(&self, job: &str, secs: i64);
+    fn count_ddl(&self, job: &str);
+    fn set_retention_headroom(&self, job: &str, bytes: u64);
+    fn set_retention_headroom_secs(&self, job: &str, secs: i64);
+    fn set_verified(&self, job: &str, table: &str, at_secs: i64, rows_different: u64);
+    /// A sync interrupted and resumed (counted by its caller).
+    fn count_retry(&self, job: &str);
+    fn count_error(&self, job: &str, kind: &str);
+}
+
+/// Counts nothing.
+pub struct NoMeter;
+
+impl Meter for NoMeter {
+    fn count_chunk(&self, _: &str, _: u64, _: u64) {}
+    fn count_applied(
+        &self,
+        _: &str,
+        _: u64,
+        _: &std::collections::HashMap<crate::change::RowOp, u64>,
+    ) {
+    }
+    fn observe_batch(&self, _: &str, _: f64) {}
+    fn count_binlog_bytes(&self, _: &str, _: u64) {}
+    fn set_lag(&self, _: &str, _: i64) {}
+    fn count_ddl(&self, _: &str) {}
+    fn set_retention_headroom(&self, _: &str, _: u64) {}
+    fn set_retention_headroom_secs(&self, _: &str, _: i64) {}
+    fn set_verified(&self, _: &str, _: &str, _: i64, _: u64) {}
+    fn count_retry(&self, _: &str) {}
+    fn count_error(&self, _: &str, _: &str) {}
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -26,7 +26,6 @@
 //! local_infile off), with at most two in flight per connection.
 
 use crate::change::literal::LiteralKind;
-use crate::config::FullSyncSettings;
 use crate::db::{self, quote_ident};
 use crate::dest::checkpoint;
 use crate::dest::insert::InsertBuilder;
@@ -34,7 +33,6 @@ use crate::dest::load;
 use crate::dest::plan::{self, ChunkDone, PlannedChunk};
 use crate::dest::tables::{self, Existing, TableError};
 use crate::error::{is_transient, SyncError};
-use crate::metrics::Metrics;
 use crate::position::Position;
 use crate::source::chunks::{self};
 use crate::source::ddl;
@@ -56,6 +54,28 @@ use tracing::{info, warn};
 mod copy;
 use copy::*;
 
+/// How full syncs copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FullSyncSettings {
+    /// Snapshot connections (and destination connections) copying at once.
+    pub connections: usize,
+    /// Rows per chunk: the unit of parallel work and of resumption.
+    pub chunk_rows: u64,
+    /// Largest INSERT statement sent, in bytes (also capped by the
+    /// destination's max_allowed_packet).
+    pub statement_bytes: usize,
+}
+
+impl Default for FullSyncSettings {
+    fn default() -> Self {
+        FullSyncSettings {
+            connections: 4,
+            chunk_rows: 50_000,
+            statement_bytes: 1 << 20,
+        }
+    }
+}
+
 /// Where the job goes from here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandOver {
@@ -74,7 +94,7 @@ pub struct FullSync {
     pub rerun: bool,
     pub settings: FullSyncSettings,
     pub connect_timeout: Duration,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn crate::sync::Meter>,
     pub progress: watch::Sender<FullSyncProgress>,
     /// The lease epoch every chunk commits under (see `crate::dest::checkpoint`).
     pub epoch: i64,
@@ -91,7 +111,7 @@ struct Shared {
     /// Load with LOAD DATA LOCAL INFILE (the destination allows it).
     load_data: bool,
     connect_timeout: Duration,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn crate::sync::Meter>,
     progress: watch::Sender<FullSyncProgress>,
     epoch: i64,
 }

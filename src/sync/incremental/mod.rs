@@ -36,15 +36,14 @@ mod xa;
 
 use super::hold::Holds;
 use super::Live;
-use crate::config::FullSyncSettings;
 use crate::db::{self, Endpoint};
 use crate::dest::checkpoint::{self, Checkpoint};
 use crate::dest::pool::{Chunk, Pool};
 use crate::error::SyncError;
-use crate::metrics::Metrics;
 use crate::position::Position;
 use crate::source::binlog::{self, retention, ReadError, SourceEvent};
 use crate::source::topology;
+use crate::sync::full::FullSyncSettings;
 use crate::sync::progress::{IncrementalProgress, TableSnapshot};
 use crate::sync::Route;
 use coordinator::Coordinator;
@@ -94,7 +93,7 @@ pub struct Incremental {
     /// Destination connections applying groups side by side.
     pub apply_connections: usize,
     pub connect_timeout: Duration,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn crate::sync::Meter>,
     pub progress: watch::Sender<Applied>,
     /// The GTID of a transaction an operator asked to skip.
     pub skip: Option<String>,

@@ -4,7 +4,6 @@
 
 use super::Applied;
 use crate::db::{self, Endpoint};
-use crate::metrics::Metrics;
 use crate::position::{BinlogCoord, MariaGtidPos};
 use crate::source::binlog::{self, retention};
 use crate::source::topology;
@@ -32,7 +31,7 @@ pub(super) struct PollTask {
     /// Why the source cannot be streamed from any more, once it cannot.
     pub misconfigured: Arc<Mutex<Option<String>>>,
     pub topology_now: Arc<Mutex<Option<topology::Topology>>>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn crate::sync::Meter>,
     pub job: String,
     pub progress: watch::Sender<Applied>,
 }

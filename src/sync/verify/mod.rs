@@ -36,13 +36,11 @@ use super::full::{self as full_sync};
 use super::hold::Holds;
 use super::progress::{CheckState, KeyPart, KeyRange, TableCheck, Verification, MAX_RANGES};
 use crate::change::KeyValue;
-use crate::config::VerifySettings;
 use crate::db::Endpoint;
 use crate::db::{self, quote_ident};
 use crate::dest::checkpoint;
 use crate::dest::insert::InsertBuilder;
 use crate::error::SyncError;
-use crate::metrics::Metrics;
 use crate::position::Position;
 use crate::source::chunks::{self, Cmp};
 use crate::source::schema::{self, Column, TableInfo};
@@ -58,6 +56,31 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 mod repair;
+
+/// How verifications (`/verify`) and repairs (`/repair`) read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifySettings {
+    /// Source rows per compared chunk (and per page of a narrowed chunk).
+    pub chunk_rows: u64,
+    /// At most this many source rows compared per second; 0: no limit.
+    pub rows_per_second: u64,
+    /// A pair of snapshots is used this long, then a new one is taken.
+    pub snapshot_secs: u64,
+    /// How long a try waits for the stream to reach the source snapshot's
+    /// position before trying again.
+    pub wait_secs: u64,
+}
+
+impl Default for VerifySettings {
+    fn default() -> Self {
+        VerifySettings {
+            chunk_rows: 10_000,
+            rows_per_second: 100_000,
+            snapshot_secs: 5,
+            wait_secs: 60,
+        }
+    }
+}
 
 /// How long the stream may take to stop between two transactions.
 const FREEZE_WAIT: Duration = Duration::from_secs(10);
@@ -76,7 +99,7 @@ pub struct Verify {
     /// The lease epoch a repair's writes are fenced by.
     pub epoch: i64,
     pub holds: Arc<Holds>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn crate::sync::Meter>,
     pub progress: watch::Sender<Verification>,
 }
 

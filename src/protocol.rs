@@ -1,4 +1,4 @@
-//! The node agent's protocol: every request the cluster manager sends and
+//! The node agent's protocol (below both sides): every request the cluster manager sends and
 //! every answer the agent gives, as types both sides compile. The wire
 //! keeps seed 000's field names (`ver`, `job_type`, `port`, `datadir`, …,
 //! numbers accepted as strings too); the manager builds a request with
