@@ -8,17 +8,17 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "agent-token-for-tests";
+pub(crate) const TOKEN: &str = "agent-token-for-tests";
 
-struct Agent {
-    host: &'static str,
-    port: u16,
+pub(crate) struct Agent {
+    pub(crate) host: &'static str,
+    pub(crate) port: u16,
     dir: std::path::PathBuf,
     child: Option<Child>,
 }
 
 impl Agent {
-    fn start(host: &'static str, port: u16, dir: &Path) -> Agent {
+    pub(crate) fn start(host: &'static str, port: u16, dir: &Path) -> Agent {
         let mut a = Agent {
             host,
             port,
@@ -59,6 +59,10 @@ impl Agent {
         }
     }
 
+    pub(crate) fn pid(&self) -> i32 {
+        self.child.as_ref().expect("the agent runs").id() as i32
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -78,7 +82,7 @@ impl Agent {
         (status, answer.json().await.unwrap_or(Value::Null))
     }
 
-    async fn op(&self, body: Value) -> Value {
+    pub(crate) async fn op(&self, body: Value) -> Value {
         let (status, v) = self.ask(body, Some(TOKEN)).await;
         assert_eq!(status, 200, "{v}");
         v
@@ -94,7 +98,7 @@ impl Drop for Agent {
 /// Kills, when the test ends however it ends, every process started under
 /// its directory (the agents' `mariadbd`s run in process groups of their
 /// own and outlive the agents by design).
-struct Reaper(std::path::PathBuf);
+pub(crate) struct Reaper(pub(crate) std::path::PathBuf);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
@@ -111,7 +115,7 @@ impl Drop for Reaper {
     }
 }
 
-fn free_port(host: &str) -> u16 {
+pub(crate) fn free_port(host: &str) -> u16 {
     std::net::TcpListener::bind((host, 0))
         .unwrap()
         .local_addr()
@@ -120,7 +124,7 @@ fn free_port(host: &str) -> u16 {
 }
 
 /// The answer; a refused request's HTTP status is its error code.
-async fn emit(s: &Service, job_type: &str, job_id: &str, paras: Value) -> Value {
+pub(crate) async fn emit(s: &Service, job_type: &str, job_id: &str, paras: Value) -> Value {
     let r = s
         .post(
             "HttpService/Emit",
@@ -136,7 +140,7 @@ async fn emit(s: &Service, job_type: &str, job_id: &str, paras: Value) -> Value 
 }
 
 /// Polls get_status until the job ends.
-async fn wait_job(s: &Service, job_id: &str, secs: u64) -> Value {
+pub(crate) async fn wait_job(s: &Service, job_id: &str, secs: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let v = emit(s, "get_status", job_id, json!({})).await;
@@ -149,7 +153,7 @@ async fn wait_job(s: &Service, job_id: &str, secs: u64) -> Value {
     }
 }
 
-fn machine(host: &str, agent_port: Option<u16>, dir: &Path) -> Value {
+pub(crate) fn machine(host: &str, agent_port: Option<u16>, dir: &Path) -> Value {
     let mut m = json!({"hostaddr": host, "machine_type": "storage", "port_range": "46000-46100",
         "rack_id": "1", "datadir": dir.join(format!("data-{host}")),
         "logdir": dir.join(format!("data-{host}")), "wal_log_dir": dir.join(format!("data-{host}")),

@@ -8,6 +8,7 @@ mod api_lifecycle;
 mod api_validation;
 mod binary;
 mod cluster;
+mod cluster_engine;
 mod create_checks;
 mod ctl;
 mod failover;

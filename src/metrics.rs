@@ -512,31 +512,6 @@ impl Default for Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::job::spec::SyncType;
-
-    #[test]
-    fn job_series_follow_the_job() {
-        let m = Metrics::new();
-        m.set_job_status("j1", JobStatus::initial(SyncType::Table));
-        m.count_chunk("j1", 10, 100);
-        let text = m.render();
-        assert!(
-            text.contains("ccr_syncer_job_state{job=\"j1\",state=\"running\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("ccr_syncer_job_state{job=\"j1\",state=\"paused\"} 0"));
-        assert!(text.contains(
-            "ccr_syncer_job_progress_state{job=\"j1\",progress_state=\"TableFullSync\"} 1"
-        ));
-        assert!(text.contains("ccr_syncer_full_sync_rows_total{job=\"j1\"} 10"));
-        m.remove_job("j1");
-        assert!(!m.render().contains("j1"));
-    }
-}
-
 /// The data path counts through its own interface; these are the metrics
 /// it lands in.
 impl crate::sync::Meter for Metrics {
@@ -572,5 +547,30 @@ impl crate::sync::Meter for Metrics {
     }
     fn count_error(&self, job: &str, kind: &str) {
         Metrics::count_error(self, job, kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::spec::SyncType;
+
+    #[test]
+    fn job_series_follow_the_job() {
+        let m = Metrics::new();
+        m.set_job_status("j1", JobStatus::initial(SyncType::Table));
+        m.count_chunk("j1", 10, 100);
+        let text = m.render();
+        assert!(
+            text.contains("ccr_syncer_job_state{job=\"j1\",state=\"running\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("ccr_syncer_job_state{job=\"j1\",state=\"paused\"} 0"));
+        assert!(text.contains(
+            "ccr_syncer_job_progress_state{job=\"j1\",progress_state=\"TableFullSync\"} 1"
+        ));
+        assert!(text.contains("ccr_syncer_full_sync_rows_total{job=\"j1\"} 10"));
+        m.remove_job("j1");
+        assert!(!m.render().contains("j1"));
     }
 }

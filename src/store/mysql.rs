@@ -365,28 +365,21 @@ impl MetaStore for MysqlStore {
     }
 
     async fn transaction(&self, stmts: Vec<super::Stmt>) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let mut tx = conn
-            .start_transaction(mysql_async::TxOpts::default())
-            .await
-            .map_err(backend)?;
-        for st in stmts {
-            let params: Vec<mysql_async::Value> = st.params.into_iter().map(to_value).collect();
-            match tx.exec_drop(st.sql, params).await {
-                Ok(()) if st.must_match && tx.affected_rows() == 0 => {
-                    tx.rollback().await.map_err(backend)?;
-                    return Ok(false);
+        // A deadlock (two members inserting keys at once) rolls the whole
+        // transaction back: it is run again, as InnoDB asks.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.transaction_once(stmts.clone()).await {
+                Err(Retry::Deadlock(e)) if attempt < 10 => {
+                    tracing::debug!(error = %e, attempt, "store transaction deadlocked: again");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
                 }
-                Ok(()) => {}
-                Err(e) if server_code(&e) == Some(ER_DUP_ENTRY) => {
-                    let _ = tx.rollback().await;
-                    return Err(StoreError::Duplicate(String::new()));
-                }
-                Err(e) => return Err(backend(e)),
+                Err(Retry::Deadlock(e)) => return Err(backend(e)),
+                Err(Retry::Fail(e)) => return Err(e),
+                Ok(done) => return Ok(done),
             }
         }
-        tx.commit().await.map_err(backend)?;
-        Ok(true)
     }
 
     async fn select(
@@ -407,6 +400,48 @@ impl MetaStore for MysqlStore {
         let mut conn = self.conn().await?;
         conn.exec_drop(DELETE_JOB, (name,)).await.map_err(backend)?;
         Ok(conn.affected_rows() > 0)
+    }
+}
+
+/// How a transaction ended without committing.
+enum Retry {
+    Deadlock(mysql_async::Error),
+    Fail(StoreError),
+}
+
+const ER_LOCK_DEADLOCK: u16 = 1213;
+
+impl MysqlStore {
+    async fn transaction_once(&self, stmts: Vec<super::Stmt>) -> Result<bool, Retry> {
+        let mut conn = self.conn().await.map_err(Retry::Fail)?;
+        let mut tx = conn
+            .start_transaction(mysql_async::TxOpts::default())
+            .await
+            .map_err(|e| Retry::Fail(backend(e)))?;
+        for st in stmts {
+            let params: Vec<mysql_async::Value> = st.params.into_iter().map(to_value).collect();
+            match tx.exec_drop(st.sql, params).await {
+                Ok(()) if st.must_match && tx.affected_rows() == 0 => {
+                    tx.rollback().await.map_err(|e| Retry::Fail(backend(e)))?;
+                    return Ok(false);
+                }
+                Ok(()) => {}
+                Err(e) if server_code(&e) == Some(ER_DUP_ENTRY) => {
+                    let _ = tx.rollback().await;
+                    return Err(Retry::Fail(StoreError::Duplicate(String::new())));
+                }
+                Err(e) if server_code(&e) == Some(ER_LOCK_DEADLOCK) => {
+                    let _ = tx.rollback().await;
+                    return Err(Retry::Deadlock(e));
+                }
+                Err(e) => return Err(Retry::Fail(backend(e))),
+            }
+        }
+        match tx.commit().await {
+            Ok(()) => Ok(true),
+            Err(e) if server_code(&e) == Some(ER_LOCK_DEADLOCK) => Err(Retry::Deadlock(e)),
+            Err(e) => Err(Retry::Fail(backend(e))),
+        }
     }
 }
 
