@@ -747,7 +747,7 @@ fn query(host: &str, port: &str, password: &str, q: &str) -> Result<String, Stri
     }
 }
 
-fn sql_with(host: &str, port: &str, password: &str, q: &str) -> String {
+pub(crate) fn sql_with(host: &str, port: &str, password: &str, q: &str) -> String {
     query(host, port, password, q).unwrap_or_else(|e| panic!("{host}:{port} {q}: {e}"))
 }
 

@@ -450,3 +450,95 @@ async fn auto_pullup_is_not_held_up_by_another_instances_operation() {
         assert_eq!(v["status"], "done", "{v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_create_cluster_example_is_taken_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _reaper = Reaper(d.to_path_buf());
+    let agents = [
+        LocalAgent::start("127.0.0.91", d, Duration::ZERO).await,
+        LocalAgent::start("127.0.0.92", d, Duration::ZERO).await,
+    ];
+    let s = manager(
+        StoreConfig::Sqlite { dir: d.join("db") },
+        Duration::from_secs(60),
+    )
+    .await;
+    for a in &agents {
+        register(&s, a.host, a.port, d, "48000-48100").await;
+    }
+    // Seed 001's example, with what is not built (mgr, compute nodes)
+    // refused naming what to send instead.
+    let mut seed = json!({"nick_name": "my_nick_name", "ha_mode": "mgr", "shards": "1",
+        "nodes": "3", "comps": "1", "max_storage_size": "20", "max_connections": "6",
+        "cpu_cores": "8", "innodb_size": "32", "rocksdb_block_cache_size_M": "1024",
+        "dbcfg": "1", "fullsync_level": "1", "install_proxysql": "0",
+        "storage_iplists": ["127.0.0.91", "127.0.0.92"], "computer_iplists": ["127.0.0.91"],
+        "cpu_limit_mode": "quota", "data_storage_MB": "1024", "log_storage_MB": "512"});
+    let v = emit(&s, "create_cluster", "", seed.clone()).await;
+    assert_eq!(v["error_code"], "501", "{v}");
+    assert!(
+        v["error_info"]
+            .as_str()
+            .unwrap()
+            .contains("send \"ha_mode\": \"rbr\""),
+        "{v}"
+    );
+    seed["ha_mode"] = json!("rbr");
+    let v = emit(&s, "create_cluster", "", seed.clone()).await;
+    assert!(
+        v["error_info"]
+            .as_str()
+            .unwrap()
+            .contains("send \"comps\": \"0\""),
+        "{v}"
+    );
+    seed["comps"] = json!("0");
+    // No admin_password; max_connections 6 raised to MariaDB's 10.
+    let v = emit(&s, "create_cluster", "seed", seed).await;
+    assert_eq!(v["status"], "accept", "{v}");
+    assert!(
+        v["error_info"].as_str().unwrap().contains("raised to 10"),
+        "the answer says so: {v}"
+    );
+    let first = wait_job(&s, "seed", 300).await;
+    assert_eq!(first["status"], "done", "{first}");
+    let password = first["attachment"]["admin_password"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the first done answer gives the password: {first}"))
+        .to_string();
+    assert!(password.len() >= 20);
+    assert!(first["attachment"].get("admin_password_sealed").is_none());
+    let again = emit(&s, "get_status", "seed", json!({})).await;
+    assert!(
+        !again.to_string().contains(&password)
+            && again["attachment"].get("admin_password").is_none(),
+        "given once only: {again}"
+    );
+    let name = first["attachment"]["cluster_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let nodes = nodes_of(&s, &name).await;
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    for (h, p) in &nodes {
+        assert_eq!(
+            crate::cluster::sql_with(h, p, &password, "SELECT @@max_connections"),
+            "10"
+        );
+    }
+    // get_meta_summary, the seed's name, answers like get_meta_mode.
+    let v = emit(&s, "get_meta_summary", "", json!({})).await;
+    assert_eq!(v["attachment"]["mode"], "no_rep", "{v}");
+    let cid = first["attachment"]["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = emit(&s, "delete_cluster", "", json!({"cluster_id": cid})).await;
+    assert_eq!(
+        wait_job(&s, v["job_id"].as_str().unwrap(), 120).await["status"],
+        "done"
+    );
+    s.stop().await;
+}
