@@ -19,6 +19,7 @@ pub struct Plan {
     pub ha_mode: String,
     pub shards_after: i64,
     pub nodes: i64,
+    #[serde(flatten)]
     pub settings: NodeSettings,
     pub new_shards: Vec<i64>,
     pub placements: Vec<Placement>,

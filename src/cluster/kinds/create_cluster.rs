@@ -30,6 +30,7 @@ pub struct Plan {
     pub ha_mode: String,
     pub shards: i64,
     pub nodes: i64,
+    #[serde(flatten)]
     pub settings: NodeSettings,
     pub admin_user: String,
     /// Sealed with the store's key; kept only until `reserve` stored it
