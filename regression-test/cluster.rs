@@ -15,6 +15,8 @@ pub(crate) struct Agent {
     pub(crate) port: u16,
     dir: std::path::PathBuf,
     child: Option<Child>,
+    /// `CCR_AGENT_FAILPOINT=hold_ms:N` for the next spawn.
+    hold_ms: Option<u64>,
 }
 
 impl Agent {
@@ -24,6 +26,7 @@ impl Agent {
             port,
             dir: dir.to_path_buf(),
             child: None,
+            hold_ms: None,
         };
         a.spawn();
         a
@@ -42,6 +45,10 @@ impl Agent {
             .arg("--state-dir")
             .arg(self.dir.join(format!("state-{}", self.host)))
             .env("CCR_AGENT_TOKEN", TOKEN)
+            .envs(
+                self.hold_ms
+                    .map(|ms| ("CCR_AGENT_FAILPOINT", format!("hold_ms:{ms}"))),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -478,6 +485,12 @@ async fn emit_jobs_machines_and_agents() {
 /// An agent killed during an operation reports it `interrupted` after its
 /// restart; the next attempt of the same step completes.
 async fn interrupted(a: &mut Agent, d: &Path) {
+    // The operation holds its instance 10 s more: killed 700 ms in, it is
+    // cut off however fast the install is.
+    a.kill();
+    a.hold_ms = Some(10_000);
+    a.spawn();
+    a.hold_ms = None;
     let port = free_port(a.host);
     let base = d.join("instances-b");
     let install = |attempt: u64| {

@@ -502,6 +502,34 @@ async fn the_seeds_create_cluster_example_is_taken_as_written() {
         v["error_info"].as_str().unwrap().contains("raised to 10"),
         "the answer says so: {v}"
     );
+    // A job on the same machine waits for it, says so, and a cancel while
+    // it waits ends it having done nothing.
+    let w = emit(
+        &s,
+        "set_machine",
+        "waits",
+        json!({"hostaddr": "127.0.0.91", "node_stats": "running"}),
+    )
+    .await;
+    assert_eq!(w["status"], "accept", "{w}");
+    let w = emit(&s, "get_status", "waits", json!({})).await;
+    assert_eq!(w["status"], "ongoing", "{w}");
+    assert_eq!(w["attachment"]["waiting_for"]["job_id"], "seed", "{w}");
+    assert_eq!(
+        w["attachment"]["waiting_for"]["resource"], "machine:127.0.0.91",
+        "{w}"
+    );
+    let c = emit(&s, "cancel_job", "", json!({"job_id": "waits"})).await;
+    assert_eq!(c["status"], "done", "{c}");
+    let w = wait_job(&s, "waits", 30).await;
+    assert_eq!(w["error_code"], "499", "{w}");
+    assert!(
+        w["error_info"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was done"),
+        "{w}"
+    );
     let first = wait_job(&s, "seed", 300).await;
     assert_eq!(first["status"], "done", "{first}");
     let password = first["attachment"]["admin_password"]

@@ -253,15 +253,19 @@ pub fn program(name: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{name} is not installed on this machine"))
 }
 
-/// The instance list in the state directory.
+/// The instance list in the state directory. Operations on different
+/// instances run side by side: a change of the list is read, made and
+/// saved under one lock, so no change is lost to another.
 pub struct Registry {
     file: PathBuf,
+    changing: parking_lot::Mutex<()>,
 }
 
 impl Registry {
     pub fn new(state_dir: &Path) -> Registry {
         Registry {
             file: state_dir.join("instances.json"),
+            changing: parking_lot::Mutex::new(()),
         }
     }
 
@@ -284,6 +288,7 @@ impl Registry {
 
     /// Applies `change` to the list and saves it.
     pub fn update<T>(&self, change: impl FnOnce(&mut Vec<Instance>) -> T) -> Result<T, String> {
+        let _changing = self.changing.lock();
         let mut list = self.load()?;
         let out = change(&mut list);
         self.save(&list)?;

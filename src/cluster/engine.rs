@@ -494,16 +494,18 @@ impl Driver<'_> {
     }
 }
 
-/// Fails a job whose row cannot be read, under `fence`: loudly, never done.
-pub async fn fail_unreadable(
+/// Fails a job that is not driven (its row cannot be read, or it was
+/// cancelled before it started) under `fence`: loudly, never done.
+pub async fn fail_row(
     store: &ClusterStore,
     mut row: JobRow,
     fence: &Fence,
+    code: &str,
     why: String,
 ) -> Result<(), StoreError> {
-    tracing::error!(job = %row.job_id, error = %why, "cluster job unreadable: failed");
+    tracing::warn!(job = %row.job_id, error = %why, "cluster job failed without running");
     row.status = Status::Failed.as_str().into();
-    row.error_code = codes::UNKNOWN_STATE.into();
+    row.error_code = code.into();
     row.error_info = why;
     store.save(&row, fence).await
 }

@@ -544,7 +544,25 @@ impl Manager {
             .collect();
         let member = self.env.group.member_id().to_string();
         for ((id, waiting), row) in resource::schedule(&list).into_iter().zip(rows) {
-            if waiting.is_some() || self.running.lock().contains_key(&id) {
+            if self.running.lock().contains_key(&id) {
+                continue;
+            }
+            if let Some(w) = waiting {
+                // Cancelled before its turn: nothing was done to undo.
+                let untouched = Job::decode(row.clone())
+                    .is_ok_and(|j| j.plan.steps.iter().all(|s| s.state == StepState::Pending));
+                if row.cancel_requested && untouched {
+                    if let Some(fence) = self.env.store.claim(&id, &member, row.owner_epoch).await?
+                    {
+                        let why = format!(
+                            "cancelled by cancel_job while it waited for {} (held by job {}): \
+                             nothing was done",
+                            w.resource, w.holder
+                        );
+                        engine::fail_row(&self.env.store, row, &fence, codes::CANCELLED, why)
+                            .await?;
+                    }
+                }
                 continue;
             }
             let Some(fence) = self.env.store.claim(&id, &member, row.owner_epoch).await? else {
@@ -553,7 +571,8 @@ impl Manager {
             let job = match Job::decode(row.clone()) {
                 Ok(job) => job,
                 Err(why) => {
-                    engine::fail_unreadable(&self.env.store, row, &fence, why).await?;
+                    engine::fail_row(&self.env.store, row, &fence, codes::UNKNOWN_STATE, why)
+                        .await?;
                     continue;
                 }
             };
@@ -563,7 +582,7 @@ impl Manager {
                      rather than guessed at",
                     job.row.job_type
                 );
-                engine::fail_unreadable(&self.env.store, row, &fence, why).await?;
+                engine::fail_row(&self.env.store, row, &fence, codes::UNKNOWN_STATE, why).await?;
                 continue;
             };
             let me = self.clone();

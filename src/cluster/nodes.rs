@@ -138,6 +138,52 @@ impl RemoveStep {
     }
 }
 
+/// What the steps after `reserve` need of a plan that makes shards.
+pub struct Making<'a> {
+    pub cluster_id: &'a str,
+    pub settings: &'a NodeSettings,
+    pub placements: &'a [Placement],
+    /// The cluster's shard count once done.
+    pub shards_after: i64,
+}
+
+impl Making<'_> {
+    /// Runs `install`, `replicate` or `register` (`reserve` is the kind's
+    /// own).
+    pub async fn run(&self, ctx: &StepCtx<'_>, step: &MakeStep) -> Result<Value, StepError> {
+        match step {
+            MakeStep::Reserve => Err(StepError::definite("reserve is the job type's own step")),
+            MakeStep::Install { shard, node } => {
+                let p = placement(self.placements, *shard, *node)?;
+                install(ctx, self.cluster_id, self.settings, p).await
+            }
+            MakeStep::Replicate { shard } => {
+                replicate(ctx, self.cluster_id, self.placements, *shard).await
+            }
+            MakeStep::Register => {
+                ctx.env
+                    .store
+                    .set_shards(self.cluster_id, self.shards_after)
+                    .await?;
+                ctx.env
+                    .store
+                    .set_cluster_status(self.cluster_id, "running")
+                    .await?;
+                Ok(Value::Null)
+            }
+        }
+    }
+
+    /// Undoes an `install` (the others leave nothing of their own).
+    pub async fn undo(&self, ctx: &StepCtx<'_>, step: &MakeStep) -> Result<(), StepError> {
+        if let MakeStep::Install { shard, node } = step {
+            let p = placement(self.placements, *shard, *node)?;
+            uninstall(ctx, &p.hostaddr, p.agent_port, p.port, "undo-").await?;
+        }
+        Ok(())
+    }
+}
+
 pub fn store_err(e: StoreError) -> Refused {
     Refused {
         code: codes::STEP_FAILED,

@@ -275,35 +275,14 @@ impl Kind for CreateCluster {
                     Value::Null
                 })
             }
-            MakeStep::Install { shard, node } => {
-                let p = nodes::placement(&plan.placements, *shard, *node)?;
-                nodes::install(ctx, &plan.cluster_id, &plan.settings, p).await
-            }
-            MakeStep::Replicate { shard } => {
-                nodes::replicate(ctx, &plan.cluster_id, &plan.placements, *shard).await
-            }
-            MakeStep::Register => {
-                ctx.env
-                    .store
-                    .set_shards(&plan.cluster_id, plan.shards)
-                    .await?;
-                ctx.env
-                    .store
-                    .set_cluster_status(&plan.cluster_id, "running")
-                    .await?;
-                Ok(Value::Null)
-            }
+            other => making(plan).run(ctx, other).await,
         }
     }
 
     async fn undo(&self, ctx: &StepCtx<'_>, plan: &Plan, step: &MakeStep) -> Result<(), StepError> {
         match step {
             MakeStep::Reserve => ctx.env.store.delete_cluster(&plan.cluster_id).await?,
-            MakeStep::Install { shard, node } => {
-                let p = nodes::placement(&plan.placements, *shard, *node)?;
-                nodes::uninstall(ctx, &p.hostaddr, p.agent_port, p.port, "undo-").await?;
-            }
-            MakeStep::Replicate { .. } | MakeStep::Register => {}
+            other => making(plan).undo(ctx, other).await?,
         }
         Ok(())
     }
@@ -335,5 +314,14 @@ impl Kind for CreateCluster {
         let mut shown = plan.clone();
         shown.admin_password_sealed = None;
         serde_json::to_value(shown).unwrap_or(Value::Null)
+    }
+}
+
+fn making(plan: &Plan) -> nodes::Making<'_> {
+    nodes::Making {
+        cluster_id: &plan.cluster_id,
+        settings: &plan.settings,
+        placements: &plan.placements,
+        shards_after: plan.shards,
     }
 }
