@@ -342,6 +342,12 @@ impl Driver<'_> {
                     let info = format!("step {name} failed: {e}");
                     return self.undo_and_fail(job, codes::STEP_FAILED, info).await;
                 }
+                Err(StepError::Lost(e)) => {
+                    return Err(Stopped::Store(StoreError::Fenced {
+                        name: format!("cluster job {} ({e})", job.row.job_id),
+                        epoch: self.fence.epoch,
+                    }))
+                }
             }
         }
         let results: Vec<(Value, Value)> = job
@@ -395,6 +401,7 @@ impl Driver<'_> {
         let ctx = StepCtx {
             env: self.env,
             job_id: &job.row.job_id,
+            fence: &self.fence,
             label: &record.name,
             attempt: record.attempts,
             progress: &progress,
@@ -434,6 +441,8 @@ impl Driver<'_> {
     /// Undoes the done steps after the point of no return, newest first,
     /// then fails the job with `info` (and what the undo did).
     async fn undo_and_fail(&self, mut job: Job, code: &str, info: String) -> Result<Job, Stopped> {
+        // Only the job's holder undoes: a member that lost it stops here.
+        self.save(&job).await?;
         let last_no_return = job
             .plan
             .steps
@@ -450,6 +459,7 @@ impl Driver<'_> {
             let ctx = StepCtx {
                 env: self.env,
                 job_id: &job.row.job_id,
+                fence: &self.fence,
                 label: &name,
                 attempt: job.plan.steps[i].attempts,
                 progress: &progress,
@@ -459,6 +469,12 @@ impl Driver<'_> {
                 .undo(&ctx, &job.plan.details, &job.plan.steps[i].step)
                 .await
             {
+                if let StepError::Lost(_) = e {
+                    return Err(Stopped::Store(StoreError::Fenced {
+                        name: format!("cluster job {}", job.row.job_id),
+                        epoch: self.fence.epoch,
+                    }));
+                }
                 let info = format!(
                     "{info}; undoing step {name} failed too: {e} (the steps before it are left as they are)"
                 );

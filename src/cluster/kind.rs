@@ -27,12 +27,14 @@ pub enum StepError {
     Transient(String),
     /// Refused, invalid, impossible: the job undoes at once.
     Definite(String),
+    /// This member no longer holds the job: it stops, undoing nothing.
+    Lost(String),
 }
 
 impl StepError {
     pub fn message(&self) -> &str {
         match self {
-            StepError::Transient(m) | StepError::Definite(m) => m,
+            StepError::Transient(m) | StepError::Definite(m) | StepError::Lost(m) => m,
         }
     }
 
@@ -52,9 +54,14 @@ impl fmt::Display for StepError {
 }
 
 impl From<crate::store::StoreError> for StepError {
-    /// The manager's own store not answering is an outage, not a verdict.
+    /// The manager's own store not answering is an outage, not a verdict;
+    /// a write refused by the fence stops the job here (the engine's next
+    /// save is refused too), never undoes it.
     fn from(e: crate::store::StoreError) -> StepError {
-        StepError::Transient(format!("the manager's store: {e}"))
+        match e {
+            crate::store::StoreError::Fenced { .. } => StepError::Lost(e.to_string()),
+            e => StepError::Transient(format!("the manager's store: {e}")),
+        }
     }
 }
 
@@ -105,11 +112,24 @@ impl<P, S> Planned<P, S> {
 pub struct StepCtx<'a> {
     pub env: &'a Env,
     pub job_id: &'a str,
+    /// The fence the job is driven under: every row a step writes is
+    /// written under it ([`StepCtx::holder`]).
+    pub fence: &'a crate::store::Fence,
     /// The step's label (`install:1:2`), part of its agent operations' key.
     pub label: &'a str,
     /// How many times the step was started.
     pub attempt: u64,
     pub progress: &'a ProgressCell,
+}
+
+impl StepCtx<'_> {
+    /// Who writes the step's rows: the job, under its fence.
+    pub fn holder(&self) -> crate::store::cluster::Holder<'_> {
+        crate::store::cluster::Holder {
+            job_id: self.job_id,
+            fence: self.fence,
+        }
+    }
 }
 
 /// The latest progress of a running step, and when it last moved.

@@ -163,11 +163,11 @@ impl Making<'_> {
             MakeStep::Register => {
                 ctx.env
                     .store
-                    .set_shards(self.cluster_id, self.shards_after)
+                    .set_shards(&ctx.holder(), self.cluster_id, self.shards_after)
                     .await?;
                 ctx.env
                     .store
-                    .set_cluster_status(self.cluster_id, "running")
+                    .set_cluster_status(&ctx.holder(), self.cluster_id, "running")
                     .await?;
                 Ok(Value::Null)
             }
@@ -317,30 +317,40 @@ pub async fn connect(
 /// `reserve`: one row per placement, each written once however often the
 /// step runs.
 pub async fn reserve_instances(
-    env: &Env,
+    ctx: &StepCtx<'_>,
     cluster_id: &str,
     placements: &[Placement],
 ) -> Result<(), StepError> {
     for p in placements {
-        env.store
-            .insert_instance(&InstanceRow {
-                hostaddr: p.hostaddr.clone(),
-                port: p.port,
-                cluster_id: cluster_id.into(),
-                shard: p.shard,
-                node: p.node,
-                role: p.role.clone(),
-                state: "reserved".into(),
-            })
+        ctx.env
+            .store
+            .insert_instance(
+                &ctx.holder(),
+                &InstanceRow {
+                    hostaddr: p.hostaddr.clone(),
+                    port: p.port,
+                    cluster_id: cluster_id.into(),
+                    shard: p.shard,
+                    node: p.node,
+                    role: p.role.clone(),
+                    state: "reserved".into(),
+                },
+            )
             .await?;
     }
     Ok(())
 }
 
 /// Undoes [`reserve_instances`].
-pub async fn unreserve_instances(env: &Env, placements: &[Placement]) -> Result<(), StepError> {
+pub async fn unreserve_instances(
+    ctx: &StepCtx<'_>,
+    placements: &[Placement],
+) -> Result<(), StepError> {
     for p in placements {
-        env.store.delete_instance(&p.hostaddr, p.port).await?;
+        ctx.env
+            .store
+            .delete_instance(&ctx.holder(), &p.hostaddr, p.port)
+            .await?;
     }
     Ok(())
 }

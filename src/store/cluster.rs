@@ -15,7 +15,10 @@
 //! - **Fencing.** A job is driven by the member that claimed it
 //!   ([`ClusterStore::claim`] raises `owner_epoch`), and every save names
 //!   that owner and epoch: a member that lost the job (frozen past its
-//!   lease while another claimed it) matches no row and stops.
+//!   lease while another claimed it) matches no row and stops. The rows its
+//!   steps write (machines, clusters, instances) are written in one
+//!   transaction with a check of the same fence ([`Holder`]), so a member
+//!   that lost the job changes none of them either.
 
 use super::{Fence, MetaStore, SqlValue, Stmt, StoreError};
 use std::sync::Arc;
@@ -41,6 +44,15 @@ pub struct JobRow {
     pub owner_epoch: i64,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// The job a write is made for, and the fence it is driven under: a write
+/// by a member that lost the job matches no row and is refused whole
+/// ([`StoreError::Fenced`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Holder<'a> {
+    pub job_id: &'a str,
+    pub fence: &'a Fence,
 }
 
 /// A `cm_machines` row.
@@ -112,6 +124,8 @@ const CLAIM: &str = "UPDATE cm_jobs SET owner = ?, owner_epoch = owner_epoch + 1
      WHERE job_id = ? AND owner_epoch = ? AND status NOT IN ('done', 'failed')";
 const SAVE: &str = "UPDATE cm_jobs SET status = ?, plan = ?, attachment = ?, error_code = ?, \
      error_info = ?, updated_at = ? WHERE job_id = ? AND owner = ? AND owner_epoch = ?";
+const CHECK_FENCE: &str = "UPDATE cm_jobs SET owner = owner \
+     WHERE job_id = ? AND owner = ? AND owner_epoch = ?";
 const RELEASE_PORTS: &str = "DELETE FROM cm_reservations WHERE job_id = ?";
 const CANCEL: &str = "UPDATE cm_jobs SET cancel_requested = 1, updated_at = ? \
      WHERE job_id = ? AND status IN ('accept', 'ongoing')";
@@ -407,8 +421,27 @@ impl ClusterStore {
             .collect())
     }
 
+    /// Runs `stmts` in one transaction if `by` still holds its job.
+    async fn fenced(&self, by: &Holder<'_>, mut stmts: Vec<Stmt>) -> Result<(), StoreError> {
+        stmts.insert(
+            0,
+            Stmt::must_match(
+                CHECK_FENCE,
+                vec![v(by.job_id), v(by.fence.member.as_str()), v(by.fence.epoch)],
+            ),
+        );
+        if self.store.transaction(stmts).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced {
+                name: format!("cluster job {}", by.job_id),
+                epoch: by.fence.epoch,
+            })
+        }
+    }
+
     /// Registers a machine; one registered already holds (a step run again).
-    pub async fn insert_machine(&self, m: &MachineRow) -> Result<(), StoreError> {
+    pub async fn insert_machine(&self, by: &Holder<'_>, m: &MachineRow) -> Result<(), StoreError> {
         let now = chrono::Utc::now().timestamp_millis();
         let row = vec![
             v(m.hostaddr.as_str()),
@@ -426,22 +459,28 @@ impl ClusterStore {
             v(now),
             v(now),
         ];
-        match self.store.execute(INSERT_MACHINE, row).await {
+        match self.fenced(by, vec![Stmt::new(INSERT_MACHINE, row)]).await {
             Ok(_) | Err(StoreError::Duplicate(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    pub async fn delete_machine(&self, host: &str) -> Result<(), StoreError> {
-        self.store.execute(DELETE_MACHINE, vec![v(host)]).await?;
-        Ok(())
+    pub async fn delete_machine(&self, by: &Holder<'_>, host: &str) -> Result<(), StoreError> {
+        self.fenced(by, vec![Stmt::new(DELETE_MACHINE, vec![v(host)])])
+            .await
     }
 
-    pub async fn set_machine_stats(&self, host: &str, stats: &str) -> Result<(), StoreError> {
-        self.store
-            .execute(SET_MACHINE_STATS, vec![v(stats), v(host)])
-            .await?;
-        Ok(())
+    pub async fn set_machine_stats(
+        &self,
+        by: &Holder<'_>,
+        host: &str,
+        stats: &str,
+    ) -> Result<(), StoreError> {
+        self.fenced(
+            by,
+            vec![Stmt::new(SET_MACHINE_STATS, vec![v(stats), v(host)])],
+        )
+        .await
     }
 
     pub async fn machine_seen(&self, host: &str, at: i64) -> Result<(), StoreError> {
@@ -475,7 +514,7 @@ impl ClusterStore {
     }
 
     /// Stores a cluster's row; one stored already holds.
-    pub async fn insert_cluster(&self, c: &ClusterRow) -> Result<(), StoreError> {
+    pub async fn insert_cluster(&self, by: &Holder<'_>, c: &ClusterRow) -> Result<(), StoreError> {
         let row = vec![
             v(c.cluster_id.as_str()),
             v(c.name.as_str()),
@@ -489,43 +528,56 @@ impl ClusterStore {
             v(c.settings.as_str()),
             v(chrono::Utc::now().timestamp_millis()),
         ];
-        match self.store.execute(INSERT_CLUSTER, row).await {
+        match self.fenced(by, vec![Stmt::new(INSERT_CLUSTER, row)]).await {
             Ok(_) | Err(StoreError::Duplicate(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    pub async fn set_shards(&self, cluster_id: &str, shards: i64) -> Result<(), StoreError> {
-        self.store
-            .execute(SET_SHARDS, vec![v(shards), v(cluster_id)])
-            .await?;
-        Ok(())
+    pub async fn set_shards(
+        &self,
+        by: &Holder<'_>,
+        cluster_id: &str,
+        shards: i64,
+    ) -> Result<(), StoreError> {
+        self.fenced(
+            by,
+            vec![Stmt::new(SET_SHARDS, vec![v(shards), v(cluster_id)])],
+        )
+        .await
     }
 
     /// The cluster's status and every instance's state.
     pub async fn set_cluster_status(
         &self,
+        by: &Holder<'_>,
         cluster_id: &str,
         status: &str,
     ) -> Result<(), StoreError> {
-        self.store
-            .transaction(vec![
+        self.fenced(
+            by,
+            vec![
                 Stmt::new(SET_CLUSTER_STATUS, vec![v(status), v(cluster_id)]),
                 Stmt::new(SET_INSTANCES_STATE, vec![v(status), v(cluster_id)]),
-            ])
-            .await?;
-        Ok(())
+            ],
+        )
+        .await
     }
 
     /// The cluster's row and its instances' rows.
-    pub async fn delete_cluster(&self, cluster_id: &str) -> Result<(), StoreError> {
-        self.store
-            .transaction(vec![
+    pub async fn delete_cluster(
+        &self,
+        by: &Holder<'_>,
+        cluster_id: &str,
+    ) -> Result<(), StoreError> {
+        self.fenced(
+            by,
+            vec![
                 Stmt::new(DELETE_INSTANCES, vec![v(cluster_id)]),
                 Stmt::new(DELETE_CLUSTER, vec![v(cluster_id)]),
-            ])
-            .await?;
-        Ok(())
+            ],
+        )
+        .await
     }
 
     pub async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
@@ -547,7 +599,11 @@ impl ClusterStore {
     }
 
     /// Stores an instance's row; one stored already holds.
-    pub async fn insert_instance(&self, i: &InstanceRow) -> Result<(), StoreError> {
+    pub async fn insert_instance(
+        &self,
+        by: &Holder<'_>,
+        i: &InstanceRow,
+    ) -> Result<(), StoreError> {
         let row = vec![
             v(i.hostaddr.as_str()),
             v(i.port),
@@ -557,17 +613,20 @@ impl ClusterStore {
             v(i.role.as_str()),
             v(i.state.as_str()),
         ];
-        match self.store.execute(INSERT_INSTANCE, row).await {
+        match self.fenced(by, vec![Stmt::new(INSERT_INSTANCE, row)]).await {
             Ok(_) | Err(StoreError::Duplicate(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    pub async fn delete_instance(&self, host: &str, port: i64) -> Result<(), StoreError> {
-        self.store
-            .execute(DELETE_INSTANCE, vec![v(host), v(port)])
-            .await?;
-        Ok(())
+    pub async fn delete_instance(
+        &self,
+        by: &Holder<'_>,
+        host: &str,
+        port: i64,
+    ) -> Result<(), StoreError> {
+        self.fenced(by, vec![Stmt::new(DELETE_INSTANCE, vec![v(host), v(port)])])
+            .await
     }
 }
 
@@ -624,6 +683,27 @@ mod tests {
             Err(StoreError::Fenced { .. })
         ));
         s.save(&j, &second).await.unwrap();
+        // The rows its steps write are fenced the same way.
+        let machine = MachineRow {
+            hostaddr: "h".into(),
+            ..Default::default()
+        };
+        let lost = Holder {
+            job_id: "1",
+            fence: &first,
+        };
+        assert!(matches!(
+            s.insert_machine(&lost, &machine).await,
+            Err(StoreError::Fenced { .. })
+        ));
+        assert!(s.machines().await.unwrap().is_empty());
+        let holds = Holder {
+            job_id: "1",
+            fence: &second,
+        };
+        s.insert_machine(&holds, &machine).await.unwrap();
+        s.insert_machine(&holds, &machine).await.unwrap();
+        assert_eq!(s.machines().await.unwrap().len(), 1);
         // Ended: its ports are let go with the save.
         j.status = "done".into();
         s.save(&j, &second).await.unwrap();

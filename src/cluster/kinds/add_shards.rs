@@ -108,7 +108,7 @@ impl Kind for AddShards {
     ) -> Result<Value, StepError> {
         match step {
             MakeStep::Reserve => {
-                nodes::reserve_instances(ctx.env, &plan.cluster_id, &plan.placements).await?;
+                nodes::reserve_instances(ctx, &plan.cluster_id, &plan.placements).await?;
                 Ok(Value::Null)
             }
             other => making(plan).run(ctx, other).await,
@@ -117,7 +117,7 @@ impl Kind for AddShards {
 
     async fn undo(&self, ctx: &StepCtx<'_>, plan: &Plan, step: &MakeStep) -> Result<(), StepError> {
         match step {
-            MakeStep::Reserve => nodes::unreserve_instances(ctx.env, &plan.placements).await?,
+            MakeStep::Reserve => nodes::unreserve_instances(ctx, &plan.placements).await?,
             other => making(plan).undo(ctx, other).await?,
         }
         Ok(())

@@ -253,20 +253,23 @@ impl Kind for CreateCluster {
                 let settings = serde_json::to_string(&plan.settings).expect("settings serialize");
                 ctx.env
                     .store
-                    .insert_cluster(&ClusterRow {
-                        cluster_id: plan.cluster_id.clone(),
-                        name: plan.cluster_name.clone(),
-                        nick_name: plan.nick_name.clone(),
-                        ha_mode: plan.ha_mode.clone(),
-                        shards: plan.shards,
-                        nodes: plan.nodes,
-                        admin_user: plan.admin_user.clone(),
-                        admin_password: sealed.clone(),
-                        status: "creating".into(),
-                        settings,
-                    })
+                    .insert_cluster(
+                        &ctx.holder(),
+                        &ClusterRow {
+                            cluster_id: plan.cluster_id.clone(),
+                            name: plan.cluster_name.clone(),
+                            nick_name: plan.nick_name.clone(),
+                            ha_mode: plan.ha_mode.clone(),
+                            shards: plan.shards,
+                            nodes: plan.nodes,
+                            admin_user: plan.admin_user.clone(),
+                            admin_password: sealed.clone(),
+                            status: "creating".into(),
+                            settings,
+                        },
+                    )
                     .await?;
-                nodes::reserve_instances(ctx.env, &plan.cluster_id, &plan.placements).await?;
+                nodes::reserve_instances(ctx, &plan.cluster_id, &plan.placements).await?;
                 // A generated password is handed over once, by the first
                 // `done` answer (sealed until then, like the cluster's).
                 Ok(if plan.password_generated {
@@ -281,7 +284,12 @@ impl Kind for CreateCluster {
 
     async fn undo(&self, ctx: &StepCtx<'_>, plan: &Plan, step: &MakeStep) -> Result<(), StepError> {
         match step {
-            MakeStep::Reserve => ctx.env.store.delete_cluster(&plan.cluster_id).await?,
+            MakeStep::Reserve => {
+                ctx.env
+                    .store
+                    .delete_cluster(&ctx.holder(), &plan.cluster_id)
+                    .await?
+            }
             other => making(plan).undo(ctx, other).await?,
         }
         Ok(())

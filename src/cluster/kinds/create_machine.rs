@@ -120,21 +120,24 @@ impl Kind for CreateMachine {
             Step::RegisterMachine => {
                 ctx.env
                     .store
-                    .insert_machine(&MachineRow {
-                        hostaddr: plan.hostaddr.clone(),
-                        machine_type: plan.machine_type.clone(),
-                        port_range: plan.port_range.clone(),
-                        rack_id: plan.rack_id.clone(),
-                        datadir: plan.datadir.clone(),
-                        logdir: plan.logdir.clone(),
-                        wal_log_dir: plan.wal_log_dir.clone(),
-                        comp_datadir: plan.comp_datadir.clone(),
-                        total_mem: plan.total_mem,
-                        total_cpu_cores: plan.total_cpu_cores,
-                        node_stats: "running".into(),
-                        agent_port: plan.agent_port,
-                        last_seen_at: 0,
-                    })
+                    .insert_machine(
+                        &ctx.holder(),
+                        &MachineRow {
+                            hostaddr: plan.hostaddr.clone(),
+                            machine_type: plan.machine_type.clone(),
+                            port_range: plan.port_range.clone(),
+                            rack_id: plan.rack_id.clone(),
+                            datadir: plan.datadir.clone(),
+                            logdir: plan.logdir.clone(),
+                            wal_log_dir: plan.wal_log_dir.clone(),
+                            comp_datadir: plan.comp_datadir.clone(),
+                            total_mem: plan.total_mem,
+                            total_cpu_cores: plan.total_cpu_cores,
+                            node_stats: "running".into(),
+                            agent_port: plan.agent_port,
+                            last_seen_at: 0,
+                        },
+                    )
                     .await?;
                 Ok(Value::Null)
             }
@@ -143,7 +146,10 @@ impl Kind for CreateMachine {
 
     async fn undo(&self, ctx: &StepCtx<'_>, plan: &Plan, step: &Step) -> Result<(), StepError> {
         if let Step::RegisterMachine = step {
-            ctx.env.store.delete_machine(&plan.hostaddr).await?;
+            ctx.env
+                .store
+                .delete_machine(&ctx.holder(), &plan.hostaddr)
+                .await?;
         }
         Ok(())
     }

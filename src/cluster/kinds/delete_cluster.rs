@@ -61,7 +61,10 @@ pub async fn remove(
         .find(|t| t.hostaddr == host && t.port == port)
         .ok_or_else(|| StepError::definite(format!("no target {host}:{port}")))?;
     nodes::uninstall(ctx, host, t.agent_port, port, "").await?;
-    ctx.env.store.delete_instance(host, port).await?;
+    ctx.env
+        .store
+        .delete_instance(&ctx.holder(), host, port)
+        .await?;
     Ok(json!({"storage_hosts": format!("{host}_{port}"), "storage_state": "done"}))
 }
 
@@ -117,7 +120,10 @@ impl Kind for DeleteCluster {
                 remove(ctx, &plan.targets, hostaddr, *port).await
             }
             RemoveStep::Unregister => {
-                ctx.env.store.delete_cluster(&plan.cluster_id).await?;
+                ctx.env
+                    .store
+                    .delete_cluster(&ctx.holder(), &plan.cluster_id)
+                    .await?;
                 Ok(Value::Null)
             }
         }

@@ -98,7 +98,10 @@ impl Kind for DeleteMachine {
                 .map(|()| Value::Null)
                 .map_err(|r| StepError::Definite(r.info)),
             Step::UnregisterMachine => {
-                ctx.env.store.delete_machine(&plan.hostaddr).await?;
+                ctx.env
+                    .store
+                    .delete_machine(&ctx.holder(), &plan.hostaddr)
+                    .await?;
                 Ok(Value::Null)
             }
         }

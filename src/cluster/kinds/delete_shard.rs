@@ -104,7 +104,7 @@ impl Kind for DeleteShard {
             RemoveStep::Unregister => {
                 ctx.env
                     .store
-                    .set_shards(&plan.cluster_id, plan.shards_after)
+                    .set_shards(&ctx.holder(), &plan.cluster_id, plan.shards_after)
                     .await?;
                 Ok(Value::Null)
             }

@@ -67,7 +67,7 @@ impl Kind for SetMachine {
     async fn run(&self, ctx: &StepCtx<'_>, plan: &Plan, _step: &Step) -> Result<Value, StepError> {
         ctx.env
             .store
-            .set_machine_stats(&plan.hostaddr, &plan.node_stats)
+            .set_machine_stats(&ctx.holder(), &plan.hostaddr, &plan.node_stats)
             .await?;
         Ok(Value::Null)
     }
