@@ -1,8 +1,12 @@
-//! The cluster manager's Emit API and the node agent, with real processes:
-//! three agents on 127.0.0.11–13 (each a "machine"), the real service
-//! binary, a real `mariadbd` installed, killed and pulled up by an agent.
+//! The cluster manager's Emit API and the node agent with real `mariadbd`s:
+//! agents on 127.0.0.11–13 and 127.0.0.21–23 (each a "machine"). A cluster
+//! of two shards runs with the manager and agents in-process; the tests
+//! that kill an agent, or abort the manager at a failpoint, run the real
+//! binary (a killed process is what they test).
 
+use crate::cluster_engine::{manager_at, LocalAgent};
 use crate::harness::service::Service;
+use ccr_syncer::config::StoreConfig;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -781,12 +785,15 @@ async fn a_cluster_of_two_shards_on_three_machines() {
     let d = dir.path();
     let _reaper = Reaper(d.to_path_buf());
     let hosts = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
-    let agents: Vec<Agent> = hosts
-        .iter()
-        .map(|h| Agent::start(h, free_port(h), d))
-        .collect();
-    let env = [("CCR_AGENT_TOKEN", TOKEN)];
-    let s = Service::process_with_env(d, "", &env).await;
+    // In-process: the agents and the manager (whose failpoint halts it
+    // instead of aborting the process).
+    let mut agents = Vec::new();
+    for h in hosts {
+        agents.push(LocalAgent::start(h, d, Duration::ZERO).await);
+    }
+    let store = || StoreConfig::Sqlite { dir: d.join("db") };
+    let retry = Duration::from_secs(300);
+    let s = manager_at(store(), retry, None).await;
     for a in &agents {
         let mut m = machine(a.host, Some(a.port), d);
         m["port_range"] = json!("47000-47100");
@@ -839,20 +846,30 @@ async fn a_cluster_of_two_shards_on_three_machines() {
     let v = emit(&s, "get_cluster_summary", "", json!({})).await;
     assert_eq!(v["attachment"]["list_cluster"], json!([]), "{v}");
 
-    // Created through a crash of the manager after the second node's install.
-    s.kill();
-    let crash = [
-        ("CCR_AGENT_TOKEN", TOKEN),
-        ("CCR_SYNCER_CM_FAILPOINT", "after:install:1:2"),
-    ];
-    let mut s = Service::process_with_env(d, "", &crash).await;
+    // Created through a stop of the manager right after the second node's
+    // install (nothing more saved), then a new manager on the same store.
+    s.stop().await;
+    let s = manager_at(store(), retry, Some("after:install:1:2")).await;
     let v = emit(&s, "create_cluster", "c1", cluster_paras(2, 3)).await;
     assert_eq!(v["status"], "accept", "{v}");
-    if !s.wait_exit(Duration::from_secs(120)).await {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
         let v = emit(&s, "get_status", "c1", json!({})).await;
-        panic!("the failpoint did not abort the manager: {v}");
+        let done = v["attachment"]["steps_done"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if done.contains(&json!("install:1:2")) {
+            break;
+        }
+        assert!(v["status"] == "ongoing" && Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let s = Service::process_with_env(d, "", &env).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let v = emit(&s, "get_status", "c1", json!({})).await;
+    assert_eq!(v["attachment"]["step"], "install:1:3", "halted there: {v}");
+    s.stop().await;
+    let s = manager_at(store(), retry, None).await;
     let v = wait_job(&s, "c1", 300).await;
     assert_eq!(v["status"], "done", "{v}");
     assert_eq!(v["attachment"]["shards"], "2", "{v}");
@@ -1058,7 +1075,7 @@ async fn a_cluster_of_two_shards_on_three_machines() {
         wait_job(&s, v["job_id"].as_str().unwrap(), 30).await["status"],
         "done"
     );
-    s.kill();
+    s.stop().await;
 }
 
 /// The manager aborted before, during and after every step of a

@@ -17,14 +17,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A node agent served in-process on `host` (a free port).
-struct LocalAgent {
-    host: &'static str,
-    port: u16,
+pub(crate) struct LocalAgent {
+    pub(crate) host: &'static str,
+    pub(crate) port: u16,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl LocalAgent {
-    async fn start(host: &'static str, dir: &Path, hold: Duration) -> LocalAgent {
+    pub(crate) async fn start(host: &'static str, dir: &Path, hold: Duration) -> LocalAgent {
         let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let config = AgentConfig {
@@ -45,7 +45,7 @@ impl LocalAgent {
         }
     }
 
-    async fn ask(&self, body: Value) -> Value {
+    pub(crate) async fn ask(&self, body: Value) -> Value {
         reqwest::Client::new()
             .post(format!("http://{}:{}/", self.host, self.port))
             .bearer_auth(TOKEN)
@@ -59,7 +59,7 @@ impl LocalAgent {
     }
 
     /// Sends a keyed operation until it ends; its last answer.
-    async fn op(&self, body: Value) -> Value {
+    pub(crate) async fn op(&self, body: Value) -> Value {
         loop {
             let v = self.ask(body.clone()).await;
             if v["status"] != "ongoing" {
@@ -79,9 +79,20 @@ impl Drop for LocalAgent {
 
 /// A manager in-process on `store`, knowing the agents' token.
 async fn manager(store: StoreConfig, step_retry: Duration) -> Service {
+    manager_at(store, step_retry, None).await
+}
+
+/// [`manager`] that stops driving jobs at `failpoint`, as if it died there.
+pub(crate) async fn manager_at(
+    store: StoreConfig,
+    step_retry: Duration,
+    failpoint: Option<&str>,
+) -> Service {
     let mut config = Config::with_store(store);
     config.cluster.agent_token = Some(Secret::new(TOKEN));
     config.cluster.step_retry = step_retry;
+    config.cluster.failpoint = failpoint.map(str::to_string);
+    config.cluster.failpoint_halts = true;
     config.group.lease = Duration::from_secs(3);
     config.group.heartbeat = Duration::from_millis(300);
     Service::start(config).await

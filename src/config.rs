@@ -150,6 +150,9 @@ pub struct ClusterSettings {
     /// Tests only (`CCR_SYNCER_CM_FAILPOINT`): `before:STEP`,
     /// `during:STEP` or `after:STEP`, where the manager aborts.
     pub failpoint: Option<String>,
+    /// Tests in-process only: at the failpoint the manager stops driving
+    /// every job, as if it had died, instead of aborting the process.
+    pub failpoint_halts: bool,
 }
 
 impl Default for ClusterSettings {
@@ -160,6 +163,7 @@ impl Default for ClusterSettings {
             stall: Duration::from_secs(600),
             agent_token: None,
             failpoint: None,
+            failpoint_halts: false,
         }
     }
 }

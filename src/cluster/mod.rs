@@ -104,6 +104,9 @@ pub struct Manager {
     wake: Notify,
     /// The jobs this member drives now.
     running: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// A failpoint stopped a job (tests in-process): this manager drives
+    /// nothing more, as if it had died there.
+    halted: std::sync::atomic::AtomicBool,
 }
 
 impl Manager {
@@ -115,7 +118,7 @@ impl Manager {
     ) -> Arc<Manager> {
         let failpoint = Failpoint {
             point: settings.failpoint.clone(),
-            abort: true,
+            abort: !settings.failpoint_halts,
         };
         Manager::with_kinds(
             store,
@@ -150,6 +153,7 @@ impl Manager {
             failpoint,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
+            halted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -536,6 +540,9 @@ impl Manager {
     /// Starts every unfinished job that holds no resource an older one
     /// holds and that this member does not drive yet, claiming it first.
     async fn schedule(self: &Arc<Self>) -> Result<(), StoreError> {
+        if self.halted.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         let rows = self.env.store.unfinished().await?;
         self.count().await;
         let list: Vec<_> = rows
@@ -604,6 +611,15 @@ impl Manager {
                         Ok(job) => info!(job = %job.row.job_id, job_type = %job.row.job_type,
                                          status = job.status.as_str(), error = %job.row.error_info,
                                          "job ended"),
+                        Err(engine::Stopped::Failpoint(at)) => {
+                            warn!(job = %task_id, at, "failpoint: this manager drives nothing more");
+                            me.halted.store(true, std::sync::atomic::Ordering::SeqCst);
+                            for (id, task) in me.running.lock().drain() {
+                                if id != task_id {
+                                    task.abort();
+                                }
+                            }
+                        }
                         Err(e) => warn!(job = %task_id, error = %e, "job stopped here"),
                     }
                     me.running.lock().remove(&task_id);
