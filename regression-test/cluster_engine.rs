@@ -581,3 +581,112 @@ async fn the_seeds_create_cluster_example_is_taken_as_written() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_node_removes_a_replica_and_refuses_the_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _reaper = Reaper(d.to_path_buf());
+    let agents = [
+        LocalAgent::start("127.0.0.101", d, Duration::ZERO).await,
+        LocalAgent::start("127.0.0.102", d, Duration::ZERO).await,
+        LocalAgent::start("127.0.0.103", d, Duration::ZERO).await,
+    ];
+    let s = manager(
+        StoreConfig::Sqlite { dir: d.join("db") },
+        Duration::from_secs(60),
+    )
+    .await;
+    for a in &agents {
+        register(&s, a.host, a.port, d, "48200-48300").await;
+    }
+    let mut p = small("nodes", None);
+    p["ha_mode"] = json!("rbr");
+    p["nodes"] = json!("3");
+    p["fullsync_level"] = json!("1");
+    let v = emit(&s, "create_cluster", "", p).await;
+    let v = wait_job(&s, v["job_id"].as_str().unwrap(), 300).await;
+    assert_eq!(v["status"], "done", "{v}");
+    let cid = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
+    let name = v["attachment"]["cluster_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let detail = emit(&s, "get_cluster_detail", "", json!({"cluster_name": name})).await;
+    let list = detail["attachment"]["list_shard"][0]["list_node"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let primary = list.iter().find(|n| n["master"] == "true").unwrap();
+    let replicas: Vec<&Value> = list.iter().filter(|n| n["master"] == "false").collect();
+    let node = |n: &Value| json!({"cluster_id": cid, "shard_id": "1", "hostaddr": n["hostaddr"], "port": n["port"]});
+    // The primary, a node of no cluster, the wrong shard: refused.
+    let v = emit(&s, "delete_node", "", node(primary)).await;
+    assert_eq!(v["error_code"], "409", "{v}");
+    assert!(v["error_info"].as_str().unwrap().contains("primary"), "{v}");
+    let mut wrong = node(replicas[0]);
+    wrong["port"] = json!("1");
+    assert_eq!(
+        emit(&s, "delete_node", "", wrong).await["error_code"],
+        "404"
+    );
+    let mut wrong = node(replicas[0]);
+    wrong["shard_id"] = json!("2");
+    assert_eq!(
+        emit(&s, "delete_nodes", "", wrong).await["error_code"],
+        "404"
+    );
+    // A replica: gone, with its process, datadir and port.
+    let v = emit(&s, "delete_node", "", node(replicas[0])).await;
+    let v = wait_job(&s, v["job_id"].as_str().unwrap(), 120).await;
+    assert_eq!(
+        (v["status"].as_str(), v["error_info"].as_str()),
+        (Some("done"), Some("delete node successfully")),
+        "{v}"
+    );
+    let (h, port) = (
+        replicas[0]["hostaddr"].as_str().unwrap(),
+        replicas[0]["port"].as_str().unwrap(),
+    );
+    let a = agents.iter().find(|a| a.host == h).unwrap();
+    let nodes = a.ask(json!({"ver": "0.1", "job_type": "get_node"})).await;
+    assert!(
+        !nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["port"].as_u64() == port.parse().ok()),
+        "{nodes}"
+    );
+    assert!(!d.join(format!("data-{h}")).join(port).exists());
+    assert!(std::net::TcpStream::connect((h, port.parse::<u16>().unwrap())).is_err());
+    // The last replica fullsync_level 1 waits for: refused unless forced.
+    let v = emit(&s, "delete_node", "", node(replicas[1])).await;
+    assert_eq!(v["error_code"], "409", "{v}");
+    assert!(
+        v["error_info"].as_str().unwrap().contains("semi-sync"),
+        "{v}"
+    );
+    let mut forced = node(replicas[1]);
+    forced["force"] = json!("1");
+    let v = emit(&s, "delete_nodes", "", forced).await;
+    assert_eq!(
+        wait_job(&s, v["job_id"].as_str().unwrap(), 120).await["status"],
+        "done"
+    );
+    let detail = emit(&s, "get_cluster_detail", "", json!({"cluster_name": name})).await;
+    assert_eq!(
+        detail["attachment"]["list_shard"][0]["list_node"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "{detail}"
+    );
+    let v = emit(&s, "delete_cluster", "", json!({"cluster_id": cid})).await;
+    assert_eq!(
+        wait_job(&s, v["job_id"].as_str().unwrap(), 120).await["status"],
+        "done"
+    );
+    s.stop().await;
+}

@@ -83,8 +83,6 @@ const NOT_BUILT: &[&str] = &[
     "add_comps",
     "delete_comp",
     "add_nodes",
-    "delete_node",
-    "delete_nodes",
     "rebuild_node",
     "update_instance_cgroup",
     "manual_backup_cluster",
@@ -188,9 +186,9 @@ impl Manager {
                 code: codes::NOT_BUILT,
                 info: format!(
                     "{t} is not built in this version: machines, clusters (create_cluster, \
-                     add_shards, delete_shard, delete_cluster), the node agent, the group \
-                     (raft_mission) and the job engine are; nodes, failover, backups and table \
-                     moves come next (see doc/cluster.md)"
+                     add_shards, delete_shard, delete_cluster, delete_node), the node agent, the \
+                     group (raft_mission) and the job engine are; nodes added and rebuilt, \
+                     failover, backups and table moves come next (see doc/cluster.md)"
                 ),
             });
         }

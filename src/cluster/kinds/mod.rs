@@ -7,6 +7,7 @@ mod create_cluster;
 mod create_machine;
 mod delete_cluster;
 mod delete_machine;
+mod delete_node;
 mod delete_shard;
 mod raft_mission;
 mod set_machine;
@@ -25,6 +26,8 @@ pub fn registry() -> Vec<Arc<dyn AnyKind>> {
         erased(delete_shard::DeleteShard("delete_shard")),
         erased(delete_shard::DeleteShard("delete_shards")),
         erased(delete_cluster::DeleteCluster),
+        erased(delete_node::DeleteNode("delete_node")),
+        erased(delete_node::DeleteNode("delete_nodes")),
         erased(raft_mission::RaftMission),
     ]
 }
