@@ -390,8 +390,8 @@ async fn auto_pullup_is_not_held_up_by_another_instances_operation() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let _reaper = Reaper(d.to_path_buf());
-    // Every operation holds its instance 12 s more: a long backup's stand-in.
-    let agent = LocalAgent::start("127.0.0.81", d, Duration::from_secs(12)).await;
+    // Every operation holds its instance 25 s more: a long backup's stand-in.
+    let agent = LocalAgent::start("127.0.0.81", d, Duration::from_secs(25)).await;
     let (p1, p2) = (free_port("127.0.0.81"), free_port("127.0.0.81"));
     let install = |port: u16, job: &str| {
         json!({"ver": "0.1", "job_type": "install_mysql", "job_id": job, "step": "install",
