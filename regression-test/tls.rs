@@ -408,3 +408,30 @@ async fn ed25519_accounts_and_the_mysql_store_over_tls() {
         "{err}"
     );
 }
+
+/// An `ed25519` login never fails by chance: the driver drops a trailing
+/// zero byte of the server's random nonce (1 login in 256 would be refused),
+/// and `db::connect` logs in again. 600 logins without the retry fail at
+/// least once nine times in ten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_logins_never_fail_by_chance() {
+    let t = tls_server();
+    let password = Secret::new(ED_PASSWORD);
+    let tls = TlsOptions {
+        mode: TlsMode::Disabled,
+        ..TlsOptions::default()
+    };
+    let addr = ccr_syncer::db::ServerAddr {
+        host: "127.0.0.1",
+        port: t.dest.port,
+        user: ED_USER,
+        password: &password,
+        tls: &tls,
+    };
+    for i in 0..600 {
+        let conn = ccr_syncer::db::connect(&addr, None, std::time::Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("login {i}: {e}"));
+        let _ = conn.disconnect().await;
+    }
+}

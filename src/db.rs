@@ -147,6 +147,25 @@ pub async fn connect_with(
     }
 }
 
+/// MariaDB's error for a refused login.
+pub const ER_ACCESS_DENIED: u16 = 1045;
+
+/// A connection; a refused login is tried twice more. The driver
+/// (mysql_common 0.37) drops a trailing zero byte of every auth-switch
+/// nonce, so an `ed25519` account's login fails whenever the server's random
+/// 32-byte nonce ends in 0x00 (1 in 256): the next login gets another
+/// nonce. A wrong password is refused three times, as once.
+pub async fn new_conn(opts: Opts) -> Result<Conn, mysql_async::Error> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match Conn::new(opts.clone()).await {
+            Err(e) if tries < 3 && server_code(&e) == Some(ER_ACCESS_DENIED) => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Why one attempt failed.
 enum Failure {
     /// The server offers no TLS and the options asked for it.
@@ -185,7 +204,7 @@ async fn attempt(
         .clone()
         .filter(|_| addr.tls.mode == TlsMode::VerifyIdentity)
         .unwrap_or_else(|| addr.host.to_string());
-    match tokio::time::timeout(timeout, Conn::new(opts)).await {
+    match tokio::time::timeout(timeout, new_conn(opts)).await {
         Err(_) => Err(Failure::Other(ConnectError::Unreachable {
             address,
             reason: format!("no answer within {} s", timeout.as_secs_f64()),

@@ -92,9 +92,16 @@ impl MysqlStore {
 
     async fn conn(&self) -> Result<Conn, StoreError> {
         let pool = self.pool.lock().clone();
-        let e = match pool.get_conn().await {
-            Ok(conn) => return Ok(conn),
-            Err(e) => e,
+        // A refused login is tried twice more: see `db::new_conn` (the
+        // driver fails an ed25519 login 1 time in 256).
+        let mut tries = 0;
+        let e = loop {
+            tries += 1;
+            match pool.get_conn().await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if tries < 3 && server_code(&e) == Some(crate::db::ER_ACCESS_DENIED) => {}
+                Err(e) => break e,
+            }
         };
         // A TLS refusal may mean the server's certificate changed since the
         // pool's options were made: make them again (learning verify_ca's
