@@ -681,7 +681,14 @@ async fn agent_scenarios(a: &Agent, d: &Path) {
         )
         .await;
     assert_eq!(v["status"], "done", "{v}");
+    // Its progress in bytes: the packed file's size at the end.
+    assert_eq!(v["progress"]["phase"], "done", "{v}");
     let file = v["result"]["file"].as_str().unwrap().to_string();
+    assert_eq!(
+        v["progress"]["done"].as_u64(),
+        Some(std::fs::metadata(&file).unwrap().len()),
+        "{v}"
+    );
     assert!(file.ends_with(".tgz") && Path::new(&file).is_file(), "{v}");
     sql("DROP DATABASE d2");
     let (status, v) = a

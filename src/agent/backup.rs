@@ -1,4 +1,5 @@
-//! `coldbackup` and `coldrestore` of a managed instance with
+//! `coldbackup` (its progress in bytes copied of about the datadir's) and
+//! `coldrestore` of a managed instance with
 //! `mariadb-backup`, to and from the agent's backup directory (standing in
 //! for the seed's HDFS): a backup is taken, prepared and packed as
 //! `<backup-dir>/<port>/coldback_<UTC time>.tgz`; a restore stops the
@@ -8,6 +9,7 @@
 //! a command line (where any user of the machine could read it).
 
 use super::instance::{program, Instance};
+use crate::protocol::Progress;
 use crate::secret::Secret;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -70,6 +72,7 @@ pub async fn backup(
     state_dir: &Path,
     user: &str,
     password: &Secret,
+    progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Value, String> {
     let tool = program("mariadb-backup")?;
     let dir = backup_dir.join(instance.port.to_string());
@@ -84,17 +87,67 @@ pub async fn backup(
         .arg(format!("--socket={}", instance.socket().display()))
         .arg(format!("--datadir={}", instance.dir.join("data").display()))
         .arg(format!("--target-dir={}", target.display()));
-    run(cmd, "mariadb-backup --backup").await?;
+    // Bytes copied so far (the target's size) of about the datadir's.
+    let total = dir_bytes(&instance.dir.join("data"));
+    let copied = || Progress {
+        done: dir_bytes(&target),
+        total: Some(total),
+        phase: "copying".into(),
+    };
+    watched(run(cmd, "mariadb-backup --backup"), &copied, progress).await?;
     let mut cmd = Command::new(&tool);
     cmd.arg("--prepare")
         .arg(format!("--target-dir={}", target.display()));
-    run(cmd, "mariadb-backup --prepare").await?;
+    let prepared = || Progress {
+        phase: "preparing".into(),
+        ..copied()
+    };
+    watched(run(cmd, "mariadb-backup --prepare"), &prepared, progress).await?;
     let file = dir.join(format!("{name}.tgz"));
     let mut cmd = Command::new("tar");
     cmd.arg("-czf").arg(&file).arg("-C").arg(&dir).arg(&name);
-    run(cmd, "packing the backup").await?;
+    let packed = || Progress {
+        done: std::fs::metadata(&file).map_or(0, |m| m.len()),
+        total: None,
+        phase: "packing".into(),
+    };
+    watched(run(cmd, "packing the backup"), &packed, progress).await?;
+    progress(Progress {
+        phase: "done".into(),
+        ..packed()
+    });
     let _ = std::fs::remove_dir_all(&target);
     Ok(json!({"file": file, "port": instance.port}))
+}
+
+/// Runs `work`, reporting `now()` every second until it ends.
+async fn watched(
+    work: impl std::future::Future<Output = Result<(), String>>,
+    now: &(dyn Fn() -> Progress + Sync),
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), String> {
+    tokio::pin!(work);
+    loop {
+        progress(now());
+        tokio::select! {
+            r = &mut work => return r,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The bytes of the files under `dir` (0 for what cannot be read).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// The backup file named by a request, which must lie in the backup

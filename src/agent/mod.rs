@@ -423,7 +423,16 @@ impl Agent {
                 } => {
                     self.here(&ip)?;
                     let i = self.find(port)?;
-                    backup::backup(&i, &self.backup_dir, &self.state_dir, &user, &password).await
+                    let report = |p| self.ops.progress(key, p);
+                    backup::backup(
+                        &i,
+                        &self.backup_dir,
+                        &self.state_dir,
+                        &user,
+                        &password,
+                        &report,
+                    )
+                    .await
                 }
                 Op::ColdRestore { ip, port, file } => {
                     self.here(&ip)?;
