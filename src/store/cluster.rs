@@ -16,9 +16,11 @@
 //!   ([`ClusterStore::claim`] raises `owner_epoch`), and every save names
 //!   that owner and epoch: a member that lost the job (frozen past its
 //!   lease while another claimed it) matches no row and stops. The rows its
-//!   steps write (machines, clusters, instances) are written in one
-//!   transaction with a check of the same fence ([`Holder`]), so a member
-//!   that lost the job changes none of them either.
+//!   steps write (machines, clusters, instances) are written by statements
+//!   whose own `WHERE` checks the same fence ([`Holder`]), so a member that
+//!   lost the job changes none of them either. These are single statements
+//!   (no transaction held across round trips): a member frozen mid-write
+//!   holds no row lock that would keep another from claiming the job.
 
 use super::{Fence, MetaStore, SqlValue, Stmt, StoreError};
 use std::sync::Arc;
@@ -124,8 +126,13 @@ const CLAIM: &str = "UPDATE cm_jobs SET owner = ?, owner_epoch = owner_epoch + 1
      WHERE job_id = ? AND owner_epoch = ? AND status NOT IN ('done', 'failed')";
 const SAVE: &str = "UPDATE cm_jobs SET status = ?, plan = ?, attachment = ?, error_code = ?, \
      error_info = ?, updated_at = ? WHERE job_id = ? AND owner = ? AND owner_epoch = ?";
-const CHECK_FENCE: &str = "UPDATE cm_jobs SET owner = owner \
-     WHERE job_id = ? AND owner = ? AND owner_epoch = ?";
+/// The fence of a write, its last three parameters: job, owner, epoch.
+macro_rules! fenced {
+    () => {
+        "EXISTS (SELECT 1 FROM cm_jobs WHERE job_id = ? AND owner = ? AND owner_epoch = ?)"
+    };
+}
+const HOLDS: &str = "SELECT 1 FROM cm_jobs WHERE job_id = ? AND owner = ? AND owner_epoch = ?";
 const RELEASE_PORTS: &str = "DELETE FROM cm_reservations WHERE job_id = ?";
 const CANCEL: &str = "UPDATE cm_jobs SET cancel_requested = 1, updated_at = ? \
      WHERE job_id = ? AND status IN ('accept', 'ongoing')";
@@ -139,31 +146,55 @@ const MAX_ID: &str = "SELECT COALESCE(MAX(id), 0) FROM cm_ids WHERE kind = ? AND
 const INSERT_MACHINE: &str =
     "INSERT INTO cm_machines (hostaddr, machine_type, port_range, rack_id, datadir, \
      logdir, wal_log_dir, comp_datadir, total_mem, total_cpu_cores, node_stats, agent_port, \
-     last_seen_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     last_seen_at, created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+     FROM cm_jobs WHERE job_id = ? AND owner = ? AND owner_epoch = ?";
 const SELECT_MACHINES: &str = "SELECT hostaddr, machine_type, port_range, rack_id, datadir, \
      logdir, wal_log_dir, comp_datadir, total_mem, total_cpu_cores, node_stats, agent_port, \
      last_seen_at FROM cm_machines ORDER BY hostaddr";
-const DELETE_MACHINE: &str = "DELETE FROM cm_machines WHERE hostaddr = ?";
-const SET_MACHINE_STATS: &str = "UPDATE cm_machines SET node_stats = ? WHERE hostaddr = ?";
+const DELETE_MACHINE: &str = concat!("DELETE FROM cm_machines WHERE hostaddr = ? AND ", fenced!());
+const SET_MACHINE_STATS: &str = concat!(
+    "UPDATE cm_machines SET node_stats = ? WHERE hostaddr = ? AND ",
+    fenced!()
+);
 const MACHINE_SEEN: &str = "UPDATE cm_machines SET last_seen_at = ? WHERE hostaddr = ?";
 
 const INSERT_CLUSTER: &str =
     "INSERT INTO cm_clusters (cluster_id, name, nick_name, ha_mode, shards, \
      nodes, admin_user, admin_password, status, settings, created_at) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+     FROM cm_jobs WHERE job_id = ? AND owner = ? AND owner_epoch = ?";
 const SELECT_CLUSTERS: &str =
     "SELECT cluster_id, name, nick_name, ha_mode, shards, nodes, admin_user, \
      admin_password, status, settings FROM cm_clusters ORDER BY created_at";
-const SET_SHARDS: &str = "UPDATE cm_clusters SET shards = ? WHERE cluster_id = ?";
-const SET_CLUSTER_STATUS: &str = "UPDATE cm_clusters SET status = ? WHERE cluster_id = ?";
-const DELETE_CLUSTER: &str = "DELETE FROM cm_clusters WHERE cluster_id = ?";
+const SET_SHARDS: &str = concat!(
+    "UPDATE cm_clusters SET shards = ? WHERE cluster_id = ? AND ",
+    fenced!()
+);
+const SET_CLUSTER_STATUS: &str = concat!(
+    "UPDATE cm_clusters SET status = ? WHERE cluster_id = ? AND ",
+    fenced!()
+);
+const DELETE_CLUSTER: &str = concat!(
+    "DELETE FROM cm_clusters WHERE cluster_id = ? AND ",
+    fenced!()
+);
 const INSERT_INSTANCE: &str = "INSERT INTO cm_instances (hostaddr, port, cluster_id, shard_id, \
-     node_index, role, state) VALUES (?, ?, ?, ?, ?, ?, ?)";
+     node_index, role, state) SELECT ?, ?, ?, ?, ?, ?, ? \
+     FROM cm_jobs WHERE job_id = ? AND owner = ? AND owner_epoch = ?";
 const SELECT_INSTANCES: &str = "SELECT hostaddr, port, cluster_id, shard_id, node_index, role, \
      state FROM cm_instances ORDER BY cluster_id, shard_id, node_index";
-const SET_INSTANCES_STATE: &str = "UPDATE cm_instances SET state = ? WHERE cluster_id = ?";
-const DELETE_INSTANCES: &str = "DELETE FROM cm_instances WHERE cluster_id = ?";
-const DELETE_INSTANCE: &str = "DELETE FROM cm_instances WHERE hostaddr = ? AND port = ?";
+const SET_INSTANCES_STATE: &str = concat!(
+    "UPDATE cm_instances SET state = ? WHERE cluster_id = ? AND ",
+    fenced!()
+);
+const DELETE_INSTANCES: &str = concat!(
+    "DELETE FROM cm_instances WHERE cluster_id = ? AND ",
+    fenced!()
+);
+const DELETE_INSTANCE: &str = concat!(
+    "DELETE FROM cm_instances WHERE hostaddr = ? AND port = ? AND ",
+    fenced!()
+);
 
 fn v<T: Into<SqlValue>>(x: T) -> SqlValue {
     x.into()
@@ -316,7 +347,7 @@ impl ClusterStore {
     }
 
     fn save_stmt(row: &JobRow, fence: &Fence) -> Stmt {
-        Stmt::must_match(
+        Stmt::new(
             SAVE,
             vec![
                 v(row.status.as_str()),
@@ -333,21 +364,23 @@ impl ClusterStore {
     }
 
     /// Saves a job's state if `fence` still holds it, else
-    /// [`StoreError::Fenced`]; an ended job's reserved ports are let go in
-    /// the same transaction.
+    /// [`StoreError::Fenced`]; an ended job's reserved ports are let go
+    /// after (its instances hold them from then on). One statement each,
+    /// so no lock outlives a statement.
     pub async fn save(&self, row: &JobRow, fence: &Fence) -> Result<(), StoreError> {
-        let mut stmts = vec![Self::save_stmt(row, fence)];
-        if row.status == "done" || row.status == "failed" {
-            stmts.push(Stmt::new(RELEASE_PORTS, vec![v(row.job_id.as_str())]));
-        }
-        if self.store.transaction(stmts).await? {
-            Ok(())
-        } else {
-            Err(StoreError::Fenced {
+        let st = Self::save_stmt(row, fence);
+        if self.store.execute(st.sql, st.params).await? == 0 {
+            return Err(StoreError::Fenced {
                 name: format!("cluster job {}", row.job_id),
                 epoch: fence.epoch,
-            })
+            });
         }
+        if row.status == "done" || row.status == "failed" {
+            self.store
+                .execute(RELEASE_PORTS, vec![v(row.job_id.as_str())])
+                .await?;
+        }
+        Ok(())
     }
 
     /// Asks an unfinished job to stop: whether it was unfinished.
@@ -421,23 +454,25 @@ impl ClusterStore {
             .collect())
     }
 
-    /// Runs `stmts` in one transaction if `by` still holds its job.
-    async fn fenced(&self, by: &Holder<'_>, mut stmts: Vec<Stmt>) -> Result<(), StoreError> {
-        stmts.insert(
-            0,
-            Stmt::must_match(
-                CHECK_FENCE,
-                vec![v(by.job_id), v(by.fence.member.as_str()), v(by.fence.epoch)],
-            ),
-        );
-        if self.store.transaction(stmts).await? {
-            Ok(())
-        } else {
-            Err(StoreError::Fenced {
-                name: format!("cluster job {}", by.job_id),
-                epoch: by.fence.epoch,
-            })
+    /// Runs each of `stmts` (their SQL ends with the fence's three
+    /// parameters, added here) as one statement of its own: no lock is
+    /// held between two, so a member frozen between them blocks no other.
+    /// A statement that changed nothing is refused when `by` no longer
+    /// holds its job ([`StoreError::Fenced`]); otherwise it was already so.
+    async fn fenced(&self, by: &Holder<'_>, stmts: Vec<Stmt>) -> Result<(), StoreError> {
+        for mut st in stmts {
+            let fence = [v(by.job_id), v(by.fence.member.as_str()), v(by.fence.epoch)];
+            st.params.extend(fence.iter().cloned());
+            if self.store.execute(st.sql, st.params).await? == 0
+                && self.store.select(HOLDS, fence.to_vec()).await?.is_empty()
+            {
+                return Err(StoreError::Fenced {
+                    name: format!("cluster job {}", by.job_id),
+                    epoch: by.fence.epoch,
+                });
+            }
         }
+        Ok(())
     }
 
     /// Registers a machine; one registered already holds (a step run again).
