@@ -109,6 +109,25 @@ pub struct StepRecord {
     pub progress: Option<Progress>,
 }
 
+impl StepRecord {
+    /// A step not started yet.
+    pub fn new(name: String, step: Value, no_return: bool) -> StepRecord {
+        StepRecord {
+            name,
+            state: StepState::Pending,
+            step,
+            result: Value::Null,
+            no_return,
+            attempts: 0,
+            retries: 0,
+            last_error: String::new(),
+            failing_since: None,
+            started_at: None,
+            progress: None,
+        }
+    }
+}
+
 /// A job's plan as stored: its steps and the kind's plan.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoredPlan {

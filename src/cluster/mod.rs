@@ -221,19 +221,11 @@ impl Manager {
                 .steps
                 .iter()
                 .map(|s| {
-                    Ok(StepRecord {
-                        name: kind.label(&s.step).map_err(Refused::bad)?,
-                        state: StepState::Pending,
-                        step: s.step.clone(),
-                        result: Value::Null,
-                        no_return: s.no_return,
-                        attempts: 0,
-                        retries: 0,
-                        last_error: String::new(),
-                        failing_since: None,
-                        started_at: None,
-                        progress: None,
-                    })
+                    Ok(StepRecord::new(
+                        kind.label(&s.step).map_err(Refused::bad)?,
+                        s.step.clone(),
+                        s.no_return,
+                    ))
                 })
                 .collect::<Result<Vec<_>, Refused>>()?;
             let resource = resource::encode(&planned.resources);

@@ -267,6 +267,14 @@ pub async fn place(
     Ok(placements)
 }
 
+/// The `(machine, port)` keys a set of new nodes claims in the store.
+pub fn port_claims(placements: &[Placement]) -> Vec<(String, i64)> {
+    placements
+        .iter()
+        .map(|p| (p.hostaddr.clone(), p.port))
+        .collect()
+}
+
 /// The resources a set of new nodes holds: each instance.
 pub fn instance_resources(placements: &[Placement]) -> Vec<Resource> {
     placements

@@ -346,30 +346,29 @@ impl ClusterStore {
         }))
     }
 
-    fn save_stmt(row: &JobRow, fence: &Fence) -> Stmt {
-        Stmt::new(
-            SAVE,
-            vec![
-                v(row.status.as_str()),
-                v(row.plan.as_str()),
-                v(row.attachment.as_str()),
-                v(row.error_code.as_str()),
-                v(row.error_info.as_str()),
-                v(chrono::Utc::now().timestamp_millis()),
-                v(row.job_id.as_str()),
-                v(fence.member.as_str()),
-                v(fence.epoch),
-            ],
-        )
-    }
-
     /// Saves a job's state if `fence` still holds it, else
     /// [`StoreError::Fenced`]; an ended job's reserved ports are let go
     /// after (its instances hold them from then on). One statement each,
     /// so no lock outlives a statement.
     pub async fn save(&self, row: &JobRow, fence: &Fence) -> Result<(), StoreError> {
-        let st = Self::save_stmt(row, fence);
-        if self.store.execute(st.sql, st.params).await? == 0 {
+        let saved = self
+            .store
+            .execute(
+                SAVE,
+                vec![
+                    v(row.status.as_str()),
+                    v(row.plan.as_str()),
+                    v(row.attachment.as_str()),
+                    v(row.error_code.as_str()),
+                    v(row.error_info.as_str()),
+                    v(chrono::Utc::now().timestamp_millis()),
+                    v(row.job_id.as_str()),
+                    v(fence.member.as_str()),
+                    v(fence.epoch),
+                ],
+            )
+            .await?;
+        if saved == 0 {
             return Err(StoreError::Fenced {
                 name: format!("cluster job {}", row.job_id),
                 epoch: fence.epoch,

@@ -149,11 +149,9 @@ pub trait MetaStore: Send + Sync {
     fn seal_secret(&self, name: &str, side: &str, plain: &Secret) -> Result<String, StoreError>;
     /// The clear text of what [`MetaStore::seal_secret`] stored.
     fn open_secret(&self, name: &str, side: &str, stored: &str) -> Result<Secret, StoreError>;
-    /// Runs `stmts` in one transaction, in order: all of them or none. A
-    /// statement marked `must_match` that matches no row rolls the whole
-    /// transaction back (`Ok(false)`); a duplicate key rolls it back as
-    /// [`StoreError::Duplicate`].
-    async fn transaction(&self, stmts: Vec<Stmt>) -> Result<bool, StoreError>;
+    /// Runs `stmts` in one transaction, in order: all of them or none (a
+    /// duplicate key rolls it back as [`StoreError::Duplicate`]).
+    async fn transaction(&self, stmts: Vec<Stmt>) -> Result<(), StoreError>;
     /// Runs one of [`group`]'s queries.
     async fn select(
         &self,
@@ -167,25 +165,11 @@ pub trait MetaStore: Send + Sync {
 pub struct Stmt {
     pub sql: &'static str,
     pub params: Vec<SqlValue>,
-    /// When it matches no row, nothing of the transaction is kept.
-    pub must_match: bool,
 }
 
 impl Stmt {
     pub fn new(sql: &'static str, params: Vec<SqlValue>) -> Stmt {
-        Stmt {
-            sql,
-            params,
-            must_match: false,
-        }
-    }
-
-    pub fn must_match(sql: &'static str, params: Vec<SqlValue>) -> Stmt {
-        Stmt {
-            sql,
-            params,
-            must_match: true,
-        }
+        Stmt { sql, params }
     }
 }
 

@@ -371,7 +371,7 @@ impl MetaStore for MysqlStore {
         }
     }
 
-    async fn transaction(&self, stmts: Vec<super::Stmt>) -> Result<bool, StoreError> {
+    async fn transaction(&self, stmts: Vec<super::Stmt>) -> Result<(), StoreError> {
         // A deadlock (two members inserting keys at once) rolls the whole
         // transaction back: it is run again, as InnoDB asks.
         let mut attempt = 0;
@@ -384,7 +384,7 @@ impl MetaStore for MysqlStore {
                 }
                 Err(Retry::Deadlock(e)) => return Err(backend(e)),
                 Err(Retry::Fail(e)) => return Err(e),
-                Ok(done) => return Ok(done),
+                Ok(()) => return Ok(()),
             }
         }
     }
@@ -419,7 +419,7 @@ enum Retry {
 const ER_LOCK_DEADLOCK: u16 = 1213;
 
 impl MysqlStore {
-    async fn transaction_once(&self, stmts: Vec<super::Stmt>) -> Result<bool, Retry> {
+    async fn transaction_once(&self, stmts: Vec<super::Stmt>) -> Result<(), Retry> {
         let mut conn = self.conn().await.map_err(Retry::Fail)?;
         let mut tx = conn
             .start_transaction(mysql_async::TxOpts::default())
@@ -428,10 +428,6 @@ impl MysqlStore {
         for st in stmts {
             let params: Vec<mysql_async::Value> = st.params.into_iter().map(to_value).collect();
             match tx.exec_drop(st.sql, params).await {
-                Ok(()) if st.must_match && tx.affected_rows() == 0 => {
-                    tx.rollback().await.map_err(|e| Retry::Fail(backend(e)))?;
-                    return Ok(false);
-                }
                 Ok(()) => {}
                 Err(e) if server_code(&e) == Some(ER_DUP_ENTRY) => {
                     let _ = tx.rollback().await;
@@ -445,7 +441,7 @@ impl MysqlStore {
             }
         }
         match tx.commit().await {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok(()),
             Err(e) if server_code(&e) == Some(ER_LOCK_DEADLOCK) => Err(Retry::Deadlock(e)),
             Err(e) => Err(Retry::Fail(backend(e))),
         }

@@ -412,7 +412,7 @@ impl MetaStore for SqliteStore {
         .await
     }
 
-    async fn transaction(&self, stmts: Vec<super::Stmt>) -> Result<bool, StoreError> {
+    async fn transaction(&self, stmts: Vec<super::Stmt>) -> Result<(), StoreError> {
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -420,7 +420,6 @@ impl MetaStore for SqliteStore {
             for st in stmts {
                 let params = rusqlite::params_from_iter(st.params.into_iter().map(to_sql));
                 match tx.execute(st.sql, params) {
-                    Ok(0) if st.must_match => return Ok(false),
                     Ok(_) => {}
                     Err(rusqlite::Error::SqliteFailure(e, _))
                         if e.code == ErrorCode::ConstraintViolation =>
@@ -430,8 +429,7 @@ impl MetaStore for SqliteStore {
                     Err(e) => return Err(backend(e)),
                 }
             }
-            tx.commit().map_err(backend)?;
-            Ok(true)
+            tx.commit().map_err(backend)
         })
         .await
     }

@@ -159,18 +159,12 @@ impl Bench {
         let steps = acts
             .iter()
             .enumerate()
-            .map(|(n, act)| StepRecord {
-                name: format!("s{n}"),
-                state: StepState::Pending,
-                step: serde_json::to_value(TestStep { n, act: *act }).unwrap(),
-                result: Value::Null,
-                no_return: no_return == Some(n),
-                attempts: 0,
-                retries: 0,
-                last_error: String::new(),
-                failing_since: None,
-                started_at: None,
-                progress: None,
+            .map(|(n, act)| {
+                StepRecord::new(
+                    format!("s{n}"),
+                    serde_json::to_value(TestStep { n, act: *act }).unwrap(),
+                    no_return == Some(n),
+                )
             })
             .collect();
         let plan = StoredPlan {

@@ -85,10 +85,7 @@ impl Kind for AddShards {
             steps,
             resources,
         );
-        planned.claims.ports = placements
-            .iter()
-            .map(|p| (p.hostaddr.clone(), p.port))
-            .collect();
+        planned.claims.ports = nodes::port_claims(&placements);
         planned.claims.ids = new_shards
             .iter()
             .map(|s| (SHARD_ID, id.clone(), *s))

@@ -223,10 +223,7 @@ impl Kind for CreateCluster {
             steps,
             resources,
         );
-        planned.claims.ports = placements
-            .iter()
-            .map(|p| (p.hostaddr.clone(), p.port))
-            .collect();
+        planned.claims.ports = nodes::port_claims(&placements);
         planned.claims.ids.push((CLUSTER_ID, String::new(), id));
         for s in 1..=shards {
             planned.claims.ids.push((SHARD_ID, cluster_id.clone(), s));
