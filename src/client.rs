@@ -193,6 +193,57 @@ async fn send(
     })
 }
 
+/// `POST` of a streamed `body` to `url` (`http://host:port/path`), with
+/// `headers`; the answer. Connecting may take 5 s; the body takes as long
+/// as it takes (the caller bounds it), the answer after it `timeout`.
+pub async fn post_stream<B>(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: B,
+    timeout: Duration,
+) -> Result<Answer, ClientError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let exchange = |e: String| ClientError::Exchange(e);
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| exchange(format!("{url} is not http://host:port/path")))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let stream = connect(authority).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| exchange(e.to_string()))?;
+    tokio::spawn(conn);
+    let mut builder = hyper::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", authority)
+        .header("content-type", "application/octet-stream");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(body).map_err(|e| exchange(e.to_string()))?;
+    let answer = sender
+        .send_request(request)
+        .await
+        .map_err(|e| exchange(e.to_string()))?;
+    let status = answer.status().as_u16();
+    let body = tokio::time::timeout(timeout, answer.into_body().collect())
+        .await
+        .map_err(|_| exchange(format!("no answer within {} s", timeout.as_secs())))?
+        .map_err(|e| exchange(e.to_string()))?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        content_type: "application/json".into(),
+        body,
+    })
+}
+
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn handshake<S>(stream: S) -> Result<Sender, hyper::Error>

@@ -76,6 +76,170 @@ pub struct InstallMysql {
     pub read_only: bool,
     pub semi_sync: SemiSync,
     pub admin: Option<(String, Secret)>,
+    /// The CPU its `mariadbd` may use (`cpu_cores`, `cgroup_mode`).
+    pub cgroup: Option<Cgroup>,
+}
+
+/// How a cgroup limits an instance's CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// Hard: a CFS quota of `cpu_cores` CPUs.
+    Quota,
+    /// Soft: a weight in proportion to `cpu_cores`.
+    Share,
+}
+
+impl CgroupMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupMode::Quota => "quota",
+            CgroupMode::Share => "share",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<CgroupMode, String> {
+        match text {
+            "" | "quota" => Ok(CgroupMode::Quota),
+            "share" => Ok(CgroupMode::Share),
+            other => Err(format!("cgroup_mode {other:?}: \"quota\" or \"share\"")),
+        }
+    }
+}
+
+/// An instance's CPU limit, kept by its agent across restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cgroup {
+    pub cpu_cores: u32,
+    pub mode: CgroupMode,
+}
+
+impl Cgroup {
+    /// `cpu_cores` and `cgroup_mode` of a request (none without
+    /// `cpu_cores`, or with `cpu_cores` 0).
+    pub fn parse(f: &Fields<'_>) -> Result<Option<Cgroup>, String> {
+        let mode = CgroupMode::parse(&f.text("cgroup_mode")?.unwrap_or_default())?;
+        Ok(f.int("cpu_cores", 0, 4096)?
+            .filter(|c| *c > 0)
+            .map(|c| Cgroup {
+                cpu_cores: c as u32,
+                mode,
+            }))
+    }
+
+    fn put(c: &Option<Cgroup>, body: &mut Value) {
+        if let Some(c) = c {
+            body["cpu_cores"] = json!(c.cpu_cores);
+            body["cgroup_mode"] = json!(c.mode.as_str());
+        }
+    }
+}
+
+/// Where a clone's data comes from: a node of the same shard, through its
+/// agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneSource {
+    pub host: String,
+    pub agent_port: u16,
+    pub port: u16,
+    /// A replica: its backup runs with `--safe-slave-backup`.
+    pub replica: bool,
+}
+
+/// `clone_mysql`: makes sure the instance on `port` holds a physical copy
+/// of `source` streamed agent to agent, and replicates from `primary` by
+/// GTID. A new instance is installed from `install` first; an installed
+/// one keeps its old datadir until the new one replicates (then removes
+/// it, or keeps it aside as `data.before-rebuild-<time>` when `keep_old`).
+#[derive(Clone, Debug)]
+pub struct CloneMysql {
+    pub key: Key,
+    pub port: u16,
+    pub install: Option<InstallMysql>,
+    pub source: CloneSource,
+    pub primary: (String, u16),
+    pub admin: (String, Secret),
+    /// MB/s the stream may take (0: no limit).
+    pub pv_limit_mb: u64,
+    pub keep_old: bool,
+}
+
+impl CloneMysql {
+    pub fn parse(f: &Fields<'_>) -> Result<CloneMysql, String> {
+        let port = f.need_int("port", 1, 65535)? as u16;
+        let install = match f.int("new", 0, 1)?.unwrap_or(0) {
+            1 => Some(InstallMysql::parse(f)?),
+            _ => None,
+        };
+        Ok(CloneMysql {
+            key: Key::parse(f)?,
+            port,
+            install,
+            source: CloneSource {
+                host: f.need("src_host")?,
+                agent_port: f.need_int("src_agent_port", 1, 65535)? as u16,
+                port: f.need_int("src_port", 1, 65535)? as u16,
+                replica: f.int("src_replica", 0, 1)?.unwrap_or(0) == 1,
+            },
+            primary: (
+                f.need("primary_host")?,
+                f.need_int("primary_port", 1, 65535)? as u16,
+            ),
+            admin: (
+                f.need("admin_user")?,
+                Secret::new(f.text("admin_password")?.unwrap_or_default()),
+            ),
+            pv_limit_mb: f.int("pv_limit", 0, 1 << 20)?.unwrap_or(0) as u64,
+            keep_old: f.int("need_backup", 0, 1)?.unwrap_or(0) == 1,
+        })
+    }
+}
+
+/// `stream_backup`, agent to agent: the source's agent streams a physical
+/// backup of its instance on `port` as the body of a `POST` to `to` (the
+/// target agent's `/clone/SESSION`), and answers with what it sent.
+#[derive(Clone, Debug)]
+pub struct StreamBackup {
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub safe_slave: bool,
+    pub pv_limit_mb: u64,
+    pub to: String,
+}
+
+impl StreamBackup {
+    pub fn parse(f: &Fields<'_>) -> Result<StreamBackup, String> {
+        let to = f.need("to")?;
+        if !to.starts_with("http://") || !to.contains("/clone/") {
+            return Err(format!(
+                "to {to:?}: an agent's http://HOST:PORT/clone/SESSION"
+            ));
+        }
+        Ok(StreamBackup {
+            port: f.need_int("port", 1, 65535)? as u16,
+            user: f.need("user")?,
+            password: Secret::new(f.text("password")?.unwrap_or_default()),
+            safe_slave: f.int("safe_slave", 0, 1)?.unwrap_or(0) == 1,
+            pv_limit_mb: f.int("pv_limit", 0, 1 << 20)?.unwrap_or(0) as u64,
+            to,
+        })
+    }
+
+    pub fn body(&self) -> Value {
+        json!({"ver": VER, "job_type": "stream_backup", "port": self.port, "user": self.user,
+               "password": self.password.expose(),
+               "safe_slave": if self.safe_slave { "1" } else { "0" },
+               "pv_limit": self.pv_limit_mb, "to": self.to})
+    }
+}
+
+/// What a streamed backup carried, as each end counted it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSummary {
+    pub bytes: u64,
+    /// SHA-256 of the whole stream, hex.
+    pub sha256: String,
 }
 
 impl InstallMysql {
@@ -111,7 +275,24 @@ impl InstallMysql {
                 }
             },
             admin,
+            cgroup: Cgroup::parse(f)?,
         })
+    }
+
+    fn put(&self, b: &mut Value) {
+        b["port"] = json!(self.port);
+        b["datadir"] = json!(self.datadir);
+        b["server_id"] = json!(self.server_id);
+        b["innodb_size"] = json!(self.innodb_size_mb);
+        b["max_connections"] = json!(self.max_connections);
+        b["read_only"] = json!(if self.read_only { "1" } else { "0" });
+        b["semi_sync"] = json!(self.semi_sync.as_str());
+        if let Some((user, password)) = &self.admin {
+            b["admin_user"] = json!(user);
+            b["admin_password"] = json!(password.expose());
+        }
+        Cgroup::put(&self.cgroup, b);
+        self.key.put(b);
     }
 }
 
@@ -120,7 +301,21 @@ impl InstallMysql {
 pub enum Request {
     GetInfo,
     InstallMysql(Box<InstallMysql>),
-    UninstallMysql { key: Key, port: u16 },
+    UninstallMysql {
+        key: Key,
+        port: u16,
+    },
+    StartMysql {
+        key: Key,
+        port: u16,
+    },
+    CloneMysql(Box<CloneMysql>),
+    /// `update_instance_cgroup`: the instance's CPU limit (none: removed).
+    SetCgroup {
+        key: Key,
+        port: u16,
+        cgroup: Option<Cgroup>,
+    },
 }
 
 impl Request {
@@ -130,16 +325,40 @@ impl Request {
         match self {
             Request::GetInfo => json!({"ver": VER, "job_type": "get_info"}),
             Request::InstallMysql(i) => {
-                let mut b = json!({"ver": VER, "job_type": "install_mysql", "port": i.port,
-                    "datadir": i.datadir, "server_id": i.server_id,
-                    "innodb_size": i.innodb_size_mb, "max_connections": i.max_connections,
-                    "read_only": if i.read_only { "1" } else { "0" },
-                    "semi_sync": i.semi_sync.as_str()});
-                if let Some((user, password)) = &i.admin {
-                    b["admin_user"] = json!(user);
-                    b["admin_password"] = json!(password.expose());
+                let mut b = json!({"ver": VER, "job_type": "install_mysql"});
+                i.put(&mut b);
+                b
+            }
+            Request::StartMysql { key, port } => {
+                let mut b = json!({"ver": VER, "job_type": "start_mysql", "port": port});
+                key.put(&mut b);
+                b
+            }
+            Request::CloneMysql(c) => {
+                let mut b = json!({"ver": VER, "job_type": "clone_mysql"});
+                if let Some(i) = &c.install {
+                    i.put(&mut b);
+                    b["new"] = json!("1");
                 }
-                i.key.put(&mut b);
+                b["port"] = json!(c.port);
+                b["src_host"] = json!(c.source.host);
+                b["src_agent_port"] = json!(c.source.agent_port);
+                b["src_port"] = json!(c.source.port);
+                b["src_replica"] = json!(if c.source.replica { "1" } else { "0" });
+                b["primary_host"] = json!(c.primary.0);
+                b["primary_port"] = json!(c.primary.1);
+                b["admin_user"] = json!(c.admin.0);
+                b["admin_password"] = json!(c.admin.1.expose());
+                b["pv_limit"] = json!(c.pv_limit_mb);
+                b["need_backup"] = json!(if c.keep_old { "1" } else { "0" });
+                c.key.put(&mut b);
+                b
+            }
+            Request::SetCgroup { key, port, cgroup } => {
+                let mut b = json!({"ver": VER, "job_type": "set_cgroup", "port": port,
+                                   "cpu_cores": 0});
+                Cgroup::put(cgroup, &mut b);
+                key.put(&mut b);
                 b
             }
             Request::UninstallMysql { key, port } => {
@@ -228,6 +447,10 @@ mod tests {
             read_only: true,
             semi_sync: SemiSync::Slave,
             admin: Some(("clustmgr".into(), Secret::new("pw".to_string()))),
+            cgroup: Some(Cgroup {
+                cpu_cores: 2,
+                mode: CgroupMode::Share,
+            }),
         };
         let body = Request::InstallMysql(Box::new(sent.clone())).body();
         assert_eq!(body["job_type"], "install_mysql");
@@ -239,6 +462,30 @@ mod tests {
             (46001, 1012, true, SemiSync::Slave)
         );
         assert_eq!(back.admin.unwrap().1.expose(), "pw");
+        assert_eq!(back.cgroup, sent.cgroup);
+        let clone = CloneMysql {
+            key: sent.key.clone(),
+            port: 46002,
+            install: Some(sent.clone()),
+            source: CloneSource {
+                host: "127.0.0.12".into(),
+                agent_port: 9998,
+                port: 46001,
+                replica: true,
+            },
+            primary: ("127.0.0.11".into(), 46000),
+            admin: ("clustmgr".into(), Secret::new("pw".to_string())),
+            pv_limit_mb: 10,
+            keep_old: true,
+        };
+        let body = Request::CloneMysql(Box::new(clone.clone())).body();
+        let back = CloneMysql::parse(&Fields::new(body.as_object().unwrap(), "")).unwrap();
+        assert_eq!(
+            (back.port, &back.source, &back.primary),
+            (46002, &clone.source, &clone.primary)
+        );
+        assert_eq!((back.pv_limit_mb, back.keep_old), (10, true));
+        assert_eq!(back.install.unwrap().port, 46002);
         let a: OpAnswer = OpAnswer::read(&json!({"ver": "0.1", "job_id": "7", "step": "s",
             "attempt": 1, "job_type": "install_mysql", "status": "ongoing", "error_code": "0",
             "error_info": "", "result": null}))

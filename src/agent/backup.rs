@@ -34,14 +34,17 @@ async fn run(mut cmd: Command, what: &str) -> Result<(), String> {
     }
 }
 
-/// An option file with the account, readable by its owner only.
-struct Credentials(PathBuf);
+/// An option file with the account, readable by its owner only, removed
+/// when dropped.
+pub struct Credentials(PathBuf);
 
 impl Credentials {
-    fn write(dir: &Path, user: &str, password: &Secret) -> Result<Credentials, String> {
+    pub fn write(dir: &Path, user: &str, password: &Secret) -> Result<Credentials, String> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let path = dir.join(format!("backup-{}.cnf", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("backup-{}-{n}.cnf", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
@@ -52,6 +55,10 @@ impl Credentials {
         writeln!(f, "[client]\nuser={user}\npassword={}", password.expose())
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Credentials(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
     }
 }
 
@@ -137,7 +144,7 @@ async fn watched(
 }
 
 /// The bytes of the files under `dir` (0 for what cannot be read).
-fn dir_bytes(dir: &Path) -> u64 {
+pub fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -32,6 +32,9 @@ pub struct Instance {
     /// MariaDB semi-synchronous replication: `master`, `slave` or none.
     #[serde(default)]
     pub semi_sync: String,
+    /// Its CPU limit, applied whenever it starts.
+    #[serde(default)]
+    pub cgroup: Option<crate::protocol::Cgroup>,
 }
 
 /// What an install asks for.
@@ -44,6 +47,7 @@ pub struct InstallSpec {
     pub server_id: u64,
     pub read_only: bool,
     pub semi_sync: String,
+    pub cgroup: Option<crate::protocol::Cgroup>,
 }
 
 impl Instance {
@@ -114,11 +118,9 @@ impl Instance {
         text
     }
 
-    /// Makes sure the instance is installed: its directory, `my.cnf` and an
-    /// initialised datadir. An interrupted install (no `data/mysql`) is
-    /// started over.
-    pub async fn install(spec: &InstallSpec, host: &str) -> Result<Instance, String> {
-        let instance = Instance {
+    /// The instance `spec` describes (not yet on disk).
+    pub fn of(spec: &InstallSpec) -> Instance {
+        Instance {
             port: spec.port,
             dir: spec.base.join(spec.port.to_string()),
             innodb_size_mb: spec.innodb_size_mb,
@@ -128,18 +130,33 @@ impl Instance {
             pullup_paused_until: 0,
             read_only: spec.read_only,
             semi_sync: spec.semi_sync.clone(),
-        };
+            cgroup: spec.cgroup,
+        }
+    }
+
+    /// Its directory, `my.cnf`, and empty `binlog/` and `tmp/` (the datadir
+    /// is the caller's).
+    pub fn lay_out(&self, host: &str) -> Result<(), String> {
+        for sub in ["binlog", "tmp"] {
+            std::fs::create_dir_all(self.dir.join(sub))
+                .map_err(|e| format!("{}: {e}", self.dir.join(sub).display()))?;
+        }
+        std::fs::write(self.cnf(), self.config_text(host))
+            .map_err(|e| format!("{}: {e}", self.cnf().display()))
+    }
+
+    /// Makes sure the instance is installed: its directory, `my.cnf` and an
+    /// initialised datadir. An interrupted install (no `data/mysql`) is
+    /// started over.
+    pub async fn install(spec: &InstallSpec, host: &str) -> Result<Instance, String> {
+        let instance = Instance::of(spec);
         let data = instance.dir.join("data");
         if data.join("mysql").is_dir() && instance.cnf().is_file() {
             return Ok(instance);
         }
         let _ = std::fs::remove_dir_all(&data);
-        for sub in ["data", "binlog", "tmp"] {
-            std::fs::create_dir_all(instance.dir.join(sub))
-                .map_err(|e| format!("{}: {e}", instance.dir.join(sub).display()))?;
-        }
-        std::fs::write(instance.cnf(), instance.config_text(host))
-            .map_err(|e| format!("{}: {e}", instance.cnf().display()))?;
+        std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+        instance.lay_out(host)?;
         let mut cmd = std::process::Command::new(program("mariadb-install-db")?);
         cmd.arg(format!("--defaults-file={}", instance.cnf().display()))
             .args(["--auth-root-authentication-method=socket", "--skip-test-db"])
@@ -159,6 +176,37 @@ impl Instance {
             ));
         }
         Ok(instance)
+    }
+
+    /// Its datadir.
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Puts back the datadir and binlogs a clone set aside and did not
+    /// finish replacing (`data.old`, `binlog.old`: the clone's swap was cut
+    /// off), so that the instance never starts without its datadir nor on a
+    /// clone that was never confirmed. The instance must be stopped.
+    pub fn recover_swap(&self) -> Result<bool, String> {
+        let old = self.dir.join("data.old");
+        if !old.is_dir() {
+            return Ok(false);
+        }
+        let data = self.data();
+        let binlog = self.dir.join("binlog");
+        let old_binlog = self.dir.join("binlog.old");
+        let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+        if data.exists() {
+            std::fs::remove_dir_all(&data).map_err(|e| io(&data, e))?;
+        }
+        if old_binlog.is_dir() {
+            if binlog.exists() {
+                std::fs::remove_dir_all(&binlog).map_err(|e| io(&binlog, e))?;
+            }
+            std::fs::rename(&old_binlog, &binlog).map_err(|e| io(&old_binlog, e))?;
+        }
+        std::fs::rename(&old, &data).map_err(|e| io(&old, e))?;
+        Ok(true)
     }
 
     /// Makes sure `mariadbd` runs and answers on its socket (at most 60 s).

@@ -23,6 +23,8 @@
 //! in [`crate::protocol`], which the cluster manager compiles too.
 
 mod backup;
+mod cgroup;
+mod clone;
 mod instance;
 mod ops;
 mod request;
@@ -30,7 +32,7 @@ mod request;
 use crate::secret::Secret;
 use bytes::Bytes;
 use instance::{Instance, Registry};
-use ops::{Key, Operations};
+use ops::{Failure, Key, Operations};
 use parking_lot::Mutex;
 use request::{Refusal, Request};
 use serde_json::{json, Value};
@@ -108,6 +110,10 @@ pub struct Agent {
     /// One lock per instance (by port): an operation on an instance, and
     /// its auto pullup, hold it.
     locks: Mutex<HashMap<u16, Arc<tokio::sync::Mutex<()>>>>,
+    /// The port it listens on (a clone's source streams to it).
+    listen_port: u16,
+    /// Clones waiting for their source's stream, by session.
+    sessions: Mutex<HashMap<String, tokio::sync::oneshot::Sender<clone::Incoming>>>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -159,6 +165,7 @@ pub async fn serve(
         .map_err(|e| format!("--state-dir {}: {e}", config.state_dir.display()))?;
     let registry = Registry::new(&config.state_dir);
     registry.load()?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
     let agent = Arc::new(Agent {
         host: config.host.clone(),
         state_dir: config.state_dir.clone(),
@@ -168,24 +175,44 @@ pub async fn serve(
         registry,
         ops: Operations::open(&config.state_dir)?,
         locks: Mutex::new(HashMap::new()),
+        listen_port: address.port(),
+        sessions: Mutex::new(HashMap::new()),
     });
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
     info!(address = %address, state_dir = %config.state_dir.display(), "agent serving");
     let shutdown = CancellationToken::new();
     let pullup_loop = tokio::spawn(pullup(agent.clone(), shutdown.clone()));
     let a = agent.clone();
-    let routes = warp::post()
-        .and(warp::path::end())
+    // A clone's stream, from the source's agent (no size limit: a datadir).
+    let c = agent.clone();
+    let clone_route = warp::post()
+        .and(warp::path!("clone" / String))
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::body::content_length_limit(BODY_LIMIT))
-        .and(warp::body::bytes())
-        .then(move |auth: Option<String>, body: Bytes| {
-            let a = a.clone();
-            async move {
-                let (status, answer) = a.answer(auth.as_deref(), &body).await;
-                warp::reply::with_status(warp::reply::json(&answer), status)
-            }
-        })
+        .and(warp::header::optional::<u64>("x-ccr-estimate"))
+        .and(warp::body::stream())
+        .then(
+            move |session: String, auth: Option<String>, estimate: Option<u64>, body| {
+                let c = c.clone();
+                async move {
+                    let (status, answer) = c
+                        .take_stream(auth.as_deref(), session, estimate, body)
+                        .await;
+                    warp::reply::with_status(warp::reply::json(&answer), status)
+                }
+            },
+        );
+    let routes = clone_route
+        .or(warp::post()
+            .and(warp::path::end())
+            .and(warp::header::optional::<String>("authorization"))
+            .and(warp::body::content_length_limit(BODY_LIMIT))
+            .and(warp::body::bytes())
+            .then(move |auth: Option<String>, body: Bytes| {
+                let a = a.clone();
+                async move {
+                    let (status, answer) = a.answer(auth.as_deref(), &body).await;
+                    warp::reply::with_status(warp::reply::json(&answer), status)
+                }
+            }))
         .or(warp::any().map(|| {
             warp::reply::with_status(
                 warp::reply::json(&json!({"ver": "0.1", "status": "failed", "error_code": "1",
@@ -208,14 +235,117 @@ fn failed(code: &str, info: impl Into<String>) -> Value {
 }
 
 impl Agent {
+    fn authorized(&self, auth: Option<&str>) -> bool {
+        let given = auth.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+        crate::secret::constant_time_eq(given.as_bytes(), self.token.expose().as_bytes())
+    }
+
+    /// `POST /clone/SESSION`: a source's stream, handed to the clone that
+    /// waits for it; answered with what arrived once it is all taken.
+    async fn take_stream<S, B>(
+        &self,
+        auth: Option<&str>,
+        session: String,
+        estimate: Option<u64>,
+        body: S,
+    ) -> (warp::http::StatusCode, Value)
+    where
+        S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+        B: bytes::Buf + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        use warp::http::StatusCode;
+        if !self.authorized(auth) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                failed(
+                    "401",
+                    "a clone's stream comes from an agent: Authorization: Bearer <CCR_AGENT_TOKEN>",
+                ),
+            );
+        }
+        let Some(waiting) = self.sessions.lock().remove(&session) else {
+            return (
+                StatusCode::NOT_FOUND,
+                failed("404", "no clone waits for this stream"),
+            );
+        };
+        let body: clone::BodyStream = Box::pin(body.map(|r| {
+            r.map(|mut b| b.copy_to_bytes(b.remaining()))
+                .map_err(|e| e.to_string())
+        }));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if waiting
+            .send(clone::Incoming {
+                body,
+                estimate,
+                answer: tx,
+            })
+            .is_err()
+        {
+            return (StatusCode::GONE, failed("410", "the clone stopped waiting"));
+        }
+        match rx.await {
+            Ok(Ok(summary)) => (
+                StatusCode::OK,
+                json!({"ver": "0.1", "status": "done", "error_code": "0", "error_info": "",
+                       "summary": summary}),
+            ),
+            Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, failed("500", e)),
+            Err(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                failed("500", "the clone stopped"),
+            ),
+        }
+    }
+
+    /// A request to another agent (a clone's source); a failure worth
+    /// retrying when it cannot be reached or says so.
+    async fn peer(&self, host: &str, port: u16, body: Value) -> Result<Value, Failure> {
+        let auth = format!("Bearer {}", self.token.expose());
+        let answer = crate::client::request(
+            &format!("http://{host}:{port}"),
+            None,
+            "POST",
+            "/",
+            &[("authorization", auth.as_str())],
+            bytes::Bytes::from(body.to_string()),
+            Duration::from_secs(6 * 3600),
+        )
+        .await
+        .map_err(|e| Failure::retry(format!("the agent at {host}:{port}: {e}")))?;
+        let v: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        if answer.status == 200 && v["status"] == "done" {
+            return Ok(v);
+        }
+        let why = format!(
+            "the agent at {host}:{port} answered {}: {}",
+            answer.status,
+            v["error_info"].as_str().unwrap_or("no reason given")
+        );
+        if answer.status >= 500 || v["error_code"] == ops::RETRY_CODE {
+            Err(Failure::retry(why))
+        } else {
+            Err(Failure::from(why))
+        }
+    }
+
+    /// Makes sure the instance runs, in its cgroup when it has a limit.
+    async fn start_instance(&self, i: &Instance) -> Result<(), String> {
+        i.start().await?;
+        if let Some(limit) = &i.cgroup {
+            cgroup::apply(&self.host, i.port, i.running_pid(), limit)?;
+        }
+        Ok(())
+    }
+
     async fn answer(
         self: &Arc<Self>,
         auth: Option<&str>,
         body: &[u8],
     ) -> (warp::http::StatusCode, Value) {
         use warp::http::StatusCode;
-        let given = auth.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
-        if !crate::secret::constant_time_eq(given.as_bytes(), self.token.expose().as_bytes()) {
+        if !self.authorized(auth) {
             return (
                 StatusCode::UNAUTHORIZED,
                 failed("401", "the agent is reached only by the cluster manager: Authorization: Bearer <CCR_AGENT_TOKEN>"),
@@ -228,12 +358,13 @@ impl Agent {
             }
             Ok(request) => match self.serve(request).await {
                 Ok(v) => (StatusCode::OK, v),
-                Err(e) => (StatusCode::OK, failed("500", e)),
+                Err(e) if e.retry => (StatusCode::OK, failed(ops::RETRY_CODE, e.message)),
+                Err(e) => (StatusCode::OK, failed("500", e.message)),
             },
         }
     }
 
-    async fn serve(self: &Arc<Self>, request: Request) -> Result<Value, String> {
+    async fn serve(self: &Arc<Self>, request: Request) -> Result<Value, Failure> {
         match request {
             Request::GetInfo => Ok(self.info()),
             Request::GetNode | Request::UpdateNode => {
@@ -273,7 +404,17 @@ impl Agent {
                           "instances": touched}),
                 )
             }
-            Request::Operation { key, job_type, op } => self.operation(key, job_type, op).await,
+            Request::StreamBackup(s) => {
+                info!(port = s.port, to = %s.to, "streaming a backup");
+                let r = clone::stream_backup(self, s).await;
+                if let Err(e) = &r {
+                    warn!(error = %e.message, "streaming a backup failed");
+                }
+                r
+            }
+            Request::Operation { key, job_type, op } => {
+                Ok(self.operation(key, job_type, op).await?)
+            }
         }
     }
 
@@ -319,7 +460,7 @@ impl Agent {
             tokio::spawn(async move {
                 let outcome = me.execute(&k, op).await;
                 if let Err(e) = &outcome {
-                    warn!(job = %k.job_id, step = %k.step, job_type, error = %e, "operation failed");
+                    warn!(job = %k.job_id, step = %k.step, job_type, error = %e.message, "operation failed");
                 }
                 me.ops.finish(&k, outcome);
             });
@@ -349,8 +490,7 @@ impl Agent {
         self.locks.lock().entry(port).or_default().clone()
     }
 
-    async fn execute(&self, key: &Key, op: request::Op) -> Result<Value, String> {
-        use request::Op;
+    async fn execute(&self, key: &Key, op: request::Op) -> Result<Value, Failure> {
         let lock = op.port().map(|p| self.lock_of(p));
         let _held = match &lock {
             Some(l) => Some(l.lock().await),
@@ -366,90 +506,127 @@ impl Agent {
             )
         };
         phase("running");
-        let outcome = async {
-            match op {
-                Op::Install { spec, admin } => {
-                    if let Some(other) = self.registry.load()?.into_iter().find(|i| {
-                        i.port == spec.port && i.dir != spec.base.join(spec.port.to_string())
-                    }) {
-                        return Err(format!(
-                            "port {} is taken by the instance in {}",
-                            spec.port,
-                            other.dir.display()
-                        ));
-                    }
-                    let instance = Instance::install(&spec, &self.host).await?;
-                    self.registry.update(|list| {
-                        if !list.iter().any(|i| i.port == instance.port) {
-                            list.push(instance.clone());
-                        }
-                    })?;
-                    instance.start().await?;
-                    if let Some((user, password)) = &admin {
-                        request::create_admin(&instance, user, password).await?;
-                    }
-                    self.set_wanted(instance.port, true)?;
-                    Ok(node_json(&self.find(instance.port)?))
-                }
-                Op::Start { port } => {
-                    let i = self.find(port)?;
-                    i.start().await?;
-                    self.set_wanted(port, true)?;
-                    Ok(node_json(&self.find(port)?))
-                }
-                Op::Stop { port } => {
-                    let i = self.find(port)?;
-                    self.set_wanted(port, false)?;
-                    i.stop().await?;
-                    Ok(node_json(&self.find(port)?))
-                }
-                Op::Uninstall { port } => {
-                    let Ok(i) = self.find(port) else {
-                        return Ok(json!({"port": port, "state": "absent"}));
-                    };
-                    self.set_wanted(port, false)?;
-                    i.uninstall().await?;
-                    self.registry
-                        .update(|list| list.retain(|x| x.port != port))?;
-                    Ok(json!({"port": port, "state": "absent"}))
-                }
-                Op::Delete(d) => d.run().await,
-                Op::Send(s) => s.run().await,
-                Op::ColdBackup {
-                    ip,
-                    port,
-                    user,
-                    password,
-                } => {
-                    self.here(&ip)?;
-                    let i = self.find(port)?;
-                    let report = |p| self.ops.progress(key, p);
-                    backup::backup(
-                        &i,
-                        &self.backup_dir,
-                        &self.state_dir,
-                        &user,
-                        &password,
-                        &report,
-                    )
-                    .await
-                }
-                Op::ColdRestore { ip, port, file } => {
-                    self.here(&ip)?;
-                    let i = self.find(port)?;
-                    let file = backup::backup_file(&self.backup_dir, &file)?;
-                    let restored = backup::restore(&i, &file).await?;
-                    self.set_wanted(port, true)?;
-                    Ok(restored)
-                }
-            }
-        }
-        .await;
+        let outcome = self.perform(key, op).await;
         if !self.hold.is_zero() {
             phase("held (failpoint)");
             tokio::time::sleep(self.hold).await;
         }
         outcome
+    }
+
+    /// Runs one operation (its instance's lock held).
+    async fn perform(&self, key: &Key, op: request::Op) -> Result<Value, Failure> {
+        use request::Op;
+        match op {
+            Op::Install { spec, admin } => {
+                if let Some(other) =
+                    self.registry.load()?.into_iter().find(|i| {
+                        i.port == spec.port && i.dir != spec.base.join(spec.port.to_string())
+                    })
+                {
+                    return Err(format!(
+                        "port {} is taken by the instance in {}",
+                        spec.port,
+                        other.dir.display()
+                    )
+                    .into());
+                }
+                let instance = Instance::install(&spec, &self.host).await?;
+                self.registry.update(|list| {
+                    if !list.iter().any(|i| i.port == instance.port) {
+                        list.push(instance.clone());
+                    }
+                })?;
+                self.start_instance(&instance).await?;
+                if let Some((user, password)) = &admin {
+                    request::create_admin(&instance, user, password).await?;
+                }
+                self.set_wanted(instance.port, true)?;
+                Ok(node_json(&self.find(instance.port)?))
+            }
+            Op::Start { port } => {
+                let i = self.find(port)?;
+                // A clone cut off puts the old datadir back first.
+                if i.dir.join("data.old").is_dir() {
+                    i.stop().await?;
+                    i.recover_swap()?;
+                }
+                self.start_instance(&i).await?;
+                self.set_wanted(port, true)?;
+                Ok(node_json(&self.find(port)?))
+            }
+            Op::Stop { port } => {
+                let i = self.find(port)?;
+                self.set_wanted(port, false)?;
+                i.stop().await?;
+                Ok(node_json(&self.find(port)?))
+            }
+            Op::Uninstall { port } => {
+                let Ok(i) = self.find(port) else {
+                    return Ok(json!({"port": port, "state": "absent"}));
+                };
+                self.set_wanted(port, false)?;
+                i.uninstall().await?;
+                cgroup::remove(&self.host, port, None)?;
+                self.registry
+                    .update(|list| list.retain(|x| x.port != port))?;
+                Ok(json!({"port": port, "state": "absent"}))
+            }
+            Op::Delete(d) => Ok(d.run().await?),
+            Op::Send(s) => Ok(s.run().await?),
+            Op::Clone(c) => {
+                let report = |p| self.ops.progress(key, p);
+                clone::clone(self, *c, &report).await
+            }
+            Op::SetCgroup {
+                port,
+                cgroup: limit,
+            } => {
+                let i = self.find(port)?;
+                let path = match &limit {
+                    Some(l) => Some(cgroup::apply(&self.host, port, i.running_pid(), l)?),
+                    None => {
+                        cgroup::remove(&self.host, port, i.running_pid())?;
+                        None
+                    }
+                };
+                self.registry.update(|list| {
+                    for x in list.iter_mut().filter(|x| x.port == port) {
+                        x.cgroup = limit;
+                    }
+                })?;
+                Ok(json!({"port": port, "cgroup": path,
+                          "cpu_cores": limit.map(|l| l.cpu_cores),
+                          "cgroup_mode": limit.map(|l| l.mode.as_str())}))
+            }
+            Op::ColdBackup {
+                ip,
+                port,
+                user,
+                password,
+            } => {
+                self.here(&ip)?;
+                let i = self.find(port)?;
+                let report = |p| self.ops.progress(key, p);
+                Ok(backup::backup(
+                    &i,
+                    &self.backup_dir,
+                    &self.state_dir,
+                    &user,
+                    &password,
+                    &report,
+                )
+                .await?)
+            }
+            Op::ColdRestore { ip, port, file } => {
+                self.here(&ip)?;
+                let i = self.find(port)?;
+                let file = backup::backup_file(&self.backup_dir, &file)?;
+                let restored = backup::restore(&i, &file).await?;
+                self.set_wanted(port, true)?;
+                Ok(restored)
+            }
+        }
     }
 
     /// A cold backup or restore runs on the instance's own machine.
@@ -487,6 +664,12 @@ async fn pullup(agent: Arc<Agent>, shutdown: CancellationToken) {
             continue;
         };
         for i in list {
+            if let (Some(limit), Some(pid)) = (&i.cgroup, i.running_pid()) {
+                // Kept in its cgroup whoever started it.
+                if let Err(e) = cgroup::apply(&agent.host, i.port, Some(pid), limit) {
+                    warn!(port = i.port, error = %e, "cannot keep the instance's CPU limit");
+                }
+            }
             if !i.wanted_running || i.pullup_paused_until > now || i.is_running() {
                 continue;
             }
@@ -498,7 +681,16 @@ async fn pullup(agent: Arc<Agent>, shutdown: CancellationToken) {
                 port = i.port,
                 "managed instance is down: auto pullup starts it"
             );
-            match i.start().await {
+            if i.dir.join("data.old").is_dir() {
+                match i.recover_swap() {
+                    Ok(_) => warn!(
+                        port = i.port,
+                        "a clone was cut off: its old datadir is back"
+                    ),
+                    Err(e) => warn!(port = i.port, error = %e, "cannot put the old datadir back"),
+                }
+            }
+            match agent.start_instance(&i).await {
                 Ok(()) => info!(port = i.port, "auto pullup: instance up"),
                 Err(e) => warn!(port = i.port, error = %e, "auto pullup failed"),
             }
@@ -521,6 +713,7 @@ fn node_json(i: &Instance) -> Value {
         "state": if i.is_running() { "running" } else { "stopped" },
         "read_only": i.read_only,
         "semi_sync": i.semi_sync,
+        "cgroup": i.cgroup,
         "wanted_running": i.wanted_running,
         "pullup_paused_until": paused,
     })

@@ -17,6 +17,39 @@ fn text(key: &Key) -> String {
     format!("{}/{}/{}", key.job_id, key.step, key.attempt)
 }
 
+/// How an operation failed; `retry` when the same operation sent again
+/// may well succeed (a peer agent unreachable, a stream cut off): answered
+/// with `error_code` 503, which the manager retries.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub retry: bool,
+}
+
+impl Failure {
+    pub fn retry(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            retry: true,
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            retry: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::from(message.to_string())
+    }
+}
+
 /// An operation's state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Operation {
@@ -27,6 +60,9 @@ pub struct Operation {
     pub result: Value,
     #[serde(default)]
     pub progress: Progress,
+    /// A failure worth sending again.
+    #[serde(default)]
+    pub retry: bool,
     pub started_at: i64,
     pub updated_at: i64,
 }
@@ -42,13 +78,21 @@ impl Operation {
             attempt: self.key.attempt,
             job_type: self.job_type.clone(),
             status: self.status,
-            error_code: if failed { "1" } else { "0" }.into(),
+            error_code: match (failed, self.retry) {
+                (false, _) => "0",
+                (true, true) => RETRY_CODE,
+                (true, false) => "1",
+            }
+            .into(),
             error_info: self.error_info.clone(),
             result: self.result.clone(),
             progress: self.progress.clone(),
         }
     }
 }
+
+/// The `error_code` of a failure worth sending again.
+pub const RETRY_CODE: &str = "503";
 
 pub struct Operations {
     file: PathBuf,
@@ -122,6 +166,7 @@ impl Operations {
                 error_info: String::new(),
                 result: Value::Null,
                 progress: Progress::default(),
+                retry: false,
                 started_at: now,
                 updated_at: now,
             },
@@ -150,7 +195,7 @@ impl Operations {
     }
 
     /// Records how the operation under `key` ended.
-    pub fn finish(&self, key: &Key, outcome: Result<Value, String>) {
+    pub fn finish(&self, key: &Key, outcome: Result<Value, Failure>) {
         let mut ops = self.ops.lock();
         if let Some(op) = ops.get_mut(&text(key)) {
             op.updated_at = chrono::Utc::now().timestamp_millis();
@@ -161,7 +206,8 @@ impl Operations {
                 }
                 Err(e) => {
                     op.status = OpStatus::Failed;
-                    op.error_info = e;
+                    op.error_info = e.message;
+                    op.retry = e.retry;
                 }
             }
         }

@@ -5,7 +5,7 @@
 
 use super::instance::{InstallSpec, Instance};
 use crate::db::{self, Endpoint, ServerAddr};
-use crate::protocol::{InstallMysql, Key};
+use crate::protocol::{Cgroup, CloneMysql, InstallMysql, Key, StreamBackup};
 use crate::secret::Secret;
 use crate::tls::TlsOptions;
 use mysql_async::prelude::*;
@@ -20,7 +20,7 @@ pub struct Refusal(pub String);
 pub const ACCEPTED: &str = "get_info, get_node, update_node, get_status, auto_pullup, mysql_cmd \
 (./startmysql.sh PORT or ./stopmysql.sh PORT), delete (file_type table or binlog), send \
 (file_type table), coldbackup, coldrestore, install_mysql, start_mysql, stop_mysql, \
-uninstall_mysql";
+uninstall_mysql, clone_mysql, stream_backup (agent to agent), set_cgroup";
 
 pub enum Request {
     GetInfo,
@@ -33,6 +33,8 @@ pub enum Request {
         minutes: i64,
         port: Option<u16>,
     },
+    /// Agent to agent: a backup streamed to another agent's `/clone/…`.
+    StreamBackup(StreamBackup),
     Operation {
         key: Key,
         job_type: &'static str,
@@ -67,6 +69,11 @@ pub enum Op {
         port: u16,
         file: String,
     },
+    Clone(Box<CloneMysql>),
+    SetCgroup {
+        port: u16,
+        cgroup: Option<Cgroup>,
+    },
 }
 
 impl Op {
@@ -75,6 +82,8 @@ impl Op {
             Op::Install { spec, .. } => Some(spec.port),
             Op::Start { port } | Op::Stop { port } | Op::Uninstall { port } => Some(*port),
             Op::ColdBackup { port, .. } | Op::ColdRestore { port, .. } => Some(*port),
+            Op::Clone(c) => Some(c.port),
+            Op::SetCgroup { port, .. } => Some(*port),
             Op::Delete(_) | Op::Send(_) => None,
         }
     }
@@ -171,6 +180,20 @@ impl Request {
                 },
             ),
             "delete" => operation("delete", delete(&f)?),
+            "clone_mysql" => operation(
+                "clone_mysql",
+                Op::Clone(Box::new(CloneMysql::parse(&f.0).map_err(Refusal)?)),
+            ),
+            "stream_backup" => Ok(Request::StreamBackup(
+                StreamBackup::parse(&f.0).map_err(Refusal)?,
+            )),
+            "set_cgroup" => operation(
+                "set_cgroup",
+                Op::SetCgroup {
+                    port: f.port("port")?,
+                    cgroup: Cgroup::parse(&f.0).map_err(Refusal)?,
+                },
+            ),
             "send" => send(&f),
             "coldbackup" => operation(
                 "coldbackup",
@@ -239,19 +262,24 @@ fn mysql_cmd(f: &Fields<'_>) -> Result<Request, Refusal> {
 /// `install_mysql`'s instance ([`InstallMysql`], the protocol's type).
 fn install(f: &Fields<'_>) -> Result<Op, Refusal> {
     let i = InstallMysql::parse(&f.0).map_err(Refusal)?;
-    let spec = InstallSpec {
+    Ok(Op::Install {
+        spec: spec_of(&i),
+        admin: i.admin,
+    })
+}
+
+/// The agent's install of the protocol's `install_mysql`.
+pub fn spec_of(i: &InstallMysql) -> InstallSpec {
+    InstallSpec {
         port: i.port,
-        base: i.datadir,
+        base: i.datadir.clone(),
         innodb_size_mb: i.innodb_size_mb,
         max_connections: i.max_connections,
         server_id: i.server_id,
         read_only: i.read_only,
         semi_sync: i.semi_sync.as_str().to_string(),
-    };
-    Ok(Op::Install {
-        spec,
-        admin: i.admin,
-    })
+        cgroup: i.cgroup,
+    }
 }
 
 /// `delete`: a table, or the binlogs, of an instance.

@@ -5,7 +5,9 @@
 //!
 //! What counts as transient: an agent that cannot be reached, does not
 //! answer in time or answers 5xx, and an operation the agent reports
-//! `interrupted` (it restarted): the engine retries the step. An agent that
+//! `interrupted` (it restarted) or failed with `error_code` 503 (a peer
+//! agent unreachable, a clone's stream cut off): the engine retries the
+//! step. An agent that
 //! refuses the request (4xx) or reports the operation failed is definite.
 
 use super::kind::{StepCtx, StepError};
@@ -109,6 +111,12 @@ impl Agents {
                 OpStatus::Interrupted => {
                     return Err(StepError::transient(format!(
                         "the agent at {host}:{port} restarted during the operation: {}",
+                        a.error_info
+                    )))
+                }
+                OpStatus::Failed if a.error_code == "503" => {
+                    return Err(StepError::transient(format!(
+                        "the agent at {host}:{port}: {}",
                         a.error_info
                     )))
                 }

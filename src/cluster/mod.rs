@@ -22,6 +22,7 @@ mod kind;
 mod kinds;
 mod metrics;
 mod nodes;
+mod replicas;
 mod resource;
 mod views;
 
@@ -82,9 +83,6 @@ const VIEWS: &[(&str, View)] = &[
 const NOT_BUILT: &[&str] = &[
     "add_comps",
     "delete_comp",
-    "add_nodes",
-    "rebuild_node",
-    "update_instance_cgroup",
     "manual_backup_cluster",
     "cluster_restore",
     "get_expand_table_list",
@@ -186,9 +184,10 @@ impl Manager {
                 code: codes::NOT_BUILT,
                 info: format!(
                     "{t} is not built in this version: machines, clusters (create_cluster, \
-                     add_shards, delete_shard, delete_cluster, delete_node), the node agent, the \
-                     group (raft_mission) and the job engine are; nodes added and rebuilt, \
-                     failover, backups and table moves come next (see doc/cluster.md)"
+                     add_shards, delete_shard, delete_cluster), nodes (add_nodes, delete_node, \
+                     rebuild_node, update_instance_cgroup), the node agent, the group \
+                     (raft_mission) and the job engine are; failover, backups and table moves \
+                     come next (see doc/cluster.md)"
                 ),
             });
         }

@@ -57,6 +57,13 @@ pub struct NodeSettings {
     pub fullsync_level: i64,
     pub innodb_size: i64,
     pub max_connections: i64,
+    /// `cpu_cores` with `cpu_limit_node` (or `cpu_limit_mode`): each
+    /// node's CPU limit (0: none).
+    #[serde(default)]
+    pub cpu_cores: i64,
+    /// `quota` or `share`; empty: no limit.
+    #[serde(default)]
+    pub cpu_limit_mode: String,
 }
 
 impl NodeSettings {
@@ -67,7 +74,20 @@ impl NodeSettings {
             fullsync_level: v["fullsync_level"].as_i64().unwrap_or(0),
             innodb_size: v["innodb_size"].as_i64().unwrap_or(128),
             max_connections: v["max_connections"].as_i64().unwrap_or(1000),
+            cpu_cores: v["cpu_cores"].as_i64().unwrap_or(0),
+            cpu_limit_mode: v["cpu_limit_mode"].as_str().unwrap_or("").to_string(),
         }
+    }
+
+    /// The CPU limit every node gets at install.
+    pub fn cgroup(&self) -> Option<crate::protocol::Cgroup> {
+        if self.cpu_cores <= 0 || self.cpu_limit_mode.is_empty() {
+            return None;
+        }
+        Some(crate::protocol::Cgroup {
+            cpu_cores: self.cpu_cores as u32,
+            mode: crate::protocol::CgroupMode::parse(&self.cpu_limit_mode).ok()?,
+        })
     }
 }
 
@@ -378,6 +398,24 @@ pub async fn install(
     settings: &NodeSettings,
     p: &Placement,
 ) -> Result<Value, StepError> {
+    let request = Request::InstallMysql(Box::new(
+        install_request(ctx, cluster_id, settings, p).await?,
+    ));
+    ctx.env
+        .agents
+        .operate(ctx, &p.hostaddr, p.agent_port, request)
+        .await
+}
+
+/// What a new node is installed with: its server id (unique in its
+/// cluster: node numbers run 1 to 9), read-only and semi-sync as its role
+/// and the cluster's settings say, the cluster's account and CPU limit.
+pub async fn install_request(
+    ctx: &StepCtx<'_>,
+    cluster_id: &str,
+    settings: &NodeSettings,
+    p: &Placement,
+) -> Result<InstallMysql, StepError> {
     let (user, pw) = password(ctx.env, cluster_id).await?;
     let replica = p.role == "replica";
     let semi_sync = match (settings.fullsync_level > 0, replica) {
@@ -387,7 +425,7 @@ pub async fn install(
     };
     let cluster: i64 = cluster_id.parse().unwrap_or(0);
     let server_id = (cluster % 100_000) * 1000 + p.shard * 10 + p.node;
-    let request = Request::InstallMysql(Box::new(InstallMysql {
+    Ok(InstallMysql {
         key: super::agents::Agents::key(ctx, ""),
         port: p.port as u16,
         datadir: p.datadir.clone().into(),
@@ -397,11 +435,8 @@ pub async fn install(
         read_only: replica,
         semi_sync,
         admin: Some((user, pw)),
-    }));
-    ctx.env
-        .agents
-        .operate(ctx, &p.hostaddr, p.agent_port, request)
-        .await
+        cgroup: settings.cgroup(),
+    })
 }
 
 /// Removes an instance through its agent (`prefix` tells an undo's

@@ -89,6 +89,16 @@ fn check_klustron_fields(e: &Envelope) -> Result<(), Refused> {
     Ok(())
 }
 
+/// `cpu_limit_node` (the seed's name) or `cpu_limit_mode` (what
+/// Klustron's own clients send): with `cpu_cores`, each node's CPU is
+/// limited at install; without either, no limit.
+fn cpu_limit_mode(e: &Envelope) -> Result<String, Refused> {
+    let p = e.paras();
+    let node = p.text("cpu_limit_node")?.filter(|m| !m.is_empty());
+    let mode = p.text("cpu_limit_mode")?.filter(|m| !m.is_empty());
+    Ok(node.or(mode).unwrap_or_default())
+}
+
 #[async_trait::async_trait]
 impl Kind for CreateCluster {
     type Plan = Plan;
@@ -214,6 +224,8 @@ impl Kind for CreateCluster {
                     fullsync_level: fullsync,
                     innodb_size: innodb,
                     max_connections,
+                    cpu_cores: p.int("cpu_cores", 0, 4096)?.unwrap_or(0),
+                    cpu_limit_mode: cpu_limit_mode(e)?,
                 },
                 admin_user,
                 admin_password_sealed: Some(sealed),

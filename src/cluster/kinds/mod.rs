@@ -2,6 +2,7 @@
 //! registry that lists them. Adding a job type: a file here implementing
 //! [`super::kind::Kind`], and one line in [`registry`].
 
+mod add_nodes;
 mod add_shards;
 mod create_cluster;
 mod create_machine;
@@ -10,7 +11,9 @@ mod delete_machine;
 mod delete_node;
 mod delete_shard;
 mod raft_mission;
+mod rebuild_node;
 mod set_machine;
+mod update_instance_cgroup;
 
 use super::kind::{erased, AnyKind};
 use std::sync::Arc;
@@ -29,5 +32,8 @@ pub fn registry() -> Vec<Arc<dyn AnyKind>> {
         erased(delete_node::DeleteNode("delete_node")),
         erased(delete_node::DeleteNode("delete_nodes")),
         erased(raft_mission::RaftMission),
+        erased(add_nodes::AddNodes),
+        erased(rebuild_node::RebuildNode),
+        erased(update_instance_cgroup::UpdateInstanceCgroup),
     ]
 }
