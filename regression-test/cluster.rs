@@ -36,6 +36,11 @@ impl Agent {
         a
     }
 
+    /// Starts it again after [`Agent::kill`], on the same port and state.
+    pub(crate) fn respawn(&mut self) {
+        self.spawn();
+    }
+
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join(format!("agent-{}.log", self.host))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ccr-syncer"))
@@ -74,7 +79,7 @@ impl Agent {
         self.child.as_ref().expect("the agent runs").id() as i32
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

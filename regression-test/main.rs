@@ -26,6 +26,7 @@ mod openapi;
 mod outages;
 mod positions;
 mod recovery;
+mod replicas;
 mod restart;
 mod secrets;
 mod shutdown;
