@@ -473,6 +473,17 @@ async fn a_rebuild_survives_the_manager_and_either_agent_killed() {
     // The manager, the target's agent, then the source's, killed while
     // the clone streams.
     for (n, round) in ["manager", "target", "source"].into_iter().enumerate() {
+        // The other replica replicates (a killed backup with
+        // --safe-slave-backup did not leave it stopped), so it is the source.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !replicating(&nodes[2]) {
+            assert!(
+                Instant::now() < deadline,
+                "{round}: {:?} does not replicate",
+                nodes[2]
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         let id = format!("rb-{round}");
         let v = emit(&s, "rebuild_node", &id, rebuild(&id)).await;
         assert_eq!(v["status"], "accept", "{v}");
@@ -502,8 +513,23 @@ async fn a_rebuild_survives_the_manager_and_either_agent_killed() {
                 agents[victim].respawn();
             }
         }
-        let v = wait_job(&s, &id, 300).await;
+        // A killed agent's clone is retried (interrupted, or its stream
+        // cut off), and seen to be.
+        let mut retried = false;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let v = loop {
+            let v = emit(&s, "get_status", &id, json!({})).await;
+            if v["attachment"]["retries"].as_u64().unwrap_or(0) > 0 {
+                retried = true;
+            }
+            if v["status"] == "done" || v["status"] == "failed" {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "{round}: still {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         assert_eq!(v["status"], "done", "{round}: {v}");
+        assert!(retried || round == "manager", "{round}: no retry seen");
         sql(
             &primary,
             &format!("INSERT INTO app.t VALUES ({}, '{round}')", 20001 + n),

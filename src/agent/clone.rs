@@ -337,13 +337,7 @@ fn binlog_gtid(dir: &Path) -> Result<String, String> {
 /// The started clone takes its GTID position and replicates from the
 /// primary (through its socket, as root).
 async fn follow(instance: &Instance, gtid: &str, c: &CloneMysql) -> Result<(), Failure> {
-    let opts = mysql_async::OptsBuilder::default()
-        .socket(Some(instance.socket().to_string_lossy().to_string()))
-        .user(Some("root"));
-    let mut conn = tokio::time::timeout(Duration::from_secs(10), mysql_async::Conn::new(opts))
-        .await
-        .map_err(|_| "connecting to the clone's socket timed out".to_string())?
-        .map_err(|e| format!("the clone's socket: {e}"))?;
+    let mut conn = root(instance).await?;
     let (host, port) = &c.primary;
     let change = format!(
         "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {port}, MASTER_USER = {}, \
@@ -394,6 +388,71 @@ async fn follow(instance: &Instance, gtid: &str, c: &CloneMysql) -> Result<(), F
     )))
 }
 
+/// A connection to the instance through its socket, as root.
+async fn root(instance: &Instance) -> Result<mysql_async::Conn, String> {
+    let opts = mysql_async::OptsBuilder::default()
+        .socket(Some(instance.socket().to_string_lossy().to_string()))
+        .user(Some("root"));
+    tokio::time::timeout(Duration::from_secs(10), mysql_async::Conn::new(opts))
+        .await
+        .map_err(|_| {
+            format!(
+                "connecting to the socket of port {} timed out",
+                instance.port
+            )
+        })?
+        .map_err(|e| format!("the socket of port {}: {e}", instance.port))
+}
+
+/// The file that says a backup with `--safe-slave-backup` stopped the
+/// instance's replication SQL thread, which ran before: whoever sees it
+/// with no backup streaming starts the thread again (a backup killed with
+/// its agent never leaves a replica stopped).
+fn sql_thread_marker(agent: &Agent, port: u16) -> PathBuf {
+    agent.state_dir.join(format!("resume-sql-thread-{port}"))
+}
+
+/// Whether the instance's replication SQL thread runs.
+async fn sql_thread_runs(instance: &Instance) -> bool {
+    let Ok(mut conn) = root(instance).await else {
+        return false;
+    };
+    let row: Option<mysql_async::Row> = conn.query_first("SHOW SLAVE STATUS").await.ok().flatten();
+    let _ = conn.disconnect().await;
+    row.and_then(|r| r.get_opt::<String, _>("Slave_SQL_Running"))
+        .and_then(|r| r.ok())
+        .is_some_and(|v| v == "Yes")
+}
+
+/// Starts the SQL thread a backup stopped, if its marker says so and no
+/// backup of the instance streams now.
+pub async fn resume_sql_thread(agent: &Agent, instance: &Instance) -> Result<(), String> {
+    let marker = sql_thread_marker(agent, instance.port);
+    if !marker.exists() || agent.streaming.lock().contains(&instance.port) {
+        return Ok(());
+    }
+    let mut conn = root(instance).await?;
+    conn.query_drop("START SLAVE SQL_THREAD")
+        .await
+        .map_err(|e| format!("restarting the SQL thread of port {}: {e}", instance.port))?;
+    let _ = conn.disconnect().await;
+    let _ = std::fs::remove_file(&marker);
+    tracing::info!(
+        port = instance.port,
+        "the replication SQL thread a backup stopped runs again"
+    );
+    Ok(())
+}
+
+/// Marks the instance as streaming a backup while alive.
+struct Streaming<'a>(&'a Agent, u16);
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        self.0.streaming.lock().remove(&self.1);
+    }
+}
+
 /// Runs `cmd`; its error output's tail when it fails.
 async fn run(mut cmd: tokio::process::Command, what: &str) -> Result<(), String> {
     let out = cmd
@@ -422,6 +481,17 @@ pub async fn stream_backup(agent: &Agent, s: StreamBackup) -> Result<Value, Fail
         return Err(format!("the source instance on port {} is not running", s.port).into());
     }
     let tool = program("mariadb-backup")?;
+    if !agent.streaming.lock().insert(s.port) {
+        return Err(Failure::retry(format!(
+            "a backup of the instance on port {} streams already",
+            s.port
+        )));
+    }
+    let streaming = Streaming(agent, s.port);
+    if s.safe_slave && sql_thread_runs(&instance).await {
+        let marker = sql_thread_marker(agent, s.port);
+        std::fs::write(&marker, b"").map_err(|e| io(&marker, e))?;
+    }
     let creds = super::backup::Credentials::write(&agent.state_dir, &s.user, &s.password)?;
     let scratch = agent.state_dir.join(format!("stream-{}", session_name()?));
     std::fs::create_dir_all(&scratch).map_err(|e| io(&scratch, e))?;
@@ -517,6 +587,10 @@ pub async fn stream_backup(agent: &Agent, s: StreamBackup) -> Result<Value, Fail
     .await;
     let sent = pump.await.map_err(|e| format!("the stream's task: {e}"))?;
     drop(creds);
+    drop(streaming);
+    if let Err(e) = resume_sql_thread(agent, &instance).await {
+        tracing::warn!(port = s.port, error = %e, "cannot restart the SQL thread after a backup");
+    }
     let answer = posted.map_err(|e| Failure::retry(format!("streaming to {}: {e}", s.to)))?;
     let sent = sent.map_err(Failure::retry)?;
     if answer.status != 200 {

@@ -112,6 +112,8 @@ pub struct Agent {
     locks: Mutex<HashMap<u16, Arc<tokio::sync::Mutex<()>>>>,
     /// The port it listens on (a clone's source streams to it).
     listen_port: u16,
+    /// Instances whose backup streams to another agent now.
+    streaming: Mutex<std::collections::HashSet<u16>>,
     /// Clones waiting for their source's stream, by session.
     sessions: Mutex<HashMap<String, tokio::sync::oneshot::Sender<clone::Incoming>>>,
 }
@@ -177,6 +179,7 @@ pub async fn serve(
         locks: Mutex::new(HashMap::new()),
         listen_port: address.port(),
         sessions: Mutex::new(HashMap::new()),
+        streaming: Mutex::new(Default::default()),
     });
     info!(address = %address, state_dir = %config.state_dir.display(), "agent serving");
     let shutdown = CancellationToken::new();
@@ -668,6 +671,12 @@ async fn pullup(agent: Arc<Agent>, shutdown: CancellationToken) {
                 // Kept in its cgroup whoever started it.
                 if let Err(e) = cgroup::apply(&agent.host, i.port, Some(pid), limit) {
                     warn!(port = i.port, error = %e, "cannot keep the instance's CPU limit");
+                }
+            }
+            if i.is_running() {
+                // A backup killed with its agent left replication stopped.
+                if let Err(e) = clone::resume_sql_thread(&agent, &i).await {
+                    warn!(port = i.port, error = %e, "cannot restart the SQL thread");
                 }
             }
             if !i.wanted_running || i.pullup_paused_until > now || i.is_running() {

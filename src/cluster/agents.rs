@@ -64,10 +64,13 @@ impl Agents {
         let why = v["error_info"].as_str().unwrap_or("no reason given");
         match answer.status {
             200 if v["status"] != "failed" => Ok(v),
-            500..=599 => Err(StepError::transient(format!(
-                "the agent at {host}:{port} answered {}: {why}",
-                answer.status
-            ))),
+            // A failure the agent says is worth another try.
+            500..=599 | 200 if v["error_code"] == "503" || answer.status >= 500 => {
+                Err(StepError::transient(format!(
+                    "the agent at {host}:{port} answered {}: {why}",
+                    answer.status
+                )))
+            }
             status => Err(StepError::definite(format!(
                 "the agent at {host}:{port} answered {status}: {why}"
             ))),
