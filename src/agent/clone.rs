@@ -496,7 +496,7 @@ pub async fn stream_backup(agent: &Agent, s: StreamBackup) -> Result<Value, Fail
     let scratch = agent.state_dir.join(format!("stream-{}", session_name()?));
     std::fs::create_dir_all(&scratch).map_err(|e| io(&scratch, e))?;
     let _scratch = RemoveDir(scratch.clone());
-    let estimate = super::backup::dir_bytes(&instance.data());
+    let estimate = backed_up_bytes(&instance.data());
     let mut cmd = tokio::process::Command::new(&tool);
     cmd.arg(format!("--defaults-extra-file={}", creds.path().display()))
         .arg("--backup")
@@ -604,6 +604,27 @@ pub async fn stream_backup(agent: &Agent, s: StreamBackup) -> Result<Value, Fail
         json!({"ver": "0.1", "status": "done", "error_code": "0", "error_info": "",
               "summary": sent}),
     )
+}
+
+/// About what a backup of `datadir` streams: its files but the redo log,
+/// the temporary tablespace and relay logs, which it does not copy.
+fn backed_up_bytes(datadir: &Path) -> u64 {
+    let skipped = |name: &str| {
+        name.starts_with("ib_logfile") || name.starts_with("ibtmp") || name.contains("relay-bin")
+    };
+    std::fs::read_dir(datadir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => super::backup::dir_bytes(&e.path()),
+                Ok(_) if !skipped(&name) => e.metadata().map_or(0, |m| m.len()),
+                _ => 0,
+            }
+        })
+        .sum()
 }
 
 /// A receiver as a stream.

@@ -44,8 +44,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warp::Filter;
 
-/// How long an answer waits for its operation before saying `ongoing`.
-const WAIT: Duration = Duration::from_secs(10);
+/// How long an answer waits for its operation before saying `ongoing`
+/// (short: the manager passes each answer's progress on to `get_status`).
+const WAIT: Duration = Duration::from_secs(2);
 /// Bodies larger than this are refused.
 const BODY_LIMIT: u64 = 1 << 20;
 

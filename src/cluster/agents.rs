@@ -22,7 +22,7 @@ use std::time::Duration;
 pub const ONLINE_MS: i64 = 15_000;
 
 /// How long one request to an agent may take (the agent answers an
-/// operation's state within 10 s).
+/// operation's state within 2 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]
