@@ -19,6 +19,7 @@ const PW: &str = "replica-admin-pw";
 fn paras() -> Value {
     json!({"nick_name": "repl", "ha_mode": "rbr", "shards": "1", "nodes": "2", "comps": "0",
            "innodb_size": "16", "max_connections": "40", "fullsync_level": "1",
+           "cpu_cores": "2", "cpu_limit_node": "share",
            "admin_user": "clustmgr", "admin_password": PW})
 }
 
@@ -163,6 +164,24 @@ async fn replicas_are_added_rebuilt_deleted_and_limited() {
     let nodes = shard_nodes(&s, &name).await;
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     let (primary, r1) = (nodes[0].clone(), nodes[1].clone());
+    // create_cluster's cpu_cores with cpu_limit_node: a soft share of 2.
+    let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "/sys/fs/cgroup/ccr-syncer"
+    } else {
+        "/sys/fs/cgroup/cpu/ccr-syncer"
+    };
+    let own = Path::new(base).join(format!("mysql-{}-{}", primary.0, primary.1));
+    let share = std::fs::read_to_string(own.join("cpu.shares"))
+        .or_else(|_| std::fs::read_to_string(own.join("cpu.weight")))
+        .unwrap_or_else(|e| panic!("{}: {e}", own.display()));
+    assert!(["2048", "200"].contains(&share.trim()), "{share}");
+    let procs = std::fs::read_to_string(own.join("cgroup.procs")).unwrap();
+    assert!(
+        procs
+            .lines()
+            .any(|l| l.trim() == instance_pid(d, &primary).to_string()),
+        "{procs}"
+    );
     sql(
         &primary,
         "CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(200)); \

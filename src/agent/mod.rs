@@ -571,7 +571,9 @@ impl Agent {
                 };
                 self.set_wanted(port, false)?;
                 i.uninstall().await?;
-                cgroup::remove(&self.host, port, None)?;
+                if let Err(e) = cgroup::remove(&self.host, port, None) {
+                    warn!(port, error = %e, "the uninstalled instance's cgroup stays");
+                }
                 self.registry
                     .update(|list| list.retain(|x| x.port != port))?;
                 Ok(json!({"port": port, "state": "absent"}))
