@@ -49,6 +49,8 @@ pub struct Incoming {
 
 /// How long the target waits for the source to start streaming.
 const FIRST_BYTES: Duration = Duration::from_secs(120);
+/// A stream that moves no byte this long is cut off (a network split).
+const IDLE: Duration = Duration::from_secs(120);
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -113,11 +115,14 @@ pub async fn clone(
         instance.stop().await?;
         instance.recover_swap()?;
     }
+    instance.clear_leftovers();
     let target = instance.dir.join("data.clone");
     if target.exists() {
         std::fs::remove_dir_all(&target).map_err(|e| io(&target, e))?;
     }
     std::fs::create_dir_all(&target).map_err(|e| io(&target, e))?;
+    // Whatever stops the clone before it is in place, its copy goes.
+    let _partial = RemoveDir(target.clone());
 
     // The session the source streams to.
     let session = session_name()?;
@@ -158,9 +163,11 @@ pub async fn clone(
         phase("streaming", done, total)
     })
     .await;
-    // The source's own count and hash, compared with ours.
-    let theirs = sent.await?;
+    // Our own failure first (it says more), then the source's count and
+    // hash, compared with ours.
+    let theirs = sent.await;
     let ours = received?;
+    let theirs = theirs?;
     let theirs: StreamSummary = serde_json::from_value(theirs["summary"].clone())
         .map_err(|e| format!("the source's agent {source} answered {e}"))?;
     if theirs != ours {
@@ -170,65 +177,77 @@ pub async fn clone(
             theirs.bytes, theirs.sha256, ours.bytes, ours.sha256
         )));
     }
-    phase("preparing", ours.bytes, Some(ours.bytes));
     let tool = program("mariadb-backup")?;
     let mut cmd = tokio::process::Command::new(&tool);
     cmd.arg("--prepare")
         .arg(format!("--target-dir={}", target.display()))
         .arg("--use-memory=64M");
-    run(cmd, "mariadb-backup --prepare").await?;
-    let gtid = binlog_gtid(&target)?;
+    ticking(
+        async { Ok(run(cmd, "mariadb-backup --prepare").await?) },
+        &|secs| {
+            phase(
+                &format!("preparing ({secs} s)"),
+                ours.bytes,
+                Some(ours.bytes),
+            )
+        },
+    )
+    .await?;
+    let gtid = backup_gtid(&target)?;
 
-    // The swap: the old datadir and binlogs aside, the clone in place.
+    // The swap: the old datadir and binlogs aside, the clone in place. The
+    // instance lock keeps auto pullup out; an agent killed in the middle
+    // leaves `data.old`, which the next start puts back.
     phase("starting", ours.bytes, Some(ours.bytes));
-    agent.set_wanted(instance.port, false)?;
     instance.stop().await?;
-    let data = instance.data();
-    let binlog = instance.dir.join("binlog");
-    let had_data = data.join("mysql").is_dir();
-    if had_data {
-        std::fs::rename(&data, instance.dir.join("data.old")).map_err(|e| io(&data, e))?;
-        if binlog.is_dir() {
-            std::fs::rename(&binlog, instance.dir.join("binlog.old"))
-                .map_err(|e| io(&binlog, e))?;
-        }
-    } else if data.exists() {
-        std::fs::remove_dir_all(&data).map_err(|e| io(&data, e))?;
-    }
-    std::fs::create_dir_all(&binlog).map_err(|e| io(&binlog, e))?;
-    std::fs::rename(&target, &data).map_err(|e| io(&target, e))?;
-    let replicating = async {
+    let had_data = instance.data().join("mysql").is_dir();
+    let swapped = async {
+        swap_in(&instance, &target, had_data)?;
         agent.start_instance(&instance).await?;
         follow(&instance, &gtid, &c).await
     }
     .await;
-    if let Err(e) = replicating {
+    if let Err(e) = swapped {
         // Back to the old datadir, as it was.
-        let _ = instance.stop().await;
+        instance.stop().await?;
         if had_data {
             instance.recover_swap()?;
             agent.start_instance(&instance).await?;
-            agent.set_wanted(instance.port, true)?;
         }
         return Err(e);
     }
-    // It replicates: the old datadir goes (or is kept aside).
+    // It replicates: confirmed by renaming `data.old` away in one step,
+    // then the old datadir goes (or stays aside).
     let mut previous = Value::Null;
     let old = instance.dir.join("data.old");
     let old_binlog = instance.dir.join("binlog.old");
     if old.is_dir() {
-        if c.keep_old {
-            let stamp = chrono::Utc::now().format("%Y%m%d_%H%M%S");
-            let aside = instance.dir.join(format!("data.before-rebuild-{stamp}"));
-            if old_binlog.is_dir() {
-                std::fs::rename(&old_binlog, old.join("binlog.before-rebuild"))
-                    .map_err(|e| io(&old_binlog, e))?;
-            }
-            std::fs::rename(&old, &aside).map_err(|e| io(&old, e))?;
-            previous = json!(aside);
+        let stamp = chrono::Utc::now().format("%Y%m%d_%H%M%S");
+        let name = if c.keep_old {
+            format!("data.before-rebuild-{stamp}")
         } else {
-            let _ = std::fs::remove_dir_all(&old_binlog);
-            std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+            format!("data.discard-{stamp}")
+        };
+        let away = instance.dir.join(name);
+        std::fs::rename(&old, &away).map_err(|e| io(&old, e))?;
+        if old_binlog.is_dir() {
+            std::fs::rename(&old_binlog, away.join("binlog.before-rebuild"))
+                .map_err(|e| io(&old_binlog, e))?;
+        }
+        if c.keep_old {
+            previous = json!(away);
+        } else {
+            ticking(
+                async { std::fs::remove_dir_all(&away).map_err(|e| io(&away, e).into()) },
+                &|secs| {
+                    phase(
+                        &format!("removing the old datadir ({secs} s)"),
+                        ours.bytes,
+                        Some(ours.bytes),
+                    )
+                },
+            )
+            .await?;
         }
     }
     agent.set_wanted(instance.port, true)?;
@@ -244,6 +263,45 @@ pub async fn clone(
         "seconds": (seconds * 10.0).round() / 10.0,
         "previous_datadir": previous,
     }))
+}
+
+/// Sets the old datadir and binlogs aside (when there is one) and puts the
+/// prepared clone in their place, with empty binlogs.
+fn swap_in(instance: &Instance, clone: &Path, had_data: bool) -> Result<(), Failure> {
+    let data = instance.data();
+    let binlog = instance.dir.join("binlog");
+    if had_data {
+        std::fs::rename(&data, instance.dir.join("data.old")).map_err(|e| io(&data, e))?;
+        if binlog.is_dir() {
+            std::fs::rename(&binlog, instance.dir.join("binlog.old"))
+                .map_err(|e| io(&binlog, e))?;
+        }
+    } else if data.exists() {
+        std::fs::remove_dir_all(&data).map_err(|e| io(&data, e))?;
+    }
+    if binlog.exists() {
+        std::fs::remove_dir_all(&binlog).map_err(|e| io(&binlog, e))?;
+    }
+    std::fs::create_dir_all(&binlog).map_err(|e| io(&binlog, e))?;
+    std::fs::rename(clone, &data).map_err(|e| io(clone, e))?;
+    Ok(())
+}
+
+/// Runs `work`, calling `tick` with the seconds spent every 2 s, so that
+/// a long step without bytes to count still shows it moves.
+async fn ticking<T>(
+    work: impl std::future::Future<Output = Result<T, Failure>>,
+    tick: &(dyn Fn(u64) + Sync),
+) -> Result<T, Failure> {
+    tokio::pin!(work);
+    let began = Instant::now();
+    loop {
+        tick(began.elapsed().as_secs());
+        tokio::select! {
+            r = &mut work => return r,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
 }
 
 /// Forgets a session however the operation ends.
@@ -282,7 +340,16 @@ async fn receive(
         let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
         let mut bytes = 0u64;
         let mut told = Instant::now();
-        while let Some(chunk) = body.next().await {
+        loop {
+            let next = tokio::time::timeout(IDLE, body.next()).await.map_err(|_| {
+                Failure::retry(format!(
+                    "the stream stalled: nothing for {} s",
+                    IDLE.as_secs()
+                ))
+            })?;
+            let Some(chunk) = next else {
+                break;
+            };
             let chunk = chunk.map_err(|e| Failure::retry(format!("the stream broke: {e}")))?;
             hash.update(&chunk);
             bytes += chunk.len() as u64;
@@ -320,8 +387,20 @@ async fn receive(
     outcome
 }
 
-/// The GTID position the backup holds (its binlog info), `""` for none.
-fn binlog_gtid(dir: &Path) -> Result<String, String> {
+/// The GTID position the clone starts replicating from: a replica
+/// source's applied position (`--slave-info`: what it had from the
+/// primary, without anything of its own), else the source's binlog
+/// position (`""`: nothing logged yet).
+fn backup_gtid(dir: &Path) -> Result<String, String> {
+    for name in ["mariadb_backup_slave_info", "xtrabackup_slave_info"] {
+        if let Ok(text) = std::fs::read_to_string(dir.join(name)) {
+            if let Some(rest) = text.split("gtid_slave_pos").nth(1) {
+                if let Some(gtid) = rest.split('\'').nth(1) {
+                    return Ok(gtid.trim().to_string());
+                }
+            }
+        }
+    }
     for name in ["mariadb_backup_binlog_info", "xtrabackup_binlog_info"] {
         if let Ok(text) = std::fs::read_to_string(dir.join(name)) {
             return Ok(text
@@ -362,6 +441,10 @@ async fn follow(instance: &Instance, gtid: &str, c: &CloneMysql) -> Result<(), F
             )
         })?;
     }
+    // Replicating means both threads running without an error, three
+    // checks in a row (an IO thread shows "Yes" for a moment before the
+    // primary refuses it).
+    let mut good = 0;
     for _ in 0..120 {
         let row: Option<mysql_async::Row> = conn
             .query_first("SHOW SLAVE STATUS")
@@ -369,17 +452,36 @@ async fn follow(instance: &Instance, gtid: &str, c: &CloneMysql) -> Result<(), F
             .map_err(|e| format!("the clone: {e}"))?;
         let get = |k: &str| {
             row.as_ref()
-                .and_then(|r| r.get_opt::<String, _>(k))
+                .and_then(|r| r.get_opt::<Option<String>, _>(k))
                 .and_then(|r| r.ok())
+                .flatten()
                 .unwrap_or_default()
         };
-        if get("Slave_IO_Running") == "Yes" && get("Slave_SQL_Running") == "Yes" {
-            let _ = conn.disconnect().await;
-            return Ok(());
+        let io_errno = get("Last_IO_Errno");
+        let sql_errno = get("Last_SQL_Errno");
+        if io_errno == "1236" {
+            return Err(format!(
+                "the primary {host}:{port} cannot serve the clone's position: {}",
+                get("Last_IO_Error")
+            )
+            .into());
         }
-        let err = get("Last_SQL_Error");
-        if !err.is_empty() && get("Slave_SQL_Running") == "No" {
-            return Err(format!("the clone does not replicate from {host}:{port}: {err}").into());
+        if !matches!(sql_errno.as_str(), "" | "0") && get("Slave_SQL_Running") == "No" {
+            return Err(format!(
+                "the clone does not replicate from {host}:{port}: {}",
+                get("Last_SQL_Error")
+            )
+            .into());
+        }
+        let running = get("Slave_IO_Running") == "Yes" && get("Slave_SQL_Running") == "Yes";
+        if running && matches!(io_errno.as_str(), "" | "0") {
+            good += 1;
+            if good >= 3 {
+                let _ = conn.disconnect().await;
+                return Ok(());
+            }
+        } else {
+            good = 0;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -432,11 +534,17 @@ pub async fn resume_sql_thread(agent: &Agent, instance: &Instance) -> Result<(),
         return Ok(());
     }
     let mut conn = root(instance).await?;
+    // A backup that began meanwhile keeps the thread stopped.
+    if agent.streaming.lock().contains(&instance.port) {
+        return Ok(());
+    }
     conn.query_drop("START SLAVE SQL_THREAD")
         .await
         .map_err(|e| format!("restarting the SQL thread of port {}: {e}", instance.port))?;
     let _ = conn.disconnect().await;
-    let _ = std::fs::remove_file(&marker);
+    if !agent.streaming.lock().contains(&instance.port) {
+        let _ = std::fs::remove_file(&marker);
+    }
     tracing::info!(
         port = instance.port,
         "the replication SQL thread a backup stopped runs again"
@@ -481,6 +589,14 @@ pub async fn stream_backup(agent: &Agent, s: StreamBackup) -> Result<Value, Fail
         return Err(format!("the source instance on port {} is not running", s.port).into());
     }
     let tool = program("mariadb-backup")?;
+    // Nothing else acts on the source (a cold backup, a stop) meanwhile.
+    let lock = agent.lock_of(s.port);
+    let Ok(_held) = lock.try_lock() else {
+        return Err(Failure::retry(format!(
+            "the instance on port {} is busy with another operation",
+            s.port
+        )));
+    };
     if !agent.streaming.lock().insert(s.port) {
         return Err(Failure::retry(format!(
             "a backup of the instance on port {} streams already",
@@ -505,7 +621,7 @@ pub async fn stream_backup(agent: &Agent, s: StreamBackup) -> Result<Value, Fail
         .arg(format!("--datadir={}", instance.data().display()))
         .arg(format!("--target-dir={}", scratch.display()));
     if s.safe_slave {
-        cmd.arg("--safe-slave-backup");
+        cmd.arg("--safe-slave-backup").arg("--slave-info");
     }
     let errors = scratch.join("backup.err");
     let err_file = std::fs::File::create(&errors).map_err(|e| io(&errors, e))?;
@@ -521,7 +637,7 @@ pub async fn stream_backup(agent: &Agent, s: StreamBackup) -> Result<Value, Fail
     let (tx, rx) = tokio::sync::mpsc::channel::<Frame>(4);
     let limit = s.pv_limit_mb.saturating_mul(1 << 20);
     // Reads the backup, hashes and counts it, paces it, sends it on.
-    let pump = tokio::spawn(async move {
+    let mut pump = AbortOnDrop(tokio::spawn(async move {
         let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
         let mut bytes = 0u64;
         let began = Instant::now();
@@ -571,7 +687,7 @@ pub async fn stream_backup(agent: &Agent, s: StreamBackup) -> Result<Value, Fail
             bytes,
             sha256: hex(hash.finish().as_ref()),
         })
-    });
+    }));
     let body = http_body_util::StreamBody::new(tokio_stream(rx));
     let auth = format!("Bearer {}", agent.token.expose());
     let estimate_text = estimate.to_string();
@@ -585,7 +701,9 @@ pub async fn stream_backup(agent: &Agent, s: StreamBackup) -> Result<Value, Fail
         Duration::from_secs(3600),
     )
     .await;
-    let sent = pump.await.map_err(|e| format!("the stream's task: {e}"))?;
+    let sent = (&mut pump.0)
+        .await
+        .map_err(|e| format!("the stream's task: {e}"))?;
     drop(creds);
     drop(streaming);
     if let Err(e) = resume_sql_thread(agent, &instance).await {
@@ -632,6 +750,16 @@ fn tokio_stream<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl Stream<Item = T> + Send {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A task aborted when its handle is dropped (the request serving it gone:
+/// its `mariadb-backup` is killed with it).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct RemoveDir(PathBuf);

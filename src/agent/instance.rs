@@ -209,8 +209,23 @@ impl Instance {
         Ok(true)
     }
 
+    /// Removes what a confirmed clone left behind (an old datadir it was
+    /// removing, binlogs set aside with no datadir to go back to).
+    pub fn clear_leftovers(&self) {
+        if self.dir.join("data.old").is_dir() {
+            return;
+        }
+        let _ = std::fs::remove_dir_all(self.dir.join("binlog.old"));
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with("data.discard-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
     /// Makes sure `mariadbd` runs and answers on its socket (at most 60 s).
     pub async fn start(&self) -> Result<(), String> {
+        let mut spawned = None;
         if !self.is_running() {
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -225,6 +240,7 @@ impl Instance {
             // Its own process group: the instance outlives the agent.
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             let mut child = cmd.spawn().map_err(|e| format!("mariadbd: {e}"))?;
+            spawned = Some(child.id() as i32);
             // Reaped when it exits, so it never stays a zombie of the agent.
             std::thread::spawn(move || {
                 let _ = child.wait();
@@ -236,6 +252,17 @@ impl Instance {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
+                // One that never came up (no pid file yet) is not left
+                // running behind its instance's back.
+                if let Some(pid) = spawned {
+                    signal(pid, libc::SIGKILL);
+                    for _ in 0..50 {
+                        if !Path::new(&format!("/proc/{pid}")).exists() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
                 return Err(format!(
                     "mariadbd on port {} did not come up within 60 s: see {}",
                     self.port,

@@ -117,15 +117,16 @@ pub async fn probe_shard(env: &Env, cluster_id: &str, shard: i64) -> Result<Vec<
     Ok(futures_util::future::join_all(rows.iter().map(|i| probe(i, &user, &pw))).await)
 }
 
-/// The instances unfinished jobs hold (a backup or a rebuild running on
-/// them): never a copy source.
-pub async fn busy(env: &Env) -> Result<Vec<(String, i64)>, Refused> {
+/// The instances unfinished jobs other than `except` hold (a backup or a
+/// rebuild running on them): never a copy source.
+pub async fn busy(env: &Env, except: &str) -> Result<Vec<(String, i64)>, Refused> {
     Ok(env
         .store
         .unfinished()
         .await
         .map_err(nodes::store_err)?
         .iter()
+        .filter(|j| j.job_id != except)
         .flat_map(|j| {
             j.resource
                 .split(',')
@@ -141,8 +142,9 @@ pub async fn busy(env: &Env) -> Result<Vec<(String, i64)>, Refused> {
 
 /// The copy source: the replica with the least delay among those within
 /// `max_delay` seconds (none: any delay), never one in `exclude` or
-/// `busy`; else the primary when `allow_primary`. Refused naming every
-/// candidate and why it was not taken.
+/// `busy`, never one holding transactions the primary does not have; else
+/// the primary when `allow_primary`. Refused naming every candidate and why
+/// it was not taken.
 pub fn choose<'a>(
     probes: &'a [Probe],
     exclude: &[(String, i64)],
@@ -152,7 +154,12 @@ pub fn choose<'a>(
 ) -> Result<&'a Probe, String> {
     let mut why = Vec::new();
     let mut best: Option<&Probe> = None;
+    let primary = probes.iter().find(|p| p.role == "primary");
     for p in probes.iter().filter(|p| p.role != "primary") {
+        let own = primary
+            .filter(|m| m.reachable && p.reachable)
+            .map(|m| errant(&p.gtid_binlog_state, &m.gtid_binlog_state))
+            .unwrap_or_default();
         let key = (p.hostaddr.clone(), p.port);
         let reason = if exclude.contains(&key) {
             Some("the node being rebuilt".to_string())
@@ -160,6 +167,14 @@ pub fn choose<'a>(
             Some("busy with another job (a backup or a rebuild)".to_string())
         } else if !p.reachable || !p.replicating {
             Some(p.problem.clone())
+        } else if !own.is_empty() {
+            Some(format!(
+                "holds transactions the primary does not have: {}",
+                own.iter()
+                    .map(|e| e.gtid.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
         } else {
             match (p.delay, max_delay) {
                 (None, _) => Some("no delay reported".into()),
@@ -182,7 +197,6 @@ pub fn choose<'a>(
     if let Some(b) = best {
         return Ok(b);
     }
-    let primary = probes.iter().find(|p| p.role == "primary");
     match primary {
         Some(p) if allow_primary && p.reachable => Ok(p),
         Some(p) => {
@@ -203,7 +217,14 @@ pub fn choose<'a>(
                 }
             ))
         }
-        None => Err("no node to copy from: the shard has no primary".into()),
+        None => Err(format!(
+            "no node to copy from: replicas: {}; the shard has no primary",
+            if why.is_empty() {
+                "none".to_string()
+            } else {
+                why.join(", ")
+            }
+        )),
     }
 }
 

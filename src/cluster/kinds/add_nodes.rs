@@ -102,7 +102,7 @@ impl Kind for AddNodes {
                 "no running storage machine to place the nodes on (create_machine, set_machine node_stats running)",
             ));
         }
-        let busy = replicas::busy(env).await?;
+        let busy = replicas::busy(env, "").await?;
         let mut taken = env.store.taken_ports().await.map_err(nodes::store_err)?;
         let mut placements = Vec::new();
         let mut sources = Vec::new();

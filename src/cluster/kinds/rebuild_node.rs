@@ -40,6 +40,10 @@ pub struct Node {
 pub struct Plan {
     pub cluster_id: String,
     pub nodes: Vec<Node>,
+    /// The request's rules for the source, checked again when the rebuild
+    /// starts (the source chosen at accept may have fallen behind since).
+    pub allow_pull_from_master: bool,
+    pub allow_replica_delay: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -143,7 +147,7 @@ impl Kind for RebuildNode {
             .iter()
             .map(|(n, ..)| (n.hostaddr.clone(), n.port))
             .collect();
-        let busy = replicas::busy(env).await?;
+        let busy = replicas::busy(env, "").await?;
         let mut plan_nodes = Vec::new();
         let mut probed: Vec<(i64, Vec<replicas::Probe>)> = Vec::new();
         for (node, need_backup, hdfs_host, pv_limit) in asked {
@@ -222,6 +226,8 @@ impl Kind for RebuildNode {
             Plan {
                 cluster_id: id,
                 nodes: plan_nodes,
+                allow_pull_from_master: allow_primary,
+                allow_replica_delay: max_delay,
             },
             vec![],
             resources,
@@ -248,12 +254,13 @@ impl Kind for RebuildNode {
         match step {
             Step::Inspect { .. } => inspect(ctx, &plan.cluster_id, n).await,
             Step::Rebuild { .. } => {
+                let source = source_now(ctx, plan, n).await?;
                 replicas::clone(
                     ctx,
                     &plan.cluster_id,
                     n.target.shard,
                     &n.target,
-                    &n.source,
+                    &source,
                     None,
                     n.pv_limit,
                     n.need_backup,
@@ -283,7 +290,10 @@ impl Kind for RebuildNode {
                 let rebuilt = of(|s| matches!(s, Step::Rebuild { .. }));
                 json!({
                     "hostaddr": n.target.hostaddr, "port": n.target.port.to_string(),
-                    "source": format!("{}:{}", n.source.hostaddr, n.source.port),
+                    "source": rebuilt["source"].as_str().map_or_else(
+                        || format!("{}:{}", n.source.hostaddr, n.source.port),
+                        str::to_string,
+                    ),
                     "errant_gtids": inspected["errant_gtids"],
                     "gtid_binlog_state": inspected["gtid_binlog_state"],
                     "gtid_slave_pos": rebuilt["gtid_slave_pos"],
@@ -299,6 +309,72 @@ impl Kind for RebuildNode {
     fn done_info(&self) -> String {
         "rebuild node successfully".into()
     }
+}
+
+/// The source as the request's rules choose it now: the one chosen at
+/// accept while it still qualifies, else the best that does; none fails
+/// the step naming each candidate.
+async fn source_now(ctx: &StepCtx<'_>, plan: &Plan, n: &Node) -> Result<Target, StepError> {
+    let definite = |r: Refused| StepError::definite(r.info);
+    let probes = replicas::probe_shard(ctx.env, &plan.cluster_id, n.target.shard)
+        .await
+        .map_err(definite)?;
+    let exclude: Vec<(String, i64)> = plan
+        .nodes
+        .iter()
+        .map(|x| (x.target.hostaddr.clone(), x.target.port))
+        .collect();
+    let busy = replicas::busy(ctx.env, ctx.job_id)
+        .await
+        .map_err(definite)?;
+    let rules = |only: Option<&(String, i64)>| {
+        let kept: Vec<replicas::Probe> = probes
+            .iter()
+            .filter(|p| {
+                p.role == "primary"
+                    || only.is_none_or(|(h, port)| &p.hostaddr == h && p.port == *port)
+            })
+            .cloned()
+            .collect();
+        kept
+    };
+    let planned = (n.source.hostaddr.clone(), n.source.port);
+    let still = rules(Some(&planned));
+    let chosen = match replicas::choose(
+        &still,
+        &exclude,
+        &busy,
+        Some(plan.allow_replica_delay),
+        plan.allow_pull_from_master,
+    ) {
+        Ok(p) if p.hostaddr == planned.0 && p.port == planned.1 => return Ok(n.source.clone()),
+        _ => replicas::choose(
+            &probes,
+            &exclude,
+            &busy,
+            Some(plan.allow_replica_delay),
+            plan.allow_pull_from_master,
+        )
+        .map_err(|why| {
+            StepError::definite(format!(
+                "cannot rebuild {}:{}: {why}",
+                n.target.hostaddr, n.target.port
+            ))
+        })?,
+    };
+    let rows = ctx.env.store.instances().await?;
+    let row = rows
+        .iter()
+        .find(|i| {
+            i.cluster_id == plan.cluster_id
+                && i.hostaddr == chosen.hostaddr
+                && i.port == chosen.port
+        })
+        .ok_or_else(|| StepError::definite("the source left the shard"))?;
+    let mut t = super::delete_cluster::targets(ctx.env, &[row])
+        .await
+        .map_err(definite)?;
+    Ok(t.remove(0))
 }
 
 /// `inspect:HOST:PORT`: the node's GTID state against its primary's; a
