@@ -351,6 +351,19 @@ pub const FAILPOINT_ENV: &str = "CCR_SYNCER_FAILPOINT";
 /// the variable wins).
 const MYSQL_BUFFER_SIZE_CAP: &str = "262144";
 
+/// Caps glibc's malloc arenas at two: with one arena per thread that
+/// allocates (tokio's workers, the blocking pool), freed row buffers stay
+/// spread over many arenas and a long transaction's peak RSS grows with
+/// the number of threads, not with what is held. Call before any thread
+/// exists.
+pub fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt(3) with a documented parameter, before any thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Caps the driver's pooled I/O buffers (see [`MYSQL_BUFFER_SIZE_CAP`]).
 /// Call before any thread exists, so nothing reads the environment
 /// concurrently.

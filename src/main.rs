@@ -52,6 +52,7 @@ enum SecretKeyAction {
 fn main() -> ExitCode {
     // Before any thread exists.
     ccr_syncer::config::cap_driver_buffers();
+    ccr_syncer::config::cap_malloc_arenas();
     let mut cli = Cli::parse();
     if let Some(Command::Minder(args)) = cli.command.take_if(|c| matches!(c, Command::Minder(_))) {
         let _ = ccr_syncer::logging::init("info", None);
