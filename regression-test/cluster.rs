@@ -249,7 +249,11 @@ async fn emit_jobs_machines_and_agents() {
             json!({"cluster_id": "1", "shards": "1"}),
             "no cluster 1",
         ),
-        ("manual_backup_cluster", json!({"cluster_id": "1"}), "not built"),
+        (
+            "manual_backup_cluster",
+            json!({"cluster_id": "1"}),
+            "not built",
+        ),
         ("delete_cluster", json!({"cluster_id": "9"}), "no cluster 9"),
         ("get_status", json!({"job_id": "404"}), "no job 404"),
         ("cancel_job", json!({}), "paras.job_id is missing"),
