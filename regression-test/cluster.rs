@@ -98,10 +98,16 @@ impl Agent {
         (status, answer.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sends `body` until its answer is no longer `ongoing` (a keyed
+    /// operation sent again answers its state); the last answer.
     pub(crate) async fn op(&self, body: Value) -> Value {
-        let (status, v) = self.ask(body, Some(TOKEN)).await;
-        assert_eq!(status, 200, "{v}");
-        v
+        loop {
+            let (status, v) = self.ask(body.clone(), Some(TOKEN)).await;
+            assert_eq!(status, 200, "{v}");
+            if v["status"] != "ongoing" {
+                return v;
+            }
+        }
     }
 }
 
