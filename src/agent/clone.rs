@@ -165,9 +165,14 @@ pub async fn clone(
     .await;
     // Our own failure first (it says more), then the source's count and
     // hash, compared with ours.
-    let theirs = sent.await;
-    let ours = received?;
-    let theirs = theirs?;
+    let (ours, theirs) = match (received, sent.await) {
+        (Ok(ours), Ok(theirs)) => (ours, theirs),
+        // Our own failure for good (mbstream missing, a full disk) says
+        // more than the stream it cut off.
+        (Err(e), _) if !e.retry => return Err(e),
+        // Else the source's account: why it stopped streaming.
+        (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+    };
     let theirs: StreamSummary = serde_json::from_value(theirs["summary"].clone())
         .map_err(|e| format!("the source's agent {source} answered {e}"))?;
     if theirs != ours {
@@ -709,8 +714,16 @@ pub async fn stream_backup(agent: &Agent, s: StreamBackup) -> Result<Value, Fail
     if let Err(e) = resume_sql_thread(agent, &instance).await {
         tracing::warn!(port = s.port, error = %e, "cannot restart the SQL thread after a backup");
     }
+    // A backup refused for its account or its options fails for good; a
+    // stream cut off is worth another try.
+    let sent = sent.map_err(|e| {
+        if e.contains("Access denied") || e.contains("unknown option") {
+            Failure::from(e)
+        } else {
+            Failure::retry(e)
+        }
+    })?;
     let answer = posted.map_err(|e| Failure::retry(format!("streaming to {}: {e}", s.to)))?;
-    let sent = sent.map_err(Failure::retry)?;
     if answer.status != 200 {
         return Err(Failure::retry(format!(
             "the target agent answered {}: {}",
