@@ -87,6 +87,17 @@ async fn done(s: &Service, job_type: &str, p: Value, secs: u64) -> Value {
     v
 }
 
+/// `job_type` with `p` is refused, its `error_info` naming `needle`.
+async fn refused(s: &Service, job_type: &str, p: Value, needle: &str) -> Value {
+    let v = emit(s, job_type, "", p).await;
+    assert_eq!(v["status"], "failed", "{job_type}: {v}");
+    assert!(
+        v["error_info"].as_str().unwrap().contains(needle),
+        "{needle}: {v}"
+    );
+    v
+}
+
 fn instance_pid(dir: &Path, node: &(String, i64)) -> i32 {
     std::fs::read_to_string(
         dir.join(format!("data-{}", node.0))
@@ -217,12 +228,7 @@ async fn replicas_are_added_rebuilt_deleted_and_limited() {
             "no machine 10.1.1.1",
         ),
     ] {
-        let v = emit(&s, "add_nodes", "", p).await;
-        assert_eq!(v["status"], "failed", "{v}");
-        assert!(
-            v["error_info"].as_str().unwrap().contains(needle),
-            "{needle}: {v}"
-        );
+        refused(&s, "add_nodes", p, needle).await;
     }
 
     // add_nodes: a clone, not a binlog replay.
@@ -274,22 +280,27 @@ async fn replicas_are_added_rebuilt_deleted_and_limited() {
         }
         p
     };
-    let v = emit(&s, "rebuild_node", "", rb(json!({}))).await;
-    assert_eq!(v["status"], "failed", "{v}");
-    let why = v["error_info"].as_str().unwrap();
-    assert!(
-        why.contains(&format!("{}:{} (not replicating", r2.0, r2.1))
-            && why.contains("allow_pull_from_master"),
-        "{v}"
-    );
-    let v = emit(
+    let v = refused(
         &s,
         "rebuild_node",
-        "",
-        json!({"cluster_id": cluster, "rb_nodes": [{"hostaddr": primary.0, "port": primary.1.to_string()}]}),
+        rb(json!({})),
+        &format!("{}:{} (not replicating", r2.0, r2.1),
     )
     .await;
-    assert!(v["error_info"].as_str().unwrap().contains("primary"), "{v}");
+    assert!(
+        v["error_info"]
+            .as_str()
+            .unwrap()
+            .contains("allow_pull_from_master"),
+        "{v}"
+    );
+    refused(
+        &s,
+        "rebuild_node",
+        json!({"cluster_id": cluster, "rb_nodes": [{"hostaddr": primary.0, "port": primary.1.to_string()}]}),
+        "a primary is not rebuilt",
+    )
+    .await;
     sql(&r2, "START SLAVE");
     equal_and_replicating(&primary, &r2).await;
 
@@ -403,24 +414,17 @@ async fn replicas_are_added_rebuilt_deleted_and_limited() {
             "not built",
         ),
     ] {
-        let v = emit(&s, "update_instance_cgroup", "", p).await;
-        assert_eq!(v["status"], "failed", "{v}");
-        assert!(
-            v["error_info"].as_str().unwrap().contains(needle),
-            "{needle}: {v}"
-        );
+        refused(&s, "update_instance_cgroup", p, needle).await;
     }
 
     // delete_node: the primary refused; a replica leaves nothing.
-    let v = emit(
+    refused(
         &s,
         "delete_node",
-        "",
         json!({"cluster_id": cluster, "shard_id": "1", "hostaddr": primary.0, "port": primary.1.to_string()}),
+        "is shard 1's primary",
     )
     .await;
-    assert_eq!(v["status"], "failed", "{v}");
-    assert!(v["error_info"].as_str().unwrap().contains("primary"), "{v}");
     let r2_dir = d.join(format!("data-{}", r2.0)).join(r2.1.to_string());
     assert!(r2_dir.is_dir());
     done(

@@ -1,6 +1,8 @@
 //! One HTTP/1.1 request to a ccr-syncer API, over TCP or TLS (hyper's
 //! client connection, tokio-rustls): what a member forwarding a job's call
-//! to its owner and `ccr-syncer ctl` both send.
+//! to its owner and `ccr-syncer ctl` both send, what the cluster manager
+//! and the node agents send each other ([`to_agent`]), and a clone's
+//! streamed backup ([`post_stream`]).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -74,6 +76,28 @@ pub async fn request(
     }
     .map_err(|e| exchange(e.to_string()))?;
     send(&mut sender, authority, method, path, headers, body, timeout).await
+}
+
+/// `POST /` of a JSON `body` to the node agent at `host:port`, with the
+/// agents' `token`: what the manager and an agent asking another send.
+pub async fn to_agent(
+    host: &str,
+    port: i64,
+    token: &crate::secret::Secret,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    let auth = format!("Bearer {}", token.expose());
+    request(
+        &format!("http://{host}:{port}"),
+        None,
+        "POST",
+        "/",
+        &[("authorization", auth.as_str())],
+        Bytes::from(body.to_string()),
+        timeout,
+    )
+    .await
 }
 
 /// Plain HTTP over a connection kept open for the next request to the same

@@ -120,6 +120,18 @@ pub fn apply(host: &str, port: u16, pid: Option<i32>, limit: &Cgroup) -> Result<
     Ok(dir.display().to_string())
 }
 
+/// What auto pullup checks every round: nothing is written while the
+/// instance's cgroup exists and holds `pid`; else it is applied again
+/// (a restarted instance, a cgroup removed behind the agent's back).
+pub fn keep(host: &str, port: u16, pid: i32, limit: &Cgroup) -> Result<(), String> {
+    if let Ok(h) = detect() {
+        if holds(&dir_of(&h, host, port), pid) {
+            return Ok(());
+        }
+    }
+    apply(host, port, Some(pid), limit).map(|_| ())
+}
+
 /// Takes the instance out of its cgroup (back to the root's) and removes
 /// the cgroup: no limit.
 pub fn remove(host: &str, port: u16, pid: Option<i32>) -> Result<(), String> {

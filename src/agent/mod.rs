@@ -317,16 +317,13 @@ impl Agent {
     /// A request to another agent (a clone's source); a failure worth
     /// retrying when it cannot be reached or says so.
     async fn peer(&self, host: &str, port: u16, body: Value) -> Result<Value, Failure> {
-        let auth = format!("Bearer {}", self.token.expose());
-        let answer = crate::client::request(
-            &format!("http://{host}:{port}"),
-            None,
-            "POST",
-            "/",
-            &[("authorization", auth.as_str())],
-            bytes::Bytes::from(body.to_string()),
-            // The answer comes when the whole stream is through: no cap
-            // here (each side cuts off a stream that stalls).
+        // The answer comes when the whole stream is through: no cap here
+        // (each side cuts off a stream that stalls).
+        let answer = crate::client::to_agent(
+            host,
+            port as i64,
+            &self.token,
+            &body,
             Duration::from_secs(30 * 86_400),
         )
         .await
@@ -685,7 +682,7 @@ async fn pullup(agent: Arc<Agent>, shutdown: CancellationToken) {
         for i in list {
             if let (Some(limit), Some(pid)) = (&i.cgroup, i.running_pid()) {
                 // Kept in its cgroup whoever started it.
-                if let Err(e) = cgroup::apply(&agent.host, i.port, Some(pid), limit) {
+                if let Err(e) = cgroup::keep(&agent.host, i.port, pid, limit) {
                     warn!(port = i.port, error = %e, "cannot keep the instance's CPU limit");
                 }
             }

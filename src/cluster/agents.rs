@@ -41,17 +41,8 @@ impl Agents {
                 "the manager has no agent token: set CCR_AGENT_TOKEN to the agents' token",
             )
         })?;
-        let auth = format!("Bearer {}", token.expose());
-        let answer = crate::client::request(
-            &format!("http://{host}:{port}"),
-            None,
-            "POST",
-            "/",
-            &[("authorization", auth.as_str())],
-            bytes::Bytes::from(request.body().to_string()),
-            REQUEST_TIMEOUT,
-        )
-        .await
+        let answer = crate::client::to_agent(host, port, token, &request.body(), REQUEST_TIMEOUT)
+            .await
         .map_err(|e| StepError::transient(format!(
             "the agent at {host}:{port} is unreachable ({e}): start `ccr-syncer agent --host {host} --port {port} --state-dir DIR` there"
         )))?;

@@ -224,6 +224,34 @@ pub async fn cluster(env: &Env, id: &str) -> Result<ClusterRow, Refused> {
         })
 }
 
+/// The node `host:port` of cluster `id` (in `shard` when one is named),
+/// refused naming what does not match.
+pub fn node_of<'a>(
+    all: &'a [InstanceRow],
+    id: &str,
+    host: &str,
+    port: i64,
+    shard: Option<i64>,
+) -> Result<&'a InstanceRow, Refused> {
+    let node = all
+        .iter()
+        .find(|i| i.cluster_id == id && i.hostaddr == host && i.port == port)
+        .ok_or_else(|| Refused {
+            code: codes::NOT_FOUND,
+            info: format!("cluster {id} has no node {host}:{port} (get_cluster_detail lists them)"),
+        })?;
+    match shard {
+        Some(s) if s != node.shard => Err(Refused {
+            code: codes::NOT_FOUND,
+            info: format!(
+                "node {host}:{port} is in shard {} of cluster {id}, not shard {s}",
+                node.shard
+            ),
+        }),
+        _ => Ok(node),
+    }
+}
+
 /// Where new nodes go: shards `first..first + shards`, `nodes` each,
 /// round-robin over the running storage machines (`wanted` when named), on
 /// the lowest port of each machine's range that nothing holds.

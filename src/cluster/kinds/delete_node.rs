@@ -46,26 +46,7 @@ impl Kind for DeleteNode {
         let host = p.need("hostaddr")?;
         let port = p.need_int("port", 1, 65535)?;
         let all = env.store.instances().await.map_err(nodes::store_err)?;
-        let node = all
-            .iter()
-            .find(|i| i.cluster_id == id && i.hostaddr == host && i.port == port)
-            .ok_or_else(|| Refused {
-                code: codes::NOT_FOUND,
-                info: format!(
-                    "cluster {id} has no node {host}:{port} (get_cluster_detail lists them)"
-                ),
-            })?;
-        if let Some(shard) = p.int("shard_id", 1, 1 << 20)? {
-            if shard != node.shard {
-                return Err(Refused {
-                    code: codes::NOT_FOUND,
-                    info: format!(
-                        "node {host}:{port} is in shard {} of cluster {id}, not shard {shard}",
-                        node.shard
-                    ),
-                });
-            }
-        }
+        let node = nodes::node_of(&all, &id, &host, port, p.int("shard_id", 1, 1 << 20)?)?;
         if node.role == "primary" {
             return Err(Refused {
                 code: codes::CONFLICT,

@@ -55,10 +55,6 @@ pub enum Step {
     Rebuild { hostaddr: String, port: i64 },
 }
 
-fn bad(info: String) -> Refused {
-    Refused::bad(info)
-}
-
 #[async_trait::async_trait]
 impl Kind for RebuildNode {
     type Plan = Plan;
@@ -83,7 +79,7 @@ impl Kind for RebuildNode {
                 ))
             }
             Some(other) => {
-                return Err(bad(format!(
+                return Err(Refused::bad(format!(
                     "paras.rb_nodes: expected an array, got {}",
                     crate::fields::kind(other)
                 )))
@@ -93,30 +89,15 @@ impl Kind for RebuildNode {
         let mut asked = Vec::new();
         for (n, item) in list.iter().enumerate() {
             let Value::Object(map) = item else {
-                return Err(bad(format!("paras.rb_nodes[{n}]: expected an object")));
+                return Err(Refused::bad(format!(
+                    "paras.rb_nodes[{n}]: expected an object"
+                )));
             };
             let prefix = format!("paras.rb_nodes[{n}].");
             let f = Fields::new(map, &prefix);
-            let host = f.need("hostaddr").map_err(bad)?;
-            let port = f.need_int("port", 1, 65535).map_err(bad)?;
-            let node = all
-                .iter()
-                .find(|i| i.cluster_id == id && i.hostaddr == host && i.port == port)
-                .ok_or_else(|| Refused {
-                    code: codes::NOT_FOUND,
-                    info: format!(
-                        "cluster {id} has no node {host}:{port} (get_cluster_detail lists them)"
-                    ),
-                })?;
-            if let Some(s) = shard_id.filter(|s| *s != node.shard) {
-                return Err(Refused {
-                    code: codes::NOT_FOUND,
-                    info: format!(
-                        "node {host}:{port} is in shard {} of cluster {id}, not shard {s}",
-                        node.shard
-                    ),
-                });
-            }
+            let host = f.need("hostaddr").map_err(Refused::bad)?;
+            let port = f.need_int("port", 1, 65535).map_err(Refused::bad)?;
+            let node = nodes::node_of(&all, &id, &host, port, shard_id)?;
             if node.role == "primary" {
                 return Err(Refused {
                     code: codes::CONFLICT,
@@ -134,13 +115,23 @@ impl Kind for RebuildNode {
                     n.hostaddr == host && n.port == port
                 })
             {
-                return Err(bad(format!(
+                return Err(Refused::bad(format!(
                     "paras.rb_nodes: {host}:{port} is listed twice"
                 )));
             }
-            let need_backup = f.int("need_backup", 0, 1).map_err(bad)?.unwrap_or(0) == 1;
-            let hdfs_host = f.text("hdfs_host").map_err(bad)?.unwrap_or_default();
-            let pv_limit = f.int("pv_limit", 0, 100_000).map_err(bad)?.unwrap_or(0) as u64;
+            let need_backup = f
+                .int("need_backup", 0, 1)
+                .map_err(Refused::bad)?
+                .unwrap_or(0)
+                == 1;
+            let hdfs_host = f
+                .text("hdfs_host")
+                .map_err(Refused::bad)?
+                .unwrap_or_default();
+            let pv_limit = f
+                .int("pv_limit", 0, 100_000)
+                .map_err(Refused::bad)?
+                .unwrap_or(0) as u64;
             asked.push((node.clone(), need_backup, hdfs_host, pv_limit));
         }
         let exclude: Vec<(String, i64)> = asked
@@ -327,19 +318,13 @@ async fn source_now(ctx: &StepCtx<'_>, plan: &Plan, n: &Node) -> Result<Target, 
     let busy = replicas::busy(ctx.env, ctx.job_id)
         .await
         .map_err(definite)?;
-    let rules = |only: Option<&(String, i64)>| {
-        let kept: Vec<replicas::Probe> = probes
-            .iter()
-            .filter(|p| {
-                p.role == "primary"
-                    || only.is_none_or(|(h, port)| &p.hostaddr == h && p.port == *port)
-            })
-            .cloned()
-            .collect();
-        kept
-    };
     let planned = (n.source.hostaddr.clone(), n.source.port);
-    let still = rules(Some(&planned));
+    // The planned source (and the primary, which it may be) first.
+    let still: Vec<replicas::Probe> = probes
+        .iter()
+        .filter(|p| p.role == "primary" || (p.hostaddr == planned.0 && p.port == planned.1))
+        .cloned()
+        .collect();
     let chosen = match replicas::choose(
         &still,
         &exclude,
