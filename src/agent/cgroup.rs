@@ -2,9 +2,9 @@
 //! install): its `mariadbd` in a cgroup of its own, on cgroup v2 (`cpu.max`
 //! for a hard quota, `cpu.weight` for a soft share) or on v1's `cpu`
 //! controller (`cpu.cfs_quota_us`, `cpu.shares`), whichever the machine
-//! has. The limit is kept in the agent's instance list and applied again
-//! whenever the instance starts and every pullup round, so it holds across
-//! instance and agent restarts. A machine without a writable hierarchy
+//! has. The limit is kept in the agent's instance list, applied whenever
+//! the instance starts and again by a pullup round that finds it out of
+//! its cgroup, so it holds across instance and agent restarts. A machine without a writable hierarchy
 //! refuses, saying so.
 
 use crate::protocol::{Cgroup, CgroupMode};
