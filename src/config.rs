@@ -131,6 +131,10 @@ struct FileCluster {
     agent_port: Option<u16>,
     step_retry_s: Option<u64>,
     stall_s: Option<u64>,
+    probe_ms: Option<u64>,
+    failover_after_s: Option<u64>,
+    relay_wait_s: Option<u64>,
+    failover_block_s: Option<u64>,
 }
 
 /// The cluster manager's settings (`[cluster]`), and what the environment
@@ -153,6 +157,17 @@ pub struct ClusterSettings {
     /// Tests in-process only: at the failpoint the manager stops driving
     /// every job, as if it had died, instead of aborting the process.
     pub failpoint_halts: bool,
+    /// How often every shard's nodes are probed (`probe_ms`).
+    pub probe: Duration,
+    /// A primary failing this long is declared failed
+    /// (`failover_after_s`).
+    pub failover_after: Duration,
+    /// How long a candidate may take to apply its relay log
+    /// (`relay_wait_s`).
+    pub relay_wait: Duration,
+    /// No second automatic failover of a shard within this, unless
+    /// acknowledged (`failover_block_s`).
+    pub failover_block: Duration,
 }
 
 impl Default for ClusterSettings {
@@ -164,6 +179,10 @@ impl Default for ClusterSettings {
             agent_token: None,
             failpoint: None,
             failpoint_halts: false,
+            probe: Duration::from_millis(1000),
+            failover_after: Duration::from_secs(5),
+            relay_wait: Duration::from_secs(30),
+            failover_block: Duration::from_secs(600),
         }
     }
 }

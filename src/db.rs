@@ -255,6 +255,24 @@ pub fn quote_string(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// `CHANGE MASTER TO` the primary at `host:port` by GTID (`slave_pos`),
+/// reconnecting every second when it is lost: the one place this statement
+/// is written (it holds the password: never logged).
+pub fn change_master(
+    host: &str,
+    port: impl std::fmt::Display,
+    user: &str,
+    password: &Secret,
+) -> String {
+    format!(
+        "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {port}, MASTER_USER = {}, \
+         MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
+        quote_string(host),
+        quote_string(user),
+        quote_string(password.expose())
+    )
+}
+
 /// The MySQL error code of a server error, if it is one.
 pub fn server_code(e: &mysql_async::Error) -> Option<u16> {
     match e {

@@ -76,6 +76,11 @@ pub struct InstallMysql {
     pub read_only: bool,
     pub semi_sync: SemiSync,
     pub admin: Option<(String, Secret)>,
+    /// The manager's own account (`control_user`, `control_password`):
+    /// with it, `admin` is made without `READ_ONLY ADMIN`, so that
+    /// `read_only` holds for the clients' account, and only this account
+    /// turns a node writable.
+    pub control: Option<(String, Secret)>,
     /// The CPU its `mariadbd` may use (`cpu_cores`, `cgroup_mode`).
     pub cgroup: Option<Cgroup>,
 }
@@ -256,6 +261,15 @@ impl InstallMysql {
             (None, None) => None,
             _ => return Err("admin_user and admin_password come together".into()),
         };
+        let control = match (f.text("control_user")?, f.text("control_password")?) {
+            (Some(u), Some(p)) if !u.is_empty() && admin.is_some() => Some((u, Secret::new(p))),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "control_user and control_password come together, with admin_user".into(),
+                )
+            }
+        };
         Ok(InstallMysql {
             key: Key::parse(f)?,
             port: f.need_int("port", 1, 65535)? as u16,
@@ -275,6 +289,7 @@ impl InstallMysql {
                 }
             },
             admin,
+            control,
             cgroup: Cgroup::parse(f)?,
         })
     }
@@ -291,6 +306,10 @@ impl InstallMysql {
             b["admin_user"] = json!(user);
             b["admin_password"] = json!(password.expose());
         }
+        if let Some((user, password)) = &self.control {
+            b["control_user"] = json!(user);
+            b["control_password"] = json!(password.expose());
+        }
         Cgroup::put(&self.cgroup, b);
         self.key.put(b);
     }
@@ -300,6 +319,18 @@ impl InstallMysql {
 #[derive(Clone, Debug)]
 pub enum Request {
     GetInfo,
+    /// The agent's instances, each `running` or `stopped`.
+    GetNode,
+    /// Now, not keyed: the instance read-only and its clients'
+    /// connections killed through its socket; killed when it does not
+    /// answer there (it starts again read-only).
+    FenceMysql {
+        port: u16,
+    },
+    StopMysql {
+        key: Key,
+        port: u16,
+    },
     InstallMysql(Box<InstallMysql>),
     UninstallMysql {
         key: Key,
@@ -324,6 +355,15 @@ impl Request {
     pub fn body(&self) -> Value {
         match self {
             Request::GetInfo => json!({"ver": VER, "job_type": "get_info"}),
+            Request::GetNode => json!({"ver": VER, "job_type": "get_node"}),
+            Request::FenceMysql { port } => {
+                json!({"ver": VER, "job_type": "fence_mysql", "port": port})
+            }
+            Request::StopMysql { key, port } => {
+                let mut b = json!({"ver": VER, "job_type": "stop_mysql", "port": port});
+                key.put(&mut b);
+                b
+            }
             Request::InstallMysql(i) => {
                 let mut b = json!({"ver": VER, "job_type": "install_mysql"});
                 i.put(&mut b);
@@ -447,6 +487,7 @@ mod tests {
             read_only: true,
             semi_sync: SemiSync::Slave,
             admin: Some(("clustmgr".into(), Secret::new("pw".to_string()))),
+            control: Some(("ccr_control".into(), Secret::new("cpw".to_string()))),
             cgroup: Some(Cgroup {
                 cpu_cores: 2,
                 mode: CgroupMode::Share,

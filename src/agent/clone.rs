@@ -423,13 +423,7 @@ fn backup_gtid(dir: &Path) -> Result<String, String> {
 async fn follow(instance: &Instance, gtid: &str, c: &CloneMysql) -> Result<(), Failure> {
     let mut conn = root(instance).await?;
     let (host, port) = &c.primary;
-    let change = format!(
-        "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {port}, MASTER_USER = {}, \
-         MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos",
-        db::quote_string(host),
-        db::quote_string(&c.admin.0),
-        db::quote_string(c.admin.1.expose())
-    );
+    let change = db::change_master(host, port, &c.admin.0, &c.admin.1);
     let set_pos = format!("SET GLOBAL gtid_slave_pos = {}", db::quote_string(gtid));
     for sql in [
         "STOP SLAVE",

@@ -105,12 +105,27 @@ impl Instance {
             self.port, self.server_id, self.innodb_size_mb, self.max_connections
         );
         if self.read_only {
+            // The manager turns the current primary writable; a node that
+            // restarts (auto pullup, a machine back) stays read-only.
             text.push_str("read-only=ON\n");
         }
-        match self.semi_sync.as_str() {
-            "master" => text.push_str("rpl-semi-sync-master-enabled=ON\n"),
-            "slave" => text.push_str("rpl-semi-sync-slave-enabled=ON\n"),
-            _ => {}
+        // Replicas notice a silent primary within 4 s (heartbeats every
+        // 2 s), so that they tell the manager it is gone.
+        text.push_str("slave-net-timeout=4\n");
+        if !self.semi_sync.is_empty() {
+            // Any node may be promoted: each acknowledges as a replica, and
+            // as a primary commits only after a replica acknowledged
+            // (AFTER_SYNC). A node restarting as a semi-synchronous
+            // replica rolls back what it logged but no replica
+            // acknowledged, so an old primary rejoins without errant
+            // transactions.
+            text.push_str(
+                "rpl-semi-sync-slave-enabled=ON\n\
+                 rpl-semi-sync-master-wait-point=AFTER_SYNC\n",
+            );
+            if self.semi_sync == "master" && !self.read_only {
+                text.push_str("rpl-semi-sync-master-enabled=ON\n");
+            }
         }
         if is_root() {
             text.push_str("user=root\n");

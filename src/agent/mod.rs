@@ -426,6 +426,15 @@ impl Agent {
                 }
                 r
             }
+            Request::Fence { port } => {
+                let i = self.find(port)?;
+                let done = request::fence(&i).await?;
+                warn!(port, done, "fenced by the manager");
+                Ok(
+                    json!({"ver": "0.1", "status": "done", "error_code": "0", "error_info": "",
+                           "port": port, "fenced": done}),
+                )
+            }
             Request::Operation { key, job_type, op } => {
                 Ok(self.operation(key, job_type, op).await?)
             }
@@ -532,7 +541,11 @@ impl Agent {
     async fn perform(&self, key: &Key, op: request::Op) -> Result<Value, Failure> {
         use request::Op;
         match op {
-            Op::Install { spec, admin } => {
+            Op::Install {
+                spec,
+                admin,
+                control,
+            } => {
                 if let Some(other) =
                     self.registry.load()?.into_iter().find(|i| {
                         i.port == spec.port && i.dir != spec.base.join(spec.port.to_string())
@@ -553,7 +566,7 @@ impl Agent {
                 })?;
                 self.start_instance(&instance).await?;
                 if let Some((user, password)) = &admin {
-                    request::create_admin(&instance, user, password).await?;
+                    request::create_admin(&instance, user, password, control.as_ref()).await?;
                 }
                 self.set_wanted(instance.port, true)?;
                 Ok(node_json(&self.find(instance.port)?))

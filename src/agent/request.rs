@@ -20,7 +20,7 @@ pub struct Refusal(pub String);
 pub const ACCEPTED: &str = "get_info, get_node, update_node, get_status, auto_pullup, mysql_cmd \
 (./startmysql.sh PORT or ./stopmysql.sh PORT), delete (file_type table or binlog), send \
 (file_type table), coldbackup, coldrestore, install_mysql, start_mysql, stop_mysql, \
-uninstall_mysql, clone_mysql, stream_backup (agent to agent), set_cgroup";
+uninstall_mysql, clone_mysql, stream_backup (agent to agent), set_cgroup, fence_mysql";
 
 pub enum Request {
     GetInfo,
@@ -35,6 +35,11 @@ pub enum Request {
     },
     /// Agent to agent: a backup streamed to another agent's `/clone/…`.
     StreamBackup(StreamBackup),
+    /// The manager fencing an old primary: now, not keyed, never waiting
+    /// for the instance's lock.
+    Fence {
+        port: u16,
+    },
     Operation {
         key: Key,
         job_type: &'static str,
@@ -46,6 +51,7 @@ pub enum Op {
     Install {
         spec: InstallSpec,
         admin: Option<(String, Secret)>,
+        control: Option<(String, Secret)>,
     },
     Start {
         port: u16,
@@ -184,6 +190,9 @@ impl Request {
                 "clone_mysql",
                 Op::Clone(Box::new(CloneMysql::parse(&f.0).map_err(Refusal)?)),
             ),
+            "fence_mysql" => Ok(Request::Fence {
+                port: f.port("port")?,
+            }),
             "stream_backup" => Ok(Request::StreamBackup(
                 StreamBackup::parse(&f.0).map_err(Refusal)?,
             )),
@@ -265,6 +274,7 @@ fn install(f: &Fields<'_>) -> Result<Op, Refusal> {
     Ok(Op::Install {
         spec: spec_of(&i),
         admin: i.admin,
+        control: i.control,
     })
 }
 
@@ -401,41 +411,99 @@ pub async fn create_admin(
     instance: &Instance,
     user: &str,
     password: &Secret,
+    control: Option<&(String, Secret)>,
 ) -> Result<(), String> {
-    let opts = mysql_async::OptsBuilder::default()
-        .socket(Some(instance.socket().to_string_lossy().to_string()))
-        .user(Some("root"));
-    let mut conn = tokio::time::timeout(Duration::from_secs(10), mysql_async::Conn::new(opts))
-        .await
-        .map_err(|_| "connecting to the new instance's socket timed out".to_string())?
-        .map_err(|e| format!("the new instance's socket: {e}"))?;
-    let account = format!("{}@'%'", db::quote_string(user));
-    // Each instance's own account: not written to its binary log, so a
+    let mut conn = root(instance, Duration::from_secs(10)).await?;
+    // Each instance's own accounts: not written to its binary log, so a
     // replica does not replay its primary's.
     conn.query_drop("SET SESSION sql_log_bin = 0")
         .await
         .map_err(|e| format!("the new instance: {e}"))?;
-    for sql in [
-        format!(
-            "CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {}",
-            db::quote_string(password.expose())
-        ),
-        format!(
-            "ALTER USER {account} IDENTIFIED BY {}",
-            db::quote_string(password.expose())
-        ),
-        format!("GRANT ALL PRIVILEGES ON *.* TO {account} WITH GRANT OPTION"),
-    ] {
-        // The statement holds the password: errors name the step only.
-        conn.query_drop(&sql).await.map_err(|e| {
+    let mut accounts = vec![(user, password, control.is_some())];
+    if let Some((u, p)) = control {
+        accounts.push((u.as_str(), p, false));
+    }
+    for (user, password, obeys_read_only) in accounts {
+        let account = format!("{}@'%'", db::quote_string(user));
+        let mut statements = vec![
             format!(
-                "creating the administrative account {user:?}: {}",
-                crate::redact::text(&e.to_string())
-            )
-        })?;
+                "CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {}",
+                db::quote_string(password.expose())
+            ),
+            format!(
+                "ALTER USER {account} IDENTIFIED BY {}",
+                db::quote_string(password.expose())
+            ),
+            format!("GRANT ALL PRIVILEGES ON *.* TO {account} WITH GRANT OPTION"),
+        ];
+        // The clients' account obeys read_only: only the manager's own
+        // account turns a node writable.
+        if obeys_read_only {
+            statements.push(format!("REVOKE READ_ONLY ADMIN ON *.* FROM {account}"));
+        }
+        for sql in statements {
+            // The statement holds the password: errors name the step only.
+            conn.query_drop(&sql).await.map_err(|e| {
+                format!(
+                    "creating the account {user:?}: {}",
+                    crate::redact::text(&e.to_string())
+                )
+            })?;
+        }
     }
     let _ = conn.disconnect().await;
     Ok(())
+}
+
+/// A connection to a managed instance's socket as `root` (socket
+/// authentication), within `limit`.
+pub async fn root(instance: &Instance, limit: Duration) -> Result<mysql_async::Conn, String> {
+    let opts = mysql_async::OptsBuilder::default()
+        .socket(Some(instance.socket().to_string_lossy().to_string()))
+        .user(Some("root"));
+    tokio::time::timeout(limit, mysql_async::Conn::new(opts))
+        .await
+        .map_err(|_| format!("the instance's socket did not answer within {limit:?}"))?
+        .map_err(|e| format!("the instance's socket: {e}"))
+}
+
+/// `fence_mysql`: the instance read-only and every client connection
+/// killed (replication and system threads kept), through its socket; an
+/// instance that does not answer there within 3 s is killed (auto pullup
+/// starts it again, read-only by its `my.cnf`). What was done.
+pub async fn fence(instance: &Instance) -> Result<&'static str, String> {
+    let Some(pid) = instance.running_pid() else {
+        return Ok("not running");
+    };
+    let work = async {
+        let mut conn = root(instance, Duration::from_secs(3)).await?;
+        conn.query_drop("SET GLOBAL read_only = ON")
+            .await
+            .map_err(|e| e.to_string())?;
+        let ids: Vec<u64> = conn
+            .query(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() \
+                 AND USER NOT IN ('system user', 'event_scheduler') \
+                 AND COMMAND NOT IN ('Binlog Dump', 'Daemon', 'Slave_IO', 'Slave_SQL', \
+                 'Slave_worker')",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        for id in ids {
+            let _ = conn.query_drop(format!("KILL CONNECTION {id}")).await;
+        }
+        let _ = conn.disconnect().await;
+        Ok::<_, String>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), work).await {
+        Ok(Ok(())) => Ok("read_only"),
+        _ => {
+            // Hung (stopped, stuck): killed, so it cannot take a write.
+            // SAFETY: kill(2) with the pid of the instance's own mariadbd.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            Ok("killed")
+        }
+    }
 }
 
 #[cfg(test)]

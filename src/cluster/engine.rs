@@ -417,6 +417,7 @@ impl Driver<'_> {
     async fn run_step(&self, job: &Job, i: usize) -> Result<Result<Value, StepError>, StoreError> {
         let record = &job.plan.steps[i];
         let progress = ProgressCell::default();
+        let earlier = done_results(job);
         let ctx = StepCtx {
             env: self.env,
             job_id: &job.row.job_id,
@@ -424,6 +425,7 @@ impl Driver<'_> {
             label: &record.name,
             attempt: record.attempts,
             progress: &progress,
+            earlier: &earlier,
         };
         let run = self.kind.run(&ctx, &job.plan.details, &record.step);
         tokio::pin!(run);
@@ -475,6 +477,7 @@ impl Driver<'_> {
             }
             let name = job.plan.steps[i].name.clone();
             let progress = ProgressCell::default();
+            let earlier = done_results(&job);
             let ctx = StepCtx {
                 env: self.env,
                 job_id: &job.row.job_id,
@@ -482,6 +485,7 @@ impl Driver<'_> {
                 label: &name,
                 attempt: job.plan.steps[i].attempts,
                 progress: &progress,
+                earlier: &earlier,
             };
             if let Err(e) = self
                 .kind
@@ -527,6 +531,16 @@ impl Driver<'_> {
         self.save(&job).await?;
         Ok(job)
     }
+}
+
+/// The results of a job's done steps, by label.
+fn done_results(job: &Job) -> Vec<(String, Value)> {
+    job.plan
+        .steps
+        .iter()
+        .filter(|s| s.state == StepState::Done)
+        .map(|s| (s.name.clone(), s.result.clone()))
+        .collect()
 }
 
 /// Fails a job that is not driven (its row cannot be read, or it was

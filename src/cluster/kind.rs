@@ -120,9 +120,20 @@ pub struct StepCtx<'a> {
     /// How many times the step was started.
     pub attempt: u64,
     pub progress: &'a ProgressCell,
+    /// The results of the job's steps done so far, by label (what an
+    /// earlier step chose, for a later one).
+    pub earlier: &'a [(String, Value)],
 }
 
 impl StepCtx<'_> {
+    /// The result of the done step labelled `label`.
+    pub fn earlier(&self, label: &str) -> Option<&Value> {
+        self.earlier
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, v)| v)
+    }
+
     /// Who writes the step's rows: the job, under its fence.
     pub fn holder(&self) -> crate::store::cluster::Holder<'_> {
         crate::store::cluster::Holder {

@@ -2,7 +2,7 @@
 //! and status, step durations, failed steps, agents up.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use std::time::Duration;
 
@@ -12,6 +12,9 @@ pub struct ClusterMetrics {
     step_failures: IntCounterVec,
     step_retries: IntCounterVec,
     agents_up: IntGauge,
+    pub primary_up: IntGaugeVec,
+    pub failovers: IntCounterVec,
+    pub lag: GaugeVec,
 }
 
 impl ClusterMetrics {
@@ -54,6 +57,33 @@ impl ClusterMetrics {
             "Machines whose node agent answered its last heartbeat.",
         )
         .expect("valid metric");
+        let primary_up = IntGaugeVec::new(
+            Opts::new(
+                "ccr_cluster_shard_primary_up",
+                "1 when the shard's primary answers and takes a write (the watcher's last probe), else 0.",
+            ),
+            &["cluster_id", "shard_id"],
+        )
+        .expect("valid metric");
+        let failovers = IntCounterVec::new(
+            Opts::new(
+                "ccr_cluster_failovers_total",
+                "Promotions of a shard's replica: unreachable, not_writable, stopped (automatic) or manual.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let lag = GaugeVec::new(
+            Opts::new(
+                "ccr_cluster_node_replication_lag_seconds",
+                "Seconds_Behind_Master of each replica of a managed shard (the watcher's last probe).",
+            ),
+            &["cluster_id", "shard_id", "node"],
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(primary_up.clone()));
+        let _ = registry.register(Box::new(failovers.clone()));
+        let _ = registry.register(Box::new(lag.clone()));
         // Registered once per service; a second manager on one registry
         // (tests) keeps its own unregistered copies.
         let _ = registry.register(Box::new(jobs.clone()));
@@ -67,6 +97,9 @@ impl ClusterMetrics {
             step_failures,
             step_retries,
             agents_up,
+            primary_up,
+            failovers,
+            lag,
         }
     }
 }

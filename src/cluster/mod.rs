@@ -24,7 +24,9 @@ mod metrics;
 mod nodes;
 mod replicas;
 mod resource;
+mod shard;
 mod views;
+mod watch;
 
 use crate::config::ClusterSettings;
 use crate::group::Group;
@@ -39,7 +41,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 /// What job types work with: the store, the agents, the group, the
@@ -63,6 +65,9 @@ enum View {
     Variable,
     MetaMode,
     BackupStorage,
+    FailoverJournal,
+    AckFailover,
+    SetNoswitch,
 }
 
 const VIEWS: &[(&str, View)] = &[
@@ -77,6 +82,9 @@ const VIEWS: &[(&str, View)] = &[
     // The seed's section title names it so; the same answer.
     ("get_meta_summary", View::MetaMode),
     ("get_backup_storage", View::BackupStorage),
+    ("get_failover_journal", View::FailoverJournal),
+    ("ack_failover", View::AckFailover),
+    ("set_noswitch", View::SetNoswitch),
 ];
 
 /// Seed job types not built in this version: refused saying so.
@@ -103,6 +111,8 @@ pub struct Manager {
     /// A failpoint stopped a job (tests in-process): this manager drives
     /// nothing more, as if it had died there.
     halted: std::sync::atomic::AtomicBool,
+    /// What the watcher last saw of every shard.
+    watch: Arc<watch::Watch>,
 }
 
 impl Manager {
@@ -150,6 +160,7 @@ impl Manager {
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
             halted: std::sync::atomic::AtomicBool::new(false),
+            watch: Arc::new(watch::Watch::default()),
         })
     }
 
@@ -185,9 +196,9 @@ impl Manager {
                 info: format!(
                     "{t} is not built in this version: machines, clusters (create_cluster, \
                      add_shards, delete_shard, delete_cluster), nodes (add_nodes, delete_node, \
-                     rebuild_node, update_instance_cgroup), the node agent, the group \
-                     (raft_mission) and the job engine are; failover, backups and table moves \
-                     come next (see doc/cluster.md)"
+                     rebuild_node, update_instance_cgroup, control_instance), failover \
+                     (automatic, manual_switch), the node agent, the group (raft_mission) and \
+                     the job engine are; backups and table moves come next (see doc/cluster.md)"
                 ),
             });
         }
@@ -334,7 +345,7 @@ impl Manager {
             View::ClusterDetail => Ok(emit::done(
                 v,
                 "",
-                views::detail(&self.env, &p.need("cluster_name")?).await?,
+                views::detail(&self.env, &self.watch, &p.need("cluster_name")?).await?,
             )),
             View::Variable => Ok(emit::done(v, "", views::variable(&self.env, e).await?)),
             View::MetaMode => Ok(emit::done(
@@ -344,6 +355,17 @@ impl Manager {
                        "store": if self.env.store.meta().shared() { "mysql" } else { "sqlite" }}),
             )),
             View::BackupStorage => Ok(emit::done(v, "", json!({"list_backup_storage": []}))),
+            View::FailoverJournal => Ok(emit::done(
+                v,
+                "",
+                views::failover_journal(&self.env, e).await?,
+            )),
+            View::AckFailover => Ok(emit::done(
+                v,
+                "failover acknowledged: the next automatic failover of the shard is not blocked",
+                views::ack_failover(&self.env, e).await?,
+            )),
+            View::SetNoswitch => Ok(emit::done(v, "", views::set_noswitch(&self.env, e).await?)),
         }
     }
 
@@ -493,7 +515,8 @@ impl Manager {
     /// Runs the jobs (on the leader) and the agents' heartbeats until
     /// `shutdown`; then stops the jobs it drives (each is saved before and
     /// after every step, so the next leader resumes them as after a crash).
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let watcher = tokio::spawn(watch::run(self.clone(), shutdown.clone()));
         let mut beat = tokio::time::interval(Duration::from_secs(3));
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -518,6 +541,7 @@ impl Manager {
         for (_, task) in self.running.lock().drain() {
             task.abort();
         }
+        watcher.abort();
     }
 
     /// Whether this member runs the jobs: the group's leader.

@@ -64,6 +64,11 @@ pub struct NodeSettings {
     /// `quota` or `share`; empty: no limit.
     #[serde(default)]
     pub cpu_limit_mode: String,
+    /// Its nodes have the manager's own account ([`CONTROL_USER`]) and
+    /// the administrative one obeys `read_only` (clusters made before
+    /// failover was built have neither).
+    #[serde(default)]
+    pub control_account: bool,
 }
 
 impl NodeSettings {
@@ -76,6 +81,7 @@ impl NodeSettings {
             max_connections: v["max_connections"].as_i64().unwrap_or(1000),
             cpu_cores: v["cpu_cores"].as_i64().unwrap_or(0),
             cpu_limit_mode: v["cpu_limit_mode"].as_str().unwrap_or("").to_string(),
+            control_account: v["control_account"].as_bool().unwrap_or(false),
         }
     }
 
@@ -181,6 +187,16 @@ impl Making<'_> {
                 replicate(ctx, self.cluster_id, self.placements, *shard).await
             }
             MakeStep::Register => {
+                // Every node started read-only: each new shard's primary is
+                // turned writable now that it is registered as such.
+                let (user, pw) = password(ctx.env, self.cluster_id).await?;
+                for p in self.placements.iter().filter(|p| p.role == "primary") {
+                    let mut conn = connect(&p.hostaddr, p.port, &user, &pw).await?;
+                    super::shard::open_primary(&mut conn, self.settings.fullsync_level > 0)
+                        .await
+                        .map_err(|e| sql_error(&format!("{}:{}", p.hostaddr, p.port), &e))?;
+                    let _ = conn.disconnect().await;
+                }
                 ctx.env
                     .store
                     .set_shards(&ctx.holder(), self.cluster_id, self.shards_after)
@@ -331,9 +347,16 @@ pub fn instance_resources(placements: &[Placement]) -> Vec<Resource> {
         .collect()
 }
 
-/// The cluster's administrative account, its password opened from the
-/// store.
-pub async fn password(env: &Env, id: &str) -> Result<(String, Secret), StepError> {
+/// The cluster's administrative account (the clients'), its password
+/// opened from the store.
+pub async fn admin(env: &Env, id: &str) -> Result<(String, Secret), StepError> {
+    Ok(admin_and_settings(env, id).await?.0)
+}
+
+async fn admin_and_settings(
+    env: &Env,
+    id: &str,
+) -> Result<((String, Secret), NodeSettings), StepError> {
     let c = env
         .store
         .clusters()
@@ -346,7 +369,38 @@ pub async fn password(env: &Env, id: &str) -> Result<(String, Secret), StepError
         .meta()
         .open_secret(&format!("cm_clusters/{id}"), "admin", &c.admin_password)
         .map_err(|e| StepError::definite(e.to_string()))?;
-    Ok((c.admin_user, pw))
+    let settings = NodeSettings::of(&c);
+    Ok(((c.admin_user, pw), settings))
+}
+
+/// The account the manager works on a cluster's nodes with: its own
+/// ([`CONTROL_USER`], the only one that may turn a node writable) on a
+/// cluster made with one, else the administrative account.
+pub async fn password(env: &Env, id: &str) -> Result<(String, Secret), StepError> {
+    let ((user, pw), settings) = admin_and_settings(env, id).await?;
+    Ok(if settings.control_account {
+        (CONTROL_USER.to_string(), control_password(&pw, id))
+    } else {
+        (user, pw)
+    })
+}
+
+/// The manager's own account on the nodes of a cluster made with one.
+pub const CONTROL_USER: &str = "ccr_control";
+
+/// The control account's password, derived from the administrative one
+/// (HMAC-SHA-256), so that no second secret is kept. It keeps clients'
+/// sessions from bypassing `read_only` by mistake; it is no barrier to a
+/// holder of the administrative account, which may alter any account.
+fn control_password(admin: &Secret, id: &str) -> Secret {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, admin.expose().as_bytes());
+    let tag = ring::hmac::sign(&key, format!("ccr-syncer control account {id}").as_bytes());
+    Secret::new(
+        tag.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    )
 }
 
 /// A connection to an instance with the administrative account; not
@@ -390,6 +444,7 @@ pub async fn reserve_instances(
                     node: p.node,
                     role: p.role.clone(),
                     state: "reserved".into(),
+                    note: String::new(),
                 },
             )
             .await?;
@@ -444,7 +499,11 @@ pub async fn install_request(
     settings: &NodeSettings,
     p: &Placement,
 ) -> Result<InstallMysql, StepError> {
-    let (user, pw) = password(ctx.env, cluster_id).await?;
+    let (user, pw) = admin(ctx.env, cluster_id).await?;
+    let control = match settings.control_account {
+        true => Some((CONTROL_USER.to_string(), control_password(&pw, cluster_id))),
+        false => None,
+    };
     let replica = p.role == "replica";
     let semi_sync = match (settings.fullsync_level > 0, replica) {
         (false, _) => SemiSync::None,
@@ -460,9 +519,12 @@ pub async fn install_request(
         server_id: server_id as u64,
         innodb_size_mb: settings.innodb_size as u64,
         max_connections: settings.max_connections as u64,
-        read_only: replica,
+        // Every node starts read-only: the manager turns the shard's
+        // primary writable once it is registered as such.
+        read_only: true,
         semi_sync,
         admin: Some((user, pw)),
+        control,
         cgroup: settings.cgroup(),
     })
 }
@@ -500,13 +562,7 @@ pub async fn replicate(
     for r in in_shard.iter().filter(|p| p.role == "replica") {
         let (rh, rp) = (&r.hostaddr, r.port);
         let mut conn = connect(rh, rp, &user, &pw).await?;
-        let change = format!(
-            "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {pp}, MASTER_USER = {}, \
-             MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos",
-            db::quote_string(ph),
-            db::quote_string(&user),
-            db::quote_string(pw.expose())
-        );
+        let change = db::change_master(ph, pp, &user, &pw);
         for sql in ["STOP SLAVE", change.as_str(), "START SLAVE"] {
             conn.query_drop(sql)
                 .await
@@ -589,7 +645,8 @@ pub async fn refuse_user_tables(
     let tables: Vec<String> = conn
         .query(
             "SELECT CONCAT(table_schema, '.', table_name) FROM information_schema.tables \
-             WHERE table_schema NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
+             WHERE table_schema NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys', \
+             'ccr_sys') \
              ORDER BY 1 LIMIT 20",
         )
         .await

@@ -28,8 +28,9 @@ pub async fn summary(env: &Env) -> Result<Value, StoreError> {
 }
 
 /// `get_cluster_detail`: each node's address, port, role and status, read
-/// from the instance itself.
-pub async fn detail(env: &Env, name: &str) -> Result<Value, Refused> {
+/// from the instance itself (all at once), and each shard's state as the
+/// watcher last saw it with its last promotion.
+pub async fn detail(env: &Env, watch: &super::watch::Watch, name: &str) -> Result<Value, Refused> {
     let c = env
         .store
         .clusters()
@@ -46,6 +47,7 @@ pub async fn detail(env: &Env, name: &str) -> Result<Value, Refused> {
         info: e.to_string(),
     })?;
     let all = env.store.instances().await.map_err(store_err)?;
+    let journal = env.store.failovers().await.map_err(store_err)?;
     let mut shards = Vec::new();
     let ids: std::collections::BTreeSet<i64> = all
         .iter()
@@ -53,36 +55,146 @@ pub async fn detail(env: &Env, name: &str) -> Result<Value, Refused> {
         .map(|i| i.shard)
         .collect();
     for s in ids {
-        let mut nodes = Vec::new();
-        for i in all
+        let rows: Vec<_> = all
             .iter()
             .filter(|i| i.cluster_id == c.cluster_id && i.shard == s)
-        {
-            let live = tokio::time::timeout(Duration::from_secs(5), async {
-                let mut conn = connect(&i.hostaddr, i.port, &user, &pw)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let ro: Option<i64> = conn
-                    .query_first("SELECT @@read_only")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = conn.disconnect().await;
-                Ok::<_, String>(ro.unwrap_or(0))
+            .cloned()
+            .collect();
+        let live = super::shard::read_shard(&rows, &user, &pw, Duration::from_secs(3)).await;
+        let nodes: Vec<Value> = rows
+            .iter()
+            .zip(&live)
+            .map(|(i, n)| {
+                let status = if n.reachable { "online" } else { "offline" };
+                let ro = if n.reachable {
+                    json!(n.read_only)
+                } else {
+                    Value::Null
+                };
+                json!({"hostaddr": i.hostaddr, "port": i.port.to_string(),
+                    "node": i.node.to_string(), "state": i.state, "note": i.note,
+                    "role": i.role,
+                    "master": (i.role == "primary").to_string(), "status": status, "read_only": ro,
+                    "replication": if i.role == "primary" || !n.reachable { Value::Null } else {
+                        json!({"source": n.master, "io": n.io, "sql": n.sql,
+                               "lag_s": n.delay, "received": n.received, "applied": n.current})
+                    },
+                    "semi_sync_master": n.reachable.then_some(n.semi_sync_master)})
             })
-            .await;
-            let (status, ro) = match live {
-                Ok(Ok(ro)) => ("online", json!(ro == 1)),
-                _ => ("offline", Value::Null),
-            };
-            nodes.push(json!({"hostaddr": i.hostaddr, "port": i.port.to_string(),
-                "node": i.node.to_string(), "state": i.state,
-                "master": (i.role == "primary").to_string(), "status": status, "read_only": ro}));
-        }
-        shards.push(json!({"shard_id": s.to_string(), "shard_name": format!("shard_{s}"), "nodes": nodes.len().to_string(), "list_node": nodes}));
+            .collect();
+        let last = journal
+            .iter()
+            .find(|f| f.cluster_id == c.cluster_id && f.shard == s)
+            .map(journal_json);
+        let state = watch
+            .shard(&c.cluster_id, s)
+            .map(|w| w.state)
+            .unwrap_or_else(|| "not watched yet (the leader probes every probe_ms)".into());
+        shards.push(
+            json!({"shard_id": s.to_string(), "shard_name": format!("shard_{s}"),
+            "nodes": nodes.len().to_string(), "state": state, "last_failover": last,
+            "list_node": nodes}),
+        );
     }
     Ok(
         json!({"cluster_name": c.name, "nick_name": c.nick_name, "shards": c.shards.to_string(),
               "comps": "0", "list_comp": [], "list_shard": shards}),
+    )
+}
+
+/// One promotion as answers show it.
+pub fn journal_json(f: &crate::store::cluster::FailoverRow) -> Value {
+    let t = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms).map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S%.3f")
+                .to_string()
+        })
+    };
+    json!({"job_id": f.job_id, "cluster_id": f.cluster_id, "shard_id": f.shard.to_string(),
+           "kind": f.kind, "reason": f.reason, "old_primary": f.old_primary,
+           "new_primary": f.new_primary, "gtid_position": f.gtid_position,
+           "failed_at": t(f.failed_at), "detected_at": t(f.detected_at),
+           "promoted_at": t(f.promoted_at),
+           "detection_ms": f.detected_at - f.failed_at,
+           "promotion_ms": f.promoted_at - f.detected_at,
+           "acked_at": if f.acked_at == 0 { None } else { t(f.acked_at) }})
+}
+
+/// `get_failover_journal` (`cluster_id`, `shard_id` optional): every
+/// promotion, newest first.
+pub async fn failover_journal(env: &Env, e: &Envelope) -> Result<Value, Refused> {
+    let p = e.paras();
+    let id = p.need("cluster_id")?;
+    super::nodes::cluster(env, &id).await?;
+    let shard = p.int("shard_id", 1, i64::MAX)?;
+    let list: Vec<Value> = env
+        .store
+        .failovers()
+        .await
+        .map_err(store_err)?
+        .iter()
+        .filter(|f| f.cluster_id == id && shard.is_none_or(|s| s == f.shard))
+        .map(journal_json)
+        .collect();
+    Ok(json!({"cluster_id": id, "list_failover": list}))
+}
+
+/// The cluster and shard a request names, checked.
+async fn named_shard(env: &Env, e: &Envelope) -> Result<(String, i64), Refused> {
+    let p = e.paras();
+    let id = p.need("cluster_id")?;
+    super::nodes::cluster(env, &id).await?;
+    let shard = p.need_int("shard_id", 1, i64::MAX)?;
+    let exists = env
+        .store
+        .instances()
+        .await
+        .map_err(store_err)?
+        .iter()
+        .any(|i| i.cluster_id == id && i.shard == shard);
+    if !exists {
+        return Err(Refused {
+            code: codes::NOT_FOUND,
+            info: format!("cluster {id} has no shard {shard}"),
+        });
+    }
+    Ok((id, shard))
+}
+
+/// `ack_failover` (`cluster_id`, `shard_id`): the shard's automatic
+/// failovers acknowledged, so that the block period no longer holds a
+/// next one.
+pub async fn ack_failover(env: &Env, e: &Envelope) -> Result<Value, Refused> {
+    let (id, shard) = named_shard(env, e).await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let n = env
+        .store
+        .ack_failovers(&id, shard, now)
+        .await
+        .map_err(store_err)?;
+    Ok(json!({"cluster_id": id, "shard_id": shard.to_string(), "acknowledged": n}))
+}
+
+/// `set_noswitch` (`cluster_id`, `shard_id`, `type` "1" holds automatic
+/// switchover for `timeout` seconds, "0" releases it).
+pub async fn set_noswitch(env: &Env, e: &Envelope) -> Result<Value, Refused> {
+    let (id, shard) = named_shard(env, e).await?;
+    let p = e.paras();
+    let hold = p.choice("type", &["0", "1"])? == "1";
+    let until = if hold {
+        let secs = p.need_int("timeout", 1, 30 * 86_400)?;
+        chrono::Utc::now().timestamp_millis() + secs * 1000
+    } else {
+        0
+    };
+    env.store
+        .set_hold(&id, shard, until)
+        .await
+        .map_err(store_err)?;
+    Ok(
+        json!({"cluster_id": id, "shard_id": shard.to_string(), "noswitch": hold,
+              "until": if hold { json!(until) } else { Value::Null }}),
     )
 }
 

@@ -306,6 +306,28 @@ fn cluster(f: &super::FileCluster) -> Result<super::ClusterSettings, ConfigError
         },
         step_retry: secs("step_retry_s", f.step_retry_s, d.step_retry, 86_400)?,
         stall: secs("stall_s", f.stall_s, d.stall, 86_400)?,
+        probe: match f.probe_ms {
+            None => d.probe,
+            Some(ms) if (100..=60_000).contains(&ms) => Duration::from_millis(ms),
+            Some(ms) => {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.probe_ms = {ms}: must be between 100 and 60000"
+                )))
+            }
+        },
+        failover_after: secs(
+            "failover_after_s",
+            f.failover_after_s,
+            d.failover_after,
+            3_600,
+        )?,
+        relay_wait: secs("relay_wait_s", f.relay_wait_s, d.relay_wait, 86_400)?,
+        failover_block: secs(
+            "failover_block_s",
+            f.failover_block_s,
+            d.failover_block,
+            30 * 86_400,
+        )?,
         ..d
     })
 }

@@ -25,6 +25,9 @@
 use super::{Fence, MetaStore, SqlValue, Stmt, StoreError};
 use std::sync::Arc;
 
+mod failovers;
+pub use failovers::{FailoverRow, Promotion};
+
 /// A `cm_jobs` row as stored: its JSON columns as text.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobRow {
@@ -94,7 +97,7 @@ pub struct ClusterRow {
 }
 
 /// A `cm_instances` row.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstanceRow {
     pub hostaddr: String,
     pub port: i64,
@@ -102,7 +105,11 @@ pub struct InstanceRow {
     pub shard: i64,
     pub node: i64,
     pub role: String,
+    /// `reserved`, `running`, or `fenced` (an old primary kept read-only
+    /// until it rejoins as a replica).
     pub state: String,
+    /// Why it is in its state (a fenced node's errant transactions).
+    pub note: String,
 }
 
 /// An id kind of `cm_ids`.
@@ -182,7 +189,7 @@ const INSERT_INSTANCE: &str = "INSERT INTO cm_instances (hostaddr, port, cluster
      node_index, role, state) SELECT ?, ?, ?, ?, ?, ?, ? \
      FROM cm_jobs WHERE job_id = ? AND owner = ? AND owner_epoch = ?";
 const SELECT_INSTANCES: &str = "SELECT hostaddr, port, cluster_id, shard_id, node_index, role, \
-     state FROM cm_instances ORDER BY cluster_id, shard_id, node_index";
+     state, note FROM cm_instances ORDER BY cluster_id, shard_id, node_index";
 const SET_INSTANCES_STATE: &str = concat!(
     "UPDATE cm_instances SET state = ? WHERE cluster_id = ? AND ",
     fenced!()
@@ -628,6 +635,7 @@ impl ClusterStore {
                 node: r[4].int(),
                 role: r[5].text(),
                 state: r[6].text(),
+                note: r[7].text(),
             })
             .collect())
     }

@@ -456,6 +456,32 @@ pub(crate) const MIGRATIONS: &[&[&str]] = &[
             PRIMARY KEY (kind, scope, id)
         )",
     ],
+    // 5: failover: the journal of promotions, operators' holds on
+    // automatic switchover, and a note on each instance (why it is fenced).
+    &[
+        "CREATE TABLE cm_failovers (
+            job_id VARCHAR(128) NOT NULL PRIMARY KEY,
+            cluster_id VARCHAR(64) NOT NULL,
+            shard_id BIGINT NOT NULL,
+            kind VARCHAR(16) NOT NULL,
+            reason MEDIUMTEXT NOT NULL,
+            old_primary VARCHAR(255) NOT NULL,
+            new_primary VARCHAR(255) NOT NULL,
+            gtid_position MEDIUMTEXT NOT NULL,
+            failed_at BIGINT NOT NULL,
+            detected_at BIGINT NOT NULL,
+            promoted_at BIGINT NOT NULL,
+            acked_at BIGINT NOT NULL
+        )",
+        "CREATE TABLE cm_shard_holds (
+            cluster_id VARCHAR(64) NOT NULL,
+            shard_id BIGINT NOT NULL,
+            noswitch_until BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (cluster_id, shard_id)
+        )",
+        "ALTER TABLE cm_instances ADD COLUMN note VARCHAR(1024) NOT NULL DEFAULT ''",
+    ],
 ];
 
 pub(crate) const VERSION_TABLE: &str =

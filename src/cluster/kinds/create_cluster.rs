@@ -167,6 +167,12 @@ impl Kind for CreateCluster {
             .text("admin_user")?
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| "clustmgr".into());
+        if admin_user == nodes::CONTROL_USER {
+            return Err(Refused::bad(format!(
+                "paras.admin_user: {} is the manager's own account on every node: choose another name",
+                nodes::CONTROL_USER
+            )));
+        }
         if admin_user.len() > 80
             || !admin_user
                 .bytes()
@@ -226,6 +232,7 @@ impl Kind for CreateCluster {
                     max_connections,
                     cpu_cores: p.int("cpu_cores", 0, 4096)?.unwrap_or(0),
                     cpu_limit_mode: cpu_limit_mode(e)?,
+                    control_account: true,
                 },
                 admin_user,
                 admin_password_sealed: Some(sealed),

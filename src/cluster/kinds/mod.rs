@@ -4,12 +4,15 @@
 
 mod add_nodes;
 mod add_shards;
+mod control_instance;
 mod create_cluster;
 mod create_machine;
 mod delete_cluster;
 mod delete_machine;
 mod delete_node;
 mod delete_shard;
+pub mod failover;
+mod manual_switch;
 mod raft_mission;
 mod rebuild_node;
 mod set_machine;
@@ -35,5 +38,8 @@ pub fn registry() -> Vec<Arc<dyn AnyKind>> {
         erased(add_nodes::AddNodes),
         erased(rebuild_node::RebuildNode),
         erased(update_instance_cgroup::UpdateInstanceCgroup),
+        erased(failover::Failover),
+        erased(manual_switch::ManualSwitch),
+        erased(control_instance::ControlInstance),
     ]
 }
