@@ -29,6 +29,7 @@ mod recovery;
 mod replicas;
 mod restart;
 mod secrets;
+mod shard_failover;
 mod shutdown;
 mod snapshot;
 mod stores;

@@ -32,6 +32,8 @@ command -v rsync >/dev/null || missing+=(rsync)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v curl >/dev/null || missing+=(curl)
 command -v mariadb-backup >/dev/null || missing+=(mariadb-backup)
+# iptables: the failover test cuts the manager alone from a healthy primary.
+command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then
     # One name once, in the order found.
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | awk '!seen[$0]++')

@@ -117,14 +117,25 @@ impl Service {
 
     /// [`Service::process`] with more environment variables (failpoints).
     pub async fn process_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Service {
+        Service::process_as(dir, config, env, None).await
+    }
+
+    /// [`Service::process_with_env`] under group `gid` when given (a
+    /// firewall rule can then cut this process alone).
+    pub async fn process_as(
+        dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        gid: Option<u32>,
+    ) -> Service {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let config_file = dir.join("syncer.toml");
         std::fs::write(&config_file, config).expect("write config");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ccr-syncer"))
-            .arg("--config")
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ccr-syncer"));
+        cmd.arg("--config")
             .arg(&config_file)
             .arg("--port")
             .arg(port.to_string())
@@ -133,9 +144,11 @@ impl Service {
             .arg("--log-dir")
             .arg(dir)
             .envs(env.iter().copied())
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("start the ccr-syncer binary");
+            .stdin(std::process::Stdio::null());
+        if let Some(g) = gid {
+            std::os::unix::process::CommandExt::gid(&mut cmd, g);
+        }
+        let child = cmd.spawn().expect("start the ccr-syncer binary");
         let service = Service {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             http: reqwest::Client::new(),

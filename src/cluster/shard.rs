@@ -259,6 +259,11 @@ pub struct Elected {
     /// The replica it caught up from, if one had received more.
     #[serde(default)]
     pub caught_up_from: Option<String>,
+    /// What it had received and applied when chosen.
+    #[serde(default)]
+    pub received: String,
+    #[serde(default)]
+    pub applied_before: String,
 }
 
 /// What `elect` is asked.
@@ -289,13 +294,27 @@ pub async fn elect(ctx: &StepCtx<'_>, e: &Election<'_>) -> Result<Value, StepErr
         .collect();
     let mut all = read_shard(&rows, &user, &pw, Duration::from_secs(5)).await;
     if e.stop_io {
+        // Nothing more from the old primary. The SQL thread runs first: a
+        // replica with both threads stopped reports (and on its next
+        // start refetches) only what it applied, not what it received.
         for n in all.iter().filter(|n| n.reachable) {
             if let Ok(mut c) = nodes::connect(&n.hostaddr, n.port, &user, &pw).await {
+                let _ = c.query_drop("START SLAVE SQL_THREAD").await;
                 let _ = c.query_drop("STOP SLAVE IO_THREAD").await;
                 let _ = c.disconnect().await;
             }
         }
-        all = read_shard(&rows, &user, &pw, Duration::from_secs(5)).await;
+        let before = std::mem::replace(
+            &mut all,
+            read_shard(&rows, &user, &pw, Duration::from_secs(5)).await,
+        );
+        for n in &mut all {
+            if let Some(b) = before.iter().find(|b| b.name() == n.name()) {
+                if seq(&b.received, n.domain) > seq(&n.received, n.domain) {
+                    n.received = b.received.clone();
+                }
+            }
+        }
     }
     let busy = replicas::busy(env, ctx.job_id)
         .await
@@ -424,16 +443,20 @@ pub async fn elect(ctx: &StepCtx<'_>, e: &Election<'_>) -> Result<Value, StepErr
         .await
         .map_err(|x| sql_error(&chosen.name(), &x))?;
     let _ = conn.disconnect().await;
-    chosen.current = pos.unwrap_or_default();
-    Ok(serde_json::to_value(Elected {
+    let position = pos.unwrap_or_default();
+    let mut v = serde_json::to_value(Elected {
         candidate: chosen.name(),
         hostaddr: chosen.hostaddr.clone(),
         port: chosen.port,
-        position: chosen.current.clone(),
+        applied_before: chosen.current.clone(),
+        received: chosen.received.clone(),
+        position: String::new(),
         skipped,
         caught_up_from,
     })
-    .expect("serializes"))
+    .expect("serializes");
+    v["position"] = json!(position);
+    Ok(v)
 }
 
 /// Has the replica apply what it received, up to `pos`, within `limit`

@@ -230,6 +230,8 @@ pub fn switch_attachment<'a>(
             "elect" | "catch_up" => {
                 a["candidate"] = r["candidate"].clone();
                 a["skipped"] = r["skipped"].clone();
+                a["candidate_received"] = r["received"].clone();
+                a["candidate_applied_before"] = r["applied_before"].clone();
                 if !r["caught_up_from"].is_null() {
                     a["caught_up_from"] = r["caught_up_from"].clone();
                 }
