@@ -25,11 +25,15 @@ fn tool(name: &str) -> String {
     found
 }
 
-/// The `ccr_syncer_*` names in an expression.
+/// The `ccr_syncer_*` (or other `prefix`) names in an expression.
 fn metric_names(text: &str) -> Vec<String> {
+    prefixed(text, "ccr_syncer_")
+}
+
+fn prefixed(text: &str, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = text;
-    while let Some(i) = rest.find("ccr_syncer_") {
+    while let Some(i) = rest.find(prefix) {
         let name: String = rest[i..]
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
@@ -75,6 +79,21 @@ async fn rules_and_dashboard_check_and_the_lag_rule_fires_and_clears() {
             exported.contains(&format!("# TYPE {name} "))
                 || defined.contains(&format!("\"{name}\"")),
             "{name} is used by the rules or the dashboard but not exported"
+        );
+    }
+
+    // The cluster manager's rules use its metrics.
+    let cluster_defined = std::fs::read_to_string(format!(
+        "{}/src/cluster/metrics.rs",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let cluster_used = prefixed(&doc("alerts.yml"), "ccr_cluster_");
+    assert!(!cluster_used.is_empty());
+    for name in &cluster_used {
+        assert!(
+            cluster_defined.contains(&format!("\"{name}\"")),
+            "{name} is used by the rules but the cluster manager does not export it"
         );
     }
 
