@@ -60,7 +60,9 @@ async fn rules_and_dashboard_check_and_the_lag_rule_fires_and_clears() {
 
     let dir = tempfile::tempdir().unwrap();
     let service = Service::start(service::sqlite_config(&dir.path().join("db"))).await;
-    service.post("create_ccr", table_job("alerted")).await.ok();
+    let job = table_job("alerted");
+    let src_db = job["src"]["database"].as_str().unwrap().to_string();
+    service.post("create_ccr", job).await.ok();
     wait_for_state(&service, "alerted", "TableIncrementalSync").await;
     // Every name the service defines (a labelled series shows in a scrape
     // only once it has a value).
@@ -169,6 +171,22 @@ async fn rules_and_dashboard_check_and_the_lag_rule_fires_and_clears() {
     // Caught up: nothing fires.
     wait("prometheus up, no lag alert", None).await;
     service.post("pause", json!({"name": "alerted"})).await.ok();
+    // get_lag counts what the source wrote while the job is paused.
+    let before = service
+        .post("get_lag", json!({"name": "alerted"}))
+        .await
+        .ok();
+    for id in 10..13 {
+        source().admin(&format!("INSERT INTO {src_db}.t VALUES ({id}, 'paused')"));
+    }
+    let after = service
+        .post("get_lag", json!({"name": "alerted"}))
+        .await
+        .ok();
+    assert!(
+        after["lag"].as_u64().unwrap() >= before["lag"].as_u64().unwrap() + 3,
+        "paused: {before} then {after}"
+    );
     wait("the lag rule firing for the paused job", Some("firing")).await;
     service
         .post("resume", json!({"name": "alerted"}))

@@ -664,6 +664,29 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
     })
     .await;
 
+    // The status page shows the shard's nodes and their lag charts, in a
+    // real browser.
+    let profile = tempfile::tempdir().unwrap();
+    let out = crate::view::browser(
+        profile.path(),
+        &["--dump-dom", &format!("http://{}/view", s.addr)],
+    );
+    let dom = String::from_utf8_lossy(&out.stdout).to_string();
+    let now_primary = primary(&s, &cname).await;
+    for n in &all {
+        let row = dom
+            .find(&format!("data-node=\"{}\"", name(n)))
+            .map(|i| &dom[i..i + dom[i..].find("</tr>").unwrap_or(0)])
+            .unwrap_or_else(|| panic!("no row for {n:?} in:\n{dom}"));
+        let role = if *n == now_primary {
+            ">primary<"
+        } else {
+            ">replica<"
+        };
+        assert!(row.contains(role), "{n:?}: {row}");
+    }
+    assert!(dom.contains("data-chart="), "no lag chart:\n{dom}");
+
     // Nothing acknowledged is missing; never two writable nodes; the nodes
     // end equal.
     let (acked, two, samples) = load.stop().await;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
 
-fn chromium() -> &'static str {
+pub(crate) fn chromium() -> &'static str {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -19,7 +19,7 @@ fn chromium() -> &'static str {
 
 /// Chromium headless, as the machine allows it (no sandbox as root, no
 /// network beyond the page).
-fn browser(profile: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn browser(profile: &Path, args: &[&str]) -> std::process::Output {
     Command::new(chromium())
         .args([
             "--headless",

@@ -544,6 +544,12 @@ impl Manager {
         watcher.abort();
     }
 
+    /// The status page's section on the managed clusters (what the watcher
+    /// last saw).
+    pub fn status_html(&self) -> String {
+        self.watch.html()
+    }
+
     /// Whether this member runs the jobs: the group's leader.
     fn leads(&self) -> bool {
         let group = &self.env.group;

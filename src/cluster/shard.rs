@@ -385,7 +385,7 @@ pub async fn elect(ctx: &StepCtx<'_>, e: &Election<'_>) -> Result<Value, StepErr
             Err(why) => skipped.push(format!("{} ({why})", n.name())),
         }
     }
-    let Some(mut chosen) = chosen else {
+    let Some(chosen) = chosen else {
         return Err(StepError::definite(format!(
             "no replica of shard {} can be promoted: {}",
             e.shard,
