@@ -263,7 +263,9 @@ fn node_json<'a>(sh: &'a Value, n: &Node) -> &'a Value {
         .as_array()
         .unwrap()
         .iter()
-        .find(|x| x["hostaddr"] == n.0.as_str() && x["port"] == n.1.to_string())
+        .find(|x| {
+            x["hostaddr"] == n.0.as_str() && x["port"].as_str() == Some(n.1.to_string().as_str())
+        })
         .unwrap()
 }
 
@@ -365,7 +367,7 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
         .collect();
     let env = [("CCR_AGENT_TOKEN", TOKEN)];
     let config = "[cluster]\nstep_retry_s = 60\n";
-    let mut s = Service::process_as(d, config, &env, Some(GID)).await;
+    let s = Service::process_as(d, config, &env, Some(GID)).await;
     for a in &agents {
         let mut m = machine(a.host, Some(a.port), d);
         m["port_range"] = json!("48000-48100");

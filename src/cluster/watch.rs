@@ -27,7 +27,7 @@ use crate::store::cluster::{FailoverRow, InstanceRow, JobRow};
 use mysql_async::prelude::*;
 use parking_lot::Mutex;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
