@@ -186,6 +186,9 @@ impl Watch {
     }
 
     fn sample_lag(&self, nodes: &[(String, f64)]) {
+        if nodes.is_empty() {
+            return;
+        }
         let mut last = self.last_sample.lock();
         if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
             return;
@@ -329,8 +332,10 @@ async fn check_shard(
     let nodes = shard::read_shard(&settled, &user, &pw, PROBE_LIMIT).await;
     let shard_label = shard.to_string();
     let mut lags = Vec::new();
-    for n in nodes.iter().filter(|n| n.role != "primary") {
-        if let Some(d) = n.delay {
+    for n in nodes.iter().filter(|n| n.role != "primary" && n.reachable) {
+        // Replicating with no delay reported yet counts as 0.
+        let delay = n.delay.or((n.io == "Yes" && n.sql).then_some(0));
+        if let Some(d) = delay {
             m.metrics
                 .lag
                 .with_label_values(&[cluster_id, &shard_label, &n.name()])
