@@ -257,8 +257,10 @@ async fn replicas_are_added_rebuilt_deleted_and_limited() {
     assert_eq!(sql(&r2, "SELECT @@rpl_semi_sync_slave_enabled"), "1");
     assert_eq!(shard_nodes(&s, &name).await.len(), 3);
 
-    // A replica diverged by hand: its own transactions, replication stopped.
-    sql(
+    // A replica diverged by hand: its own transactions, replication stopped
+    // (as root on its socket: the clients' account obeys read_only).
+    crate::shard_failover::root_sql(
+        d,
         &r1,
         "STOP SLAVE; INSERT INTO app.t VALUES (40001, 'errant'), (40002, 'errant'); \
          UPDATE app.t SET v = 'changed here' WHERE id = 5",

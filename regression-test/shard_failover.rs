@@ -59,8 +59,9 @@ async fn sql(n: &Node, q: &str) -> String {
     v.unwrap_or_default()
 }
 
-/// A statement as root on the node's socket (root bypasses read_only).
-fn root_sql(dir: &Path, n: &Node, q: &str) {
+/// A statement as root on the node's socket (root bypasses read_only:
+/// a node diverged by hand).
+pub(crate) fn root_sql(dir: &Path, n: &Node, q: &str) {
     let out = std::process::Command::new("mariadb")
         .arg("-S")
         .arg(node_dir(dir, n).join("mysqld.sock"))
@@ -297,6 +298,17 @@ fn agent_of(n: &Node) -> usize {
     HOSTS.iter().position(|h| *h == n.0).unwrap()
 }
 
+/// The node's machine dies: its agent, then its `mariadbd` (SIGKILL).
+/// Which agent, and when the node died.
+fn kill_machine(agents: &mut [Agent], dir: &Path, n: &Node) -> (usize, Instant) {
+    let a = agent_of(n);
+    agents[a].kill();
+    let pid = mariadbd_pid(dir, n).unwrap();
+    let at = Instant::now();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    (a, at)
+}
+
 fn iptables(action: &str, host: &str, port: u16) {
     let out = std::process::Command::new("iptables")
         .args([
@@ -426,11 +438,7 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // 1. The primary's machine dies: its agent and its mariadbd.
-    let a = agent_of(&p1);
-    agents[a].kill();
-    let pid = mariadbd_pid(d, &p1).unwrap();
-    let t0 = Instant::now();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let (a, t0) = kill_machine(&mut agents, d, &p1);
     let took = load.first_write_after(t0, &name(&p1), 60).await;
     eprintln!("machine death: writes again after {took:?}");
     let p2 = primary(&s, &cname).await;
@@ -491,6 +499,19 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
     })
     .await;
     assert_eq!(journal(&s, &cluster).await.len(), 2);
+
+    // A client cannot start a failover, whatever it calls itself.
+    let spoofed = s
+        .post(
+            "HttpService/Emit",
+            json!({"version": "1.0", "job_id": "", "job_type": "failover",
+                   "user_name": "ccr-syncer-watcher",
+                   "paras": {"cluster_id": cluster, "shard_id": "1", "hostaddr": p3.0,
+                             "port": p3.1.to_string(), "reason": "unreachable"}}),
+        )
+        .await;
+    assert_eq!(spoofed.status, 400, "{}", spoofed.text);
+    assert!(spoofed.text.contains("manual_switch"), "{}", spoofed.text);
 
     // 3. manual_switch under load; a stale master_hostaddr is refused.
     let stale = emit(
@@ -581,10 +602,7 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
     root_sql(d, &errant, "CREATE DATABASE errant_db; CREATE TABLE errant_db.x (i INT); INSERT INTO errant_db.x VALUES (1)");
     root_sql(d, &lagging, "STOP SLAVE SQL_THREAD");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let a = agent_of(&p4);
-    agents[a].kill();
-    let t5 = Instant::now();
-    unsafe { libc::kill(mariadbd_pid(d, &p4).unwrap(), libc::SIGKILL) };
+    let (a, t5) = kill_machine(&mut agents, d, &p4);
     load.first_write_after(t5, &name(&p4), 60).await;
     assert_eq!(
         primary(&s, &cname).await,

@@ -421,7 +421,7 @@ fn backup_gtid(dir: &Path) -> Result<String, String> {
 /// The started clone takes its GTID position and replicates from the
 /// primary (through its socket, as root).
 async fn follow(instance: &Instance, gtid: &str, c: &CloneMysql) -> Result<(), Failure> {
-    let mut conn = root(instance).await?;
+    let mut conn = super::request::root(instance, Duration::from_secs(10)).await?;
     let (host, port) = &c.primary;
     let change = db::change_master(host, port, &c.admin.0, &c.admin.1);
     let set_pos = format!("SET GLOBAL gtid_slave_pos = {}", db::quote_string(gtid));
@@ -489,22 +489,6 @@ async fn follow(instance: &Instance, gtid: &str, c: &CloneMysql) -> Result<(), F
     )))
 }
 
-/// A connection to the instance through its socket, as root.
-async fn root(instance: &Instance) -> Result<mysql_async::Conn, String> {
-    let opts = mysql_async::OptsBuilder::default()
-        .socket(Some(instance.socket().to_string_lossy().to_string()))
-        .user(Some("root"));
-    tokio::time::timeout(Duration::from_secs(10), mysql_async::Conn::new(opts))
-        .await
-        .map_err(|_| {
-            format!(
-                "connecting to the socket of port {} timed out",
-                instance.port
-            )
-        })?
-        .map_err(|e| format!("the socket of port {}: {e}", instance.port))
-}
-
 /// The file that says a backup with `--safe-slave-backup` stopped the
 /// instance's replication SQL thread, which ran before: whoever sees it
 /// with no backup streaming starts the thread again (a backup killed with
@@ -515,7 +499,7 @@ fn sql_thread_marker(agent: &Agent, port: u16) -> PathBuf {
 
 /// Whether the instance's replication SQL thread runs.
 async fn sql_thread_runs(instance: &Instance) -> bool {
-    let Ok(mut conn) = root(instance).await else {
+    let Ok(mut conn) = super::request::root(instance, Duration::from_secs(10)).await else {
         return false;
     };
     let row: Option<mysql_async::Row> = conn.query_first("SHOW SLAVE STATUS").await.ok().flatten();
@@ -532,7 +516,7 @@ pub async fn resume_sql_thread(agent: &Agent, instance: &Instance) -> Result<(),
     if !marker.exists() || agent.streaming.lock().contains(&instance.port) {
         return Ok(());
     }
-    let mut conn = root(instance).await?;
+    let mut conn = super::request::root(instance, Duration::from_secs(10)).await?;
     // A backup that began meanwhile keeps the thread stopped.
     if agent.streaming.lock().contains(&instance.port) {
         return Ok(());

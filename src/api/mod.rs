@@ -570,7 +570,7 @@ async fn dispatch(
         }
         "get_lag" => {
             let mut snap = manager.snapshot(&named(body)?)?;
-            source_head_now(&mut snap).await;
+            responses::source_head_now(&mut snap).await;
             success(responses::lag(&snap))
         }
         "pause" | "resume" | "desync" | "force_fullsync" => {
@@ -760,40 +760,6 @@ async fn skip_binlog(manager: &JobManager, body: &[u8]) -> Result<Value, ApiErro
     };
     manager.command(&name, command).await?;
     Ok(success(json!({})))
-}
-
-/// A job that does not stream now (paused, retrying, or held in another
-/// state) has nobody polling its source's head: `get_lag` reads it itself
-/// (2 s at most), so that its `lag` counts what the source wrote meanwhile.
-async fn source_head_now(snap: &mut crate::job::JobSnapshot) {
-    use mysql_async::prelude::Queryable;
-    let inc = snap.progress.incremental.clone().unwrap_or_default();
-    let streaming = snap.status.run_state == crate::job::state::RunState::Running
-        && snap.progress.incremental.is_some()
-        && !inc.retrying;
-    if streaming || snap.progress.commit_seq.is_none() {
-        return;
-    }
-    let timeout = std::time::Duration::from_secs(2);
-    let read = async {
-        let mut c = crate::db::connect(&snap.spec.src.server_addr(), None, timeout)
-            .await
-            .ok()?;
-        let text: Option<String> = c
-            .query_first("SELECT @@global.gtid_binlog_pos")
-            .await
-            .ok()?;
-        let _ = c.disconnect().await;
-        crate::position::MariaGtidPos::parse(&text?).ok()
-    };
-    if let Ok(Some(pos)) = tokio::time::timeout(timeout, read).await {
-        let seq = pos.commit_seq();
-        let mut inc = inc;
-        if inc.source_commit_seq.is_none_or(|s| seq > s) {
-            inc.source_commit_seq = Some(seq);
-            snap.progress.incremental = Some(inc);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -202,6 +202,14 @@ impl Manager {
                 ),
             });
         }
+        if t == "failover" {
+            // Whatever user_name a request gives: only the watcher starts
+            // one, through `accept` itself.
+            return Err(Refused::bad(
+                "failover is the manager's own job, started when it sees a shard's primary fail: \
+                 send manual_switch to change a primary",
+            ));
+        }
         let Some(kind) = self.kind(t) else {
             return Err(Refused::bad(format!(
                 "unknown job_type {t:?}: asynchronous: {}; synchronous: {}",

@@ -378,11 +378,36 @@ async fn admin_and_settings(
 /// cluster made with one, else the administrative account.
 pub async fn password(env: &Env, id: &str) -> Result<(String, Secret), StepError> {
     let ((user, pw), settings) = admin_and_settings(env, id).await?;
-    Ok(if settings.control_account {
+    Ok(manager_account(id, user, pw, &settings))
+}
+
+/// [`password`] of a cluster's row already read.
+pub fn account_of(env: &Env, c: &ClusterRow) -> Result<(String, Secret), StepError> {
+    let id = &c.cluster_id;
+    let pw = env
+        .store
+        .meta()
+        .open_secret(&format!("cm_clusters/{id}"), "admin", &c.admin_password)
+        .map_err(|e| StepError::definite(e.to_string()))?;
+    Ok(manager_account(
+        id,
+        c.admin_user.clone(),
+        pw,
+        &NodeSettings::of(c),
+    ))
+}
+
+fn manager_account(
+    id: &str,
+    user: String,
+    pw: Secret,
+    settings: &NodeSettings,
+) -> (String, Secret) {
+    if settings.control_account {
         (CONTROL_USER.to_string(), control_password(&pw, id))
     } else {
         (user, pw)
-    })
+    }
 }
 
 /// The manager's own account on the nodes of a cluster made with one.

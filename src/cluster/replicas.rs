@@ -12,11 +12,9 @@
 use super::emit::{codes, Refused};
 use super::kind::{StepCtx, StepError};
 use super::nodes::{self, Target};
-use super::resource::Resource;
 use super::Env;
 use crate::protocol::{CloneMysql, CloneSource, InstallMysql, Request};
 use crate::store::cluster::InstanceRow;
-use mysql_async::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -45,57 +43,34 @@ impl Probe {
 
 /// Probes one node with the cluster's account (5 s at most).
 pub async fn probe(i: &InstanceRow, user: &str, pw: &crate::secret::Secret) -> Probe {
-    let mut p = Probe {
-        hostaddr: i.hostaddr.clone(),
-        port: i.port,
-        role: i.role.clone(),
-        ..Default::default()
-    };
-    let work = async {
-        let mut conn = nodes::connect(&i.hostaddr, i.port, user, pw)
-            .await
-            .map_err(|e| e.to_string())?;
-        let state: Option<String> = conn
-            .query_first("SELECT @@global.gtid_binlog_state")
-            .await
-            .map_err(|e| e.to_string())?;
-        let row: Option<mysql_async::Row> = conn
-            .query_first("SHOW SLAVE STATUS")
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = conn.disconnect().await;
-        Ok::<_, String>((state.unwrap_or_default(), row))
-    };
-    match tokio::time::timeout(Duration::from_secs(5), work).await {
-        Err(_) => p.problem = "does not answer within 5 s".into(),
-        Ok(Err(e)) => p.problem = format!("unreachable: {e}"),
-        Ok(Ok((state, row))) => {
-            p.reachable = true;
-            p.gtid_binlog_state = state;
-            if let Some(row) = row {
-                let get = |k: &str| {
-                    row.get_opt::<Option<String>, _>(k)
-                        .and_then(|r| r.ok())
-                        .flatten()
-                        .unwrap_or_default()
-                };
-                p.replicating =
-                    get("Slave_IO_Running") == "Yes" && get("Slave_SQL_Running") == "Yes";
-                p.delay = get("Seconds_Behind_Master").parse().ok();
-                if !p.replicating {
-                    let err = get("Last_IO_Error") + &get("Last_SQL_Error");
-                    p.problem = if err.is_empty() {
-                        "not replicating".into()
-                    } else {
-                        format!("not replicating: {err}")
-                    };
-                }
-            } else if i.role != "primary" {
-                p.problem = "not replicating (no primary set)".into();
-            }
+    let n = super::shard::read(i, user, pw, Duration::from_secs(5)).await;
+    let replicating = n.io == "Yes" && n.sql;
+    let problem = if !n.reachable {
+        n.problem.clone()
+    } else if n.io.is_empty() {
+        if i.role == "primary" {
+            String::new()
+        } else {
+            "not replicating (no primary set)".into()
         }
+    } else if !replicating {
+        match n.problem.strip_prefix("replication: ") {
+            Some(err) => format!("not replicating: {err}"),
+            None => "not replicating".into(),
+        }
+    } else {
+        String::new()
+    };
+    Probe {
+        hostaddr: n.hostaddr,
+        port: n.port,
+        role: i.role.clone(),
+        reachable: n.reachable,
+        replicating,
+        delay: n.delay,
+        gtid_binlog_state: n.binlog_state,
+        problem,
     }
-    p
 }
 
 /// Every node of the shard, probed at once.
@@ -120,24 +95,13 @@ pub async fn probe_shard(env: &Env, cluster_id: &str, shard: i64) -> Result<Vec<
 /// The instances unfinished jobs other than `except` hold (a backup or a
 /// rebuild running on them): never a copy source.
 pub async fn busy(env: &Env, except: &str) -> Result<Vec<(String, i64)>, Refused> {
-    Ok(env
-        .store
-        .unfinished()
-        .await
-        .map_err(nodes::store_err)?
-        .iter()
-        .filter(|j| j.job_id != except)
-        .flat_map(|j| {
-            j.resource
-                .split(',')
-                .filter_map(Resource::parse)
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|r| match r {
-            Resource::Instance(h, p) => Some((h, p)),
-            _ => None,
-        })
-        .collect())
+    let unfinished = env.store.unfinished().await.map_err(nodes::store_err)?;
+    Ok(super::resource::held_instances(
+        unfinished
+            .iter()
+            .filter(|j| j.job_id != except)
+            .map(|j| j.resource.as_str()),
+    ))
 }
 
 /// The copy source: the replica with the least delay among those within

@@ -99,6 +99,17 @@ pub fn decode(text: &str) -> Vec<Resource> {
         .collect()
 }
 
+/// The instances the jobs `resources` (as stored) hold.
+pub fn held_instances<'a>(resources: impl Iterator<Item = &'a str>) -> Vec<(String, i64)> {
+    resources
+        .flat_map(decode)
+        .filter_map(|r| match r {
+            Resource::Instance(h, p) => Some((h, p)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Why a job waits: the resource and the job that holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Waiting {

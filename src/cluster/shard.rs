@@ -333,16 +333,21 @@ pub async fn elect(ctx: &StepCtx<'_>, e: &Election<'_>) -> Result<Value, StepErr
                     .join(", ")
             ))
         })?;
-    let mut skipped = Vec::new();
-    let mut eligible: Vec<&Node> = Vec::new();
-    for n in &all {
+    // A node's own transactions that no other reachable member, nor the
+    // old primary as last seen, holds.
+    let errant_of = |n: &Node| {
         let others: Vec<&str> = all
             .iter()
             .filter(|o| o.reachable && o.name() != n.name())
             .map(|o| o.binlog_state.as_str())
             .chain(std::iter::once(e.old_state))
             .collect();
-        let errant = own_errant(n, &others);
+        own_errant(n, &others)
+    };
+    let mut skipped = Vec::new();
+    let mut eligible: Vec<&Node> = Vec::new();
+    for n in &all {
+        let errant = errant_of(n);
         let why = if !n.reachable {
             Some(n.problem.clone())
         } else if n.state != "running" {
@@ -398,15 +403,7 @@ pub async fn elect(ctx: &StepCtx<'_>, e: &Election<'_>) -> Result<Value, StepErr
     let ahead = all
         .iter()
         .filter(|o| o.reachable && o.name() != chosen.name())
-        .filter(|o| {
-            let others: Vec<&str> = all
-                .iter()
-                .filter(|x| x.reachable && x.name() != o.name())
-                .map(|x| x.binlog_state.as_str())
-                .chain(std::iter::once(e.old_state))
-                .collect();
-            own_errant(o, &others).is_empty()
-        })
+        .filter(|o| errant_of(o).is_empty())
         .max_by_key(|o| o.received_seq(domain))
         .filter(|o| o.received_seq(domain) > chosen.received_seq(domain))
         .cloned();
@@ -526,12 +523,7 @@ pub async fn promote(ctx: &StepCtx<'_>, p: &Promote<'_>) -> Result<Value, StepEr
         .map(|c| nodes::NodeSettings::of(&c).fullsync_level > 0)
         .unwrap_or(false);
     let c = p.chosen;
-    let already = env
-        .store
-        .failovers()
-        .await?
-        .into_iter()
-        .find(|f| f.job_id == ctx.job_id);
+    let already = env.store.failover(ctx.job_id).await?;
     let mut conn = nodes::connect(&c.hostaddr, c.port, &user, &pw).await?;
     if already.is_none() {
         for sql in ["STOP SLAVE", "RESET SLAVE ALL"] {

@@ -33,6 +33,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
+mod page;
+
 /// How long one node's probe may take.
 const PROBE_LIMIT: Duration = Duration::from_secs(2);
 /// A fenced node is tried again this often.
@@ -73,116 +75,6 @@ impl Watch {
             .lock()
             .get(&(cluster_id.to_string(), shard))
             .cloned()
-    }
-
-    /// The status page's section: every watched shard's nodes (role, state,
-    /// read-only, replication lag, semi-sync), its state, and each
-    /// replica's lag over the last hour as a small chart (inline SVG).
-    pub fn html(&self) -> String {
-        use std::fmt::Write;
-        let esc = |t: &str| {
-            t.replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-                .replace('"', "&quot;")
-        };
-        let mut shards: Vec<((String, i64), ShardWatch)> = self
-            .shards
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        shards.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut html = String::from("<h2>Clusters</h2>");
-        if shards.is_empty() {
-            html.push_str(
-                "<p>No managed shard is watched here (the group's leader watches them).</p>",
-            );
-            return html;
-        }
-        html.push_str(
-            "<table><thead><tr><th>cluster</th><th>shard</th><th>node</th><th>role</th>\
-             <th>state</th><th>read-only</th><th>replication</th><th>lag (s)</th>\
-             <th>semi-sync</th><th>shard state</th></tr></thead><tbody>",
-        );
-        for ((cluster, shard), w) in &shards {
-            for n in &w.nodes {
-                let role = if n.name() == w.primary {
-                    "primary"
-                } else {
-                    "replica"
-                };
-                let repl = if role == "primary" {
-                    "—".to_string()
-                } else if !n.reachable {
-                    "unreachable".to_string()
-                } else {
-                    format!(
-                        "IO {} / SQL {}",
-                        if n.io.is_empty() { "—" } else { &n.io },
-                        if n.sql { "Yes" } else { "No" }
-                    )
-                };
-                let _ = write!(
-                    html,
-                    "<tr data-node=\"{}\"><td>{}</td><td>{shard}</td><td>{}</td>\
-                     <td data-field=\"role\">{role}</td><td data-field=\"state\">{}</td>\
-                     <td data-field=\"read_only\">{}</td><td>{}</td>\
-                     <td data-field=\"lag\" class=\"num\">{}</td><td>{}</td>\
-                     <td data-field=\"shard_state\">{}</td></tr>",
-                    esc(&n.name()),
-                    esc(cluster),
-                    esc(&n.name()),
-                    esc(&n.state),
-                    if !n.reachable {
-                        "—"
-                    } else if n.read_only {
-                        "yes"
-                    } else {
-                        "no"
-                    },
-                    esc(&repl),
-                    n.delay.map_or("—".to_string(), |d| d.to_string()),
-                    if role == "primary" && n.semi_sync_master {
-                        "master on"
-                    } else {
-                        ""
-                    },
-                    esc(&w.state),
-                );
-            }
-        }
-        html.push_str("</tbody></table><h3>Replication lag, last hour</h3>");
-        let lag = self.lag.lock();
-        let mut names: Vec<&String> = lag.keys().collect();
-        names.sort();
-        if names.is_empty() {
-            html.push_str("<p>No sample yet (one every 10 s).</p>");
-        }
-        for name in names {
-            let points = &lag[name];
-            let max = points.iter().map(|(_, v)| *v).fold(1.0f64, f64::max);
-            let now = chrono::Utc::now().timestamp_millis();
-            let coords: Vec<String> = points
-                .iter()
-                .map(|(t, v)| {
-                    let x = 300.0 - ((now - t) as f64 / 3_600_000.0 * 300.0).min(300.0);
-                    let y = 40.0 - v / max * 38.0;
-                    format!("{x:.1},{y:.1}")
-                })
-                .collect();
-            let _ = write!(
-                html,
-                "<div class=\"chart\" data-chart=\"{}\"><span>{} (max {max:.0} s)</span>\
-                 <svg width=\"300\" height=\"42\" viewBox=\"0 0 300 42\" role=\"img\">\
-                 <polyline fill=\"none\" stroke=\"#36c\" stroke-width=\"1.5\" points=\"{}\"/>\
-                 </svg></div>",
-                esc(name),
-                esc(name),
-                coords.join(" ")
-            );
-        }
-        html
     }
 
     fn sample_lag(&self, nodes: &[(String, f64)]) {
@@ -253,8 +145,18 @@ fn reason_label(r: &FailoverRow) -> String {
 /// What one round knows of the store.
 struct Seen {
     unfinished: Vec<JobRow>,
+    /// The instances unfinished jobs hold (the watcher leaves them alone).
+    busy: Vec<(String, i64)>,
     journal: Vec<FailoverRow>,
     holds: Vec<(String, i64, i64)>,
+}
+
+/// What the watcher works on a cluster's nodes with.
+struct ClusterCtx<'a> {
+    id: &'a str,
+    user: String,
+    pw: crate::secret::Secret,
+    fullsync: bool,
 }
 
 async fn round(
@@ -269,8 +171,11 @@ async fn round(
         .filter(|c| c.status == "running")
         .collect();
     let instances = store.instances().await?;
+    let unfinished = store.unfinished().await?;
+    let busy = super::resource::held_instances(unfinished.iter().map(|j| j.resource.as_str()));
     let seen = Seen {
-        unfinished: store.unfinished().await?,
+        unfinished,
+        busy,
         journal: store.failovers().await?,
         holds: store.holds().await?,
     };
@@ -283,11 +188,24 @@ async fn round(
                 .inc();
         }
     }
+    // Each cluster's account and settings once a round, from its row.
+    let ctxs: Vec<ClusterCtx<'_>> = clusters
+        .iter()
+        .filter_map(|c| {
+            let (user, pw) = nodes::account_of(&m.env, c).ok()?;
+            Some(ClusterCtx {
+                id: &c.cluster_id,
+                user,
+                pw,
+                fullsync: nodes::NodeSettings::of(c).fullsync_level > 0,
+            })
+        })
+        .collect();
     let mut work = Vec::new();
-    for c in &clusters {
+    for c in &ctxs {
         let mut shards: Vec<i64> = instances
             .iter()
-            .filter(|i| i.cluster_id == c.cluster_id)
+            .filter(|i| i.cluster_id == c.id)
             .map(|i| i.shard)
             .collect();
         shards.sort();
@@ -295,10 +213,10 @@ async fn round(
         for s in shards {
             let rows: Vec<InstanceRow> = instances
                 .iter()
-                .filter(|i| i.cluster_id == c.cluster_id && i.shard == s)
+                .filter(|i| i.cluster_id == c.id && i.shard == s)
                 .cloned()
                 .collect();
-            work.push(check_shard(m, &c.cluster_id, s, rows, &seen));
+            work.push(check_shard(m, c, s, rows, &seen));
         }
     }
     let lags: Vec<(String, f64)> = futures_util::future::join_all(work)
@@ -314,22 +232,21 @@ async fn round(
 /// Returns each replica's lag.
 async fn check_shard(
     m: &Arc<Manager>,
-    cluster_id: &str,
+    c: &ClusterCtx<'_>,
     shard: i64,
     rows: Vec<InstanceRow>,
     seen: &Seen,
 ) -> Vec<(String, f64)> {
     let env = &m.env;
+    let cluster_id = c.id;
     let key = (cluster_id.to_string(), shard);
-    let Ok((user, pw)) = nodes::password(env, cluster_id).await else {
-        return Vec::new();
-    };
+    let (user, pw, fullsync) = (&c.user, &c.pw, c.fullsync);
     let settled: Vec<InstanceRow> = rows
         .iter()
         .filter(|i| i.state == "running" || i.state == "fenced")
         .cloned()
         .collect();
-    let nodes = shard::read_shard(&settled, &user, &pw, PROBE_LIMIT).await;
+    let nodes = shard::read_shard(&settled, user, pw, PROBE_LIMIT).await;
     let shard_label = shard.to_string();
     let mut lags = Vec::new();
     for n in nodes.iter().filter(|n| n.role != "primary" && n.reachable) {
@@ -352,20 +269,6 @@ async fn check_shard(
                 .split(',')
                 .any(|r| r == format!("shard:{cluster_id}:{shard}"))
     });
-    let busy: Vec<(String, i64)> = seen
-        .unfinished
-        .iter()
-        .flat_map(|j| {
-            j.resource
-                .split(',')
-                .filter_map(super::resource::Resource::parse)
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|r| match r {
-            super::resource::Resource::Instance(h, p) => Some((h, p)),
-            _ => None,
-        })
-        .collect();
     let up_gauge = m
         .metrics
         .primary_up
@@ -394,10 +297,6 @@ async fn check_shard(
         m.watch.shards.lock().insert(key, w);
         return lags;
     }
-    let fullsync = nodes::cluster(env, cluster_id)
-        .await
-        .map(|c| nodes::NodeSettings::of(&c).fullsync_level > 0)
-        .unwrap_or(false);
     let pn = nodes.iter().find(|n| n.name() == primary_name).cloned();
     let failure = match &pn {
         None => Some(("unreachable", "not probed".to_string())),
@@ -405,7 +304,7 @@ async fn check_shard(
         Some(p) if primary_row.state == "fenced" => {
             Some(("not_writable", format!("{} is fenced", p.name())))
         }
-        Some(p) => match heartbeat(p, &user, &pw, fullsync).await {
+        Some(p) => match heartbeat(p, user, pw, fullsync).await {
             Ok(()) => None,
             Err(e) => Some(("not_writable", e)),
         },
@@ -424,9 +323,10 @@ async fn check_shard(
                 cluster_id,
                 &primary_row,
                 &nodes,
-                &busy,
-                &user,
-                &pw,
+                &seen.busy,
+                &rows,
+                user,
+                pw,
                 &mut w,
             )
             .await;
@@ -700,6 +600,7 @@ async fn keep(
     primary: &InstanceRow,
     nodes: &[Node],
     busy: &[(String, i64)],
+    rows: &[InstanceRow],
     user: &str,
     pw: &crate::secret::Secret,
     w: &mut ShardWatch,
@@ -730,45 +631,36 @@ async fn keep(
                 continue;
             }
             w.last_rejoin = Some(Instant::now());
-            let stored = m.env.store.instances().await.ok().and_then(|all| {
-                all.into_iter()
-                    .find(|i| i.hostaddr == n.hostaddr && i.port == n.port)
-            });
+            let stored = rows
+                .iter()
+                .find(|i| i.hostaddr == n.hostaddr && i.port == n.port)
+                .cloned();
             let Some(stored) = stored else { continue };
-            match shard::rejoin(cluster_id, &stored, primary, user, pw).await {
+            let next = match shard::rejoin(cluster_id, &stored, primary, user, pw).await {
                 Rejoin::Rejoined => {
-                    let changed = m
-                        .env
-                        .store
-                        .set_instance_state_if(
-                            &n.hostaddr,
-                            n.port,
-                            (&stored.state, &stored.note),
-                            "running",
-                            "",
-                        )
-                        .await;
-                    info!(node = %n.name(), primary = %primary_name, ?changed,
+                    info!(node = %n.name(), primary = %primary_name,
                           "a fenced old primary rejoined as a replica");
+                    Some(("running", String::new()))
                 }
                 Rejoin::Errant(why) => {
-                    if why != stored.note {
-                        let _ = m
-                            .env
-                            .store
-                            .set_instance_state_if(
-                                &n.hostaddr,
-                                n.port,
-                                (&stored.state, &stored.note),
-                                "fenced",
-                                &why,
-                            )
-                            .await;
-                        warn!(node = %n.name(), why, "a fenced node stays out of service");
-                    }
                     notes.push(format!("{} out of service", n.name()));
+                    (why != stored.note).then(|| {
+                        warn!(node = %n.name(), why, "a fenced node stays out of service");
+                        ("fenced", why)
+                    })
                 }
-                Rejoin::Unreachable(_) => {}
+                Rejoin::Unreachable(_) => None,
+            };
+            if let Some((state, note)) = next {
+                let seen = (stored.state.as_str(), stored.note.as_str());
+                if let Err(e) = m
+                    .env
+                    .store
+                    .set_instance_state_if(&n.hostaddr, n.port, seen, state, &note)
+                    .await
+                {
+                    warn!(node = %n.name(), error = %e, "the store: the node's state is not written");
+                }
             }
             continue;
         }

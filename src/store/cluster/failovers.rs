@@ -49,7 +49,9 @@ const INSERT_FAILOVER: &str = "INSERT INTO cm_failovers (job_id, cluster_id, sha
 const SELECT_FAILOVERS: &str = "SELECT job_id, cluster_id, shard_id, kind, reason, old_primary, \
      new_primary, gtid_position, failed_at, detected_at, promoted_at, acked_at \
      FROM cm_failovers ORDER BY promoted_at DESC";
-const SELECT_FAILOVER: &str = "SELECT job_id FROM cm_failovers WHERE job_id = ?";
+const SELECT_FAILOVER_ROW: &str = "SELECT job_id, cluster_id, shard_id, kind, reason, \
+     old_primary, new_primary, gtid_position, failed_at, detected_at, promoted_at, acked_at \
+     FROM cm_failovers WHERE job_id = ?";
 const DEMOTE: &str = "UPDATE cm_instances SET role = 'replica', state = ?, note = ? \
      WHERE hostaddr = ? AND port = ? AND EXISTS (SELECT 1 FROM cm_jobs WHERE job_id = ? \
      AND owner = ? AND owner_epoch = ?)";
@@ -68,18 +70,30 @@ const SET_STATE_FENCED: &str = "UPDATE cm_instances SET state = ?, note = ? \
      WHERE hostaddr = ? AND port = ? AND EXISTS (SELECT 1 FROM cm_jobs WHERE job_id = ? \
      AND owner = ? AND owner_epoch = ?)";
 
+fn failover_row(r: &[crate::store::SqlValue]) -> FailoverRow {
+    FailoverRow {
+        job_id: r[0].text(),
+        cluster_id: r[1].text(),
+        shard: r[2].int(),
+        kind: r[3].text(),
+        reason: r[4].text(),
+        old_primary: r[5].text(),
+        new_primary: r[6].text(),
+        gtid_position: r[7].text(),
+        failed_at: r[8].int(),
+        detected_at: r[9].int(),
+        promoted_at: r[10].int(),
+        acked_at: r[11].int(),
+    }
+}
+
 impl ClusterStore {
     /// Records a promotion: the old primary demoted (fenced), the new one
     /// primary, and the journal row, in one transaction. Done already (the
     /// step run again): nothing more. [`StoreError::Fenced`]: the job is
     /// no longer held by `by`.
     pub async fn promote(&self, by: &Holder<'_>, p: &Promotion<'_>) -> Result<(), StoreError> {
-        if !self
-            .store
-            .select(SELECT_FAILOVER, vec![v(p.row.job_id.as_str())])
-            .await?
-            .is_empty()
-        {
+        if self.failover(&p.row.job_id).await?.is_some() {
             return Ok(());
         }
         let fence = || vec![v(by.job_id), v(by.fence.member.as_str()), v(by.fence.epoch)];
@@ -114,12 +128,7 @@ impl ClusterStore {
         ));
         self.store.transaction(stmts).await?;
         // Every statement carried the fence: a lost job matched nothing.
-        if self
-            .store
-            .select(SELECT_FAILOVER, vec![v(r.job_id.as_str())])
-            .await?
-            .is_empty()
-        {
+        if self.failover(&r.job_id).await?.is_none() {
             return Err(StoreError::Fenced {
                 name: format!("cluster job {}", by.job_id),
                 epoch: by.fence.epoch,
@@ -135,21 +144,18 @@ impl ClusterStore {
             .select(SELECT_FAILOVERS, vec![])
             .await?
             .iter()
-            .map(|r| FailoverRow {
-                job_id: r[0].text(),
-                cluster_id: r[1].text(),
-                shard: r[2].int(),
-                kind: r[3].text(),
-                reason: r[4].text(),
-                old_primary: r[5].text(),
-                new_primary: r[6].text(),
-                gtid_position: r[7].text(),
-                failed_at: r[8].int(),
-                detected_at: r[9].int(),
-                promoted_at: r[10].int(),
-                acked_at: r[11].int(),
-            })
+            .map(|r| failover_row(r))
             .collect())
+    }
+
+    /// The promotion of job `job_id`, if it was made.
+    pub async fn failover(&self, job_id: &str) -> Result<Option<FailoverRow>, StoreError> {
+        Ok(self
+            .store
+            .select(SELECT_FAILOVER_ROW, vec![v(job_id)])
+            .await?
+            .first()
+            .map(|r| failover_row(r)))
     }
 
     /// `ack_failover`: the shard's unacknowledged automatic failovers
