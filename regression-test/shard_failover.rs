@@ -434,6 +434,29 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
         .await
         .unwrap();
     drop(c);
+    // CCR jobs into the shard and out of it: they follow its primary
+    // through every switch below, and end with nothing lost or doubled.
+    let (h_src, h_dest) = (crate::harness::source(), crate::harness::dest());
+    let in_db = crate::harness::source_database();
+    let out_db = crate::harness::unique("fo_out");
+    let on_shard = |db: &str| json!({"host": p1.0, "port": p1.1, "user": "clustmgr", "password": PW, "database": db});
+    s.post(
+        "create_ccr",
+        json!({"name": "into_shard", "dest": on_shard("ccr_in"),
+        "src": crate::harness::src_endpoint(h_src, &in_db, None)}),
+    )
+    .await
+    .ok();
+    s.post(
+        "create_ccr",
+        json!({"name": "from_shard", "src": on_shard("app"),
+        "dest": crate::harness::dest_endpoint(h_dest, &out_db, None)}),
+    )
+    .await
+    .ok();
+    let writer = crate::harness::Writer::start(&in_db, 5, |i| {
+        format!("INSERT INTO t VALUES ({}, 'w');", i + 1000)
+    });
     let load = Load::start(all.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -589,7 +612,8 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
     .await;
 
     // 5. A replica with errant transactions is passed over; a lagging one
-    // applies its relay log before it is promoted.
+    // applies its relay log, then takes from the errant one what only that
+    // one received (the last acknowledged commits), before it is promoted.
     emit(
         &s,
         "ack_failover",
@@ -602,6 +626,10 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
     root_sql(d, &errant, "CREATE DATABASE errant_db; CREATE TABLE errant_db.x (i INT); INSERT INTO errant_db.x VALUES (1)");
     root_sql(d, &lagging, "STOP SLAVE SQL_THREAD");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The last second's commits reach (and are acknowledged by) the errant
+    // replica alone.
+    root_sql(d, &lagging, "STOP SLAVE IO_THREAD");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (a, t5) = kill_machine(&mut agents, d, &p4);
     load.first_write_after(t5, &name(&p4), 60).await;
     assert_eq!(
@@ -624,6 +652,11 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
     let skipped = v["attachment"]["skipped"].to_string();
     assert!(
         skipped.contains(&name(&errant)) && skipped.contains("errant"),
+        "{v}"
+    );
+    let caught_up = v["attachment"]["caught_up_from"].to_string();
+    assert!(
+        caught_up.contains(&name(&errant)) && caught_up.contains("left out"),
         "{v}"
     );
     agents[a].respawn();
@@ -741,5 +774,38 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+
+    // The CCR jobs caught up across the switches: into the shard's current
+    // primary, and out of it; every row once.
+    writer.stop();
+    let count =
+        |db: &str| format!("SELECT CONCAT(COUNT(*), ':', COALESCE(SUM(id), 0)) FROM {db}.t");
+    let want_in = h_src.admin(&count(&in_db));
+    let want_out = sql(&last, &count("app")).await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let got_in = sql(&last, &count("ccr_in")).await;
+        let got_out = h_dest.admin(&count(&out_db));
+        if got_in == want_in && got_out == want_out {
+            break;
+        }
+        let status = |n: &str| {
+            let s = &s;
+            let n = n.to_string();
+            async move { s.post("job_status", json!({"name": n})).await.body }
+        };
+        assert!(
+            Instant::now() < deadline,
+            "into the shard {got_in} vs {want_in}: {:#}\nout of it {got_out} vs {want_out}: {:#}",
+            status("into_shard").await,
+            status("from_shard").await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let st = s
+        .post("job_status", json!({"name": "into_shard"}))
+        .await
+        .ok();
+    assert_eq!(st["status"]["dest_node"]["address"], name(&last), "{st:#}");
     s.kill();
 }

@@ -85,6 +85,8 @@ pub async fn run(
     );
     let cluster_loop = tokio::spawn(cluster.clone().run(group_stopped.clone()));
     let group_loop = tokio::spawn(group.clone().run(group_stopped));
+    let job_lag = Arc::new(crate::history::History::default());
+    let lag_sampler = tokio::spawn(api::sample_job_lag(manager.clone(), job_lag.clone()));
     let state = Arc::new(ApiState {
         manager: manager.clone(),
         group: group.clone(),
@@ -103,6 +105,7 @@ pub async fn run(
             } => format!("MySQL {host}:{port}/{database}"),
         },
         address: address.to_string(),
+        job_lag,
     });
     info!(%address, scheme, version = env!("CARGO_PKG_VERSION"), "ccr-syncer listening");
     if !address.ip().is_loopback() {
@@ -127,6 +130,7 @@ pub async fn run(
                 .await
         }
     }
+    lag_sampler.abort();
     info!("API stopped; stopping jobs");
     group_stop.send_replace(true);
     let _ = group_loop.await;

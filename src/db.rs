@@ -264,12 +264,29 @@ pub fn change_master(
     user: &str,
     password: &Secret,
 ) -> String {
+    change_master_ignoring(host, port, user, password, &[])
+}
+
+/// `change_master`, the events first written by the servers `ignore`
+/// names skipped (a candidate catching up from a replica that holds
+/// errant transactions of its own takes everything else it has). Every
+/// other call clears the list, which would otherwise outlive the call.
+pub fn change_master_ignoring(
+    host: &str,
+    port: impl std::fmt::Display,
+    user: &str,
+    password: &Secret,
+    ignore: &[u64],
+) -> String {
+    let ids: Vec<String> = ignore.iter().map(|i| i.to_string()).collect();
     format!(
         "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {port}, MASTER_USER = {}, \
-         MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
+         MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, \
+         IGNORE_SERVER_IDS = ({})",
         quote_string(host),
         quote_string(user),
-        quote_string(password.expose())
+        quote_string(password.expose()),
+        ids.join(", ")
     )
 }
 

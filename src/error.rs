@@ -62,6 +62,9 @@ pub fn is_transient(e: &mysql_async::Error) -> bool {
         // prepared node for application use": 1047 with SQLSTATE 08S01)
         // serves again once it is back in one.
         mysql_async::Error::Server(s) if s.code == 1047 && s.state == "08S01" => true,
+        // A read-only server (1290 naming --read-only): a primary demoted by
+        // a failover or a switchover, until the job follows the new one.
+        mysql_async::Error::Server(s) if s.code == 1290 && s.message.contains("read-only") => true,
         mysql_async::Error::Server(s) => matches!(
             s.code,
             1040 | 1053
@@ -196,5 +199,9 @@ mod tests {
             kind_of(&server(1048, "Column 'x' cannot be null")),
             Kind::Definite
         );
+        let ro = "The MariaDB server is running with the --read-only option so it cannot execute this statement";
+        assert_eq!(kind_of(&server(1290, ro)), Kind::Transient);
+        let other = "The MariaDB server is running with the --secure-file-priv option so it cannot execute this statement";
+        assert_eq!(kind_of(&server(1290, other)), Kind::Definite);
     }
 }

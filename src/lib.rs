@@ -14,6 +14,7 @@ pub mod dest;
 pub mod error;
 pub mod fields;
 pub mod group;
+pub mod history;
 pub mod hostmap;
 pub mod job;
 pub mod logging;

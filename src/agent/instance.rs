@@ -93,6 +93,8 @@ impl Instance {
              tmpdir={d}/tmp\n\
              port={}\n\
              bind-address={host}\n\
+             report-host={host}\n\
+             report-port={}\n\
              server-id={}\n\
              log-bin={d}/binlog/binlog\n\
              binlog-format=ROW\n\
@@ -102,7 +104,7 @@ impl Instance {
              max-connections={}\n\
              skip-name-resolve\n\
              character-set-server=utf8mb4\n",
-            self.port, self.server_id, self.innodb_size_mb, self.max_connections
+            self.port, self.port, self.server_id, self.innodb_size_mb, self.max_connections
         );
         if self.read_only {
             // The manager turns the current primary writable; a node that

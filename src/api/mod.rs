@@ -103,6 +103,24 @@ pub struct ApiState {
     /// How the status page names the store and this service.
     pub store_description: String,
     pub address: String,
+    /// Each CCR job's lag over the last hour, for the status page.
+    pub job_lag: Arc<crate::history::History>,
+}
+
+/// Samples every job's lag (seconds) into `history` every 10 s, for the
+/// status page's charts, until the task is aborted.
+pub async fn sample_job_lag(manager: Arc<JobManager>, history: Arc<crate::history::History>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let values: Vec<(String, f64)> = manager
+            .list()
+            .into_iter()
+            .filter_map(|n| manager.snapshot(&n).ok())
+            .map(|j| (j.spec.name.clone(), j.lag().secs as f64))
+            .collect();
+        history.sample(&values);
+    }
 }
 
 pub fn routes(
@@ -330,7 +348,11 @@ fn view_page(state: &ApiState, operation: &str, method: &Method) -> Result<Respo
             )
             .replace(
                 "</body></html>",
-                &format!("{}</body></html>", state.cluster.status_html()),
+                &format!(
+                    "<h3>CCR jobs' lag, last hour</h3>{}{}</body></html>",
+                    state.job_lag.charts("No sample yet (one every 10 s)."),
+                    state.cluster.status_html()
+                ),
             )
         }
     };

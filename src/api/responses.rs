@@ -168,6 +168,13 @@ pub fn status(job: &JobSnapshot) -> Value {
             .unwrap_or_else(|| job.spec.src.address()),
         "name": inc.and_then(|i| i.minder_node.clone()),
     });
+    // The node written to: the spec's destination, or the managed shard's
+    // primary followed after it moved.
+    status["dest_node"] = json!({
+        "address": inc
+            .and_then(|i| i.dest_node.clone())
+            .unwrap_or_else(|| job.spec.dest.address()),
+    });
     if let Some(t) = &p.failed_transaction {
         status["failed_commit_seq"] = json!(p.failed_commit_seq);
         status["failed_transaction"] = json!(t);

@@ -186,6 +186,22 @@ pub fn own_errant(node: &Node, others: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Per domain, the highest GTID of a GTID state (`@@gtid_binlog_state`)
+/// written by a server other than `own`: how far a node's transactions
+/// reach when its own are left out.
+pub fn highest_of_others(state: &str, own: u64) -> String {
+    let mut best: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+    for (d, s, n) in replicas::parse_gtids(state) {
+        if s != own && best.get(&d).is_none_or(|(_, m)| n > *m) {
+            best.insert(d, (s, n));
+        }
+    }
+    best.iter()
+        .map(|(d, (s, n))| format!("{d}-{s}-{n}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The shard's rows in the store.
 pub async fn rows(env: &Env, cluster_id: &str, shard: i64) -> Result<Vec<InstanceRow>, StepError> {
     Ok(env
@@ -398,28 +414,39 @@ pub async fn elect(ctx: &StepCtx<'_>, e: &Election<'_>) -> Result<Value, StepErr
         )));
     };
     // Another replica received more (it was passed over: busy, lagging
-    // its relay log): the candidate first takes what it lacks from it.
+    // its relay log, or holding errant transactions): the candidate first
+    // takes what it lacks from it. A semi-synchronous commit may have been
+    // acknowledged by that replica alone. Its own errant transactions are
+    // not taken (its server id ignored) nor waited for.
     let mut caught_up_from = None;
     let ahead = all
         .iter()
         .filter(|o| o.reachable && o.name() != chosen.name())
-        .filter(|o| errant_of(o).is_empty())
         .max_by_key(|o| o.received_seq(domain))
         .filter(|o| o.received_seq(domain) > chosen.received_seq(domain))
         .cloned();
     if let Some(src) = ahead {
+        let ignore: Vec<u64> = if errant_of(&src).is_empty() {
+            Vec::new()
+        } else {
+            vec![src.server_id]
+        };
         let mut sc = nodes::connect(&src.hostaddr, src.port, &user, &pw).await?;
         apply_relay(&mut sc, &src.received, relay_wait, e.stop_io)
             .await
             .map_err(|w| StepError::definite(format!("{}: {w}", src.name())))?;
-        let level: Option<String> = sc
-            .query_first("SELECT @@gtid_current_pos")
+        let level: Option<(String, String)> = sc
+            .query_first("SELECT @@gtid_current_pos, @@gtid_binlog_state")
             .await
             .map_err(|x| sql_error(&src.name(), &x))?;
         let _ = sc.disconnect().await;
-        let level = level.unwrap_or_default();
+        let (current, state) = level.unwrap_or_default();
+        let level = match ignore.first() {
+            None => current,
+            Some(own) => highest_of_others(&state, *own),
+        };
         let mut conn = nodes::connect(&chosen.hostaddr, chosen.port, &user, &pw).await?;
-        let change = db::change_master(&src.hostaddr, src.port, &user, &pw);
+        let change = db::change_master_ignoring(&src.hostaddr, src.port, &user, &pw, &ignore);
         for sql in ["STOP SLAVE", change.as_str(), "START SLAVE"] {
             conn.query_drop(sql)
                 .await
@@ -432,7 +459,11 @@ pub async fn elect(ctx: &StepCtx<'_>, e: &Election<'_>) -> Result<Value, StepErr
             .await
             .map_err(|x| sql_error(&chosen.name(), &x))?;
         let _ = conn.disconnect().await;
-        caught_up_from = Some(src.name());
+        caught_up_from = Some(if ignore.is_empty() {
+            src.name()
+        } else {
+            format!("{} (its own errant transactions left out)", src.name())
+        });
     }
     let mut conn = nodes::connect(&chosen.hostaddr, chosen.port, &user, &pw).await?;
     let pos: Option<String> = conn
@@ -733,6 +764,16 @@ mod tests {
         assert!(own_errant(&n, &["", ""]).is_empty());
         // The old primary's transactions are not its own.
         assert!(own_errant(&node(13, "0-11-60"), &["0-11-50"]).is_empty());
+    }
+
+    #[test]
+    fn a_node_s_reach_without_its_own_transactions() {
+        assert_eq!(
+            highest_of_others("0-11-40,0-12-153,0-13-90,1-11-7", 11),
+            "0-12-153"
+        );
+        assert_eq!(highest_of_others("0-11-40", 11), "");
+        assert_eq!(highest_of_others("0-12-5,2-13-9", 11), "0-12-5,2-13-9");
     }
 
     #[test]

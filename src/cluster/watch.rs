@@ -28,7 +28,7 @@ use mysql_async::prelude::*;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::json;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -39,8 +39,6 @@ mod page;
 const PROBE_LIMIT: Duration = Duration::from_secs(2);
 /// A fenced node is tried again this often.
 const REJOIN_EVERY: Duration = Duration::from_secs(5);
-/// Lag samples kept per node: an hour, one every 10 s.
-const HISTORY: usize = 360;
 
 /// What the watcher last saw of a shard.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -65,8 +63,7 @@ pub struct ShardWatch {
 #[derive(Default)]
 pub struct Watch {
     shards: Mutex<HashMap<(String, i64), ShardWatch>>,
-    lag: Mutex<HashMap<String, VecDeque<(i64, f64)>>>,
-    last_sample: Mutex<Option<Instant>>,
+    lag: crate::history::History,
 }
 
 impl Watch {
@@ -78,23 +75,7 @@ impl Watch {
     }
 
     fn sample_lag(&self, nodes: &[(String, f64)]) {
-        if nodes.is_empty() {
-            return;
-        }
-        let mut last = self.last_sample.lock();
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
-            return;
-        }
-        *last = Some(Instant::now());
-        let now = chrono::Utc::now().timestamp_millis();
-        let mut lag = self.lag.lock();
-        for (name, v) in nodes {
-            let h = lag.entry(name.clone()).or_default();
-            h.push_back((now, *v));
-            while h.len() > HISTORY {
-                h.pop_front();
-            }
-        }
+        self.lag.sample(nodes);
     }
 }
 

@@ -272,7 +272,7 @@ impl Runner {
             metrics: self.metrics.clone(),
             progress: progress_tx,
             skip: current.progress.skip.as_ref().and_then(|s| s.gtid.clone()),
-            live: Arc::new(LiveJob(self.snapshot.subscribe())),
+            live: Arc::new(LiveJob(self.snapshot.subscribe(), self.store.clone())),
             full_sync: self.settings.full_sync,
             epoch: self.fence.epoch,
             holds: self.holds.clone(),

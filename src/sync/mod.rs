@@ -31,12 +31,19 @@ pub struct Route {
 }
 
 /// Settings that may change while a sync runs.
+#[async_trait::async_trait]
 pub trait Live: Send + Sync {
     /// The source as configured now: a host mapping update takes effect at
     /// the next connection.
     fn source(&self) -> Endpoint;
     /// A partial sync an operator asked for, if any.
     fn partial(&self) -> Option<PartialSync>;
+    /// When `address` (`host:port`) is a node of a shard this service's
+    /// cluster manager keeps: the shard's primary now (`host:port`), which
+    /// a failover or a switchover moves. `None`: not a managed node.
+    async fn shard_primary(&self, _address: &str) -> Option<String> {
+        None
+    }
 }
 
 /// What the data path counts as it goes: its own small interface, so that

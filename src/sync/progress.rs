@@ -205,6 +205,9 @@ pub struct IncrementalProgress {
     /// cluster reports it (`host:port`, mapped before connecting); `None`:
     /// the spec's source.
     pub source_node: Option<String>,
+    /// The node the job writes to after its destination, a managed shard's
+    /// primary, moved (`host:port`); `None`: the spec's destination.
+    pub dest_node: Option<String>,
     /// With a minded source (`src.minder`): the Galera node name of the node
     /// read, as the arbitrator names it.
     pub minder_node: Option<String>,

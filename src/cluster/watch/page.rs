@@ -82,35 +82,7 @@ impl Watch {
             }
         }
         html.push_str("</tbody></table><h3>Replication lag, last hour</h3>");
-        let lag = self.lag.lock();
-        let mut names: Vec<&String> = lag.keys().collect();
-        names.sort();
-        if names.is_empty() {
-            html.push_str("<p>No sample yet (one every 10 s).</p>");
-        }
-        for name in names {
-            let points = &lag[name];
-            let max = points.iter().map(|(_, v)| *v).fold(1.0f64, f64::max);
-            let now = chrono::Utc::now().timestamp_millis();
-            let coords: Vec<String> = points
-                .iter()
-                .map(|(t, v)| {
-                    let x = 300.0 - ((now - t) as f64 / 3_600_000.0 * 300.0).min(300.0);
-                    let y = 40.0 - v / max * 38.0;
-                    format!("{x:.1},{y:.1}")
-                })
-                .collect();
-            let _ = write!(
-                html,
-                "<div class=\"chart\" data-chart=\"{}\"><span>{} (max {max:.0} s)</span>\
-                 <svg width=\"300\" height=\"42\" viewBox=\"0 0 300 42\" role=\"img\">\
-                 <polyline fill=\"none\" stroke=\"#36c\" stroke-width=\"1.5\" points=\"{}\"/>\
-                 </svg></div>",
-                esc(name),
-                esc(name),
-                coords.join(" ")
-            );
-        }
+        html.push_str(&self.lag.charts("No sample yet (one every 10 s)."));
         html
     }
 }

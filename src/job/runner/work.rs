@@ -67,9 +67,14 @@ impl Switches {
     }
 }
 
-/// The job as it is now, as the data path sees it.
-pub(super) struct LiveJob(pub(super) watch::Receiver<JobSnapshot>);
+/// The job as it is now, as the data path sees it, and the store where the
+/// service's cluster manager keeps its shards.
+pub(super) struct LiveJob(
+    pub(super) watch::Receiver<JobSnapshot>,
+    pub(super) Arc<dyn MetaStore>,
+);
 
+#[async_trait::async_trait]
 impl crate::sync::Live for LiveJob {
     fn source(&self) -> crate::db::Endpoint {
         self.0.borrow().spec.src.clone()
@@ -77,6 +82,21 @@ impl crate::sync::Live for LiveJob {
 
     fn partial(&self) -> Option<crate::sync::progress::PartialSync> {
         self.0.borrow().progress.partial.clone()
+    }
+
+    async fn shard_primary(&self, address: &str) -> Option<String> {
+        let all = crate::store::cluster::ClusterStore::new(self.1.clone())
+            .instances()
+            .await
+            .ok()?;
+        let node = all
+            .iter()
+            .find(|i| format!("{}:{}", i.hostaddr, i.port) == address)?;
+        all.iter()
+            .find(|i| {
+                i.cluster_id == node.cluster_id && i.shard == node.shard && i.role == "primary"
+            })
+            .map(|p| format!("{}:{}", p.hostaddr, p.port))
     }
 }
 
@@ -281,7 +301,10 @@ pub(super) async fn run_incremental(sync: Incremental, switches: Arc<Switches>) 
         let follow = switches.follow_failover.load(Ordering::Relaxed);
         let moved = match sync.follow_minder().await {
             Some(node) => Some(node),
-            None if follow => sync.follow_primary().await,
+            None if follow => match sync.follow_dest().await {
+                Some(node) => Some(node),
+                None => sync.follow_primary().await,
+            },
             None => None,
         };
         if let Some(node) = moved {

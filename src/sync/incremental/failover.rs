@@ -34,7 +34,13 @@ impl Incremental {
             (p.detail.topology.clone(), p.detail.source_node.clone())
         };
         let src = self.live.source();
-        for node in topo.candidates() {
+        // A managed shard's source: its primary as the cluster manager has
+        // it first (its replicas may not report themselves).
+        let managed = self
+            .live
+            .shard_primary(following.as_deref().unwrap_or(&src.address()))
+            .await;
+        for node in managed.iter().chain(topo.candidates()) {
             if following.as_ref() == Some(node) {
                 continue;
             }
@@ -71,5 +77,23 @@ impl Incremental {
             }
         }
         None
+    }
+
+    /// After an error: when the destination is a node of a managed shard
+    /// whose primary moved (a failover, a switchover), the job writes to
+    /// the new primary from the destination's checkpoint, which the new
+    /// primary holds with every acknowledged commit (semi-synchronous
+    /// shards). Returns what it now writes to.
+    pub async fn follow_dest(&self) -> Option<String> {
+        let current = self.dest().address();
+        let primary = self.live.shard_primary(&current).await?;
+        if primary == current {
+            return None;
+        }
+        info!(job = %self.spec.name, from = %current, to = %primary,
+              "the destination shard's primary moved; writing to the new primary");
+        self.progress
+            .send_modify(|a| a.detail.dest_node = Some(primary.clone()));
+        Some(format!("destination {primary}"))
     }
 }

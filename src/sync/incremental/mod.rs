@@ -147,8 +147,20 @@ pub(super) fn stops_at(pos: &Position, at: &Position, next: Option<&SourceEvent>
 }
 
 impl Incremental {
+    /// The destination to connect to now: the managed shard's primary it
+    /// followed, else the spec's.
+    pub fn dest(&self) -> Endpoint {
+        let mut ep = self.spec.dest.clone();
+        let node = self.progress.borrow().detail.dest_node.clone();
+        if let Some((host, port)) = node.as_deref().and_then(topology::split) {
+            (ep.host, ep.port) = (host.to_string(), port);
+        }
+        ep
+    }
+
     async fn connect_dest(&self) -> Result<Conn, SyncError> {
-        let addr = self.spec.dest.server_addr();
+        let dest = self.dest();
+        let addr = dest.server_addr();
         // CLIENT_FOUND_ROWS: an UPDATE reports the rows it matched, which is
         // what a statement is checked against.
         let opts = OptsBuilder::from_opts(db::opts(&addr, None)).client_found_rows(true);
