@@ -738,7 +738,17 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
         };
         assert!(row.contains(role), "{n:?}: {row}");
     }
-    assert!(dom.contains("data-chart="), "no lag chart:\n{dom}");
+    // A replica's lag and a CCR job's lag, each charted.
+    let replica = all
+        .iter()
+        .find(|n| **n != now_primary && **n != p5)
+        .unwrap();
+    for want in [name(replica), "into_shard".to_string()] {
+        assert!(
+            dom.contains(&format!("data-chart=\"{want}\"")),
+            "no lag chart for {want}:\n{dom}"
+        );
+    }
 
     // Nothing acknowledged is missing; never two writable nodes; the nodes
     // end equal.
