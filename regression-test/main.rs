@@ -12,6 +12,7 @@ mod cluster_engine;
 mod create_checks;
 mod ctl;
 mod failover;
+mod failover_bench;
 mod first_use;
 mod full_sync;
 mod group;

@@ -21,14 +21,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const PW: &str = "failover-admin-pw";
+pub(crate) const PW: &str = "failover-admin-pw";
 /// The manager runs under this group: a firewall rule cuts it alone.
 const GID: u32 = 4242;
-const HOSTS: [&str; 3] = ["127.0.0.71", "127.0.0.72", "127.0.0.73"];
+pub(crate) const HOSTS: [&str; 3] = ["127.0.0.71", "127.0.0.72", "127.0.0.73"];
 
-type Node = (String, i64);
+pub(crate) type Node = (String, i64);
 
-fn name(n: &Node) -> String {
+pub(crate) fn name(n: &Node) -> String {
     format!("{}:{}", n.0, n.1)
 }
 
@@ -41,7 +41,7 @@ fn opts(n: &Node) -> mysql_async::Opts {
         .into()
 }
 
-async fn conn(n: &Node) -> Result<mysql_async::Conn, String> {
+pub(crate) async fn conn(n: &Node) -> Result<mysql_async::Conn, String> {
     match tokio::time::timeout(Duration::from_millis(800), mysql_async::Conn::new(opts(n))).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(e.to_string()),
@@ -49,7 +49,7 @@ async fn conn(n: &Node) -> Result<mysql_async::Conn, String> {
     }
 }
 
-async fn sql(n: &Node, q: &str) -> String {
+pub(crate) async fn sql(n: &Node, q: &str) -> String {
     let mut c = conn(n).await.unwrap_or_else(|e| panic!("{n:?}: {e}"));
     let v: Option<String> = c
         .query_first(q)
@@ -79,7 +79,7 @@ fn node_dir(dir: &Path, n: &Node) -> PathBuf {
     dir.join(format!("data-{}", n.0)).join(n.1.to_string())
 }
 
-fn mariadbd_pid(dir: &Path, n: &Node) -> Option<i32> {
+pub(crate) fn mariadbd_pid(dir: &Path, n: &Node) -> Option<i32> {
     std::fs::read_to_string(node_dir(dir, n).join("mysqld.pid"))
         .ok()?
         .trim()
@@ -88,9 +88,9 @@ fn mariadbd_pid(dir: &Path, n: &Node) -> Option<i32> {
 }
 
 /// The write load and the read-only sampler.
-struct Load {
+pub(crate) struct Load {
     /// `(id, when acknowledged, by which node)`.
-    acked: Arc<Mutex<Vec<(i64, Instant, String)>>>,
+    pub(crate) acked: Arc<Mutex<Vec<(i64, Instant, String)>>>,
     two_writable: Arc<Mutex<Vec<String>>>,
     samples: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -98,7 +98,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(nodes: Vec<Node>) -> Load {
+    pub(crate) fn start(nodes: Vec<Node>) -> Load {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let two_writable = Arc::new(Mutex::new(Vec::new()));
         let samples = Arc::new(AtomicUsize::new(0));
@@ -175,7 +175,7 @@ impl Load {
 
     /// Waits for the first write acknowledged after `t` by a node other
     /// than `not_by`; how long after `t`.
-    async fn first_write_after(&self, t: Instant, not_by: &str, secs: u64) -> Duration {
+    pub(crate) async fn first_write_after(&self, t: Instant, not_by: &str, secs: u64) -> Duration {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if let Some((_, at, _)) = self
@@ -194,7 +194,7 @@ impl Load {
         }
     }
 
-    async fn stop(self) -> (Vec<i64>, Vec<String>, usize) {
+    pub(crate) async fn stop(self) -> (Vec<i64>, Vec<String>, usize) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks {
             let _ = t.await;
@@ -205,7 +205,7 @@ impl Load {
     }
 }
 
-async fn done(s: &Service, job_type: &str, p: Value, secs: u64) -> Value {
+pub(crate) async fn done(s: &Service, job_type: &str, p: Value, secs: u64) -> Value {
     let v = emit(s, job_type, "", p).await;
     assert_eq!(v["status"], "accept", "{job_type}: {v}");
     let v = wait_job(s, v["job_id"].as_str().unwrap(), secs).await;
@@ -214,7 +214,7 @@ async fn done(s: &Service, job_type: &str, p: Value, secs: u64) -> Value {
 }
 
 /// The shard as get_cluster_detail says: its state and nodes.
-async fn shard(s: &Service, cluster: &str) -> Value {
+pub(crate) async fn shard(s: &Service, cluster: &str) -> Value {
     let v = emit(
         s,
         "get_cluster_detail",
@@ -225,7 +225,7 @@ async fn shard(s: &Service, cluster: &str) -> Value {
     v["attachment"]["list_shard"][0].clone()
 }
 
-async fn primary(s: &Service, cluster: &str) -> Node {
+pub(crate) async fn primary(s: &Service, cluster: &str) -> Node {
     let sh = shard(s, cluster).await;
     let p = sh["list_node"]
         .as_array()
@@ -241,7 +241,7 @@ async fn primary(s: &Service, cluster: &str) -> Node {
 }
 
 /// Waits until `cond` holds of the shard's detail.
-async fn until(
+pub(crate) async fn until(
     s: &Service,
     cluster: &str,
     what: &str,
@@ -271,7 +271,7 @@ fn node_json<'a>(sh: &'a Value, n: &Node) -> &'a Value {
 }
 
 /// A replica again: running, read-only, replicating from the primary.
-fn rejoined(sh: &Value, n: &Node) -> bool {
+pub(crate) fn rejoined(sh: &Value, n: &Node) -> bool {
     let x = node_json(sh, n);
     x["state"] == "running"
         && x["master"] == "false"
@@ -280,7 +280,7 @@ fn rejoined(sh: &Value, n: &Node) -> bool {
         && x["replication"]["sql"] == true
 }
 
-async fn journal(s: &Service, cluster: &str) -> Vec<Value> {
+pub(crate) async fn journal(s: &Service, cluster: &str) -> Vec<Value> {
     let v = emit(
         s,
         "get_failover_journal",
@@ -300,7 +300,7 @@ fn agent_of(n: &Node) -> usize {
 
 /// The node's machine dies: its agent, then its `mariadbd` (SIGKILL).
 /// Which agent, and when the node died.
-fn kill_machine(agents: &mut [Agent], dir: &Path, n: &Node) -> (usize, Instant) {
+pub(crate) fn kill_machine(agents: &mut [Agent], dir: &Path, n: &Node) -> (usize, Instant) {
     let a = agent_of(n);
     agents[a].kill();
     let pid = mariadbd_pid(dir, n).unwrap();
