@@ -659,6 +659,7 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
         caught_up.contains(&name(&errant)) && caught_up.contains("left out"),
         "{v}"
     );
+    eprintln!("the failover past an errant replica: {v}");
     agents[a].respawn();
     until(&s, &cname, "the dead primary rejoins", 90, |sh| {
         rejoined(sh, &p4)
