@@ -14,10 +14,9 @@
 //! primary, and samples (five a second, every node) that saw two writable
 //! nodes.
 
-use crate::cluster::{emit, free_port, machine, Agent, Reaper, TOKEN};
-use crate::harness::service::Service;
+use crate::cluster::{emit, Reaper};
 use crate::shard_failover::{
-    conn, done, kill_machine, name, primary, rejoined, shard, until, Load, Node, HOSTS, PW,
+    conn, done, journal, kill_machine, name, primary, rejoined, until, Load, Node, Shard, PW,
 };
 use mysql_async::prelude::*;
 use serde_json::json;
@@ -84,42 +83,13 @@ async fn failover_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let _reaper = Reaper(d.to_path_buf());
-    let mut agents: Vec<Agent> = HOSTS
-        .iter()
-        .map(|h| Agent::start(h, free_port(h), d))
-        .collect();
-    let env = [("CCR_AGENT_TOKEN", TOKEN)];
-    let s = Service::process_as(d, "", &env, None).await;
-    for a in &agents {
-        let mut m = machine(a.host, Some(a.port), d);
-        m["port_range"] = json!("48000-48100");
-        done(&s, "create_machine", m, 30).await;
-    }
-    let v = done(
-        &s,
-        "create_cluster",
-        json!({"nick_name": "bench", "ha_mode": "rbr", "shards": "1", "nodes": "3", "comps": "0",
-               "innodb_size": "64", "max_connections": "100", "fullsync_level": "1",
-               "admin_user": "clustmgr", "admin_password": PW}),
-        300,
-    )
-    .await;
-    let cluster = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
-    let cname = v["attachment"]["cluster_name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let all: Vec<Node> = shard(&s, &cname).await["list_node"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["hostaddr"].as_str().unwrap().to_string(),
-                n["port"].as_str().unwrap().parse().unwrap(),
-            )
-        })
-        .collect();
+    let Shard {
+        mut agents,
+        s,
+        cluster,
+        cname,
+        all,
+    } = Shard::make(d, "", None, "64").await;
     let p = primary(&s, &cname).await;
     let mut c = conn(&p).await.unwrap();
     c.query_drop(
@@ -168,14 +138,7 @@ async fn failover_under_load() {
                 .unwrap_or_default()
         };
         let new = primary(&s, &cname).await;
-        let j = emit(
-            &s,
-            "get_failover_journal",
-            "",
-            json!({"cluster_id": cluster, "shard_id": "1"}),
-        )
-        .await;
-        let last = j["attachment"]["list_failover"][0].clone();
+        let last = journal(&s, &cluster).await[0].clone();
         eprintln!(
             "run {run}: {} -> {}: first write after {took:?}, longest gap {gap:?}",
             name(&old),

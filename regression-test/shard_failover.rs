@@ -300,6 +300,63 @@ fn agent_of(n: &Node) -> usize {
 
 /// The node's machine dies: its agent, then its `mariadbd` (SIGKILL).
 /// Which agent, and when the node died.
+/// Three agents on `HOSTS`, the manager as a process (under `gid`), their
+/// machines and a cluster of one shard of three nodes, `fullsync_level` 1.
+pub(crate) struct Shard {
+    pub(crate) agents: Vec<Agent>,
+    pub(crate) s: Service,
+    pub(crate) cluster: String,
+    pub(crate) cname: String,
+    pub(crate) all: Vec<Node>,
+}
+
+impl Shard {
+    pub(crate) async fn make(d: &Path, config: &str, gid: Option<u32>, innodb_mb: &str) -> Shard {
+        let agents: Vec<Agent> = HOSTS
+            .iter()
+            .map(|h| Agent::start(h, free_port(h), d))
+            .collect();
+        let s = Service::process_as(d, config, &[("CCR_AGENT_TOKEN", TOKEN)], gid).await;
+        for a in &agents {
+            let mut m = machine(a.host, Some(a.port), d);
+            m["port_range"] = json!("48000-48100");
+            done(&s, "create_machine", m, 30).await;
+        }
+        let v = done(
+            &s,
+            "create_cluster",
+            json!({"nick_name": "fo", "ha_mode": "rbr", "shards": "1", "nodes": "3", "comps": "0",
+                   "innodb_size": innodb_mb, "max_connections": "100", "fullsync_level": "1",
+                   "admin_user": "clustmgr", "admin_password": PW}),
+            300,
+        )
+        .await;
+        let cluster = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
+        let cname = v["attachment"]["cluster_name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let all: Vec<Node> = shard(&s, &cname).await["list_node"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["hostaddr"].as_str().unwrap().to_string(),
+                    n["port"].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
+        Shard {
+            agents,
+            s,
+            cluster,
+            cname,
+            all,
+        }
+    }
+}
+
 pub(crate) fn kill_machine(agents: &mut [Agent], dir: &Path, n: &Node) -> (usize, Instant) {
     let a = agent_of(n);
     agents[a].kill();
@@ -373,43 +430,15 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let _reaper = Reaper(d.to_path_buf());
-    let mut agents: Vec<Agent> = HOSTS
-        .iter()
-        .map(|h| Agent::start(h, free_port(h), d))
-        .collect();
     let env = [("CCR_AGENT_TOKEN", TOKEN)];
     let config = "[cluster]\nstep_retry_s = 60\n";
-    let s = Service::process_as(d, config, &env, Some(GID)).await;
-    for a in &agents {
-        let mut m = machine(a.host, Some(a.port), d);
-        m["port_range"] = json!("48000-48100");
-        done(&s, "create_machine", m, 30).await;
-    }
-    let v = done(
-        &s,
-        "create_cluster",
-        json!({"nick_name": "fo", "ha_mode": "rbr", "shards": "1", "nodes": "3", "comps": "0",
-               "innodb_size": "16", "max_connections": "60", "fullsync_level": "1",
-               "admin_user": "clustmgr", "admin_password": PW}),
-        300,
-    )
-    .await;
-    let cluster = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
-    let cname = v["attachment"]["cluster_name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let all: Vec<Node> = shard(&s, &cname).await["list_node"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["hostaddr"].as_str().unwrap().to_string(),
-                n["port"].as_str().unwrap().parse().unwrap(),
-            )
-        })
-        .collect();
+    let Shard {
+        mut agents,
+        s,
+        cluster,
+        cname,
+        all,
+    } = Shard::make(d, config, Some(GID), "16").await;
     let p1 = primary(&s, &cname).await;
     // Every node started read-only; the primary was turned writable, and
     // the clients' account obeys read_only on the others.
