@@ -465,14 +465,23 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
     drop(c);
     // CCR jobs into the shard and out of it: they follow its primary
     // through every switch below, and end with nothing lost or doubled.
-    let (h_src, h_dest) = (crate::harness::source(), crate::harness::dest());
-    let in_db = crate::harness::source_database();
+    // The source is the test's own: its steady writes would move the
+    // shared source's head under other tests' feet.
+    let h_src = crate::harness::mariadb::with_users(crate::harness::MariaDb::start(
+        crate::harness::ServerOptions::source(),
+    ));
+    let h_dest = crate::harness::dest();
+    let in_db = "fo_in";
+    h_src.admin(&format!(
+        "CREATE DATABASE {in_db}; CREATE TABLE {in_db}.t (id INT PRIMARY KEY, v VARCHAR(20)); \
+         INSERT INTO {in_db}.t VALUES (1, 'a'), (2, 'b')"
+    ));
     let out_db = crate::harness::unique("fo_out");
     let on_shard = |db: &str| json!({"host": p1.0, "port": p1.1, "user": "clustmgr", "password": PW, "database": db});
     s.post(
         "create_ccr",
         json!({"name": "into_shard", "dest": on_shard("ccr_in"),
-        "src": crate::harness::src_endpoint(h_src, &in_db, None)}),
+        "src": crate::harness::src_endpoint(&h_src, in_db, None)}),
     )
     .await
     .ok();
@@ -483,7 +492,7 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
     )
     .await
     .ok();
-    let writer = crate::harness::Writer::start(&in_db, 5, |i| {
+    let writer = crate::harness::Writer::start_on(h_src.socket(), in_db, 5, |i| {
         format!("INSERT INTO t VALUES ({}, 'w');", i + 1000)
     });
     let load = Load::start(all.clone());
@@ -820,7 +829,7 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
     writer.stop();
     let count =
         |db: &str| format!("SELECT CONCAT(COUNT(*), ':', COALESCE(SUM(id), 0)) FROM {db}.t");
-    let want_in = h_src.admin(&count(&in_db));
+    let want_in = h_src.admin(&count(in_db));
     let want_out = sql(&last, &count("app")).await;
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {

@@ -86,7 +86,7 @@ pub async fn run(
     let cluster_loop = tokio::spawn(cluster.clone().run(group_stopped.clone()));
     let group_loop = tokio::spawn(group.clone().run(group_stopped));
     let job_lag = Arc::new(crate::history::History::default());
-    let lag_sampler = tokio::spawn(api::sample_job_lag(manager.clone(), job_lag.clone()));
+    let lag_sampler = tokio::spawn(api::view::sample_job_lag(manager.clone(), job_lag.clone()));
     let state = Arc::new(ApiState {
         manager: manager.clone(),
         group: group.clone(),

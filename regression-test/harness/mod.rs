@@ -153,6 +153,16 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(db: &str, batch: u64, txn: impl Fn(u64) -> String + Send + 'static) -> Writer {
+        Writer::start_on(source().socket(), db, batch, txn)
+    }
+
+    /// The same on the server whose socket is `socket` (a test's own).
+    pub fn start_on(
+        socket: std::path::PathBuf,
+        db: &str,
+        batch: u64,
+        txn: impl Fn(u64) -> String + Send + 'static,
+    ) -> Writer {
         use std::sync::atomic::{AtomicBool, Ordering};
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let thread = {
@@ -165,7 +175,9 @@ impl Writer {
                         sql.push_str(&txn(i));
                         i += 1;
                     }
-                    source().admin(&sql);
+                    if let Err(e) = mariadb::sql_on_socket(&socket, &sql) {
+                        panic!("the writer's SQL failed: {sql}\n{e}");
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
             })

@@ -10,7 +10,7 @@ mod admin;
 pub mod https;
 mod requests;
 mod responses;
-mod view;
+pub mod view;
 
 use crate::job::state::JobCommand;
 use crate::job::JobManager;
@@ -105,22 +105,6 @@ pub struct ApiState {
     pub address: String,
     /// Each CCR job's lag over the last hour, for the status page.
     pub job_lag: Arc<crate::history::History>,
-}
-
-/// Samples every job's lag (seconds) into `history` every 10 s, for the
-/// status page's charts, until the task is aborted.
-pub async fn sample_job_lag(manager: Arc<JobManager>, history: Arc<crate::history::History>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
-    loop {
-        tick.tick().await;
-        let values: Vec<(String, f64)> = manager
-            .list()
-            .into_iter()
-            .filter_map(|n| manager.snapshot(&n).ok())
-            .map(|j| (j.spec.name.clone(), j.lag().secs as f64))
-            .collect();
-        history.sample(&values);
-    }
 }
 
 pub fn routes(

@@ -323,6 +323,25 @@ pub fn job_page(job: &JobSnapshot) -> String {
     html
 }
 
+/// Samples every job's lag (seconds) into `history` every 10 s, for the
+/// status page's charts, until the task is aborted.
+pub async fn sample_job_lag(
+    manager: std::sync::Arc<crate::job::manager::JobManager>,
+    history: std::sync::Arc<crate::history::History>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let values: Vec<(String, f64)> = manager
+            .list()
+            .into_iter()
+            .filter_map(|n| manager.snapshot(&n).ok())
+            .map(|j| (j.spec.name.clone(), j.lag().secs as f64))
+            .collect();
+        history.sample(&values);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
