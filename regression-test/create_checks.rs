@@ -214,6 +214,25 @@ async fn destination_user_without_write_grants() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_destination_is_refused() {
+    let service = Service::fresh().await;
+    let ro = mariadb::with_users(MariaDb::start(ServerOptions {
+        extra: vec!["--read-only"],
+        ..ServerOptions::plain()
+    }));
+    let mut spec = table_job("ro_server");
+    spec["dest"]["port"] = json!(ro.port);
+    refused(
+        &service,
+        spec,
+        400,
+        &["is read-only (read_only=ON)", "point dest at the primary"],
+    )
+    .await;
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_cannot_be_the_source_database() {
     let service = Service::fresh().await;
     let mut spec = db_job("self");

@@ -389,6 +389,16 @@ async fn check_destination(
         ));
     }
     let global = global_privileges(conn).await.map_err(&err)?;
+    // A read-only server (a replica, a demoted primary) refuses the job's
+    // writes, unless the user may write through read_only.
+    let read_only: Option<i64> = conn.query_first("SELECT @@read_only").await.map_err(&err)?;
+    if read_only == Some(1) && !global.contains("READ_ONLY ADMIN") && !global.contains("SUPER") {
+        problems.push(format!(
+            "is read-only (read_only=ON) and user {:?} cannot write through it; point dest at \
+             the primary (of a managed shard: the node get_cluster_detail shows as master)",
+            ep.user
+        ));
+    }
     let schema = schema_privileges(conn, &ep.database).await.map_err(&err)?;
     let views_needed = (!src.views.is_empty()).then_some("CREATE VIEW");
     let missing: Vec<&str> = DEST_PRIVILEGES

@@ -9,6 +9,10 @@
 //! id; they are errant when no other member holds them (the other
 //! reachable nodes, and the old primary as last seen).
 
+mod elect;
+
+pub use elect::{elect, wait_gtid, Elected, Election};
+
 use super::kind::{StepCtx, StepError};
 use super::nodes::{self, sql_error};
 use super::replicas;
@@ -186,13 +190,13 @@ pub fn own_errant(node: &Node, others: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Per domain, the highest GTID of a GTID state (`@@gtid_binlog_state`)
-/// written by a server other than `own`: how far a node's transactions
-/// reach when its own are left out.
-pub fn highest_of_others(state: &str, own: u64) -> String {
+/// Per domain, the highest GTID of a GTID state (`@@gtid_binlog_state`),
+/// of a server other than `own` when given: how far a node's
+/// transactions reach (when its own are left out).
+pub fn highest_of_others(state: &str, own: Option<u64>) -> String {
     let mut best: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
     for (d, s, n) in replicas::parse_gtids(state) {
-        if s != own && best.get(&d).is_none_or(|(_, m)| n > *m) {
+        if Some(s) != own && best.get(&d).is_none_or(|(_, m)| n > *m) {
             best.insert(d, (s, n));
         }
     }
@@ -260,270 +264,6 @@ pub async fn fence(env: &Env, old: &InstanceRow, user: &str, pw: &Secret) -> Val
         Err(_) => "not reached: no answer within 3 s".to_string(),
     };
     json!({"node": format!("{}:{}", old.hostaddr, old.port), "agent": agent, "direct": direct})
-}
-
-/// What `elect` chose.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Elected {
-    pub candidate: String,
-    pub hostaddr: String,
-    pub port: i64,
-    /// Its `gtid_current_pos` once level.
-    pub position: String,
-    /// Every other node and why it was not chosen.
-    pub skipped: Vec<String>,
-    /// The replica it caught up from, if one had received more.
-    #[serde(default)]
-    pub caught_up_from: Option<String>,
-    /// What it had received and applied when chosen.
-    #[serde(default)]
-    pub received: String,
-    #[serde(default)]
-    pub applied_before: String,
-}
-
-/// What `elect` is asked.
-pub struct Election<'a> {
-    pub cluster_id: &'a str,
-    pub shard: i64,
-    pub old: &'a str,
-    /// The old primary's GTID state as last seen (for errant checks).
-    pub old_state: &'a str,
-    /// The node to promote when the caller names one.
-    pub assign: Option<&'a str>,
-    /// The old primary is gone: replicas stop receiving from it first.
-    pub stop_io: bool,
-}
-
-/// Chooses the candidate among the shard's replicas (reachable, running,
-/// not busy with another job, no errant transactions; the most received
-/// GTID in the shard's domain, then the most applied), has it apply its
-/// whole relay log (bounded by `relay_wait_s`, else the next is tried),
-/// and brings it level with any other replica that received more.
-pub async fn elect(ctx: &StepCtx<'_>, e: &Election<'_>) -> Result<Value, StepError> {
-    let env = ctx.env;
-    let (user, pw) = nodes::password(env, e.cluster_id).await?;
-    let rows: Vec<InstanceRow> = rows(env, e.cluster_id, e.shard)
-        .await?
-        .into_iter()
-        .filter(|i| format!("{}:{}", i.hostaddr, i.port) != e.old)
-        .collect();
-    let mut all = read_shard(&rows, &user, &pw, Duration::from_secs(5)).await;
-    if e.stop_io {
-        // Nothing more from the old primary. The SQL thread runs first: a
-        // replica with both threads stopped reports (and on its next
-        // start refetches) only what it applied, not what it received.
-        for n in all.iter().filter(|n| n.reachable) {
-            if let Ok(mut c) = nodes::connect(&n.hostaddr, n.port, &user, &pw).await {
-                let _ = c.query_drop("START SLAVE SQL_THREAD").await;
-                let _ = c.query_drop("STOP SLAVE IO_THREAD").await;
-                let _ = c.disconnect().await;
-            }
-        }
-        let before = std::mem::replace(
-            &mut all,
-            read_shard(&rows, &user, &pw, Duration::from_secs(5)).await,
-        );
-        for n in &mut all {
-            if let Some(b) = before.iter().find(|b| b.name() == n.name()) {
-                if seq(&b.received, n.domain) > seq(&n.received, n.domain) {
-                    n.received = b.received.clone();
-                }
-            }
-        }
-    }
-    let busy = replicas::busy(env, ctx.job_id)
-        .await
-        .map_err(|r| StepError::transient(r.info))?;
-    let domain = all
-        .iter()
-        .find(|n| n.reachable)
-        .map(|n| n.domain)
-        .ok_or_else(|| {
-            StepError::transient(format!(
-                "no replica of shard {} can be reached: {}",
-                e.shard,
-                all.iter()
-                    .map(|n| format!("{} ({})", n.name(), n.problem))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-    // A node's own transactions that no other reachable member, nor the
-    // old primary as last seen, holds.
-    let errant_of = |n: &Node| {
-        let others: Vec<&str> = all
-            .iter()
-            .filter(|o| o.reachable && o.name() != n.name())
-            .map(|o| o.binlog_state.as_str())
-            .chain(std::iter::once(e.old_state))
-            .collect();
-        own_errant(n, &others)
-    };
-    let mut skipped = Vec::new();
-    let mut eligible: Vec<&Node> = Vec::new();
-    for n in &all {
-        let errant = errant_of(n);
-        let why = if !n.reachable {
-            Some(n.problem.clone())
-        } else if n.state != "running" {
-            Some(format!("its state is {}", n.state))
-        } else if busy.contains(&(n.hostaddr.clone(), n.port)) {
-            Some("busy with another job (a rebuild or a backup)".into())
-        } else if !errant.is_empty() {
-            Some(format!(
-                "holds errant transactions no other member has: {}",
-                errant.join(", ")
-            ))
-        } else if e.assign.is_some_and(|a| a != n.name()) {
-            Some("not the node assign_hostaddr names".into())
-        } else {
-            None
-        };
-        match why {
-            Some(w) => skipped.push(format!("{} ({w})", n.name())),
-            None => eligible.push(n),
-        }
-    }
-    eligible.sort_by_key(|n| std::cmp::Reverse((n.received_seq(domain), n.applied_seq(domain))));
-    let relay_wait = env.settings.relay_wait;
-    let mut chosen = None;
-    for n in eligible {
-        let mut conn = nodes::connect(&n.hostaddr, n.port, &user, &pw).await?;
-        let target = if n.received.is_empty() {
-            n.current.clone()
-        } else {
-            n.received.clone()
-        };
-        let applied = apply_relay(&mut conn, &target, relay_wait, e.stop_io).await;
-        let _ = conn.disconnect().await;
-        ctx.progress.touch();
-        match applied {
-            Ok(()) => {
-                chosen = Some(n.clone());
-                break;
-            }
-            Err(why) => skipped.push(format!("{} ({why})", n.name())),
-        }
-    }
-    let Some(chosen) = chosen else {
-        return Err(StepError::definite(format!(
-            "no replica of shard {} can be promoted: {}",
-            e.shard,
-            skipped.join("; ")
-        )));
-    };
-    // Another replica received more (it was passed over: busy, lagging
-    // its relay log, or holding errant transactions): the candidate first
-    // takes what it lacks from it. A semi-synchronous commit may have been
-    // acknowledged by that replica alone. Its own errant transactions are
-    // not taken (its server id ignored) nor waited for.
-    let mut caught_up_from = None;
-    let ahead = all
-        .iter()
-        .filter(|o| o.reachable && o.name() != chosen.name())
-        .max_by_key(|o| o.received_seq(domain))
-        .filter(|o| o.received_seq(domain) > chosen.received_seq(domain))
-        .cloned();
-    if let Some(src) = ahead {
-        let ignore: Vec<u64> = if errant_of(&src).is_empty() {
-            Vec::new()
-        } else {
-            vec![src.server_id]
-        };
-        let mut sc = nodes::connect(&src.hostaddr, src.port, &user, &pw).await?;
-        apply_relay(&mut sc, &src.received, relay_wait, e.stop_io)
-            .await
-            .map_err(|w| StepError::definite(format!("{}: {w}", src.name())))?;
-        let level: Option<(String, String)> = sc
-            .query_first("SELECT @@gtid_current_pos, @@gtid_binlog_state")
-            .await
-            .map_err(|x| sql_error(&src.name(), &x))?;
-        let _ = sc.disconnect().await;
-        let (current, state) = level.unwrap_or_default();
-        let level = match ignore.first() {
-            None => current,
-            Some(own) => highest_of_others(&state, *own),
-        };
-        let mut conn = nodes::connect(&chosen.hostaddr, chosen.port, &user, &pw).await?;
-        let change = db::change_master_ignoring(&src.hostaddr, src.port, &user, &pw, &ignore);
-        for sql in ["STOP SLAVE", change.as_str(), "START SLAVE"] {
-            conn.query_drop(sql)
-                .await
-                .map_err(|x| sql_error(&chosen.name(), &x))?;
-        }
-        wait_gtid(&mut conn, &level, relay_wait)
-            .await
-            .map_err(|w| StepError::definite(format!("catching up from {}: {w}", src.name())))?;
-        conn.query_drop("STOP SLAVE")
-            .await
-            .map_err(|x| sql_error(&chosen.name(), &x))?;
-        let _ = conn.disconnect().await;
-        caught_up_from = Some(if ignore.is_empty() {
-            src.name()
-        } else {
-            format!("{} (its own errant transactions left out)", src.name())
-        });
-    }
-    let mut conn = nodes::connect(&chosen.hostaddr, chosen.port, &user, &pw).await?;
-    let pos: Option<String> = conn
-        .query_first("SELECT @@gtid_current_pos")
-        .await
-        .map_err(|x| sql_error(&chosen.name(), &x))?;
-    let _ = conn.disconnect().await;
-    let position = pos.unwrap_or_default();
-    let mut v = serde_json::to_value(Elected {
-        candidate: chosen.name(),
-        hostaddr: chosen.hostaddr.clone(),
-        port: chosen.port,
-        applied_before: chosen.current.clone(),
-        received: chosen.received.clone(),
-        position: String::new(),
-        skipped,
-        caught_up_from,
-    })
-    .expect("serializes");
-    v["position"] = json!(position);
-    Ok(v)
-}
-
-/// Has the replica apply what it received, up to `pos`, within `limit`
-/// (its SQL thread started if it was stopped).
-async fn apply_relay(
-    conn: &mut mysql_async::Conn,
-    pos: &str,
-    limit: Duration,
-    io_stopped: bool,
-) -> Result<(), String> {
-    let start = if io_stopped {
-        "START SLAVE SQL_THREAD"
-    } else {
-        "START SLAVE"
-    };
-    conn.query_drop(start).await.map_err(|e| e.to_string())?;
-    wait_gtid(conn, pos, limit).await
-}
-
-/// `MASTER_GTID_WAIT(pos)` within `limit`.
-pub async fn wait_gtid(
-    conn: &mut mysql_async::Conn,
-    pos: &str,
-    limit: Duration,
-) -> Result<(), String> {
-    if pos.is_empty() {
-        return Ok(());
-    }
-    let r: Option<i64> = conn
-        .exec_first("SELECT MASTER_GTID_WAIT(?, ?)", (pos, limit.as_secs_f64()))
-        .await
-        .map_err(|e| e.to_string())?;
-    match r {
-        Some(0) => Ok(()),
-        _ => Err(format!(
-            "did not apply its relay log up to {pos} within relay_wait_s ({} s)",
-            limit.as_secs()
-        )),
-    }
 }
 
 /// What a promotion is asked.
@@ -769,11 +509,15 @@ mod tests {
     #[test]
     fn a_node_s_reach_without_its_own_transactions() {
         assert_eq!(
-            highest_of_others("0-11-40,0-12-153,0-13-90,1-11-7", 11),
+            highest_of_others("0-11-40,0-12-153,0-13-90,1-11-7", Some(11)),
             "0-12-153"
         );
-        assert_eq!(highest_of_others("0-11-40", 11), "");
-        assert_eq!(highest_of_others("0-12-5,2-13-9", 11), "0-12-5,2-13-9");
+        assert_eq!(highest_of_others("0-11-40", Some(11)), "");
+        assert_eq!(
+            highest_of_others("0-12-5,2-13-9", Some(11)),
+            "0-12-5,2-13-9"
+        );
+        assert_eq!(highest_of_others("0-11-40,0-12-33", None), "0-11-40");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use super::Incremental;
 use crate::db;
 use crate::dest::checkpoint;
 use crate::source::topology;
+use mysql_async::prelude::*;
 use tracing::{info, warn};
 
 impl Incremental {
@@ -85,10 +86,20 @@ impl Incremental {
     /// primary holds with every acknowledged commit (semi-synchronous
     /// shards). Returns what it now writes to.
     pub async fn follow_dest(&self) -> Option<String> {
-        let current = self.dest().address();
+        let dest = self.dest();
+        let current = dest.address();
         let primary = self.live.shard_primary(&current).await?;
         if primary == current {
             return None;
+        }
+        // A node that still takes writes is left alone (a job may write
+        // to a replica on purpose): only a demoted or gone one is followed.
+        if let Ok(mut conn) = db::connect(&dest.server_addr(), None, self.connect_timeout).await {
+            let ro: Option<i64> = conn.query_first("SELECT @@read_only").await.ok().flatten();
+            let _ = conn.disconnect().await;
+            if ro == Some(0) {
+                return None;
+            }
         }
         info!(job = %self.spec.name, from = %current, to = %primary,
               "the destination shard's primary moved; writing to the new primary");
