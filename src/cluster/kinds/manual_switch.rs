@@ -179,7 +179,12 @@ impl Kind for ManualSwitch {
                 let started = Instant::now();
                 let open = loop {
                     let open: Option<i64> = conn
-                        .query_first("SELECT COUNT(*) FROM information_schema.INNODB_TRX")
+                        // Writes in flight; a reader's snapshot (a CCR
+                        // job's, a report's) is not waited for.
+                        .query_first(
+                            "SELECT COUNT(*) FROM information_schema.INNODB_TRX \
+                             WHERE trx_rows_modified > 0",
+                        )
                         .await
                         .map_err(|e| sql_error(&name, &e))?;
                     let open = open.unwrap_or(0);
