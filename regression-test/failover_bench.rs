@@ -14,9 +14,9 @@
 //! primary, and samples (five a second, every node) that saw two writable
 //! nodes.
 
-use crate::cluster::{emit, Reaper};
+use crate::cluster::Reaper;
 use crate::shard_failover::{
-    conn, done, journal, kill_machine, name, primary, rejoined, until, Load, Node, Shard, PW,
+    ack, conn, done, journal, kill_machine, name, primary, rejoined, until, Load, Node, Shard, PW,
 };
 use mysql_async::prelude::*;
 use serde_json::json;
@@ -162,13 +162,7 @@ async fn failover_under_load() {
             rejoined(sh, &old)
         })
         .await;
-        let v = emit(
-            &s,
-            "ack_failover",
-            "",
-            json!({"cluster_id": cluster, "shard_id": "1"}),
-        )
-        .await;
+        let v = ack(&s, &cluster).await;
         assert!(v["status"] != "failed", "{v}");
     }
 

@@ -280,6 +280,17 @@ pub(crate) fn rejoined(sh: &Value, n: &Node) -> bool {
         && x["replication"]["sql"] == true
 }
 
+/// `ack_failover` of the shard: its block period released.
+pub(crate) async fn ack(s: &Service, cluster: &str) -> Value {
+    emit(
+        s,
+        "ack_failover",
+        "",
+        json!({"cluster_id": cluster, "shard_id": "1"}),
+    )
+    .await
+}
+
 pub(crate) async fn journal(s: &Service, cluster: &str) -> Vec<Value> {
     let v = emit(
         s,
@@ -540,13 +551,7 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
         p2,
         "failed over within the block period"
     );
-    let v = emit(
-        &s,
-        "ack_failover",
-        "",
-        json!({"cluster_id": cluster, "shard_id": "1"}),
-    )
-    .await;
+    let v = ack(&s, &cluster).await;
     assert_eq!(v["attachment"]["acknowledged"], 1, "{v}");
     let took = load.first_write_after(stopped_at, &name(&p2), 60).await;
     eprintln!("hung primary: writes again {took:?} after SIGSTOP (blocked until acked)");
@@ -652,13 +657,7 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
     // 5. A replica with errant transactions is passed over; a lagging one
     // applies its relay log, then takes from the errant one what only that
     // one received (the last acknowledged commits), before it is promoted.
-    emit(
-        &s,
-        "ack_failover",
-        "",
-        json!({"cluster_id": cluster, "shard_id": "1"}),
-    )
-    .await;
+    ack(&s, &cluster).await;
     let others: Vec<Node> = all.iter().filter(|n| **n != p4).cloned().collect();
     let (errant, lagging) = (others[0].clone(), others[1].clone());
     root_sql(d, &errant, "CREATE DATABASE errant_db; CREATE TABLE errant_db.x (i INT); INSERT INTO errant_db.x VALUES (1)");
@@ -707,13 +706,7 @@ async fn a_shard_fails_over_without_losing_an_acknowledged_write() {
 
     // 6. control_instance stops the primary while the manager is set to
     // die in the middle of the failover; the restarted manager finishes it.
-    emit(
-        &s,
-        "ack_failover",
-        "",
-        json!({"cluster_id": cluster, "shard_id": "1"}),
-    )
-    .await;
+    ack(&s, &cluster).await;
     s.kill();
     let fp = [
         ("CCR_AGENT_TOKEN", TOKEN),
