@@ -33,6 +33,7 @@ impl LocalAgent {
             backup_dir: dir.join(format!("backups-{host}")),
             token: Secret::new(TOKEN),
             hold,
+            s3: crate::harness::s3::credentials(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(ccr_syncer::agent::serve(config, listener, async move {

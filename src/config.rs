@@ -23,6 +23,11 @@ pub struct ServiceArgs {
     /// Config file; a missing file is an error unless it is the default one.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The backup storage: s3://BUCKET/PREFIX?endpoint=URL&region=R or
+    /// file:///PATH (`[backup] storage`; S3 credentials from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
+    #[arg(long)]
+    pub backup_storage: Option<String>,
     /// Address the HTTP API listens on [default: 127.0.0.1].
     #[arg(long)]
     pub host: Option<String>,
@@ -123,6 +128,54 @@ struct FileConfig {
     group: FileGroup,
     #[serde(default)]
     cluster: FileCluster,
+    #[serde(default)]
+    backup: FileBackup,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackup {
+    storage: Option<String>,
+    full_every: Option<String>,
+    archive_lag_s: Option<u64>,
+    keep_days: Option<u64>,
+    keep_full: Option<u64>,
+    object_mb: Option<u64>,
+}
+
+/// Backups and the binlog archive (`[backup]`).
+#[derive(Clone, Debug)]
+pub struct BackupSettings {
+    /// The backup storage's URL (`storage`, `--backup-storage`): none, no
+    /// backups.
+    pub storage: Option<String>,
+    /// S3 credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    pub s3: Option<crate::storage::Credentials>,
+    /// A cluster backup of every cluster this often (`full_every`, off by
+    /// default).
+    pub full_every: Option<Duration>,
+    /// How far the archive may be behind a primary (`archive_lag_s`).
+    pub archive_lag: Duration,
+    /// Retention: backups older than this many days go (`keep_days`) …
+    pub keep_days: Option<u64>,
+    /// … but at least this many are kept (`keep_full`).
+    pub keep_full: Option<u64>,
+    /// A backup object's size at most (`object_mb`).
+    pub object_bytes: u64,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        BackupSettings {
+            storage: None,
+            s3: None,
+            full_every: None,
+            archive_lag: Duration::from_secs(5),
+            keep_days: None,
+            keep_full: None,
+            object_bytes: 4 << 30,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +221,8 @@ pub struct ClusterSettings {
     /// No second automatic failover of a shard within this, unless
     /// acknowledged (`failover_block_s`).
     pub failover_block: Duration,
+    /// `[backup]`.
+    pub backup: BackupSettings,
 }
 
 impl Default for ClusterSettings {
@@ -183,6 +238,7 @@ impl Default for ClusterSettings {
             failover_after: Duration::from_secs(5),
             relay_wait: Duration::from_secs(30),
             failover_block: Duration::from_secs(600),
+            backup: BackupSettings::default(),
         }
     }
 }
@@ -428,6 +484,16 @@ pub fn agent_token() -> Option<Secret> {
         .map(Secret::new)
 }
 
+/// S3 credentials for the backup storage, from `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY` (none when unset).
+pub fn s3_credentials() -> Option<crate::storage::Credentials> {
+    let access_key = std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|k| !k.is_empty())?;
+    Some(crate::storage::Credentials {
+        access_key,
+        secret_key: Secret::new(std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default()),
+    })
+}
+
 /// The minder dbserver's password for its node (empty when unset).
 pub fn minder_mysql_password() -> Secret {
     Secret::new(std::env::var(MINDER_MYSQL_PASSWORD_ENV).unwrap_or_default())
@@ -467,6 +533,7 @@ impl Config {
         config.failpoint = failpoint_from_env();
         config.cluster.agent_token = agent_token();
         config.cluster.failpoint = cluster_failpoint();
+        config.cluster.backup.s3 = s3_credentials();
         Ok(config)
     }
 

@@ -28,6 +28,11 @@ impl<'a> Fields<'a> {
         Fields { map, prefix }
     }
 
+    /// The raw value of a field, if any.
+    pub fn value(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
     pub fn text(&self, key: &str) -> Result<Option<String>, String> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod app;
+pub mod archive;
 pub mod change;
 pub mod client;
 pub mod cluster;
@@ -26,6 +27,7 @@ pub mod protocol;
 pub mod redact;
 pub mod secret;
 pub mod source;
+pub mod storage;
 pub mod store;
 pub mod sync;
 pub mod tls;

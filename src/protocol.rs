@@ -341,6 +341,8 @@ pub enum Request {
         port: u16,
     },
     CloneMysql(Box<CloneMysql>),
+    /// Backups and restores through the backup storage.
+    Storage(Box<StorageOp>),
     /// `update_instance_cgroup`: the instance's CPU limit (none: removed).
     SetCgroup {
         key: Key,
@@ -406,7 +408,112 @@ impl Request {
                 key.put(&mut b);
                 b
             }
+            Request::Storage(s) => s.body(),
         }
+    }
+}
+
+/// An operation on the backup storage: a backup of an instance streamed
+/// to it, a backup restored from it into an instance, or archived binlog
+/// replayed into one. The account is the cluster's administrative one
+/// (and the manager's own, `control`, which a restore sets again once the
+/// replay ended).
+#[derive(Clone, Debug)]
+pub struct StorageOp {
+    pub key: Key,
+    pub port: u16,
+    pub admin: (String, Secret),
+    pub control: Option<(String, Secret)>,
+    pub work: StorageWork,
+}
+
+/// What a [`StorageOp`] does (`work` on the wire; the job type names it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub enum StorageWork {
+    /// `backup_to_storage`: `mariadb-backup --stream` of the instance,
+    /// gzip-compressed, as objects `PREFIXpart-NNNN.xb.gz` of at most
+    /// `object_bytes` each, every one hashed.
+    Backup {
+        storage: String,
+        prefix: String,
+        safe_slave: bool,
+        object_bytes: u64,
+    },
+    /// `restore_from_storage`: the backup's objects (each checked against
+    /// its hash) into the instance's datadir, prepared, started read-only,
+    /// its binlog starting at the backup's GTID position.
+    Restore {
+        storage: String,
+        objects: Vec<crate::storage::Stored>,
+        gtid: String,
+    },
+    /// `replay_binlog`: the archived segments (each checked against its
+    /// hash), every transaction after the instance's own GTID position (at
+    /// least `after`) and committed at or before `stop` (unix seconds)
+    /// applied whole through `mariadb-binlog`; then the accounts set.
+    Replay {
+        storage: String,
+        segments: Vec<crate::archive::SegmentMeta>,
+        after: String,
+        stop: Option<i64>,
+    },
+}
+
+impl StorageWork {
+    pub fn job_type(&self) -> &'static str {
+        match self {
+            StorageWork::Backup { .. } => "backup_to_storage",
+            StorageWork::Restore { .. } => "restore_from_storage",
+            StorageWork::Replay { .. } => "replay_binlog",
+        }
+    }
+}
+
+impl StorageOp {
+    pub fn parse(f: &Fields<'_>, job_type: &str) -> Result<StorageOp, String> {
+        let work: StorageWork = match f.value("work") {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("work: {e}"))?,
+            None => return Err("work: missing".into()),
+        };
+        if work.job_type() != job_type {
+            return Err(format!(
+                "work {:?} does not match job_type {job_type:?}",
+                work.job_type()
+            ));
+        }
+        let storage = match &work {
+            StorageWork::Backup { storage, .. }
+            | StorageWork::Restore { storage, .. }
+            | StorageWork::Replay { storage, .. } => storage,
+        };
+        crate::storage::Location::parse(storage)?;
+        let control = match (f.text("control_user")?, f.text("control_password")?) {
+            (Some(u), Some(p)) if !u.is_empty() => Some((u, Secret::new(p))),
+            _ => None,
+        };
+        Ok(StorageOp {
+            key: Key::parse(f)?,
+            port: f.need_int("port", 1, 65535)? as u16,
+            admin: (
+                f.need("admin_user")?,
+                Secret::new(f.text("admin_password")?.unwrap_or_default()),
+            ),
+            control,
+            work,
+        })
+    }
+
+    fn body(&self) -> Value {
+        let mut b = json!({"ver": VER, "job_type": self.work.job_type(), "port": self.port,
+                           "admin_user": self.admin.0, "admin_password": self.admin.1.expose(),
+                           "work": self.work});
+        if let Some((u, p)) = &self.control {
+            b["control_user"] = json!(u);
+            b["control_password"] = json!(p.expose());
+        }
+        self.key.put(&mut b);
+        b
     }
 }
 

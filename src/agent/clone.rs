@@ -272,7 +272,7 @@ pub async fn clone(
 
 /// Sets the old datadir and binlogs aside (when there is one) and puts the
 /// prepared clone in their place, with empty binlogs.
-fn swap_in(instance: &Instance, clone: &Path, had_data: bool) -> Result<(), Failure> {
+pub(super) fn swap_in(instance: &Instance, clone: &Path, had_data: bool) -> Result<(), Failure> {
     let data = instance.data();
     let binlog = instance.dir.join("binlog");
     if had_data {
@@ -717,7 +717,7 @@ pub async fn stream_backup(agent: &Agent, s: StreamBackup) -> Result<Value, Fail
 
 /// About what a backup of `datadir` streams: its files but the redo log,
 /// the temporary tablespace and relay logs, which it does not copy.
-fn backed_up_bytes(datadir: &Path) -> u64 {
+pub(super) fn backed_up_bytes(datadir: &Path) -> u64 {
     let skipped = |name: &str| {
         name.starts_with("ib_logfile") || name.starts_with("ibtmp") || name.contains("relay-bin")
     };

@@ -28,6 +28,7 @@ mod clone;
 mod instance;
 mod ops;
 mod request;
+mod storage_ops;
 
 use crate::secret::Secret;
 use bytes::Bytes;
@@ -80,6 +81,9 @@ pub struct AgentConfig {
     /// operation holds its instance this long before it ends, standing in
     /// for a long backup.
     pub hold: Duration,
+    /// S3 credentials for the backup storage (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`).
+    pub s3: Option<crate::storage::Credentials>,
 }
 
 impl AgentConfig {
@@ -96,6 +100,7 @@ impl AgentConfig {
                 .unwrap_or_else(|| args.state_dir.join("backups")),
             token,
             hold: crate::config::agent_hold(),
+            s3: crate::config::s3_credentials(),
         })
     }
 }
@@ -106,6 +111,7 @@ pub struct Agent {
     backup_dir: PathBuf,
     token: Secret,
     hold: Duration,
+    s3: Option<crate::storage::Credentials>,
     registry: Registry,
     ops: Operations,
     /// One lock per instance (by port): an operation on an instance, and
@@ -186,6 +192,7 @@ pub async fn serve(
         backup_dir: config.backup_dir.clone(),
         token: config.token.clone(),
         hold: config.hold,
+        s3: config.s3.clone(),
         registry,
         ops: Operations::open(&config.state_dir)?,
         locks: Mutex::new(HashMap::new()),
@@ -627,6 +634,10 @@ impl Agent {
                 Ok(json!({"port": port, "cgroup": path,
                           "cpu_cores": limit.map(|l| l.cpu_cores),
                           "cgroup_mode": limit.map(|l| l.mode.as_str())}))
+            }
+            Op::Storage(s) => {
+                let report = |p| self.ops.progress(key, p);
+                storage_ops::run(self, *s, &report).await
             }
             Op::ColdBackup {
                 ip,

@@ -20,7 +20,7 @@ pub struct Refusal(pub String);
 pub const ACCEPTED: &str = "get_info, get_node, update_node, get_status, auto_pullup, mysql_cmd \
 (./startmysql.sh PORT or ./stopmysql.sh PORT), delete (file_type table or binlog), send \
 (file_type table), coldbackup, coldrestore, install_mysql, start_mysql, stop_mysql, \
-uninstall_mysql, clone_mysql, stream_backup (agent to agent), set_cgroup, fence_mysql";
+uninstall_mysql, clone_mysql, stream_backup (agent to agent), set_cgroup, fence_mysql, backup_to_storage, restore_from_storage, replay_binlog";
 
 pub enum Request {
     GetInfo,
@@ -76,6 +76,7 @@ pub enum Op {
         file: String,
     },
     Clone(Box<CloneMysql>),
+    Storage(Box<crate::protocol::StorageOp>),
     SetCgroup {
         port: u16,
         cgroup: Option<Cgroup>,
@@ -89,6 +90,7 @@ impl Op {
             Op::Start { port } | Op::Stop { port } | Op::Uninstall { port } => Some(*port),
             Op::ColdBackup { port, .. } | Op::ColdRestore { port, .. } => Some(*port),
             Op::Clone(c) => Some(c.port),
+            Op::Storage(s) => Some(s.port),
             Op::SetCgroup { port, .. } => Some(*port),
             Op::Delete(_) | Op::Send(_) => None,
         }
@@ -204,6 +206,14 @@ impl Request {
                 },
             ),
             "send" => send(&f),
+            t @ ("backup_to_storage" | "restore_from_storage" | "replay_binlog") => {
+                let s = crate::protocol::StorageOp::parse(&f.0, t).map_err(Refusal)?;
+                Ok(Request::Operation {
+                    key: s.key.clone(),
+                    job_type: s.work.job_type(),
+                    op: Op::Storage(Box::new(s)),
+                })
+            }
             "coldbackup" => operation(
                 "coldbackup",
                 Op::ColdBackup {

@@ -15,6 +15,10 @@ pub struct ClusterMetrics {
     pub primary_up: IntGaugeVec,
     pub failovers: IntCounterVec,
     pub lag: GaugeVec,
+    /// Seconds the binlog archive of a shard is behind its primary.
+    pub archive_lag: GaugeVec,
+    /// Gaps in a shard's binlog archive (binlogs purged unarchived).
+    pub archive_gaps: IntGaugeVec,
 }
 
 impl ClusterMetrics {
@@ -81,6 +85,24 @@ impl ClusterMetrics {
             &["cluster_id", "shard_id", "node"],
         )
         .expect("valid metric");
+        let archive_lag = GaugeVec::new(
+            Opts::new(
+                "ccr_cluster_archive_lag_seconds",
+                "How far behind its primary each managed shard's binlog archive is (0: every transaction read is stored).",
+            ),
+            &["cluster_id", "shard_id"],
+        )
+        .expect("valid metric");
+        let archive_gaps = IntGaugeVec::new(
+            Opts::new(
+                "ccr_cluster_archive_gaps",
+                "Gaps in a shard's binlog archive: binlogs purged before they were archived (no point in time inside one can be restored).",
+            ),
+            &["cluster_id", "shard_id"],
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(archive_lag.clone()));
+        let _ = registry.register(Box::new(archive_gaps.clone()));
         let _ = registry.register(Box::new(primary_up.clone()));
         let _ = registry.register(Box::new(failovers.clone()));
         let _ = registry.register(Box::new(lag.clone()));
@@ -100,6 +122,8 @@ impl ClusterMetrics {
             primary_up,
             failovers,
             lag,
+            archive_lag,
+            archive_gaps,
         }
     }
 }

@@ -16,6 +16,8 @@
 //! hands it bodies, it hands back answers.
 
 mod agents;
+mod archiver;
+mod backups;
 pub mod emit;
 mod engine;
 mod kind;
@@ -51,6 +53,8 @@ pub struct Env {
     pub agents: agents::Agents,
     pub group: Arc<Group>,
     pub settings: ClusterSettings,
+    /// The backup storage, when `[backup] storage` names one.
+    pub storage: Option<crate::storage::Storage>,
 }
 
 /// The synchronous job types.
@@ -91,14 +95,25 @@ const VIEWS: &[(&str, View)] = &[
 const NOT_BUILT: &[&str] = &[
     "add_comps",
     "delete_comp",
-    "manual_backup_cluster",
-    "cluster_restore",
     "get_expand_table_list",
     "expand_cluster",
     "repartition_tables",
     "logical_backup",
     "logical_restore",
 ];
+
+/// The backup storage the settings name (a failure to open it is said,
+/// and backup jobs are refused with it).
+fn open_storage(settings: &ClusterSettings) -> Option<crate::storage::Storage> {
+    let url = settings.backup.storage.as_deref()?;
+    match crate::storage::Storage::open(url, settings.backup.s3.as_ref()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "the backup storage cannot be used");
+            None
+        }
+    }
+}
 
 pub struct Manager {
     env: Arc<Env>,
@@ -152,6 +167,7 @@ impl Manager {
                     default_port: settings.agent_port,
                 },
                 group,
+                storage: open_storage(&settings),
                 settings,
             }),
             kinds,
@@ -362,7 +378,7 @@ impl Manager {
                 json!({"mode": "no_rep",
                        "store": if self.env.store.meta().shared() { "mysql" } else { "sqlite" }}),
             )),
-            View::BackupStorage => Ok(emit::done(v, "", json!({"list_backup_storage": []}))),
+            View::BackupStorage => Ok(emit::done(v, "", backups::view(&self.env).await?)),
             View::FailoverJournal => Ok(emit::done(
                 v,
                 "",
@@ -525,6 +541,7 @@ impl Manager {
     /// after every step, so the next leader resumes them as after a crash).
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let watcher = tokio::spawn(watch::run(self.clone(), shutdown.clone()));
+        let archiver = tokio::spawn(archiver::run(self.clone(), shutdown.clone()));
         let mut beat = tokio::time::interval(Duration::from_secs(3));
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -550,6 +567,7 @@ impl Manager {
             task.abort();
         }
         watcher.abort();
+        archiver.abort();
     }
 
     /// The status page's section on the managed clusters (what the watcher

@@ -93,7 +93,10 @@ impl Config {
             secret_key_file,
             previous_secret_key_file,
             group,
-            cluster: cluster(&file.cluster)?,
+            cluster: super::ClusterSettings {
+                backup: backup(&file.backup, cli)?,
+                ..cluster(&file.cluster)?
+            },
             failpoint: None,
         })
     }
@@ -329,5 +332,71 @@ fn cluster(f: &super::FileCluster) -> Result<super::ClusterSettings, ConfigError
             30 * 86_400,
         )?,
         ..d
+    })
+}
+
+/// `[backup]` and `--backup-storage`.
+fn backup(f: &super::FileBackup, cli: &ServiceArgs) -> Result<super::BackupSettings, ConfigError> {
+    let d = super::BackupSettings::default();
+    let storage = cli.backup_storage.clone().or(f.storage.clone()).filter(|s| !s.is_empty());
+    if let Some(url) = &storage {
+        crate::storage::Location::parse(url).map_err(ConfigError::Invalid)?;
+    }
+    let full_every = match &f.full_every {
+        None => None,
+        Some(t) => {
+            let t = t.trim();
+            let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+            let n: u64 = n.parse().map_err(|_| {
+                ConfigError::Invalid(format!("backup.full_every = {t:?}: e.g. \"24h\", \"30m\""))
+            })?;
+            let secs = match unit {
+                "h" => n * 3600,
+                "m" => n * 60,
+                "s" | "" => n,
+                "d" => n * 86_400,
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "backup.full_every = {t:?}: a number with s, m, h or d"
+                    )))
+                }
+            };
+            if secs < 60 {
+                return Err(ConfigError::Invalid(format!(
+                    "backup.full_every = {t:?}: at least a minute"
+                )));
+            }
+            Some(Duration::from_secs(secs))
+        }
+    };
+    let archive_lag = match f.archive_lag_s {
+        None => d.archive_lag,
+        Some(s) if (1..=3600).contains(&s) => Duration::from_secs(s),
+        Some(s) => {
+            return Err(ConfigError::Invalid(format!(
+                "backup.archive_lag_s = {s}: must be between 1 and 3600"
+            )))
+        }
+    };
+    let object_bytes = match f.object_mb {
+        None => d.object_bytes,
+        Some(mb) if (16..=1 << 20).contains(&mb) => mb << 20,
+        Some(mb) => {
+            return Err(ConfigError::Invalid(format!(
+                "backup.object_mb = {mb}: must be between 16 and 1048576"
+            )))
+        }
+    };
+    if f.keep_full == Some(0) {
+        return Err(ConfigError::Invalid("backup.keep_full = 0: keep at least one backup".into()));
+    }
+    Ok(super::BackupSettings {
+        storage,
+        s3: None,
+        full_every,
+        archive_lag,
+        keep_days: f.keep_days,
+        keep_full: f.keep_full,
+        object_bytes,
     })
 }
