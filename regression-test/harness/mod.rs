@@ -5,6 +5,7 @@ pub mod certs;
 pub mod galera;
 pub mod mariadb;
 pub mod proxy;
+pub mod s3;
 pub mod service;
 
 pub use mariadb::{dest, source, unique, MariaDb, ServerOptions};

@@ -141,6 +141,7 @@ async fn bench(step_retry: Duration, stall: Duration) -> Bench {
                 default_port: 9998,
             },
             group,
+            storage: None,
             settings: ClusterSettings {
                 step_retry,
                 stall,

@@ -4,6 +4,7 @@
 
 mod add_nodes;
 mod add_shards;
+mod cluster_restore;
 mod control_instance;
 mod create_cluster;
 mod create_machine;
@@ -12,6 +13,7 @@ mod delete_machine;
 mod delete_node;
 mod delete_shard;
 pub mod failover;
+mod manual_backup_cluster;
 mod manual_switch;
 mod raft_mission;
 mod rebuild_node;
@@ -41,5 +43,7 @@ pub fn registry() -> Vec<Arc<dyn AnyKind>> {
         erased(failover::Failover),
         erased(manual_switch::ManualSwitch),
         erased(control_instance::ControlInstance),
+        erased(manual_backup_cluster::ManualBackupCluster),
+        erased(cluster_restore::ClusterRestore),
     ]
 }

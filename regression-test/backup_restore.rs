@@ -1,0 +1,306 @@
+//! Backups and point-in-time restore, end to end: real agents on loopback
+//! addresses, real `mariadbd`s, a real S3 server (`s3s-fs`). A cluster of
+//! two shards under a write load that stamps each row with its commit
+//! time: `manual_backup_cluster`, more writes, a failover of one shard
+//! (the archive follows the new primary), more writes, then
+//! `cluster_restore` into a new cluster to a time T between writes: every
+//! row stamped at or before T is there, none after, on both shards, and
+//! the destination stayed read-only until the job ended. Then the S3
+//! server killed in the middle of a backup (no manifest is ever listed for
+//! it, a new backup succeeds) and an object corrupted in the store (a
+//! restore refuses, naming it).
+
+use crate::cluster::{emit, machine, sql_with, wait_job, Reaper, TOKEN};
+use crate::cluster_engine::LocalAgent;
+use crate::harness::s3::{self, S3};
+use crate::harness::service::Service;
+use ccr_syncer::config::{Config, StoreConfig};
+use ccr_syncer::secret::Secret;
+use mysql_async::prelude::*;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PW: &str = "backup-admin-pw";
+
+fn paras(nick: &str) -> Value {
+    json!({"nick_name": nick, "ha_mode": "rbr", "shards": "2", "nodes": "2", "comps": "0",
+           "innodb_size": "16", "max_connections": "60", "fullsync_level": "1",
+           "admin_user": "clustmgr", "admin_password": PW})
+}
+
+async fn done(s: &Service, job_type: &str, p: Value, secs: u64) -> Value {
+    let v = emit(s, job_type, "", p).await;
+    assert_eq!(v["status"], "accept", "{job_type}: {v}");
+    let v = wait_job(s, v["job_id"].as_str().unwrap(), secs).await;
+    assert_eq!(v["status"], "done", "{job_type}: {v}");
+    v
+}
+
+/// Each shard's primary and replicas as `(host, port)`, by shard.
+async fn shards(s: &Service, name: &str) -> Vec<((String, i64), Vec<(String, i64)>)> {
+    let v = emit(s, "get_cluster_detail", "", json!({"cluster_name": name})).await;
+    let mut out = Vec::new();
+    for sh in v["attachment"]["list_shard"].as_array().unwrap_or_else(|| panic!("{v}")) {
+        let mut primary = None;
+        let mut replicas = Vec::new();
+        for n in sh["list_node"].as_array().unwrap() {
+            let node = (
+                n["hostaddr"].as_str().unwrap().to_string(),
+                n["port"].as_str().unwrap().parse().unwrap(),
+            );
+            if n["master"] == "true" {
+                primary = Some(node);
+            } else {
+                replicas.push(node);
+            }
+        }
+        out.push((primary.unwrap(), replicas));
+    }
+    out
+}
+
+fn sql(node: &(String, i64), q: &str) -> String {
+    sql_with(&node.0, &node.1.to_string(), PW, q)
+}
+
+fn pool(node: &(String, i64)) -> mysql_async::Pool {
+    mysql_async::Pool::new(
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname(node.0.clone())
+            .tcp_port(node.1 as u16)
+            .user(Some("clustmgr"))
+            .pass(Some(PW)),
+    )
+}
+
+/// Inserts a row stamped NOW() into each shard every 40 ms until stopped;
+/// a failed insert (a failover) is tried again on the shard's primary now.
+fn load(s: Arc<Service>, name: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !stop.load(Ordering::SeqCst) {
+            for (primary, _) in shards(&s, &name).await {
+                let p = pool(&primary);
+                if let Ok(mut c) = p.get_conn().await {
+                    let _ = c.query_drop("INSERT INTO app.t (stamp) VALUES (NOW())").await;
+                }
+                let _ = p.disconnect().await;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    })
+}
+
+async fn manager(dir: &std::path::Path, storage: &str) -> Service {
+    let mut config = Config::with_store(StoreConfig::Sqlite { dir: dir.join("db") });
+    config.cluster.agent_token = Some(Secret::new(TOKEN));
+    config.cluster.step_retry = Duration::from_secs(60);
+    config.cluster.failover_after = Duration::from_secs(3);
+    config.cluster.failover_block = Duration::from_secs(1);
+    config.cluster.backup.storage = Some(storage.to_string());
+    config.cluster.backup.s3 = s3::credentials();
+    config.cluster.backup.archive_lag = Duration::from_secs(2);
+    config.cluster.backup.object_bytes = 16 << 20;
+    config.group.lease = Duration::from_secs(3);
+    config.group.heartbeat = Duration::from_millis(300);
+    Service::start(config).await
+}
+
+fn local(t: chrono::DateTime<chrono::Local>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_is_restored_to_a_point_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _reaper = Reaper(d.to_path_buf());
+    let mut server = S3::start(&d.join("s3"), "backups");
+    let url = server.url("backups", "ccr");
+    let hosts = ["127.0.0.91", "127.0.0.92", "127.0.0.93"];
+    let mut agents = Vec::new();
+    for h in hosts {
+        agents.push(LocalAgent::start(h, d, Duration::ZERO).await);
+    }
+    let s = Arc::new(manager(d, &url).await);
+    for a in &agents {
+        let mut m = machine(a.host, Some(a.port), d);
+        m["port_range"] = json!("47800-47900");
+        done(&s, "create_machine", m, 30).await;
+    }
+    let v = get_storage(&s).await;
+    assert_eq!(v["list_backup_storage"][0]["stype"], "S3", "{v}");
+    assert_eq!(v["list_backup_storage"][0]["hostaddr"], "127.0.0.1", "{v}");
+    assert!(!v.to_string().contains(s3::SECRET_KEY));
+
+    let v = done(&s, "create_cluster", paras("src"), 300).await;
+    let src = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
+    let src_name = v["attachment"]["cluster_name"].as_str().unwrap().to_string();
+    let src_shards = shards(&s, &src_name).await;
+    assert_eq!(src_shards.len(), 2);
+    for (p, _) in &src_shards {
+        sql(
+            p,
+            "CREATE DATABASE app; CREATE TABLE app.t (id INT AUTO_INCREMENT PRIMARY KEY, \
+             stamp DATETIME NOT NULL, pad VARCHAR(100) DEFAULT 'x')",
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(s.clone(), src_name.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = done(&s, "manual_backup_cluster", json!({"cluster_id": src}), 300).await;
+    let backup_id = b["attachment"]["backup_id"].as_str().unwrap().to_string();
+    assert_eq!(b["attachment"]["shards"].as_array().unwrap().len(), 2, "{b}");
+    for sh in b["attachment"]["shards"].as_array().unwrap() {
+        assert!(!sh["gtid"].as_str().unwrap().is_empty(), "{b}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A failover of shard 1 between the backup and T: the archive follows.
+    let (old, _) = src_shards[0].clone();
+    let promoted = src_shards[0].1[0].clone();
+    done(
+        &s,
+        "manual_switch",
+        json!({"cluster_id": src, "shard_id": shard_id_of(&s, &src_name, 0).await,
+               "master_hostaddr": format!("{}_{}", old.0, old.1),
+               "assign_hostaddr": format!("{}_{}", promoted.0, promoted.1)}),
+        120,
+    )
+    .await;
+    assert_ne!(shards(&s, &src_name).await[0].0, old);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // T: a whole second in the middle of the writes.
+    let t = chrono::Local::now() - chrono::Duration::milliseconds(500);
+    let restore_time = local(t);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::SeqCst);
+    loader.await.unwrap();
+    let src_shards = shards(&s, &src_name).await;
+    let mut expected = Vec::new();
+    for (p, _) in &src_shards {
+        let at_or_before = sql(p, &format!("SELECT COUNT(*) FROM app.t WHERE stamp <= '{restore_time}'"));
+        let after = sql(p, &format!("SELECT COUNT(*) FROM app.t WHERE stamp > '{restore_time}'"));
+        assert!(after.parse::<i64>().unwrap() > 0, "no write after T");
+        expected.push(at_or_before);
+    }
+    // The archive reaches past T within archive_lag_s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get_storage(&s).await;
+        let c = v["clusters"].as_array().unwrap().iter().find(|c| c["cluster_id"] == src).cloned().unwrap();
+        let ok = c["restorable"].as_array().unwrap().iter().any(|w| {
+            w["from"].as_str().unwrap() <= restore_time.as_str() && restore_time.as_str() <= w["to"].as_str().unwrap()
+        });
+        if ok {
+            assert_eq!(c["backups"][0]["backup_id"], backup_id, "{c}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "T never restorable: {c}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A time before the backup is refused naming the windows.
+    let v = emit(&s, "cluster_restore", "", json!({"src_cluster_id": src, "dst_cluster_id": "999",
+        "restore_time": "2001-01-01 00:00:00"})).await;
+    assert_ne!(v["status"], "accept", "{v}");
+
+    let v = done(&s, "create_cluster", paras("dst"), 300).await;
+    let dst = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
+    let dst_name = v["attachment"]["cluster_name"].as_str().unwrap().to_string();
+    let v = emit(&s, "cluster_restore", "", json!({"src_cluster_id": "1", "dst_cluster_id": dst,
+        "restore_time": "2001-01-01 00:00:00"})).await;
+    let info = v["error_info"].as_str().unwrap_or_default().to_string();
+    assert!(info.contains("restorable windows"), "{v}");
+    let dst_shards = shards(&s, &dst_name).await;
+    let v = emit(&s, "cluster_restore", "", json!({"src_cluster_id": src, "dst_cluster_id": dst,
+        "restore_time": restore_time})).await;
+    assert_eq!(v["status"], "accept", "{v}");
+    let job = v["job_id"].as_str().unwrap().to_string();
+    // Read-only until the job ends.
+    loop {
+        let st = emit(&s, "get_status", &job, json!({})).await;
+        if st["status"] == "done" || st["status"] == "failed" {
+            assert_eq!(st["status"], "done", "{st}");
+            let shards_att = st["attachment"]["shards"].as_array().unwrap().clone();
+            assert_eq!(shards_att.len(), 2, "{st}");
+            break;
+        }
+        for (p, _) in &dst_shards {
+            if let Ok(mut c) = pool(p).get_conn().await {
+                let ro: Option<i64> = c.query_first("SELECT @@read_only").await.ok().flatten();
+                if let Some(ro) = ro {
+                    assert_eq!(ro, 1, "{p:?} writable during the restore");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for (i, (p, replicas)) in dst_shards.iter().enumerate() {
+        let n = sql(p, "SELECT COUNT(*) FROM app.t");
+        assert_eq!(n, expected[i], "shard {i}: rows");
+        let after = sql(p, &format!("SELECT COUNT(*) FROM app.t WHERE stamp > '{restore_time}'"));
+        assert_eq!(after, "0", "shard {i}: rows after T");
+        for r in replicas {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while sql(r, "SELECT COUNT(*) FROM app.t") != expected[i] {
+                assert!(Instant::now() < deadline, "replica {r:?} not equal");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+
+    // The S3 server killed in the middle of a backup: no manifest listed.
+    for (p, _) in &src_shards {
+        sql(p, "CREATE TABLE app.big (id INT PRIMARY KEY, v TEXT); \
+                INSERT INTO app.big SELECT seq, REPEAT(MD5(seq), 60) FROM seq_1_to_20000");
+    }
+    let v = emit(&s, "manual_backup_cluster", "", json!({"cluster_id": src})).await;
+    let broken = v["job_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mid = get_storage_raw(&s).await;
+    server.restart();
+    let st = wait_job(&s, &broken, 300).await;
+    let v = get_storage(&s).await;
+    let c = v["clusters"].as_array().unwrap().iter().find(|c| c["cluster_id"] == src).cloned().unwrap();
+    let ids: Vec<String> = c["backups"].as_array().unwrap().iter().map(|b| b["job_id"].as_str().unwrap().to_string()).collect();
+    if st["status"] == "failed" {
+        assert!(!ids.contains(&broken), "a failed backup is listed: {c}");
+    }
+    assert!(!mid.to_string().contains(&format!("\"job_id\":\"{broken}\"")), "{mid}");
+    let again = done(&s, "manual_backup_cluster", json!({"cluster_id": src}), 300).await;
+    assert_eq!(again["status"], "done");
+
+    // An object corrupted in the store: a restore refuses, naming it.
+    let bucket = d.join("s3").join("backups").join("ccr").join(format!("backups/cluster_{src}/{backup_id}/shard_{}", shard_id_of(&s, &src_name, 0).await));
+    let part = bucket.join("part-0000.xb.gz");
+    let mut bytes = std::fs::read(&part).unwrap_or_else(|e| panic!("{}: {e}", part.display()));
+    let mid_byte = bytes.len() / 2;
+    bytes[mid_byte] ^= 0xff;
+    std::fs::write(&part, bytes).unwrap();
+    let v = done(&s, "create_cluster", paras("dst2"), 300).await;
+    let dst2 = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
+    let v = emit(&s, "cluster_restore", "", json!({"src_cluster_id": src, "dst_cluster_id": dst2,
+        "restore_time": restore_time})).await;
+    assert_eq!(v["status"], "accept", "{v}");
+    let st = wait_job(&s, v["job_id"].as_str().unwrap(), 300).await;
+    assert_eq!(st["status"], "failed", "{st}");
+    assert!(st["error_info"].as_str().unwrap().contains("part-0000.xb.gz"), "{st}");
+}
+
+async fn shard_id_of(s: &Service, name: &str, index: usize) -> String {
+    let v = emit(s, "get_cluster_detail", "", json!({"cluster_name": name})).await;
+    let sh = &v["attachment"]["list_shard"][index];
+    sh["shard_id"].as_str().map(str::to_string).unwrap_or_else(|| sh["shard_id"].to_string())
+}
+
+async fn get_storage_raw(s: &Service) -> Value {
+    emit(s, "get_backup_storage", "", json!({})).await
+}
+
+async fn get_storage(s: &Service) -> Value {
+    let v = get_storage_raw(s).await;
+    assert_eq!(v["status"], "done", "{v}");
+    v["attachment"].clone()
+}
