@@ -216,7 +216,8 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
         "restore_time": restore_time})).await;
     assert_eq!(v["status"], "accept", "{v}");
     let job = v["job_id"].as_str().unwrap().to_string();
-    // Read-only until the job ends.
+    // Read-only from the job's first step until it ends.
+    let mut fenced = vec![false; dst_shards.len()];
     loop {
         let st = emit(&s, "get_status", &job, json!({})).await;
         if st["status"] == "done" || st["status"] == "failed" {
@@ -225,12 +226,13 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
             assert_eq!(shards_att.len(), 2, "{st}");
             break;
         }
-        for (p, _) in &dst_shards {
-            if let Ok(mut c) = pool(p).get_conn().await {
-                let ro: Option<i64> = c.query_first("SELECT @@read_only").await.ok().flatten();
-                if let Some(ro) = ro {
-                    assert_eq!(ro, 1, "{p:?} writable during the restore");
-                }
+        for (i, (p, _)) in dst_shards.iter().enumerate() {
+            let Ok(mut c) = pool(p).get_conn().await else { continue };
+            let ro: Option<i64> = c.query_first("SELECT @@read_only").await.ok().flatten();
+            match ro {
+                Some(1) => fenced[i] = true,
+                Some(_) => assert!(!fenced[i], "{p:?} writable again during the restore"),
+                None => {}
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -252,7 +254,7 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
     // The S3 server killed in the middle of a backup: no manifest listed.
     for (p, _) in &src_shards {
         sql(p, "CREATE TABLE app.big (id INT PRIMARY KEY, v TEXT); \
-                INSERT INTO app.big SELECT seq, REPEAT(MD5(seq), 60) FROM seq_1_to_20000");
+                INSERT INTO app.big SELECT seq, REPEAT(MD5(seq), 60) FROM app.seq_1_to_20000");
     }
     let v = emit(&s, "manual_backup_cluster", "", json!({"cluster_id": src})).await;
     let broken = v["job_id"].as_str().unwrap().to_string();

@@ -147,6 +147,9 @@ impl Storage {
     /// Opens the storage `url` names (a directory is made when missing).
     pub fn open(url: &str, creds: Option<&Credentials>) -> Result<Storage, String> {
         let location = Location::parse(url)?;
+        // The S3 client's TLS runs on the ring provider, as the rest of
+        // the service (installed once per process; a second call is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match &location {
             Location::S3 {
                 bucket,

@@ -373,8 +373,12 @@ async fn restore(
     super::clone::swap_in(instance, &target, had_data)?;
     agent.start_instance(instance).await?;
     let mut conn = super::request::root(instance, Duration::from_secs(30)).await?;
+    // A backup taken on a replica carries where it replicated from: the
+    // restored node follows nobody.
     for sql in [
         "SET GLOBAL read_only = ON".to_string(),
+        "STOP ALL SLAVES".to_string(),
+        "RESET SLAVE ALL".to_string(),
         "RESET MASTER".to_string(),
         format!("SET GLOBAL gtid_binlog_state = '{gtid}'"),
         format!("SET GLOBAL gtid_slave_pos = '{gtid}'"),
@@ -521,6 +525,11 @@ async fn replay(
         )
         .into());
     }
+    // Its replicas start from what it logged (gtid_current_pos takes the
+    // replica position for GTIDs of other servers).
+    conn.query_drop("SET GLOBAL gtid_slave_pos = @@global.gtid_binlog_pos")
+        .await
+        .map_err(|e| format!("setting gtid_slave_pos after the replay: {e}"))?;
     let tables = table_sums(&mut conn).await?;
     let _ = conn.disconnect().await;
     super::request::create_admin(instance, &op.admin.0, &op.admin.1, op.control.as_ref()).await?;
