@@ -292,18 +292,24 @@ async fn restore(
         let mut gz = flate2::write::GzDecoder::new(Vec::new());
         let mut body = s.stream(&o.key).await.map_err(Failure::retry)?;
         let mut n = 0u64;
+        // A failure to decompress or extract is said only once the whole
+        // object is hashed: a corrupt object is named as such.
+        let mut broken: Option<String> = None;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(Failure::retry)?;
             hash.update(&chunk);
             n += chunk.len() as u64;
             read += chunk.len() as u64;
-            gz.write_all(&chunk)
-                .map_err(|e| format!("{} does not decompress: {e}", o.key))?;
-            let out = std::mem::take(gz.get_mut());
-            stdin
-                .write_all(&out)
-                .await
-                .map_err(|e| format!("mbstream stopped taking the backup: {e}"))?;
+            if broken.is_none() {
+                if let Err(e) = gz.write_all(&chunk) {
+                    broken = Some(format!("{} does not decompress: {e}", o.key));
+                } else {
+                    let out = std::mem::take(gz.get_mut());
+                    if let Err(e) = stdin.write_all(&out).await {
+                        broken = Some(format!("mbstream stopped taking the backup: {e}"));
+                    }
+                }
+            }
             if told.elapsed() >= Duration::from_millis(500) {
                 report(Progress {
                     done: read,
@@ -321,6 +327,9 @@ async fn restore(
                 o.key, o.bytes, o.sha256
             )
             .into());
+        }
+        if let Some(e) = broken {
+            return Err(e.into());
         }
         let out = gz
             .finish()
