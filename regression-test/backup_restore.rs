@@ -42,7 +42,10 @@ async fn done(s: &Service, job_type: &str, p: Value, secs: u64) -> Value {
 async fn shards(s: &Service, name: &str) -> Vec<((String, i64), Vec<(String, i64)>)> {
     let v = emit(s, "get_cluster_detail", "", json!({"cluster_name": name})).await;
     let mut out = Vec::new();
-    for sh in v["attachment"]["list_shard"].as_array().unwrap_or_else(|| panic!("{v}")) {
+    for sh in v["attachment"]["list_shard"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+    {
         let mut primary = None;
         let mut replicas = Vec::new();
         for n in sh["list_node"].as_array().unwrap() {
@@ -83,7 +86,9 @@ fn load(s: Arc<Service>, name: String, stop: Arc<AtomicBool>) -> tokio::task::Jo
             for (primary, _) in shards(&s, &name).await {
                 let p = pool(&primary);
                 if let Ok(mut c) = p.get_conn().await {
-                    let _ = c.query_drop("INSERT INTO app.t (stamp) VALUES (NOW())").await;
+                    let _ = c
+                        .query_drop("INSERT INTO app.t (stamp) VALUES (NOW())")
+                        .await;
                 }
                 let _ = p.disconnect().await;
             }
@@ -93,7 +98,9 @@ fn load(s: Arc<Service>, name: String, stop: Arc<AtomicBool>) -> tokio::task::Jo
 }
 
 async fn manager(dir: &std::path::Path, storage: &str) -> Service {
-    let mut config = Config::with_store(StoreConfig::Sqlite { dir: dir.join("db") });
+    let mut config = Config::with_store(StoreConfig::Sqlite {
+        dir: dir.join("db"),
+    });
     config.cluster.agent_token = Some(Secret::new(TOKEN));
     config.cluster.step_retry = Duration::from_secs(60);
     config.cluster.failover_after = Duration::from_secs(3);
@@ -136,7 +143,10 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
 
     let v = done(&s, "create_cluster", paras("src"), 300).await;
     let src = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
-    let src_name = v["attachment"]["cluster_name"].as_str().unwrap().to_string();
+    let src_name = v["attachment"]["cluster_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let src_shards = shards(&s, &src_name).await;
     assert_eq!(src_shards.len(), 2);
     for (p, _) in &src_shards {
@@ -151,7 +161,11 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let b = done(&s, "manual_backup_cluster", json!({"cluster_id": src}), 300).await;
     let backup_id = b["attachment"]["backup_id"].as_str().unwrap().to_string();
-    assert_eq!(b["attachment"]["shards"].as_array().unwrap().len(), 2, "{b}");
+    assert_eq!(
+        b["attachment"]["shards"].as_array().unwrap().len(),
+        2,
+        "{b}"
+    );
     for sh in b["attachment"]["shards"].as_array().unwrap() {
         assert!(!sh["gtid"].as_str().unwrap().is_empty(), "{b}");
     }
@@ -179,8 +193,14 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
     let src_shards = shards(&s, &src_name).await;
     let mut expected = Vec::new();
     for (p, _) in &src_shards {
-        let at_or_before = sql(p, &format!("SELECT COUNT(*) FROM app.t WHERE stamp <= '{restore_time}'"));
-        let after = sql(p, &format!("SELECT COUNT(*) FROM app.t WHERE stamp > '{restore_time}'"));
+        let at_or_before = sql(
+            p,
+            &format!("SELECT COUNT(*) FROM app.t WHERE stamp <= '{restore_time}'"),
+        );
+        let after = sql(
+            p,
+            &format!("SELECT COUNT(*) FROM app.t WHERE stamp > '{restore_time}'"),
+        );
         assert!(after.parse::<i64>().unwrap() > 0, "no write after T");
         expected.push(at_or_before);
     }
@@ -188,9 +208,16 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let v = get_storage(&s).await;
-        let c = v["clusters"].as_array().unwrap().iter().find(|c| c["cluster_id"] == src).cloned().unwrap();
+        let c = v["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cluster_id"] == src)
+            .cloned()
+            .unwrap();
         let ok = c["restorable"].as_array().unwrap().iter().any(|w| {
-            w["from"].as_str().unwrap() <= restore_time.as_str() && restore_time.as_str() <= w["to"].as_str().unwrap()
+            w["from"].as_str().unwrap() <= restore_time.as_str()
+                && restore_time.as_str() <= w["to"].as_str().unwrap()
         });
         if ok {
             assert_eq!(c["backups"][0]["backup_id"], backup_id, "{c}");
@@ -200,20 +227,41 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // A time before the backup is refused naming the windows.
-    let v = emit(&s, "cluster_restore", "", json!({"src_cluster_id": src, "dst_cluster_id": "999",
-        "restore_time": "2001-01-01 00:00:00"})).await;
+    let v = emit(
+        &s,
+        "cluster_restore",
+        "",
+        json!({"src_cluster_id": src, "dst_cluster_id": "999",
+        "restore_time": "2001-01-01 00:00:00"}),
+    )
+    .await;
     assert_ne!(v["status"], "accept", "{v}");
 
     let v = done(&s, "create_cluster", paras("dst"), 300).await;
     let dst = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
-    let dst_name = v["attachment"]["cluster_name"].as_str().unwrap().to_string();
-    let v = emit(&s, "cluster_restore", "", json!({"src_cluster_id": "1", "dst_cluster_id": dst,
-        "restore_time": "2001-01-01 00:00:00"})).await;
+    let dst_name = v["attachment"]["cluster_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = emit(
+        &s,
+        "cluster_restore",
+        "",
+        json!({"src_cluster_id": "1", "dst_cluster_id": dst,
+        "restore_time": "2001-01-01 00:00:00"}),
+    )
+    .await;
     let info = v["error_info"].as_str().unwrap_or_default().to_string();
     assert!(info.contains("restorable windows"), "{v}");
     let dst_shards = shards(&s, &dst_name).await;
-    let v = emit(&s, "cluster_restore", "", json!({"src_cluster_id": src, "dst_cluster_id": dst,
-        "restore_time": restore_time})).await;
+    let v = emit(
+        &s,
+        "cluster_restore",
+        "",
+        json!({"src_cluster_id": src, "dst_cluster_id": dst,
+        "restore_time": restore_time}),
+    )
+    .await;
     assert_eq!(v["status"], "accept", "{v}");
     let job = v["job_id"].as_str().unwrap().to_string();
     // Read-only from the job's first step until it ends.
@@ -227,7 +275,9 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
             break;
         }
         for (i, (p, _)) in dst_shards.iter().enumerate() {
-            let Ok(mut c) = pool(p).get_conn().await else { continue };
+            let Ok(mut c) = pool(p).get_conn().await else {
+                continue;
+            };
             let ro: Option<i64> = c.query_first("SELECT @@read_only").await.ok().flatten();
             match ro {
                 Some(1) => fenced[i] = true,
@@ -240,7 +290,10 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
     for (i, (p, replicas)) in dst_shards.iter().enumerate() {
         let n = sql(p, "SELECT COUNT(*) FROM app.t");
         assert_eq!(n, expected[i], "shard {i}: rows");
-        let after = sql(p, &format!("SELECT COUNT(*) FROM app.t WHERE stamp > '{restore_time}'"));
+        let after = sql(
+            p,
+            &format!("SELECT COUNT(*) FROM app.t WHERE stamp > '{restore_time}'"),
+        );
         assert_eq!(after, "0", "shard {i}: rows after T");
         for r in replicas {
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -253,8 +306,11 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
 
     // The S3 server killed in the middle of a backup: no manifest listed.
     for (p, _) in &src_shards {
-        sql(p, "CREATE TABLE app.big (id INT PRIMARY KEY, v TEXT); \
-                INSERT INTO app.big SELECT seq, REPEAT(MD5(seq), 60) FROM app.seq_1_to_20000");
+        sql(
+            p,
+            "CREATE TABLE app.big (id INT PRIMARY KEY, v TEXT); \
+                INSERT INTO app.big SELECT seq, REPEAT(MD5(seq), 60) FROM app.seq_1_to_20000",
+        );
     }
     let v = emit(&s, "manual_backup_cluster", "", json!({"cluster_id": src})).await;
     let broken = v["job_id"].as_str().unwrap().to_string();
@@ -265,17 +321,35 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
     server.restart();
     let st = wait_job(&s, &broken, 300).await;
     let v = get_storage(&s).await;
-    let c = v["clusters"].as_array().unwrap().iter().find(|c| c["cluster_id"] == src).cloned().unwrap();
-    let ids: Vec<String> = c["backups"].as_array().unwrap().iter().map(|b| b["job_id"].as_str().unwrap().to_string()).collect();
+    let c = v["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster_id"] == src)
+        .cloned()
+        .unwrap();
+    let ids: Vec<String> = c["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["job_id"].as_str().unwrap().to_string())
+        .collect();
     if st["status"] == "failed" {
         assert!(!ids.contains(&broken), "a failed backup is listed: {c}");
     }
-    assert!(!mid.to_string().contains(&format!("\"job_id\":\"{broken}\"")), "{mid}");
+    assert!(
+        !mid.to_string()
+            .contains(&format!("\"job_id\":\"{broken}\"")),
+        "{mid}"
+    );
     let again = done(&s, "manual_backup_cluster", json!({"cluster_id": src}), 300).await;
     assert_eq!(again["status"], "done");
 
     // An object corrupted in the store: a restore refuses, naming it.
-    let bucket = d.join("s3").join("backups").join("ccr").join(format!("backups/cluster_{src}/{backup_id}/shard_{}", shard_id_of(&s, &src_name, 0).await));
+    let bucket = d.join("s3").join("backups").join("ccr").join(format!(
+        "backups/cluster_{src}/{backup_id}/shard_{}",
+        shard_id_of(&s, &src_name, 0).await
+    ));
     let part = bucket.join("part-0000.xb.gz");
     let mut bytes = std::fs::read(&part).unwrap_or_else(|e| panic!("{}: {e}", part.display()));
     let mid_byte = bytes.len() / 2;
@@ -283,18 +357,33 @@ async fn a_cluster_is_restored_to_a_point_in_time() {
     std::fs::write(&part, bytes).unwrap();
     let v = done(&s, "create_cluster", paras("dst2"), 300).await;
     let dst2 = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
-    let v = emit(&s, "cluster_restore", "", json!({"src_cluster_id": src, "dst_cluster_id": dst2,
-        "restore_time": restore_time})).await;
+    let v = emit(
+        &s,
+        "cluster_restore",
+        "",
+        json!({"src_cluster_id": src, "dst_cluster_id": dst2,
+        "restore_time": restore_time}),
+    )
+    .await;
     assert_eq!(v["status"], "accept", "{v}");
     let st = wait_job(&s, v["job_id"].as_str().unwrap(), 300).await;
     assert_eq!(st["status"], "failed", "{st}");
-    assert!(st["error_info"].as_str().unwrap().contains("part-0000.xb.gz"), "{st}");
+    assert!(
+        st["error_info"]
+            .as_str()
+            .unwrap()
+            .contains("part-0000.xb.gz"),
+        "{st}"
+    );
 }
 
 async fn shard_id_of(s: &Service, name: &str, index: usize) -> String {
     let v = emit(s, "get_cluster_detail", "", json!({"cluster_name": name})).await;
     let sh = &v["attachment"]["list_shard"][index];
-    sh["shard_id"].as_str().map(str::to_string).unwrap_or_else(|| sh["shard_id"].to_string())
+    sh["shard_id"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| sh["shard_id"].to_string())
 }
 
 async fn get_storage_raw(s: &Service) -> Value {

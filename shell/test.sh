@@ -13,7 +13,8 @@
 # environment of its own: the API fuzzed against doc/openapi.yaml), Galera 4
 # and rsync (the minder's real Galera cluster and its state transfers),
 # HAProxy (the minder's dbclient routes a real one), curl, mariadb-backup (the
-# node agent's coldbackup and coldrestore).
+# node agent's coldbackup and coldrestore, backups to storage), s3s-fs (from
+# crates.io: a real S3 server on loopback for the backup tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +45,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# A real S3 server for the backup tests: s3s-fs, pinned, built once into
+# ~/.cargo/bin (about 5 minutes the first time).
+S3S_FS_VERSION=0.14.1
+if ! { [ -x "$HOME/.cargo/bin/s3s-fs" ] || command -v s3s-fs >/dev/null; }; then
+    echo "installing s3s-fs $S3S_FS_VERSION (the backup tests' S3 server)"
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary
 fi
 
 # Schemathesis, pinned, in its own virtual environment (python3 -m venv).

@@ -193,11 +193,7 @@ fn ends_transaction(body: &[u8]) -> bool {
     let Some(q) = body.get(start..) else {
         return false;
     };
-    let head: Vec<u8> = q
-        .iter()
-        .take(16)
-        .map(|b| b.to_ascii_uppercase())
-        .collect();
+    let head: Vec<u8> = q.iter().take(16).map(|b| b.to_ascii_uppercase()).collect();
     head.starts_with(b"COMMIT") || head.starts_with(b"ROLLBACK") || head.starts_with(b"XA END")
 }
 

@@ -487,7 +487,9 @@ pub fn agent_token() -> Option<Secret> {
 /// S3 credentials for the backup storage, from `AWS_ACCESS_KEY_ID` and
 /// `AWS_SECRET_ACCESS_KEY` (none when unset).
 pub fn s3_credentials() -> Option<crate::storage::Credentials> {
-    let access_key = std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|k| !k.is_empty())?;
+    let access_key = std::env::var("AWS_ACCESS_KEY_ID")
+        .ok()
+        .filter(|k| !k.is_empty())?;
     Some(crate::storage::Credentials {
         access_key,
         secret_key: Secret::new(std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default()),

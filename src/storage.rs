@@ -64,7 +64,9 @@ impl Location {
             let mut region = "us-east-1".to_string();
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 match pair.split_once('=') {
-                    Some(("endpoint", v)) if v.starts_with("http://") || v.starts_with("https://") => {
+                    Some(("endpoint", v))
+                        if v.starts_with("http://") || v.starts_with("https://") =>
+                    {
                         endpoint = Some(v.trim_end_matches('/').to_string())
                     }
                     Some(("endpoint", v)) => {
@@ -103,7 +105,9 @@ impl Location {
     pub fn describe(&self) -> (String, String, &'static str) {
         match self {
             Location::S3 { endpoint, .. } => {
-                let e = endpoint.clone().unwrap_or_else(|| "s3.amazonaws.com".into());
+                let e = endpoint
+                    .clone()
+                    .unwrap_or_else(|| "s3.amazonaws.com".into());
                 let hostport = e.split("://").nth(1).unwrap_or(&e).to_string();
                 let (host, port) = match hostport.rsplit_once(':') {
                     Some((h, p)) => (h.to_string(), p.to_string()),
@@ -440,7 +444,13 @@ mod tests {
         assert_eq!(stored.bytes, 11);
         assert_eq!(stored.sha256, sha256(b"hello world"));
         s.put("a/c", b"x".to_vec()).await.unwrap();
-        let keys: Vec<String> = s.list("a").await.unwrap().into_iter().map(|l| l.key).collect();
+        let keys: Vec<String> = s
+            .list("a")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
         assert_eq!(keys, vec!["a/b/one", "a/c"]);
         assert_eq!(s.get("a/b/one").await.unwrap(), b"hello world");
         assert_eq!(s.size("a/none").await.unwrap(), None);

@@ -55,7 +55,17 @@ pub async fn run(
             object_bytes,
         } => {
             let s = open(storage)?;
-            backup(agent, &instance, &op, &s, prefix, *safe_slave, *object_bytes, report).await
+            backup(
+                agent,
+                &instance,
+                &op,
+                &s,
+                prefix,
+                *safe_slave,
+                *object_bytes,
+                report,
+            )
+            .await
         }
         StorageWork::Restore {
             storage,
@@ -142,9 +152,7 @@ async fn backup(
     let started = Instant::now();
     let tool = program("mariadb-backup")?;
     let creds = super::backup::Credentials::write(&agent.state_dir, &op.admin.0, &op.admin.1)?;
-    let scratch = agent
-        .state_dir
-        .join(format!("storage-backup-{}", op.port));
+    let scratch = agent.state_dir.join(format!("storage-backup-{}", op.port));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| io(&scratch, e))?;
     let _scratch = RemoveDir(scratch.clone());
@@ -232,10 +240,7 @@ async fn backup(
             let _ = s.delete(&o.key).await;
         }
         let retry = !(e.contains("Access denied") || e.contains("unknown option"));
-        return Err(Failure {
-            message: e,
-            retry,
-        });
+        return Err(Failure { message: e, retry });
     }
     let err = std::fs::read_to_string(&errors).unwrap_or_default();
     let gtid = reported_gtid(&err).unwrap_or_default();
@@ -577,8 +582,10 @@ async fn table_sums(conn: &mut mysql_async::Conn) -> Result<Value, String> {
             .query_first(format!("CHECKSUM TABLE {name}"))
             .await
             .map_err(|e| format!("checksumming {name}: {e}"))?;
-        out.push(json!({"table": format!("{db}.{t}"), "rows": rows.unwrap_or(0),
-                        "checksum": sum.and_then(|s| s.1)}));
+        out.push(
+            json!({"table": format!("{db}.{t}"), "rows": rows.unwrap_or(0),
+                        "checksum": sum.and_then(|s| s.1)}),
+        );
     }
     Ok(Value::Array(out))
 }

@@ -63,9 +63,9 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
             keep
         });
         for k in wanted {
-            tasks.entry(k.clone()).or_insert_with(|| {
-                tokio::spawn(shard_task(m.clone(), storage.clone(), k.0, k.1))
-            });
+            tasks
+                .entry(k.clone())
+                .or_insert_with(|| tokio::spawn(shard_task(m.clone(), storage.clone(), k.0, k.1)));
         }
     }
     for (_, t) in tasks {
@@ -207,8 +207,7 @@ async fn shard_task(m: Arc<Manager>, storage: Storage, cluster: String, shard: i
                         crate::archive::shard_prefix(&cluster, shard),
                         gap.detected_at
                     );
-                    if w
-                        .storage
+                    if w.storage
                         .put(&key, serde_json::to_vec(&gap).unwrap_or_default())
                         .await
                         .is_ok()
@@ -309,7 +308,10 @@ async fn follow(
                 let kind = event.header().event_type_raw();
                 let mut raw = Vec::with_capacity(event.data().len() + 32);
                 event
-                    .write(mysql_common::binlog::consts::BinlogVersion::Version4, &mut raw)
+                    .write(
+                        mysql_common::binlog::consts::BinlogVersion::Version4,
+                        &mut raw,
+                    )
                     .map_err(|e| other(format!("re-encoding a binlog event: {e}")))?;
                 match kind {
                     crate::archive::FORMAT_DESCRIPTION => w.fde = raw,

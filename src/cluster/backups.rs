@@ -139,7 +139,10 @@ fn runs(a: &Archive) -> Vec<(Pos, Pos, i64)> {
 /// `backups` (its backup's position and finish time each).
 pub fn shard_windows(backups: &[(Pos, i64)], a: &Archive) -> Vec<(i64, i64)> {
     let runs = runs(a);
-    let head = a.head.as_ref().and_then(|h| Some((Pos::parse(&h.end).ok()?, h.through_ts)));
+    let head = a
+        .head
+        .as_ref()
+        .and_then(|h| Some((Pos::parse(&h.end).ok()?, h.through_ts)));
     let mut out: Vec<(i64, i64)> = Vec::new();
     for (gtid, finished) in backups {
         let inside = runs
@@ -208,8 +211,10 @@ pub fn local_time(t: i64) -> String {
 /// Reads `restore_time` ("YYYY-MM-DD HH:MM:SS", the service's time zone).
 pub fn parse_local_time(text: &str) -> Result<i64, String> {
     use chrono::TimeZone;
-    let naive = chrono::NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S")
-        .map_err(|_| format!("restore_time {text:?}: \"YYYY-MM-DD HH:MM:SS\" (the service's time zone)"))?;
+    let naive =
+        chrono::NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S").map_err(|_| {
+            format!("restore_time {text:?}: \"YYYY-MM-DD HH:MM:SS\" (the service's time zone)")
+        })?;
     chrono::Local
         .from_local_datetime(&naive)
         .earliest()
@@ -260,7 +265,10 @@ pub async fn catalog(s: &Storage, cluster_id: &str, shards: &[i64]) -> Result<Ca
 }
 
 /// The shards of a cluster, by the manager's rows.
-pub async fn shards_of(env: &super::Env, cluster_id: &str) -> Result<Vec<i64>, crate::store::StoreError> {
+pub async fn shards_of(
+    env: &super::Env,
+    cluster_id: &str,
+) -> Result<Vec<i64>, crate::store::StoreError> {
     let mut shards: Vec<i64> = env
         .store
         .instances()
@@ -295,10 +303,16 @@ pub async fn view(env: &super::Env) -> Result<serde_json::Value, super::emit::Re
         code: super::emit::codes::UNREACHABLE,
         info: format!("the backup storage {}: {e}", s.url),
     };
-    let clusters = env.store.clusters().await.map_err(super::nodes::store_err)?;
+    let clusters = env
+        .store
+        .clusters()
+        .await
+        .map_err(super::nodes::store_err)?;
     let mut out = Vec::new();
     for c in clusters {
-        let shards = shards_of(env, &c.cluster_id).await.map_err(super::nodes::store_err)?;
+        let shards = shards_of(env, &c.cluster_id)
+            .await
+            .map_err(super::nodes::store_err)?;
         let cat = catalog(s, &c.cluster_id, &shards).await.map_err(refuse)?;
         let backups: Vec<_> = cat
             .manifests
@@ -367,7 +381,11 @@ mod tests {
     #[test]
     fn windows_run_from_a_backup_to_the_end_of_its_chain() {
         let a = Archive {
-            segments: vec![seg(1, 10, 100, 110), seg(11, 20, 111, 120), seg(31, 40, 140, 150)],
+            segments: vec![
+                seg(1, 10, 100, 110),
+                seg(11, 20, 111, 120),
+                seg(31, 40, 140, 150),
+            ],
             gaps: vec![],
             head: Some(Head {
                 end: "0-1-40".into(),

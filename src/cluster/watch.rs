@@ -246,7 +246,9 @@ async fn check_shard(
     let primary_row = rows.iter().find(|i| i.role == "primary").cloned();
     let switching = seen.unfinished.iter().find(|j| {
         // A restore keeps its shards read-only until it ends.
-        (j.job_type == "failover" || j.job_type == "manual_switch" || j.job_type == "cluster_restore")
+        (j.job_type == "failover"
+            || j.job_type == "manual_switch"
+            || j.job_type == "cluster_restore")
             && j.resource
                 .split(',')
                 .any(|r| r == format!("shard:{cluster_id}:{shard}"))

@@ -338,7 +338,11 @@ fn cluster(f: &super::FileCluster) -> Result<super::ClusterSettings, ConfigError
 /// `[backup]` and `--backup-storage`.
 fn backup(f: &super::FileBackup, cli: &ServiceArgs) -> Result<super::BackupSettings, ConfigError> {
     let d = super::BackupSettings::default();
-    let storage = cli.backup_storage.clone().or(f.storage.clone()).filter(|s| !s.is_empty());
+    let storage = cli
+        .backup_storage
+        .clone()
+        .or(f.storage.clone())
+        .filter(|s| !s.is_empty());
     if let Some(url) = &storage {
         crate::storage::Location::parse(url).map_err(ConfigError::Invalid)?;
     }
@@ -388,7 +392,9 @@ fn backup(f: &super::FileBackup, cli: &ServiceArgs) -> Result<super::BackupSetti
         }
     };
     if f.keep_full == Some(0) {
-        return Err(ConfigError::Invalid("backup.keep_full = 0: keep at least one backup".into()));
+        return Err(ConfigError::Invalid(
+            "backup.keep_full = 0: keep at least one backup".into(),
+        ));
     }
     Ok(super::BackupSettings {
         storage,

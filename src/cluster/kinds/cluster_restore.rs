@@ -50,9 +50,16 @@ pub struct Plan {
 pub enum Step {
     /// Every destination node read-only, replicas stopped.
     Fence,
-    Restore { shard: i64 },
-    Replay { shard: i64 },
-    Clone { shard: i64, node: Target },
+    Restore {
+        shard: i64,
+    },
+    Replay {
+        shard: i64,
+    },
+    Clone {
+        shard: i64,
+        node: Target,
+    },
 }
 
 #[async_trait::async_trait]
@@ -99,10 +106,15 @@ impl Kind for ClusterRestore {
         if manifests.is_empty() {
             return Err(Refused {
                 code: codes::NOT_FOUND,
-                info: format!("cluster {src} has no backup in {}: run manual_backup_cluster first", s.url),
+                info: format!(
+                    "cluster {src} has no backup in {}: run manual_backup_cluster first",
+                    s.url
+                ),
             });
         }
-        let cat = backups::catalog(s, &src, &src_shards).await.map_err(unreachable)?;
+        let cat = backups::catalog(s, &src, &src_shards)
+            .await
+            .map_err(unreachable)?;
         if !cat.windows.iter().any(|(a, b)| *a <= stop && stop <= *b) {
             return Err(Refused {
                 code: codes::CONFLICT,
@@ -119,11 +131,20 @@ impl Kind for ClusterRestore {
             .iter()
             .rev()
             .find(|m| {
-                m.finished_at <= stop && src_shards.iter().all(|s| m.shards.iter().any(|b| b.shard_id == *s))
+                m.finished_at <= stop
+                    && src_shards
+                        .iter()
+                        .all(|s| m.shards.iter().any(|b| b.shard_id == *s))
             })
             .cloned()
-            .ok_or_else(|| Refused::bad(format!("no backup of every shard of cluster {src} before {text}")))?;
-        let dst_shards = backups::shards_of(env, &dst).await.map_err(nodes::store_err)?;
+            .ok_or_else(|| {
+                Refused::bad(format!(
+                    "no backup of every shard of cluster {src} before {text}"
+                ))
+            })?;
+        let dst_shards = backups::shards_of(env, &dst)
+            .await
+            .map_err(nodes::store_err)?;
         if dst_shards.len() != src_shards.len() {
             return Err(Refused::bad(format!(
                 "cluster {dst} has {} shards, cluster {src} {}: the destination must be a new, \
@@ -141,25 +162,31 @@ impl Kind for ClusterRestore {
                 .collect();
             nodes::refuse_user_tables(env, &dst, &rows).await?;
             let targets = super::delete_cluster::targets(env, &rows).await?;
-            let primary_row = rows
-                .iter()
-                .find(|i| i.role == "primary")
-                .ok_or_else(|| Refused::bad(format!("cluster {dst}'s shard {d_id} has no primary")))?;
-            let (primary, others): (Vec<Target>, Vec<Target>) = targets.into_iter().partition(|t| {
-                t.hostaddr == primary_row.hostaddr && t.port == primary_row.port
-            });
+            let primary_row = rows.iter().find(|i| i.role == "primary").ok_or_else(|| {
+                Refused::bad(format!("cluster {dst}'s shard {d_id} has no primary"))
+            })?;
+            let (primary, others): (Vec<Target>, Vec<Target>) = targets
+                .into_iter()
+                .partition(|t| t.hostaddr == primary_row.hostaddr && t.port == primary_row.port);
             resources.push(Resource::Shard(dst.clone(), *d_id));
             shards.push(ShardPlan {
                 src_shard: *s_id,
                 dst_shard: *d_id,
-                primary: primary.into_iter().next().ok_or_else(|| Refused::bad("no primary"))?,
+                primary: primary
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Refused::bad("no primary"))?,
                 replicas: others,
             });
         }
         let mut steps = vec![Step::Fence];
         for sp in &shards {
-            steps.push(Step::Restore { shard: sp.dst_shard });
-            steps.push(Step::Replay { shard: sp.dst_shard });
+            steps.push(Step::Restore {
+                shard: sp.dst_shard,
+            });
+            steps.push(Step::Replay {
+                shard: sp.dst_shard,
+            });
             for r in &sp.replicas {
                 steps.push(Step::Clone {
                     shard: sp.dst_shard,
@@ -206,7 +233,8 @@ impl Kind for ClusterRestore {
             Step::Fence => {
                 for sp in &plan.shards {
                     for t in std::iter::once(&sp.primary).chain(&sp.replicas) {
-                        let mut c = nodes::connect(&t.hostaddr, t.port, &manager_user, &manager_pw).await?;
+                        let mut c =
+                            nodes::connect(&t.hostaddr, t.port, &manager_user, &manager_pw).await?;
                         let at = format!("{}:{}", t.hostaddr, t.port);
                         c.query_drop("SET GLOBAL read_only = ON")
                             .await
@@ -245,7 +273,9 @@ impl Kind for ClusterRestore {
                     .agents
                     .operate(ctx, &sp.primary.hostaddr, sp.primary.agent_port, request)
                     .await?;
-                Ok(json!({"backup_id": plan.manifest.backup_id, "gtid": r["gtid"], "bytes": r["bytes"]}))
+                Ok(
+                    json!({"backup_id": plan.manifest.backup_id, "gtid": r["gtid"], "bytes": r["bytes"]}),
+                )
             }
             Step::Replay { shard } => {
                 let sp = shard_plan(shard)?;
@@ -301,7 +331,11 @@ impl Kind for ClusterRestore {
                     Step::Replay { shard } if *shard == sp.dst_shard => Some(v.clone()),
                     _ => None,
                 });
-                let b = plan.manifest.shards.iter().find(|b| b.shard_id == sp.src_shard);
+                let b = plan
+                    .manifest
+                    .shards
+                    .iter()
+                    .find(|b| b.shard_id == sp.src_shard);
                 json!({
                     "src_shard_id": sp.src_shard, "dst_shard_id": sp.dst_shard,
                     "backup_gtid": b.map(|b| b.gtid.clone()),

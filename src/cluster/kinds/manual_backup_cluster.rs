@@ -50,9 +50,11 @@ pub fn storage(env: &Env) -> Result<&crate::storage::Storage, Refused> {
     env.storage.as_ref().ok_or_else(|| Refused {
         code: codes::CONFLICT,
         info: match &env.settings.backup.storage {
-            None => "no backup storage: set [backup] storage = \"s3://BUCKET/PREFIX?endpoint=...\" \
+            None => {
+                "no backup storage: set [backup] storage = \"s3://BUCKET/PREFIX?endpoint=...\" \
                      (or \"file:///PATH\") in conf/syncer.toml, or --backup-storage"
-                .into(),
+                    .into()
+            }
             Some(url) => format!(
                 "the backup storage {url} cannot be used (see the service's log: S3 credentials \
                  come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
@@ -84,9 +86,13 @@ impl Kind for ManualBackupCluster {
         }
         let s = storage(env)?;
         nodes::cluster(env, &id).await?;
-        let shards = backups::shards_of(env, &id).await.map_err(nodes::store_err)?;
+        let shards = backups::shards_of(env, &id)
+            .await
+            .map_err(nodes::store_err)?;
         if shards.is_empty() {
-            return Err(Refused::bad(format!("cluster {id} has no shard to back up")));
+            return Err(Refused::bad(format!(
+                "cluster {id} has no shard to back up"
+            )));
         }
         let now = chrono::Utc::now();
         let backup_id = format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), e.job_id);
