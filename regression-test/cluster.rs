@@ -258,7 +258,7 @@ async fn emit_jobs_machines_and_agents() {
         (
             "manual_backup_cluster",
             json!({"cluster_id": "1"}),
-            "not built",
+            "no backup storage",
         ),
         ("delete_cluster", json!({"cluster_id": "9"}), "no cluster 9"),
         ("get_status", json!({"job_id": "404"}), "no job 404"),

@@ -25,6 +25,16 @@ pub(crate) struct LocalAgent {
 
 impl LocalAgent {
     pub(crate) async fn start(host: &'static str, dir: &Path, hold: Duration) -> LocalAgent {
+        LocalAgent::start_with(host, dir, hold, None).await
+    }
+
+    /// [`LocalAgent::start`] with `--backup-storage`.
+    pub(crate) async fn start_with(
+        host: &'static str,
+        dir: &Path,
+        hold: Duration,
+        backup_storage: Option<String>,
+    ) -> LocalAgent {
         let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let config = AgentConfig {
@@ -34,6 +44,7 @@ impl LocalAgent {
             token: Secret::new(TOKEN),
             hold,
             s3: crate::harness::s3::credentials(),
+            backup_storage,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(ccr_syncer::agent::serve(config, listener, async move {

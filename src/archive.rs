@@ -117,6 +117,9 @@ pub struct SegmentMeta {
     pub sha256: String,
     /// The primary it was read from (`host:port`).
     pub from: String,
+    /// Sealed with the cluster's backup key ([`crate::storage::Cipher`]).
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// Where a shard's archive lives.

@@ -424,6 +424,9 @@ pub struct StorageOp {
     pub port: u16,
     pub admin: (String, Secret),
     pub control: Option<(String, Secret)>,
+    /// The cluster's `backup_encrypt_key`: every object sealed with it
+    /// before it leaves the machine, opened with it on the way back.
+    pub encrypt: Option<Secret>,
     pub work: StorageWork,
 }
 
@@ -500,6 +503,10 @@ impl StorageOp {
                 Secret::new(f.text("admin_password")?.unwrap_or_default()),
             ),
             control,
+            encrypt: f
+                .text("backup_encrypt_key")?
+                .filter(|k| !k.is_empty())
+                .map(Secret::new),
             work,
         })
     }
@@ -511,6 +518,9 @@ impl StorageOp {
         if let Some((u, p)) = &self.control {
             b["control_user"] = json!(u);
             b["control_password"] = json!(p.expose());
+        }
+        if let Some(k) = &self.encrypt {
+            b["backup_encrypt_key"] = json!(k.expose());
         }
         self.key.put(&mut b);
         b

@@ -127,6 +127,88 @@ pub async fn backup(
     Ok(json!({"file": file, "port": instance.port}))
 }
 
+/// Uploads a packed cold backup to the storage
+/// (`coldbackup/HOST/PORT/NAME.tgz`), hashed as it goes, confirms its size
+/// there, and removes the local file.
+pub async fn upload(
+    s: &crate::storage::Storage,
+    host: &str,
+    taken: &Value,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Value, String> {
+    use tokio::io::AsyncReadExt;
+    let file = PathBuf::from(taken["file"].as_str().ok_or("the backup made no file")?);
+    let port = taken["port"].as_u64().unwrap_or(0);
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .ok_or("the backup file has no name")?;
+    let key = format!("coldbackup/{host}/{port}/{name}");
+    let total = std::fs::metadata(&file).map_or(0, |m| m.len());
+    let mut f = tokio::fs::File::open(&file)
+        .await
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut up = s.upload(&key).await?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match f.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                up.abort().await;
+                return Err(format!("{}: {e}", file.display()));
+            }
+        };
+        if let Err(e) = up.write(&buf[..n]).await {
+            up.abort().await;
+            return Err(e);
+        }
+        progress(Progress {
+            done: up.bytes(),
+            total: Some(total),
+            phase: format!("uploading to {}", s.url),
+        });
+    }
+    let stored = up.finish().await?;
+    if s.size(&key).await? != Some(stored.bytes) {
+        return Err(format!("{key} was not stored whole"));
+    }
+    let _ = std::fs::remove_file(&file);
+    Ok(
+        json!({"file": format!("/{key}"), "storage": s.url, "bytes": stored.bytes,
+              "sha256": stored.sha256, "port": port}),
+    )
+}
+
+/// Reads a cold backup (`file`: its key in the storage, as `coldbackup`
+/// answered it) into the instance's directory; the local copy.
+pub async fn download(
+    s: &crate::storage::Storage,
+    file: &str,
+    instance: &Instance,
+) -> Result<PathBuf, String> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let key = file.trim_start_matches('/');
+    if !key.starts_with("coldbackup/") || !key.ends_with(".tgz") || key.contains("..") {
+        return Err(format!(
+            "file {file:?} is not a cold backup in the backup storage (/coldbackup/HOST/PORT/NAME.tgz)"
+        ));
+    }
+    let local = instance.dir.join("restore-download.tgz");
+    let mut out = tokio::fs::File::create(&local)
+        .await
+        .map_err(|e| format!("{}: {e}", local.display()))?;
+    let mut body = s.stream(key).await?;
+    while let Some(chunk) = body.next().await {
+        out.write_all(&chunk?)
+            .await
+            .map_err(|e| format!("{}: {e}", local.display()))?;
+    }
+    out.flush().await.map_err(|e| e.to_string())?;
+    Ok(local)
+}
+
 /// Runs `work`, reporting `now()` every second until it ends.
 async fn watched(
     work: impl std::future::Future<Output = Result<(), String>>,

@@ -67,6 +67,12 @@ pub struct AgentArgs {
     /// default: STATE_DIR/backups).
     #[arg(long)]
     pub backup_dir: Option<PathBuf>,
+    /// The backup storage `coldbackup` uploads to and `coldrestore` reads
+    /// from (`s3://BUCKET/PREFIX?endpoint=…` or `file:///PATH`, the
+    /// manager's `[backup] storage`; S3 credentials from AWS_ACCESS_KEY_ID
+    /// and AWS_SECRET_ACCESS_KEY). Unset: the backup directory only.
+    #[arg(long)]
+    pub backup_storage: Option<String>,
 }
 
 /// What an agent runs with: its flags, and what the environment gave once
@@ -84,6 +90,8 @@ pub struct AgentConfig {
     /// S3 credentials for the backup storage (`AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`).
     pub s3: Option<crate::storage::Credentials>,
+    /// `--backup-storage`.
+    pub backup_storage: Option<String>,
 }
 
 impl AgentConfig {
@@ -101,6 +109,13 @@ impl AgentConfig {
             token,
             hold: crate::config::agent_hold(),
             s3: crate::config::s3_credentials(),
+            backup_storage: match &args.backup_storage {
+                Some(url) => {
+                    crate::storage::Location::parse(url)?;
+                    Some(url.clone())
+                }
+                None => None,
+            },
         })
     }
 }
@@ -112,6 +127,7 @@ pub struct Agent {
     token: Secret,
     hold: Duration,
     s3: Option<crate::storage::Credentials>,
+    backup_storage: Option<String>,
     registry: Registry,
     ops: Operations,
     /// One lock per instance (by port): an operation on an instance, and
@@ -193,6 +209,7 @@ pub async fn serve(
         token: config.token.clone(),
         hold: config.hold,
         s3: config.s3.clone(),
+        backup_storage: config.backup_storage.clone(),
         registry,
         ops: Operations::open(&config.state_dir)?,
         locks: Mutex::new(HashMap::new()),
@@ -648,7 +665,7 @@ impl Agent {
                 self.here(&ip)?;
                 let i = self.find(port)?;
                 let report = |p| self.ops.progress(key, p);
-                Ok(backup::backup(
+                let taken = backup::backup(
                     &i,
                     &self.backup_dir,
                     &self.state_dir,
@@ -656,13 +673,31 @@ impl Agent {
                     &password,
                     &report,
                 )
-                .await?)
+                .await?;
+                match &self.backup_storage {
+                    Some(url) => {
+                        let s = crate::storage::Storage::open(url, self.s3.as_ref())?;
+                        Ok(backup::upload(&s, &self.host, &taken, &report).await?)
+                    }
+                    None => Ok(taken),
+                }
             }
             Op::ColdRestore { ip, port, file } => {
                 self.here(&ip)?;
                 let i = self.find(port)?;
-                let file = backup::backup_file(&self.backup_dir, &file)?;
-                let restored = backup::restore(&i, &file).await?;
+                let restored = match &self.backup_storage {
+                    Some(url) if !file.starts_with(&*self.backup_dir.to_string_lossy()) => {
+                        let s = crate::storage::Storage::open(url, self.s3.as_ref())?;
+                        let local = backup::download(&s, &file, &i).await?;
+                        let r = backup::restore(&i, &local).await;
+                        let _ = std::fs::remove_file(&local);
+                        r?
+                    }
+                    _ => {
+                        let file = backup::backup_file(&self.backup_dir, &file)?;
+                        backup::restore(&i, &file).await?
+                    }
+                };
                 self.set_wanted(port, true)?;
                 Ok(restored)
             }

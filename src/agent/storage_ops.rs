@@ -46,6 +46,11 @@ pub async fn run(
     report: &(dyn Fn(Progress) + Sync),
 ) -> Result<Value, Failure> {
     let instance = agent.find(op.port)?;
+    let cipher = op
+        .encrypt
+        .as_ref()
+        .map(crate::storage::Cipher::from_passphrase);
+    let cipher = cipher.as_ref();
     let open = |url: &str| Storage::open(url, agent.s3.as_ref()).map_err(Failure::from);
     match &op.work {
         StorageWork::Backup {
@@ -55,17 +60,13 @@ pub async fn run(
             object_bytes,
         } => {
             let s = open(storage)?;
-            backup(
-                agent,
-                &instance,
-                &op,
-                &s,
+            let w = Wanted {
                 prefix,
-                *safe_slave,
-                *object_bytes,
-                report,
-            )
-            .await
+                safe_slave: *safe_slave,
+                object_bytes: *object_bytes,
+                cipher,
+            };
+            backup(agent, &instance, &op, &s, &w, report).await
         }
         StorageWork::Restore {
             storage,
@@ -73,7 +74,7 @@ pub async fn run(
             gtid,
         } => {
             let s = open(storage)?;
-            restore(agent, &instance, &s, objects, gtid, report).await
+            restore(agent, &instance, &s, objects, gtid, cipher, report).await
         }
         StorageWork::Replay {
             storage,
@@ -83,7 +84,7 @@ pub async fn run(
         } => {
             let s = open(storage)?;
             let after = Pos::parse(after)?;
-            replay(&instance, &op, &s, segments, after, *stop, report).await
+            replay(&instance, &op, &s, segments, after, *stop, cipher, report).await
         }
     }
 }
@@ -102,18 +103,40 @@ fn reported_gtid(stderr: &str) -> Option<String> {
     Some(rest.split('\'').nth(1)?.trim().to_string())
 }
 
-/// One object being written: gzip in front of the upload.
+/// What a backup is asked for.
+struct Wanted<'a> {
+    prefix: &'a str,
+    safe_slave: bool,
+    object_bytes: u64,
+    cipher: Option<&'a crate::storage::Cipher>,
+}
+
+/// One object being written: gzip, then the cipher when the cluster's
+/// backups are encrypted, in front of the upload.
 struct Part {
     gz: flate2::write::GzEncoder<Vec<u8>>,
+    seal: Option<crate::storage::Sealer>,
     up: crate::storage::Upload,
 }
 
 impl Part {
-    async fn open(s: &Storage, prefix: &str, n: usize) -> Result<Part, String> {
+    async fn open(s: &Storage, w: &Wanted<'_>, n: usize) -> Result<Part, String> {
+        let suffix = if w.cipher.is_some() { ".enc" } else { "" };
         Ok(Part {
             gz: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()),
-            up: s.upload(&format!("{prefix}part-{n:04}.xb.gz")).await?,
+            seal: w.cipher.map(|c| c.sealer()).transpose()?,
+            up: s
+                .upload(&format!("{}part-{n:04}.xb.gz{suffix}", w.prefix))
+                .await?,
         })
+    }
+
+    async fn send(&mut self, out: Vec<u8>) -> Result<(), String> {
+        let out = match &mut self.seal {
+            Some(s) => s.push(&out)?,
+            None => out,
+        };
+        self.up.write(&out).await
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<(), String> {
@@ -122,30 +145,35 @@ impl Part {
             .map_err(|e| format!("compressing: {e}"))?;
         if self.gz.get_ref().len() >= 1 << 20 {
             let out = std::mem::take(self.gz.get_mut());
-            self.up.write(&out).await?;
+            self.send(out).await?;
         }
         Ok(())
     }
 
-    async fn finish(self) -> Result<Stored, String> {
-        let Part { gz, mut up } = self;
+    async fn finish(mut self) -> Result<Stored, String> {
+        let gz = std::mem::replace(
+            &mut self.gz,
+            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()),
+        );
         let out = gz.finish().map_err(|e| format!("compressing: {e}"))?;
-        up.write(&out).await?;
-        up.finish().await
+        self.send(out).await?;
+        if let Some(s) = self.seal.take() {
+            let last = s.finish()?;
+            self.up.write(&last).await?;
+        }
+        self.up.finish().await
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn backup(
     agent: &Agent,
     instance: &Instance,
     op: &StorageOp,
     s: &Storage,
-    prefix: &str,
-    safe_slave: bool,
-    object_bytes: u64,
+    w: &Wanted<'_>,
     report: &(dyn Fn(Progress) + Sync),
 ) -> Result<Value, Failure> {
+    let safe_slave = w.safe_slave;
     if !instance.is_running() {
         return Err(format!("the instance on port {} is not running", op.port).into());
     }
@@ -177,11 +205,11 @@ async fn backup(
         .spawn()
         .map_err(|e| format!("mariadb-backup: {e}"))?;
     let mut stdout = child.stdout.take().ok_or("mariadb-backup has no output")?;
-    let object_bytes = object_bytes.max(1 << 20);
+    let object_bytes = w.object_bytes.max(1 << 20);
     let mut stored: Vec<Stored> = Vec::new();
     let mut raw = 0u64;
     let mut told = Instant::now();
-    let mut part = Some(Part::open(s, prefix, 0).await?);
+    let mut part = Some(Part::open(s, w, 0).await?);
     let outcome: Result<(), String> = async {
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -198,7 +226,7 @@ async fn backup(
             if p.up.bytes() >= object_bytes {
                 let done = part.take().ok_or("no object open")?.finish().await?;
                 stored.push(done);
-                part = Some(Part::open(s, prefix, stored.len()).await?);
+                part = Some(Part::open(s, w, stored.len()).await?);
             }
             if told.elapsed() >= Duration::from_millis(500) {
                 report(Progress {
@@ -260,6 +288,7 @@ async fn backup(
         "port": op.port,
         "gtid": gtid,
         "raw_bytes": raw,
+        "encrypted": w.cipher.is_some(),
         "objects": stored,
         "seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     }))
@@ -271,9 +300,13 @@ async fn restore(
     s: &Storage,
     objects: &[Stored],
     gtid: &str,
+    cipher: Option<&crate::storage::Cipher>,
     report: &(dyn Fn(Progress) + Sync),
 ) -> Result<Value, Failure> {
     Pos::parse(gtid)?;
+    if cipher.is_none() && objects.iter().any(|o| o.key.ends_with(".enc")) {
+        return Err("the backup is encrypted: the restore needs its backup_encrypt_key".into());
+    }
     let total: u64 = objects.iter().map(|o| o.bytes).sum();
     let target = instance.dir.join("data.restore");
     let _ = std::fs::remove_dir_all(&target);
@@ -295,6 +328,7 @@ async fn restore(
     for o in objects {
         let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
         let mut gz = flate2::write::GzDecoder::new(Vec::new());
+        let mut opener = cipher.map(|c| c.opener());
         let mut body = s.stream(&o.key).await.map_err(Failure::retry)?;
         let mut n = 0u64;
         // A failure to decompress or extract is said only once the whole
@@ -305,8 +339,15 @@ async fn restore(
             hash.update(&chunk);
             n += chunk.len() as u64;
             read += chunk.len() as u64;
+            let plain = match (&mut opener, broken.is_none()) {
+                (Some(op), true) => op.push(&chunk).unwrap_or_else(|e| {
+                    broken = Some(format!("{}: {e}", o.key));
+                    Vec::new()
+                }),
+                _ => chunk.to_vec(),
+            };
             if broken.is_none() {
-                if let Err(e) = gz.write_all(&chunk) {
+                if let Err(e) = gz.write_all(&plain) {
                     broken = Some(format!("{} does not decompress: {e}", o.key));
                 } else {
                     let out = std::mem::take(gz.get_mut());
@@ -335,6 +376,9 @@ async fn restore(
         }
         if let Some(e) = broken {
             return Err(e.into());
+        }
+        if let Some(op) = &opener {
+            op.finish().map_err(|e| format!("{}: {e}", o.key))?;
         }
         let out = gz
             .finish()
@@ -409,6 +453,7 @@ async fn restore(
     Ok(json!({"port": instance.port, "gtid": gtid, "bytes": read}))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn replay(
     instance: &Instance,
     op: &StorageOp,
@@ -416,8 +461,14 @@ async fn replay(
     segments: &[crate::archive::SegmentMeta],
     after: Pos,
     stop: Option<i64>,
+    cipher: Option<&crate::storage::Cipher>,
     report: &(dyn Fn(Progress) + Sync),
 ) -> Result<Value, Failure> {
+    if cipher.is_none() && segments.iter().any(|m| m.encrypted) {
+        return Err(
+            "the archived binlog is encrypted: the replay needs its backup_encrypt_key".into(),
+        );
+    }
     let mut conn = super::request::root(instance, Duration::from_secs(30)).await?;
     let have: String = conn
         .query_first("SELECT @@global.gtid_binlog_pos")
@@ -486,6 +537,10 @@ async fn replay(
                 .into());
             }
             read += m.bytes;
+            let bytes = match (m.encrypted, cipher) {
+                (true, Some(c)) => c.open_all(&bytes).map_err(|e| format!("{}: {e}", m.key))?,
+                _ => bytes,
+            };
             let mut out = Vec::with_capacity(bytes.len());
             filter
                 .segment(&bytes, &mut out)

@@ -88,6 +88,8 @@ struct Writer {
     from: String,
     first_at: Option<Instant>,
     last_head: Instant,
+    /// The cluster's backup key: segments are sealed with it.
+    cipher: Option<crate::storage::Cipher>,
 }
 
 impl Writer {
@@ -103,6 +105,9 @@ impl Writer {
         for t in &self.buffer {
             bytes.extend_from_slice(&t.bytes);
         }
+        if let Some(c) = &self.cipher {
+            bytes = c.seal_all(&bytes)?;
+        }
         let key = crate::archive::segment_key(&self.cluster, self.shard, &first);
         let meta = SegmentMeta {
             key: key.clone(),
@@ -116,6 +121,7 @@ impl Writer {
             bytes: bytes.len() as u64,
             sha256: crate::storage::sha256(&bytes),
             from: self.from.clone(),
+            encrypted: self.cipher.is_some(),
         };
         self.storage.put(&key, bytes).await?;
         let meta_key = format!("{}.json", key.trim_end_matches(".binlog"));
@@ -186,6 +192,15 @@ async fn shard_task(m: Arc<Manager>, storage: Storage, cluster: String, shard: i
         from: String::new(),
         first_at: None,
         last_head: Instant::now() - HEAD_EVERY,
+        cipher: loop {
+            match nodes::backup_key(&m.env, &cluster).await {
+                Ok(k) => break k.as_ref().map(crate::storage::Cipher::from_passphrase),
+                Err(e) => {
+                    warn!(cluster_id = %cluster, error = %e, "the cluster's backup key");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        },
     };
     loop {
         match follow(&m.env, &mut w, lag, &lag_gauge).await {

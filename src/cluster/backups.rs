@@ -24,6 +24,9 @@ pub struct Manifest {
     pub started_at: i64,
     pub finished_at: i64,
     pub compression: String,
+    /// Every object sealed with the cluster's backup key.
+    #[serde(default)]
+    pub encrypted: bool,
     pub shards: Vec<ShardBackup>,
 }
 
@@ -371,6 +374,7 @@ mod tests {
             bytes: 0,
             sha256: String::new(),
             from: String::new(),
+            encrypted: false,
         }
     }
 

@@ -26,6 +26,7 @@ mod metrics;
 mod nodes;
 mod replicas;
 mod resource;
+mod retention;
 mod shard;
 mod views;
 mod watch;
@@ -542,6 +543,7 @@ impl Manager {
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let watcher = tokio::spawn(watch::run(self.clone(), shutdown.clone()));
         let archiver = tokio::spawn(archiver::run(self.clone(), shutdown.clone()));
+        let retention = tokio::spawn(retention::run(self.clone(), shutdown.clone()));
         let mut beat = tokio::time::interval(Duration::from_secs(3));
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -568,6 +570,7 @@ impl Manager {
         }
         watcher.abort();
         archiver.abort();
+        retention.abort();
     }
 
     /// The status page's section on the managed clusters (what the watcher

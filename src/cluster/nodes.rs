@@ -69,6 +69,10 @@ pub struct NodeSettings {
     /// failover was built have neither).
     #[serde(default)]
     pub control_account: bool,
+    /// `enable_backup_encrypt` with `backup_encrypt_key`: the key, sealed
+    /// like the passwords (empty: backups are not encrypted).
+    #[serde(default)]
+    pub backup_key_sealed: String,
 }
 
 impl NodeSettings {
@@ -82,6 +86,7 @@ impl NodeSettings {
             cpu_cores: v["cpu_cores"].as_i64().unwrap_or(0),
             cpu_limit_mode: v["cpu_limit_mode"].as_str().unwrap_or("").to_string(),
             control_account: v["control_account"].as_bool().unwrap_or(false),
+            backup_key_sealed: v["backup_key_sealed"].as_str().unwrap_or("").to_string(),
         }
     }
 
@@ -426,6 +431,28 @@ fn control_password(admin: &Secret, id: &str) -> Secret {
             .map(|b| format!("{b:02x}"))
             .collect::<String>(),
     )
+}
+
+/// The cluster's backup key, when its backups are encrypted.
+pub async fn backup_key(env: &Env, id: &str) -> Result<Option<Secret>, StepError> {
+    let Some(c) = env
+        .store
+        .clusters()
+        .await?
+        .into_iter()
+        .find(|c| c.cluster_id == id)
+    else {
+        return Ok(None);
+    };
+    let sealed = NodeSettings::of(&c).backup_key_sealed;
+    if sealed.is_empty() {
+        return Ok(None);
+    }
+    env.store
+        .meta()
+        .open_secret(&format!("cm_clusters/{id}"), "backup_key", &sealed)
+        .map(Some)
+        .map_err(|e| StepError::definite(e.to_string()))
 }
 
 /// A connection to an instance with the administrative account; not

@@ -43,6 +43,10 @@ pub struct Plan {
     pub stop: i64,
     pub manifest: Manifest,
     pub shards: Vec<ShardPlan>,
+    /// `backup_encrypt_key` when the request gave one (sealed); else the
+    /// source cluster's.
+    #[serde(default)]
+    pub backup_key_sealed: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -179,6 +183,27 @@ impl Kind for ClusterRestore {
                 replicas: others,
             });
         }
+        let backup_key_sealed = match p.text("backup_encrypt_key")?.filter(|k| !k.is_empty()) {
+            Some(k) => env
+                .store
+                .meta()
+                .seal_secret(
+                    &format!("cm_restore/{dst}"),
+                    "backup_key",
+                    &crate::secret::Secret::new(k),
+                )
+                .map_err(nodes::store_err)?,
+            None => String::new(),
+        };
+        if manifest.encrypted
+            && backup_key_sealed.is_empty()
+            && nodes::backup_key(env, &src).await.ok().flatten().is_none()
+        {
+            return Err(Refused::bad(format!(
+                "the backup of cluster {src} is encrypted and its key is not known here: send \
+                 backup_encrypt_key"
+            )));
+        }
         let mut steps = vec![Step::Fence];
         for sp in &shards {
             steps.push(Step::Restore {
@@ -202,6 +227,7 @@ impl Kind for ClusterRestore {
                 stop,
                 manifest,
                 shards,
+                backup_key_sealed,
             },
             steps,
             resources,
@@ -229,6 +255,21 @@ impl Kind for ClusterRestore {
         let admin = nodes::admin(ctx.env, dst).await?;
         let (manager_user, manager_pw) = nodes::password(ctx.env, dst).await?;
         let control = (manager_user != admin.0).then(|| (manager_user.clone(), manager_pw.clone()));
+        let encrypt = if plan.backup_key_sealed.is_empty() {
+            nodes::backup_key(ctx.env, &plan.src_cluster_id).await?
+        } else {
+            Some(
+                ctx.env
+                    .store
+                    .meta()
+                    .open_secret(
+                        &format!("cm_restore/{dst}"),
+                        "backup_key",
+                        &plan.backup_key_sealed,
+                    )
+                    .map_err(|e| StepError::definite(e.to_string()))?,
+            )
+        };
         match step {
             Step::Fence => {
                 for sp in &plan.shards {
@@ -262,6 +303,7 @@ impl Kind for ClusterRestore {
                     port: sp.primary.port as u16,
                     admin: admin.clone(),
                     control: control.clone(),
+                    encrypt: encrypt.clone(),
                     work: StorageWork::Restore {
                         storage: s.url.clone(),
                         objects: b.objects.clone(),
@@ -299,6 +341,7 @@ impl Kind for ClusterRestore {
                     port: sp.primary.port as u16,
                     admin: admin.clone(),
                     control: control.clone(),
+                    encrypt: encrypt.clone(),
                     work: StorageWork::Replay {
                         storage: s.url.clone(),
                         segments,

@@ -215,6 +215,28 @@ impl Kind for CreateCluster {
                 &Secret::new(password),
             )
             .map_err(nodes::store_err)?;
+        // Klustron's clients send both: backups sealed with the key.
+        let backup_key_sealed = match (
+            p.int("enable_backup_encrypt", 0, 1)?.unwrap_or(0),
+            p.text("backup_encrypt_key")?.filter(|k| !k.is_empty()),
+        ) {
+            (1, Some(k)) if k.len() >= 8 => env
+                .store
+                .meta()
+                .seal_secret(&format!("cm_clusters/{id}"), "backup_key", &Secret::new(k))
+                .map_err(nodes::store_err)?,
+            (1, Some(_)) => {
+                return Err(Refused::bad(
+                    "paras.backup_encrypt_key: at least 8 characters",
+                ))
+            }
+            (1, None) => {
+                return Err(Refused::bad(
+                    "paras.backup_encrypt_key: needed with enable_backup_encrypt \"1\"",
+                ))
+            }
+            _ => String::new(),
+        };
         let steps = MakeStep::plan(&placements, ha_mode == "rbr" && nodes > 1);
         let mut resources = vec![Resource::Cluster(cluster_id.clone())];
         resources.extend(nodes::instance_resources(&placements));
@@ -233,6 +255,7 @@ impl Kind for CreateCluster {
                     cpu_cores: p.int("cpu_cores", 0, 4096)?.unwrap_or(0),
                     cpu_limit_mode: cpu_limit_mode(e)?,
                     control_account: true,
+                    backup_key_sealed,
                 },
                 admin_user,
                 admin_password_sealed: Some(sealed),

@@ -39,6 +39,8 @@ pub enum Step {
 /// What a shard's backup step answers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Taken {
+    #[serde(default)]
+    encrypted: bool,
     node: String,
     gtid: String,
     raw_bytes: u64,
@@ -140,6 +142,7 @@ impl Kind for ManualBackupCluster {
                     port: node.port as u16,
                     admin: (admin_user, admin_pw),
                     control: None,
+                    encrypt: nodes::backup_key(ctx.env, &plan.cluster_id).await?,
                     work: StorageWork::Backup {
                         storage: s.url.clone(),
                         prefix: format!(
@@ -159,11 +162,13 @@ impl Kind for ManualBackupCluster {
                 Ok(json!({
                     "node": format!("{}:{}", node.hostaddr, node.port),
                     "gtid": r["gtid"], "raw_bytes": r["raw_bytes"], "objects": r["objects"],
+                    "encrypted": r["encrypted"],
                     "seconds": r["seconds"],
                 }))
             }
             Step::Manifest { shards } => {
                 let mut out = Vec::new();
+                let mut encrypted = false;
                 for shard in shards {
                     let v = ctx.earlier(&format!("backup:{shard}")).ok_or_else(|| {
                         StepError::definite(format!("shard {shard}'s backup left no result"))
@@ -182,6 +187,19 @@ impl Kind for ManualBackupCluster {
                             }
                         }
                     }
+                    // Objects an earlier attempt left (an agent killed
+                    // mid-backup) that this backup does not list go.
+                    let prefix = format!(
+                        "{}{}/shard_{shard}/",
+                        backups::backups_prefix(&plan.cluster_id),
+                        plan.backup_id
+                    );
+                    for l in s.list(&prefix).await.map_err(StepError::transient)? {
+                        if !t.objects.iter().any(|o| o.key == l.key) {
+                            s.delete(&l.key).await.map_err(StepError::transient)?;
+                        }
+                    }
+                    encrypted |= t.encrypted;
                     out.push(ShardBackup {
                         shard_id: *shard,
                         node: t.node,
@@ -198,6 +216,7 @@ impl Kind for ManualBackupCluster {
                     started_at: plan.started_at,
                     finished_at: chrono::Utc::now().timestamp(),
                     compression: "gzip".into(),
+                    encrypted,
                     shards: out,
                 };
                 let key = backups::manifest_key(&plan.cluster_id, &plan.backup_id);
