@@ -97,7 +97,15 @@ impl Kind for ManualBackupCluster {
             )));
         }
         let now = chrono::Utc::now();
-        let backup_id = format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), e.job_id);
+        // The time, and a random tag: the job's id is not known yet.
+        let mut tag = [0u8; 4];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut tag)
+            .map_err(|_| Refused::bad("the system's random source failed"))?;
+        let backup_id = format!(
+            "{}-{}",
+            now.format("%Y%m%dT%H%M%SZ"),
+            crate::storage::hex(&tag)
+        );
         let mut steps: Vec<Step> = shards.iter().map(|s| Step::Backup { shard: *s }).collect();
         steps.push(Step::Manifest {
             shards: shards.clone(),
