@@ -82,7 +82,7 @@ impl Kind for ManualBackupCluster {
                 code: codes::NOT_BUILT,
                 info: "cluster_id -1 (a backup of the manager's own store) is not built in this \
                        version: back up the store's database with its own tools (for SQLite, \
-                       `sqlite3 DIR/ccr_syncer.db \".backup FILE\"`)"
+                       `sqlite3 DB_DIR/ccr.db \".backup FILE\"`)"
                     .into(),
             });
         }
