@@ -209,6 +209,8 @@ pub struct Assembler {
 /// One whole transaction.
 pub struct Transaction {
     pub gtid: Gtid,
+    /// Logged on its own (a DDL statement).
+    pub standalone: bool,
     /// The commit time: its last event's.
     pub ts: u32,
     pub bytes: Vec<u8>,
@@ -234,9 +236,10 @@ impl Assembler {
             _ => false,
         };
         if ends {
-            let (gtid, _, bytes) = self.current.take()?;
+            let (gtid, standalone, bytes) = self.current.take()?;
             return Some(Transaction {
                 gtid,
+                standalone,
                 ts: h.timestamp,
                 bytes,
             });
@@ -281,6 +284,8 @@ pub struct Filtered {
 pub struct Filter {
     pub after: Pos,
     pub stop: Option<i64>,
+    /// Leaves statements logged on their own (DDL) out.
+    pub rows_only: bool,
     pub wrote_header: bool,
     pub result: Filtered,
 }
@@ -294,6 +299,7 @@ impl Filter {
             },
             after,
             stop,
+            rows_only: false,
             wrote_header: false,
         }
     }
@@ -322,7 +328,9 @@ impl Filter {
                 self.result.stopped = true;
                 return Ok(());
             }
-            out.extend_from_slice(&t.bytes);
+            if !(self.rows_only && t.standalone) {
+                out.extend_from_slice(&t.bytes);
+            }
             self.after.advance(&t.gtid);
             self.result.reached.advance(&t.gtid);
             self.result.taken += 1;

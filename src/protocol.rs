@@ -460,7 +460,20 @@ pub enum StorageWork {
         segments: Vec<crate::archive::SegmentMeta>,
         after: String,
         stop: Option<i64>,
+        /// Only one table's row changes (`logical_restore`), applied to
+        /// the same table in `into_database`, under the instance's own
+        /// GTIDs; statements (DDL) are left out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        table: Option<TableReplay>,
     },
+}
+
+/// The table a replay is limited to, and the database it is applied in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableReplay {
+    pub database: String,
+    pub table: String,
+    pub into_database: String,
 }
 
 impl StorageWork {

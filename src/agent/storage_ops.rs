@@ -81,10 +81,15 @@ pub async fn run(
             segments,
             after,
             stop,
+            table,
         } => {
             let s = open(storage)?;
             let after = Pos::parse(after)?;
-            replay(&instance, &op, &s, segments, after, *stop, cipher, report).await
+            let table = table.as_ref();
+            replay(
+                &instance, &op, &s, segments, after, *stop, cipher, table, report,
+            )
+            .await
         }
     }
 }
@@ -462,6 +467,7 @@ async fn replay(
     after: Pos,
     stop: Option<i64>,
     cipher: Option<&crate::storage::Cipher>,
+    table: Option<&crate::protocol::TableReplay>,
     report: &(dyn Fn(Progress) + Sync),
 ) -> Result<Value, Failure> {
     if cipher.is_none() && segments.iter().any(|m| m.encrypted) {
@@ -478,14 +484,19 @@ async fn replay(
     let have = Pos::parse(&have)?;
     // Where to start: the backup's position, or further where an earlier
     // attempt got to (each transaction applied commits whole).
+    // (One table's changes go into another server under its own GTIDs:
+    // its position says nothing of them.)
     let mut start = after.clone();
-    for (d, (srv, n)) in &have.0 {
-        if *n > start.seq(*d) {
-            start.0.insert(*d, (*srv, *n));
+    if table.is_none() {
+        for (d, (srv, n)) in &have.0 {
+            if *n > start.seq(*d) {
+                start.0.insert(*d, (*srv, *n));
+            }
         }
     }
     let total: u64 = segments.iter().map(|m| m.bytes).sum();
     let mut filter = Filter::new(start.clone(), stop);
+    filter.rows_only = table.is_some();
     let binlog_tool = program("mariadb-binlog")?;
     let client = program("mariadb")?;
     let mut apply = tokio::process::Command::new(&client)
@@ -498,20 +509,57 @@ async fn replay(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("mariadb: {e}"))?;
-    let apply_in: std::process::Stdio = apply
-        .stdin
-        .take()
-        .ok_or("mariadb has no input")?
-        .try_into()
-        .map_err(|e| format!("mariadb's input: {e}"))?;
-    let mut decode = tokio::process::Command::new(&binlog_tool)
+    let apply_in: Option<std::process::Stdio> = match table {
+        Some(_) => None,
+        None => Some(
+            apply
+                .stdin
+                .take()
+                .ok_or("mariadb has no input")?
+                .try_into()
+                .map_err(|e| format!("mariadb's input: {e}"))?,
+        ),
+    };
+    let mut cmd = tokio::process::Command::new(&binlog_tool);
+    if let Some(t) = table {
+        cmd.arg(format!("--database={}", t.database))
+            .arg(format!("--table={}", t.table))
+            .arg(format!("--rewrite-db={}->{}", t.database, t.into_database));
+    }
+    let mut decode = cmd
         .arg("-")
         .stdin(std::process::Stdio::piped())
-        .stdout(apply_in)
+        .stdout(apply_in.unwrap_or_else(std::process::Stdio::piped))
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("mariadb-binlog: {e}"))?;
+    // One table's changes: the statements that would give them the source's
+    // GTIDs are left out (the instance logs them under its own).
+    let relay = match (table.is_some(), decode.stdout.take()) {
+        (true, Some(out)) => {
+            let mut into = apply.stdin.take();
+            Some(tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(out).split(b'\n');
+                while let Ok(Some(line)) = lines.next_segment().await {
+                    let text = String::from_utf8_lossy(&line);
+                    if text.contains("@@session.gtid_seq_no")
+                        || text.contains("@@session.gtid_domain_id")
+                        || text.contains("@@session.server_id")
+                    {
+                        continue;
+                    }
+                    if let Some(w) = into.as_mut() {
+                        if w.write_all(&line).await.is_err() || w.write_all(b"\n").await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }))
+        }
+        _ => None,
+    };
     let mut feed = decode.stdin.take().ok_or("mariadb-binlog has no input")?;
     let mut read = 0u64;
     let fed: Result<(), Failure> = async {
@@ -562,6 +610,9 @@ async fn replay(
         .wait_with_output()
         .await
         .map_err(|e| format!("mariadb-binlog: {e}"))?;
+    if let Some(r) = relay {
+        let _ = r.await;
+    }
     let applied = apply
         .wait_with_output()
         .await
@@ -580,6 +631,15 @@ async fn replay(
             crate::redact::text(String::from_utf8_lossy(&applied.stderr).trim())
         )
         .into());
+    }
+    if table.is_some() {
+        let _ = conn.disconnect().await;
+        return Ok(json!({
+            "port": op.port,
+            "reached": filter.result.reached.to_string(),
+            "transactions": filter.result.taken,
+            "last_commit": filter.result.last_ts,
+        }));
     }
     let now: String = conn
         .query_first("SELECT @@global.gtid_binlog_pos")

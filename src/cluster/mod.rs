@@ -22,6 +22,7 @@ pub mod emit;
 mod engine;
 mod kind;
 mod kinds;
+mod logical;
 mod metrics;
 mod nodes;
 mod replicas;
@@ -99,8 +100,6 @@ const NOT_BUILT: &[&str] = &[
     "get_expand_table_list",
     "expand_cluster",
     "repartition_tables",
-    "logical_backup",
-    "logical_restore",
 ];
 
 /// The backup storage the settings name (a failure to open it is said,

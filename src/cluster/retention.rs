@@ -24,9 +24,6 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
         return;
     };
     let b = m.env.settings.backup.clone();
-    if b.full_every.is_none() && b.keep_days.is_none() && b.keep_full.is_none() {
-        return;
-    }
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
@@ -48,6 +45,7 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
                 }
             };
             let now = chrono::Utc::now().timestamp();
+            logical_due(&m, &s, id).await;
             if let Some(every) = b.full_every {
                 let every = every.as_secs() as i64;
                 let newest = manifests.last().map_or(0, |m| m.finished_at);
@@ -62,6 +60,67 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
                         warn!(cluster_id = %id, error = %e, "retention");
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Starts the day's `logical_backup` of each scheduled table of a cluster
+/// inside its window (its `job_id` names the table and the day: one a day).
+async fn logical_due(m: &Arc<Manager>, s: &Storage, cluster_id: &str) {
+    let key = super::logical::schedules_key(cluster_id);
+    let Ok(Some(_)) = s.size(&key).await else {
+        return;
+    };
+    let Ok(bytes) = s.get(&key).await else {
+        return;
+    };
+    let schedules: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&bytes).unwrap_or_default();
+    let now = chrono::Local::now();
+    let second = chrono::Timelike::num_seconds_from_midnight(&now);
+    for (db_table, window) in schedules {
+        let Ok(w) = super::logical::parse_window(&window) else {
+            continue;
+        };
+        if !super::logical::in_window(second, w) {
+            continue;
+        }
+        let Ok((db, t)) = super::logical::parse_table(&db_table) else {
+            continue;
+        };
+        let newest = super::logical::manifests(s, cluster_id, &db, &t)
+            .await
+            .ok()
+            .and_then(|l| l.last().map(|x| x.finished_at))
+            .unwrap_or(0);
+        // Once a day: not again while the last one is younger than 20 h.
+        if now.timestamp() - newest < 20 * 3600 {
+            continue;
+        }
+        let Some(kind) = m.kind("logical_backup") else {
+            return;
+        };
+        let mut paras = serde_json::Map::new();
+        paras.insert("cluster_id".into(), serde_json::json!(cluster_id));
+        paras.insert(
+            "backup".into(),
+            serde_json::json!([{"db_table": db_table, "backup_time": window}]),
+        );
+        let e = super::emit::Envelope {
+            version: "1.0".into(),
+            job_id: format!(
+                "scheduled-logical-{cluster_id}-{db_table}-{}",
+                now.format("%Y%m%d")
+            ),
+            job_type: "logical_backup".into(),
+            user_name: "scheduler".into(),
+            paras,
+        };
+        match m.accept(&e, kind.as_ref()).await {
+            Ok(_) => info!(cluster_id, db_table = %db_table, "a scheduled logical backup"),
+            Err(r) => {
+                warn!(cluster_id, db_table = %db_table, error = %r.info, "a scheduled logical backup was not started")
             }
         }
     }

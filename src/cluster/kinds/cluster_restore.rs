@@ -347,6 +347,7 @@ impl Kind for ClusterRestore {
                         segments,
                         after: b.gtid.clone(),
                         stop: Some(plan.stop),
+                        table: None,
                     },
                 }));
                 ctx.env

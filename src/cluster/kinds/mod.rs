@@ -13,6 +13,8 @@ mod delete_machine;
 mod delete_node;
 mod delete_shard;
 pub mod failover;
+mod logical_backup;
+mod logical_restore;
 mod manual_backup_cluster;
 mod manual_switch;
 mod raft_mission;
@@ -45,5 +47,7 @@ pub fn registry() -> Vec<Arc<dyn AnyKind>> {
         erased(control_instance::ControlInstance),
         erased(manual_backup_cluster::ManualBackupCluster),
         erased(cluster_restore::ClusterRestore),
+        erased(logical_backup::LogicalBackup),
+        erased(logical_restore::LogicalRestore),
     ]
 }
