@@ -534,6 +534,9 @@ async fn replay(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("mariadb-binlog: {e}"))?;
+    // The command holds its copy of the client's input until dropped: the
+    // client would never see the end of its input.
+    drop(cmd);
     // One table's changes: the statements that would give them the source's
     // GTIDs are left out (the instance logs them under its own).
     let relay = match (table.is_some(), decode.stdout.take()) {

@@ -32,7 +32,8 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
     let Some(storage) = m.env.storage.clone() else {
         return;
     };
-    let mut tasks: HashMap<(String, i64), tokio::task::JoinHandle<()>> = HashMap::new();
+    // Aborted when dropped: however this task ends, none outlives it.
+    let mut tasks: HashMap<(String, i64), Aborting> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -55,21 +56,31 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
         } else {
             Vec::new()
         };
-        tasks.retain(|k, t| {
-            let keep = wanted.contains(k) && !t.is_finished();
-            if !keep {
-                t.abort();
-            }
-            keep
-        });
+        tasks.retain(|k, t| wanted.contains(k) && !t.0.is_finished());
         for k in wanted {
-            tasks
-                .entry(k.clone())
-                .or_insert_with(|| tokio::spawn(shard_task(m.clone(), storage.clone(), k.0, k.1)));
+            tasks.entry(k.clone()).or_insert_with(|| {
+                Aborting(tokio::spawn(shard_task(
+                    m.clone(),
+                    storage.clone(),
+                    k.0,
+                    k.1,
+                )))
+            });
         }
     }
-    for (_, t) in tasks {
-        t.abort();
+    // Ended before this returns: none holds the manager afterwards.
+    for (_, mut t) in tasks.drain() {
+        t.0.abort();
+        let _ = (&mut t.0).await;
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -568,8 +568,14 @@ impl Manager {
             task.abort();
         }
         watcher.abort();
-        archiver.abort();
-        retention.abort();
+        // Each ends at the shutdown signal; awaited so that nothing holds
+        // the store once this returns.
+        for task in [archiver, retention] {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+                abort.abort();
+            }
+        }
     }
 
     /// The status page's section on the managed clusters (what the watcher
