@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PW: &str = "backup-admin-pw";
+pub(crate) const BENCH_PW: &str = PW;
 const BACKUP_KEY: &str = "the-cluster-backup-key";
 
 fn paras(nick: &str) -> Value {
@@ -40,7 +41,7 @@ async fn done(s: &Service, job_type: &str, p: Value, secs: u64) -> Value {
 }
 
 /// Each shard's primary and replicas as `(host, port)`, by shard.
-async fn shards(s: &Service, name: &str) -> Vec<((String, i64), Vec<(String, i64)>)> {
+pub(crate) async fn shards(s: &Service, name: &str) -> Vec<((String, i64), Vec<(String, i64)>)> {
     let v = emit(s, "get_cluster_detail", "", json!({"cluster_name": name})).await;
     let mut out = Vec::new();
     for sh in v["attachment"]["list_shard"]
@@ -96,6 +97,11 @@ fn load(s: Arc<Service>, name: String, stop: Arc<AtomicBool>) -> tokio::task::Jo
             tokio::time::sleep(Duration::from_millis(40)).await;
         }
     })
+}
+
+/// The benchmark's manager: [`manager`].
+pub(crate) async fn bench_manager(dir: &std::path::Path, storage: &str) -> Service {
+    manager(dir, storage).await
 }
 
 async fn manager(dir: &std::path::Path, storage: &str) -> Service {

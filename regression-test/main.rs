@@ -6,6 +6,7 @@ mod harness;
 mod alerts;
 mod api_lifecycle;
 mod api_validation;
+mod backup_bench;
 mod backup_restore;
 mod binary;
 mod cluster;

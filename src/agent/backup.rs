@@ -180,6 +180,27 @@ pub async fn upload(
     )
 }
 
+/// `coldrestore` of `file`: a key in the backup storage (when the agent has
+/// one and `file` is not in its backup directory), else a file there.
+pub async fn restore_named(
+    i: &Instance,
+    backup_dir: &Path,
+    storage: Option<&str>,
+    s3: Option<&crate::storage::Credentials>,
+    file: &str,
+) -> Result<Value, String> {
+    match storage {
+        Some(url) if !file.starts_with(&*backup_dir.to_string_lossy()) => {
+            let s = crate::storage::Storage::open(url, s3)?;
+            let local = download(&s, file, i).await?;
+            let r = restore(i, &local).await;
+            let _ = std::fs::remove_file(&local);
+            r
+        }
+        _ => restore(i, &backup_file(backup_dir, file)?).await,
+    }
+}
+
 /// Reads a cold backup (`file`: its key in the storage, as `coldbackup`
 /// answered it) into the instance's directory; the local copy.
 pub async fn download(

@@ -109,13 +109,11 @@ impl AgentConfig {
             token,
             hold: crate::config::agent_hold(),
             s3: crate::config::s3_credentials(),
-            backup_storage: match &args.backup_storage {
-                Some(url) => {
-                    crate::storage::Location::parse(url)?;
-                    Some(url.clone())
-                }
-                None => None,
-            },
+            backup_storage: args
+                .backup_storage
+                .clone()
+                .map(|url| crate::storage::Location::parse(&url).map(|_| url))
+                .transpose()?,
         })
     }
 }
@@ -674,30 +672,19 @@ impl Agent {
                     &report,
                 )
                 .await?;
-                match &self.backup_storage {
-                    Some(url) => {
-                        let s = crate::storage::Storage::open(url, self.s3.as_ref())?;
-                        Ok(backup::upload(&s, &self.host, &taken, &report).await?)
-                    }
-                    None => Ok(taken),
-                }
+                let Some(url) = &self.backup_storage else {
+                    return Ok(taken);
+                };
+                let s = crate::storage::Storage::open(url, self.s3.as_ref())?;
+                Ok(backup::upload(&s, &self.host, &taken, &report).await?)
             }
             Op::ColdRestore { ip, port, file } => {
                 self.here(&ip)?;
                 let i = self.find(port)?;
-                let restored = match &self.backup_storage {
-                    Some(url) if !file.starts_with(&*self.backup_dir.to_string_lossy()) => {
-                        let s = crate::storage::Storage::open(url, self.s3.as_ref())?;
-                        let local = backup::download(&s, &file, &i).await?;
-                        let r = backup::restore(&i, &local).await;
-                        let _ = std::fs::remove_file(&local);
-                        r?
-                    }
-                    _ => {
-                        let file = backup::backup_file(&self.backup_dir, &file)?;
-                        backup::restore(&i, &file).await?
-                    }
-                };
+                let storage = self.backup_storage.as_deref();
+                let restored =
+                    backup::restore_named(&i, &self.backup_dir, storage, self.s3.as_ref(), &file)
+                        .await?;
                 self.set_wanted(port, true)?;
                 Ok(restored)
             }

@@ -236,6 +236,19 @@ pub fn describe(w: &[(i64, i64)]) -> String {
         .join(", ")
 }
 
+/// The backup storage the settings name (a failure to open it is said,
+/// and backup jobs are refused with it).
+pub fn open_storage(settings: &crate::config::ClusterSettings) -> Option<crate::storage::Storage> {
+    let url = settings.backup.storage.as_deref()?;
+    match crate::storage::Storage::open(url, settings.backup.s3.as_ref()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "the backup storage cannot be used");
+            None
+        }
+    }
+}
+
 /// A cluster's backups (finish time and GTID position per shard) and the
 /// windows they make with the archive.
 pub struct Catalog {

@@ -102,19 +102,6 @@ const NOT_BUILT: &[&str] = &[
     "repartition_tables",
 ];
 
-/// The backup storage the settings name (a failure to open it is said,
-/// and backup jobs are refused with it).
-fn open_storage(settings: &ClusterSettings) -> Option<crate::storage::Storage> {
-    let url = settings.backup.storage.as_deref()?;
-    match crate::storage::Storage::open(url, settings.backup.s3.as_ref()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(error = %e, "the backup storage cannot be used");
-            None
-        }
-    }
-}
-
 pub struct Manager {
     env: Arc<Env>,
     kinds: Vec<Arc<dyn AnyKind>>,
@@ -167,7 +154,7 @@ impl Manager {
                     default_port: settings.agent_port,
                 },
                 group,
-                storage: open_storage(&settings),
+                storage: backups::open_storage(&settings),
                 settings,
             }),
             kinds,
@@ -572,7 +559,10 @@ impl Manager {
         // the store once this returns.
         for task in [archiver, retention] {
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
