@@ -13,7 +13,8 @@
 # environment of its own: the API fuzzed against doc/openapi.yaml), Galera 4
 # and rsync (the minder's real Galera cluster and its state transfers),
 # HAProxy (the minder's dbclient routes a real one), curl, mariadb-backup (the
-# node agent's coldbackup and coldrestore, backups to storage), s3s-fs (from
+# node agent's coldbackup and coldrestore, backups to storage),
+# mariadb-plugin-spider (the cluster's compute nodes), s3s-fs (from
 # crates.io: a real S3 server on loopback for the backup tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,8 @@ command -v curl >/dev/null || missing+=(curl)
 command -v mariadb-backup >/dev/null || missing+=(mariadb-backup)
 # iptables: the failover test cuts the manager alone from a healthy primary.
 command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || missing+=(iptables)
+# The Spider engine: the cluster manager's compute nodes.
+[ -e /usr/lib/mysql/plugin/ha_spider.so ] || missing+=(mariadb-plugin-spider)
 if [ ${#missing[@]} -gt 0 ]; then
     # One name once, in the order found.
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | awk '!seen[$0]++')

@@ -188,6 +188,9 @@ struct FileCluster {
     failover_after_s: Option<u64>,
     relay_wait_s: Option<u64>,
     failover_block_s: Option<u64>,
+    cutover_lag_ms: Option<u64>,
+    cutover_max_ms: Option<u64>,
+    reverse_keep_s: Option<u64>,
 }
 
 /// The cluster manager's settings (`[cluster]`), and what the environment
@@ -223,6 +226,15 @@ pub struct ClusterSettings {
     pub failover_block: Duration,
     /// `[backup]`.
     pub backup: BackupSettings,
+    /// A table move's cutover starts only when its stream lags less than
+    /// this (`cutover_lag_ms`).
+    pub cutover_lag: Duration,
+    /// The longest a cutover holds the table's writes before it backs out
+    /// (`cutover_max_ms`).
+    pub cutover_max: Duration,
+    /// How long after its switch a move keeps the reverse stream (and may
+    /// be cancelled back) before it completes (`reverse_keep_s`).
+    pub reverse_keep: Duration,
 }
 
 impl Default for ClusterSettings {
@@ -239,6 +251,9 @@ impl Default for ClusterSettings {
             relay_wait: Duration::from_secs(30),
             failover_block: Duration::from_secs(600),
             backup: BackupSettings::default(),
+            cutover_lag: Duration::from_millis(500),
+            cutover_max: Duration::from_millis(2000),
+            reverse_keep: Duration::from_secs(30),
         }
     }
 }

@@ -79,7 +79,8 @@ impl History {
     }
 }
 
-fn esc(t: &str) -> String {
+/// Text made safe inside HTML.
+pub fn esc(t: &str) -> String {
     t.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -83,6 +83,8 @@ pub struct InstallMysql {
     pub control: Option<(String, Secret)>,
     /// The CPU its `mariadbd` may use (`cpu_cores`, `cgroup_mode`).
     pub cgroup: Option<Cgroup>,
+    /// A compute node: the Spider engine loaded (`spider`, "1").
+    pub spider: bool,
 }
 
 /// How a cgroup limits an instance's CPU.
@@ -291,6 +293,7 @@ impl InstallMysql {
             admin,
             control,
             cgroup: Cgroup::parse(f)?,
+            spider: f.int("spider", 0, 1)?.unwrap_or(0) == 1,
         })
     }
 
@@ -311,6 +314,9 @@ impl InstallMysql {
             b["control_password"] = json!(password.expose());
         }
         Cgroup::put(&self.cgroup, b);
+        if self.spider {
+            b["spider"] = json!("1");
+        }
         self.key.put(b);
     }
 }
@@ -622,6 +628,7 @@ mod tests {
                 cpu_cores: 2,
                 mode: CgroupMode::Share,
             }),
+            spider: true,
         };
         let body = Request::InstallMysql(Box::new(sent.clone())).body();
         assert_eq!(body["job_type"], "install_mysql");

@@ -35,6 +35,9 @@ pub struct Instance {
     /// Its CPU limit, applied whenever it starts.
     #[serde(default)]
     pub cgroup: Option<crate::protocol::Cgroup>,
+    /// A compute node: the Spider engine loaded at start.
+    #[serde(default)]
+    pub spider: bool,
 }
 
 /// What an install asks for.
@@ -48,6 +51,7 @@ pub struct InstallSpec {
     pub read_only: bool,
     pub semi_sync: String,
     pub cgroup: Option<crate::protocol::Cgroup>,
+    pub spider: bool,
 }
 
 impl Instance {
@@ -103,7 +107,8 @@ impl Instance {
              innodb-log-file-size=16M\n\
              max-connections={}\n\
              skip-name-resolve\n\
-             character-set-server=utf8mb4\n",
+             character-set-server=utf8mb4\n\
+             userstat=ON\n",
             self.port, self.port, self.server_id, self.innodb_size_mb, self.max_connections
         );
         if self.read_only {
@@ -129,6 +134,16 @@ impl Instance {
                 text.push_str("rpl-semi-sync-master-enabled=ON\n");
             }
         }
+        if self.spider {
+            // A compute node: tables whose rows live on the shards. The
+            // DDL it takes is in its binlog, which the manager follows.
+            text.push_str(
+                "plugin-load-add=ha_spider\n\
+                 spider-connect-timeout=5\n\
+                 spider-net-read-timeout=60\n\
+                 spider-net-write-timeout=60\n",
+            );
+        }
         if is_root() {
             text.push_str("user=root\n");
         }
@@ -148,6 +163,7 @@ impl Instance {
             read_only: spec.read_only,
             semi_sync: spec.semi_sync.clone(),
             cgroup: spec.cgroup,
+            spider: spec.spider,
         }
     }
 

@@ -299,6 +299,7 @@ pub fn spec_of(i: &InstallMysql) -> InstallSpec {
         read_only: i.read_only,
         semi_sync: i.semi_sync.as_str().to_string(),
         cgroup: i.cgroup,
+        spider: i.spider,
     }
 }
 
@@ -429,6 +430,14 @@ pub async fn create_admin(
     conn.query_drop("SET SESSION sql_log_bin = 0")
         .await
         .map_err(|e| format!("the new instance: {e}"))?;
+    // No anonymous account: it would shadow the accounts that log in
+    // from another machine (Spider's logins from the compute nodes).
+    conn.query_drop("DELETE FROM mysql.global_priv WHERE User = ''")
+        .await
+        .map_err(|e| format!("removing the anonymous accounts: {e}"))?;
+    conn.query_drop("FLUSH PRIVILEGES")
+        .await
+        .map_err(|e| format!("removing the anonymous accounts: {e}"))?;
     let mut accounts = vec![(user, password, control.is_some())];
     if let Some((u, p)) = control {
         accounts.push((u.as_str(), p, false));

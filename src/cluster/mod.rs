@@ -18,6 +18,7 @@
 mod agents;
 mod archiver;
 mod backups;
+mod comps;
 pub mod emit;
 mod engine;
 mod kind;
@@ -57,6 +58,8 @@ pub struct Env {
     pub settings: ClusterSettings,
     /// The backup storage, when `[backup] storage` names one.
     pub storage: Option<crate::storage::Storage>,
+    /// The compute layer's metrics and latest events.
+    pub board: comps::board::Board,
 }
 
 /// The synchronous job types.
@@ -74,6 +77,7 @@ enum View {
     FailoverJournal,
     AckFailover,
     SetNoswitch,
+    ExpandTableList,
 }
 
 const VIEWS: &[(&str, View)] = &[
@@ -91,15 +95,7 @@ const VIEWS: &[(&str, View)] = &[
     ("get_failover_journal", View::FailoverJournal),
     ("ack_failover", View::AckFailover),
     ("set_noswitch", View::SetNoswitch),
-];
-
-/// Seed job types not built in this version: refused saying so.
-const NOT_BUILT: &[&str] = &[
-    "add_comps",
-    "delete_comp",
-    "get_expand_table_list",
-    "expand_cluster",
-    "repartition_tables",
+    ("get_expand_table_list", View::ExpandTableList),
 ];
 
 pub struct Manager {
@@ -155,6 +151,7 @@ impl Manager {
                 },
                 group,
                 storage: backups::open_storage(&settings),
+                board: comps::board::Board::new(registry),
                 settings,
             }),
             kinds,
@@ -192,18 +189,6 @@ impl Manager {
         let t = e.job_type.as_str();
         if let Some((_, view)) = VIEWS.iter().find(|(name, _)| *name == t) {
             return self.view(*view, e).await;
-        }
-        if NOT_BUILT.contains(&t) {
-            return Err(Refused {
-                code: codes::NOT_BUILT,
-                info: format!(
-                    "{t} is not built in this version: machines, clusters (create_cluster, \
-                     add_shards, delete_shard, delete_cluster), nodes (add_nodes, delete_node, \
-                     rebuild_node, update_instance_cgroup, control_instance), failover \
-                     (automatic, manual_switch), the node agent, the group (raft_mission) and \
-                     the job engine are; backups and table moves come next (see doc/cluster.md)"
-                ),
-            });
         }
         if t == "failover" {
             // Whatever user_name a request gives: only the watcher starts
@@ -377,6 +362,11 @@ impl Manager {
                 views::ack_failover(&self.env, e).await?,
             )),
             View::SetNoswitch => Ok(emit::done(v, "", views::set_noswitch(&self.env, e).await?)),
+            View::ExpandTableList => Ok(emit::done(
+                v,
+                "",
+                comps::listing::expand_table_list(&self.env, e).await?,
+            )),
         }
     }
 
@@ -530,6 +520,8 @@ impl Manager {
         let watcher = tokio::spawn(watch::run(self.clone(), shutdown.clone()));
         let archiver = tokio::spawn(archiver::run(self.clone(), shutdown.clone()));
         let retention = tokio::spawn(retention::run(self.clone(), shutdown.clone()));
+        let ddl = tokio::spawn(comps::ddl::run(self.clone(), shutdown.clone()));
+        let keeper = tokio::spawn(comps::keeper::run(self.clone(), shutdown.clone()));
         let mut beat = tokio::time::interval(Duration::from_secs(3));
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -557,7 +549,7 @@ impl Manager {
         watcher.abort();
         // Each ends at the shutdown signal; awaited so that nothing holds
         // the store once this returns.
-        for task in [archiver, retention] {
+        for task in [archiver, retention, ddl, keeper] {
             let abort = task.abort_handle();
             if tokio::time::timeout(Duration::from_secs(5), task)
                 .await
@@ -571,7 +563,7 @@ impl Manager {
     /// The status page's section on the managed clusters (what the watcher
     /// last saw).
     pub fn status_html(&self) -> String {
-        self.watch.html()
+        self.watch.html() + &self.env.board.html()
     }
 
     /// Whether this member runs the jobs: the group's leader.

@@ -118,6 +118,15 @@ pub enum MakeStep {
     },
     /// The cluster and its instances marked running, its shard count set.
     Register,
+    /// A compute node: its row, then its instance (Spider loaded).
+    InstallComp {
+        comp_id: i64,
+    },
+    /// A compute node given its Spider servers and every table, then
+    /// running.
+    AttachComp {
+        comp_id: i64,
+    },
 }
 
 impl MakeStep {
@@ -127,7 +136,30 @@ impl MakeStep {
             MakeStep::Install { shard, node } => format!("install:{shard}:{node}"),
             MakeStep::Replicate { shard } => format!("replicate:{shard}"),
             MakeStep::Register => "register".into(),
+            MakeStep::InstallComp { comp_id } => format!("install_comp:{comp_id}"),
+            MakeStep::AttachComp { comp_id } => format!("attach_comp:{comp_id}"),
         }
+    }
+
+    /// `steps` with each compute node installed before `register` and
+    /// attached after it.
+    pub fn with_comps(
+        mut steps: Vec<MakeStep>,
+        comps: &[super::comps::CompPlacement],
+    ) -> Vec<MakeStep> {
+        let at = steps
+            .iter()
+            .position(|s| *s == MakeStep::Register)
+            .unwrap_or(steps.len());
+        for (i, c) in comps.iter().enumerate() {
+            steps.insert(at + i, MakeStep::InstallComp { comp_id: c.comp_id });
+        }
+        steps.extend(
+            comps
+                .iter()
+                .map(|c| MakeStep::AttachComp { comp_id: c.comp_id }),
+        );
+        steps
     }
 
     /// Reserve, install each placement, replicate each shard (when it has
@@ -176,6 +208,8 @@ pub struct Making<'a> {
     pub placements: &'a [Placement],
     /// The cluster's shard count once done.
     pub shards_after: i64,
+    /// Compute nodes made with it.
+    pub comps: &'a [super::comps::CompPlacement],
 }
 
 impl Making<'_> {
@@ -212,7 +246,22 @@ impl Making<'_> {
                     .await?;
                 Ok(Value::Null)
             }
+            MakeStep::InstallComp { comp_id } => {
+                super::comps::install(ctx, self.cluster_id, self.settings, self.comp(*comp_id)?)
+                    .await
+            }
+            MakeStep::AttachComp { comp_id } => {
+                let c = self.comp(*comp_id)?;
+                super::comps::attach(ctx, self.cluster_id, &c.hostaddr, c.port).await
+            }
         }
+    }
+
+    fn comp(&self, id: i64) -> Result<&super::comps::CompPlacement, StepError> {
+        self.comps
+            .iter()
+            .find(|c| c.comp_id == id)
+            .ok_or_else(|| StepError::definite(format!("no compute node {id} in the plan")))
     }
 
     /// Undoes an `install` (the others leave nothing of their own).
@@ -220,6 +269,10 @@ impl Making<'_> {
         if let MakeStep::Install { shard, node } = step {
             let p = placement(self.placements, *shard, *node)?;
             uninstall(ctx, &p.hostaddr, p.agent_port, p.port, "undo-").await?;
+        }
+        if let MakeStep::InstallComp { comp_id } = step {
+            let c = self.comp(*comp_id)?;
+            super::comps::uninstall(ctx, &c.hostaddr, c.agent_port, c.port, "undo-").await?;
         }
         Ok(())
     }
@@ -294,7 +347,7 @@ pub async fn place(
     }
     let machines: Vec<_> = all
         .into_iter()
-        .filter(|x| x.machine_type == "storage" && x.node_stats == "running")
+        .filter(|x| super::comps::has_type(&x.machine_type, "storage") && x.node_stats == "running")
         .filter(|x| wanted.is_empty() || wanted.contains(&x.hostaddr))
         .collect();
     if machines.is_empty() {
@@ -578,6 +631,7 @@ pub async fn install_request(
         admin: Some((user, pw)),
         control,
         cgroup: settings.cgroup(),
+        spider: false,
     })
 }
 

@@ -364,9 +364,11 @@ pub async fn promote(ctx: &StepCtx<'_>, p: &Promote<'_>) -> Result<Value, StepEr
         .map_err(|e| sql_error(&c.candidate, &e))?;
     let writable_at = chrono::Utc::now().timestamp_millis();
     let _ = conn.disconnect().await;
+    // The compute nodes write to the new primary before the job ends.
+    let comps = super::comps::repoint_all(env, p.cluster_id).await;
     Ok(json!({"new_primary": c.candidate, "old_primary": old_name,
               "gtid_position": row.gtid_position, "promoted_at": row.promoted_at,
-              "writable_at": writable_at, "repointed": repointed}))
+              "writable_at": writable_at, "repointed": repointed, "compute_nodes": comps}))
 }
 
 /// A replica follows `host:port` from its own position.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 /// `get_cluster_summary`.
 pub async fn summary(env: &Env) -> Result<Value, StoreError> {
+    let comps = env.store.comps().await?;
     let list: Vec<Value> = env
         .store
         .clusters()
@@ -19,7 +20,8 @@ pub async fn summary(env: &Env) -> Result<Value, StoreError> {
         .iter()
         .map(|c| {
             json!({"cluster_id": c.cluster_id,
-        "name": c.name, "nick_name": c.nick_name, "shards": c.shards.to_string(), "comps": "0",
+        "name": c.name, "nick_name": c.nick_name, "shards": c.shards.to_string(),
+        "comps": comps.iter().filter(|x| x.cluster_id == c.cluster_id).count().to_string(),
         "nodes": c.nodes.to_string(),
         "ha_mode": c.ha_mode, "status": c.status})
         })
@@ -96,9 +98,40 @@ pub async fn detail(env: &Env, watch: &super::watch::Watch, name: &str) -> Resul
             "list_node": nodes}),
         );
     }
+    let mut comps = Vec::new();
+    for x in env.store.comps().await.map_err(store_err)? {
+        if x.cluster_id != c.cluster_id {
+            continue;
+        }
+        let mut v = super::comps::comp_json(&x);
+        let up = super::nodes::connect(&x.hostaddr, x.port, &user, &pw);
+        v["status"] = json!(
+            match tokio::time::timeout(Duration::from_secs(3), up).await {
+                Ok(Ok(conn)) => {
+                    let _ = conn.disconnect().await;
+                    "online"
+                }
+                _ => "offline",
+            }
+        );
+        comps.push(v);
+    }
+    let tables: Vec<Value> = super::comps::catalog(env, &c.cluster_id)
+        .await
+        .map_err(|e| Refused {
+            code: codes::STEP_FAILED,
+            info: e.to_string(),
+        })?
+        .iter()
+        .map(|((db, t), p)| {
+            json!({"table": format!("{db}.{t}"), "state": p.state,
+                   "shards": p.shards().iter().map(|s| s.to_string()).collect::<Vec<_>>()})
+        })
+        .collect();
     Ok(
         json!({"cluster_name": c.name, "nick_name": c.nick_name, "shards": c.shards.to_string(),
-              "comps": "0", "list_comp": [], "list_shard": shards}),
+              "comps": comps.len().to_string(), "list_comp": comps, "list_shard": shards,
+              "list_table": tables}),
     )
 }
 

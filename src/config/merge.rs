@@ -287,6 +287,23 @@ fn mode_setting(field: &str, text: &str) -> Result<TlsMode, ConfigError> {
     })
 }
 
+/// A `[cluster]` value in milliseconds, between `min` and `max`.
+fn ms(
+    key: &str,
+    v: Option<u64>,
+    default: Duration,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(x) if (min..=max).contains(&x) => Ok(Duration::from_millis(x)),
+        Some(x) => Err(ConfigError::Invalid(format!(
+            "cluster.{key} = {x}: must be between {min} and {max}"
+        ))),
+    }
+}
+
 /// `[cluster]`.
 fn cluster(f: &super::FileCluster) -> Result<super::ClusterSettings, ConfigError> {
     let d = super::ClusterSettings::default();
@@ -331,6 +348,29 @@ fn cluster(f: &super::FileCluster) -> Result<super::ClusterSettings, ConfigError
             d.failover_block,
             30 * 86_400,
         )?,
+        cutover_lag: ms(
+            "cutover_lag_ms",
+            f.cutover_lag_ms,
+            d.cutover_lag,
+            10,
+            600_000,
+        )?,
+        cutover_max: ms(
+            "cutover_max_ms",
+            f.cutover_max_ms,
+            d.cutover_max,
+            100,
+            60_000,
+        )?,
+        reverse_keep: match f.reverse_keep_s {
+            None => d.reverse_keep,
+            Some(s) if s <= 86_400 => Duration::from_secs(s),
+            Some(s) => {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.reverse_keep_s = {s}: must be between 0 and 86400"
+                )))
+            }
+        },
         ..d
     })
 }

@@ -25,7 +25,9 @@
 use super::{Fence, MetaStore, SqlValue, Stmt, StoreError};
 use std::sync::Arc;
 
+mod comps;
 mod failovers;
+pub use comps::{CompRow, TableRow, COMP_ID};
 pub use failovers::{FailoverRow, Promotion};
 
 /// A `cm_jobs` row as stored: its JSON columns as text.
@@ -410,7 +412,8 @@ impl ClusterStore {
             > 0)
     }
 
-    /// Every `(machine, port)` an instance or an unfinished job holds.
+    /// Every `(machine, port)` an instance, a compute node or an unfinished
+    /// job holds.
     pub async fn taken_ports(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let mut taken: Vec<(String, i64)> = self
             .instances()
@@ -421,6 +424,12 @@ impl ClusterStore {
         for r in self.store.select(RESERVED_PORTS, vec![]).await? {
             taken.push((r[0].text(), r[1].int()));
         }
+        taken.extend(
+            self.comps()
+                .await?
+                .into_iter()
+                .map(|c| (c.hostaddr, c.port)),
+        );
         Ok(taken)
     }
 

@@ -482,6 +482,28 @@ pub(crate) const MIGRATIONS: &[&[&str]] = &[
         )",
         "ALTER TABLE cm_instances ADD COLUMN note VARCHAR(1024) NOT NULL DEFAULT ''",
     ],
+    // 6: the compute layer: compute nodes (with how far their binlog's DDL
+    // was followed) and the catalog of where each table's rows live.
+    &[
+        "CREATE TABLE cm_comps (
+            hostaddr VARCHAR(255) NOT NULL,
+            port BIGINT NOT NULL,
+            cluster_id VARCHAR(64) NOT NULL,
+            comp_id BIGINT NOT NULL,
+            name VARCHAR(64) NOT NULL,
+            state VARCHAR(16) NOT NULL,
+            ddl_pos MEDIUMTEXT NOT NULL,
+            PRIMARY KEY (hostaddr, port)
+        )",
+        "CREATE TABLE cm_tables (
+            cluster_id VARCHAR(64) NOT NULL,
+            db_name VARCHAR(64) NOT NULL,
+            table_name VARCHAR(64) NOT NULL,
+            placement MEDIUMTEXT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (cluster_id, db_name, table_name)
+        )",
+    ],
 ];
 
 pub(crate) const VERSION_TABLE: &str =

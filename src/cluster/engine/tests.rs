@@ -142,6 +142,7 @@ async fn bench(step_retry: Duration, stall: Duration) -> Bench {
             },
             group,
             storage: None,
+            board: crate::cluster::comps::board::Board::new(&prometheus::Registry::new()),
             settings: ClusterSettings {
                 step_retry,
                 stall,

@@ -94,7 +94,10 @@ impl Kind for AddNodes {
         }
         let usable: Vec<_> = machines
             .iter()
-            .filter(|m| m.machine_type == "storage" && m.node_stats == "running")
+            .filter(|m| {
+                crate::cluster::comps::has_type(&m.machine_type, "storage")
+                    && m.node_stats == "running"
+            })
             .filter(|m| wanted.is_empty() || wanted.contains(&m.hostaddr))
             .collect();
         if usable.is_empty() {

@@ -141,5 +141,6 @@ fn making(plan: &Plan) -> nodes::Making<'_> {
         settings: &plan.settings,
         placements: &plan.placements,
         shards_after: plan.shards_after,
+        comps: &[],
     }
 }

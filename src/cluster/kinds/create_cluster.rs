@@ -7,9 +7,12 @@
 //! in the job's first `done` answer; a `max_connections` below MariaDB's
 //! minimum of 10 is raised to 10 and the `accept` answer says so; fields
 //! Klustron's clients add (`cpu_limit_mode`, `data_storage_MB`, …) are
-//! checked and accepted. What is not built (`comps` other than "0", `ha_mode`
-//! `mgr`) is refused naming what to send instead.
+//! checked and accepted. `comps` compute nodes (Spider, on the machines of
+//! `computer_iplists` or any running `computer` machine) are made with it.
+//! What is not built (`ha_mode` `mgr`, proxysql) is refused naming what to
+//! send instead.
 
+use crate::cluster::comps::CompPlacement;
 use crate::cluster::emit::{codes, Envelope, Refused};
 use crate::cluster::kind::{Kind, Planned, StepCtx, StepError};
 use crate::cluster::nodes::{self, MakeStep, NodeSettings, Placement};
@@ -41,6 +44,9 @@ pub struct Plan {
     #[serde(default)]
     pub password_generated: bool,
     pub placements: Vec<Placement>,
+    /// Its compute nodes.
+    #[serde(default)]
+    pub comps: Vec<CompPlacement>,
 }
 
 /// MariaDB refuses `max_connections` below this.
@@ -135,17 +141,18 @@ impl Kind for CreateCluster {
                 "paras.nodes: no_rep has one node per shard, not {nodes}"
             )));
         }
-        for (key, what) in [("comps", "compute nodes"), ("install_proxysql", "proxysql")] {
-            if p.text(key)?.is_some_and(|c| !c.is_empty() && c != "0") {
-                return Err(Refused {
-                    code: codes::NOT_BUILT,
-                    info: format!(
-                        "paras.{key}: {what} are not built in this version: send \"{key}\": \"0\" \
-                         (clients connect to each shard's primary, listed by get_cluster_detail)"
-                    ),
-                });
-            }
+        if p.text("install_proxysql")?
+            .is_some_and(|c| !c.is_empty() && c != "0")
+        {
+            return Err(Refused {
+                code: codes::NOT_BUILT,
+                info: "paras.install_proxysql: proxysql is not built in this version: send \
+                       \"install_proxysql\": \"0\" (clients connect to the compute nodes, listed \
+                       by get_cluster_detail)"
+                    .into(),
+            });
         }
+        let comps = p.int("comps", 0, 64)?.unwrap_or(0);
         check_klustron_fields(e)?;
         let fullsync = p.int("fullsync_level", 0, 8)?.unwrap_or(0);
         if fullsync > nodes - 1 {
@@ -237,9 +244,29 @@ impl Kind for CreateCluster {
             }
             _ => String::new(),
         };
-        let steps = MakeStep::plan(&placements, ha_mode == "rbr" && nodes > 1);
+        let comp_placements = if comps > 0 {
+            crate::cluster::comps::place(
+                env,
+                &cluster_id,
+                &p.list("computer_iplists")?,
+                comps,
+                &nodes::port_claims(&placements),
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
+        let steps = MakeStep::with_comps(
+            MakeStep::plan(&placements, ha_mode == "rbr" && nodes > 1),
+            &comp_placements,
+        );
         let mut resources = vec![Resource::Cluster(cluster_id.clone())];
         resources.extend(nodes::instance_resources(&placements));
+        resources.extend(
+            comp_placements
+                .iter()
+                .map(|c| Resource::Instance(c.hostaddr.clone(), c.port)),
+        );
         let mut planned = Planned::new(
             Plan {
                 cluster_id: cluster_id.clone(),
@@ -261,11 +288,19 @@ impl Kind for CreateCluster {
                 admin_password_sealed: Some(sealed),
                 password_generated: generated,
                 placements: placements.clone(),
+                comps: comp_placements.clone(),
             },
             steps,
             resources,
         );
         planned.claims.ports = nodes::port_claims(&placements);
+        for c in &comp_placements {
+            planned.claims.ports.push((c.hostaddr.clone(), c.port));
+            planned
+                .claims
+                .ids
+                .push((crate::store::cluster::COMP_ID, String::new(), c.comp_id));
+        }
         planned.claims.ids.push((CLUSTER_ID, String::new(), id));
         for s in 1..=shards {
             planned.claims.ids.push((SHARD_ID, cluster_id.clone(), s));
@@ -341,8 +376,17 @@ impl Kind for CreateCluster {
     }
 
     fn attachment(&self, plan: &Plan, results: &[(MakeStep, Value)]) -> Value {
+        let list: Vec<Value> = plan
+            .comps
+            .iter()
+            .map(|c| {
+                json!({"comp_id": c.comp_id.to_string(), "comp_name": c.name,
+                            "hostaddr": c.hostaddr, "port": c.port.to_string()})
+            })
+            .collect();
         let mut a = json!({"cluster_id": plan.cluster_id, "cluster_name": plan.cluster_name,
-                           "shards": plan.shards.to_string(), "comps": "0"});
+                           "shards": plan.shards.to_string(), "comps": plan.comps.len().to_string(),
+                           "list_comp": list});
         if let Some(sealed) = results
             .iter()
             .find(|(s, _)| *s == MakeStep::Reserve)
@@ -370,5 +414,6 @@ fn making(plan: &Plan) -> nodes::Making<'_> {
         settings: &plan.settings,
         placements: &plan.placements,
         shards_after: plan.shards,
+        comps: &plan.comps,
     }
 }

@@ -60,6 +60,10 @@ pub async fn remove(
         .iter()
         .find(|t| t.hostaddr == host && t.port == port)
         .ok_or_else(|| StepError::definite(format!("no target {host}:{port}")))?;
+    if t.shard == -1 {
+        crate::cluster::comps::uninstall(ctx, host, t.agent_port, port, "").await?;
+        return Ok(json!({"computer_hosts": format!("{host}_{port}"), "computer_state": "done"}));
+    }
     nodes::uninstall(ctx, host, t.agent_port, port, "").await?;
     ctx.env
         .store
@@ -82,7 +86,27 @@ impl Kind for DeleteCluster {
         let c = nodes::cluster(env, &id).await?;
         let all = env.store.instances().await.map_err(nodes::store_err)?;
         let mine: Vec<&InstanceRow> = all.iter().filter(|i| i.cluster_id == id).collect();
-        let targets = targets(env, &mine).await?;
+        let mut targets = targets(env, &mine).await?;
+        // Its compute nodes go first (shard -1 marks them).
+        let machines = env.store.machines().await.map_err(nodes::store_err)?;
+        let comps: Vec<Target> = env
+            .store
+            .comps()
+            .await
+            .map_err(nodes::store_err)?
+            .into_iter()
+            .filter(|c| c.cluster_id == id)
+            .map(|c| Target {
+                agent_port: machines
+                    .iter()
+                    .find(|m| m.hostaddr == c.hostaddr)
+                    .map_or(env.agents.default_port as i64, |m| m.agent_port),
+                hostaddr: c.hostaddr,
+                port: c.port,
+                shard: -1,
+            })
+            .collect();
+        targets.splice(0..0, comps);
         let mut resources = vec![Resource::Cluster(id.clone())];
         resources.extend(
             targets
@@ -122,6 +146,10 @@ impl Kind for DeleteCluster {
             RemoveStep::Unregister => {
                 ctx.env
                     .store
+                    .delete_cluster_comps(&ctx.holder(), &plan.cluster_id)
+                    .await?;
+                ctx.env
+                    .store
                     .delete_cluster(&ctx.holder(), &plan.cluster_id)
                     .await?;
                 Ok(Value::Null)
@@ -133,13 +161,19 @@ impl Kind for DeleteCluster {
         let hosts: String = results
             .iter()
             .filter(|(s, _)| matches!(s, RemoveStep::Uninstall { .. }))
-            .map(|(_, r)| r["storage_hosts"].as_str().unwrap_or_default().to_string() + ";")
+            .filter_map(|(_, r)| r["storage_hosts"].as_str())
+            .map(|h| h.to_string() + ";")
+            .collect();
+        let computers: Vec<Value> = results
+            .iter()
+            .filter_map(|(_, r)| r["computer_hosts"].as_str())
+            .map(|h| json!({"computer_hosts": h, "computer_state": "done"}))
             .collect();
         json!({"cluster_id": plan.cluster_id, "cluster_name": plan.cluster_name,
                "job_steps": "shard", "storage_state": "done",
                "shard_step": [{"cluster_id": plan.cluster_id, "error_code": 0, "error_info": "OK",
                                "rollback_flag": "1", "storage_hosts": hosts, "storage_state": "done"}],
-               "computer_state": "done", "computer_step": []})
+               "computer_state": "done", "computer_step": computers})
     }
 
     fn done_info(&self) -> String {

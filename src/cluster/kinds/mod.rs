@@ -2,6 +2,7 @@
 //! registry that lists them. Adding a job type: a file here implementing
 //! [`super::kind::Kind`], and one line in [`registry`].
 
+mod add_comps;
 mod add_nodes;
 mod add_shards;
 mod cluster_restore;
@@ -9,9 +10,11 @@ mod control_instance;
 mod create_cluster;
 mod create_machine;
 mod delete_cluster;
+mod delete_comp;
 mod delete_machine;
 mod delete_node;
 mod delete_shard;
+mod expand_cluster;
 pub mod failover;
 mod logical_backup;
 mod logical_restore;
@@ -19,6 +22,7 @@ mod manual_backup_cluster;
 mod manual_switch;
 mod raft_mission;
 mod rebuild_node;
+mod repartition_tables;
 mod set_machine;
 mod update_instance_cgroup;
 
@@ -49,5 +53,10 @@ pub fn registry() -> Vec<Arc<dyn AnyKind>> {
         erased(cluster_restore::ClusterRestore),
         erased(logical_backup::LogicalBackup),
         erased(logical_restore::LogicalRestore),
+        erased(add_comps::AddComps),
+        erased(delete_comp::DeleteComp),
+        erased(expand_cluster::ExpandCluster),
+        erased(repartition_tables::RepartitionTables("repartition_tables")),
+        erased(repartition_tables::RepartitionTables("table_repartition")),
     ]
 }
