@@ -11,6 +11,7 @@ mod backup_restore;
 mod binary;
 mod cluster;
 mod cluster_engine;
+mod comps;
 mod create_checks;
 mod ctl;
 mod failover;

@@ -58,14 +58,34 @@ pub async fn read_table(
     let Some(engine) = engine else {
         return Ok(None);
     };
-    let row: Option<(String, String)> = conn
+    let row: Result<Option<(String, String)>, _> = conn
         .query_first(format!("SHOW CREATE TABLE {}", qualified(db, table)))
-        .await
-        .map_err(|e| sql_error(at, &e))?;
-    let Some((_, show)) = row else {
-        return Ok(None);
+        .await;
+    let show = match row {
+        Ok(Some((_, show))) => show,
+        Ok(None) => return Ok(None),
+        // A Spider table whose backend is gone or unreachable (renamed on
+        // the shard first): it is replaced, not read.
+        Err(e)
+            if engine
+                .as_deref()
+                .is_some_and(|x| x.eq_ignore_ascii_case("SPIDER"))
+                && crate::db::server_code(&e)
+                    .is_some_and(|c| c == 1429 || (12500..13000).contains(&c)) =>
+        {
+            String::new()
+        }
+        Err(e) => return Err(sql_error(at, &e)),
     };
-    let listed: Vec<PartitionRow> = conn
+    // Partitions are listed for a local table only (to place it): a Spider
+    // table's would be read from its backends.
+    let spider = engine
+        .as_deref()
+        .is_some_and(|x| x.eq_ignore_ascii_case("SPIDER"));
+    let listed: Vec<PartitionRow> = if spider || !show.contains("PARTITION BY") {
+        Vec::new()
+    } else {
+        conn
         .exec(
             "SELECT PARTITION_NAME, PARTITION_METHOD, PARTITION_EXPRESSION, PARTITION_DESCRIPTION, \
              SUBPARTITION_METHOD FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = ? \
@@ -73,7 +93,8 @@ pub async fn read_table(
             (db, table),
         )
         .await
-        .map_err(|e| sql_error(at, &e))?;
+        .map_err(|e| sql_error(at, &e))?
+    };
     Ok(Some(CompTable {
         show,
         engine: engine.unwrap_or_default(),

@@ -184,30 +184,53 @@ impl Stream {
         }
     }
 
-    /// Waits until it is caught up (its lag under `lag`), up to `wait`.
-    pub async fn wait_caught_up(&self, lag: Duration, wait: Duration) -> Result<(), StepError> {
+    /// Whether it has applied everything up to `at`.
+    pub fn reached(&self, at: &Position) -> bool {
+        let applied = self.progress.borrow().position.clone().unwrap_or_default();
+        Position::new(&applied, "", 0).is_ok_and(|p| !p.gtid.is_empty() && p.reaches(at))
+    }
+
+    /// Waits, up to `wait`, until its lag is under `lag`: the source's
+    /// position read now is applied within `lag` (or the source is idle
+    /// and it has applied everything).
+    pub async fn wait_lag(
+        &self,
+        env: &Env,
+        cluster_id: &str,
+        shard: i64,
+        lag: Duration,
+        wait: Duration,
+    ) -> Result<Duration, StepError> {
         let until = Instant::now() + wait;
-        let mut since: Option<Instant> = None;
+        let mut last = None;
         loop {
             if self.task.is_finished() {
                 return Err(StepError::transient("the move's stream stopped"));
             }
-            if self.caught_up() {
-                let s = *since.get_or_insert_with(Instant::now);
-                // Caught up on two looks `lag` apart: not a lull between bursts.
-                if s.elapsed() >= lag.min(Duration::from_millis(500)) {
-                    return Ok(());
+            let at = position_of(env, cluster_id, shard).await?;
+            let t0 = Instant::now();
+            let give_up = (lag * 4).max(Duration::from_secs(2));
+            while t0.elapsed() < give_up && !self.task.is_finished() {
+                if self.reached(&at) || self.caught_up() {
+                    let took = t0.elapsed();
+                    if took <= lag {
+                        return Ok(took);
+                    }
+                    last = Some(took);
+                    break;
                 }
-            } else {
-                since = None;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             if Instant::now() > until {
                 return Err(StepError::transient(format!(
-                    "the stream did not catch up within {} s",
-                    wait.as_secs()
+                    "the stream's lag is not under {} ms yet (last measured: {})",
+                    lag.as_millis(),
+                    last.map_or("more than the wait".to_string(), |l| format!(
+                        "{} ms",
+                        l.as_millis()
+                    ))
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

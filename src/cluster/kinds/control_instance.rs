@@ -43,38 +43,60 @@ impl Kind for ControlInstance {
         let host = p.need("hostaddr")?;
         check_host("hostaddr", &host)?;
         let port = p.need_int("port", 1, 65535)?;
-        match p
+        let computer = match p
             .text("machine_type")?
             .unwrap_or_else(|| "storage".into())
             .as_str()
         {
-            "storage" | "" => {}
-            "computer" => {
-                return Err(Refused {
-                    code: codes::NOT_BUILT,
-                    info: "paras.machine_type: computer (a compute node) is not built in this \
-                           version: send \"machine_type\": \"storage\""
-                        .into(),
-                })
-            }
+            "storage" | "" => false,
+            "computer" => true,
             other => {
                 return Err(Refused::bad(format!(
                     "paras.machine_type: {other:?} is not one of storage, computer"
                 )))
             }
-        }
+        };
         let control = p.choice("control", &["start", "stop", "restart"])?;
-        let all = env.store.instances().await.map_err(nodes::store_err)?;
-        let node = all
-            .iter()
-            .find(|i| i.hostaddr == host && i.port == port)
-            .ok_or_else(|| Refused {
-                code: codes::NOT_FOUND,
-                info: format!("no managed instance {host}:{port} (get_cluster_detail lists them)"),
-            })?;
-        let target = super::delete_cluster::targets(env, &[node])
-            .await?
-            .remove(0);
+        let target = if computer {
+            // A compute node: its agent starts and stops it like any instance.
+            let c = env
+                .store
+                .comps()
+                .await
+                .map_err(nodes::store_err)?
+                .into_iter()
+                .find(|c| c.hostaddr == host && c.port == port)
+                .ok_or_else(|| Refused {
+                    code: codes::NOT_FOUND,
+                    info: format!(
+                        "no compute node {host}:{port} (get_cluster_detail's list_comp lists them)"
+                    ),
+                })?;
+            let row = crate::store::cluster::InstanceRow {
+                hostaddr: c.hostaddr,
+                port: c.port,
+                cluster_id: c.cluster_id,
+                shard: -1,
+                ..Default::default()
+            };
+            super::delete_cluster::targets(env, &[&row])
+                .await?
+                .remove(0)
+        } else {
+            let all = env.store.instances().await.map_err(nodes::store_err)?;
+            let node = all
+                .iter()
+                .find(|i| i.hostaddr == host && i.port == port)
+                .ok_or_else(|| Refused {
+                    code: codes::NOT_FOUND,
+                    info: format!(
+                        "no managed instance {host}:{port} (get_cluster_detail lists them)"
+                    ),
+                })?;
+            super::delete_cluster::targets(env, &[node])
+                .await?
+                .remove(0)
+        };
         let steps = match control.as_str() {
             "start" => vec![Step::Start],
             "stop" => vec![Step::Stop],

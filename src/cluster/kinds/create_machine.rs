@@ -1,5 +1,7 @@
 //! `create_machine` (seed 001): registers a machine once its node agent
-//! answers.
+//! answers. A host may be both a storage and a computer machine: registered
+//! again with the other `machine_type`, its row carries both
+//! (`storage,computer`), and its settings stay those of the first.
 
 use crate::cluster::emit::{check_dir, check_host, codes, port_range, Envelope, Refused};
 use crate::cluster::kind::{Kind, Planned, StepCtx, StepError};
@@ -25,6 +27,10 @@ pub struct Plan {
     pub total_mem: i64,
     pub total_cpu_cores: i64,
     pub agent_port: i64,
+    /// The machine is registered already with another type: this one is
+    /// added to it (`previous` is what it had).
+    #[serde(default)]
+    pub previous_type: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,22 +54,25 @@ impl Kind for CreateMachine {
         let p = e.paras();
         let host = p.need("hostaddr")?;
         check_host("hostaddr", &host)?;
-        let exists = env
+        let machine_type = p.choice("machine_type", &["storage", "computer"])?;
+        let existing = env
             .store
             .machines()
             .await
             .map_err(store_err)?
-            .iter()
-            .any(|m| m.hostaddr == host);
-        if exists {
-            return Err(Refused {
-                code: codes::CONFLICT,
-                info: format!(
-                    "machine {host} exists already (delete_machine first to register it again)"
-                ),
-            });
+            .into_iter()
+            .find(|m| m.hostaddr == host);
+        if let Some(m) = &existing {
+            if crate::cluster::comps::has_type(&m.machine_type, &machine_type) {
+                return Err(Refused {
+                    code: codes::CONFLICT,
+                    info: format!(
+                        "machine {host} exists already as {} (delete_machine first to register it again)",
+                        m.machine_type
+                    ),
+                });
+            }
         }
-        let machine_type = p.choice("machine_type", &["storage", "computer"])?;
         let range = p.need("port_range")?;
         port_range("port_range", &range)?;
         let datadir = p.need("datadir")?;
@@ -88,6 +97,7 @@ impl Kind for CreateMachine {
                 .int("agent_port", 1, 65535)?
                 .unwrap_or(env.agents.default_port as i64),
             hostaddr: host.clone(),
+            previous_type: existing.map(|m| m.machine_type),
         };
         Ok(Planned::new(
             plan,
@@ -116,6 +126,18 @@ impl Kind for CreateMachine {
                     .await
                     .map_err(|e| StepError::Definite(e.to_string()))?;
                 Ok(json!({"cores": info.cores, "total_mem_mb": info.total_mem_mb}))
+            }
+            Step::RegisterMachine if plan.previous_type.is_some() => {
+                let before = plan.previous_type.clone().unwrap_or_default();
+                ctx.env
+                    .store
+                    .set_machine_type(
+                        &ctx.holder(),
+                        &plan.hostaddr,
+                        &format!("{before},{}", plan.machine_type),
+                    )
+                    .await?;
+                Ok(Value::Null)
             }
             Step::RegisterMachine => {
                 ctx.env
@@ -146,10 +168,20 @@ impl Kind for CreateMachine {
 
     async fn undo(&self, ctx: &StepCtx<'_>, plan: &Plan, step: &Step) -> Result<(), StepError> {
         if let Step::RegisterMachine = step {
-            ctx.env
-                .store
-                .delete_machine(&ctx.holder(), &plan.hostaddr)
-                .await?;
+            match &plan.previous_type {
+                Some(before) => {
+                    ctx.env
+                        .store
+                        .set_machine_type(&ctx.holder(), &plan.hostaddr, before)
+                        .await?
+                }
+                None => {
+                    ctx.env
+                        .store
+                        .delete_machine(&ctx.holder(), &plan.hostaddr)
+                        .await?
+                }
+            }
         }
         Ok(())
     }

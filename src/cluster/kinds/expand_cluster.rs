@@ -554,7 +554,7 @@ async fn cutover_loop(
             "streaming {db}.{table} from shard {from} to shard {to}"
         )),
     );
-    wait_touching(ctx, stream, lag).await?;
+    wait_touching(ctx, &plan.cluster_id, stream, from, lag).await?;
     let verified = if verify {
         board.moving(ctx.job_id, Some(format!("verifying {db}.{table}")));
         Some(verify_equal(ctx, plan, db, table, stream).await?)
@@ -563,7 +563,7 @@ async fn cutover_loop(
     };
     let mut notes = Vec::new();
     for attempt in 1..=ATTEMPTS {
-        wait_touching(ctx, stream, lag).await?;
+        wait_touching(ctx, &plan.cluster_id, stream, from, lag).await?;
         board.moving(
             ctx.job_id,
             Some(format!("cutover of {db}.{table} (attempt {attempt})")),
@@ -621,11 +621,22 @@ async fn cutover_loop(
     )))
 }
 
-async fn wait_touching(ctx: &StepCtx<'_>, stream: &Stream, lag: Duration) -> Result<(), StepError> {
+/// Waits until the stream's lag is under `lag` (an hour at most), the
+/// step's progress touched meanwhile.
+async fn wait_touching(
+    ctx: &StepCtx<'_>,
+    cluster_id: &str,
+    stream: &Stream,
+    from: i64,
+    lag: Duration,
+) -> Result<(), StepError> {
     let until = Instant::now() + Duration::from_secs(3600);
     loop {
-        match stream.wait_caught_up(lag, Duration::from_secs(5)).await {
-            Ok(()) => return Ok(()),
+        match stream
+            .wait_lag(ctx.env, cluster_id, from, lag, Duration::from_secs(5))
+            .await
+        {
+            Ok(_) => return Ok(()),
             Err(StepError::Transient(e)) if !e.contains("stopped") && Instant::now() < until => {
                 ctx.progress.touch();
             }

@@ -56,6 +56,8 @@ const DELETE_TABLE: &str =
     "DELETE FROM cm_tables WHERE cluster_id = ? AND db_name = ? AND table_name = ?";
 const INSERT_TABLE: &str = "INSERT INTO cm_tables (cluster_id, db_name, table_name, placement, \
      updated_at) VALUES (?, ?, ?, ?, ?)";
+const SET_MACHINE_TYPE: &str = "UPDATE cm_machines SET machine_type = ? WHERE hostaddr = ? \
+     AND EXISTS (SELECT 1 FROM cm_jobs WHERE job_id = ? AND owner = ? AND owner_epoch = ?)";
 const DELETE_DB_TABLES: &str = "DELETE FROM cm_tables WHERE cluster_id = ? AND db_name = ?";
 
 fn comp_row(r: &[crate::store::SqlValue]) -> CompRow {
@@ -204,6 +206,20 @@ impl ClusterStore {
             .execute(DELETE_DB_TABLES, vec![v(cluster_id), v(db)])
             .await?;
         Ok(())
+    }
+
+    /// A machine's types (`storage`, `computer` or `storage,computer`).
+    pub async fn set_machine_type(
+        &self,
+        by: &Holder<'_>,
+        host: &str,
+        machine_type: &str,
+    ) -> Result<(), StoreError> {
+        self.fenced(
+            by,
+            vec![Stmt::new(SET_MACHINE_TYPE, vec![v(machine_type), v(host)])],
+        )
+        .await
     }
 
     /// Records an ended job of this manager's own (a DDL statement the
