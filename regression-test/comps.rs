@@ -713,3 +713,136 @@ async fn compute_nodes_carry_ddl_and_tables_move_between_shards() {
     assert_eq!(count(&c1, "app.m1").await, rows);
     drop(agents);
 }
+
+/// A move survives its manager stopping at its steps: halted after the
+/// copy, a new manager streams, verifies and switches; halted as the
+/// switch of a move back starts, a new one finishes it. Writes go on
+/// through the compute node all along: none fails, none is lost, and the
+/// table is never written on two shards (every row is on the one shard
+/// the compute node reads at the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_survives_the_manager_stopping_at_its_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _reaper = Reaper(d.to_path_buf());
+    let hosts = ["127.0.0.116", "127.0.0.117"];
+    let mut agents = Vec::new();
+    for h in hosts {
+        agents.push(LocalAgent::start(h, d, Duration::ZERO).await);
+    }
+    let s = manager(d, Some("after:copy:app.c")).await;
+    for a in &agents {
+        let mut m = machine(a.host, Some(a.port), d);
+        m["port_range"] = json!("48500-48600");
+        done(&s, "create_machine", m.clone(), 30).await;
+        m["machine_type"] = json!("computer");
+        done(&s, "create_machine", m, 30).await;
+    }
+    let v = done(
+        &s,
+        "create_cluster",
+        json!({"nick_name": "moves", "ha_mode": "no_rep", "shards": "2", "nodes": "1",
+               "comps": "1", "innodb_size": "16", "max_connections": "60",
+               "admin_user": "clustmgr", "admin_password": PW}),
+        300,
+    )
+    .await;
+    let cid = v["attachment"]["cluster_id"].as_str().unwrap().to_string();
+    let name = v["attachment"]["cluster_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (shards, comps) = layout(&s, &name).await;
+    let c1 = comps[0].1.clone();
+    run(&c1, "CREATE DATABASE app").await;
+    run(
+        &c1,
+        "CREATE TABLE app.c (id BIGINT PRIMARY KEY, v VARCHAR(20))",
+    )
+    .await;
+    eventually(10, "app.c placed", || async {
+        engine_of(&c1, "app", "c").await.as_deref() == Some("SPIDER")
+    })
+    .await;
+    let src = reads_from(&c1, "app", "c").await;
+    let dst = shards.iter().find(|(id, _)| *id != src).unwrap().0.clone();
+    let node = |id: &str| shards.iter().find(|(x, _)| x == id).unwrap().1.clone();
+    let w = Writers::start(&[c1.clone()], "app.c", 0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Halted after the copy: a new manager goes on from the stream.
+    let v = emit(
+        &s,
+        "expand_cluster",
+        "",
+        json!({"cluster_id": cid, "src_shard_id": src, "dst_shard_id": dst,
+                                                   "table_list": "app.c", "reverse_keep_s": "1",
+                                                   "drop_old_table": "1"}),
+    )
+    .await;
+    let job = v["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string();
+    eventually(60, "the copy done and the manager halted", || async {
+        let v = emit(&s, "get_status", &job, json!({})).await;
+        v["attachment"]["steps_done"]
+            .to_string()
+            .contains("copy:app.c")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        reads_from(&c1, "app", "c").await,
+        src,
+        "not switched by a halted manager"
+    );
+    s.stop().await;
+    let s = manager(d, None).await;
+    let v = wait_job(&s, &job, 300).await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(reads_from(&c1, "app", "c").await, dst);
+
+    // Halted as the switch of the move back starts.
+    s.stop().await;
+    let s = manager(d, Some("during:switch:app.c")).await;
+    let v = emit(
+        &s,
+        "expand_cluster",
+        "",
+        json!({"cluster_id": cid, "src_shard_id": dst, "dst_shard_id": src,
+                                                   "table_list": ["app.c"], "reverse_keep_s": "0",
+                                                   "drop_old_table": "1"}),
+    )
+    .await;
+    let job = v["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string();
+    eventually(60, "the manager halted at the switch", || async {
+        let v = emit(&s, "get_status", &job, json!({})).await;
+        v["attachment"]["step"] == "switch:app.c"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.stop().await;
+    let s = manager(d, None).await;
+    let v = wait_job(&s, &job, 300).await;
+    assert_eq!(v["status"], "done", "{v}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, failed) = w.stop().await;
+    assert!(failed.is_empty(), "no write fails: {failed:?}");
+    assert_eq!(reads_from(&c1, "app", "c").await, src);
+    assert_eq!(
+        count(&node(&src), "app.c").await,
+        acked.len() as i64,
+        "every acknowledged write"
+    );
+    assert!(
+        engine_of(&node(&dst), "app", "c").await.is_none(),
+        "dropped on the shard it left"
+    );
+    assert_eq!(count(&c1, "app.c").await, acked.len() as i64);
+    s.stop().await;
+    drop(agents);
+}

@@ -28,6 +28,9 @@ pub struct Board {
     recent: Mutex<VecDeque<DdlOutcome>>,
     /// Moves in flight: job id → what it is doing.
     moves_now: Mutex<BTreeMap<String, String>>,
+    /// The compute nodes as the keeper last saw them: `(cluster, name,
+    /// address, state)`.
+    comps: Mutex<Vec<(String, String, String, String)>>,
 }
 
 const RECENT: usize = 20;
@@ -92,6 +95,7 @@ impl Board {
             cutover_block,
             recent: Mutex::new(VecDeque::new()),
             moves_now: Mutex::new(BTreeMap::new()),
+            comps: Mutex::new(Vec::new()),
         }
     }
 
@@ -116,10 +120,33 @@ impl Board {
         }
     }
 
-    /// The status page's section: moves in flight and the latest DDL.
+    /// What the keeper saw of every compute node.
+    pub fn comps_seen(&self, seen: Vec<(String, String, String, String)>) {
+        *self.comps.lock() = seen;
+    }
+
+    /// The status page's section: compute nodes, moves in flight and the
+    /// latest DDL.
     pub fn html(&self) -> String {
         let esc = crate::history::esc;
-        let mut out = String::from("<h3>Table moves in flight</h3>");
+        let mut out = String::from("<h3>Compute nodes</h3>");
+        let comps = self.comps.lock().clone();
+        if comps.is_empty() {
+            out.push_str("<p>none</p>");
+        } else {
+            out.push_str("<table><tr><th>cluster</th><th>compute node</th><th>address</th><th>state</th></tr>");
+            for (c, n, a, s) in &comps {
+                out.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(c),
+                    esc(n),
+                    esc(a),
+                    esc(s)
+                ));
+            }
+            out.push_str("</table>");
+        }
+        out.push_str("<h3>Table moves in flight</h3>");
         let moves = self.moves_now.lock();
         if moves.is_empty() {
             out.push_str("<p>none</p>");

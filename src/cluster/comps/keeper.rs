@@ -25,6 +25,15 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
         let Ok(comps) = m.env.store.comps().await else {
             continue;
         };
+        let mut seen = Vec::new();
+        for c in comps.iter().filter(|c| c.state != "running") {
+            seen.push((
+                c.cluster_id.clone(),
+                c.name.clone(),
+                format!("{}:{}", c.hostaddr, c.port),
+                c.state.clone(),
+            ));
+        }
         for c in comps.iter().filter(|c| c.state == "running") {
             let at = format!("{}:{}", c.hostaddr, c.port);
             let env = &m.env;
@@ -39,7 +48,18 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
                 let _ = conn.disconnect().await;
                 Ok::<_, crate::cluster::kind::StepError>((changed, given))
             };
-            match tokio::time::timeout(Duration::from_secs(20), work).await {
+            let outcome = tokio::time::timeout(Duration::from_secs(20), work).await;
+            seen.push((
+                c.cluster_id.clone(),
+                c.name.clone(),
+                at.clone(),
+                match &outcome {
+                    Ok(Ok(_)) => "running".to_string(),
+                    Ok(Err(e)) => format!("running, not answering the keeper: {e}"),
+                    Err(_) => "running, not answering the keeper within 20 s".to_string(),
+                },
+            ));
+            match outcome {
                 Ok(Ok((changed, given))) => {
                     if !changed.is_empty() || given > 0 {
                         info!(cluster_id = %c.cluster_id, comp = %at, servers = ?changed, tables_given = given,
@@ -54,5 +74,7 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
                 }
             }
         }
+        seen.sort();
+        m.env.board.comps_seen(seen);
     }
 }
