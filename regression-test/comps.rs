@@ -767,7 +767,7 @@ async fn a_move_survives_the_manager_stopping_at_its_steps() {
     let src = reads_from(&c1, "app", "c").await;
     let dst = shards.iter().find(|(id, _)| *id != src).unwrap().0.clone();
     let node = |id: &str| shards.iter().find(|(x, _)| x == id).unwrap().1.clone();
-    let w = Writers::start(&[c1.clone()], "app.c", 0);
+    let w = Writers::start(std::slice::from_ref(&c1), "app.c", 0);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Halted after the copy: a new manager goes on from the stream.

@@ -25,7 +25,7 @@
 use super::apply::{self, qualified, read_table};
 use super::spider::Placement;
 use super::{connect, running, CompRow};
-use crate::cluster::kind::StepError;
+use crate::cluster::kind::{StepCtx, StepError};
 use crate::cluster::nodes::{self, sql_error};
 use crate::cluster::Env;
 use crate::db::Endpoint;
@@ -36,6 +36,7 @@ use crate::sync::hold::Holds;
 use crate::sync::incremental::{Applied, Incremental};
 use crate::sync::{Live, Route};
 use mysql_async::prelude::*;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -444,4 +445,76 @@ pub async fn switch(
         block_ms,
         target_at,
     })
+}
+
+/// Waits until the stream's lag is under `lag` (an hour at most), the
+/// step's progress touched meanwhile.
+pub async fn wait_touching(
+    ctx: &StepCtx<'_>,
+    cluster_id: &str,
+    stream: &Stream,
+    from: i64,
+    lag: Duration,
+) -> Result<(), StepError> {
+    let until = Instant::now() + Duration::from_secs(3600);
+    loop {
+        match stream
+            .wait_lag(ctx.env, cluster_id, from, lag, Duration::from_secs(5))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(StepError::Transient(e)) if !e.contains("stopped") && Instant::now() < until => {
+                ctx.progress.touch();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The data path's online verification of the table against its source
+/// while the stream runs: equal, or the step fails naming the difference.
+pub async fn verify_equal(
+    ctx: &StepCtx<'_>,
+    spec: Arc<Route>,
+    db: &str,
+    table: &str,
+    stream: &Stream,
+) -> Result<Value, StepError> {
+    let (tx, rx) = tokio::sync::watch::channel(crate::sync::progress::Verification::new(
+        vec![table.to_string()],
+        crate::sync::now_ms(),
+    ));
+    let v = crate::sync::verify::Verify {
+        source: spec.src.clone(),
+        spec,
+        settings: crate::sync::verify::VerifySettings {
+            rows_per_second: 0,
+            ..Default::default()
+        },
+        connect_timeout: Duration::from_secs(10),
+        statement_bytes: 1 << 20,
+        epoch: 1,
+        holds: stream.holds.clone(),
+        metrics: Arc::new(crate::sync::NoMeter),
+        progress: tx,
+    };
+    let run = v.run();
+    tokio::pin!(run);
+    let r = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            () = tokio::time::sleep(Duration::from_secs(1)) => ctx.progress.touch(),
+        }
+    };
+    r.map_err(|e| StepError::transient(format!("verifying {db}.{table}: {e}")))?;
+    let done = rx.borrow().clone();
+    let t = done.tables.first().cloned().unwrap_or_default();
+    if t.equal != Some(true) {
+        return Err(StepError::definite(format!(
+            "verifying {db}.{table} before the cutover: {} rows differ{}",
+            t.rows_different,
+            t.error.map(|e| format!(" ({e})")).unwrap_or_default()
+        )));
+    }
+    Ok(json!({"equal": true, "rows_compared": t.rows_compared}))
 }

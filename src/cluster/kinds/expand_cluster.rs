@@ -554,16 +554,25 @@ async fn cutover_loop(
             "streaming {db}.{table} from shard {from} to shard {to}"
         )),
     );
-    wait_touching(ctx, &plan.cluster_id, stream, from, lag).await?;
+    cutover::wait_touching(ctx, &plan.cluster_id, stream, from, lag).await?;
     let verified = if verify {
         board.moving(ctx.job_id, Some(format!("verifying {db}.{table}")));
-        Some(verify_equal(ctx, plan, db, table, stream).await?)
+        Some(
+            cutover::verify_equal(
+                ctx,
+                Arc::new(route(env, plan, db, table, from, to, "move").await?),
+                db,
+                table,
+                stream,
+            )
+            .await?,
+        )
     } else {
         None
     };
     let mut notes = Vec::new();
     for attempt in 1..=ATTEMPTS {
-        wait_touching(ctx, &plan.cluster_id, stream, from, lag).await?;
+        cutover::wait_touching(ctx, &plan.cluster_id, stream, from, lag).await?;
         board.moving(
             ctx.job_id,
             Some(format!("cutover of {db}.{table} (attempt {attempt})")),
@@ -619,80 +628,6 @@ async fn cutover_loop(
         "the cutover backed out {ATTEMPTS} times (last: {})",
         notes.last().cloned().unwrap_or_default()
     )))
-}
-
-/// Waits until the stream's lag is under `lag` (an hour at most), the
-/// step's progress touched meanwhile.
-async fn wait_touching(
-    ctx: &StepCtx<'_>,
-    cluster_id: &str,
-    stream: &Stream,
-    from: i64,
-    lag: Duration,
-) -> Result<(), StepError> {
-    let until = Instant::now() + Duration::from_secs(3600);
-    loop {
-        match stream
-            .wait_lag(ctx.env, cluster_id, from, lag, Duration::from_secs(5))
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(StepError::Transient(e)) if !e.contains("stopped") && Instant::now() < until => {
-                ctx.progress.touch();
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The data path's online verification of the table against its source
-/// while the stream runs: equal, or the step fails naming the difference.
-async fn verify_equal(
-    ctx: &StepCtx<'_>,
-    plan: &Plan,
-    db: &str,
-    table: &str,
-    stream: &Stream,
-) -> Result<Value, StepError> {
-    let env = ctx.env;
-    let spec = Arc::new(route(env, plan, db, table, plan.src_shard, plan.dst_shard, "move").await?);
-    let (tx, rx) = tokio::sync::watch::channel(crate::sync::progress::Verification::new(
-        vec![table.to_string()],
-        crate::sync::now_ms(),
-    ));
-    let v = crate::sync::verify::Verify {
-        source: spec.src.clone(),
-        spec,
-        settings: crate::sync::verify::VerifySettings {
-            rows_per_second: 0,
-            ..Default::default()
-        },
-        connect_timeout: Duration::from_secs(10),
-        statement_bytes: 1 << 20,
-        epoch: 1,
-        holds: stream.holds.clone(),
-        metrics: Arc::new(crate::sync::NoMeter),
-        progress: tx,
-    };
-    let run = v.run();
-    tokio::pin!(run);
-    let r = loop {
-        tokio::select! {
-            r = &mut run => break r,
-            () = tokio::time::sleep(Duration::from_secs(1)) => ctx.progress.touch(),
-        }
-    };
-    r.map_err(|e| StepError::transient(format!("verifying {db}.{table}: {e}")))?;
-    let done = rx.borrow().clone();
-    let t = done.tables.first().cloned().unwrap_or_default();
-    if t.equal != Some(true) {
-        return Err(StepError::definite(format!(
-            "verifying {db}.{table} before the cutover: {} rows differ{}",
-            t.rows_different,
-            t.error.map(|e| format!(" ({e})")).unwrap_or_default()
-        )));
-    }
-    Ok(json!({"equal": true, "rows_compared": t.rows_compared}))
 }
 
 fn reverse_from(ctx: &StepCtx<'_>, db: &str, table: &str) -> Result<Position, StepError> {
