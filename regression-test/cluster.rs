@@ -829,7 +829,7 @@ async fn a_cluster_of_two_shards_on_three_machines() {
     // Refused: nothing created.
     for (change, needle) in [
         (json!({"ha_mode": "mgr"}), "mgr"),
-        (json!({"comps": "1"}), "comps"),
+        (json!({"comps": "1"}), "machine_type computer"),
         (json!({"fullsync_level": "3"}), "fullsync_level"),
         (json!({"admin_password": "short"}), "at least 8"),
         (json!({"cpu_limit_mode": "turbo"}), "cpu_limit_mode"),

@@ -491,8 +491,9 @@ async fn the_seeds_create_cluster_example_is_taken_as_written() {
     for a in &agents {
         register(&s, a.host, a.port, d, "48000-48100").await;
     }
-    // Seed 001's example, with what is not built (mgr, compute nodes)
-    // refused naming what to send instead.
+    // Seed 001's example: what is not built (mgr) refused naming what to
+    // send instead, compute nodes on a machine not registered as a computer
+    // refused naming how to register it.
     let mut seed = json!({"nick_name": "my_nick_name", "ha_mode": "mgr", "shards": "1",
         "nodes": "3", "comps": "1", "max_storage_size": "20", "max_connections": "6",
         "cpu_cores": "8", "innodb_size": "32", "rocksdb_block_cache_size_M": "1024",
@@ -509,12 +510,14 @@ async fn the_seeds_create_cluster_example_is_taken_as_written() {
         "{v}"
     );
     seed["ha_mode"] = json!("rbr");
+    // Its computer_iplists names a machine registered as storage only.
     let v = emit(&s, "create_cluster", "", seed.clone()).await;
+    assert_eq!(v["error_code"], "404", "{v}");
     assert!(
         v["error_info"]
             .as_str()
             .unwrap()
-            .contains("send \"comps\": \"0\""),
+            .contains("machine_type computer"),
         "{v}"
     );
     seed["comps"] = json!("0");
