@@ -326,10 +326,24 @@ async fn copy(ctx: &StepCtx<'_>, plan: &Plan, pair: &Pair) -> Result<Value, Step
     ] {
         src.query_drop(sql).await.map_err(|e| sql_error(&sat, &e))?;
     }
-    let position: Option<(String, String)> = src
-        .query_first("SHOW STATUS LIKE 'binlog_snapshot_gtid_position'")
+    // The snapshot's binlog position, and the GTID position it is.
+    let status: Vec<(String, String)> = src
+        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
         .await
         .map_err(|e| sql_error(&sat, &e))?;
+    let get = |k: &str| {
+        status
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let (file, pos) = (get("Binlog_snapshot_file"), get("Binlog_snapshot_position"));
+    let gtid: Option<Option<String>> = src
+        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&file, pos.parse::<u64>().unwrap_or(0)))
+        .await
+        .map_err(|e| sql_error(&sat, &e))?;
+    let position = json!({"binlog_file": file, "binlog_pos": pos, "gtid": gtid.flatten()});
     let names: Vec<String> = cols.iter().map(|(c, _)| quote_ident(c)).collect();
     let per_batch = (BATCH).min(60_000 / cols.len().max(1)).max(1);
     let row_sql = format!("({})", vec!["?"; cols.len()].join(", "));
@@ -398,7 +412,7 @@ async fn copy(ctx: &StepCtx<'_>, plan: &Plan, pair: &Pair) -> Result<Value, Step
     Ok(
         json!({"from": format!("{}.{}", pair.src_db, pair.src_table),
               "to": format!("{}.{}", pair.dst_db, pair.dst_table),
-              "position": position.map(|p| p.1), "rows_copied": copied,
+              "position": position, "rows_copied": copied,
               "verify": {"equal": true, "rows": source_sum.map(|s| s.0)}}),
     )
 }
