@@ -26,6 +26,7 @@ mod minder;
 mod minder_bench;
 mod minder_ccr;
 mod minder_dcs;
+mod move_bench;
 mod openapi;
 mod outages;
 mod positions;

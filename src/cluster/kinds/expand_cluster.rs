@@ -358,7 +358,7 @@ impl Kind for ExpandCluster {
                         .unwrap_or(Value::Null)
                 };
                 let (c, s) = (of("copy"), of("switch"));
-                json!({"table": label(db, t), "rows_copied": c["rows_copied"],
+                json!({"table": label(db, t), "rows_copied": c["rows_copied"], "copy_s": c["copy_s"],
                        "cutover_block_ms": s["block_ms"], "cutover_attempts": s["attempts"],
                        "verify": s["verify"]})
             })
@@ -459,6 +459,7 @@ async fn copy(ctx: &StepCtx<'_>, plan: &Plan, db: &str, table: &str) -> Result<V
         progress: tx,
         epoch: 1,
     };
+    let started = Instant::now();
     let run = sync.run();
     tokio::pin!(run);
     let handover = loop {
@@ -479,7 +480,8 @@ async fn copy(ctx: &StepCtx<'_>, plan: &Plan, db: &str, table: &str) -> Result<V
         _ => StepError::definite(e.to_string()),
     })?;
     let rows = rx.borrow().rows_copied;
-    Ok(json!({"position": handover.position, "rows_copied": rows}))
+    Ok(json!({"position": handover.position, "rows_copied": rows,
+              "copy_s": started.elapsed().as_secs_f64()}))
 }
 
 /// `switch:db.t`: streamed, caught up, verified, then the cutover.

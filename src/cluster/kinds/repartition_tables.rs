@@ -340,7 +340,10 @@ async fn copy(ctx: &StepCtx<'_>, plan: &Plan, pair: &Pair) -> Result<Value, Step
     };
     let (file, pos) = (get("Binlog_snapshot_file"), get("Binlog_snapshot_position"));
     let gtid: Option<Option<String>> = src
-        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&file, pos.parse::<u64>().unwrap_or(0)))
+        .exec_first(
+            "SELECT BINLOG_GTID_POS(?, ?)",
+            (&file, pos.parse::<u64>().unwrap_or(0)),
+        )
         .await
         .map_err(|e| sql_error(&sat, &e))?;
     let position = json!({"binlog_file": file, "binlog_pos": pos, "gtid": gtid.flatten()});
