@@ -3,9 +3,9 @@
 //! made through a compute node and loaded on its shard; then, under a
 //! sysbench `oltp_write_only` load through both compute nodes, BENCH_MOVES
 //! (5) `expand_cluster` moves of it back and forth between the shards.
-//! Beside it, as the reference rate, the data path's full sync of the same
-//! table between the same two servers (what the full-sync benchmark
-//! measures). Reported: each move's copy rate and cutover write block (p50
+//! Beside it, under the same load, as the reference rate, the data path's
+//! full sync of the same table between the same two servers (what the
+//! full-sync benchmark measures). Reported: each move's copy rate and cutover write block (p50
 //! and max), the reference rate, the failed client writes (sysbench's
 //! errors: it stops at the first one) and the transactions it made.
 //! Not a test (ignored): `bash shell/bench_table_move.sh` runs it and
@@ -155,8 +155,35 @@ async fn table_moves_under_a_write_load() {
              REPEAT(MD5(seq), 3), REPEAT('p', 60) FROM seq_1_to_{rows}"
         ),
     );
-    // The reference: the data path's full sync of the table between the two
-    // shards' servers (into another database).
+    // The write load through both compute nodes, for the whole run.
+    let load = |comp: &(String, i64), seed: u32| {
+        Command::new("sysbench")
+            .args([
+                "oltp_write_only",
+                &format!("--mysql-host={}", comp.0),
+                &format!("--mysql-port={}", comp.1),
+                "--mysql-user=clustmgr",
+                &format!("--mysql-password={PW}"),
+                "--mysql-db=sbtest",
+                "--tables=1",
+                &format!("--table-size={rows}"),
+                "--threads=2",
+                "--time=0",
+                "--report-interval=1",
+                &format!("--rand-seed={seed}"),
+                "--db-ps-mode=disable",
+                "run",
+            ])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(d.join(format!("sysbench-{seed}.out"))).unwrap())
+            .stderr(std::fs::File::create(d.join(format!("sysbench-{seed}.err"))).unwrap())
+            .spawn()
+            .expect("sysbench")
+    };
+    let mut loads = vec![load(&comps[0], 1), load(&comps[1], 2)];
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The reference, under the same load: the data path's full sync of the
+    // table between the two shards' servers (into another database).
     let dst_node = shards.iter().find(|(id, _)| *id != src).unwrap().1.clone();
     let reference = {
         let ep = |n: &(String, i64), db: &str| ccr_syncer::db::Endpoint {
@@ -193,33 +220,6 @@ async fn table_moves_under_a_write_load() {
         sql(&dst_node, "DROP DATABASE refcopy");
         rows as f64 / secs
     };
-    // The write load through both compute nodes, for the whole run.
-    let load = |comp: &(String, i64), seed: u32| {
-        Command::new("sysbench")
-            .args([
-                "oltp_write_only",
-                &format!("--mysql-host={}", comp.0),
-                &format!("--mysql-port={}", comp.1),
-                "--mysql-user=clustmgr",
-                &format!("--mysql-password={PW}"),
-                "--mysql-db=sbtest",
-                "--tables=1",
-                &format!("--table-size={rows}"),
-                "--threads=2",
-                "--time=0",
-                "--report-interval=1",
-                &format!("--rand-seed={seed}"),
-                "--db-ps-mode=disable",
-                "run",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sysbench")
-    };
-    let mut loads = vec![load(&comps[0], 1), load(&comps[1], 2)];
-    tokio::time::sleep(Duration::from_secs(5)).await;
     let mut blocks = Vec::new();
     let mut rates = Vec::new();
     for _ in 0..moves {
@@ -249,15 +249,18 @@ async fn table_moves_under_a_write_load() {
     // A client that met an error has stopped (sysbench stops at the first).
     let mut failed = 0;
     let mut transactions = 0.0;
-    for mut l in loads {
+    for (i, mut l) in loads.into_iter().enumerate() {
         if l.try_wait().unwrap().is_some() {
             failed += 1;
         }
         let _ = l.kill();
-        let out = l.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let _ = l.wait();
+        let read = |ext: &str| {
+            std::fs::read_to_string(d.join(format!("sysbench-{}.{ext}", i + 1))).unwrap_or_default()
+        };
+        let text = read("out");
         if failed > 0 {
-            eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+            eprintln!("{text}{}", read("err"));
         }
         // `[ 5s ] thds: 2 tps: 123.00 …` once a second.
         transactions += text
@@ -278,7 +281,7 @@ async fn table_moves_under_a_write_load() {
          | rows | {rows} |\n\
          | moves | {moves} |\n\
          | copy rate, median of the moves (rows/s) | {rate:.0} |\n\
-         | the data path's full sync of the same table, same servers (rows/s) | {reference:.0} |\n\
+         | the data path's full sync of the same table, same servers, same load (rows/s) | {reference:.0} |\n\
          | copy rate vs full sync | {:.2}x |\n\
          | cutover write block p50 (ms) | {:.0} |\n\
          | cutover write block max (ms) | {:.0} |\n\

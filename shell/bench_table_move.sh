@@ -3,8 +3,8 @@
 # of two shards and two compute nodes, a sysbench table of BENCH_ROWS
 # (2000000) rows, BENCH_MOVES (5) expand_cluster moves of it back and forth
 # while sysbench oltp_write_only writes through both compute nodes; beside
-# it, the data path's full sync of the same table between the same servers
-# (the full-sync benchmark's rate). Prints the markdown table
+# it, under the same load, the data path's full sync of the same table
+# between the same servers (the full-sync benchmark's rate). Prints the markdown table
 # doc/benchmarks.md shows.
 #
 #   [BENCH_ROWS=2000000] [BENCH_MOVES=5] bash shell/bench_table_move.sh
