@@ -274,7 +274,9 @@ pub async fn give_all(
 ) -> Result<usize, StepError> {
     let mut given = 0;
     for ((db, table), p) in catalog(env, cluster_id).await? {
-        if p.state == "placing" {
+        // A table being placed is its placer's; one being moved, its move's
+        // (the catalog may lag its switch by a moment).
+        if p.state != "placed" {
             continue;
         }
         if install(conn, at, &db, &table, &p, None).await? {

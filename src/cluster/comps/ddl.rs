@@ -460,6 +460,9 @@ async fn alter(
     if p.state == "placing" {
         return place_new(env, cluster, origin, db, table).await;
     }
+    if p.state == "moving" {
+        return Err(moving(db, table));
+    }
     for (shard, backend) in p.backends(table) {
         let rewritten = Rename {
             src_db: db,
@@ -514,6 +517,12 @@ async fn drop_tables(
             continue;
         }
         let drop = format!("DROP TABLE IF EXISTS {}", qualified(&db, &table));
+        if known
+            .get(&(db.clone(), table.clone()))
+            .is_some_and(|p| p.state == "moving")
+        {
+            return Err(moving(&db, &table));
+        }
         if let Some(p) = known.get(&(db.clone(), table.clone())) {
             for (shard, backend) in p.backends(&table) {
                 on_shard(
@@ -559,6 +568,9 @@ async fn rename(
             done.push(place_new(env, cluster, origin, &tdb, &tt).await?);
             continue;
         };
+        if p.state == "moving" {
+            return Err(moving(&fdb, &ft));
+        }
         let moved = renamed(&p, &ft, &tt);
         if tdb != fdb {
             ensure_db(env, cluster, &tdb).await?;
@@ -595,6 +607,15 @@ async fn rename(
         done.push(format!("{fdb}.{ft} renamed {tdb}.{tt}{missed}"));
     }
     Ok(done.join("; "))
+}
+
+/// DDL on a table an `expand_cluster` job is moving waits for the move
+/// (retried, never skipped).
+fn moving(db: &str, table: &str) -> StepError {
+    StepError::transient(format!(
+        "{db}.{table} is being moved between shards (expand_cluster): the statement is carried \
+         when the move ends"
+    ))
 }
 
 /// A placement's backends named after a table's new name.
