@@ -42,7 +42,17 @@ fn lock_store(dir: &Path) -> Result<std::fs::File, StoreError> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
-    match file.try_lock() {
+    // A lock this process just released can linger for a moment: a child
+    // forked meanwhile (a test's `mariadbd`, a backup tool) shares the
+    // descriptor until its exec closes it. Tried a little before refusing.
+    let mut tries = 0;
+    let mut locked = file.try_lock();
+    while matches!(locked, Err(std::fs::TryLockError::WouldBlock)) && tries < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        tries += 1;
+        locked = file.try_lock();
+    }
+    match locked {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut holder = String::new();
