@@ -120,6 +120,11 @@ impl Board {
         }
     }
 
+    /// The keeper saw none.
+    pub fn no_comps(&self) -> bool {
+        self.comps.lock().is_empty()
+    }
+
     /// What the keeper saw of every compute node.
     pub fn comps_seen(&self, seen: Vec<(String, String, String, String)>) {
         *self.comps.lock() = seen;

@@ -34,10 +34,11 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
     let mut tasks: HashMap<(String, i64), Aborting> = HashMap::new();
     let locks: Arc<parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
         Arc::default();
+    let mut idle = Duration::from_secs(1);
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(idle) => {}
         }
         let wanted: Vec<CompRow> = if m.leads() {
             match m.env.store.comps().await {
@@ -46,6 +47,12 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
             }
         } else {
             Vec::new()
+        };
+        // No compute node anywhere: looked at again less often.
+        idle = if wanted.is_empty() && tasks.is_empty() {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(1)
         };
         tasks.retain(|k, t| {
             wanted.iter().any(|c| (c.hostaddr.clone(), c.port) == *k) && !t.0.is_finished()

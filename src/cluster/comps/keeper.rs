@@ -22,6 +22,10 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
             continue;
         }
         round += 1;
+        // Without compute nodes the store is read every 10 s only.
+        if !round.is_multiple_of(5) && m.env.board.no_comps() {
+            continue;
+        }
         let Ok(comps) = m.env.store.comps().await else {
             continue;
         };

@@ -26,25 +26,33 @@ pub enum Step {
 
 /// Refused while instances live on the machine, naming them.
 pub async fn refuse_if_instances(env: &Env, host: &str) -> Result<(), Refused> {
-    let live: Vec<_> = env
+    let mut live: Vec<String> = env
         .store
         .instances()
         .await
         .map_err(store_err)?
         .into_iter()
         .filter(|i| i.hostaddr == host)
+        .map(|i| format!("{host}:{} of cluster {}", i.port, i.cluster_id))
         .collect();
+    live.extend(
+        env.store
+            .comps()
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|c| c.hostaddr == host)
+            .map(|c| format!("compute node {host}:{} of cluster {}", c.port, c.cluster_id)),
+    );
     if live.is_empty() {
         return Ok(());
     }
     Err(Refused {
         code: codes::CONFLICT,
         info: format!(
-            "machine {host} still has instances: {} (delete their clusters or shards first)",
-            live.iter()
-                .map(|i| format!("{host}:{} of cluster {}", i.port, i.cluster_id))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "machine {host} still has instances: {} (delete their clusters, shards or compute \
+             nodes first)",
+            live.join(", ")
         ),
     })
 }
