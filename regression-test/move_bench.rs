@@ -11,7 +11,8 @@
 //! Not a test (ignored): `bash shell/bench_table_move.sh` runs it and
 //! prints the table doc/benchmarks.md shows.
 
-use crate::cluster::{emit, machine, wait_job, Reaper, TOKEN};
+use crate::backup_bench::{env_or, job, percentile};
+use crate::cluster::{emit, machine, Reaper, TOKEN};
 use crate::cluster_engine::LocalAgent;
 use ccr_syncer::config::{Config, StoreConfig};
 use ccr_syncer::secret::Secret;
@@ -20,13 +21,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PW: &str = "move-bench-pw";
-
-fn env_or(key: &str, default: u64) -> u64 {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn sql(node: &(String, i64), q: &str) -> String {
     let out = Command::new("mariadb")
@@ -42,23 +36,6 @@ fn sql(node: &(String, i64), q: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-async fn job(s: &crate::harness::service::Service, job_type: &str, p: Value) -> (Value, f64) {
-    let t = Instant::now();
-    let v = emit(s, job_type, "", p).await;
-    assert_eq!(v["status"], "accept", "{v}");
-    let v = wait_job(s, v["job_id"].as_str().unwrap(), 7200).await;
-    assert_eq!(v["status"], "done", "{job_type}: {v}");
-    (v, t.elapsed().as_secs_f64())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -75,8 +75,27 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
     }
 }
 
+/// Reads a server's binlog as a replica does, by GTID from `from`, under
+/// a server id of its own made from `name` (heartbeats every second).
+pub(crate) async fn binlog_stream(
+    mut conn: mysql_async::Conn,
+    from: &Pos,
+    name: &str,
+) -> Result<mysql_async::BinlogStream, mysql_async::Error> {
+    conn.query_drop(format!(
+        "SET @master_binlog_checksum = @@global.binlog_checksum, @mariadb_slave_capability = 4, \
+         @master_heartbeat_period = {}, @slave_connect_state = '{from}', @slave_gtid_strict_mode = 0, \
+         @slave_gtid_ignore_duplicates = 0",
+        Duration::from_secs(1).as_nanos(),
+    ))
+    .await?;
+    let id = crate::source::binlog::server_id(name);
+    conn.get_binlog_stream(mysql_async::BinlogStreamRequest::new(id))
+        .await
+}
+
 /// A task aborted when its handle is dropped.
-struct Aborting(tokio::task::JoinHandle<()>);
+pub(crate) struct Aborting(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for Aborting {
     fn drop(&mut self) {
@@ -294,21 +313,11 @@ async fn follow(
     let (user, pw) = nodes::password(env, &w.cluster)
         .await
         .map_err(|e| other(e.to_string()))?;
-    let mut conn = nodes::connect(&p.hostaddr, p.port, &user, &pw)
+    let conn = nodes::connect(&p.hostaddr, p.port, &user, &pw)
         .await
         .map_err(|e| other(e.to_string()))?;
-    conn.query_drop(format!(
-        "SET @master_binlog_checksum = @@global.binlog_checksum, @mariadb_slave_capability = 4, \
-         @master_heartbeat_period = {}, @slave_connect_state = '{}', @slave_gtid_strict_mode = 0, \
-         @slave_gtid_ignore_duplicates = 0",
-        Duration::from_secs(1).as_nanos(),
-        w.end
-    ))
-    .await
-    .map_err(|e| other(format!("setting up the binlog connection: {e}")))?;
-    let id = crate::source::binlog::server_id(&format!("archive-{}-{}", w.cluster, w.shard));
-    let mut stream = conn
-        .get_binlog_stream(mysql_async::BinlogStreamRequest::new(id))
+    let name = format!("archive-{}-{}", w.cluster, w.shard);
+    let mut stream = binlog_stream(conn, &w.end, &name)
         .await
         .map_err(|e| classify(&e))?;
     w.from = format!("{}:{}", p.hostaddr, p.port);

@@ -16,6 +16,7 @@ use super::board::DdlOutcome;
 use super::spider::{self, Placement};
 use super::{catalog, connect, is_own_table, is_system_db, put, running, CompRow};
 use crate::archive::{self, Pos};
+use crate::cluster::archiver::Aborting;
 use crate::cluster::kind::StepError;
 use crate::cluster::nodes::{self, sql_error};
 use crate::cluster::{Env, Manager};
@@ -74,15 +75,6 @@ pub async fn run(m: Arc<Manager>, mut shutdown: tokio::sync::watch::Receiver<boo
     }
 }
 
-/// A task aborted when its handle is dropped.
-struct Aborting(tokio::task::JoinHandle<()>);
-
-impl Drop for Aborting {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 async fn comp_task(m: Arc<Manager>, comp: CompRow, lock: Arc<tokio::sync::Mutex<()>>) {
     loop {
         if let Err(e) = follow(&m, &comp, &lock).await {
@@ -111,21 +103,10 @@ async fn follow(m: &Manager, comp: &CompRow, lock: &tokio::sync::Mutex<()>) -> R
     let (user, pw) = nodes::password(env, &comp.cluster_id)
         .await
         .map_err(|e| e.to_string())?;
-    let mut conn = nodes::connect(&comp.hostaddr, comp.port, &user, &pw)
+    let conn = nodes::connect(&comp.hostaddr, comp.port, &user, &pw)
         .await
         .map_err(|e| e.to_string())?;
-    conn.query_drop(format!(
-        "SET @master_binlog_checksum = @@global.binlog_checksum, @mariadb_slave_capability = 4, \
-         @master_heartbeat_period = {}, @slave_connect_state = '{}', @slave_gtid_strict_mode = 0, \
-         @slave_gtid_ignore_duplicates = 0",
-        Duration::from_secs(1).as_nanos(),
-        pos
-    ))
-    .await
-    .map_err(|e| format!("{at}: setting up the binlog connection: {e}"))?;
-    let id = crate::source::binlog::server_id(&format!("ddl-{at}"));
-    let mut stream = conn
-        .get_binlog_stream(mysql_async::BinlogStreamRequest::new(id))
+    let mut stream = crate::cluster::archiver::binlog_stream(conn, &pos, &format!("ddl-{at}"))
         .await
         .map_err(|e| format!("{at}: the binlog stream: {e}"))?;
     info!(cluster_id = %comp.cluster_id, comp = %at, from = %pos, "following the compute node's DDL");

@@ -51,6 +51,14 @@ pub struct CompPlacement {
     pub server_id: i64,
 }
 
+impl CompPlacement {
+    /// As the seed's `list_comp` shows a new compute node.
+    pub fn json(&self) -> Value {
+        json!({"comp_id": self.comp_id.to_string(), "comp_name": self.name,
+               "hostaddr": self.hostaddr, "port": self.port.to_string()})
+    }
+}
+
 /// Whether a machine row carries `kind` (`storage`, `computer`): a host
 /// registered for both has `storage,computer`.
 pub fn has_type(machine_type: &str, kind: &str) -> bool {

@@ -110,14 +110,7 @@ impl Kind for AddComps {
     }
 
     fn attachment(&self, plan: &Plan, _results: &[(MakeStep, Value)]) -> Value {
-        let list: Vec<Value> = plan
-            .comps
-            .iter()
-            .map(|c| {
-                json!({"comp_id": c.comp_id.to_string(), "comp_name": c.name,
-                            "hostaddr": c.hostaddr, "port": c.port.to_string()})
-            })
-            .collect();
+        let list: Vec<Value> = plan.comps.iter().map(CompPlacement::json).collect();
         json!({"cluster_id": plan.cluster_id, "cluster_name": plan.cluster_name,
                "shards": plan.shards.to_string(), "comps": plan.comps_after.to_string(),
                "list_comp": list})

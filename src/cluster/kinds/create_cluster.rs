@@ -376,14 +376,7 @@ impl Kind for CreateCluster {
     }
 
     fn attachment(&self, plan: &Plan, results: &[(MakeStep, Value)]) -> Value {
-        let list: Vec<Value> = plan
-            .comps
-            .iter()
-            .map(|c| {
-                json!({"comp_id": c.comp_id.to_string(), "comp_name": c.name,
-                            "hostaddr": c.hostaddr, "port": c.port.to_string()})
-            })
-            .collect();
+        let list: Vec<Value> = plan.comps.iter().map(CompPlacement::json).collect();
         let mut a = json!({"cluster_id": plan.cluster_id, "cluster_name": plan.cluster_name,
                            "shards": plan.shards.to_string(), "comps": plan.comps.len().to_string(),
                            "list_comp": list});
