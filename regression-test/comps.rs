@@ -6,9 +6,12 @@
 //! partitioned table spread; a refused statement visible; a switchover
 //! followed by the compute nodes; `get_expand_table_list`; `expand_cluster`
 //! under writes through both compute nodes (none fails, none lost), the
-//! manager halted at its steps and a new one finishing the move;
+//! manager halted at its steps and a new one finishing the move, then the
+//! real binary killed (SIGKILL) during a copy and during a switch;
 //! `cancel_job` after the switch (switched back, nothing lost);
-//! `repartition_tables` into a partitioned table of a second cluster.
+//! `repartition_tables` into a partitioned table of a second cluster; an
+//! automatic failover of a shard (its machine dies) followed by both
+//! compute nodes before the job ends.
 
 use crate::cluster::{emit, machine, wait_job, Reaper, TOKEN};
 use crate::cluster_engine::LocalAgent;
@@ -699,18 +702,100 @@ async fn compute_nodes_carry_ddl_and_tables_move_between_shards() {
         "spread by the destination's partitioning: {a} and {b}"
     );
 
-    // delete_comp: compute node 2 goes; compute node 1 serves on.
-    let (_, comps) = layout(&s, &name).await;
+    // The primary of app.m1's shard dies with its machine's agent: the
+    // shard fails over by itself, every compute node follows the new
+    // primary, and writes through both resume.
+    let fsid = reads_from(&c1, "app", "m1").await;
+    let (shards, comps) = layout(&s, &name).await;
+    let dead = shards.iter().find(|(id, _)| *id == fsid).unwrap().1.clone();
+    let at = agents.iter().position(|a| a.host == dead.0).unwrap();
+    drop(agents.remove(at));
+    let pid = crate::shard_failover::mariadbd_pid(d, &dead).expect("the primary's pid");
+    // SAFETY: kill(2) on the test's own mariadbd.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    eventually(60, "the shard failed over", || async {
+        layout(&s, &name)
+            .await
+            .0
+            .iter()
+            .any(|(id, p)| *id == fsid && *p != dead)
+    })
+    .await;
+    let new_primary = layout(&s, &name)
+        .await
+        .0
+        .into_iter()
+        .find(|(id, _)| *id == fsid)
+        .unwrap()
+        .1;
+    let j = emit(
+        &s,
+        "get_failover_journal",
+        "",
+        json!({"cluster_id": cid, "shard_id": fsid}),
+    )
+    .await;
+    let last = j["attachment"]["list_failover"]
+        .as_array()
+        .and_then(|l| l.last())
+        .unwrap_or_else(|| panic!("{j}"))
+        .clone();
+    assert_eq!(last["kind"], "auto", "an automatic failover: {j}");
+    let v = wait_job(&s, last["job_id"].as_str().unwrap(), 60).await;
+    assert_eq!(v["status"], "done", "{v}");
+    for (_, c) in &comps {
+        let server = one(
+            c,
+            &format!(
+                "SELECT CONCAT(Host, ':', Port) FROM mysql.servers WHERE Server_name = 'ccr_s{fsid}'"
+            ),
+        )
+        .await;
+        assert_eq!(
+            server,
+            Some(format!("{}:{}", new_primary.0, new_primary.1)),
+            "compute node {c:?} repointed before the failover job ended"
+        );
+    }
+    for (i, (_, c)) in comps.iter().enumerate() {
+        let id = 900_000_001 + i as i64;
+        eventually(
+            30,
+            "a write through a compute node after the failover",
+            || async {
+                let mut k = conn(c).await;
+                let ok = k
+                    .query_drop(format!(
+                        "REPLACE INTO app.m1 (id, v) VALUES ({id}, 'failed over')"
+                    ))
+                    .await
+                    .is_ok();
+                let _ = k.disconnect().await;
+                ok
+            },
+        )
+        .await;
+    }
+    let rows = rows + comps.len() as i64;
+    assert_eq!(count(&new_primary, "app.m1").await, rows);
+
+    // delete_comp: a compute node on a live machine goes; the other
+    // serves on.
+    let (gone, stays) = if comps[1].1 .0 != dead.0 {
+        (&comps[1], &comps[0])
+    } else {
+        (&comps[0], &comps[1])
+    };
     done(
         &s,
         "delete_comp",
-        json!({"cluster_id": cid, "comp_id": comps[1].0}),
+        json!({"cluster_id": cid, "comp_id": gone.0}),
         120,
     )
     .await;
     let (_, comps) = layout(&s, &name).await;
     assert_eq!(comps.len(), 1);
-    assert_eq!(count(&c1, "app.m1").await, rows);
+    assert_eq!(count(&stays.1, "app.m1").await, rows);
     drop(agents);
 }
 
@@ -829,20 +914,63 @@ async fn a_move_survives_the_manager_stopping_at_its_steps() {
     let s = manager(d, None).await;
     let v = wait_job(&s, &job, 300).await;
     assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(reads_from(&c1, "app", "c").await, src);
+    s.stop().await;
+
+    // The real binary killed (SIGKILL) while it copies, then while it
+    // switches: each new one goes on from where the last one was. Enough
+    // rows that the copy and the verify take a while.
+    run(
+        &node(&src),
+        "USE app; INSERT INTO c SELECT seq, 'bulk' FROM seq_100000000_to_100399999",
+    )
+    .await;
+    let config = "[group]\nlease_secs = 3\nheartbeat_ms = 300\n[cluster]\nstep_retry_s = 60\n";
+    let env = [("CCR_AGENT_TOKEN", TOKEN)];
+    let s = Service::process_with_env(d, config, &env).await;
+    let v = emit(
+        &s,
+        "expand_cluster",
+        "",
+        json!({"cluster_id": cid, "src_shard_id": src, "dst_shard_id": dst,
+               "table_list": "app.c", "reverse_keep_s": "0", "drop_old_table": "1"}),
+    )
+    .await;
+    let job = v["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string();
+    let mut s = s;
+    for step in ["copy:app.c", "switch:app.c"] {
+        eventually(120, &format!("{step} under way"), || async {
+            let v = emit(&s, "get_status", &job, json!({})).await;
+            v["attachment"]["step"] == step
+                || v["attachment"]["steps_done"].to_string().contains(step)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let v = emit(&s, "get_status", &job, json!({})).await;
+        eprintln!("killing the manager at {}", v["attachment"]["step"]);
+        s.kill();
+        s = Service::process_with_env(d, config, &env).await;
+    }
+    let v = wait_job(&s, &job, 300).await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(v["attachment"]["tables"][0]["verify"]["equal"], true, "{v}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (acked, failed) = w.stop().await;
     assert!(failed.is_empty(), "no write fails: {failed:?}");
-    assert_eq!(reads_from(&c1, "app", "c").await, src);
+    assert_eq!(reads_from(&c1, "app", "c").await, dst);
     assert_eq!(
-        count(&node(&src), "app.c").await,
-        acked.len() as i64,
+        count(&node(&dst), "app.c").await,
+        acked.len() as i64 + 400_000,
         "every acknowledged write"
     );
     assert!(
-        engine_of(&node(&dst), "app", "c").await.is_none(),
+        engine_of(&node(&src), "app", "c").await.is_none(),
         "dropped on the shard it left"
     );
-    assert_eq!(count(&c1, "app.c").await, acked.len() as i64);
-    s.stop().await;
+    assert_eq!(count(&c1, "app.c").await, acked.len() as i64 + 400_000);
+    s.kill();
     drop(agents);
 }

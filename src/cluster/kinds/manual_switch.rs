@@ -177,19 +177,24 @@ impl Kind for ManualSwitch {
                     .await
                     .map_err(|e| sql_error(&name, &e))?;
                 let started = Instant::now();
-                let open = loop {
-                    let open: Option<i64> = conn
-                        // Writes in flight; a reader's snapshot (a CCR
-                        // job's, a report's) is not waited for.
-                        .query_first(
-                            "SELECT COUNT(*) FROM information_schema.INNODB_TRX \
-                             WHERE trx_rows_modified > 0",
+                let (open, idle) = loop {
+                    // Writes in flight: a statement running in a transaction
+                    // that changed rows (a commit waiting for a replica's
+                    // acknowledgement among them). A reader's snapshot (a
+                    // CCR job's, a report's) is not waited for, nor is a
+                    // transaction idle between statements: nothing of it
+                    // was acknowledged, and the fence below ends it.
+                    let trx: Vec<(Option<String>,)> = conn
+                        .query(
+                            "SELECT trx_query FROM information_schema.INNODB_TRX \
+                             WHERE trx_rows_modified > 0 \
+                             AND trx_mysql_thread_id <> CONNECTION_ID()",
                         )
                         .await
                         .map_err(|e| sql_error(&name, &e))?;
-                    let open = open.unwrap_or(0);
+                    let open = trx.iter().filter(|(q,)| q.is_some()).count();
                     if open == 0 || started.elapsed() >= DRAIN {
-                        break open;
+                        break (open, trx.len() - open);
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 };
@@ -203,7 +208,8 @@ impl Kind for ManualSwitch {
                 let _ = conn.disconnect().await;
                 Ok(json!({"node": name, "demoted_at": demoted_at,
                           "position": pos.unwrap_or_default(),
-                          "open_transactions_left": open, "fenced": fenced}))
+                          "open_transactions_left": open,
+                          "idle_transactions_ended": idle, "fenced": fenced}))
             }
             Step::CatchUp => {
                 let target = ctx
