@@ -405,6 +405,7 @@ async fn million_row_transaction_with_bounded_memory() {
         .await
         .ok();
     wait_for_state(&service, "h", "TableIncrementalSync").await;
+    let before_mib = peak_rss_kib(service.pid().unwrap()) / 1024;
     // One transaction of 1,000,000 rows (about 110 MB of binlog).
     source().admin(&format!(
         "USE {db}; INSERT INTO h SELECT seq, REPEAT(CHAR(65 + seq % 26), 100) FROM seq_1_to_1000000;"
@@ -415,10 +416,17 @@ async fn million_row_transaction_with_bounded_memory() {
         checksums(dest(), &dest_db, &["h"])
     );
     let peak_mib = peak_rss_kib(service.pid().unwrap()) / 1024;
-    eprintln!("peak RSS applying a 1,000,000-row transaction: {peak_mib} MiB");
+    eprintln!(
+        "peak RSS applying a 1,000,000-row transaction: {peak_mib} MiB ({before_mib} MiB before it)"
+    );
+    // Held whole, the transaction's rows alone would take well over 200
+    // MiB (110 MB of binlog, decoded); streamed, the process stays near
+    // its read-ahead and one piece per connection (57 to 62 MiB above the
+    // 32 MiB where it started, measured; the bound leaves room for a busy
+    // CI machine, where it once peaked at 103 MiB).
     assert!(
-        peak_mib < 100,
-        "peak RSS {peak_mib} MiB while applying a 110 MB transaction"
+        peak_mib < 128 && peak_mib - before_mib < 96,
+        "peak RSS {peak_mib} MiB ({before_mib} MiB before) while applying a 110 MB transaction"
     );
     service.kill();
 }
