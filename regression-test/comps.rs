@@ -971,6 +971,86 @@ async fn a_move_survives_the_manager_stopping_at_its_steps() {
         "dropped on the shard it left"
     );
     assert_eq!(count(&c1, "app.c").await, acked.len() as i64 + 400_000);
+
+    // A second compute node, and the manager dying between the two compute
+    // nodes' switches (the failpoint `cutover:app.c`): the one not switched
+    // cannot write to the shard the table leaves (the fence), and the next
+    // manager switches it from what the fence kept.
+    let other = hosts.iter().find(|h| **h != c1.0).unwrap();
+    done(
+        &s,
+        "add_comps",
+        json!({"cluster_id": cid, "comps": "1", "computer_iplists": [other]}),
+        300,
+    )
+    .await;
+    let (_, comps) = layout(&s, &name).await;
+    let c2 = comps.iter().find(|(_, n)| *n != c1).unwrap().1.clone();
+    assert_eq!(engine_of(&c2, "app", "c").await.as_deref(), Some("SPIDER"));
+    let base = count(&c1, "app.c").await;
+    let w = Writers::start(&[c1.clone(), c2.clone()], "app.c", 10_000_000);
+    s.kill();
+    let crash = [
+        ("CCR_AGENT_TOKEN", TOKEN),
+        ("CCR_SYNCER_CM_FAILPOINT", "cutover:app.c"),
+    ];
+    let mut s = Service::process_with_env(d, config, &crash).await;
+    let v = emit(
+        &s,
+        "expand_cluster",
+        "",
+        json!({"cluster_id": cid, "src_shard_id": dst, "dst_shard_id": src,
+               "table_list": "app.c", "reverse_keep_s": "0", "drop_old_table": "1"}),
+    )
+    .await;
+    let job = v["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string();
+    assert!(
+        s.wait_exit(Duration::from_secs(180)).await,
+        "the failpoint did not abort the manager"
+    );
+    assert_ne!(
+        reads_from(&c1, "app", "c").await,
+        reads_from(&c2, "app", "c").await,
+        "the manager died between the two compute nodes' switches"
+    );
+    let left = node(&dst);
+    let before = count(&left, "app.c").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count(&left, "app.c").await,
+        before,
+        "no write reaches the shard the table leaves"
+    );
+    let s = Service::process_with_env(d, config, &env).await;
+    let v = wait_job(&s, &job, 300).await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(v["attachment"]["tables"][0]["verify"]["equal"], true, "{v}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, failed) = w.stop().await;
+    assert!(
+        !failed.is_empty() && failed.iter().all(|f| f.contains("is moving to shard")),
+        "the fenced compute node's writes, and only they, fail, saying why: {failed:?}"
+    );
+    eprintln!(
+        "refused by the fence: {} writes, e.g. {}",
+        failed.len(),
+        failed[0]
+    );
+    for c in [&c1, &c2] {
+        assert_eq!(reads_from(c, "app", "c").await, src, "{c:?}");
+    }
+    assert_eq!(
+        count(&node(&src), "app.c").await,
+        base + acked.len() as i64,
+        "every acknowledged write"
+    );
+    assert!(
+        engine_of(&node(&dst), "app", "c").await.is_none(),
+        "dropped on the shard it left"
+    );
     s.kill();
     drop(agents);
 }

@@ -16,13 +16,21 @@
 //!    exclusive lock, goes before the waiting writers, which then write to
 //!    the target.
 //!
+//! Before the first RENAME, the source's table is fenced ([`super::fence`]):
+//! triggers there refuse its writes, and keep the target's position and the
+//! verify result. They are lifted once every compute node reads the target.
+//!
 //! Steps 2 and 3 must end within `cutover_max_ms`, or the cutover backs
 //! out (locks released, writes go on to the source) and is tried again.
 //! Before the first RENAME nothing has changed; after it, the switch is
-//! finished on every compute node (rolled forward), never undone halfway:
-//! a table is never written on two shards.
+//! finished on every compute node (rolled forward), never undone halfway.
+//! A manager that dies in between leaves the fence: the compute nodes not
+//! switched yet cannot write to the source, and the next manager rolls the
+//! switch forward from what the fence keeps ([`roll_forward`]). A table is
+//! never written on two shards.
 
 use super::apply::{self, qualified, read_table};
+use super::fence;
 use super::spider::Placement;
 use super::{connect, running, CompRow};
 use crate::cluster::kind::{StepCtx, StepError};
@@ -292,8 +300,83 @@ pub async fn all_on(
     Ok(true)
 }
 
+/// A cutover a manager left halfway (its fence still on the source): the
+/// compute nodes not switched yet are switched (their writes are refused
+/// meanwhile, so no lock is needed), then the fence is lifted. What the
+/// fence kept, or `None` when there was none (what an interrupted fence or
+/// lift left is removed).
+pub async fn roll_forward(
+    env: &Env,
+    cluster_id: &str,
+    db: &str,
+    table: &str,
+    p: &Placement,
+    from: i64,
+    to: i64,
+) -> Result<Option<Value>, StepError> {
+    let Some(kept) = fence::read(env, cluster_id, from, db, table).await? else {
+        fence::lift(env, cluster_id, from, db, table).await?;
+        return Ok(None);
+    };
+    let (sw, old) = (format!("{table}__ccr_sw"), format!("{table}__ccr_old"));
+    for c in running(env, cluster_id).await? {
+        let at = format!("{}:{}", c.hostaddr, c.port);
+        let mut conn = connect(env, cluster_id, &c.hostaddr, c.port).await?;
+        let now = read_table(&mut conn, &at, db, table).await?;
+        if now
+            .as_ref()
+            .is_some_and(|t| apply::is_installed(t, db, table, p, Some(to)))
+        {
+            let _ = conn.disconnect().await;
+            continue;
+        }
+        let swap = if now.is_some() {
+            format!(
+                "RENAME TABLE {} TO {}, {} TO {}",
+                qualified(db, table),
+                qualified(db, &old),
+                qualified(db, &sw),
+                qualified(db, table)
+            )
+        } else {
+            format!(
+                "RENAME TABLE {} TO {}",
+                qualified(db, &sw),
+                qualified(db, table)
+            )
+        };
+        for sql in [
+            format!("DROP TABLE IF EXISTS {}", qualified(db, &sw)),
+            p.spider_sql(db, &sw, table, Some(to)),
+            format!("DROP TABLE IF EXISTS {}", qualified(db, &old)),
+            swap,
+            format!("DROP TABLE IF EXISTS {}", qualified(db, &old)),
+        ] {
+            conn.query_drop(&sql)
+                .await
+                .map_err(|e| sql_error(&at, &e))?;
+        }
+        let _ = conn.disconnect().await;
+        tracing::info!(compute_node = %at, table = %format!("{db}.{table}"), to,
+                       "a cutover left halfway: switched now");
+    }
+    fence::lift(env, cluster_id, from, db, table).await?;
+    Ok(Some(kept))
+}
+
+/// Tests: the manager aborts once the first compute node is switched (the
+/// failpoint `cutover:DB.TABLE`).
+fn crash_if_asked(env: &Env, db: &str, table: &str) {
+    let point = format!("cutover:{db}.{table}");
+    if !env.settings.failpoint_halts && env.settings.failpoint.as_deref() == Some(point.as_str()) {
+        tracing::error!(%point, "failpoint: the manager aborts here");
+        std::process::abort();
+    }
+}
+
 /// One cutover of `db.table` (not spread) from shard `from` to shard `to`,
-/// the stream `stream` carrying it; see the module doc.
+/// the stream `stream` carrying it; see the module doc. `keep` goes into
+/// the fence (with the target's position) for a next manager.
 #[allow(clippy::too_many_arguments)]
 pub async fn switch(
     env: &Env,
@@ -305,6 +388,7 @@ pub async fn switch(
     to: i64,
     stream: &Stream,
     max: Duration,
+    keep: &Value,
 ) -> Result<Switched, StepError> {
     let comps = running(env, cluster_id).await?;
     let sw = format!("{table}__ccr_sw");
@@ -404,6 +488,15 @@ pub async fn switch(
             )));
         }
     };
+    // The fence on the source, before the first compute node switches.
+    let mut kept = keep.clone();
+    kept["target_at"] = json!(target_at);
+    if let Err(e) = fence::put(env, cluster_id, from, db, table, to, &kept).await {
+        let _ = fence::lift(env, cluster_id, from, db, table).await;
+        drop(held);
+        back_out(&mut todo).await;
+        return Ok(Switched::BackedOut(format!("fencing the source: {e}")));
+    }
     let swap = format!(
         "RENAME TABLE {} TO {}, {} TO {}",
         qualified(db, table),
@@ -412,7 +505,10 @@ pub async fn switch(
         qualified(db, table)
     );
     let mut last_err = None;
-    for (c, conn, at) in todo.iter_mut() {
+    for (i, (c, conn, at)) in todo.iter_mut().enumerate() {
+        if i == 1 {
+            crash_if_asked(env, db, table);
+        }
         let _ = conn
             .query_drop(format!(
                 "DROP TABLE IF EXISTS {}",
@@ -437,10 +533,18 @@ pub async fn switch(
         let _ = conn.disconnect().await;
     }
     if let Some(e) = last_err {
+        // The fence stays: the next try rolls the switch forward.
         return Err(StepError::transient(format!(
             "the switch did not finish on every compute node ({e}): it is finished on the next try"
         )));
     }
+    fence::lift(env, cluster_id, from, db, table)
+        .await
+        .map_err(|e| {
+            StepError::transient(format!(
+                "every compute node is switched; lifting the fence on the source: {e}"
+            ))
+        })?;
     Ok(Switched::Done {
         block_ms,
         target_at,

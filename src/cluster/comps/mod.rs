@@ -19,6 +19,7 @@ pub mod apply;
 pub mod board;
 pub mod cutover;
 pub mod ddl;
+pub mod fence;
 pub mod keeper;
 pub mod listing;
 pub mod spider;

@@ -488,6 +488,15 @@ async fn copy(ctx: &StepCtx<'_>, plan: &Plan, db: &str, table: &str) -> Result<V
 async fn switch(ctx: &StepCtx<'_>, plan: &Plan, db: &str, table: &str) -> Result<Value, StepError> {
     let env = ctx.env;
     let p = placement(env, plan, db, table).await?;
+    let (from, to) = (plan.src_shard, plan.dst_shard);
+    if let Some(kept) =
+        cutover::roll_forward(env, &plan.cluster_id, db, table, &p, from, to).await?
+    {
+        set_state(env, plan, db, table, to, "moving").await?;
+        return Ok(json!({"block_ms": null, "attempts": kept["attempts"],
+                         "target_at": kept["target_at"], "verify": kept["verify"],
+                         "rolled_forward": true}));
+    }
     if cutover::all_on(env, &plan.cluster_id, db, table, &p, plan.dst_shard).await? {
         if let Some(done) = ctx.earlier(&format!("switch:{db}.{table}")) {
             return Ok(done.clone());
@@ -578,7 +587,21 @@ async fn cutover_loop(
             ctx.job_id,
             Some(format!("cutover of {db}.{table} (attempt {attempt})")),
         );
-        match cutover::switch(env, &plan.cluster_id, db, table, p, from, to, stream, max).await? {
+        let keep = json!({"verify": verified, "attempts": attempt});
+        match cutover::switch(
+            env,
+            &plan.cluster_id,
+            db,
+            table,
+            p,
+            from,
+            to,
+            stream,
+            max,
+            &keep,
+        )
+        .await?
+        {
             Switched::Done {
                 block_ms,
                 target_at,
@@ -700,7 +723,9 @@ async fn switch_back(
 ) -> Result<(), StepError> {
     let env = ctx.env;
     let p = placement(env, plan, db, table).await?;
-    if !cutover::all_on(env, &plan.cluster_id, db, table, &p, plan.src_shard).await? {
+    let (from, to) = (plan.dst_shard, plan.src_shard);
+    let rolled = cutover::roll_forward(env, &plan.cluster_id, db, table, &p, from, to).await?;
+    if rolled.is_none() && !cutover::all_on(env, &plan.cluster_id, db, table, &p, to).await? {
         let stream = reverse_stream(ctx, plan, db, table).await?;
         let r = cutover_loop(
             ctx,
