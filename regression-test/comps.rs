@@ -128,6 +128,24 @@ async fn manager(dir: &std::path::Path, failpoint: Option<&str>) -> Service {
     Service::start(config).await
 }
 
+/// Starts moving `app.c` from shard `from` to `to` (dropped where it
+/// was, streamed back for `keep_s`); the job's id.
+async fn move_c(s: &Service, cid: &str, from: &str, to: &str, keep_s: u64) -> String {
+    let v = emit(
+        s,
+        "expand_cluster",
+        "",
+        json!({"cluster_id": cid, "src_shard_id": from, "dst_shard_id": to,
+               "table_list": "app.c", "reverse_keep_s": keep_s.to_string(),
+               "drop_old_table": "1"}),
+    )
+    .await;
+    v["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string()
+}
+
 /// `(shard id, primary)` of a cluster, and its compute nodes.
 async fn layout(s: &Service, name: &str) -> (Vec<(String, Node)>, Vec<(String, Node)>) {
     let v = emit(s, "get_cluster_detail", "", json!({"cluster_name": name})).await;
@@ -856,19 +874,7 @@ async fn a_move_survives_the_manager_stopping_at_its_steps() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Halted after the copy: a new manager goes on from the stream.
-    let v = emit(
-        &s,
-        "expand_cluster",
-        "",
-        json!({"cluster_id": cid, "src_shard_id": src, "dst_shard_id": dst,
-                                                   "table_list": "app.c", "reverse_keep_s": "1",
-                                                   "drop_old_table": "1"}),
-    )
-    .await;
-    let job = v["job_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{v}"))
-        .to_string();
+    let job = move_c(&s, &cid, &src, &dst, 1).await;
     eventually(60, "the copy done and the manager halted", || async {
         let v = emit(&s, "get_status", &job, json!({})).await;
         v["attachment"]["steps_done"]
@@ -891,19 +897,7 @@ async fn a_move_survives_the_manager_stopping_at_its_steps() {
     // Halted as the switch of the move back starts.
     s.stop().await;
     let s = manager(d, Some("during:switch:app.c")).await;
-    let v = emit(
-        &s,
-        "expand_cluster",
-        "",
-        json!({"cluster_id": cid, "src_shard_id": dst, "dst_shard_id": src,
-                                                   "table_list": ["app.c"], "reverse_keep_s": "0",
-                                                   "drop_old_table": "1"}),
-    )
-    .await;
-    let job = v["job_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{v}"))
-        .to_string();
+    let job = move_c(&s, &cid, &dst, &src, 0).await;
     eventually(60, "the manager halted at the switch", || async {
         let v = emit(&s, "get_status", &job, json!({})).await;
         v["attachment"]["step"] == "switch:app.c"
@@ -928,18 +922,7 @@ async fn a_move_survives_the_manager_stopping_at_its_steps() {
     let config = "[group]\nlease_secs = 3\nheartbeat_ms = 300\n[cluster]\nstep_retry_s = 60\n";
     let env = [("CCR_AGENT_TOKEN", TOKEN)];
     let s = Service::process_with_env(d, config, &env).await;
-    let v = emit(
-        &s,
-        "expand_cluster",
-        "",
-        json!({"cluster_id": cid, "src_shard_id": src, "dst_shard_id": dst,
-               "table_list": "app.c", "reverse_keep_s": "0", "drop_old_table": "1"}),
-    )
-    .await;
-    let job = v["job_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{v}"))
-        .to_string();
+    let job = move_c(&s, &cid, &src, &dst, 0).await;
     let mut s = s;
     for step in ["copy:app.c", "switch:app.c"] {
         eventually(120, &format!("{step} under way"), || async {
@@ -995,18 +978,7 @@ async fn a_move_survives_the_manager_stopping_at_its_steps() {
         ("CCR_SYNCER_CM_FAILPOINT", "cutover:app.c"),
     ];
     let mut s = Service::process_with_env(d, config, &crash).await;
-    let v = emit(
-        &s,
-        "expand_cluster",
-        "",
-        json!({"cluster_id": cid, "src_shard_id": dst, "dst_shard_id": src,
-               "table_list": "app.c", "reverse_keep_s": "0", "drop_old_table": "1"}),
-    )
-    .await;
-    let job = v["job_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{v}"))
-        .to_string();
+    let job = move_c(&s, &cid, &dst, &src, 0).await;
     assert!(
         s.wait_exit(Duration::from_secs(180)).await,
         "the failpoint did not abort the manager"

@@ -208,6 +208,18 @@ pub fn is_installed(
     }
 }
 
+/// `db.table` swapped for `db.new` in one statement, the old one kept as
+/// `db.old`.
+pub fn swap_sql(db: &str, table: &str, new: &str, old: &str) -> String {
+    format!(
+        "RENAME TABLE {} TO {}, {} TO {}",
+        qualified(db, table),
+        qualified(db, old),
+        qualified(db, new),
+        qualified(db, table)
+    )
+}
+
 /// Makes sure a compute node holds `db.table` as the Spider table of
 /// `placement` (switched atomically when it holds another); whether it
 /// changed anything. A local table of the same name (not Spider) is
@@ -243,13 +255,7 @@ pub async fn install(
     if now.is_some() {
         stmts.push(format!("SET SESSION lock_wait_timeout = {LOCK_WAIT_S}"));
         stmts.push(format!("DROP TABLE IF EXISTS {}", qualified(db, &old)));
-        stmts.push(format!(
-            "RENAME TABLE {} TO {}, {} TO {}",
-            qualified(db, table),
-            qualified(db, &old),
-            qualified(db, &new),
-            qualified(db, table)
-        ));
+        stmts.push(swap_sql(db, table, &new, &old));
         stmts.push(format!("DROP TABLE IF EXISTS {}", qualified(db, &old)));
     } else {
         stmts.push(format!(
@@ -450,13 +456,7 @@ async fn carry_rows(
             return Err(sql_error(at, &e));
         }
     }
-    let swap = format!(
-        "RENAME TABLE {} TO {}, {} TO {}",
-        q(table),
-        q(&old),
-        q(&new),
-        q(table)
-    );
+    let swap = swap_sql(db, table, &new, &old);
     let switched = switch_behind_lock(env, cluster_id, conn, at, &swap).await;
     let _ = conn.query_drop("UNLOCK TABLES").await;
     switched?;

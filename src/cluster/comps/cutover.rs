@@ -314,51 +314,23 @@ pub async fn roll_forward(
     from: i64,
     to: i64,
 ) -> Result<Option<Value>, StepError> {
-    let Some(kept) = fence::read(env, cluster_id, from, db, table).await? else {
-        fence::lift(env, cluster_id, from, db, table).await?;
-        return Ok(None);
+    let kept = match fence::read(env, cluster_id, from, db, table).await? {
+        fence::Found::Nothing => return Ok(None),
+        fence::Found::Part => {
+            fence::lift(env, cluster_id, from, db, table).await?;
+            return Ok(None);
+        }
+        fence::Found::Whole(kept) => kept,
     };
-    let (sw, old) = (format!("{table}__ccr_sw"), format!("{table}__ccr_old"));
     for c in running(env, cluster_id).await? {
         let at = format!("{}:{}", c.hostaddr, c.port);
         let mut conn = connect(env, cluster_id, &c.hostaddr, c.port).await?;
-        let now = read_table(&mut conn, &at, db, table).await?;
-        if now
-            .as_ref()
-            .is_some_and(|t| apply::is_installed(t, db, table, p, Some(to)))
-        {
-            let _ = conn.disconnect().await;
-            continue;
-        }
-        let swap = if now.is_some() {
-            format!(
-                "RENAME TABLE {} TO {}, {} TO {}",
-                qualified(db, table),
-                qualified(db, &old),
-                qualified(db, &sw),
-                qualified(db, table)
-            )
-        } else {
-            format!(
-                "RENAME TABLE {} TO {}",
-                qualified(db, &sw),
-                qualified(db, table)
-            )
-        };
-        for sql in [
-            format!("DROP TABLE IF EXISTS {}", qualified(db, &sw)),
-            p.spider_sql(db, &sw, table, Some(to)),
-            format!("DROP TABLE IF EXISTS {}", qualified(db, &old)),
-            swap,
-            format!("DROP TABLE IF EXISTS {}", qualified(db, &old)),
-        ] {
-            conn.query_drop(&sql)
-                .await
-                .map_err(|e| sql_error(&at, &e))?;
-        }
+        let switched = apply::install(&mut conn, &at, db, table, p, Some(to)).await;
         let _ = conn.disconnect().await;
-        tracing::info!(compute_node = %at, table = %format!("{db}.{table}"), to,
-                       "a cutover left halfway: switched now");
+        if switched? {
+            tracing::info!(compute_node = %at, table = %format!("{db}.{table}"), to,
+                           "a cutover left halfway: switched now");
+        }
     }
     fence::lift(env, cluster_id, from, db, table).await?;
     Ok(Some(kept))
@@ -391,7 +363,7 @@ pub async fn switch(
     keep: &Value,
 ) -> Result<Switched, StepError> {
     let comps = running(env, cluster_id).await?;
-    let sw = format!("{table}__ccr_sw");
+    let (sw, old) = (format!("{table}__ccr_sw"), format!("{table}__ccr_old"));
     // 1. The new Spider tables, beside the old ones (those that already
     // read the target, from an interrupted switch, are left as they are).
     let mut todo: Vec<(CompRow, mysql_async::Conn, String)> = Vec::new();
@@ -497,23 +469,14 @@ pub async fn switch(
         back_out(&mut todo).await;
         return Ok(Switched::BackedOut(format!("fencing the source: {e}")));
     }
-    let swap = format!(
-        "RENAME TABLE {} TO {}, {} TO {}",
-        qualified(db, table),
-        qualified(db, &format!("{table}__ccr_old")),
-        qualified(db, &sw),
-        qualified(db, table)
-    );
+    let swap = apply::swap_sql(db, table, &sw, &old);
     let mut last_err = None;
     for (i, (c, conn, at)) in todo.iter_mut().enumerate() {
         if i == 1 {
             crash_if_asked(env, db, table);
         }
         let _ = conn
-            .query_drop(format!(
-                "DROP TABLE IF EXISTS {}",
-                qualified(db, &format!("{table}__ccr_old"))
-            ))
+            .query_drop(format!("DROP TABLE IF EXISTS {}", qualified(db, &old)))
             .await;
         if let Err(e) = apply::switch_behind_lock(env, cluster_id, conn, at, &swap).await {
             // Rolled forward: the next attempt finishes it.
@@ -525,10 +488,7 @@ pub async fn switch(
     for (_, mut conn, _) in todo.drain(..) {
         let _ = conn.query_drop("UNLOCK TABLES").await;
         let _ = conn
-            .query_drop(format!(
-                "DROP TABLE IF EXISTS {}",
-                qualified(db, &format!("{table}__ccr_old"))
-            ))
+            .query_drop(format!("DROP TABLE IF EXISTS {}", qualified(db, &old)))
             .await;
         let _ = conn.disconnect().await;
     }

@@ -114,31 +114,43 @@ pub async fn put(
     r
 }
 
-/// The state a fence on `db.table` of `shard` holds, if it is there.
+/// What of a fence a table has.
+pub enum Found {
+    Nothing,
+    /// What a fence being put or lifted when its manager died left.
+    Part,
+    /// The whole fence, with the state it keeps.
+    Whole(Value),
+}
+
+/// What of a fence `db.table` of `shard` has.
 pub async fn read(
     env: &Env,
     cluster_id: &str,
     shard: i64,
     db: &str,
     table: &str,
-) -> Result<Option<Value>, StepError> {
+) -> Result<Found, StepError> {
     let (mut conn, at) = shard_conn(env, cluster_id, shard).await?;
-    let body: Option<String> = conn
-        .exec_first(
-            "SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS \
-             WHERE TRIGGER_SCHEMA = ? AND TRIGGER_NAME = ?",
-            (db, trigger(table, "i")),
+    let names = EVENTS.map(|(event, _)| trigger(table, event));
+    let found: Vec<(String, String)> = conn
+        .exec(
+            "SELECT TRIGGER_NAME, ACTION_STATEMENT FROM information_schema.TRIGGERS \
+             WHERE TRIGGER_SCHEMA = ? AND TRIGGER_NAME IN (?, ?, ?)",
+            (db, &names[0], &names[1], &names[2]),
         )
         .await
         .map_err(|e| sql_error(&at, &e))?;
     let _ = conn.disconnect().await;
-    match body {
-        None => Ok(None),
-        Some(b) => state_of(&b).map(Some).ok_or_else(|| {
+    let whole = trigger(table, "i");
+    match found.iter().find(|(name, _)| *name == whole) {
+        Some((_, body)) => state_of(body).map(Found::Whole).ok_or_else(|| {
             StepError::definite(format!(
                 "{at}: the cutover fence on {db}.{table} holds no state it can read"
             ))
         }),
+        None if found.is_empty() => Ok(Found::Nothing),
+        None => Ok(Found::Part),
     }
 }
 
